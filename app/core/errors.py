@@ -1,0 +1,81 @@
+"""The one error hierarchy of skyferry.
+
+Adapters translate their SDK's errors into these classes and chain the original
+(``raise ConcurrencyError(...) from e``), so that callers never import a driver to
+catch an error.  Every class says whether retrying can help.
+"""
+
+from __future__ import annotations
+
+
+class SkyferryError(Exception):
+    """Base of every error skyferry raises on purpose."""
+
+
+class ConcurrencyError(SkyferryError):
+    """An optimistic-concurrency check failed.
+
+    Raised by ``EventStore.append`` when the stream is not at the expected version, or
+    when an event id is already stored at another version.  ``actual`` is the stream's
+    version at the time of the check (0 for a stream that does not exist).
+    """
+
+    def __init__(self, stream_id: str, expected: object, actual: int, detail: str = "") -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+        message = f"stream {stream_id!r}: expected version {expected}, actual version {actual}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class EventTooLarge(SkyferryError):
+    """An event's encoded size is over ``EVENT_SIZE_LIMIT``; it is rejected, never truncated."""
+
+    def __init__(self, event_id: str, size: int, limit: int) -> None:
+        self.event_id = event_id
+        self.size = size
+        self.limit = limit
+        super().__init__(f"event {event_id}: encoded size {size} bytes is over the limit of {limit} bytes")
+
+
+class StreamNotFound(SkyferryError):
+    """A stream (an aggregate) that must exist does not."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id!r} does not exist")
+
+
+class TransientError(SkyferryError):
+    """A failure that may succeed when retried: a dropped connection, throttling, a timeout.
+
+    Nothing was half-written: the operation either happened whole or not at all, and
+    retrying it (appends are idempotent by event id) is safe.
+    """
+
+
+class ConfigurationError(SkyferryError):
+    """A setting, URL or piece of infrastructure is missing or wrong; retrying cannot help."""
+
+
+class NotSupported(SkyferryError):
+    """The adapter does not offer this optional feature (see its ``features``)."""
+
+
+class ValidationError(SkyferryError, ValueError):
+    """Input is malformed: a bad stream id, a non-object payload, an unknown field."""
+
+
+class DomainError(SkyferryError):
+    """A command was rejected by the domain's rules (for example: insufficient funds).
+
+    Raised before any event is stored.
+    """
+
+
+class ObjectNotFound(SkyferryError):
+    """An archive object (a manifest, a chunk) that must exist does not."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        super().__init__(f"{location} does not exist")
