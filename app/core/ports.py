@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from app.core.errors import ConcurrencyError
+from app.core.errors import ConcurrencyError, ValidationError
 from app.core.messages import Event, JSONObject, NewEvent
 
 # ---------------------------------------------------------------------------------------
@@ -43,9 +43,7 @@ ExpectedVersion = int | StreamState
 FEATURE_BULK_APPEND = "bulk_append"
 FEATURE_TEMPORAL = "temporal"
 FEATURE_TRANSACTIONS_ACROSS_STREAMS = "transactions_across_streams"
-EVENT_STORE_FEATURES = frozenset(
-    {FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
-)
+EVENT_STORE_FEATURES = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +100,7 @@ def resolve_conflict(
             actual_version,
             f"event id {clash.id} is already stored at version {stored_versions[clash.id]}",
         )
-    raise ConcurrencyError(
-        stream_id, expected.value if isinstance(expected, StreamState) else expected, actual_version
-    )
+    raise ConcurrencyError(stream_id, expected.value if isinstance(expected, StreamState) else expected, actual_version)
 
 
 @runtime_checkable
@@ -126,9 +122,7 @@ class EventStore(Protocol):
     features: frozenset[str]
     """The optional features this adapter offers (subset of ``EVENT_STORE_FEATURES``)."""
 
-    def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
-    ) -> AppendResult:
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
         """Append ``events`` to ``stream_id`` atomically.
 
         ``expected_version`` is the stream's current version (an int), ``NO_STREAM`` (same
@@ -214,9 +208,7 @@ class TemporalEventStore(EventStore, Protocol):
 class MultiStreamEventStore(EventStore, Protocol):
     """Feature ``transactions_across_streams``: one atomic append over several streams."""
 
-    def append_many(
-        self, batch: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
-    ) -> list[AppendResult]:
+    def append_many(self, batch: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
         """Apply every ``(stream_id, events, expected_version)`` append, or none of them."""
         ...
 
@@ -286,9 +278,7 @@ class ViewStore(Protocol):
         ``where[0]`` equals ``where[1]``; ascending by key, at most ``limit``."""
         ...
 
-    def commit(
-        self, projection: str, changes: Sequence[ViewChange], checkpoint: Mapping[str, str]
-    ) -> None:
+    def commit(self, projection: str, changes: Sequence[ViewChange], checkpoint: Mapping[str, str]) -> None:
         """Write ``changes`` and set the projection's checkpoint entries, atomically."""
         ...
 
@@ -350,7 +340,8 @@ class Broker(Protocol):
 
     * ``publish`` deduplicates by message id (within the broker's window) and keeps the
       order of messages with the same key.
-    * Each group receives every message at least once.  Within a group, messages with
+    * Each group receives, at least once, every message published after the group was
+      first subscribed (or provisioned by the infrastructure).  Within a group, messages with
       the same key are handled one at a time, in publish order; different keys may be
       handled in parallel.  Several ``subscribe`` calls with one group are competing
       consumers: each message goes to one of them.
@@ -392,7 +383,9 @@ class Broker(Protocol):
 class Archive(Protocol):
     """A place where exports are written: a directory, a bucket, a container.
 
-    Object names are relative paths with ``/`` separators.  ``put`` is atomic: a reader
+    Object names are relative paths with ``/`` separators; an empty segment, ``.`` or
+    ``..``, a leading ``/`` or a backslash is a ``ValidationError`` on every adapter
+    (:func:`check_object_name`).  ``put`` is atomic: a reader
     sees the whole object or none of it, so an interrupted export never leaves a torn
     chunk.
     """
@@ -419,6 +412,13 @@ class Archive(Protocol):
     def delete(self, name: str) -> None:
         """Delete the object if it exists."""
         ...
+
+
+def check_object_name(name: str) -> str:
+    """Return ``name`` if it is a valid archive object name, else raise ``ValidationError``."""
+    if not name or name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
+        raise ValidationError(f"archive object name {name!r} must be a relative path without '.', '..' or '//'")
+    return name
 
 
 def features_of(adapter: Any) -> frozenset[str]:

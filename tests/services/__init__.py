@@ -106,8 +106,14 @@ def owns_port(process: subprocess.Popen[bytes], port: int) -> bool:
 
 
 @contextlib.contextmanager
-def started(args: list[str], port: int, *, env: dict[str, str] | None = None,
-            timeout: float = 60.0, log: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def started(
+    args: list[str],
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    log: str | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``args`` (which must listen on ``port``), check it owns the port, stop it by PID."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
