@@ -122,6 +122,10 @@ class EventStore(Protocol):
     features: frozenset[str]
     """The optional features this adapter offers (subset of ``EVENT_STORE_FEATURES``)."""
 
+    # An adapter whose atomic write has a hard cap (DynamoDB: 100 items per transaction)
+    # sets ``max_append_events``; a larger append raises ValidationError, writing nothing.
+    # Read it with :func:`append_limit` (absent means no cap).
+
     def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
         """Append ``events`` to ``stream_id`` atomically.
 
@@ -419,6 +423,12 @@ def check_object_name(name: str) -> str:
     if not name or name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
         raise ValidationError(f"archive object name {name!r} must be a relative path without '.', '..' or '//'")
     return name
+
+
+def append_limit(store: EventStore) -> int | None:
+    """The most events one atomic ``append`` of ``store`` may carry (``None``: no cap)."""
+    limit = getattr(store, "max_append_events", None)
+    return int(limit) if limit is not None else None
 
 
 def features_of(adapter: Any) -> frozenset[str]:

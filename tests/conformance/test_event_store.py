@@ -20,6 +20,7 @@ from app.core.ports import (
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     NO_STREAM,
     EventStore,
+    append_limit,
     features_of,
 )
 
@@ -220,8 +221,19 @@ def test_append_is_all_or_nothing(event_store: EventStore) -> None:
 
 def test_a_batch_of_many_events_lands_whole(event_store: EventStore) -> None:
     sid = stream()
-    event_store.append(sid, [new(i) for i in range(150)], NO_STREAM)
-    assert [e.version for e in event_store.read_stream(sid)] == list(range(1, 151))
+    count = min(150, append_limit(event_store) or 150)
+    event_store.append(sid, [new(i) for i in range(count)], NO_STREAM)
+    assert [e.version for e in event_store.read_stream(sid)] == list(range(1, count + 1))
+
+
+def test_an_append_over_the_adapters_cap_is_refused_whole(event_store: EventStore) -> None:
+    limit = append_limit(event_store)
+    if limit is None:
+        pytest.skip(f"{type(event_store).__name__} has no cap on events per append")
+    sid = stream()
+    with pytest.raises(ValidationError):
+        event_store.append(sid, [new(i) for i in range(limit + 1)], NO_STREAM)
+    assert event_store.stream_version(sid) == 0
 
 
 def sized(size: int) -> NewEvent:
