@@ -18,10 +18,16 @@ from app.core.ports import Archive, Broker, EventStore, ViewStore
 EVENT_STORES: dict[str, str] = {
     "memory": "app.adapters.stores.memory:MemoryEventStore",
     "sqlite": "app.adapters.stores.sqlite:SQLiteEventStore",
+    "firestore": "app.adapters.stores.firestore:FirestoreEventStore",
+    "postgresql": "app.adapters.stores.postgres:PostgresEventStore",
+    "postgres": "app.adapters.stores.postgres:PostgresEventStore",
 }
 VIEW_STORES: dict[str, str] = {
     "memory": "app.adapters.stores.memory:MemoryViewStore",
     "sqlite": "app.adapters.stores.sqlite:SQLiteViewStore",
+    "firestore": "app.adapters.stores.firestore:FirestoreViewStore",
+    "postgresql": "app.adapters.stores.postgres:PostgresViewStore",
+    "postgres": "app.adapters.stores.postgres:PostgresViewStore",
 }
 BROKERS: dict[str, str] = {
     "memory": "app.adapters.brokers.memory:MemoryBroker",
