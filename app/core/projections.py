@@ -1,0 +1,387 @@
+"""Projections: read models built from events, with exactly-once effect.
+
+A :class:`Projection` names the event types it handles and the logical collections it
+writes, and applies one event at a time to a :class:`ViewBatch` (reads see the batch's
+own writes).  Two ways feed it:
+
+* :class:`ProjectionRunner` catches up from ``EventStore.read_all`` in batches: it applies
+  a whole batch in memory, then commits the final documents and the ``$all`` checkpoint
+  in one ``ViewStore.commit``, so a crash replays at most one uncommitted batch and never
+  applies an event twice.  Documents it read are written with ``expected_revision``, so
+  two runners of the same projection cannot both commit the same batch.
+* :class:`ProjectionConsumer` handles broker messages: a per-stream checkpoint document
+  (in ``$streams``) is written with ``expected_revision`` together with the view changes,
+  so duplicates are skipped and two competing consumers cannot double-apply; a gap in a
+  stream's versions (a message dead-lettered or lost) is filled from the event store.
+
+Blue/green: the documents of generation *g* of projection *p* live in the physical
+collections ``<collection>_g<g>``, and the live generation is an alias document in
+``$aliases``.  :class:`ReadModels` resolves it for queries; :func:`rebuild` builds
+generation *g + 1* beside the live one from the start of ``read_all``, switches the alias,
+then drops generation *g*.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from app.core.codec import decode
+from app.core.errors import ConcurrencyError, ConfigurationError
+from app.core.messages import Event, JSONObject
+from app.core.ports import EventStore, Message, ViewChange, ViewStore
+from app.core.upcasting import Upcasters
+
+log = logging.getLogger(__name__)
+
+ALIASES: Final = "$aliases"
+"""Reserved view collection: the live generation of each projection (key: projection name)."""
+STREAM_CHECKPOINTS: Final = "$streams"
+"""Reserved view collection: per-stream checkpoints of broker-fed consumers."""
+
+
+class Projection:
+    """Base of a read model.
+
+    Subclasses set ``name`` (unique), ``version`` (bump when the code changes what it
+    builds, then rebuild), ``handles`` (event types applied; others are skipped) and
+    ``collections`` (the logical collections written), and implement :meth:`apply`.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    handles: ClassVar[frozenset[str]] = frozenset()
+    collections: ClassVar[tuple[str, ...]] = ()
+
+    def apply(self, event: Event, views: ViewBatch) -> None:
+        """Apply one event through ``views`` (``get``/``put``/``delete``); must be deterministic."""
+        raise NotImplementedError
+
+
+def physical_collection(collection: str, generation: int) -> str:
+    """The view-store collection holding ``collection`` of generation ``generation``."""
+    return f"{collection}_g{generation}"
+
+
+def checkpoint_name(projection: str, generation: int) -> str:
+    """The checkpoint (and ``commit`` projection) name of one generation of a projection."""
+    return f"{projection}_g{generation}"
+
+
+class ViewBatch:
+    """The documents one batch of events reads and writes, committed at the end.
+
+    ``get`` returns the batch's own latest write, else the stored document (fetched once
+    and remembered with its revision).  ``put`` replaces a document and ``delete`` removes
+    it; the returned dicts belong to the batch: change them, then ``put`` them.  A write
+    to a document read first is conditional on the revision read (``expected_revision``).
+    Collection names are logical; they map to the projection generation's physical names.
+    """
+
+    __slots__ = ("_cache", "_dirty", "_mapping", "_views")
+
+    def __init__(
+        self,
+        views: ViewStore,
+        mapping: Mapping[str, str],
+        cache: dict[tuple[str, str], list[Any]] | None = None,
+    ) -> None:
+        self._views = views
+        self._mapping = mapping
+        # (physical collection, key) -> [doc or None, revision or None (unknown)]
+        self._cache: dict[tuple[str, str], list[Any]] = cache if cache is not None else {}
+        self._dirty: set[tuple[str, str]] = set()
+
+    def _slot(self, collection: str, key: str) -> tuple[str, str]:
+        return (self._mapping.get(collection, collection), key)
+
+    def get(self, collection: str, key: str) -> JSONObject | None:
+        """The document at ``key`` as this batch sees it, or ``None``."""
+        slot = self._slot(collection, key)
+        entry = self._cache.get(slot)
+        if entry is None:
+            stored = self._views.get(slot[0], key)
+            entry = [None, 0] if stored is None else [stored.value, stored.revision]
+            self._cache[slot] = entry
+        doc: JSONObject | None = entry[0]
+        return doc
+
+    def put(self, collection: str, key: str, doc: JSONObject) -> None:
+        """Write ``doc`` at ``key`` (committed with the batch)."""
+        self._write(collection, key, doc)
+
+    def delete(self, collection: str, key: str) -> None:
+        """Delete the document at ``key`` (committed with the batch)."""
+        self._write(collection, key, None)
+
+    def _write(self, collection: str, key: str, doc: JSONObject | None) -> None:
+        slot = self._slot(collection, key)
+        entry = self._cache.get(slot)
+        if entry is None:
+            self._cache[slot] = [doc, None]
+        else:
+            entry[0] = doc
+        self._dirty.add(slot)
+
+    def changes(self) -> list[ViewChange]:
+        """The view changes of this batch: one per document written, its final value."""
+        cache = self._cache
+        return [ViewChange(slot[0], slot[1], cache[slot][0], cache[slot][1]) for slot in self._dirty]
+
+    def committed(self) -> int:
+        """Record that :meth:`changes` were committed; return how many documents were written."""
+        cache = self._cache
+        for slot in self._dirty:
+            entry = cache[slot]
+            if entry[1] is not None:
+                entry[1] = 0 if entry[0] is None else entry[1] + 1
+        written = len(self._dirty)
+        self._dirty = set()
+        return written
+
+
+class ReadModels:
+    """Queries over the live generation of projections (resolved from ``$aliases``)."""
+
+    def __init__(self, views: ViewStore) -> None:
+        self.views = views
+
+    def live(self, projection: str) -> tuple[int, int]:
+        """``(live generation, alias revision)`` of ``projection`` (generation 1, revision 0 if never switched)."""
+        doc = self.views.get(ALIASES, projection)
+        if doc is None:
+            return 1, 0
+        return int(doc.value["generation"]), doc.revision
+
+    def live_generation(self, projection: str) -> int:
+        """The generation queries of ``projection`` read."""
+        return self.live(projection)[0]
+
+    def collection(self, projection: str, collection: str) -> str:
+        """The physical collection of the live generation of ``projection``'s ``collection``."""
+        return physical_collection(collection, self.live_generation(projection))
+
+    def get(self, projection: str, collection: str, key: str) -> JSONObject | None:
+        """A document of the live generation, or ``None``."""
+        doc = self.views.get(self.collection(projection, collection), key)
+        return None if doc is None else doc.value
+
+    def query(
+        self,
+        projection: str,
+        collection: str,
+        *,
+        prefix: str = "",
+        where: tuple[str, str | int | bool] | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, JSONObject]]:
+        """Documents of the live generation by key prefix / field, ascending by key."""
+        found = self.views.query(self.collection(projection, collection), prefix=prefix, where=where, limit=limit)
+        return [(key, doc.value) for key, doc in found]
+
+    def checkpoint(self, projection: str) -> str | None:
+        """The ``$all`` position the live generation of ``projection`` has reached."""
+        return self.views.get_checkpoint(checkpoint_name(projection, self.live_generation(projection)))
+
+
+class ProjectionRunner:
+    """Catches one projection up from ``read_all`` (see the module docstring).
+
+    ``generation=None`` follows the live generation (resolved on every :meth:`run_once`);
+    a number pins one (used by :func:`rebuild`).  ``cache_limit`` bounds the documents
+    remembered between batches.
+    """
+
+    def __init__(
+        self,
+        events: EventStore,
+        views: ViewStore,
+        projection: Projection,
+        *,
+        upcasters: Upcasters | None = None,
+        batch_size: int = 1000,
+        generation: int | None = None,
+        cache_limit: int = 50_000,
+        max_conflicts: int = 5,
+    ) -> None:
+        if not projection.name:
+            raise ConfigurationError(f"{type(projection).__name__} has no name")
+        self.events = events
+        self.views = views
+        self.projection = projection
+        self.upcasters = upcasters if upcasters else None
+        self.batch_size = batch_size
+        self.generation = generation
+        self.cache_limit = cache_limit
+        self.max_conflicts = max_conflicts
+        self.docs_written = 0
+        self._cache: dict[tuple[str, str], list[Any]] = {}
+        self._cached_generation = 0
+
+    def run_once(self, max_events: int | None = None) -> int:
+        """Apply every event after the checkpoint (at most ``max_events``); return how many were read."""
+        projection = self.projection
+        generation = self.generation or ReadModels(self.views).live_generation(projection.name)
+        if generation != self._cached_generation:
+            self._cache = {}
+            self._cached_generation = generation
+        mapping = {c: physical_collection(c, generation) for c in projection.collections}
+        name = checkpoint_name(projection.name, generation)
+        handles = projection.handles
+        apply = projection.apply
+        upcast = self.upcasters.upcast if self.upcasters is not None else None
+        position = self.views.get_checkpoint(name)
+        total = 0
+        conflicts = 0
+        while max_events is None or total < max_events:
+            limit = self.batch_size if max_events is None else min(self.batch_size, max_events - total)
+            batch = self.events.read_all(after=position, limit=limit)
+            if not batch:
+                break
+            if len(self._cache) > self.cache_limit:
+                self._cache = {}
+            views = ViewBatch(self.views, mapping, self._cache)
+            for event in batch:
+                if event.type in handles:
+                    apply(upcast(event) if upcast is not None else event, views)
+            last = batch[-1].position
+            if last is None:
+                raise ConfigurationError(f"{self.events.url}: read_all returned an event without a position")
+            try:
+                self.views.commit(name, views.changes(), {"$all": last})
+            except ConcurrencyError:
+                # Another runner of this projection committed first: start again from its checkpoint.
+                conflicts += 1
+                if conflicts > self.max_conflicts:
+                    raise
+                log.info("projection %s: conflict at commit, reloading from the checkpoint", name)
+                self._cache = {}
+                position = self.views.get_checkpoint(name)
+                continue
+            self.docs_written += views.committed()
+            position = last
+            total += len(batch)
+        return total
+
+
+class ProjectionConsumer:
+    """Applies a projection from broker messages, one message per commit.
+
+    Use :meth:`handle` as the broker handler.  Raises (so that the broker redelivers) on a
+    revision conflict with a competing consumer or any store failure.
+    """
+
+    def __init__(
+        self,
+        events: EventStore,
+        views: ViewStore,
+        projection: Projection,
+        *,
+        upcasters: Upcasters | None = None,
+        generation: int | None = None,
+    ) -> None:
+        self.events = events
+        self.views = views
+        self.projection = projection
+        self.upcasters = upcasters
+        self.generation = generation
+        self.applied = 0
+        self.duplicates = 0
+
+    def handle(self, message: Message) -> None:
+        """Apply the event of ``message`` (and any earlier event of its stream not yet applied)."""
+        event = decode(message, self.events, self.upcasters)
+        projection = self.projection
+        generation = self.generation or ReadModels(self.views).live_generation(projection.name)
+        name = checkpoint_name(projection.name, generation)
+        views = ViewBatch(self.views, {c: physical_collection(c, generation) for c in projection.collections})
+        checkpoint_key = f"{name}:{event.stream_id}"
+        checkpoint = views.get(STREAM_CHECKPOINTS, checkpoint_key)
+        applied_version = int(checkpoint["version"]) if checkpoint else 0
+        if event.version <= applied_version:
+            self.duplicates += 1
+            return
+        pending = [event]
+        if event.version > applied_version + 1:
+            missing = self.events.read_stream(event.stream_id, applied_version + 1, event.version - 1)
+            if self.upcasters is not None:
+                missing = self.upcasters.upcast_all(missing)
+            pending = [*missing, event]
+        for item in pending:
+            if item.type in projection.handles:
+                projection.apply(item, views)
+        views.put(STREAM_CHECKPOINTS, checkpoint_key, {"stream_id": event.stream_id, "version": event.version})
+        self.views.commit(name, views.changes(), {})
+        self.applied += len(pending)
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    """The outcome of a blue/green rebuild."""
+
+    projection: str
+    old_generation: int
+    new_generation: int
+    events: int
+    documents: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        """Events read per second of rebuild."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> JSONObject:
+        """The report as JSON types."""
+        return {
+            "projection": self.projection,
+            "old_generation": self.old_generation,
+            "new_generation": self.new_generation,
+            "events": self.events,
+            "documents": self.documents,
+            "seconds": self.seconds,
+            "events_per_second": self.events_per_second,
+        }
+
+
+def rebuild(
+    events: EventStore,
+    views: ViewStore,
+    projection: Projection,
+    *,
+    upcasters: Upcasters | None = None,
+    batch_size: int = 5000,
+) -> RebuildReport:
+    """Build the next generation of ``projection`` from the start, switch to it, drop the old one.
+
+    Queries keep reading the live generation until the switch, which is one conditional
+    write of the alias (two concurrent rebuilds: the second raises ``ConcurrencyError``).
+    Leftovers of an interrupted rebuild are dropped first.
+    """
+    started = time.perf_counter()
+    read_models = ReadModels(views)
+    old, alias_revision = read_models.live(projection.name)
+    new = old + 1
+    _drop_generation(views, projection, new)
+    runner = ProjectionRunner(events, views, projection, upcasters=upcasters, batch_size=batch_size, generation=new)
+    count = runner.run_once()
+    alias = {"generation": new, "version": projection.version}
+    views.commit(ALIASES, [ViewChange(ALIASES, projection.name, alias, expected_revision=alias_revision)], {})
+    count += runner.run_once()
+    _drop_generation(views, projection, old)
+    seconds = time.perf_counter() - started
+    return RebuildReport(projection.name, old, new, count, runner.docs_written, seconds)
+
+
+def _drop_generation(views: ViewStore, projection: Projection, generation: int) -> None:
+    for collection in projection.collections:
+        views.drop(physical_collection(collection, generation))
+    views.drop_checkpoints(checkpoint_name(projection.name, generation))
+
+
+def run_projections(runners: Sequence[ProjectionRunner]) -> int:
+    """One catch-up pass of every runner; the number of events read in total."""
+    return sum(runner.run_once() for runner in runners)
