@@ -177,6 +177,14 @@ class Platform(pulumi.ComponentResource):
         self.outputs = self.build()
         self.register_outputs(dict(self.outputs.as_dict()))
 
+    @classmethod
+    def validate(cls, config: StackConfig) -> None:
+        """Cross-checks between the common settings and the target section (override as needed).
+
+        Called by :func:`load_stack_config` before anything is declared; raise
+        :class:`StackConfigError` naming the key.
+        """
+
     def build(self) -> StandardOutputs:
         """Declare every child resource (``parent=self``) and return the standard outputs."""
         raise NotImplementedError
@@ -255,9 +263,7 @@ def _parse(raw: str) -> Any:
         return raw
 
 
-def load_stack_config(
-    values: Mapping[str, str], secret_keys: set[str] | frozenset[str] = frozenset()
-) -> StackConfig:
+def load_stack_config(values: Mapping[str, str], secret_keys: set[str] | frozenset[str] = frozenset()) -> StackConfig:
     """Validate a stack's config (``{"skyferry:target": "aws", ...}``, strings as Pulumi gives them).
 
     Keys of other namespaces (``aws:region``, ``kubernetes:context``) are left to their
@@ -267,18 +273,14 @@ def load_stack_config(
     ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{NAMESPACE}:")}
     target = ours.get("target")
     if target is None:
-        raise StackConfigError(
-            f"{NAMESPACE}:target", f"required key is missing; expected one of {', '.join(TARGETS)}"
-        )
+        raise StackConfigError(f"{NAMESPACE}:target", f"required key is missing; expected one of {', '.join(TARGETS)}")
     if target not in TARGETS:
         raise StackConfigError(
             f"{NAMESPACE}:target", f"unknown target {target!r}; expected one of {', '.join(TARGETS)}"
         )
     for other in TARGETS:
         if other != target and other in ours:
-            raise StackConfigError(
-                f"{NAMESPACE}:{other}", f"section for target {other!r}, but target is {target!r}"
-            )
+            raise StackConfigError(f"{NAMESPACE}:{other}", f"section for target {other!r}, but target is {target!r}")
     section_raw = ours.pop(target, None)
     common_values = {k: (v if k in {"target", "name", "image"} else _parse(v)) for k, v in ours.items()}
     for name in _secret_fields(CommonConfig):
@@ -292,10 +294,9 @@ def load_stack_config(
     except ValidationError as e:
         _raise_first(e, None)
     if common.store == "postgres" and common.database_password is None:
-        raise StackConfigError(
-            f"{NAMESPACE}:databasePassword", "required (as a secret) when store is postgres"
-        )
-    model = platform_class(target).config_model
+        raise StackConfigError(f"{NAMESPACE}:databasePassword", "required (as a secret) when store is postgres")
+    platform = platform_class(target)
+    model = platform.config_model
     section: Any = {} if section_raw is None else _parse(section_raw)
     if not isinstance(section, dict):
         raise StackConfigError(f"{NAMESPACE}:{target}", f"expected an object, got {section_raw!r}")
@@ -310,7 +311,9 @@ def load_stack_config(
         target_config = model.model_validate(section)
     except ValidationError as e:
         _raise_first(e, target)
-    return StackConfig(common=common, target=target_config)
+    config = StackConfig(common=common, target=target_config)
+    platform.validate(config)
+    return config
 
 
 def current_stack_config() -> StackConfig:

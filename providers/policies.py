@@ -326,7 +326,8 @@ def _secret_paths(value: Any, path: str = "") -> list[tuple[str, Any]]:
     if isinstance(value, dict):
         for k, v in value.items():
             sub = f"{path}.{k}" if path else k
-            if isinstance(v, str) and v and _SECRET_NAME.search(k) and not k.endswith(_SECRET_EXEMPT_SUFFIXES):
+            names_only = k.endswith(_SECRET_EXEMPT_SUFFIXES) or k.startswith("existing")
+            if isinstance(v, str) and v and _SECRET_NAME.search(k) and not names_only:
                 found.append((sub, v))
             elif isinstance(v, str) and _CREDENTIAL_URL.search(v):
                 found.append((sub, "<url>"))

@@ -1,0 +1,48 @@
+"""Settings of the kubernetes target: the structured key ``skyferry:kubernetes``.
+
+| key | default | meaning |
+|---|---|---|
+| ``context`` | current context | kubeconfig context to deploy to |
+| ``namespace`` | ``skyferry`` | namespace of the release (created) |
+| ``postgres`` | ``in-chart`` | ``in-chart`` StatefulSet, or ``external`` (then ``externalStoreUrl``) |
+| ``externalStoreUrl`` | — | secret: ``postgresql://user:pw@host:5432/db`` when postgres is external |
+| ``nats`` | ``in-chart`` | ``in-chart`` JetStream StatefulSet, or ``external`` (then ``externalBrokerUrl``) |
+| ``externalBrokerUrl`` | — | ``nats://host:4222/STREAM`` when nats is external |
+| ``ingressHost`` | — | public host name of the API (Ingress with TLS); none: in-cluster URL only |
+| ``ingressClassName`` | — | IngressClass of the Ingress |
+| ``storageClass`` | cluster default | StorageClass of every PersistentVolumeClaim |
+| ``postgresStorageGib`` | 10 | PostgreSQL volume, GiB |
+| ``natsStorageGib`` | 5 | JetStream volume, GiB |
+| ``archiveStorageGib`` | 10 | export archive volume, GiB |
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from providers.base import TargetConfig
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class KubernetesConfig(TargetConfig):
+    """The kubernetes target's settings (``skyferry:kubernetes``)."""
+
+    context: str | None = Field(default=None, min_length=1, description="kubeconfig context")
+    namespace: str = Field(default="skyferry", pattern=_DNS_LABEL, description="namespace of the release")
+    postgres: Literal["in-chart", "external"] = Field(default="in-chart", description="where PostgreSQL runs")
+    external_store_url: SecretStr | None = Field(default=None, description="external PostgreSQL URL (secret)")
+    nats: Literal["in-chart", "external"] = Field(default="in-chart", description="where NATS JetStream runs")
+    external_broker_url: str | None = Field(
+        default=None, pattern=r"^nats://[^\s@]+$", description="external NATS URL (no credentials)"
+    )
+    ingress_host: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", description="public API host name"
+    )
+    ingress_class_name: str | None = Field(default=None, pattern=_DNS_LABEL, description="IngressClass")
+    storage_class: str | None = Field(default=None, pattern=_DNS_LABEL, description="StorageClass of volumes")
+    postgres_storage_gib: int = Field(default=10, ge=1, le=10000, description="PostgreSQL volume, GiB")
+    nats_storage_gib: int = Field(default=5, ge=1, le=10000, description="JetStream volume, GiB")
+    archive_storage_gib: int = Field(default=10, ge=1, le=100000, description="archive volume, GiB")
