@@ -1,0 +1,115 @@
+"""Writing and reading the archive's chunks: zstd-compressed JSON Lines, optionally sealed.
+
+A chunk is checked whole before any of its events is handed out: its ``sha256`` against
+the manifest, then the AES-256-GCM tag, then zstd, then every line.  That is what lets an
+import promise that nothing past the last verified checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Final
+
+import zstandard
+
+from app.core.errors import ObjectNotFound
+from app.core.messages import Event
+from app.core.ports import Archive
+from app.migrate.crypto import ChunkCipher
+from app.migrate.errors import ArchiveError
+from app.migrate.format import decode_line, encode_line
+from app.migrate.manifest import ChunkEntry, chunk_name
+
+ZSTD_LEVEL: Final = 3
+CHUNK_EVENTS: Final = 10_000
+CHUNK_BYTES: Final = 16 * 1024 * 1024
+MAX_CHUNK_PLAINTEXT: Final = 1024 * 1024 * 1024
+"""A decompressed chunk larger than this is refused (a zstd bomb, or not our archive)."""
+
+
+class ChunkWriter:
+    """Accumulates event lines and writes a chunk every ``chunk_events`` events or ``chunk_bytes``."""
+
+    def __init__(
+        self,
+        archive: Archive,
+        cipher: ChunkCipher | None = None,
+        *,
+        chunk_events: int = CHUNK_EVENTS,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        self._archive = archive
+        self._cipher = cipher
+        self._chunk_events = chunk_events
+        self._chunk_bytes = chunk_bytes
+        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._first: str | None = None
+        self._last: str | None = None
+        self.entries: list[ChunkEntry] = []
+
+    def add(self, event: Event) -> None:
+        """Add one event; writes the current chunk when it is full."""
+        line = encode_line(event)
+        if not self._lines:
+            self._first = event.position
+        self._last = event.position
+        self._lines.append(line)
+        self._size += len(line) + 1
+        if len(self._lines) >= self._chunk_events or self._size >= self._chunk_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending lines as one chunk (nothing when there are none)."""
+        if not self._lines:
+            return
+        name = chunk_name(len(self.entries))
+        plaintext = b"\n".join(self._lines) + b"\n"
+        stored = self._compressor.compress(plaintext)
+        if self._cipher is not None:
+            stored = self._cipher.seal(name, stored)
+        self._archive.put(name, stored)
+        self.entries.append(
+            ChunkEntry(
+                name=name,
+                events=len(self._lines),
+                bytes=len(stored),
+                sha256=hashlib.sha256(stored).hexdigest(),
+                first_position=self._first,
+                last_position=self._last,
+            )
+        )
+        self._lines = []
+        self._size = 0
+
+
+def read_chunk(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) -> list[Event]:
+    """Every event of one chunk, after checking it whole; raises :class:`ArchiveError` naming the problem."""
+    try:
+        stored = archive.get(entry.name)
+    except ObjectNotFound as e:
+        raise ArchiveError(entry.name, "the chunk is missing from the archive") from e
+    if len(stored) != entry.bytes:
+        raise ArchiveError(entry.name, f"size is {len(stored)} bytes, the manifest says {entry.bytes} (truncated?)")
+    digest = hashlib.sha256(stored).hexdigest()
+    if digest != entry.sha256:
+        raise ArchiveError(entry.name, f"sha256 {digest} does not match the manifest's {entry.sha256}")
+    if cipher is not None:
+        stored = cipher.open(entry.name, stored)
+    try:
+        plaintext = zstandard.ZstdDecompressor().decompress(stored, max_output_size=MAX_CHUNK_PLAINTEXT)
+    except zstandard.ZstdError as e:
+        raise ArchiveError(entry.name, f"not a valid zstd frame: {e}") from e
+    events = [decode_line(line, entry.name, number) for number, line in enumerate(iter_lines(plaintext), 1)]
+    if len(events) != entry.events:
+        raise ArchiveError(entry.name, f"holds {len(events)} events, the manifest says {entry.events}")
+    return events
+
+
+def iter_lines(plaintext: bytes) -> Iterator[bytes]:
+    """The non-empty lines of a chunk."""
+    for line in plaintext.split(b"\n"):
+        if line:
+            yield line

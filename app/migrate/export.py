@@ -1,0 +1,150 @@
+"""Export: an event store's history (or one shard of it) into an archive.
+
+Reads ``read_all`` in batches up to the position that was last when the export started
+(so exporting a live store ends), writes chunks as they fill, and writes the manifest
+last: an archive without a manifest is an unfinished export.  Memory stays bounded by one
+batch, one chunk and one hash-chain head per stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.core.errors import ConfigurationError
+from app.core.messages import Event, format_timestamp, utc_now
+from app.core.ports import Archive, EventStore
+from app.migrate.chunks import CHUNK_BYTES, CHUNK_EVENTS, ChunkWriter
+from app.migrate.crypto import ChunkCipher
+from app.migrate.errors import ArchiveError
+from app.migrate.format import CHAIN_START, chain_next
+from app.migrate.manifest import CHUNK_PREFIX, MANIFEST_NAME, Manifest, StreamHead
+from app.migrate.progress import Progress
+from app.migrate.sharding import Shard, owned
+from app.migrate.transforms import Transformer
+
+READ_BATCH = 1000
+
+
+@dataclass(slots=True)
+class ExportReport:
+    """What an export wrote."""
+
+    archive: str
+    source: str
+    events: int = 0
+    streams: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    digest: str = ""
+    first_position: str | None = None
+    last_position: str | None = None
+    transform: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` summary."""
+        return {
+            "command": "export",
+            "archive": self.archive,
+            "source": self.source,
+            "events": self.events,
+            "streams": self.streams,
+            "chunks": self.chunks,
+            "bytes": self.bytes,
+            "digest": self.digest,
+            "first_position": self.first_position,
+            "last_position": self.last_position,
+            "transform": self.transform,
+        }
+
+
+class HeadTracker:
+    """Per-stream hash-chain heads, checking versions stay contiguous."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, StreamHead] = {}
+
+    def add(self, event: Event, location: str) -> None:
+        """Extend ``event``'s stream chain; a version gap raises :class:`ArchiveError` at ``location``."""
+        head = self.heads.get(event.stream_id)
+        if head is None:
+            head = self.heads[event.stream_id] = StreamHead(0, CHAIN_START, 0)
+        if event.version != head.last_version + 1:
+            raise ArchiveError(
+                location,
+                f"stream {event.stream_id!r} jumps from version {head.last_version} to {event.version}",
+            )
+        head.events += 1
+        head.last_version = event.version
+        head.head = chain_next(head.head, event)
+
+
+def export(
+    store: EventStore,
+    archive: Archive,
+    *,
+    cipher: ChunkCipher | None = None,
+    shard: Shard | None = None,
+    transformer: Transformer | None = None,
+    overwrite: bool = False,
+    chunk_events: int = CHUNK_EVENTS,
+    chunk_bytes: int = CHUNK_BYTES,
+    progress: Progress | None = None,
+) -> ExportReport:
+    """Write ``store``'s events (of ``shard``, through ``transformer``) to ``archive``."""
+    if archive.exists(MANIFEST_NAME) and not overwrite:
+        raise ConfigurationError(
+            f"{archive.url} already holds an export (manifest.json); choose another archive or --overwrite"
+        )
+    if overwrite:
+        archive.delete(MANIFEST_NAME)
+    end = store.last_position()
+    writer = ChunkWriter(archive, cipher, chunk_events=chunk_events, chunk_bytes=chunk_bytes)
+    heads = HeadTracker()
+    after: str | None = None
+    while end is not None:
+        batch = store.read_all(after=after, limit=READ_BATCH)
+        if not batch:
+            break
+        cut = next((i for i, e in enumerate(batch) if e.position == end), None)
+        if cut is not None:
+            batch = batch[: cut + 1]
+        after = batch[-1].position
+        mine = [event for event in batch if owned(shard, event.stream_id)]
+        if transformer is not None:
+            mine = transformer.apply(mine)
+        for event in mine:
+            heads.add(event, f"source {store.url} at position {event.position}")
+            writer.add(event)
+        if progress is not None:
+            progress.advance(len(mine))
+        if cut is not None:
+            break
+    writer.flush()
+    for stale in archive.list(CHUNK_PREFIX):
+        if stale not in {entry.name for entry in writer.entries}:
+            archive.delete(stale)
+    manifest = Manifest(
+        source={"url": store.url, "shard": None if shard is None else str(shard)},
+        created_at=format_timestamp(utc_now()),
+        chunks=writer.entries,
+        streams=heads.heads,
+        encryption=cipher.header() if cipher is not None else None,
+        transform=transformer.record() if transformer is not None else None,
+    )
+    archive.put(MANIFEST_NAME, manifest.to_bytes())
+    if progress is not None:
+        progress.finish()
+    return ExportReport(
+        archive=archive.url,
+        source=store.url,
+        events=manifest.event_count,
+        streams=len(heads.heads),
+        chunks=len(writer.entries),
+        bytes=sum(entry.bytes for entry in writer.entries),
+        digest=manifest.digest,
+        first_position=manifest.first_position,
+        last_position=manifest.last_position,
+        transform=manifest.transform,
+    )

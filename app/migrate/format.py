@@ -1,0 +1,141 @@
+"""The archive's event lines: CloudEvents 1.0 structured-mode JSON, one event per line.
+
+A line carries the whole skyferry envelope.  Standard attributes hold what CloudEvents
+defines (``id``, ``source``, ``type``, ``time`` = ``occurred_at``, ``data``); the rest are
+extension attributes, whose names are lower-case letters and digits as the CloudEvents
+spec requires:
+
+============== ========= ==================================================
+attribute      type      meaning
+============== ========= ==================================================
+streamid       String    the stream id
+streamversion  Integer   the event's 1-based version in its stream
+schemaversion  Integer   the event's schema version
+recordedtime   Timestamp when the source store first recorded it
+metadata       String    the metadata object as canonical JSON
+sourceposition String    the source store's ``read_all`` position (opaque)
+============== ========= ==================================================
+
+``metadata`` is a string because CloudEvents extension values must be scalars.  Lines
+are canonical (sorted keys, compact), so the same event always encodes to the same bytes.
+See ``docs/archive-format.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final
+from urllib.parse import quote, unquote
+
+import orjson
+
+from app.core.errors import ValidationError
+from app.core.messages import Event, encode_json, format_timestamp, parse_timestamp
+
+SPEC_VERSION: Final = "1.0"
+SOURCE_PREFIX: Final = "/skyferry/streams/"
+CHAIN_START: Final = "0" * 64
+"""The hash-chain head of a stream with no events."""
+
+_REQUIRED: Final = (
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "data",
+    "streamid",
+    "streamversion",
+    "schemaversion",
+    "recordedtime",
+    "metadata",
+)
+
+
+def source_of(stream_id: str) -> str:
+    """The CloudEvents ``source`` of a stream's events: a URI reference naming the stream."""
+    return SOURCE_PREFIX + quote(stream_id, safe="")
+
+
+def to_cloudevent(event: Event) -> dict[str, Any]:
+    """The event as a CloudEvents structured-mode JSON object (see the module docstring)."""
+    attributes: dict[str, Any] = {
+        "specversion": SPEC_VERSION,
+        "id": event.id,
+        "source": source_of(event.stream_id),
+        "type": event.type,
+        "time": format_timestamp(event.occurred_at),
+        "datacontenttype": "application/json",
+        "data": event.data,
+        "streamid": event.stream_id,
+        "streamversion": event.version,
+        "schemaversion": event.schema_version,
+        "recordedtime": format_timestamp(event.recorded_at),
+        "metadata": encode_json(event.metadata).decode(),
+    }
+    if event.position is not None:
+        attributes["sourceposition"] = event.position
+    return attributes
+
+
+def encode_line(event: Event) -> bytes:
+    """One archive line (without the newline): canonical CloudEvents JSON of ``event``."""
+    return encode_json(to_cloudevent(event))
+
+
+def decode_line(line: bytes, location: str, line_number: int) -> Event:
+    """Parse one archive line; a malformed line raises :class:`ArchiveError` naming it."""
+    from app.migrate.errors import ArchiveError
+
+    try:
+        raw = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        raise ArchiveError(location, f"not JSON: {e}", line_number) from e
+    if not isinstance(raw, dict):
+        raise ArchiveError(location, "not a JSON object", line_number)
+    missing = [name for name in _REQUIRED if name not in raw]
+    if missing:
+        raise ArchiveError(location, f"missing CloudEvents attribute(s) {', '.join(missing)}", line_number)
+    if raw["specversion"] != SPEC_VERSION:
+        raise ArchiveError(location, f"unsupported specversion {raw['specversion']!r}", line_number)
+    try:
+        metadata = orjson.loads(raw["metadata"])
+        stream_id = raw["streamid"]
+        if raw["source"] != source_of(stream_id):
+            raise ValueError(f"source {raw['source']!r} does not name stream {stream_id!r}")
+        version = raw["streamversion"]
+        schema_version = raw["schemaversion"]
+        if not (isinstance(version, int) and isinstance(schema_version, int)) or version < 1:
+            raise ValueError("streamversion and schemaversion must be positive integers")
+        if not isinstance(raw["data"], dict) or not isinstance(metadata, dict):
+            raise ValueError("data and metadata must be JSON objects")
+        position = raw.get("sourceposition")
+        return Event(
+            id=str(raw["id"]),
+            stream_id=str(stream_id),
+            version=version,
+            type=str(raw["type"]),
+            schema_version=schema_version,
+            data=raw["data"],
+            metadata=metadata,
+            occurred_at=parse_timestamp(raw["time"]),
+            recorded_at=parse_timestamp(raw["recordedtime"]),
+            position=None if position is None else str(position),
+        )
+    except (ValueError, TypeError, orjson.JSONDecodeError, ValidationError) as e:
+        raise ArchiveError(location, f"malformed event: {e}", line_number) from e
+
+
+def canonical_bytes(event: Event) -> bytes:
+    """The bytes the hash chain covers: the envelope without the store-specific position."""
+    return encode_json(event.to_dict())
+
+
+def chain_next(head: str, event: Event) -> str:
+    """The next hash-chain head: ``sha256(previous head (hex) || canonical bytes)``."""
+    return hashlib.sha256(head.encode() + canonical_bytes(event)).hexdigest()
+
+
+def stream_of_source(source: str) -> str:
+    """Inverse of :func:`source_of` (for readers that only look at ``source``)."""
+    return unquote(source.removeprefix(SOURCE_PREFIX))
