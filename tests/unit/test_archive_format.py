@@ -137,7 +137,7 @@ def test_the_manifest_round_trips_and_its_digest_covers_every_field() -> None:
     assert parsed.digest.startswith("sha256:")
     doc = orjson.loads(raw)
     doc["streams"]["s"]["events"] = 2
-    with pytest.raises(ArchiveError, match="manifest.json: digest mismatch"):
+    with pytest.raises(ArchiveError, match=r"manifest\.json: digest mismatch"):
         Manifest.from_bytes(orjson.dumps(doc))
 
 
@@ -186,7 +186,7 @@ def test_a_damaged_chunk_is_named(tmp_path: Path, damage: object, message: str) 
 def test_a_missing_chunk_is_named(tmp_path: Path) -> None:
     archive, m = write_chunk(tmp_path)
     archive.delete(m.chunks[0].name)
-    with pytest.raises(ArchiveError, match="chunks/000000.jsonl.zst: the chunk is missing"):
+    with pytest.raises(ArchiveError, match=r"chunks/000000\.jsonl\.zst: the chunk is missing"):
         read_chunk(archive, m.chunks[0], None)
 
 
