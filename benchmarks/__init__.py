@@ -1,0 +1,1 @@
+"""Runnable benchmarks: ``python -m benchmarks`` (see ``benchmarks/__main__.py``)."""

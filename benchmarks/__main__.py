@@ -1,0 +1,89 @@
+"""Run every benchmark: ``python -m benchmarks [--quick] [--only NAME] [--json]``.
+
+Discovery: every module ``benchmarks/bench_*.py`` that defines ``run(args) -> list[Figure]``
+(``Figure`` from :mod:`benchmarks.figures`) is imported and run in name order.  ``args``
+is the parsed ``argparse.Namespace`` below (``args.quick`` asks for a smaller data set,
+for a smoke run).  Anything a module raises (a missing service, a
+missing optional dependency) is reported as that module's failure and the others still
+run.  Each figure is printed
+beside the raw limit measured in the same run and the ratio, with the goal.
+
+To add a benchmark: create ``benchmarks/bench_<topic>.py`` with ``run(args)``; nothing
+else to register.  Exit status: 0 when every module ran, 1 when one failed (goals not
+met are reported, not failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+import traceback
+from pathlib import Path
+
+from benchmarks.figures import Figure
+
+
+def discover() -> list[str]:
+    """The names of the ``bench_*`` modules beside this file, sorted."""
+    here = Path(__file__).parent
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
+def report(module: str, figures: list[Figure]) -> None:
+    """Print ``figures`` as aligned lines: value, raw limit, ratio, goal."""
+    print(f"\n{module}")
+    for f in figures:
+        line = f"  {f.name:<44} {_fmt(f.value):>12} {f.unit}"
+        if f.raw is not None:
+            line += f"   raw {f.raw_name or 'limit'}: {_fmt(f.raw)} {f.unit}   ratio {f.ratio or 0:.0%}"
+        if f.goal is not None:
+            line += f"   goal >= {f.goal:.0%}"
+        elif f.goal_value is not None:
+            line += f"   goal >= {_fmt(f.goal_value)} {f.unit}"
+        met = f.met
+        if met is not None:
+            line += "   ok" if met else "   BELOW GOAL"
+        if f.note:
+            line += f"   ({f.note})"
+        print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks named by ``argv`` (all by default)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data sets (a smoke run)")
+    parser.add_argument("--only", action="append", default=[], help="run only bench_NAME (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document at the end")
+    args = parser.parse_args(argv)
+    failed = False
+    results: dict[str, list[dict[str, object]]] = {}
+    for name in discover():
+        if args.only and name.removeprefix("bench_") not in args.only and name not in args.only:
+            continue
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+            figures: list[Figure] = module.run(args)
+        except Exception:
+            failed = True
+            print(f"\n{name}: FAILED", file=sys.stderr)
+            traceback.print_exc()
+            continue
+        report(name, figures)
+        results[name] = [
+            {"name": f.name, "value": f.value, "unit": f.unit, "raw": f.raw, "ratio": f.ratio, "met": f.met}
+            for f in figures
+        ]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

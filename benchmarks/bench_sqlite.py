@@ -1,0 +1,185 @@
+"""SQLite store: appends and ``read_all`` against raw ``sqlite3`` on the same file, same durability.
+
+* **append** -- one event per call with an expected version, ``synchronous=FULL`` (the
+  default): ``SQLiteEventStore.append`` vs. the raw transaction (``BEGIN IMMEDIATE``,
+  ``SELECT max(version)``, ``INSERT``, ``COMMIT``) on a connection with the same pragmas.
+* **bulk append** -- ``bulk_append`` of 1,000-event batches vs. raw ``executemany``.
+* **read_all decoded** -- ``read_all`` in pages of 1,000 (rows decoded into ``Event``s
+  with datetimes) vs. the raw paged ``SELECT`` plus ``orjson.loads`` of data and
+  metadata.  Goal: >= 70 % of raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from app.adapters.stores.sqlite import SQLiteEventStore
+from app.core.messages import Event, NewEvent
+from benchmarks.figures import Figure, compare
+
+PAGE = 1000
+
+
+def _events(count: int, streams: int) -> list[Event]:
+    now = datetime.now(UTC)
+    data = {"amount": "12.50", "currency": "EUR", "account_id": "acc-0001", "note": "benchmark payload"}
+    meta = {"correlation_id": str(uuid.uuid4()), "actor": "bench"}
+    return [
+        Event(str(uuid.uuid4()), f"bench-{i % streams}", i // streams + 1, "MoneyDeposited", 1, data, meta, now, now)
+        for i in range(count)
+    ]
+
+
+def _raw(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    return db
+
+
+def bench_read_all(directory: Path, count: int) -> Figure:
+    """``read_all`` decoded vs. raw paged read + orjson parse."""
+    url = f"sqlite:///{directory}/read.db"
+    store = SQLiteEventStore(url)
+    events = _events(count, streams=max(1, count // 50))
+    for start in range(0, count, 10_000):
+        store.bulk_append(events[start : start + 10_000])
+
+    def adapter() -> None:
+        after = None
+        while page := store.read_all(after, PAGE):
+            after = page[-1].position
+
+    raw_db = _raw(directory / "read.db")
+    sql = (
+        "SELECT position, id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
+        "recorded_at FROM events WHERE position > ? ORDER BY position LIMIT ?"
+    )
+
+    def raw() -> None:
+        after = -1
+        while rows := raw_db.execute(sql, (after, PAGE)).fetchall():
+            for row in rows:
+                orjson.loads(row[6])
+                orjson.loads(row[7])
+            after = rows[-1][0]
+
+    value, raw_rate = compare(count, adapter, raw)
+    store.close()
+    raw_db.close()
+    return Figure("read_all decoded", value, "events/s", raw_rate, "SELECT + orjson", goal=0.7)
+
+
+def bench_append(directory: Path, count: int) -> Figure:
+    """One-event appends with an expected version at synchronous=FULL."""
+    store = SQLiteEventStore(f"sqlite:///{directory}/append.db")
+    store.stream_version("warm-up")
+    stream_count = 10
+
+    def adapter() -> None:
+        versions = [store.stream_version(f"a-{s}") for s in range(stream_count)]
+        for i in range(count):
+            s = i % stream_count
+            store.append(f"a-{s}", [NewEvent("MoneyDeposited", {"amount": "1.00", "n": i})], versions[s])
+            versions[s] += 1
+
+    raw_db = _raw(directory / "append.db")
+    insert = (
+        "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
+        "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    def raw() -> None:
+        for i in range(count):
+            stream = f"r-{i % stream_count}"
+            raw_db.execute("BEGIN IMMEDIATE")
+            current = raw_db.execute("SELECT max(version) FROM events WHERE stream_id = ?", (stream,)).fetchone()
+            now = int(datetime.now(UTC).timestamp() * 1_000_000)
+            raw_db.execute(
+                insert,
+                (
+                    str(uuid.uuid4()),
+                    stream,
+                    (current[0] or 0) + 1,
+                    "MoneyDeposited",
+                    1,
+                    orjson.dumps({"amount": "1.00", "n": i}).decode(),
+                    "{}",
+                    now,
+                    now,
+                ),
+            )
+            raw_db.execute("COMMIT")
+
+    value, raw_rate = compare(count, adapter, raw)
+    store.close()
+    raw_db.close()
+    return Figure("append (1 event, synchronous=FULL)", value, "appends/s", raw_rate, "sqlite3 txn", goal=0.7)
+
+
+def bench_bulk_append(directory: Path, count: int) -> Figure:
+    """``bulk_append`` in 1,000-event batches vs. raw executemany per batch."""
+    runs = iter(range(100))
+
+    def adapter() -> None:
+        store = SQLiteEventStore(f"sqlite:///{directory}/bulk-{next(runs)}.db")
+        events = _events(count, streams=max(1, count // 50))
+        for start in range(0, count, PAGE):
+            store.bulk_append(events[start : start + PAGE])
+        store.close()
+
+    raw_runs = iter(range(100))
+    insert = (
+        "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
+        "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    def raw() -> None:
+        store = SQLiteEventStore(f"sqlite:///{directory}/rawbulk-{next(raw_runs)}.db")
+        store.stream_version("create the schema")
+        store.close()
+        db = _raw(directory / f"rawbulk-{next(raw_runs) - 1}.db")
+        events = _events(count, streams=max(1, count // 50))
+        for start in range(0, count, PAGE):
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                insert,
+                [
+                    (
+                        e.id,
+                        e.stream_id,
+                        e.version,
+                        e.type,
+                        e.schema_version,
+                        orjson.dumps(e.data).decode(),
+                        orjson.dumps(e.metadata).decode(),
+                        0,
+                        0,
+                    )
+                    for e in events[start : start + PAGE]
+                ],
+            )
+            db.execute("COMMIT")
+        db.close()
+
+    value, raw_rate = compare(count, adapter, raw)
+    return Figure("bulk_append (1,000 per call)", value, "events/s", raw_rate, "executemany", goal=0.7)
+
+
+def run(args: argparse.Namespace) -> list[Figure]:
+    """The SQLite store figures."""
+    quick = bool(getattr(args, "quick", False))
+    with tempfile.TemporaryDirectory(prefix="skyferry-bench-") as name:
+        directory = Path(name)
+        return [
+            bench_append(directory, 100 if quick else 1000),
+            bench_bulk_append(directory, 5_000 if quick else 50_000),
+            bench_read_all(directory, 10_000 if quick else 100_000),
+        ]
