@@ -31,6 +31,7 @@ VIEW_STORES: dict[str, str] = {
 }
 BROKERS: dict[str, str] = {
     "memory": "app.adapters.brokers.memory:MemoryBroker",
+    "nats": "app.adapters.brokers.nats:NatsBroker",
 }
 ARCHIVES: dict[str, str] = {
     "file": "app.adapters.archives.local:LocalArchive",
