@@ -18,6 +18,8 @@ from app.core.ports import Archive, Broker, EventStore, ViewStore
 EVENT_STORES: dict[str, str] = {
     "memory": "app.adapters.stores.memory:MemoryEventStore",
     "sqlite": "app.adapters.stores.sqlite:SQLiteEventStore",
+    "dynamodb": "app.adapters.stores.dynamodb:DynamoDBEventStore",
+    "cosmos": "app.adapters.stores.cosmos:CosmosEventStore",
     "firestore": "app.adapters.stores.firestore:FirestoreEventStore",
     "postgresql": "app.adapters.stores.postgres:PostgresEventStore",
     "postgres": "app.adapters.stores.postgres:PostgresEventStore",
@@ -25,6 +27,8 @@ EVENT_STORES: dict[str, str] = {
 VIEW_STORES: dict[str, str] = {
     "memory": "app.adapters.stores.memory:MemoryViewStore",
     "sqlite": "app.adapters.stores.sqlite:SQLiteViewStore",
+    "dynamodb": "app.adapters.stores.dynamodb:DynamoDBViewStore",
+    "cosmos": "app.adapters.stores.cosmos:CosmosViewStore",
     "firestore": "app.adapters.stores.firestore:FirestoreViewStore",
     "postgresql": "app.adapters.stores.postgres:PostgresViewStore",
     "postgres": "app.adapters.stores.postgres:PostgresViewStore",

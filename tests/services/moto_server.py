@@ -1,0 +1,98 @@
+"""One moto server per test session, shared by the DynamoDB, SNS/SQS and S3 services.
+
+moto's server handles requests in threads without isolating them, so a DynamoDB
+transaction could interleave with a concurrent write and the concurrency tests would test
+moto instead of the adapters.  This module therefore serves moto's WSGI app behind one
+lock (each request runs alone, as on a real service whose operations are atomic).  Run as
+a script it is the server; imported, it starts that script on a free loopback port once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any
+
+_LOCK = threading.Lock()
+_endpoint: str | None = None
+
+#: Fake credentials and region for moto (set for the session, restored at its end).
+TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+REGION = "us-east-1"
+
+
+def endpoint() -> str:
+    """The URL of the session's moto server, started on first use."""
+    global _endpoint
+    with _LOCK:
+        if _endpoint is not None:
+            return _endpoint
+        import contextlib
+
+        from tests import services
+
+        try:
+            import moto  # noqa: F401
+        except ImportError:
+            services.unavailable("moto[server] is not installed (uv sync --all-groups)")
+        port = services.free_port()
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(
+                services.started([sys.executable, os.path.abspath(__file__), str(port)], port, timeout=60)
+            )
+        except RuntimeError as e:
+            stack.close()
+            services.unavailable(f"moto server did not start: {e}")
+        saved = {name: os.environ.get(name) for name in TEST_ENV}
+        os.environ.update(TEST_ENV)
+
+        def stop() -> None:
+            global _endpoint
+            stack.close()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            _endpoint = None
+
+        services.on_session_end(stop)
+        _endpoint = f"http://127.0.0.1:{port}"
+        return _endpoint
+
+
+def _serve(port: int) -> None:  # pragma: no cover - runs in the server process
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import run_simple
+
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def serialized(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with lock:
+            result = app(environ, start_response)
+            try:
+                body = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        return [body]
+
+    run_simple("127.0.0.1", port, serialized, threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _serve(int(sys.argv[1]))
