@@ -122,6 +122,9 @@ class CommonConfig(ConfigModel):
     database_password: SecretStr | None = Field(
         default=None, description="PostgreSQL password (secret; required when store=postgres)"
     )
+    api_token: SecretStr | None = Field(
+        default=None, description="bearer token of the API (secret; SKYFERRY_API_TOKEN, required by serve)"
+    )
     labels: dict[str, str] = Field(default_factory=dict, description="extra labels/tags on every resource")
 
 
