@@ -1,0 +1,85 @@
+"""Shared helpers of the migrate tests: stores from the registry, sample histories, chunk text."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import zstandard
+
+from app.adapters import registry
+from app.core.messages import NewEvent
+from app.core.ports import Archive, EventStore, ViewStore
+from app.migrate.manifest import MANIFEST_NAME, Manifest
+from tests import services
+
+
+def store_schemes() -> list[str]:
+    """One scheme per event-store adapter class of the registry (aliases run once)."""
+    seen: dict[str, str] = {}
+    for scheme, path in sorted(registry.EVENT_STORES.items()):
+        seen.setdefault(path, scheme)
+    return sorted(seen.values())
+
+
+@contextlib.contextmanager
+def store_url(scheme: str) -> Iterator[str]:
+    """A fresh, empty store of ``scheme`` for one test (its URL)."""
+    with services.provide("event_store", registry.EVENT_STORES[scheme], scheme) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def opened(url: str) -> Iterator[tuple[EventStore, ViewStore]]:
+    """The event store and view store at ``url``, closed afterwards."""
+    events = registry.open_event_store(url)
+    views = registry.open_view_store(url)
+    try:
+        yield events, views
+    finally:
+        views.close()
+        events.close()
+
+
+def fill(store: EventStore, *, streams: int = 6, per_stream: int = 7, prefix: str = "acct") -> int:
+    """Append an interleaved history with awkward payloads; returns the number of events."""
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    count = 0
+    for version in range(1, per_stream + 1):
+        for s in range(streams):
+            stream_id = f"{prefix}:{s}" if s % 3 else f"tenant-{s}/{prefix}.ü_{s}"
+            event = NewEvent(
+                type="MoneyDeposited" if version % 2 else "MoneyWithdrawn",
+                data={
+                    "amount": f"{version}.{s:02d}",
+                    "n": version * 1000 + s,
+                    "rate": 1.25,
+                    "note": '€ ✓\n"q"',
+                    "nested": {"z": [1, None, True], "a": {}},
+                },
+                metadata={"correlation_id": str(uuid.UUID(int=version * 100 + s)), "actor": "tester"},
+                id=str(uuid.uuid4()),
+                schema_version=1 + version % 3,
+                occurred_at=moment + timedelta(seconds=count, microseconds=count),
+            )
+            store.append(stream_id, [event], version - 1)
+            count += 1
+    return count
+
+
+def chunk_lines(archive: Archive, *, drop_position: bool = False) -> list[bytes]:
+    """Every line of every chunk of ``archive``, in order (optionally without ``sourceposition``)."""
+    manifest = Manifest.from_bytes(archive.get(MANIFEST_NAME))
+    lines: list[bytes] = []
+    for entry in manifest.chunks:
+        text = zstandard.ZstdDecompressor().decompress(archive.get(entry.name))
+        for line in text.splitlines():
+            if drop_position:
+                raw = orjson.loads(line)
+                raw.pop("sourceposition", None)
+                line = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+            lines.append(line)
+    return lines

@@ -1,0 +1,191 @@
+"""Export, import, verify and migrate through the ports, over the stores of the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.adapters import registry
+from app.adapters.archives.local import LocalArchive
+from app.core.messages import NewEvent
+from app.migrate import checkpoints
+from app.migrate.errors import TargetConflict
+from app.migrate.export import export
+from app.migrate.importer import import_archive
+from app.migrate.manifest import MANIFEST_NAME, Manifest
+from app.migrate.migrate import Migration
+from app.migrate.verify import verify_archive, verify_stores
+from app.migrate.writer import TargetWriter
+from tests.integration.migrate_support import chunk_lines, fill, opened, store_schemes, store_url
+
+
+@pytest.mark.parametrize("target_scheme", store_schemes())
+def test_export_import_export_is_byte_identical(tmp_path: Path, target_scheme: str) -> None:
+    with store_url("sqlite") as source_url, store_url(target_scheme) as target_url:
+        with opened(source_url) as (source, _):
+            count = fill(source)
+            first = LocalArchive(tmp_path / "first")
+            exported = export(source, first, chunk_events=10)
+        with opened(target_url) as (target, views):
+            report = import_archive(first, target, views)
+            assert (report.events, report.written, report.skipped) == (count, count, 0)
+            assert [p["chunk"] for p in report.positions] == [
+                c.name for c in Manifest.from_bytes(first.get(MANIFEST_NAME)).chunks
+            ]
+            assert report.positions[-1]["source"] == exported.last_position
+            assert report.positions[-1]["target"] == target.last_position()
+            second = LocalArchive(tmp_path / "second")
+            again = export(target, second, chunk_events=10)
+            assert verify_archive(first, target).ok
+        with opened(source_url) as (source, _), opened(target_url) as (target, _):
+            assert verify_stores(source, target).differences == []
+    assert again.events == exported.events == count
+    before, after = chunk_lines(first, drop_position=True), chunk_lines(second, drop_position=True)
+    assert sorted(after) == sorted(before)  # every event byte-identical
+    a, b = Manifest.from_bytes(first.get(MANIFEST_NAME)), Manifest.from_bytes(second.get(MANIFEST_NAME))
+    assert {k: (v.events, v.head) for k, v in a.streams.items()} == {
+        k: (v.events, v.head) for k, v in b.streams.items()
+    }
+    if target_scheme == "sqlite":  # same store type, fresh database: the positions match too
+        assert [first.get(c.name) for c in a.chunks] == [second.get(c.name) for c in b.chunks]
+    if target_scheme in KEEPS_GLOBAL_ORDER_PENDING:
+        pytest.xfail(KEEPS_GLOBAL_ORDER_PENDING[target_scheme])
+    assert after == before  # and in the same global order
+
+
+KEEPS_GLOBAL_ORDER_PENDING = {
+    "postgres": "PostgresEventStore.bulk_append stores events grouped by stream, not in the order given "
+    "(reported to H-onprem): the import keeps every event, not the source's global order",
+}
+
+
+@pytest.mark.parametrize("use_bulk", [True, False], ids=["bulk_append", "append"])
+def test_both_write_paths_keep_the_global_order(tmp_path: Path, use_bulk: bool) -> None:
+    with (
+        store_url("memory") as source_url,
+        store_url("sqlite") as target_url,
+        opened(source_url) as (source, _),
+        opened(target_url) as (target, _),
+    ):
+        fill(source, streams=4, per_stream=5)
+        writer = TargetWriter(target, use_bulk=use_bulk)
+        assert writer.path == ("bulk_append" if use_bulk else "append")
+        after = None
+        while batch := source.read_all(after=after, limit=7):
+            writer.write(batch)
+            after = batch[-1].position
+        assert writer.written == 20
+        assert [e.id for e in target.read_all(limit=100)] == [e.id for e in source.read_all(limit=100)]
+        writer.write(source.read_all(limit=100))
+        assert (writer.written, writer.skipped) == (20, 20)
+
+
+def test_importing_twice_adds_nothing(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path / "a")
+    with store_url("memory") as source_url, store_url("sqlite") as target_url:
+        with opened(source_url) as (source, _):
+            count = fill(source)
+            export(source, archive, chunk_events=8)
+        with opened(target_url) as (target, views):
+            import_archive(archive, target, views)
+            again = import_archive(archive, target, views)
+            assert (again.written, again.resumed_at_chunk) == (0, again.chunks + again.resumed_at_chunk)
+            # without the checkpoint too: every write is idempotent by id and version
+            views.drop_checkpoints(checkpoints.PROJECTION)
+            third = import_archive(archive, target, views)
+            assert (third.written, third.skipped, third.resumed_at_chunk) == (0, count, 0)
+            assert len(target.read_all(limit=10_000)) == count
+
+
+@pytest.mark.parametrize("use_bulk", [True, False], ids=["bulk_append", "append"])
+def test_a_target_holding_other_events_stops_naming_stream_and_version(tmp_path: Path, use_bulk: bool) -> None:
+    archive = LocalArchive(tmp_path / "a")
+    with store_url("memory") as source_url, store_url("sqlite") as target_url:
+        with opened(source_url) as (source, _):
+            fill(source, streams=2, per_stream=4)
+            export(source, archive)
+            stream_id = next(iter(source.list_streams()))
+            theirs = source.read_stream(stream_id)
+        with opened(target_url) as (target, _):
+            target.append(stream_id, [e.to_new() for e in theirs[:2]], 0)
+            target.append(stream_id, [NewEvent(type="Intruder", data={})], 2)
+            writer = TargetWriter(target, use_bulk=use_bulk)
+            with pytest.raises(TargetConflict, match=rf"stream '{stream_id}' version 3: .*differs in id"):
+                writer.write([e for e in theirs])
+
+
+def test_verify_lists_every_difference(tmp_path: Path) -> None:
+    with (
+        store_url("memory") as source_url,
+        store_url("memory") as target_url,
+        opened(source_url) as (source, _),
+        opened(target_url) as (target, _),
+    ):
+        fill(source, streams=4, per_stream=3)
+        streams = list(source.list_streams())
+        for sid in streams[1:]:
+            events = source.read_stream(sid)
+            if sid == streams[1]:
+                events = events[:2]
+            if sid == streams[2]:
+                changed = events[1].to_new()
+                events = [events[0]]
+                target.append(sid, [e.to_new() for e in events], 0)
+                target.append(
+                    sid,
+                    [
+                        NewEvent(
+                            type=changed.type,
+                            data={"amount": "9"},
+                            id=changed.id,
+                            occurred_at=changed.occurred_at,
+                            metadata=changed.metadata,
+                            schema_version=changed.schema_version,
+                        )
+                    ],
+                    1,
+                )
+                continue
+            target.append(sid, [e.to_new() for e in events], 0)
+        target.append("only-in-target", [NewEvent(type="X", data={})], 0)
+        report = verify_stores(source, target)
+        assert not report.ok
+        text = "\n".join(report.differences)
+        assert f"stream {streams[0]!r}: missing in the target (3 events)" in text
+        assert f"stream {streams[1]!r}: target ends at version 2, source continues to version 3" in text
+        assert f"stream {streams[2]!r} version 2: differs in data, recorded_at" in text
+        assert "stream 'only-in-target': only in the target (1 events)" in text
+        assert report.difference_count == 4
+        archive = LocalArchive(tmp_path / "a")
+        export(source, archive)
+        against = verify_archive(archive, target)
+        assert against.difference_count == 4
+        assert f"stream {streams[1]!r}: archive has 3 events, target has 2" in against.differences
+
+
+def test_migrate_copies_resumes_from_its_checkpoint_and_follows() -> None:
+    with (
+        store_url("sqlite") as source_url,
+        store_url("sqlite") as target_url,
+        opened(source_url) as (source, _),
+        opened(target_url) as (target, views),
+    ):
+        count = fill(source)
+        first = Migration(source, target, views, batch=5)
+        first.copy_once()
+        first.copy_once()
+        assert len(target.read_all(limit=1000)) == 10
+        resumed = Migration(source, target, views, batch=5)
+        assert resumed.position == first.position
+        resumed.catch_up()
+        assert resumed.report.caught_up
+        assert resumed.report.lag_seconds == 0.0
+        assert resumed.writer.written == count - 10
+        source.append("late", [NewEvent(type="Late", data={})], 0)
+        assert resumed.copy_once() == 1
+        assert verify_stores(source, target).ok
+
+
+def test_store_urls_in_reports_carry_no_secret() -> None:
+    assert registry.redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
