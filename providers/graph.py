@@ -125,6 +125,8 @@ def _plain(value: Any, path: str, secrets: set[str]) -> Any:
         return {k: _plain(v, f"{path}.{k}" if path else k, secrets) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v, f"{path}.{i}" if path else str(i), secrets) for i, v in enumerate(value)]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # protobuf Struct numbers are doubles; the program declared an int
     return value
 
 
@@ -213,14 +215,16 @@ def run_program(
     *,
     project: str = "skyferry",
     stack: str = "dev",
+    monitor: GraphMonitor | None = None,
 ) -> Graph:
     """Run ``program`` under mocks with ``config`` (strings, as Pulumi passes them); return its graph.
 
     Errors the program raises (a bad config, a policy the component enforces) propagate
-    unchanged, before or after some resources were declared.
+    unchanged, before or after some resources were declared; pass your own ``monitor`` to
+    see what was declared before an error.
     """
     with _fresh_runtime():
-        monitor = GraphMonitor(GraphMocks())
+        monitor = monitor or GraphMonitor(GraphMocks())
         pulumi_settings.ROOT.set(None)
         pulumi.runtime.set_all_config(dict(config), sorted(secret_keys))
         pulumi.runtime.set_mocks(GraphMocks(), project=project, stack=stack, preview=False, monitor=monitor)
