@@ -11,7 +11,7 @@ Headers of commands:
 * ``If-Match: <version>`` -- optimistic concurrency: 409 with ``actual_version`` when the
   aggregate is at another version.  Responses carry ``ETag: "<version>"``.
 
-When the store is fenced for a migration cutover (:mod:`app.fence`), every command gets
+When the store is fenced for a migration cutover (:mod:`app.migrate.fence`), every command gets
 ``503`` with ``Retry-After`` and the queries keep working.  Errors share one JSON shape
 (see :mod:`app.api.errors`).
 """
@@ -37,9 +37,9 @@ from app.api.errors import RETRY_AFTER_SECONDS, install, problem
 from app.api.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
 from app.core.application import CommandResult
 from app.core.errors import ValidationError
-from app.fence import get_fence
 from app.ledger import commands as cmd
 from app.ledger.bootstrap import Ledger, bootstrap
+from app.migrate.fence import FENCE_COLLECTION, FENCE_KEY
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,12 @@ class WriteOptions:
             if not text.isdigit():
                 raise ValidationError(f'If-Match must be an aggregate version such as "3", not {if_match!r}')
             self.expected_version = int(text)
+
+
+def read_fence(ledger: Ledger) -> dict[str, Any] | None:
+    """The write-fence document of the ledger's store when writes are fenced (see app/migrate/fence.py)."""
+    doc = ledger.views.get(FENCE_COLLECTION, FENCE_KEY)
+    return doc.value if doc is not None and doc.value.get("fenced") is True else None
 
 
 def the_ledger(request: Request) -> Ledger:
@@ -167,13 +173,14 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
 
     async def execute(lg: Ledger, command: cmd.Command, options: WriteOptions, status: int) -> JSONResponse:
         name = type(command).__name__
-        fence = await run_in_threadpool(get_fence, lg.views)
+        fence = await run_in_threadpool(read_fence, lg)
         if fence is not None:
             metrics.commands.labels(name, "fenced").inc()
             return problem(
                 503,
                 "read_only",
-                f"writes are fenced since {fence.since} by {fence.by}: {fence.reason}",
+                f"the store is read-only since {fence.get('since', '?')} (migration cutover): "
+                f"{fence.get('reason', '')}",
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
         try:
@@ -303,7 +310,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             return JSONResponse({"status": "starting", "detail": ""}, status_code=503)
         try:
             await run_in_threadpool(found.events.last_position)
-            await run_in_threadpool(get_fence, found.views)
+            await run_in_threadpool(read_fence, found)
         except Exception as e:
             log.warning("not ready: %s", e)
             return JSONResponse({"status": "unavailable", "detail": str(e)}, status_code=503)
