@@ -33,6 +33,7 @@ VIEW_STORES: dict[str, str] = {
 }
 BROKERS: dict[str, str] = {
     "memory": "app.adapters.brokers.memory:MemoryBroker",
+    "sns+sqs": "app.adapters.brokers.sns_sqs:SnsSqsBroker",
     "nats": "app.adapters.brokers.nats:NatsBroker",
 }
 ARCHIVES: dict[str, str] = {
