@@ -1,0 +1,139 @@
+"""The kubernetes target under mocks: the Helm release, its Secret, and the values it renders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from providers.graph import Graph
+from providers.kubernetes.platform import CHART, split_image
+from tests.infra.tools import helm
+
+BASE = {
+    "skyferry:target": "kubernetes",
+    "skyferry:name": "ledger",
+    "skyferry:image": "registry.example.com/skyferry@sha256:" + "a" * 64,
+    "skyferry:databasePassword": "pg-secret-value",
+    "skyferry:apiToken": "token-secret-value",
+    "skyferry:apiReplicas": "3",
+    "skyferry:apiMaxReplicas": "3",
+    "skyferry:cpuMillicores": "750",
+    "skyferry:memoryMib": "2048",
+}
+SECRETS = {"skyferry:databasePassword", "skyferry:apiToken"}
+
+
+def only(graph: Graph, type_: str) -> Any:
+    nodes = graph.by_type(type_)
+    assert len(nodes) == 1, f"expected one {type_}, got {len(nodes)}"
+    return nodes[0]
+
+
+def test_in_chart_services_release_and_secret(run_config: Callable[..., Graph]) -> None:
+    graph = run_config({**BASE, "skyferry:kubernetes": json.dumps({"namespace": "ledger-ns"})}, SECRETS)
+    provider = only(graph, "pulumi:providers:kubernetes")
+    release = only(graph, "kubernetes:helm.sh/v3:Release")
+    secret = only(graph, "kubernetes:core/v1:Secret")
+    namespace = only(graph, "kubernetes:core/v1:Namespace")
+    assert namespace.get("metadata.name") == "ledger-ns"
+    assert release.get("chart") == str(CHART)
+    assert release.get("namespace") == "ledger-ns"
+    assert release.get("atomic") is True
+    assert release.name == "ledger"
+    values = release.get("values")
+    assert values["fullnameOverride"] == "ledger"
+    assert values["existingSecret"] == secret.get("metadata.name") == "ledger-credentials"
+    assert values["postgresql"]["enabled"] is True
+    assert values["nats"]["enabled"] is True
+    assert values["image"] == {"repository": "registry.example.com/skyferry", "tag": "", "digest": "sha256:" + "a" * 64}
+    assert values["api"]["replicaCount"] == 3
+    assert values["api"]["autoscaling"]["enabled"] is False
+    assert values["api"]["resources"]["requests"] == {"cpu": "750m", "memory": "2048Mi"}
+    assert values["podSecurityContext"]["runAsNonRoot"] is True
+    # credentials only in the Secret, as secrets; never in the release values
+    assert secret.is_secret("stringData.store-url")
+    assert secret.is_secret("stringData.api-token")
+    assert secret.get("stringData.store-url") == (
+        "postgresql://skyferry:pg-secret-value@ledger-postgresql.ledger-ns.svc.cluster.local:5432/skyferry"
+    )
+    assert "pg-secret-value" not in json.dumps(values)
+    assert "token-secret-value" not in json.dumps(values)
+    # the release waits for its namespace and Secret, and deploys through the stack's provider
+    assert {namespace.urn, secret.urn} <= set(release.dependencies)
+    assert provider.parent == only(graph, "skyferry:kubernetes:Platform").urn
+    # outputs carry no credential
+    assert (
+        graph.outputs["store_url"].value
+        == "postgresql://skyferry@ledger-postgresql.ledger-ns.svc.cluster.local:5432/skyferry"
+    )
+    assert graph.outputs["broker_url"].value == "nats://ledger-nats.ledger-ns.svc.cluster.local:4222/skyferry"
+    assert graph.outputs["api_url"].value == "http://ledger-api.ledger-ns.svc.cluster.local:80"
+
+
+def test_external_endpoints_and_ingress(run_config: Callable[..., Graph]) -> None:
+    section = {
+        "context": "prod",
+        "postgres": "external",
+        "externalStoreUrl": "postgresql://app:ext-pw@db.internal:5432/ledger",
+        "nats": "external",
+        "externalBrokerUrl": "nats://nats.internal:4222/ledger",
+        "ingressHost": "ledger.example.com",
+    }
+    values = {**BASE, "skyferry:kubernetes": json.dumps(section)}
+    graph = run_config(values, SECRETS | {"skyferry:kubernetes"})
+    release = only(graph, "kubernetes:helm.sh/v3:Release")
+    assert only(graph, "pulumi:providers:kubernetes").get("context") == "prod"
+    chart_values = release.get("values")
+    assert chart_values["postgresql"]["enabled"] is False
+    assert chart_values["nats"]["enabled"] is False
+    assert chart_values["ingress"] == {"enabled": True, "host": "ledger.example.com", "className": ""}
+    assert "ext-pw" not in json.dumps(chart_values)
+    assert graph.outputs["store_url"].value == "postgresql://app@db.internal:5432/ledger"
+    assert graph.outputs["api_url"].value == "https://ledger.example.com"
+    assert "postgres-password" not in only(graph, "kubernetes:core/v1:Secret").get("stringData")
+
+
+def test_release_values_render_through_the_chart(run_config: Callable[..., Graph], tmp_path: Path) -> None:
+    graph = run_config({**BASE, "skyferry:apiMaxReplicas": "9"}, SECRETS)
+    release = only(graph, "kubernetes:helm.sh/v3:Release")
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(release.get("values")))
+    rendered = subprocess.run(
+        [helm(), "template", release.name, str(CHART), "-n", release.get("namespace"), "-f", str(values_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("Deployment", "ledger-api") in kinds
+    assert ("Deployment", "ledger-worker") in kinds
+    assert ("StatefulSet", "ledger-postgresql") in kinds
+    assert ("StatefulSet", "ledger-nats") in kinds
+    assert ("HorizontalPodAutoscaler", "ledger-api") in kinds
+    assert ("Secret", "ledger-credentials") not in kinds  # the Pulumi-made Secret is used
+    # the service names the outputs point at are the ones the chart creates
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    assert {"ledger-api", "ledger-postgresql", "ledger-nats"} <= services
+    api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "ledger-api")
+    container = api["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example.com/skyferry@sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("ghcr.io/skyferry/skyferry:0.1.0", {"repository": "ghcr.io/skyferry/skyferry", "tag": "0.1.0", "digest": ""}),
+        ("localhost:5000/skyferry", {"repository": "localhost:5000/skyferry", "tag": "", "digest": ""}),
+        ("r.io/s@sha256:" + "b" * 64, {"repository": "r.io/s", "tag": "", "digest": "sha256:" + "b" * 64}),
+    ],
+)
+def test_split_image(image: str, expected: dict[str, str]) -> None:
+    assert split_image(image) == expected
