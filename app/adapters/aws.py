@@ -116,8 +116,10 @@ def parse_options(url: str) -> tuple[str, str, AwsOptions]:
 _session_lock = threading.Lock()
 
 
-def make_client(service: str, options: AwsOptions) -> Any:
+def make_client(service: str, options: AwsOptions, **config: Any) -> Any:
     """A boto3 client for ``service``; raises ConfigurationError when no region is known.
+
+    ``config`` adds botocore ``Config`` fields (``s3={"addressing_style": "path"}``).
 
     botocore's own retries are kept to one attempt: :func:`call` retries with jittered
     backoff and turns the last failure into ``TransientError``.
@@ -140,6 +142,7 @@ def make_client(service: str, options: AwsOptions) -> Any:
             connect_timeout=5,
             read_timeout=30,
             max_pool_connections=32,
+            **config,
         )
         with _session_lock:
             return session.client(service, region_name=region, endpoint_url=options.endpoint, config=config)
