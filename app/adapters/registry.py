@@ -38,6 +38,7 @@ BROKERS: dict[str, str] = {
 }
 ARCHIVES: dict[str, str] = {
     "file": "app.adapters.archives.local:LocalArchive",
+    "s3": "app.adapters.archives.s3:S3Archive",
 }
 
 T = TypeVar("T")
