@@ -38,8 +38,10 @@ def encode(event: Event, mode: MessageMode = "full") -> Message:
     """The broker message announcing ``event``."""
     if mode == "full":
         body = orjson.dumps(event.to_dict())
-    else:
+    elif mode == "thin":
         body = orjson.dumps({"id": event.id, "stream_id": event.stream_id, "version": event.version})
+    else:
+        raise ValidationError(f"message mode must be 'full' or 'thin', not {mode!r}")
     return Message(
         id=event.id,
         key=event.stream_id,

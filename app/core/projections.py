@@ -244,15 +244,19 @@ class ProjectionRunner:
             if len(self._cache) > self.cache_limit:
                 self._cache = {}
             views = ViewBatch(self.views, mapping, self._cache)
-            for event in batch:
-                if event.type in handles:
-                    apply(upcast(event) if upcast is not None else event, views)
             last = batch[-1].position
             if last is None:
                 raise ConfigurationError(f"{self.events.url}: read_all returned an event without a position")
             try:
+                for event in batch:
+                    if event.type in handles:
+                        apply(upcast(event) if upcast is not None else event, views)
                 self.views.commit(name, views.changes(), {"$all": last})
-            except ConcurrencyError:
+            except BaseException as e:
+                # The remembered documents hold this batch's uncommitted changes: forget them.
+                self._cache = {}
+                if not isinstance(e, ConcurrencyError):
+                    raise
                 # Another runner of this projection committed first: start again from its checkpoint.
                 conflicts += 1
                 if conflicts > self.max_conflicts:

@@ -1,0 +1,304 @@
+"""Projections, message codec and relay: exactly-once effect, blue/green, none lost."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from app.adapters.brokers.memory import MemoryBroker
+from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from app.core.codec import decode, encode
+from app.core.errors import ConcurrencyError, StreamNotFound, TransientError, ValidationError
+from app.core.messages import NewEvent
+from app.core.ports import Message
+from app.core.projections import (
+    ALIASES,
+    ProjectionConsumer,
+    ProjectionRunner,
+    ReadModels,
+    checkpoint_name,
+    physical_collection,
+    rebuild,
+)
+from app.core.relay import Relay
+from app.core.upcasting import Upcasters
+from tests.unit.kernel_fakes import CountingProjection, FailingCommitViews, FlakyBroker
+
+
+def fill(events: MemoryEventStore, streams: int = 5, per_stream: int = 20) -> int:
+    """Interleaved appends; every event adds its index; returns the sum of all amounts."""
+    total = 0
+    for i in range(per_stream):
+        for s in range(streams):
+            amount = i * streams + s
+            events.append(f"counter-{s}", [NewEvent("Added", {"amount": amount}, schema_version=2)], i)
+            total += amount
+        events.append("other-x", [NewEvent("Ignored", {})], i)
+    return total
+
+
+def counts(views: Any, generation: int = 1) -> dict[str, dict[str, int]]:
+    return {key: doc.value for key, doc in views.query(physical_collection("counts", generation))}
+
+
+def clean_counts(events: MemoryEventStore) -> dict[str, dict[str, int]]:
+    views = MemoryViewStore()
+    ProjectionRunner(events, views, CountingProjection(), batch_size=7).run_once()
+    return counts(views)
+
+
+# -- catch-up runner -----------------------------------------------------------------------
+
+
+def test_runner_applies_every_event_once_and_commits_in_batches() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    total = fill(events)
+    spy = FailingCommitViews(views)
+    runner = ProjectionRunner(events, spy, CountingProjection(), batch_size=30)  # type: ignore[arg-type]
+    assert runner.run_once() == 120
+    assert spy.commits == 4  # 120 events in batches of 30: view changes and checkpoint together
+    result = counts(views)
+    assert result["$total"] == {"events": 100, "sum": total}
+    assert all(result[f"counter-{s}"]["events"] == 20 for s in range(5))
+    assert views.get_checkpoint(checkpoint_name("counting", 1)) == events.last_position()
+    assert runner.run_once() == 0
+
+
+def test_a_failed_commit_leaves_views_and_checkpoint_untouched_and_the_rerun_is_exact() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    expected = clean_counts(events)
+    flaky = FailingCommitViews(views, fail_times=0)
+    runner = ProjectionRunner(events, flaky, CountingProjection(), batch_size=50)  # type: ignore[arg-type]
+    runner.run_once(max_events=50)
+    committed = counts(views)
+    checkpoint = views.get_checkpoint("counting_g1")
+    flaky.fail_times = 1
+    with pytest.raises(TransientError):
+        runner.run_once()
+    assert counts(views) == committed
+    assert views.get_checkpoint("counting_g1") == checkpoint
+    runner.run_once()
+    assert counts(views) == expected
+
+
+def test_a_crash_inside_a_batch_commits_nothing_of_that_batch() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    expected = clean_counts(events)
+    crash = {"on": True}
+    projection = CountingProjection(fail_on=lambda e: crash["on"] and e.data["amount"] == 77)
+    with pytest.raises(RuntimeError):
+        ProjectionRunner(events, views, projection, batch_size=40).run_once()
+    partial = counts(views)
+    assert partial["$total"]["events"] < 100
+    crash["on"] = False
+    ProjectionRunner(events, views, projection, batch_size=40).run_once()
+    assert counts(views) == expected
+
+
+def test_two_runners_of_one_projection_never_double_apply() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    expected = clean_counts(events)
+    rival = ProjectionRunner(events, views, CountingProjection(), batch_size=1000)
+    # The rival commits everything while the first runner is about to commit its batch.
+
+    def rival_catches_up() -> None:
+        rival.run_once()
+
+    racing = FailingCommitViews(views, before=rival_catches_up)
+    first = ProjectionRunner(events, racing, CountingProjection(), batch_size=1000)  # type: ignore[arg-type]
+    first.run_once()
+    assert racing.commits == 1  # its commit conflicted; the reloaded checkpoint left nothing to do
+    assert counts(views) == expected
+
+
+def test_upcasters_apply_in_projections() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    events.append("counter-1", [NewEvent("Added", {"n": 5}), NewEvent("Added", {"amount": 6}, schema_version=2)], 0)
+    upcasters = Upcasters()
+    upcasters.add("Added", 1, lambda data: {"amount": data["n"]})
+    ProjectionRunner(events, views, CountingProjection(), upcasters=upcasters).run_once()
+    assert counts(views)["counter-1"] == {"events": 2, "sum": 11}
+
+
+# -- blue/green rebuild ----------------------------------------------------------------------
+
+
+def test_rebuild_builds_beside_the_live_generation_switches_and_drops_the_old_one() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    ProjectionRunner(events, views, CountingProjection()).run_once()
+    before = counts(views, 1)
+    report = rebuild(events, views, CountingProjection(), batch_size=13)
+    assert (report.old_generation, report.new_generation, report.events) == (1, 2, 120)
+    assert counts(views, 2) == before
+    assert counts(views, 1) == {}
+    assert views.get_checkpoint("counting_g1") is None
+    assert views.get(ALIASES, "counting").value["generation"] == 2  # type: ignore[union-attr]
+    read_models = ReadModels(views)
+    assert read_models.get("counting", "counts", "$total") == before["$total"]
+    # The live runner follows the switch and keeps applying new events to generation 2.
+    events.append("counter-0", [NewEvent("Added", {"amount": 1000}, schema_version=2)], 20)
+    ProjectionRunner(events, views, CountingProjection()).run_once()
+    assert read_models.get("counting", "counts", "counter-0")["events"] == 21  # type: ignore[index]
+    live = counts(views, 2)
+    again = rebuild(events, views, CountingProjection())
+    assert again.new_generation == 3
+    assert counts(views, 3) == live
+    assert counts(views, 2) == {}
+    assert read_models.get("counting", "counts", "counter-0")["sum"] == before["counter-0"]["sum"] + 1000  # type: ignore[index]
+
+
+def test_rebuild_drops_leftovers_of_an_interrupted_rebuild() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    ProjectionRunner(events, views, CountingProjection()).run_once()
+    stale = ProjectionRunner(events, views, CountingProjection(), generation=2)
+    stale.run_once(max_events=10)
+    assert counts(views, 2) != {}
+    report = rebuild(events, views, CountingProjection())
+    assert report.new_generation == 2
+    assert counts(views, 2) == clean_counts(events)
+
+
+def test_a_concurrent_rebuild_loses_the_alias_race() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=1, per_stream=3)
+    racing = FailingCommitViews(views)
+    original = racing.commit
+    rivals: list[int] = []
+
+    def commit(projection: str, changes: Any, checkpoint: Any) -> None:
+        if projection == ALIASES and not rivals:
+            # Another process switches the alias first.
+            rivals.append(rebuild(events, views, CountingProjection()).new_generation)
+        original(projection, changes, checkpoint)
+
+    racing.commit = commit  # type: ignore[method-assign]
+    with pytest.raises(ConcurrencyError):
+        rebuild(events, racing, CountingProjection())  # type: ignore[arg-type]
+    assert ReadModels(views).live_generation("counting") == 2
+
+
+# -- codec -----------------------------------------------------------------------------------
+
+
+def test_full_messages_carry_the_whole_event() -> None:
+    events = MemoryEventStore()
+    events.append("counter-1", [NewEvent("Added", {"amount": 3}, {"actor": "t"}, schema_version=2)], 0)
+    event = events.read_all()[0]
+    message = encode(event, "full")
+    assert (message.id, message.key) == (event.id, "counter-1")
+    assert message.attributes == {"type": "Added", "version": "1", "schema_version": "2", "mode": "full"}
+    assert decode(message).to_dict() == event.to_dict()
+
+
+def test_thin_messages_carry_ids_and_the_consumer_fetches_the_event() -> None:
+    events = MemoryEventStore()
+    events.append("counter-1", [NewEvent("Added", {"secret": "not in the message"})], 0)
+    event = events.read_all()[0]
+    message = encode(event, "thin")
+    assert b"secret" not in message.body
+    assert decode(message, events).to_dict() == event.to_dict()
+    with pytest.raises(ValidationError):
+        decode(message)
+    wrong = Message(id=message.id, key=message.key, body=message.body.replace(event.id.encode(), b"0" * 36))
+    with pytest.raises(StreamNotFound):
+        decode(wrong, events)
+    with pytest.raises(ValidationError):
+        encode(event, "fat")  # type: ignore[arg-type]
+
+
+# -- broker-fed consumer ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["full", "thin"])
+def test_consumer_skips_duplicates_and_fills_gaps_from_the_store(mode: str) -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=2, per_stream=4)
+    messages = [encode(e, mode) for e in events.read_all()]  # type: ignore[arg-type]
+    consumer = ProjectionConsumer(events, views, CountingProjection())
+    by_stream = [m for m in messages if m.key == "counter-0"]
+    consumer.handle(by_stream[0])
+    consumer.handle(by_stream[0])
+    consumer.handle(by_stream[3])  # versions 2 and 3 are fetched from the store
+    for message in messages:
+        consumer.handle(message)
+    assert counts(views) == clean_counts(events)
+    assert consumer.duplicates == 1 + 4
+
+
+def test_competing_consumers_cannot_double_apply() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=1, per_stream=2)
+    message = encode(events.read_stream("counter-0")[0])
+    other = ProjectionConsumer(events, views, CountingProjection())
+    racing = FailingCommitViews(views, before=lambda: other.handle(message))
+    consumer = ProjectionConsumer(events, racing, CountingProjection())  # type: ignore[arg-type]
+    with pytest.raises(ConcurrencyError):
+        consumer.handle(message)
+    consumer.handle(message)  # the broker's redelivery: a duplicate now
+    assert counts(views)["counter-0"] == {"events": 1, "sum": 0}
+
+
+# -- relay -------------------------------------------------------------------------------------
+
+
+def test_relay_publishes_everything_once_and_advances_its_checkpoint() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=3, per_stream=10)
+    broker = FlakyBroker()
+    relay = Relay(events, views, broker, "thin", batch_size=7)
+    assert relay.run_once() == 40
+    assert [m.id for m in broker.accepted] == [e.id for e in events.read_all(limit=1000)]
+    assert relay.position() == events.last_position()
+    assert relay.run_once() == 0
+    assert len(broker.accepted) == 40
+
+
+def test_relay_never_loses_an_event_when_the_broker_fails_mid_batch() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=3, per_stream=10)
+    broker = FlakyBroker(accept=10)
+    relay = Relay(events, views, broker, "full", batch_size=8)
+    with pytest.raises(TransientError):
+        relay.run_once()
+    # Batch 1 (8 events) was accepted whole; batch 2 failed after 2 of its 8 messages.
+    assert relay.position() == events.read_all(limit=8)[-1].position
+    broker.accept = None
+    relay.run_once()
+    all_ids = [e.id for e in events.read_all(limit=1000)]
+    assert set(m.id for m in broker.accepted) == set(all_ids)
+    assert len(broker.accepted) == 40 + 2  # the two messages of the failed batch came twice
+    # A consumer's checkpoints absorb the duplicates.
+    consumer_views = MemoryViewStore()
+    consumer = ProjectionConsumer(events, consumer_views, CountingProjection())
+    for message in broker.accepted:
+        consumer.handle(message)
+    assert counts(consumer_views) == clean_counts(events)
+
+
+@pytest.mark.parametrize("mode", ["full", "thin"])
+def test_relay_to_the_in_process_broker_feeds_a_consumer_exactly_once(mode: str) -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    broker = MemoryBroker(retry_backoff=0.01)
+    consumer = ProjectionConsumer(events, views, CountingProjection())
+    subscription = broker.subscribe("counting", consumer.handle)
+    try:
+        fill(events, streams=4, per_stream=5)
+        relay = Relay(events, views, broker, mode)
+        relay.run_once()
+        relay.views.commit(relay.name, [], {})  # nothing to change: the checkpoint stays
+        deadline = time.monotonic() + 30
+        while broker.pending("counting") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert broker.pending("counting") == 0
+        assert broker.dead_letters("counting") == []
+    finally:
+        subscription.close()
+        broker.close()
+    assert counts(views) == clean_counts(events)
