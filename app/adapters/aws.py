@@ -137,7 +137,7 @@ def make_client(service: str, options: AwsOptions, **config: Any) -> Any:
         region = session.region_name
         if not region:
             raise ConfigurationError(f"no AWS region for {service}: add ?region=... to the URL or set AWS_REGION")
-        config = Config(
+        settings = Config(
             retries={"mode": "standard", "max_attempts": 1},
             connect_timeout=5,
             read_timeout=30,
@@ -145,7 +145,7 @@ def make_client(service: str, options: AwsOptions, **config: Any) -> Any:
             **config,
         )
         with _session_lock:
-            return session.client(service, region_name=region, endpoint_url=options.endpoint, config=config)
+            return session.client(service, region_name=region, endpoint_url=options.endpoint, config=settings)
     except ProfileNotFound as e:
         raise ConfigurationError(f"AWS profile {options.profile!r} does not exist") from e
     except BotoCoreError as e:
