@@ -1,0 +1,202 @@
+"""``skyferry export | import | verify | migrate`` as a user runs them: exit codes, JSON, progress."""
+
+from __future__ import annotations
+
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from app.adapters import registry
+from app.core.messages import NewEvent
+from app.core.ports import ANY
+from app.migrate.crypto import new_key
+from app.migrate.fence import is_fenced
+from app.migrate.manifest import MANIFEST_NAME, Manifest
+from tests.integration.migrate_support import fill, opened
+
+SKYFERRY = str(Path(sys.executable).with_name("skyferry"))
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SKYFERRY, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    doc = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert isinstance(doc, dict)
+    return doc
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path}/source.db"
+    with opened(url) as (store, _):
+        fill(store, streams=5, per_stream=8)
+    return url
+
+
+def test_export_import_verify_through_the_cli(tmp_path: Path, source: str) -> None:
+    archive, target = str(tmp_path / "archive"), f"sqlite:///{tmp_path}/target.db"
+    exported = run("export", "--from", source, "--to", archive, "--chunk-events", "7", "--json")
+    assert exported.returncode == 0, exported.stderr
+    assert summary(exported)["events"] == 40
+    assert summary(exported)["chunks"] == 6
+    imported = run("import", "--from", archive, "--to", target, "--json")
+    assert imported.returncode == 0, imported.stderr
+    assert (summary(imported)["written"], summary(imported)["skipped"]) == (40, 0)
+    assert summary(imported)["write_path"] == "bulk_append"
+    again = run("import", "--from", archive, "--to", target, "--json")
+    assert summary(again)["written"] == 0
+    for left, right in ((source, target), (archive, target)):
+        verified = run("verify", "--source", left, "--target", right)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "compared 5 streams, 40 events" in verified.stdout
+        assert "identical" in verified.stdout
+
+
+def test_verify_exits_1_with_a_readable_list(tmp_path: Path, source: str) -> None:
+    target = f"sqlite:///{tmp_path}/target.db"
+    assert run("migrate", "--from", source, "--to", target).returncode == 0
+    with opened(target) as (store, _):
+        store.append("acct:1", [NewEvent(type="Extra", data={})], ANY)
+    result = run("verify", "--source", source, "--target", target)
+    assert result.returncode == 1
+    assert "1 difference(s):" in result.stdout
+    assert "  - stream 'acct:1': target has extra events from version 9 (source ends at version 8)" in result.stdout
+    as_json = run("verify", "--source", source, "--target", target, "--json")
+    assert as_json.returncode == 1
+    assert summary(as_json)["difference_count"] == 1
+
+
+def test_bad_input_exits_2_naming_the_file_or_setting(tmp_path: Path, source: str) -> None:
+    archive, target = tmp_path / "archive", f"sqlite:///{tmp_path}/target.db"
+    key_file = tmp_path / "key"
+    key_file.write_text(new_key())
+    assert run("export", "--from", source, "--to", str(archive), "--key-file", str(key_file)).returncode == 0
+    wrong = run(
+        "import", "--from", str(archive), "--to", target, "--key-env", "WRONG_KEY", env={"WRONG_KEY": new_key()}
+    )
+    assert wrong.returncode == 2
+    assert "manifest.json: wrong encryption key" in wrong.stderr
+    chunk = archive / Manifest.from_bytes((archive / MANIFEST_NAME).read_bytes()).chunks[0].name
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+    damaged = run("import", "--from", str(archive), "--to", target, "--key-file", str(key_file), "--json")
+    assert damaged.returncode == 2
+    assert "chunks/000000.jsonl.zst: size is" in damaged.stderr
+    assert summary(damaged)["exit_code"] == 2
+    assert run("export", "--from", source, "--to", str(archive)).returncode == 2  # already holds an export
+    bad_shard = run("migrate", "--from", source, "--to", target, "--shard", "3/3")
+    assert (bad_shard.returncode, "--shard '3/3'" in bad_shard.stderr) == (2, True)
+    bad_scheme = run("migrate", "--from", source, "--to", "nosuch://x")
+    assert (bad_scheme.returncode, "unknown event store URL scheme 'nosuch'" in bad_scheme.stderr) == (2, True)
+    bad_transform = run("migrate", "--from", source, "--to", target, "--transform", "nosuch_module:f")
+    assert (bad_transform.returncode, "--transform 'nosuch_module:f'" in bad_transform.stderr) == (2, True)
+    with opened(target) as (store, _):
+        assert store.last_position() is None
+
+
+def test_an_unreachable_target_exits_3(tmp_path: Path, source: str) -> None:
+    archive = str(tmp_path / "archive")
+    assert run("export", "--from", source, "--to", archive).returncode == 0
+    result = run("import", "--from", archive, "--to", "postgresql://postgres@127.0.0.1:1/postgres")
+    assert result.returncode == 3, result.stderr
+    assert "rerun to resume" in result.stderr
+
+
+def test_a_transform_dry_run_shows_a_diff_and_writes_nothing(tmp_path: Path, source: str) -> None:
+    target = f"sqlite:///{tmp_path}/target.db"
+    result = run(
+        "migrate",
+        "--from",
+        source,
+        "--to",
+        target,
+        "--dry-run",
+        "--dry-run-limit",
+        "3",
+        "--transform",
+        "tests.integration.migrate_transforms:upcast_deposits",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("--- source ") == 3
+    assert '+  "schema_version": 9,' in result.stdout
+    assert "wrote nothing" in result.stdout
+    with opened(target) as (store, _):
+        assert store.last_position() is None
+
+
+def test_migrate_follow_tails_until_sigterm(tmp_path: Path, source: str) -> None:
+    target = f"sqlite:///{tmp_path}/target.db"
+    follower = subprocess.Popen(
+        [SKYFERRY, "migrate", "--from", source, "--to", target, "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with opened(source) as (store, _):
+            store.append("late", [NewEvent(type="Late", data={"n": 1})], ANY)
+        deadline = time.monotonic() + 60
+        with opened(target) as (copy, _):
+            while copy.stream_version("late") == 0 and time.monotonic() < deadline and follower.poll() is None:
+                time.sleep(0.1)
+            assert copy.stream_version("late") == 1
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    report = orjson.loads(out.strip().splitlines()[-1])
+    assert (report["events"], report["caught_up"], report["lag_seconds"]) == (41, True, 0.0)
+
+
+def test_cutover_fences_the_source_and_unfence_lifts_it(tmp_path: Path, source: str) -> None:
+    target = f"sqlite:///{tmp_path}/target.db"
+    result = run("migrate", "--from", source, "--to", target, "--cutover", "--grace", "0.3", "--json")
+    assert result.returncode == 0, result.stderr
+    report = summary(result)
+    assert report["fenced"] is True
+    assert report["verify"]["ok"] is True  # type: ignore[index]
+    views = registry.open_view_store(source)
+    try:
+        assert is_fenced(views)
+        assert run("migrate", "--from", source, "--unfence").returncode == 0
+        assert not is_fenced(views)
+    finally:
+        views.close()
+
+
+def test_progress_is_drawn_on_a_terminal(tmp_path: Path, source: str) -> None:
+    primary, secondary = pty.openpty()
+    try:
+        result = subprocess.run(
+            [SKYFERRY, "export", "--from", source, "--to", str(tmp_path / "a")],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            text=True,
+            timeout=120,
+        )
+        os.close(secondary)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(primary)
+    assert result.returncode == 0
+    assert b"export: 40 events" in drawn
+    assert b"events/s" in drawn
+    assert "exported 40 events of 5 streams" in result.stdout
