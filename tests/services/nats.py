@@ -45,6 +45,51 @@ def _binary() -> str | None:
     )
 
 
+class PrivateServer:
+    """A nats-server with JetStream that a test owns: it can stop and restart it (same port, same data)."""
+
+    def __init__(self, jetstream: bool = True) -> None:
+        binary = _binary()
+        if binary is None:
+            unavailable("no nats-server binary (apt-get install -y nats-server, or run scripts/ensure-services.sh)")
+        self.data = tempfile.mkdtemp(prefix="skyferry-nats-")
+        self.port = free_port()
+        self.args = [binary, "-a", "127.0.0.1", "-p", str(self.port)]
+        if jetstream:
+            self.args += ["-js", "-sd", self.data]
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._stack: contextlib.ExitStack | None = None
+
+    def start(self) -> None:
+        """Start the server (again) and wait until it owns its port."""
+        assert self._stack is None
+        stack = contextlib.ExitStack()
+        stack.enter_context(started(self.args, self.port))
+        self._stack = stack
+
+    def stop(self) -> None:
+        """Stop the server by PID (its data stays)."""
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def remove(self) -> None:
+        """Stop the server and delete its data."""
+        self.stop()
+        shutil.rmtree(self.data, True)
+
+
+@contextlib.contextmanager
+def private_server(jetstream: bool = True) -> Iterator[PrivateServer]:
+    """A started :class:`PrivateServer`, removed afterwards."""
+    server = PrivateServer(jetstream)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
 def _start_private() -> str:
     binary = _binary()
     if binary is None:

@@ -14,6 +14,8 @@ URL fields::
 * ``backoff`` (seconds, default 0.1): the first redelivery delay after a handler error,
   doubling per attempt up to 10 s.
 * ``duplicate_window`` (seconds, default 120): JetStream's ``Nats-Msg-Id`` dedup window.
+* ``publish_timeout`` (seconds, default 10): how long ``publish`` waits for JetStream's
+  acknowledgements before raising :class:`TransientError`.
 
 Subjects (all under ``skyferry.STREAM.``)::
 
@@ -79,7 +81,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_STREAM: Final = "SKYFERRY"
-MAX_TOKEN: Final = 1024
+MAX_TOKEN: Final = 2400
+"""Longest token: a 200-character stream id of 4-byte characters, 3 subject bytes per UTF-8 byte."""
 _STREAM_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 _HEX_ESCAPE: Final = re.compile(r"_([0-9A-F]{2})")
@@ -91,6 +94,7 @@ MSG_ID_HEADER: Final = "Nats-Msg-Id"
 _FETCH_SECONDS: Final = 0.5
 _MAX_BACKOFF: Final = 10.0
 _CALL_TIMEOUT: Final = 30.0
+_CONNECT_SECONDS: Final = 5.0
 
 
 def encode_token(text: str) -> str:
@@ -127,6 +131,10 @@ def decode_token(token: str) -> str:
 def partition_of(key: str, partitions: int) -> int:
     """The ordering partition of ``key`` (stable across processes)."""
     return zlib.crc32(key.encode("utf-8")) % partitions
+
+
+async def _log_error(error: Exception) -> None:
+    log.warning("NATS connection: %s: %s", type(error).__name__, error)
 
 
 def _ascii_json(value: Any) -> str:
@@ -275,12 +283,15 @@ class NatsBroker:
             self.ack_wait = float(params.get("ack_wait", "30"))
             self.backoff = float(params.get("backoff", "0.1"))
             self.duplicate_window = float(params.get("duplicate_window", "120"))
+            self.publish_timeout = float(params.get("publish_timeout", "10"))
         except ValueError as e:
             raise ConfigurationError(
-                f"{self.url}: partitions, ack_wait, backoff, duplicate_window must be numbers"
+                f"{self.url}: partitions, ack_wait, backoff, duplicate_window, publish_timeout must be numbers"
             ) from e
-        if not 1 <= self.partitions <= 256 or self.ack_wait < 1 or self.backoff < 0:
-            raise ConfigurationError(f"{self.url}: need 1 <= partitions <= 256, ack_wait >= 1, backoff >= 0")
+        if not 1 <= self.partitions <= 256 or self.ack_wait < 1 or self.backoff < 0 or self.publish_timeout <= 0:
+            raise ConfigurationError(
+                f"{self.url}: need 1 <= partitions <= 256, ack_wait >= 1, backoff >= 0, publish_timeout > 0"
+            )
         self.server = f"nats://{parts.netloc or '127.0.0.1:4222'}"
         self.subject_prefix = f"skyferry.{self.stream}"
         self._nc = client
@@ -333,16 +344,22 @@ class NatsBroker:
     async def _connect(self) -> JetStreamContext:
         if self._nc is None:
             try:
-                self._nc = await nats.connect(
-                    servers=[self.server],
-                    name=f"skyferry-{self.stream}",
-                    connect_timeout=5,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                # Reconnect forever once connected; the first connection gets a bounded wait
+                # (nats-py would retry it forever too).
+                self._nc = await asyncio.wait_for(
+                    nats.connect(
+                        servers=[self.server],
+                        name=f"skyferry-{self.stream}",
+                        connect_timeout=2,
+                        allow_reconnect=True,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0.5,
+                        error_cb=_log_error,
+                    ),
+                    timeout=_CONNECT_SECONDS,
                 )
-            except nats.errors.NoServersError as e:
-                raise TransientError(f"{self.url}: NATS is not reachable") from e
+            except (TimeoutError, nats.errors.NoServersError) as e:
+                raise TransientError(f"{self.url}: NATS is not reachable within {_CONNECT_SECONDS} s") from e
             except (nats.errors.AuthorizationError, nats.errors.Error) as e:
                 raise ConfigurationError(f"{self.url}: NATS refused the connection: {e}") from e
             except OSError as e:
@@ -352,8 +369,10 @@ class NatsBroker:
             await js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
             await self._create_stream(js)
-        except nats.errors.NoRespondersError as e:
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as e:
             raise ConfigurationError(f"{self.url}: the NATS server has no JetStream (start it with -js)") from e
+        except (nats.errors.Error, nats.js.errors.Error) as e:
+            raise TransientError(f"{self.url}: JetStream did not answer: {type(e).__name__}: {e}") from e
         return js
 
     async def _create_stream(self, js: JetStreamContext) -> None:
@@ -398,11 +417,11 @@ class NatsBroker:
                     subject,
                     m.body,
                     headers={MSG_ID_HEADER: m.id, ATTRIBUTES_HEADER: _ascii_json(dict(m.attributes))},
-                    wait_stall=10,
+                    wait_stall=self.publish_timeout,
                 )
                 for subject, m in prepared
             ]
-            await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=self.publish_timeout)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
             raise TransientError(
                 f"{self.url}: JetStream did not acknowledge the publish ({type(e).__name__}: {e}); "

@@ -1,0 +1,211 @@
+"""NATS JetStream broker: subjects, bad settings, an unreachable server, a server restart.
+
+The restart tests use a private nats-server this test starts and stops by PID
+(``tests.services.nats.private_server``); the others use the session's server, each
+with its own stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import nats
+import pytest
+
+from app.adapters.brokers.nats import NatsBroker, encode_token, partition_of
+from app.core.errors import ConfigurationError, TransientError, ValidationError
+from app.core.ports import Message
+from tests.services import free_port
+from tests.services import nats as nats_service
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def message(key: str, n: int = 0) -> Message:
+    return Message(id=str(uuid.uuid4()), key=key, body=f"body {n}".encode(), attributes={"n": str(n)})
+
+
+class Collector:
+    def __init__(self, fail: Callable[[Message], bool] = lambda m: False) -> None:
+        self.lock = threading.Lock()
+        self.got: list[Message] = []
+        self.fail = fail
+
+    def __call__(self, m: Message) -> None:
+        if self.fail(m):
+            raise RuntimeError(f"refusing {m.id}")
+        with self.lock:
+            self.got.append(m)
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [m.id for m in self.got]
+
+
+async def stored_subjects(server: str, stream: str) -> list[str]:
+    nc = await nats.connect(servers=[server])
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream, subjects_filter=">")
+        return sorted((info.state.subjects or {}).keys())
+    finally:
+        await nc.close()
+
+
+# --- subjects ------------------------------------------------------------------------------------
+
+
+def test_each_stream_id_gets_its_own_legal_subject() -> None:
+    with nats_service.fresh_stream() as url:
+        broker = NatsBroker(url)
+        keys = ["acct-1", "tenant:7/account.9", "konto/Ärger:ü.日本-1_x", "\U0001d400" * 200]
+        try:
+            broker.publish([message(k) for k in keys])
+            server, stream = url.rsplit("/", 1)
+            subjects = asyncio.run(stored_subjects(server, stream))
+        finally:
+            broker.close()
+    assert subjects == sorted(f"skyferry.{stream}.ev.{partition_of(k, 8)}.{encode_token(k)}" for k in keys)
+
+
+def test_the_longest_stream_id_travels_through_a_real_server() -> None:
+    key = "\U0001d400" * 200
+    with nats_service.fresh_stream() as url:
+        broker = NatsBroker(url)
+        got = Collector()
+        try:
+            broker.subscribe("g", got)
+            sent = message(key)
+            broker.publish([sent])
+            wait_until(lambda: sent.id in got.ids(), "the message")
+            assert got.got[0].key == key
+        finally:
+            broker.close()
+
+
+def test_a_key_too_long_for_a_subject_publishes_nothing_of_the_batch() -> None:
+    with nats_service.fresh_stream() as url:
+        broker = NatsBroker(url)
+        try:
+            with pytest.raises(ValidationError, match="subject token"):
+                broker.publish([message("fine"), message("\U0001d400" * 300)])
+            broker.publish([message("sentinel")])
+            server, stream = url.rsplit("/", 1)
+            assert asyncio.run(stored_subjects(server, stream)) == [
+                f"skyferry.{stream}.ev.{partition_of('sentinel', 8)}.sentinel"
+            ]
+        finally:
+            broker.close()
+
+
+def test_a_dead_letter_says_why_it_died() -> None:
+    with nats_service.fresh_stream("backoff=0.01") as url:
+        broker = NatsBroker(url)
+        try:
+            poison = message("k")
+            broker.subscribe("g", Collector(lambda m: m.id == poison.id), max_deliveries=2)
+            broker.publish([poison])
+            wait_until(lambda: bool(broker.dead_letters("g")), "the dead letter")
+            [dead] = broker.dead_letters("g")
+            assert (dead.id, dead.key, dead.body) == (poison.id, "k", poison.body)
+            assert dead.attributes["n"] == "0"
+            assert f"refusing {poison.id}" in dead.attributes["dead_letter_error"]
+            assert broker.dead_letters("other-group") == []
+        finally:
+            broker.close()
+
+
+# --- bad settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "names"),
+    [
+        ("nats://127.0.0.1:4222/bad.name", "bad.name"),
+        ("nats://127.0.0.1:4222/has space", "has space"),
+        ("nats://127.0.0.1:4222/" + "x" * 33, "x" * 33),
+        ("nats://127.0.0.1:4222/S?partitions=0", "partitions"),
+        ("nats://127.0.0.1:4222/S?ack_wait=soon", "ack_wait"),
+        ("http://127.0.0.1:4222/S", "nats://"),
+    ],
+)
+def test_bad_urls_are_refused_naming_the_value(url: str, names: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        NatsBroker(url)
+    assert names in str(caught.value)
+
+
+def test_a_password_in_the_url_is_not_shown() -> None:
+    broker = NatsBroker("nats://app:s3cret@127.0.0.1:4222/S")
+    assert "s3cret" not in broker.url
+    broker.close()
+
+
+def test_an_unreachable_server_is_a_transient_error() -> None:
+    port = free_port()
+    broker = NatsBroker(f"nats://127.0.0.1:{port}/S")
+    try:
+        with pytest.raises(TransientError, match=str(port)):
+            broker.publish([message("k")])
+    finally:
+        broker.close()
+
+
+def test_a_server_without_jetstream_is_a_configuration_error() -> None:
+    with nats_service.private_server(jetstream=False) as server:
+        broker = NatsBroker(f"{server.url}/S")
+        try:
+            with pytest.raises(ConfigurationError, match="JetStream"):
+                broker.publish([message("k")])
+        finally:
+            broker.close()
+
+
+# --- a server restart -----------------------------------------------------------------------------
+
+
+def test_publishing_while_the_server_is_down_fails_then_everything_arrives_once_it_is_back() -> None:
+    with nats_service.private_server() as server:
+        url = f"{server.url}/RESTART?publish_timeout=2"
+        publisher, consumer = NatsBroker(url), NatsBroker(url)
+        got = Collector()
+        try:
+            consumer.subscribe("g", got)
+            before = [message("k", n) for n in range(5)]
+            publisher.publish(before)
+            wait_until(lambda: set(got.ids()) >= {m.id for m in before}, "the messages before the outage")
+
+            server.stop()
+            during = [message("k", n) for n in range(5, 10)]
+            with pytest.raises(TransientError):
+                publisher.publish(during)
+
+            server.start()
+            deadline = time.monotonic() + 60
+            while True:  # what a relay does: publish the same batch again until accepted
+                try:
+                    publisher.publish(during)
+                    break
+                except TransientError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            wait_until(lambda: set(got.ids()) >= {m.id for m in during}, "the messages after the outage")
+            time.sleep(0.5)
+            ids = got.ids()
+            assert sorted(ids) == sorted(m.id for m in before + during), "lost or duplicated across the restart"
+            assert [int(m.attributes["n"]) for m in got.got] == list(range(10))
+        finally:
+            publisher.close()
+            consumer.close()
