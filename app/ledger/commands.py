@@ -31,7 +31,14 @@ class MoneyCommand(Command):
     """A command moving money: ``currency`` plus ``amount`` or ``amount_minor``."""
 
     currency: Currency
-    amount: Decimal | None = None
+    amount: Decimal | str | int | None = Field(
+        default=None,
+        json_schema_extra={
+            "anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?$"}, {"type": "integer"}, {"type": "null"}],
+            "examples": ["10.50"],
+        },
+    )
+    """A decimal string (or int, or Decimal); a ``Decimal`` once validated."""
     amount_minor: int | None = Field(default=None, strict=True)
 
     @field_validator("currency")
@@ -48,10 +55,12 @@ class MoneyCommand(Command):
 
     @field_validator("amount", mode="after")
     @classmethod
-    def _amount_in_currency(cls, value: Decimal | None, info: ValidationInfo) -> Decimal | None:
+    def _amount_in_currency(cls, value: Decimal | str | int | None, info: ValidationInfo) -> Decimal | None:
         currency = info.data.get("currency")
-        if value is None or currency is None:
-            return value
+        if value is None:
+            return None
+        if currency is None:  # the currency is invalid and reported on its own
+            return Decimal(0)
         return parse_amount(value, currency)
 
     @field_validator("amount_minor", mode="after")
@@ -74,7 +83,7 @@ class MoneyCommand(Command):
     @property
     def value(self) -> Decimal:
         """The validated amount."""
-        assert self.amount is not None
+        assert isinstance(self.amount, Decimal)
         return self.amount
 
     @property
