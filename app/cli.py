@@ -272,7 +272,11 @@ def mount_extensions(target: typer.Typer, modules: tuple[str, ...] = EXTENSIONS)
     return mounted
 
 
-def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
+def run(argv: list[str] | None = None, entry: Callable[..., Any] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    if entry is None:
+        mount_extensions(cli)
+        entry = cli
     try:
         entry(args=argv, prog_name="skyferry", standalone_mode=True)
     except SystemExit as e:
@@ -288,8 +292,7 @@ def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``skyferry`` (``app.cli:main``)."""
-    mount_extensions(cli)
-    sys.exit(_run(cli, argv))
+    sys.exit(run(argv))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    """Raised inside ``receive`` when a streamed body passes the limit."""
-
-
 async def _reply_413(send: Send, limit: int) -> None:
     body = orjson.dumps(
         {
@@ -35,7 +31,8 @@ class BodyLimitMiddleware:
     """Answer 413 to a body over ``limit`` bytes, before any of it reaches a handler.
 
     A declared ``Content-Length`` over the limit is refused without reading; a streamed
-    (chunked) body is counted as it arrives and refused once it passes the limit.
+    (chunked) body is counted as it arrives and refused once it passes the limit.  The
+    body (at most ``limit`` bytes) is then handed to the app in one piece.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
@@ -55,29 +52,37 @@ class BodyLimitMiddleware:
                 if declared > self.limit:
                     await _reply_413(send, self.limit)
                     return
+        # Read the body here (it is small: the limit), so that a streamed body over the
+        # limit is refused with 413 before any handler runs.
+        chunks: list[bytes] = []
         received = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                await self.app(scope, _replay(message, receive), send)
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.limit:
                 await _reply_413(send, self.limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay(whole, receive), send)
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    """A ``receive`` that returns ``first`` once, then defers to the server's."""
+    pending = [first]
+
+    async def replaying_receive() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replaying_receive
 
 
 class Metrics:

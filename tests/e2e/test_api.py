@@ -1,0 +1,315 @@
+"""The HTTP API as a client drives it: commands, queries, and every bad input of issue 2.
+
+Each bad input gets a clear error naming what is wrong, and nothing is stored: the
+event store's last position is the same before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.ledger.bootstrap import Ledger
+from app.migrate.fence import lift_fence, set_fence
+from tests.e2e.conftest import AUTH
+
+EUR = {"currency": "EUR"}
+
+
+@pytest.fixture
+def alice(client: TestClient) -> str:
+    """An open account holding 100.00 EUR."""
+    assert client.post("/accounts", json={"account_id": "alice", "owner": "Alice", **EUR}).status_code == 201
+    assert client.post("/accounts/alice/deposits", json={"amount": "100.00", **EUR}).status_code == 201
+    return "alice"
+
+
+@pytest.fixture
+def unchanged(ledger: Ledger, alice: str) -> Iterator[None]:
+    """Asserts that the test stored no event."""
+    before = ledger.events.last_position()
+    yield
+    assert ledger.events.last_position() == before, "a rejected request stored an event"
+
+
+# --- commands and queries -----------------------------------------------------------------
+
+
+def test_commands_answer_201_with_the_stored_events_and_an_etag(client: TestClient) -> None:
+    opened = client.post("/accounts", json={"account_id": "bob", "owner": "Bob", **EUR})
+    assert opened.status_code == 201
+    assert opened.headers["ETag"] == '"1"'
+    body = opened.json()
+    assert (body["stream_id"], body["first_version"], body["last_version"], body["replayed"]) == (
+        "account-bob",
+        1,
+        1,
+        False,
+    )
+    assert body["events"][0]["type"] == "AccountOpened"
+    deposited = client.post("/accounts/bob/deposits", json={"amount_minor": 1250, **EUR})
+    assert deposited.status_code == 201
+    assert deposited.json()["events"][0]["data"]["amount"] == "12.50"
+
+
+def test_a_transfer_is_accepted_with_202_and_completed_by_the_worker(
+    client: TestClient, ledger: Ledger, alice: str
+) -> None:
+    assert client.post("/accounts", json={"account_id": "bob", "owner": "Bob", **EUR}).status_code == 201
+    accepted = client.post(
+        "/transfers", json={"transfer_id": "t1", "from_account": alice, "to_account": "bob", "amount": "40.00", **EUR}
+    )
+    assert accepted.status_code == 202
+    assert accepted.headers["Location"] == "/transfers/t1"
+    ledger.run_worker_once()
+    assert client.get("/transfers/t1").json()["status"] == "completed"
+    assert client.get("/accounts/bob/balance").json()["balance"] == "40.00"
+    assert client.get(f"/accounts/{alice}/balance").json()["balance"] == "60.00"
+
+
+def test_queries_read_the_models_and_as_of_reads_the_past(client: TestClient, ledger: Ledger, alice: str) -> None:
+    ledger.run_worker_once()
+    moment = client.get(f"/accounts/{alice}").json()
+    assert moment["balance"] == "100.00"
+    history = client.get(f"/accounts/{alice}/history").json()
+    assert [entry["version"] for entry in history] == [2, 1]
+    first_event = ledger.events.read_stream("account-alice")[0]
+    as_of = first_event.recorded_at.isoformat()
+    past = client.get(f"/accounts/{alice}/balance", params={"as_of": as_of})
+    assert past.status_code == 200
+    assert past.json()["balance"] == "0.00"
+    assert client.get(f"/accounts/{alice}", params={"at_version": 2}).json()["balance"] == "100.00"
+    day = first_event.occurred_at.date().isoformat()
+    totals = client.get(f"/daily-totals/{day}").json()
+    assert totals[0]["deposited"] == "100.00"
+
+
+def test_a_naive_as_of_is_refused(client: TestClient, alice: str) -> None:
+    response = client.get(f"/accounts/{alice}/balance", params={"as_of": "2026-01-01T00:00:00"})
+    assert response.status_code == 422
+    assert "timezone" in response.json()["message"]
+
+
+def test_a_stale_if_match_gets_409_with_the_actual_version(client: TestClient, alice: str, unchanged: None) -> None:
+    response = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", **EUR}, headers={"If-Match": '"1"'})
+    assert response.status_code == 409
+    assert response.json()["error"] == "version_conflict"
+    assert response.json()["actual_version"] == 2
+
+
+def test_a_repeated_idempotency_key_returns_the_first_result_and_stores_nothing(
+    client: TestClient, ledger: Ledger, alice: str
+) -> None:
+    key = {"Idempotency-Key": "pay-42"}
+    first = client.post(f"/accounts/{alice}/deposits", json={"amount": "5.00", **EUR}, headers=key)
+    position = ledger.events.last_position()
+    again = client.post(f"/accounts/{alice}/deposits", json={"amount": "5.00", **EUR}, headers=key)
+    assert again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["events"] == first.json()["events"]
+    assert ledger.events.last_position() == position
+    reused = client.post(f"/accounts/{alice}/deposits", json={"amount": "6.00", **EUR}, headers=key)
+    assert reused.status_code == 422
+    assert reused.json()["error"] == "idempotency_key_reused"
+    assert ledger.events.last_position() == position
+
+
+def test_domain_rules_give_409_with_a_stable_code(client: TestClient, alice: str, unchanged: None) -> None:
+    overdraft = client.post(f"/accounts/{alice}/withdrawals", json={"amount": "100.01", **EUR})
+    assert overdraft.status_code == 409
+    assert overdraft.json()["error"] == "insufficient_funds"
+    other_currency = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", "currency": "USD"})
+    assert other_currency.status_code == 409
+    assert other_currency.json()["error"] == "currency_mismatch"
+    again = client.post("/accounts", json={"account_id": alice, "owner": "Alice", **EUR})
+    assert again.status_code == 409
+    assert again.json()["error"] == "account_already_exists"
+
+
+def test_writes_are_refused_with_503_while_the_store_is_fenced_and_queries_still_work(
+    client: TestClient, ledger: Ledger, alice: str
+) -> None:
+    set_fence(ledger.views, "cutover to the new store")
+    position = ledger.events.last_position()
+    refused = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", **EUR})
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "read_only"
+    assert "cutover to the new store" in refused.json()["message"]
+    assert refused.headers["Retry-After"]
+    assert ledger.events.last_position() == position
+    assert client.get(f"/accounts/{alice}").status_code == 200
+    lift_fence(ledger.views)
+    assert client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", **EUR}).status_code == 201
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def _errors(response: Any) -> dict[str, str]:
+    return {e["field"]: e["reason"] for e in response.json()["errors"]}
+
+
+def test_malformed_json_is_400_and_says_so(client: TestClient, alice: str, unchanged: None) -> None:
+    response = client.post(
+        f"/accounts/{alice}/deposits", content=b'{"amount": "1.00", ', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed_json"
+    assert "not valid JSON" in response.json()["message"]
+
+
+def test_a_body_that_is_not_an_object_is_422(client: TestClient, alice: str, unchanged: None) -> None:
+    response = client.post(f"/accounts/{alice}/deposits", json=["1.00", "EUR"])
+    assert response.status_code == 422
+
+
+def test_unknown_fields_are_named(client: TestClient, alice: str, unchanged: None) -> None:
+    response = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", "colour": "red", **EUR})
+    assert response.status_code == 422
+    assert _errors(response) == {"colour": "unknown field"}
+    opened = client.post("/accounts", json={"account_id": "x1", "owner": "X", "admin": True, **EUR})
+    assert _errors(opened) == {"admin": "unknown field"}
+
+
+@pytest.mark.parametrize(
+    ("amount", "reason"),
+    [
+        ("-5.00", "positive"),
+        ("0", "positive"),
+        ("0.00", "positive"),
+        ("ten", "decimal"),
+        ("1.001", "decimals"),
+        (1.5, "decimal string"),
+        ("NaN", ""),
+        ("1e400", ""),
+    ],
+)
+def test_bad_amounts_are_422_naming_the_amount(
+    client: TestClient, alice: str, unchanged: None, amount: Any, reason: str
+) -> None:
+    response = client.post(f"/accounts/{alice}/withdrawals", json={"amount": amount, **EUR})
+    assert response.status_code == 422, response.text
+    errors = _errors(response)
+    assert "amount" in errors, errors
+    assert reason.lower() in errors["amount"].lower()
+
+
+def test_an_unknown_currency_and_a_missing_field_are_named(client: TestClient, alice: str, unchanged: None) -> None:
+    response = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", "currency": "XYZ"})
+    assert response.status_code == 422
+    assert "currency" in _errors(response)
+    missing = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00"})
+    assert _errors(missing) == {"currency": "field required"}
+
+
+def test_an_oversized_body_is_413_before_it_is_read(client: TestClient, alice: str, unchanged: None) -> None:
+    body = b'{"amount": "1.00", "currency": "EUR", "pad": "' + b"x" * 5000 + b'"}'
+    response = client.post(f"/accounts/{alice}/deposits", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "4096 bytes" in response.json()["message"]
+
+
+def test_an_oversized_streamed_body_is_413(client: TestClient, alice: str, unchanged: None) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"amount": "1.00", "currency": "EUR", "pad": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = client.post(
+        f"/accounts/{alice}/deposits", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+
+
+def test_an_unknown_account_is_404(client: TestClient, alice: str, unchanged: None) -> None:
+    response = client.post("/accounts/nobody/deposits", json={"amount": "1.00", **EUR})
+    assert response.status_code == 404
+    assert response.json()["error"] == "account_not_found"
+    assert "nobody" in response.json()["message"]
+    assert client.get("/accounts/nobody").status_code == 404
+    assert client.get("/accounts/nobody/balance").status_code == 404
+    assert client.get("/transfers/nothing").status_code == 404
+
+
+@pytest.mark.parametrize("account_id", ["has space", "a" * 65, "semi;colon", "ünïcode-ok-but-not-here"])
+def test_an_invalid_account_id_is_422_naming_it(
+    client: TestClient, alice: str, unchanged: None, account_id: str
+) -> None:
+    response = client.post("/accounts", json={"account_id": account_id, "owner": "X", **EUR})
+    assert response.status_code == 422
+    assert "account_id" in _errors(response)
+    in_path = client.post(f"/accounts/{account_id}/deposits", json={"amount": "1.00", **EUR})
+    assert in_path.status_code in (404, 422)
+    if in_path.status_code == 422:
+        assert "account_id" in _errors(in_path)
+
+
+def test_a_transfer_to_the_same_account_is_422(client: TestClient, alice: str, unchanged: None) -> None:
+    response = client.post(
+        "/transfers", json={"transfer_id": "t", "from_account": alice, "to_account": alice, "amount": "1.00", **EUR}
+    )
+    assert response.status_code == 422
+    assert "must differ" in response.json()["message"]
+
+
+def test_a_bad_if_match_is_422(client: TestClient, alice: str, unchanged: None) -> None:
+    response = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", **EUR}, headers={"If-Match": "x"})
+    assert response.status_code == 422
+    assert "If-Match" in response.json()["message"]
+
+
+# --- authentication, health, metrics, OpenAPI ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": ""}, {"Authorization": "Bearer wrong-token"}, {"Authorization": "Basic dXNlcjpwYXNz"}],
+)
+def test_a_missing_or_wrong_token_is_401_and_nothing_is_stored(
+    client: TestClient, ledger: Ledger, alice: str, headers: dict[str, str]
+) -> None:
+    position = ledger.events.last_position()
+    response = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", **EUR}, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.get(f"/accounts/{alice}", headers=headers).status_code == 401
+    assert client.get("/metrics", headers=headers).status_code == 401
+    assert ledger.events.last_position() == position
+
+
+def test_health_needs_no_token(client: TestClient) -> None:
+    anonymous = {"Authorization": ""}
+    assert client.get("/healthz", headers=anonymous).json() == {"status": "ok", "detail": ""}
+    assert client.get("/readyz", headers=anonymous).json()["status"] == "ready"
+
+
+def test_metrics_count_requests_by_route_and_commands_by_outcome(client: TestClient, alice: str) -> None:
+    client.post(f"/accounts/{alice}/withdrawals", json={"amount": "999.00", **EUR})
+    text = client.get("/metrics", headers=AUTH).text
+    assert (
+        'skyferry_http_requests_total{method="POST",route="/accounts/{account_id}/deposits",status="201"} 1.0' in text
+    )
+    assert 'skyferry_commands_total{command="Withdraw",outcome="InsufficientFunds"} 1.0' in text
+
+
+def test_openapi_lists_every_endpoint(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in (
+        "/accounts",
+        "/accounts/{account_id}/deposits",
+        "/accounts/{account_id}/withdrawals",
+        "/accounts/{account_id}/close",
+        "/transfers",
+        "/accounts/{account_id}/balance",
+        "/accounts/{account_id}/history",
+        "/daily-totals/{day}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
+        assert path in spec["paths"], path
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
