@@ -95,12 +95,9 @@ class ViewBatch:
         self._cache: dict[tuple[str, str], list[Any]] = cache if cache is not None else {}
         self._dirty: set[tuple[str, str]] = set()
 
-    def _slot(self, collection: str, key: str) -> tuple[str, str]:
-        return (self._mapping.get(collection, collection), key)
-
     def get(self, collection: str, key: str) -> JSONObject | None:
         """The document at ``key`` as this batch sees it, or ``None``."""
-        slot = self._slot(collection, key)
+        slot = (self._mapping.get(collection, collection), key)
         entry = self._cache.get(slot)
         if entry is None:
             stored = self._views.get(slot[0], key)
@@ -109,22 +106,20 @@ class ViewBatch:
         doc: JSONObject | None = entry[0]
         return doc
 
-    def put(self, collection: str, key: str, doc: JSONObject) -> None:
-        """Write ``doc`` at ``key`` (committed with the batch)."""
-        self._write(collection, key, doc)
-
-    def delete(self, collection: str, key: str) -> None:
-        """Delete the document at ``key`` (committed with the batch)."""
-        self._write(collection, key, None)
-
-    def _write(self, collection: str, key: str, doc: JSONObject | None) -> None:
-        slot = self._slot(collection, key)
+    def put(self, collection: str, key: str, doc: JSONObject | None) -> None:
+        """Write ``doc`` at ``key`` (committed with the batch); ``None`` deletes the document."""
+        # Inlined: this runs once per event during catch-up and rebuild.
+        slot = (self._mapping.get(collection, collection), key)
         entry = self._cache.get(slot)
         if entry is None:
             self._cache[slot] = [doc, None]
         else:
             entry[0] = doc
         self._dirty.add(slot)
+
+    def delete(self, collection: str, key: str) -> None:
+        """Delete the document at ``key`` (committed with the batch)."""
+        self.put(collection, key, None)
 
     def changes(self) -> list[ViewChange]:
         """The view changes of this batch: one per document written, its final value."""
