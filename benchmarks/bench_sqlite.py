@@ -15,7 +15,7 @@ import argparse
 import sqlite3
 import tempfile
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -31,8 +31,19 @@ def _events(count: int, streams: int) -> list[Event]:
     now = datetime.now(UTC)
     data = {"amount": "12.50", "currency": "EUR", "account_id": "acc-0001", "note": "benchmark payload"}
     meta = {"correlation_id": str(uuid.uuid4()), "actor": "bench"}
+    # Distinct timestamps per event, as real appends have (no cache can make them cheaper).
     return [
-        Event(str(uuid.uuid4()), f"bench-{i % streams}", i // streams + 1, "MoneyDeposited", 1, data, meta, now, now)
+        Event(
+            str(uuid.uuid4()),
+            f"bench-{i % streams}",
+            i // streams + 1,
+            "MoneyDeposited",
+            1,
+            data,
+            meta,
+            now + timedelta(microseconds=i),
+            now + timedelta(microseconds=i + 7),
+        )
         for i in range(count)
     ]
 
