@@ -1,0 +1,246 @@
+"""What the conformance suite cannot see of the embedded adapters: URLs, durability, files, sharing."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.adapters.archives.local import LocalArchive
+from app.adapters.brokers.memory import MemoryBroker
+from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from app.adapters.stores.sqlite import SQLiteEventStore, SQLiteViewStore, parse_url
+from app.core.errors import ConfigurationError, ValidationError
+from app.core.messages import NewEvent, utc_now
+from app.core.ports import ANY, Message, ViewChange
+
+# --- SQLite ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "path", "level"),
+    [
+        ("sqlite:///skyferry.db", "skyferry.db", "FULL"),
+        ("sqlite:////var/data/x.db", "/var/data/x.db", "FULL"),
+        ("sqlite:///x.db?synchronous=normal", "x.db", "NORMAL"),
+        ("sqlite:///x.db?synchronous=FULL", "x.db", "FULL"),
+    ],
+)
+def test_sqlite_urls_name_the_file_and_the_durability(url: str, path: str, level: str) -> None:
+    assert parse_url(url) == (path, level)
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///x.db?synchronous=off", "sqlite:///x.db?mode=ro"]
+)
+def test_bad_sqlite_urls_are_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        SQLiteEventStore.from_url(url)
+
+
+@pytest.mark.parametrize(("query", "expected"), [("", 2), ("?synchronous=normal", 1)])
+def test_the_file_runs_in_wal_at_the_stated_durability(tmp_path: Path, query: str, expected: int) -> None:
+    store = SQLiteEventStore(f"sqlite:///{tmp_path}/d.db{query}")
+    try:
+        store.append("s", [NewEvent("E", {})], ANY)
+        mode = store._conn.run(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0])
+        level = store._conn.run(lambda db: db.execute("PRAGMA synchronous").fetchone()[0])
+        assert (mode, level) == ("wal", expected)
+    finally:
+        store.close()
+
+
+def test_the_temporal_read_uses_the_index(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "t.db")
+    store = SQLiteEventStore(f"sqlite:///{tmp_path}/t.db")
+    store.append("s", [NewEvent("E", {})], ANY)
+    plan = db.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM events INDEXED BY events_stream_recorded "
+        "WHERE stream_id = ? AND recorded_at <= ?",
+        ("s", 0),
+    ).fetchall()
+    assert "events_stream_recorded" in str(plan)
+    assert len(store.read_stream_as_of("s", utc_now())) == 1
+    db.close()
+    store.close()
+
+
+def test_read_all_is_gap_free_with_writers_in_separate_connections(tmp_path: Path) -> None:
+    """Four store instances (four connections, as four processes would have) append while a fifth tails."""
+    url = f"sqlite:///{tmp_path}/c.db?synchronous=normal"
+    writers = [SQLiteEventStore(url) for _ in range(4)]
+    reader = SQLiteEventStore(url)
+    per_writer = 60
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(per_writer):
+                writers[n].append(f"w{n}", [NewEvent("E", {"i": i}), NewEvent("E", {"i": i})], ANY)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    seen: list[tuple[str, int]] = []
+    positions: list[int] = []
+    after = None
+    deadline = time.monotonic() + 120
+    while len(seen) < 4 * per_writer * 2 and time.monotonic() < deadline:
+        page = reader.read_all(after, 7)
+        for event in page:
+            seen.append((event.stream_id, event.version))
+            assert event.position is not None
+            positions.append(int(event.position))
+        if page:
+            after = page[-1].position
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(seen) == len(set(seen)) == 4 * per_writer * 2
+    assert positions == list(range(positions[0], positions[0] + len(positions)))
+    for n in range(4):
+        assert [v for s, v in seen if s == f"w{n}"] == list(range(1, per_writer * 2 + 1))
+    for store in [*writers, reader]:
+        store.close()
+
+
+def test_a_corrupt_file_is_named_by_both_stores(tmp_path: Path) -> None:
+    path = tmp_path / "bad.db"
+    path.write_bytes(os.urandom(8192))
+    for store in (SQLiteEventStore(f"sqlite:///{path}"), SQLiteViewStore(f"sqlite:///{path}")):
+        with pytest.raises(ConfigurationError, match=re.escape(str(path))):
+            store.get("c", "k") if isinstance(store, SQLiteViewStore) else store.stream_version("s")
+        store.close()
+
+
+def test_a_read_only_file_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    store = SQLiteEventStore(f"sqlite:///{path}")
+    store.append("s", [NewEvent("E", {})], ANY)
+    store.close()
+    path.chmod(0o444)
+    try:
+        again = SQLiteEventStore(f"sqlite:///{path}")
+        with pytest.raises(ConfigurationError, match="read-only"):
+            again.append("s", [NewEvent("E", {})], ANY)
+        again.close()
+    finally:
+        path.chmod(0o644)
+    assert SQLiteEventStore(f"sqlite:///{path}").stream_version("s") == 1
+
+
+def test_a_missing_directory_is_a_configuration_error_naming_the_file(tmp_path: Path) -> None:
+    store = SQLiteViewStore(f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    with pytest.raises(ConfigurationError, match=r"x\.db"):
+        store.get("c", "k")
+
+
+def test_the_view_store_keeps_json_types_apart_in_queries(tmp_path: Path) -> None:
+    views = SQLiteViewStore(f"sqlite:///{tmp_path}/v.db")
+    views.commit("p", [ViewChange("c", "a", {"f": True}), ViewChange("c", "b", {"f": 1})], {})
+    assert [k for k, _ in views.query("c", where=("f", True))] == ["a"]
+    assert [k for k, _ in views.query("c", where=("f", 1))] == ["b"]
+    views.close()
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+def test_named_memory_stores_are_shared_and_plain_ones_are_fresh() -> None:
+    name = "unit-shared"
+    try:
+        first = MemoryEventStore.from_url(f"memory://{name}")
+        first.append("s", [NewEvent("E", {})], ANY)
+        assert MemoryEventStore.from_url(f"memory://{name}").stream_version("s") == 1
+        assert MemoryEventStore.from_url("memory://").stream_version("s") == 0
+        assert MemoryViewStore.from_url(f"memory://{name}") is MemoryViewStore.from_url(f"memory://{name}")
+    finally:
+        MemoryEventStore.forget(name)
+        MemoryViewStore.forget(name)
+    assert MemoryEventStore.from_url(f"memory://{name}").stream_version("s") == 0
+    MemoryEventStore.forget(name)
+
+
+def test_the_memory_broker_reads_its_backoff_from_the_url() -> None:
+    assert MemoryBroker.from_url("memory://").retry_backoff == 1.0
+    assert MemoryBroker.from_url("memory://?retry_backoff=0.25").retry_backoff == 0.25
+    for bad in ("memory://?retry_backoff=soon", "memory://?retry_backoff=-1", "memory://?colour=red"):
+        with pytest.raises(ConfigurationError):
+            MemoryBroker.from_url(bad)
+
+
+def test_the_memory_broker_waits_the_backoff_before_redelivering() -> None:
+    broker = MemoryBroker.from_url("memory://?retry_backoff=0.2")
+    attempts: list[float] = []
+    delivered = threading.Event()
+
+    def handler(message: Message) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise RuntimeError("first delivery fails")
+        delivered.set()
+
+    broker.publish([Message("m1", "k", b"x")])
+    broker.subscribe("g", handler)
+    assert delivered.wait(10)
+    assert attempts[1] - attempts[0] >= 0.2
+    broker.close()
+
+
+def test_a_named_broker_keeps_its_messages_for_a_later_consumer() -> None:
+    name = "unit-broker"
+    try:
+        MemoryBroker.from_url(f"memory://{name}").publish([Message("a", "k", b"1"), Message("a", "k", b"dup")])
+        got: list[bytes] = []
+        done = threading.Event()
+
+        def handler(message: Message) -> None:
+            got.append(message.body)
+            done.set()
+
+        subscription = MemoryBroker.from_url(f"memory://{name}").subscribe("g", handler)
+        assert done.wait(10)
+        subscription.close()
+        assert got == [b"1"]
+    finally:
+        MemoryBroker.forget(name)
+
+
+# --- local archive --------------------------------------------------------------------------
+
+
+def test_a_bare_path_and_a_file_url_are_the_same_archive(tmp_path: Path) -> None:
+    LocalArchive.from_url(str(tmp_path / "a")).put("x/y.bin", b"1")
+    assert LocalArchive.from_url(f"file://{tmp_path}/a").get("x/y.bin") == b"1"
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "a/../../b", "a//b", "a\\b", "", "./a", "x/.tmp-1"])
+def test_names_that_leave_the_directory_are_refused(tmp_path: Path, name: str) -> None:
+    archive = LocalArchive(tmp_path)
+    with pytest.raises(ValidationError):
+        archive.put(name, b"x")
+
+
+def test_a_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "out").symlink_to(tmp_path)
+    with pytest.raises(ValidationError):
+        LocalArchive(root).put("out/file", b"x")
+
+
+def test_put_leaves_no_temporary_file_and_replaces_atomically(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path)
+    archive.put("m.json", b"old")
+    archive.put("m.json", b"new")
+    assert archive.get("m.json") == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+    (tmp_path / ".tmp-crashed").write_bytes(b"half")
+    assert archive.list() == ["m.json"]
