@@ -1,0 +1,847 @@
+"""Event store and view store on Azure Cosmos DB for NoSQL (``azure-cosmos``).
+
+URL::
+
+    cosmos://ACCOUNT/DATABASE/CONTAINER[?views=NAME][&endpoint=URL][&key=KEY][&verify=false]
+
+* ``ACCOUNT`` -- the Cosmos DB account; the endpoint is ``https://ACCOUNT.documents.azure.com:443/``.
+* ``DATABASE`` / ``CONTAINER`` -- the database and the events container (partition key
+  :data:`EVENTS_PARTITION_KEY_PATH`).  The containers are created by the infrastructure
+  (``providers/azure``), never by the adapter: a missing one is a ``ConfigurationError``.
+* ``views`` -- the view-store container (partition key :data:`VIEWS_PARTITION_KEY_PATH`),
+  default ``CONTAINER-views``.
+* ``endpoint`` -- another endpoint, *for tests and local use* (the emulator).
+* ``key`` -- an account key, *for tests and local use*; without it the adapter signs in
+  with ``DefaultAzureCredential`` (the managed identity on Azure), as the account has
+  local (key) auth disabled.
+* ``verify=false`` -- accept the emulator's self-signed certificate, *for tests only*.
+
+Event store design (every write is one single-document operation, so nothing relies on
+transactional batches, which the emulator does not make atomic):
+
+* **One commit document per append**, in the stream's partition (partition key = stream
+  id), with id ``c-<first version, zero padded>``.  Two appends that saw the same stream
+  version both try to create the same id: Cosmos DB accepts one and answers 409 to the
+  other, which makes the optimistic-concurrency check atomic.  A stream's version only
+  ever moves from one commit boundary to the next, so a writer holding a stale version
+  always collides with the commit that moved it.  Events over ~1.5 MB in one append go
+  to part documents written *before* the commit document that references them; parts
+  of an append that lost the race are unreferenced and invisible (and deleted).
+* **The global order is a dense log** of slot documents in the reserved partition
+  ``$log`` (``$`` cannot occur in a stream id): slot ``n`` (id ``s-<n>``) names one commit.
+  A slot is created with number "highest + 1" and a create that collides retries, so
+  slots are gap-free, and a reader tailing the log from slot ``n`` never skips one (the
+  sequence-gap problem cannot arise: a slot exists before anyone can read past it).
+  After the commit document exists, the writer creates its slot and then records the
+  slot number in the commit (a conditional replace).  The commit's recorded slot is the
+  one that counts: ``read_all`` skips a slot whose commit names another slot (two
+  helpers raced), and fills in a missing record itself.  A commit is only given a slot
+  once every earlier commit of its stream has one, so per-stream order holds in the log.
+  If a writer dies between its commit and its slot, the next append to that stream, or
+  ``read_all``'s periodic sweep of unslotted commits (``sweep_after`` seconds old), slots
+  it; a failed slotting makes ``append`` raise ``TransientError`` (retrying is an
+  idempotent success that finishes the slotting).
+* The log partition caps the write rate at one logical partition's throughput
+  (10,000 RU/s, roughly a thousand appends a second); the change feed would scale
+  further, but its order across physical partitions is not one global order and the
+  emulator does not implement it, so it could not be tested here.
+
+View store design: every document and checkpoint of a view store lives in one logical
+partition of the views container, so that ``commit`` is one transactional batch (atomic
+on the real service).  **Limit:** a batch holds at most 100 operations; a commit with more
+writes is applied as consecutive batches with the checkpoint in the last one, so a crash
+between them leaves some documents written ahead of the checkpoint (the events are then
+re-applied on restart; projections whose writes are not idempotent should commit at most
+99 documents at a time).  Revisions are checked before the batch
+and again by the batch itself (ETag preconditions), so a conflicting commit writes
+nothing on the real service; the emulator does not roll back a failed batch, which only
+matters for a race between the check and the batch.
+
+Throttling (429) is retried after the server's ``x-ms-retry-after-ms``, up to
+``MAX_THROTTLE_RETRIES`` times, then raised as ``TransientError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError
+from azure.cosmos import ContainerProxy, CosmosClient
+from azure.cosmos.exceptions import (
+    CosmosBatchOperationError,
+    CosmosHttpResponseError,
+    CosmosResourceExistsError,
+    CosmosResourceNotFoundError,
+)
+
+from app.adapters.registry import redact
+from app.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
+from app.core.messages import (
+    Event,
+    JSONObject,
+    NewEvent,
+    check_append,
+    encode_json,
+    format_timestamp,
+    utc_now,
+)
+from app.core.ports import (
+    AppendResult,
+    Doc,
+    ExpectedVersion,
+    StreamState,
+    ViewChange,
+    expected_as_int,
+    resolve_conflict,
+)
+
+EVENTS_PARTITION_KEY_PATH: Final = "/stream_id"
+"""Partition key path of the events container (imported by ``providers/azure``)."""
+VIEWS_PARTITION_KEY_PATH: Final = "/pk"
+"""Partition key path of the views container (imported by ``providers/azure``)."""
+LOG_PARTITION: Final = "$log"
+"""The partition of the events container holding the global log (not a valid stream id)."""
+VIEWS_PARTITION: Final = "views"
+"""The one logical partition of the views container."""
+MAX_BATCH_OPERATIONS: Final = 100
+"""Cosmos DB's limit on the operations of one transactional batch."""
+INLINE_LIMIT: Final = 1_500_000
+"""Bytes of events kept inside the commit document; more go to part documents (2 MB item limit)."""
+MAX_THROTTLE_RETRIES: Final = 8
+DEFAULT_SWEEP_AFTER: Final = 30.0
+
+_VERSION_DIGITS: Final = 12
+_T = TypeVar("_T")
+
+
+def views_container_name(events_container: str) -> str:
+    """The default views container beside ``events_container``."""
+    return f"{events_container}-views"
+
+
+@dataclass(frozen=True, slots=True)
+class CosmosLocation:
+    """A parsed ``cosmos://`` URL."""
+
+    account: str
+    database: str
+    container: str
+    views: str
+    endpoint: str
+    key: str | None
+    verify: bool
+    sweep_after: float
+
+    @classmethod
+    def parse(cls, url: str) -> CosmosLocation:
+        """Parse ``url``; raises ``ConfigurationError`` naming what is missing."""
+        parts = urlsplit(url)
+        if parts.scheme != "cosmos":
+            raise ConfigurationError(f"not a cosmos:// URL: {redact(url)!r}")
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        if not parts.hostname:
+            raise ConfigurationError(f"{redact(url)!r} names no Cosmos DB account (cosmos://ACCOUNT/DB/CONTAINER)")
+        if len(path) != 2:
+            raise ConfigurationError(
+                f"{redact(url)!r} must name a database and a container: cosmos://ACCOUNT/DATABASE/CONTAINER"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        account = parts.hostname
+        return cls(
+            account=account,
+            database=path[0],
+            container=path[1],
+            views=query.get("views", views_container_name(path[1])),
+            endpoint=query.get("endpoint", f"https://{account}.documents.azure.com:443/"),
+            key=query.get("key"),
+            verify=query.get("verify", "true").lower() not in {"false", "0", "no"},
+            sweep_after=float(query.get("sweep_after", DEFAULT_SWEEP_AFTER)),
+        )
+
+    def client(self) -> CosmosClient:
+        """A client for this account (no I/O until first use)."""
+        credential: Any
+        if self.key is not None:
+            credential = self.key
+        else:
+            try:
+                from azure.identity import DefaultAzureCredential
+            except ImportError as e:  # pragma: no cover - azure-identity is in the azure extra
+                raise ConfigurationError("cosmos:// without key= needs azure-identity (extra 'azure')") from e
+            credential = DefaultAzureCredential()
+        return CosmosClient(
+            self.endpoint,
+            credential=credential,
+            connection_verify=self.verify,
+            raw_request_hook=_batch_partition_keys,
+        )
+
+
+def _batch_partition_keys(request: Any) -> None:
+    """Copy a batch's partition key into each operation, as the JavaScript SDK does.
+
+    The service reads the batch's header; the emulator reads each operation's field.
+    """
+    http = request.http_request
+    header = http.headers.get("x-ms-documentdb-partitionkey")
+    if not header or http.headers.get("x-ms-cosmos-is-batch-request", "").lower() != "true":
+        return
+    operations = json.loads(http.body)
+    for operation in operations:
+        operation.setdefault("partitionKey", header)
+    http.set_json_body(operations)
+
+
+def _retry_after(error: CosmosHttpResponseError) -> float:
+    headers = error.headers or {}
+    raw = headers.get("x-ms-retry-after-ms") or headers.get("x-ms-retry-after")
+    try:
+        return max(0.0, float(raw) / 1000.0) if raw is not None else 1.0
+    except ValueError:
+        return 1.0
+
+
+def call(what: str, fn: Callable[[], _T], *, sleep: Callable[[float], None] = time.sleep) -> _T:
+    """Run one SDK call: retry 429 after the server's retry-after, translate errors.
+
+    Errors the caller handles itself (404, 409, 412) are re-raised unchanged.
+    """
+    for attempt in range(MAX_THROTTLE_RETRIES + 1):
+        try:
+            return fn()
+        except (CosmosResourceNotFoundError, CosmosResourceExistsError):
+            raise
+        except CosmosBatchOperationError:
+            raise
+        except CosmosHttpResponseError as e:
+            if e.status_code == 412:
+                raise
+            if e.status_code == 429:
+                if attempt < MAX_THROTTLE_RETRIES:
+                    sleep(_retry_after(e))
+                    continue
+                raise TransientError(f"Cosmos DB throttled {what} (429) {attempt + 1} times") from e
+            if e.status_code in {401, 403}:
+                raise ConfigurationError(
+                    f"Cosmos DB refused the credentials for {what} ({e.status_code}): grant the identity "
+                    "the 'Cosmos DB Built-in Data Contributor' role on the account"
+                ) from e
+            if e.status_code in {408, 410, 449, 500, 502, 503} or e.status_code is None:
+                raise TransientError(f"Cosmos DB failed {what} ({e.status_code}): {e.message}") from e
+            raise
+        except ClientAuthenticationError as e:
+            raise ConfigurationError(f"no usable Azure credentials for Cosmos DB ({what}): {e}") from e
+        except ServiceRequestError as e:
+            raise TransientError(f"Cosmos DB unreachable during {what}: {e}") from e
+        except AzureError as e:
+            raise TransientError(f"Cosmos DB failed {what}: {e}") from e
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Containers:
+    """The two containers of one URL, checked once on first use."""
+
+    def __init__(self, location: CosmosLocation, client: CosmosClient | None) -> None:
+        self.location = location
+        self._client = client
+        self._checked: dict[str, ContainerProxy] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> ContainerProxy:
+        with self._lock:
+            if name in self._checked:
+                return self._checked[name]
+            if self._client is None:
+                self._client = self.location.client()
+            container = self._client.get_database_client(self.location.database).get_container_client(name)
+            try:
+                call(f"reading container {name}", container.read)
+            except CosmosResourceNotFoundError as e:
+                raise ConfigurationError(
+                    f"Cosmos DB account {self.location.account!r} has no container {name!r} in database "
+                    f"{self.location.database!r} (created by providers/azure)"
+                ) from e
+            self._checked[name] = container
+            return container
+
+
+def _commit_id(first: int) -> str:
+    return f"c-{first:0{_VERSION_DIGITS}d}"
+
+
+def _slot_id(slot: int) -> str:
+    return f"s-{slot:0{_VERSION_DIGITS}d}"
+
+
+def _event_body(event: NewEvent, recorded_at: str) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "type": event.type,
+        "schema_version": event.schema_version,
+        "data": event.data,
+        "metadata": event.metadata,
+        "occurred_at": format_timestamp(event.occurred_at),
+        "recorded_at": recorded_at,
+    }
+
+
+class CosmosEventStore:
+    """``EventStore`` on one Cosmos DB container (see the module docstring for the design)."""
+
+    features: frozenset[str] = frozenset()
+
+    def __init__(self, location: CosmosLocation, client: CosmosClient | None = None) -> None:
+        self.location = location
+        self.url = redact(f"cosmos://{location.account}/{location.database}/{location.container}")
+        self._containers = _Containers(location, client)
+
+    @classmethod
+    def from_url(cls, url: str, client: CosmosClient | None = None) -> CosmosEventStore:
+        """Parse ``url`` (no I/O)."""
+        return cls(CosmosLocation.parse(url), client)
+
+    @property
+    def _c(self) -> ContainerProxy:
+        return self._containers.get(self.location.container)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _query(self, what: str, query: str, params: Mapping[str, Any], partition: str | None) -> list[Any]:
+        parameters = [{"name": k, "value": v} for k, v in params.items()]
+        if partition is None:
+            return call(
+                what,
+                lambda: list(self._c.query_items(query, parameters=parameters, enable_cross_partition_query=True)),
+            )
+        # The partition filter is also in the text: the emulator demands it there.
+        scoped = query.replace(" WHERE ", " WHERE c.stream_id = @pk AND ", 1)
+        parameters.append({"name": "@pk", "value": partition})
+        return call(what, lambda: list(self._c.query_items(scoped, parameters=parameters, partition_key=partition)))
+
+    def _commits(self, stream_id: str, low: int = 1, high: int | None = None) -> list[dict[str, Any]]:
+        """The stream's commit documents overlapping versions low..high, by first version."""
+        query = "SELECT * FROM c WHERE c.kind = 'commit' AND c.last >= @low"
+        params: dict[str, Any] = {"@low": low}
+        if high is not None:
+            query += " AND c.first <= @high"
+            params["@high"] = high
+        rows = self._query(f"reading stream {stream_id}", query, params, stream_id)
+        return sorted(rows, key=lambda r: int(r["first"]))
+
+    def _head(self, stream_id: str) -> dict[str, Any] | None:
+        rows = self._query(
+            f"reading the version of {stream_id}",
+            "SELECT TOP 1 * FROM c WHERE c.kind = 'commit' ORDER BY c.first DESC",
+            {},
+            stream_id,
+        )
+        return rows[0] if rows else None
+
+    def _events_of(self, commit: Mapping[str, Any], position: str | None = None) -> list[Event]:
+        bodies: list[dict[str, Any]] = list(commit.get("events") or [])
+        for part_id in commit.get("parts") or []:
+            part = call(f"reading {part_id}", partial(self._c.read_item, part_id, partition_key=commit["stream_id"]))
+            bodies.extend(part["events"])
+        first = int(commit["first"])
+        return [
+            Event.from_dict({**body, "stream_id": commit["stream_id"], "version": first + i})
+            for i, body in enumerate(bodies)
+        ]
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """The stream's events in the range, one single-partition query."""
+        low = max(1, from_version)
+        events = [
+            e
+            for commit in self._commits(stream_id, low, to_version)
+            for e in self._events_of(commit)
+            if e.version >= low and (to_version is None or e.version <= to_version)
+        ]
+        if backwards:
+            events.reverse()
+        return events if limit is None else events[: max(0, limit)]
+
+    def stream_version(self, stream_id: str) -> int:
+        """The last commit's last version, or 0."""
+        head = self._head(stream_id)
+        return int(head["last"]) if head else 0
+
+    def list_streams(self, prefix: str = "") -> Iterator[str]:
+        """Stream ids with ``prefix``: a cross-partition query on the streams' first commits."""
+        rows = self._query(
+            "listing streams",
+            "SELECT c.stream_id FROM c WHERE c.kind = 'commit' AND c.first = 1 AND STARTSWITH(c.stream_id, @prefix)",
+            {"@prefix": prefix},
+            None,
+        )
+        return iter(sorted({row["stream_id"] for row in rows}))
+
+    # -- appending -----------------------------------------------------------------------
+
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
+        """Append atomically: one conditional create of the commit document (see module doc)."""
+        events = list(events)
+        check_append(stream_id, events)
+        want = expected_as_int(expected_version)
+        ids = [e.id for e in events]
+        while True:
+            head = self._head(stream_id)
+            actual = int(head["last"]) if head else 0
+            stored = self._find_ids(stream_id, ids) if head else {}
+            if stored or (want is not None and actual != want):
+                result = resolve_conflict(stream_id, events, expected_version, actual, stored)
+                self._slot_stream(stream_id)  # an idempotent retry finishes a slotting that failed
+                return result
+            first = actual + 1
+            try:
+                self._write_commit(stream_id, first, events)
+            except _Collision:
+                continue  # another append took this version: decide again from the new head
+            self._slot_stream(stream_id)
+            return AppendResult(stream_id, first, first + len(events) - 1)
+
+    def _find_ids(self, stream_id: str, ids: list[str]) -> dict[str, int]:
+        """The versions at which the stream already holds any of ``ids``."""
+        stored: dict[str, int] = {}
+        wanted = set(ids)
+        for start in range(0, len(ids), 50):
+            chunk = ids[start : start + 50]
+            clauses = " OR ".join(f"ARRAY_CONTAINS(c.event_ids, @i{n})" for n in range(len(chunk)))
+            rows = self._query(
+                f"checking event ids in {stream_id}",
+                f"SELECT c.first, c.event_ids FROM c WHERE c.kind = 'commit' AND ({clauses})",
+                {f"@i{n}": i for n, i in enumerate(chunk)},
+                stream_id,
+            )
+            for row in rows:
+                for offset, event_id in enumerate(row["event_ids"]):
+                    if event_id in wanted:
+                        stored[event_id] = int(row["first"]) + offset
+        return stored
+
+    def _write_commit(self, stream_id: str, first: int, events: list[NewEvent]) -> None:
+        now = format_timestamp(utc_now())
+        bodies = [_event_body(e, format_timestamp(e.recorded_at) if e.recorded_at else now) for e in events]
+        commit: dict[str, Any] = {
+            "id": _commit_id(first),
+            "kind": "commit",
+            "stream_id": stream_id,
+            "first": first,
+            "last": first + len(events) - 1,
+            "slot": None,
+            "created": now,
+            "event_ids": [e.id for e in events],
+        }
+        parts: list[str] = []
+        if len(encode_json(bodies)) > INLINE_LIMIT:
+            token = uuid.uuid4().hex[:12]
+            chunk: list[dict[str, Any]] = []
+            size = 0
+            for body in bodies:
+                body_size = len(encode_json(body))
+                if chunk and size + body_size > INLINE_LIMIT:
+                    parts.append(self._write_part(stream_id, first, token, len(parts), chunk))
+                    chunk, size = [], 0
+                chunk.append(body)
+                size += body_size
+            parts.append(self._write_part(stream_id, first, token, len(parts), chunk))
+            commit["parts"] = parts
+        else:
+            commit["events"] = bodies
+        try:
+            call(f"appending to {stream_id}", lambda: self._c.create_item(commit))
+        except CosmosResourceExistsError as e:
+            for part_id in parts:
+                self._delete(part_id, stream_id)
+            raise _Collision from e
+
+    def _write_part(self, stream_id: str, first: int, token: str, n: int, chunk: list[dict[str, Any]]) -> str:
+        part_id = f"p-{first:0{_VERSION_DIGITS}d}-{token}-{n}"
+        body = {"id": part_id, "kind": "part", "stream_id": stream_id, "events": chunk}
+        call(f"appending to {stream_id}", lambda: self._c.create_item(body))
+        return part_id
+
+    def _delete(self, item: str, partition: str) -> None:
+        with contextlib.suppress(CosmosResourceNotFoundError):
+            call(f"deleting {item}", lambda: self._c.delete_item(item, partition_key=partition))
+
+    # -- the global log ------------------------------------------------------------------
+
+    def _slot_stream(self, stream_id: str) -> None:
+        """Give every unslotted commit of the stream a slot, in version order."""
+        rows = self._query(
+            f"positioning {stream_id}",
+            "SELECT * FROM c WHERE c.kind = 'commit' AND IS_NULL(c.slot)",
+            {},
+            stream_id,
+        )
+        try:
+            for commit in sorted(rows, key=lambda r: int(r["first"])):
+                self._slot_commit(commit)
+        except ConfigurationError:
+            raise
+        except Exception as e:
+            raise TransientError(
+                f"stream {stream_id!r}: the events are stored but not yet in the global log; "
+                "retry the append (it is idempotent) or let read_all's sweep position them"
+            ) from e
+
+    def _top_slot(self) -> int:
+        rows = self._query(
+            "reading the global log",
+            "SELECT TOP 1 c.n FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
+            {},
+            LOG_PARTITION,
+        )
+        return int(rows[0]["n"]) if rows else 0
+
+    def _slot_commit(self, commit: dict[str, Any]) -> int:
+        """Create the next slot for ``commit`` and record it there; returns the slot that counts."""
+        while True:
+            n = self._top_slot() + 1
+            slot = {
+                "id": _slot_id(n),
+                "kind": "slot",
+                "stream_id": LOG_PARTITION,
+                "n": n,
+                "stream": commit["stream_id"],
+                "commit": commit["id"],
+            }
+            try:
+                call("appending to the global log", partial(self._c.create_item, slot))
+            except CosmosResourceExistsError:
+                continue
+            return self._record_slot(commit["stream_id"], commit["id"], n)
+
+    def _record_slot(self, stream_id: str, commit_id: str, n: int) -> int:
+        """Set the commit's slot to ``n`` unless it has one; returns the slot that counts."""
+        while True:
+            current = call(f"reading {commit_id}", lambda: self._c.read_item(commit_id, partition_key=stream_id))
+            if current.get("slot") is not None:
+                return int(current["slot"])
+            updated = {k: v for k, v in current.items() if not k.startswith("_")}
+            updated["slot"] = n
+            try:
+                call(
+                    f"positioning {commit_id}",
+                    partial(
+                        self._c.replace_item,
+                        commit_id,
+                        updated,
+                        etag=current["_etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    ),
+                )
+                return n
+            except CosmosHttpResponseError as e:
+                if e.status_code != 412:
+                    raise
+
+    def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        """Events in log order after ``after`` (a position ``"<slot>:<version>"``)."""
+        slot_after, version_after = _parse_position(after)
+        out: list[Event] = []
+        next_slot = max(slot_after, 1)
+        while len(out) < limit:
+            rows = self._query(
+                "reading the global log",
+                f"SELECT TOP {int(limit)} * FROM c WHERE c.kind = 'slot' AND c.n >= @n ORDER BY c.n",
+                {"@n": next_slot},
+                LOG_PARTITION,
+            )
+            if not rows:
+                break
+            for slot in rows:
+                n = int(slot["n"])
+                commit = self._commit_for_slot(slot)
+                if commit is None:
+                    continue
+                for event in self._events_of(commit):
+                    if n == slot_after and event.version <= version_after:
+                        continue
+                    out.append(event.with_position(f"{n}:{event.version}"))
+                    if len(out) >= limit:
+                        return out
+            next_slot = int(rows[-1]["n"]) + 1
+        self._sweep()
+        return out
+
+    def _commit_for_slot(self, slot: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The commit a slot names, if the slot is the one that counts for it."""
+        commit: dict[str, Any] = call(
+            f"reading {slot['commit']}",
+            lambda: self._c.read_item(slot["commit"], partition_key=slot["stream"]),
+        )
+        n = int(slot["n"])
+        recorded = commit.get("slot")
+        if recorded is None:
+            recorded = self._record_slot(slot["stream"], slot["commit"], n)
+        return commit if int(recorded) == n else None
+
+    _last_sweep: float = 0.0
+
+    def _sweep(self) -> None:
+        """Slot commits whose writer died before slotting them (at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._last_sweep < min(5.0, self.location.sweep_after):
+            return
+        self._last_sweep = now
+        cutoff = format_timestamp(utc_now() - timedelta(seconds=self.location.sweep_after))
+        streams = self._query(
+            "sweeping unpositioned commits",
+            "SELECT c.stream_id FROM c WHERE c.kind = 'commit' AND IS_NULL(c.slot) AND c.created <= @cutoff",
+            {"@cutoff": cutoff},
+            None,
+        )
+        for stream_id in sorted({row["stream_id"] for row in streams}):
+            self._slot_stream(stream_id)
+
+    def last_position(self) -> str | None:
+        """The position of the last event of the last slot that counts."""
+        rows = self._query(
+            "reading the global log",
+            "SELECT * FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
+            {},
+            LOG_PARTITION,
+        )
+        for slot in rows:
+            commit = self._commit_for_slot(slot)
+            if commit is not None:
+                return f"{int(slot['n'])}:{int(commit['last'])}"
+        return None
+
+    def close(self) -> None:
+        """Nothing to release: the SDK's HTTP session closes with the client."""
+
+
+class _Collision(Exception):
+    """The commit document already exists: another append won the version."""
+
+
+def _parse_position(position: str | None) -> tuple[int, int]:
+    if position is None:
+        return 0, 0
+    try:
+        slot, _, version = position.partition(":")
+        return int(slot), int(version)
+    except ValueError as e:
+        raise ValidationError(f"{position!r} is not a cosmos:// read_all position") from e
+
+
+# ---------------------------------------------------------------------------------------
+# View store
+# ---------------------------------------------------------------------------------------
+
+
+def _doc_id(collection: str, key: str) -> str:
+    digest = hashlib.sha256(f"{collection}\x00{key}".encode()).hexdigest()[:40]
+    return f"d-{digest}"
+
+
+def _checkpoint_id(projection: str, key: str) -> str:
+    digest = hashlib.sha256(f"{projection}\x00{key}".encode()).hexdigest()[:40]
+    return f"k-{digest}"
+
+
+class CosmosViewStore:
+    """``ViewStore`` on one logical partition of the views container (see the module docstring)."""
+
+    def __init__(self, location: CosmosLocation, client: CosmosClient | None = None) -> None:
+        self.location = location
+        self.url = redact(f"cosmos://{location.account}/{location.database}/{location.container}")
+        self._containers = _Containers(location, client)
+
+    @classmethod
+    def from_url(cls, url: str, client: CosmosClient | None = None) -> CosmosViewStore:
+        """Parse ``url`` (no I/O)."""
+        return cls(CosmosLocation.parse(url), client)
+
+    @property
+    def _c(self) -> ContainerProxy:
+        return self._containers.get(self.location.views)
+
+    def _read(self, item: str) -> dict[str, Any] | None:
+        # A query rather than a point read: the emulator fails point reads of absent ids
+        # in a container partitioned on /pk (500); on the real service both cost ~1 RU.
+        rows = self._query("SELECT * FROM c WHERE c.id = @id", {"@id": item})
+        return rows[0] if rows else None
+
+    def _query(self, query: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        parameters = [{"name": k, "value": v} for k, v in params.items()]
+        parameters.append({"name": "@pk", "value": VIEWS_PARTITION})
+        scoped = query.replace(" WHERE ", " WHERE c.pk = @pk AND ", 1)
+        return call(
+            "querying views",
+            lambda: list(self._c.query_items(scoped, parameters=parameters, partition_key=VIEWS_PARTITION)),
+        )
+
+    def get(self, collection: str, key: str) -> Doc | None:
+        """One point read."""
+        raw = self._read(_doc_id(collection, key))
+        return Doc(raw["value"], int(raw["rev"])) if raw else None
+
+    def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Doc]:
+        """Point reads of each key (only the ones that exist are returned)."""
+        found: dict[str, Doc] = {}
+        for key in dict.fromkeys(keys):
+            doc = self.get(collection, key)
+            if doc is not None:
+                found[key] = doc
+        return found
+
+    def query(
+        self,
+        collection: str,
+        *,
+        prefix: str = "",
+        where: tuple[str, str | int | bool] | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        """A single-partition query by key prefix and, optionally, one top-level field."""
+        query = "SELECT * FROM c WHERE c.kind = 'doc' AND c.collection = @c AND STARTSWITH(c.key, @p)"
+        params: dict[str, Any] = {"@c": collection, "@p": prefix}
+        rows = self._query(query, params)
+        if where is not None:
+            field, value = where
+            rows = [
+                r
+                for r in rows
+                if field in r["value"] and r["value"][field] == value and type(r["value"][field]) is type(value)
+            ]
+        found = sorted(((r["key"], Doc(r["value"], int(r["rev"]))) for r in rows), key=lambda kv: kv[0])
+        return found if limit is None else found[: max(0, limit)]
+
+    def commit(self, projection: str, changes: Sequence[ViewChange], checkpoint: Mapping[str, str]) -> None:
+        """All changes and the checkpoint in one transactional batch (one logical partition).
+
+        Changes apply in order (a later change of the same key sees the earlier one);
+        each key's final state becomes one batch operation conditioned on the ETag read.
+        """
+        originals: dict[tuple[str, str], dict[str, Any] | None] = {}
+        state: dict[tuple[str, str], tuple[int, JSONObject | None]] = {}
+        for change in changes:
+            where = (change.collection, change.key)
+            if where not in originals:
+                raw = self._read(_doc_id(*where))
+                originals[where] = raw
+                state[where] = (int(raw["rev"]), raw["value"]) if raw else (0, None)
+            revision, _ = state[where]
+            if change.expected_revision is not None and change.expected_revision != revision:
+                raise ConcurrencyError(
+                    f"{change.collection}/{change.key}",
+                    change.expected_revision,
+                    revision,
+                    "view document is at another revision",
+                )
+            state[where] = (0, None) if change.doc is None else (revision + 1, dict(change.doc))
+        operations: list[tuple[Any, ...]] = []
+        for where, (revision, value) in state.items():
+            original = originals[where]
+            item = _doc_id(*where)
+            if value is None:
+                if original is not None:
+                    operations.append(("delete", (item,), {"if_match_etag": original["_etag"]}))
+                continue
+            body = {
+                "id": item,
+                "pk": VIEWS_PARTITION,
+                "kind": "doc",
+                "collection": where[0],
+                "key": where[1],
+                "value": value,
+                "rev": revision,
+            }
+            if original is None:
+                operations.append(("create", (body,)))
+            else:
+                operations.append(("replace", (item, body), {"if_match_etag": original["_etag"]}))
+        for key, position in checkpoint.items():
+            operations.append(
+                (
+                    "upsert",
+                    (
+                        {
+                            "id": _checkpoint_id(projection, key),
+                            "pk": VIEWS_PARTITION,
+                            "kind": "checkpoint",
+                            "projection": projection,
+                            "key": key,
+                            "value": position,
+                        },
+                    ),
+                )
+            )
+        if not operations:
+            return
+        # The checkpoint upserts come last, so they land in the last batch.
+        chunks = [operations[i : i + MAX_BATCH_OPERATIONS] for i in range(0, len(operations), MAX_BATCH_OPERATIONS)]
+        for chunk in chunks:
+            try:
+                call(
+                    f"committing projection {projection}",
+                    partial(self._c.execute_item_batch, chunk, partition_key=VIEWS_PARTITION),
+                )
+            except CosmosBatchOperationError as e:
+                raise ConcurrencyError(
+                    projection,
+                    "unchanged view documents",
+                    0,
+                    f"a view document changed during the commit: {e.message}",
+                ) from e
+
+    def get_checkpoint(self, projection: str, key: str = "$all") -> str | None:
+        """One point read."""
+        raw = self._read(_checkpoint_id(projection, key))
+        return str(raw["value"]) if raw else None
+
+    def drop(self, collection: str) -> None:
+        """Delete every document of the collection, one by one (idempotent)."""
+        rows = self._query("SELECT c.id FROM c WHERE c.kind = 'doc' AND c.collection = @c", {"@c": collection})
+        for row in rows:
+            self._delete(row["id"])
+
+    def drop_checkpoints(self, projection: str) -> None:
+        """Delete the projection's checkpoint documents."""
+        rows = self._query("SELECT c.id FROM c WHERE c.kind = 'checkpoint' AND c.projection = @p", {"@p": projection})
+        for row in rows:
+            self._delete(row["id"])
+
+    def _delete(self, item: str) -> None:
+        with contextlib.suppress(CosmosResourceNotFoundError):
+            call(f"deleting {item}", lambda: self._c.delete_item(item, partition_key=VIEWS_PARTITION))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+__all__ = [
+    "EVENTS_PARTITION_KEY_PATH",
+    "LOG_PARTITION",
+    "VIEWS_PARTITION",
+    "VIEWS_PARTITION_KEY_PATH",
+    "CosmosEventStore",
+    "CosmosLocation",
+    "CosmosViewStore",
+    "StreamState",
+    "call",
+    "views_container_name",
+]
