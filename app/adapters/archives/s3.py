@@ -30,14 +30,22 @@ from app.adapters import aws
 from app.core.errors import ConfigurationError, ObjectNotFound
 from app.core.ports import check_object_name
 
-#: The S3 actions the archive calls (the IAM task role allows these on the bucket).
-IAM_ACTIONS: Final = (
-    "s3:GetObject",
-    "s3:PutObject",
-    "s3:DeleteObject",
-    "s3:ListBucket",
-    "s3:AbortMultipartUpload",
-)
+#: The API operations the archive calls and the IAM actions each needs.
+IAM_ACTIONS_BY_OPERATION: Final[dict[str, tuple[str, ...]]] = {
+    "PutObject": ("s3:PutObject",),
+    "GetObject": ("s3:GetObject",),
+    "HeadObject": ("s3:GetObject",),
+    "ListObjectsV2": ("s3:ListBucket",),
+    "DeleteObject": ("s3:DeleteObject",),
+    "CreateMultipartUpload": ("s3:PutObject",),
+    "UploadPart": ("s3:PutObject",),
+    "CompleteMultipartUpload": ("s3:PutObject",),
+    "AbortMultipartUpload": ("s3:AbortMultipartUpload",),
+}
+#: Actions on objects (``arn:...:bucket/prefix/*``) and on the bucket (``ListBucket``).
+IAM_OBJECT_ACTIONS: Final = ("s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject")
+IAM_BUCKET_ACTIONS: Final = ("s3:ListBucket",)
+
 MIB: Final = 1024 * 1024
 DEFAULT_MULTIPART_MIB: Final = 8
 

@@ -70,19 +70,24 @@ from app.core.ports import Message, MessageHandler
 
 log = logging.getLogger(__name__)
 
-#: The actions the adapter calls without ``provision`` (the IAM task role allows these).
-IAM_ACTIONS_PUBLISH: Final = ("sns:Publish",)
-IAM_ACTIONS_CONSUME: Final = (
-    "sqs:GetQueueUrl",
-    "sqs:GetQueueAttributes",
-    "sqs:ReceiveMessage",
-    "sqs:DeleteMessage",
-    "sqs:ChangeMessageVisibility",
-    "sqs:SendMessage",
+#: The API operations the broker calls (without ``provision``) and the IAM actions each needs.
+IAM_ACTIONS_BY_OPERATION: Final[dict[str, tuple[str, ...]]] = {
+    "PublishBatch": ("sns:Publish",),
+    "GetQueueUrl": ("sqs:GetQueueUrl",),
+    "ReceiveMessage": ("sqs:ReceiveMessage",),
+    "DeleteMessageBatch": ("sqs:DeleteMessage",),
+    "ChangeMessageVisibility": ("sqs:ChangeMessageVisibility",),
+    "ChangeMessageVisibilityBatch": ("sqs:ChangeMessageVisibility",),
+    "SendMessage": ("sqs:SendMessage",),
+}
+#: Operations called only with ``provision=true`` (tests and local use), never granted by Pulumi.
+PROVISION_OPERATIONS: Final = frozenset(
+    {"CreateTopic", "CreateQueue", "GetQueueAttributes", "SetQueueAttributes", "Subscribe", "GetCallerIdentity"}
 )
-#: SNS ``PublishBatch`` is authorized as ``sns:Publish``; DeleteMessageBatch,
-#: ChangeMessageVisibilityBatch as their single forms.
-IAM_ACTIONS: Final = IAM_ACTIONS_PUBLISH + IAM_ACTIONS_CONSUME
+IAM_ACTIONS_PUBLISH: Final = ("sns:Publish",)
+IAM_ACTIONS_CONSUME: Final = tuple(
+    sorted({a for actions in IAM_ACTIONS_BY_OPERATION.values() for a in actions if a.startswith("sqs:")})
+)
 
 KEY_ATTRIBUTE: Final = "sf-key"
 ATTRS_ATTRIBUTE: Final = "sf-attrs"

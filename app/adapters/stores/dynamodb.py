@@ -152,18 +152,22 @@ GLOBAL_SECONDARY_INDEXES: Final[tuple[dict[str, Any], ...]] = (
     },
 )
 
-#: The DynamoDB actions the adapters in this module call (the IAM task role allows these).
-IAM_ACTIONS: Final = (
-    "dynamodb:GetItem",
-    "dynamodb:Query",
-    "dynamodb:BatchGetItem",
-    "dynamodb:BatchWriteItem",
-    "dynamodb:TransactWriteItems",
-    "dynamodb:ConditionCheckItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-)
+#: The API operations the adapters in this module call, and the IAM actions each needs
+#: (a transaction is authorized per item: put, update, delete, condition check).
+IAM_ACTIONS_BY_OPERATION: Final[dict[str, tuple[str, ...]]] = {
+    "GetItem": ("dynamodb:GetItem",),
+    "Query": ("dynamodb:Query",),
+    "BatchGetItem": ("dynamodb:BatchGetItem",),
+    "BatchWriteItem": ("dynamodb:BatchWriteItem",),
+    "TransactWriteItems": (
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:ConditionCheckItem",
+    ),
+}
+#: Every IAM action the task role needs on the table and its index.
+IAM_ACTIONS: Final = tuple(sorted({a for actions in IAM_ACTIONS_BY_OPERATION.values() for a in actions}))
 
 MAX_TRANSACTION_ITEMS: Final = 100
 MAX_APPEND_EVENTS: Final = (MAX_TRANSACTION_ITEMS - 2) // 2
