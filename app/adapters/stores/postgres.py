@@ -52,7 +52,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -354,29 +354,44 @@ def decode_position(position: str | None) -> int:
         raise ValidationError(f"{position!r} is not a position of a PostgreSQL store") from e
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
-
-
 # ---------------------------------------------------------------------------------------
 # Event store
 # ---------------------------------------------------------------------------------------
 
-_COLUMNS: Final = "id::text, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
+_COLUMNS: Final = (
+    "id::text, stream_id, version, type, schema_version, data::text, metadata::text, occurred_at, recorded_at"
+)
 
 
-def _event(row: tuple[Any, ...], with_position: bool = False) -> Event:
+def _event(row: tuple[Any, ...]) -> Event:
+    """A row of :data:`_COLUMNS` as an Event (sessions run in UTC, so timestamps come back in UTC)."""
+    event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at, recorded_at = row
     return Event(
-        id=row[0],
-        stream_id=row[1],
-        version=row[2],
-        type=row[3],
-        schema_version=row[4],
-        data=row[5],
-        metadata=row[6],
-        occurred_at=_utc(row[7]),
-        recorded_at=_utc(row[8]),
-        position=encode_position(row[9]) if with_position else None,
+        event_id,
+        stream_id,
+        version,
+        event_type,
+        schema_version,
+        orjson.loads(data),
+        orjson.loads(metadata),
+        occurred_at,
+        recorded_at,
+    )
+
+
+def _positioned(row: tuple[Any, ...]) -> Event:
+    """A row of :data:`_COLUMNS` plus ``position`` as an Event carrying its position."""
+    return Event(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        orjson.loads(row[5]),
+        orjson.loads(row[6]),
+        row[7],
+        row[8],
+        str(row[9]).zfill(_POSITION_DIGITS),
     )
 
 
@@ -629,8 +644,8 @@ class PostgresEventStore:
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Events after ``after`` in commit order of positions (gap-free, see the module docstring)."""
         with self.db.connection("reading all events") as conn:
-            rows = conn.execute(self._read_all_sql, [decode_position(after), limit]).fetchall()
-        return [_event(row, with_position=True) for row in rows]
+            rows = conn.cursor(binary=True).execute(self._read_all_sql, [decode_position(after), limit]).fetchall()
+        return [_positioned(row) for row in rows]
 
     def last_position(self) -> str | None:
         """The position of the newest visible event, or ``None`` when the store is empty."""
