@@ -133,6 +133,7 @@ def bench_command_cycle(url: str, count: int) -> Figure:
         "INSERT INTO {} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
         " VALUES (%s, %s, %s, %s, 1, %s::json, %s::json, now(), now())"
     ).format(table)
+    now = datetime.now(UTC)
     for account in accounts:
         events.bulk_append(
             [
@@ -144,7 +145,8 @@ def bench_command_cycle(url: str, count: int) -> Figure:
                     1,
                     {"a": "1.00"},
                     {},
-                    *[datetime.now(UTC)] * 2,
+                    now,
+                    now,
                 )
                 for v in range(1, 11)
             ]
