@@ -48,6 +48,7 @@ from app.core.messages import (
     check_append,
     to_micros,
     utc_now,
+    validate_stream_id,
 )
 from app.core.ports import (
     FEATURE_BULK_APPEND,
@@ -295,6 +296,33 @@ def _current_version(db: sqlite3.Connection, stream_id: str) -> int:
     return int(row[0] or 0)
 
 
+def _current_versions(db: sqlite3.Connection, streams: Sequence[str]) -> dict[str, int]:
+    """The current version of each of ``streams`` (0 for new ones), a query per 500 streams."""
+    found = dict.fromkeys(streams, 0)
+    for start in range(0, len(streams), _CHUNK):
+        chunk = streams[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT stream_id, max(version) FROM events WHERE stream_id IN ({marks}) GROUP BY stream_id"
+        for stream_id, version in db.execute(sql, chunk):
+            found[stream_id] = version
+    return found
+
+
+def _imported_row(event: Event) -> tuple[Any, ...]:
+    """The row of an already-versioned event (bulk_append): every field kept as it is."""
+    return (
+        event.id,
+        event.stream_id,
+        event.version,
+        event.type,
+        event.schema_version,
+        orjson.dumps(event.data).decode(),
+        orjson.dumps(event.metadata).decode(),
+        to_micros(event.occurred_at),
+        to_micros(event.recorded_at),
+    )
+
+
 def _stored(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, tuple[str, int]]:
     """``id -> (stream_id, version)`` of those of ``ids`` already stored."""
     found: dict[str, tuple[str, int]] = {}
@@ -406,20 +434,21 @@ class SQLiteEventStore:
         else that does not continue its stream raises ``ConcurrencyError`` and nothing of
         the call is stored.  Returns how many events were new.
         """
+        streams = list(dict.fromkeys(event.stream_id for event in events))
+        for stream_id in streams:
+            validate_stream_id(stream_id)
         for event in events:
-            check_append(event.stream_id, [event.to_new()])
+            event.to_new().validate()
 
         def work(db: sqlite3.Connection) -> int:
-            current: dict[str, int] = {}
+            current = _current_versions(db, streams)
             rows: list[tuple[Any, ...]] = []
             skipped: list[Event] = []
             for event in events:
-                version = current.get(event.stream_id)
-                if version is None:
-                    version = current[event.stream_id] = _current_version(db, event.stream_id)
+                version = current[event.stream_id]
                 if event.version == version + 1:
                     current[event.stream_id] = event.version
-                    rows.append(_event_row(event.stream_id, event.version, event.to_new(), 0))
+                    rows.append(_imported_row(event))
                 elif event.version <= version:
                     skipped.append(event)
                 else:
