@@ -35,11 +35,13 @@ VIEW_STORES: dict[str, str] = {
 }
 BROKERS: dict[str, str] = {
     "memory": "app.adapters.brokers.memory:MemoryBroker",
+    "pubsub": "app.adapters.brokers.pubsub:PubSubBroker",
     "sns+sqs": "app.adapters.brokers.sns_sqs:SnsSqsBroker",
     "nats": "app.adapters.brokers.nats:NatsBroker",
 }
 ARCHIVES: dict[str, str] = {
     "file": "app.adapters.archives.local:LocalArchive",
+    "az": "app.adapters.archives.blob:BlobArchive",
     "s3": "app.adapters.archives.s3:S3Archive",
 }
 
