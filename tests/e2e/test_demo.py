@@ -8,8 +8,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from app.demo import run_demo
+from app.ledger.bootstrap import Ledger
 
 
 def test_the_demo_passes_every_check_and_reports_them() -> None:
@@ -57,3 +61,15 @@ def test_the_demo_against_a_corrupt_store_fails_with_a_clear_error(tmp_path: Pat
     assert str(corrupt) in done.stderr
     assert "not a SQLite database" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_failing_check_makes_the_demo_exit_1_and_says_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    def leaking(self: Ledger) -> dict[str, dict[str, Any]]:
+        return {"EUR": {"held": "1.00", "deposited_minus_withdrawn": "2.00", "conserved": False}}
+
+    monkeypatch.setattr(Ledger, "money_check", leaking)
+    out = io.StringIO()
+    assert run_demo(out=out) == 1
+    report = out.getvalue()
+    assert "[FAIL] EUR: balances + in transit == deposits - withdrawals" in report
+    assert "1 check(s) FAILED" in report
