@@ -26,7 +26,12 @@ Guarantees of :meth:`Application.execute`:
   ``snapshot_every`` events and used when loading; they never change a result (a snapshot
   of another aggregate class or ``snapshot_schema`` is ignored).  An in-process cache of
   the latest state per stream (``cache_size`` entries) avoids re-reading whole streams;
-  it is refreshed from the store on every load, so other writers are always seen.
+  it is refreshed from the store on every load, so other writers are always seen.  With
+  ``fastforward=False`` a retry-safe command without ``expected_version`` is decided on the
+  cached state without reading the stream first: the append's version check detects a
+  stale cache (then the kernel reloads and decides again), and a rejection or an empty
+  decision is re-checked on fresh state.  This saves one read per command where one
+  process writes most of the time, and costs a failed append when another process wrote.
 * **Temporal queries.**  :meth:`Application.load` gives an aggregate as it was at a
   version or at a moment (``recorded_at``).
 """
@@ -156,6 +161,7 @@ class Application:
         upcasters: Upcasters | None = None,
         max_conflict_retries: int = 3,
         cache_size: int = 10_000,
+        fastforward: bool = True,
     ) -> None:
         if snapshot_every < 0 or max_conflict_retries < 0 or cache_size < 0:
             raise ConfigurationError("snapshot_every, max_conflict_retries and cache_size must be >= 0")
@@ -165,6 +171,7 @@ class Application:
         self.upcasters = upcasters if upcasters is not None else Upcasters()
         self.max_conflict_retries = max_conflict_retries
         self.cache_size = cache_size
+        self.fastforward = fastforward
         self._handlers: dict[type[Any], CommandHandler] = {}
         self._cache: dict[str, tuple[int, bytes]] = {}
         self._cache_lock = threading.Lock()
@@ -242,14 +249,20 @@ class Application:
                 return recorded
         base_metadata = self._metadata(command, idempotency_key, metadata)
         attempts = 0
+        # Without fast-forward, a retry-safe command is decided on the cached state and the
+        # append's version check catches a stale cache (then: reload and decide again).
+        trust_cache = not self.fastforward and expected_version is None and handler.retry_safe
         while True:
-            aggregate = self._load_current(aggregate_type, aggregate_id, stream_id)
+            aggregate = self._load_current(aggregate_type, aggregate_id, stream_id, read_tail=not trust_cache)
             loaded_version = aggregate.version
             if expected_version is not None and loaded_version != expected_version:
                 raise ConcurrencyError(stream_id, expected_version, loaded_version)
             try:
                 decision = handler.decide(aggregate, command)
             except DomainError:
+                if trust_cache:
+                    trust_cache = False  # the rejection may come from a stale cache: decide on fresh state
+                    continue
                 if idempotency_key is not None:
                     found = self._find_in_stream(stream_id, idempotency_key)
                     if found is not None:
@@ -257,6 +270,9 @@ class Application:
                 raise
             new_events = self._prepare(decision, stream_id, idempotency_key, base_metadata)
             if not new_events:
+                if trust_cache:
+                    trust_cache = False
+                    continue
                 return CommandResult(stream_id, loaded_version, loaded_version, [], False)
             try:
                 appended = self.events.append(stream_id, new_events, loaded_version)
@@ -266,6 +282,9 @@ class Application:
                     found = self._find_in_stream(stream_id, idempotency_key)
                     if found is not None:
                         return found
+                if trust_cache:
+                    trust_cache = False  # the cache was stale: that is not a conflict to count
+                    continue
                 if expected_version is None and handler.retry_safe and attempts < self.max_conflict_retries:
                     attempts += 1
                     continue
@@ -419,11 +438,15 @@ class Application:
             raise StreamNotFound(stream_id)
         return aggregate
 
-    def _load_current(self, aggregate_type: type[AggregateT], aggregate_id: str, stream_id: str) -> AggregateT:
+    def _load_current(
+        self, aggregate_type: type[AggregateT], aggregate_id: str, stream_id: str, *, read_tail: bool = True
+    ) -> AggregateT:
         aggregate = aggregate_type(aggregate_id)
         cached = self._cache.get(stream_id) if self.cache_size else None
         if cached is not None:
             aggregate.restore(orjson.loads(cached[1]), cached[0])
+            if not read_tail:
+                return aggregate
         elif self.snapshot_every:
             self._restore_snapshot(aggregate, stream_id, None)
         history = self.events.read_stream(stream_id, aggregate.version + 1)

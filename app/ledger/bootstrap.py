@@ -65,12 +65,15 @@ class Ledger:
         message_mode: str = "full",
         upcasters: Upcasters | None = None,
         batch_size: int = 1000,
+        fastforward: bool = True,
     ) -> None:
         self.events = events
         self.views = views
         self.broker = broker
         self.upcasters = upcasters if upcasters is not None else Upcasters()
-        self.app = Application(events, views, snapshot_every=snapshot_every, upcasters=self.upcasters)
+        self.app = Application(
+            events, views, snapshot_every=snapshot_every, upcasters=self.upcasters, fastforward=fastforward
+        )
         register_handlers(self.app)
         self.read_models = ReadModels(views)
         self.relay = Relay(events, views, broker, message_mode)
@@ -219,6 +222,7 @@ def bootstrap(
     snapshot_every: int = 100,
     message_mode: str = "full",
     upcasters: Upcasters | None = None,
+    fastforward: bool = True,
 ) -> Ledger:
     """Open the adapters named by the URLs and wire the ledger on them."""
     events = registry.open_event_store(store_url)

@@ -92,14 +92,42 @@ def test_snapshot_of_another_schema_or_class_is_ignored() -> None:
     assert app.load(Counter, "c").total == 6
 
 
-def test_the_state_cache_sees_events_of_other_writers() -> None:
+@pytest.mark.parametrize("fastforward", [True, False])
+def test_the_state_cache_sees_events_of_other_writers(fastforward: bool) -> None:
     events, views = MemoryEventStore(), MemoryViewStore()
-    first, second = make_app(events, views), make_app(events, views)
+    first = make_app(events, views, fastforward=fastforward, max_conflict_retries=0)
+    second = make_app(events, views)
     first.execute(Add(counter_id="c", amount=5))
     second.execute(Add(counter_id="c", amount=7))
     result = first.execute(Add(counter_id="c", amount=1))
     assert result.first_version == 3
     assert first.load(Counter, "c").total == 13
+    # A rejection decided on a stale cache is checked again on fresh state.
+    second.execute(Add(counter_id="c", amount=100))
+    taken = first.execute(Add(counter_id="c", amount=-110))
+    assert taken.first_version == 5
+    assert first.load(Counter, "c").total == 3
+    with pytest.raises(TooNegative):
+        first.execute(Add(counter_id="c", amount=-4))
+    assert events.stream_version("counter-c") == 5
+
+
+def test_without_fastforward_a_cached_stream_is_not_read_before_deciding() -> None:
+    events = MemoryEventStore()
+    app = make_app(events, fastforward=False)
+    app.execute(Add(counter_id="c", amount=1))
+    reads: list[str] = []
+    original = events.read_stream
+
+    def counting_read(stream_id: str, *args: object, **kwargs: object) -> object:
+        reads.append(stream_id)
+        return original(stream_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    events.read_stream = counting_read  # type: ignore[method-assign,assignment]
+    app.execute(Add(counter_id="c", amount=1))
+    assert reads == []
+    app.execute(Add(counter_id="c", amount=1), expected_version=2)
+    assert reads == ["counter-c"]
 
 
 # -- upcasters ----------------------------------------------------------------------------
@@ -187,12 +215,13 @@ def test_idempotency_survives_a_lost_record_when_the_rule_would_now_reject() -> 
     assert events.stream_version("counter-c") == 2
 
 
+@pytest.mark.parametrize("fastforward", [True, False])
 @pytest.mark.parametrize("shared_app", [True, False], ids=["one-app", "app-per-thread"])
-def test_concurrent_duplicates_store_once(shared_app: bool) -> None:
+def test_concurrent_duplicates_store_once(shared_app: bool, fastforward: bool) -> None:
     events, views = MemoryEventStore(), MemoryViewStore()
     make_app(events, views).execute(Add(counter_id="c", amount=1))
     threads_count = 8
-    apps = [make_app(events, views) for _ in range(threads_count)]
+    apps = [make_app(events, views, fastforward=fastforward) for _ in range(threads_count)]
     barrier = threading.Barrier(threads_count)
     results: list[object] = [None] * threads_count
 
