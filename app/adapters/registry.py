@@ -35,6 +35,7 @@ VIEW_STORES: dict[str, str] = {
 }
 BROKERS: dict[str, str] = {
     "memory": "app.adapters.brokers.memory:MemoryBroker",
+    "servicebus": "app.adapters.brokers.servicebus:ServiceBusBroker",
     "pubsub": "app.adapters.brokers.pubsub:PubSubBroker",
     "sns+sqs": "app.adapters.brokers.sns_sqs:SnsSqsBroker",
     "nats": "app.adapters.brokers.nats:NatsBroker",
