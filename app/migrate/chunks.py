@@ -50,9 +50,10 @@ class ChunkWriter:
         self._last: str | None = None
         self.entries: list[ChunkEntry] = []
 
-    def add(self, event: Event) -> None:
-        """Add one event; writes the current chunk when it is full."""
-        line = encode_line(event)
+    def add(self, event: Event, line: bytes | None = None) -> None:
+        """Add one event (``line`` is its encoded line, if already made); writes the chunk when full."""
+        if line is None:
+            line = encode_line(event)
         if not self._lines:
             self._first = event.position
         self._last = event.position

@@ -293,7 +293,7 @@ def migrate_command(
     ] = False,
     unfence: Annotated[bool, typer.Option("--unfence", help="Lift the source's write fence and exit.")] = False,
     grace: Annotated[float, typer.Option("--grace", help="Cutover: seconds without new events = drained.")] = 2.0,
-    batch: Annotated[int, typer.Option("--batch", help="Events per read and write.")] = 1000,
+    batch: Annotated[int, typer.Option("--batch", help="Events per read and write.")] = 5000,
     shard: ShardOpt = None,
     transform: TransformOpt = None,
     allow_count_change: AllowCount = False,

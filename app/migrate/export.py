@@ -17,13 +17,13 @@ from app.core.ports import Archive, EventStore
 from app.migrate.chunks import CHUNK_BYTES, CHUNK_EVENTS, ChunkWriter
 from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError
-from app.migrate.format import CHAIN_START, chain_next
+from app.migrate.format import CHAIN_START, chain_next, encode_event
 from app.migrate.manifest import CHUNK_PREFIX, MANIFEST_NAME, Manifest, StreamHead
 from app.migrate.progress import Progress
 from app.migrate.sharding import Shard, owned
 from app.migrate.transforms import Transformer
 
-READ_BATCH = 1000
+READ_BATCH = 5000
 
 
 @dataclass(slots=True)
@@ -65,7 +65,7 @@ class HeadTracker:
     def __init__(self) -> None:
         self.heads: dict[str, StreamHead] = {}
 
-    def add(self, event: Event, location: str) -> None:
+    def add(self, event: Event, location: str, canonical: bytes | None = None) -> None:
         """Extend ``event``'s stream chain; a version gap raises :class:`ArchiveError` at ``location``."""
         head = self.heads.get(event.stream_id)
         if head is None:
@@ -77,7 +77,7 @@ class HeadTracker:
             )
         head.events += 1
         head.last_version = event.version
-        head.head = chain_next(head.head, event)
+        head.head = chain_next(head.head, event, canonical)
 
 
 def export(
@@ -115,8 +115,9 @@ def export(
         if transformer is not None:
             mine = transformer.apply(mine)
         for event in mine:
-            heads.add(event, f"source {store.url} at position {event.position}")
-            writer.add(event)
+            line, canonical = encode_event(event)
+            heads.add(event, f"source {store.url} at position {event.position}", canonical)
+            writer.add(event, line)
         if progress is not None:
             progress.advance(len(mine))
         if cut is not None:

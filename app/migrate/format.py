@@ -23,14 +23,16 @@ See ``docs/archive-format.md``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
 import orjson
 
 from app.core.errors import ValidationError
-from app.core.messages import Event, encode_json, format_timestamp, parse_timestamp
+from app.core.messages import Event, encode_json, parse_timestamp
 
 SPEC_VERSION: Final = "1.0"
 SOURCE_PREFIX: Final = "/skyferry/streams/"
@@ -52,25 +54,37 @@ _REQUIRED: Final = (
 )
 
 
+_ZERO: Final = timedelta(0)
+
+
+def timestamp(moment: datetime) -> str:
+    """RFC 3339, UTC, always six fraction digits and ``Z``: the text of
+    :func:`app.core.messages.format_timestamp`, computed without ``strftime`` (hot path)."""
+    if moment.utcoffset() != _ZERO:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+@functools.lru_cache(maxsize=65_536)
 def source_of(stream_id: str) -> str:
     """The CloudEvents ``source`` of a stream's events: a URI reference naming the stream."""
     return SOURCE_PREFIX + quote(stream_id, safe="")
 
 
-def to_cloudevent(event: Event) -> dict[str, Any]:
+def to_cloudevent(event: Event, occurred: str | None = None, recorded: str | None = None) -> dict[str, Any]:
     """The event as a CloudEvents structured-mode JSON object (see the module docstring)."""
     attributes: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "id": event.id,
         "source": source_of(event.stream_id),
         "type": event.type,
-        "time": format_timestamp(event.occurred_at),
+        "time": occurred or timestamp(event.occurred_at),
         "datacontenttype": "application/json",
         "data": event.data,
         "streamid": event.stream_id,
         "streamversion": event.version,
         "schemaversion": event.schema_version,
-        "recordedtime": format_timestamp(event.recorded_at),
+        "recordedtime": recorded or timestamp(event.recorded_at),
         "metadata": encode_json(event.metadata).decode(),
     }
     if event.position is not None:
@@ -81,6 +95,12 @@ def to_cloudevent(event: Event) -> dict[str, Any]:
 def encode_line(event: Event) -> bytes:
     """One archive line (without the newline): canonical CloudEvents JSON of ``event``."""
     return encode_json(to_cloudevent(event))
+
+
+def encode_event(event: Event) -> tuple[bytes, bytes]:
+    """``(archive line, canonical bytes)`` of ``event``, formatting its timestamps once."""
+    occurred, recorded = timestamp(event.occurred_at), timestamp(event.recorded_at)
+    return encode_json(to_cloudevent(event, occurred, recorded)), _canonical(event, occurred, recorded)
 
 
 def decode_line(line: bytes, location: str, line_number: int) -> Event:
@@ -126,14 +146,30 @@ def decode_line(line: bytes, location: str, line_number: int) -> Event:
         raise ArchiveError(location, f"malformed event: {e}", line_number) from e
 
 
+def _canonical(event: Event, occurred: str, recorded: str) -> bytes:
+    return encode_json(
+        {
+            "id": event.id,
+            "stream_id": event.stream_id,
+            "version": event.version,
+            "type": event.type,
+            "schema_version": event.schema_version,
+            "data": event.data,
+            "metadata": event.metadata,
+            "occurred_at": occurred,
+            "recorded_at": recorded,
+        }
+    )
+
+
 def canonical_bytes(event: Event) -> bytes:
-    """The bytes the hash chain covers: the envelope without the store-specific position."""
-    return encode_json(event.to_dict())
+    """The bytes the hash chain covers: the envelope (``Event.to_dict``) without the position."""
+    return _canonical(event, timestamp(event.occurred_at), timestamp(event.recorded_at))
 
 
-def chain_next(head: str, event: Event) -> str:
+def chain_next(head: str, event: Event, canonical: bytes | None = None) -> str:
     """The next hash-chain head: ``sha256(previous head (hex) || canonical bytes)``."""
-    return hashlib.sha256(head.encode() + canonical_bytes(event)).hexdigest()
+    return hashlib.sha256(head.encode() + (canonical or canonical_bytes(event))).hexdigest()
 
 
 def stream_of_source(source: str) -> str:

@@ -21,12 +21,13 @@ from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError, WrongKey
 from app.migrate.export import HeadTracker
 from app.migrate.manifest import MANIFEST_NAME, Manifest
+from app.migrate.pipeline import ReadAhead
 from app.migrate.progress import Progress
 from app.migrate.sharding import Shard, owned
 from app.migrate.transforms import Transformer
 from app.migrate.writer import TargetWriter
 
-WRITE_BATCH = 1000
+WRITE_BATCH = 10_000
 
 
 @dataclass(slots=True)
@@ -108,8 +109,8 @@ def import_archive(
         progress.total = manifest.event_count
         progress.advance(int(done["events"]))
     heads = HeadTracker()
-    for index, entry in enumerate(manifest.chunks):
-        events = read_chunk(archive, entry, cipher)
+    verified = ReadAhead((entry, read_chunk(archive, entry, cipher)) for entry in manifest.chunks)
+    for index, (entry, events) in enumerate(verified):
         for event in events:
             heads.add(event, entry.name)
         if index < int(done["chunks"]):
