@@ -352,7 +352,7 @@ def rebuild(
     projection: Projection,
     *,
     upcasters: Upcasters | None = None,
-    batch_size: int = 5000,
+    batch_size: int = 20_000,
 ) -> RebuildReport:
     """Build the next generation of ``projection`` from the start, switch to it, drop the old one.
 
