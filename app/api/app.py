@@ -295,7 +295,16 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         version="0.1.0",
         description="The skyferry ledger: an event-sourced CQRS application.",
         lifespan=lifespan,
+        # The spec is served by the authorized route below: only health answers without a token.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        """The OpenAPI document (bearer token required, like everything but health)."""
+        return JSONResponse(app.openapi())
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

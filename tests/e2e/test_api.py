@@ -278,6 +278,7 @@ def test_a_missing_or_wrong_token_is_401_and_nothing_is_stored(
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert client.get(f"/accounts/{alice}", headers=headers).status_code == 401
     assert client.get("/metrics", headers=headers).status_code == 401
+    assert client.get("/openapi.json", headers=headers).status_code == 401
     assert ledger.events.last_position() == position
 
 
