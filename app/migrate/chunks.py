@@ -18,7 +18,7 @@ from app.core.messages import Event
 from app.core.ports import Archive
 from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError
-from app.migrate.format import decode_line, encode_line
+from app.migrate.format import decode_line_canonical, encode_line
 from app.migrate.manifest import ChunkEntry, chunk_name
 
 ZSTD_LEVEL: Final = 3
@@ -88,6 +88,11 @@ class ChunkWriter:
 
 def read_chunk(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) -> list[Event]:
     """Every event of one chunk, after checking it whole; raises :class:`ArchiveError` naming the problem."""
+    return [event for event, _ in read_chunk_canonical(archive, entry, cipher)]
+
+
+def read_chunk_canonical(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) -> list[tuple[Event, bytes]]:
+    """Like :func:`read_chunk`, with each event's canonical bytes (for the hash chain)."""
     try:
         stored = archive.get(entry.name)
     except ObjectNotFound as e:
@@ -103,7 +108,7 @@ def read_chunk(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) 
         plaintext = zstandard.ZstdDecompressor().decompress(stored, max_output_size=MAX_CHUNK_PLAINTEXT)
     except zstandard.ZstdError as e:
         raise ArchiveError(entry.name, f"not a valid zstd frame: {e}") from e
-    events = [decode_line(line, entry.name, number) for number, line in enumerate(iter_lines(plaintext), 1)]
+    events = [decode_line_canonical(line, entry.name, number) for number, line in enumerate(iter_lines(plaintext), 1)]
     if len(events) != entry.events:
         raise ArchiveError(entry.name, f"holds {len(events)} events, the manifest says {entry.events}")
     return events

@@ -105,6 +105,16 @@ def encode_event(event: Event) -> tuple[bytes, bytes]:
 
 def decode_line(line: bytes, location: str, line_number: int) -> Event:
     """Parse one archive line; a malformed line raises :class:`ArchiveError` naming it."""
+    return decode_line_canonical(line, location, line_number)[0]
+
+
+def _is_canonical_time(text: object) -> bool:
+    return isinstance(text, str) and len(text) == 27 and text[-1] == "Z" and text[19] == "."
+
+
+def decode_line_canonical(line: bytes, location: str, line_number: int) -> tuple[Event, bytes]:
+    """``(event, canonical bytes)`` of one archive line (the chain's input, without re-formatting
+    timestamps already in canonical form); a malformed line raises :class:`ArchiveError`."""
     from app.migrate.errors import ArchiveError
 
     try:
@@ -130,7 +140,7 @@ def decode_line(line: bytes, location: str, line_number: int) -> Event:
         if not isinstance(raw["data"], dict) or not isinstance(metadata, dict):
             raise ValueError("data and metadata must be JSON objects")
         position = raw.get("sourceposition")
-        return Event(
+        event = Event(
             id=str(raw["id"]),
             stream_id=str(stream_id),
             version=version,
@@ -144,6 +154,9 @@ def decode_line(line: bytes, location: str, line_number: int) -> Event:
         )
     except (ValueError, TypeError, orjson.JSONDecodeError, ValidationError) as e:
         raise ArchiveError(location, f"malformed event: {e}", line_number) from e
+    occurred = raw["time"] if _is_canonical_time(raw["time"]) else timestamp(event.occurred_at)
+    recorded = raw["recordedtime"] if _is_canonical_time(raw["recordedtime"]) else timestamp(event.recorded_at)
+    return event, _canonical(event, occurred, recorded)
 
 
 def _canonical(event: Event, occurred: str, recorded: str) -> bytes:

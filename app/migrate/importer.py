@@ -11,16 +11,18 @@ event id and version.  A target that holds different events stops the import wit
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.messages import Event
 from app.core.ports import Archive, EventStore, ViewStore
 from app.migrate import checkpoints
-from app.migrate.chunks import read_chunk
+from app.migrate.chunks import read_chunk_canonical
 from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError, WrongKey
 from app.migrate.export import HeadTracker
-from app.migrate.manifest import MANIFEST_NAME, Manifest
+from app.migrate.manifest import MANIFEST_NAME, ChunkEntry, Manifest
 from app.migrate.pipeline import ReadAhead
 from app.migrate.progress import Progress
 from app.migrate.sharding import Shard, owned
@@ -109,10 +111,16 @@ def import_archive(
         progress.total = manifest.event_count
         progress.advance(int(done["events"]))
     heads = HeadTracker()
-    verified = ReadAhead((entry, read_chunk(archive, entry, cipher)) for entry in manifest.chunks)
-    for index, (entry, events) in enumerate(verified):
-        for event in events:
-            heads.add(event, entry.name)
+
+    def verified_chunks() -> Iterator[tuple[ChunkEntry, list[Event]]]:
+        # runs in the read-ahead thread: read, check, decode and chain the next chunk
+        for entry in manifest.chunks:
+            pairs = read_chunk_canonical(archive, entry, cipher)
+            for event, canonical in pairs:
+                heads.add(event, entry.name, canonical)
+            yield entry, [event for event, _ in pairs]
+
+    for index, (entry, events) in enumerate(ReadAhead(verified_chunks())):
         if index < int(done["chunks"]):
             continue
         mine = [event for event in events if owned(shard, event.stream_id)]

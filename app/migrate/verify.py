@@ -15,7 +15,7 @@ from typing import Any
 
 from app.core.messages import Event
 from app.core.ports import Archive, EventStore
-from app.migrate.chunks import read_chunk
+from app.migrate.chunks import read_chunk_canonical
 from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError
 from app.migrate.export import HeadTracker
@@ -157,11 +157,11 @@ def check_archive(archive: Archive, cipher: ChunkCipher | None, progress: Progre
     if progress is not None:
         progress.total = manifest.event_count
     for entry in manifest.chunks:
-        events = read_chunk(archive, entry, cipher)
-        for event in events:
-            heads.add(event, entry.name)
+        pairs = read_chunk_canonical(archive, entry, cipher)
+        for event, canonical in pairs:
+            heads.add(event, entry.name, canonical)
         if progress is not None:
-            progress.advance(len(events))
+            progress.advance(len(pairs))
     for stream_id, recorded in manifest.streams.items():
         computed = heads.heads.get(stream_id)
         if computed is None or (computed.events, computed.head) != (recorded.events, recorded.head):

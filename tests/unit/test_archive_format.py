@@ -6,7 +6,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -16,11 +16,20 @@ from cloudevents.core.formats.json import JSONFormat
 
 from app.adapters.archives.local import LocalArchive
 from app.core.errors import ConfigurationError
-from app.core.messages import Event
+from app.core.messages import Event, encode_json, format_timestamp
 from app.migrate.chunks import ChunkWriter, read_chunk
 from app.migrate.crypto import ChunkCipher, load_key, new_key, parse_key
 from app.migrate.errors import ArchiveError, WrongKey
-from app.migrate.format import CHAIN_START, chain_next, decode_line, encode_line, to_cloudevent
+from app.migrate.format import (
+    CHAIN_START,
+    canonical_bytes,
+    chain_next,
+    decode_line,
+    decode_line_canonical,
+    encode_line,
+    timestamp,
+    to_cloudevent,
+)
 from app.migrate.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, StreamHead
 from app.migrate.sharding import Shard, shard_of
 
@@ -242,3 +251,26 @@ def test_a_bad_shard_names_the_setting(text: str) -> None:
 
 def test_manifest_name_is_fixed() -> None:
     assert MANIFEST_NAME == "manifest.json"
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 11, 27, 6, 0, 0, 0, tzinfo=UTC),
+        datetime(1999, 1, 2, 3, 4, 5, 999999, tzinfo=UTC),
+        datetime(2026, 6, 1, 23, 30, 0, 5, tzinfo=timezone(timedelta(hours=-7))),
+    ],
+)
+def test_the_fast_timestamp_is_the_kernels_text(moment: datetime) -> None:
+    assert timestamp(moment) == format_timestamp(moment)
+
+
+def test_canonical_bytes_are_the_envelope_and_decoding_keeps_them() -> None:
+    e = event(occurred_at=datetime(2026, 1, 1, tzinfo=UTC))
+    assert canonical_bytes(e) == encode_json(e.to_dict())
+    decoded, canonical = decode_line_canonical(encode_line(e), "c", 1)
+    assert (decoded, canonical) == (e, canonical_bytes(e))
+    raw = orjson.loads(encode_line(e))
+    raw["time"] = "2026-01-01T01:00:00+01:00"  # a foreign writer's equivalent form
+    decoded, canonical = decode_line_canonical(orjson.dumps(raw), "c", 1)
+    assert canonical == canonical_bytes(e)
