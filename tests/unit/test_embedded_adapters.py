@@ -171,7 +171,14 @@ def test_named_memory_stores_are_shared_and_plain_ones_are_fresh() -> None:
 def test_the_memory_broker_reads_its_backoff_from_the_url() -> None:
     assert MemoryBroker.from_url("memory://").retry_backoff == 1.0
     assert MemoryBroker.from_url("memory://?retry_backoff=0.25").retry_backoff == 0.25
-    for bad in ("memory://?retry_backoff=soon", "memory://?retry_backoff=-1", "memory://?colour=red"):
+    assert MemoryBroker.from_url("memory://?retain=10").retain == 10
+    for bad in (
+        "memory://?retry_backoff=soon",
+        "memory://?retry_backoff=-1",
+        "memory://?colour=red",
+        "memory://?retain=0",
+        "memory://?retain=many",
+    ):
         with pytest.raises(ConfigurationError):
             MemoryBroker.from_url(bad)
 
@@ -244,3 +251,21 @@ def test_put_leaves_no_temporary_file_and_replaces_atomically(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
     (tmp_path / ".tmp-crashed").write_bytes(b"half")
     assert archive.list() == ["m.json"]
+
+
+def test_the_memory_broker_keeps_a_bounded_log_for_late_groups() -> None:
+    broker = MemoryBroker.from_url("memory://?retain=3&retry_backoff=0.01")
+    broker.publish([Message(str(i), "k", str(i).encode()) for i in range(5)])
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def handler(message: Message) -> None:
+        got.append(message.body)
+        if message.id == "5":
+            done.set()
+
+    broker.subscribe("late", handler)
+    broker.publish([Message("5", "k", b"5"), Message("4", "k", b"dup")])
+    assert done.wait(10)
+    broker.close()
+    assert got == [b"2", b"3", b"4", b"5"]

@@ -6,17 +6,20 @@ URL fields (for tests and local use):
   process-wide broker called ``NAME``, shared by an API and a worker in one process.
 * ``?retry_backoff=SECONDS`` (default 1.0): the delay before the first redelivery of a
   message whose handler raised; it doubles per attempt, capped at 30 times the base.
+* ``?retain=MESSAGES`` (default 100,000): how many published messages the broker keeps
+  for groups that subscribe later, which is also its deduplication window.  Memory stays
+  bounded in a long-running process; groups already subscribed get every message.
 
-Semantics (the ``Broker`` port): ``publish`` deduplicates by message id for the life of
-the broker and appends to one log; every group receives the whole log, from its start
-(like a JetStream consumer with ``deliver_all``).  Within a group, each ordering key is
-handled by one consumer at a time, in publish order; different keys run in parallel on
-the group's competing consumers (one thread per ``subscribe``).  A message is removed
-only after its handler returns.  A handler that raises is logged with the message id
-and redelivered after the backoff; after ``max_deliveries`` attempts the message goes to
-the group's dead letters and its key moves on.  Nothing is persisted: messages live as
-long as the process (the relay's checkpoint in the view store is what makes the outbox
-durable).
+Semantics (the ``Broker`` port): ``publish`` deduplicates by message id (within the
+retained window) and appends to one log; a new group receives the retained log from its
+start (like a JetStream consumer with ``deliver_all``), then everything published.
+Within a group, each ordering key is handled by one consumer at a time, in publish
+order; different keys run in parallel on the group's competing consumers (one thread per
+``subscribe``).  A message is removed only after its handler returns.  A handler that
+raises is logged with the message id and redelivered after the backoff; after
+``max_deliveries`` attempts the message goes to the group's dead letters and its key
+moves on.  Nothing is persisted: messages live as long as the process (the relay's
+checkpoint in the view store is what makes the outbox durable).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from app.core.ports import Message, MessageHandler
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_BACKOFF: Final = 1.0
+DEFAULT_RETAIN: Final = 100_000
 MAX_BACKOFF_FACTOR: Final = 30.0
 _IDLE_WAIT: Final = 0.5
 
@@ -165,20 +169,25 @@ class MemoryBroker:
 
     _instances: ClassVar[dict[str, MemoryBroker]] = {}
 
-    def __init__(self, url: str = "memory://", *, retry_backoff: float = DEFAULT_RETRY_BACKOFF) -> None:
+    def __init__(
+        self, url: str = "memory://", *, retry_backoff: float = DEFAULT_RETRY_BACKOFF, retain: int = DEFAULT_RETAIN
+    ) -> None:
         if retry_backoff < 0:
             raise ConfigurationError(f"{url!r}: retry_backoff must be >= 0")
+        if retain < 1:
+            raise ConfigurationError(f"{url!r}: retain must be >= 1")
         self.url = url
         self.retry_backoff = retry_backoff
+        self.retain = retain
         self._lock = threading.Lock()
-        self._log: list[Message] = []
+        self._log: deque[Message] = deque()
         self._seen: set[str] = set()
         self._groups: dict[str, _Group] = {}
         self._subscriptions: list[_MemorySubscription] = []
 
     @classmethod
     def from_url(cls, url: str) -> Self:
-        """``memory://[NAME][?retry_backoff=SECONDS]``."""
+        """``memory://[NAME][?retry_backoff=SECONDS][&retain=MESSAGES]``."""
         parts = urlsplit(url)
         if parts.scheme.lower() != "memory":
             raise ConfigurationError(f"not a memory:// URL: {url!r}")
@@ -187,15 +196,19 @@ class MemoryBroker:
             backoff = float(query.pop("retry_backoff", [str(DEFAULT_RETRY_BACKOFF)])[-1])
         except ValueError as e:
             raise ConfigurationError(f"{url!r}: retry_backoff must be a number of seconds") from e
+        try:
+            retain = int(query.pop("retain", [str(DEFAULT_RETAIN)])[-1])
+        except ValueError as e:
+            raise ConfigurationError(f"{url!r}: retain must be a number of messages") from e
         if query:
             raise ConfigurationError(f"{url!r}: unknown parameter(s) {', '.join(sorted(query))}")
         name = parts.netloc + parts.path.rstrip("/")
         if not name:
-            return cls(url, retry_backoff=backoff)
+            return cls(url, retry_backoff=backoff, retain=retain)
         with _registry_lock:
             broker = cls._instances.get(name)
             if broker is None:
-                broker = cls._instances[name] = cls(url, retry_backoff=backoff)
+                broker = cls._instances[name] = cls(url, retry_backoff=backoff, retain=retain)
         if not isinstance(broker, cls):
             raise ConfigurationError(f"{url!r}: the name is taken by another kind of broker")
         return broker
@@ -220,6 +233,10 @@ class MemoryBroker:
                     self._seen.add(message.id)
                     fresh.append(replace(message, delivery_attempt=1))
             self._log.extend(fresh)
+            while len(self._log) > self.retain:
+                # Bounded memory in a long-running process: the oldest message leaves the
+                # log (groups created later will not see it) and the dedup window.
+                self._seen.discard(self._log.popleft().id)
             # Filled under the broker lock: concurrent publishes keep their order per key,
             # and a group created concurrently gets each message once (log copy or here).
             for group in self._groups.values():
