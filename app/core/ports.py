@@ -194,7 +194,10 @@ class BulkAppendEventStore(EventStore, Protocol):
         each stream the events must continue it contiguously from its current version, or
         be already stored with the same ids at the same versions (skipped, which makes an
         interrupted import resumable).  Anything else raises :class:`ConcurrencyError`
-        naming the stream and version, and nothing of the call is stored.
+        naming the stream and version, and nothing of the call is stored.  The new events
+        take global positions in the order given (not grouped by stream), so ``read_all``
+        of the target follows the export's order: export -> import -> export is
+        byte-identical.
         """
         ...
 
