@@ -16,7 +16,7 @@ from typing import Any
 
 from app.adapters import registry
 from app.core.application import Application, CommandResult
-from app.core.errors import ConfigurationError, StreamNotFound, TransientError
+from app.core.errors import ConcurrencyError, ConfigurationError, StreamNotFound, TransientError
 from app.core.ports import Broker, EventStore, ViewStore
 from app.core.projections import Projection, ProjectionRunner, ReadModels, RebuildReport, rebuild
 from app.core.relay import Relay
@@ -185,13 +185,15 @@ class Ledger:
                 total += handled
 
     def run_worker(self, stop: threading.Event, poll_interval: float = 0.2, max_backoff: float = 10.0) -> None:
-        """Run the worker until ``stop`` is set; back off while a service is unreachable."""
+        """Run the worker until ``stop`` is set; back off and retry after a transient failure or a conflict."""
         backoff = poll_interval
         while not stop.is_set():
             try:
                 handled = self.run_worker_once()
-            except TransientError:
-                log.warning("worker: a service is unreachable, retrying in %.1fs", backoff, exc_info=True)
+            except (TransientError, ConcurrencyError):
+                # Unreachable service, or a process-manager command that kept losing races with
+                # other writers: nothing was half-applied (checkpoints did not move), so retry.
+                log.warning("worker: pass failed, retrying in %.1fs", backoff, exc_info=True)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, max_backoff)
                 continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -27,6 +29,7 @@ from app.ledger.errors import (
     LedgerError,
     TransferAlreadyExists,
 )
+from tests.unit.kernel_fakes import FlakyBroker
 
 
 @pytest.fixture
@@ -281,3 +284,31 @@ def test_money_is_conserved_under_random_command_sequences(ops: list[tuple[Any, 
     assert {a: Decimal(ledger.balance(a)["balance"]) for a in ACCOUNTS} == balances
     statuses = {doc["status"] for _, doc in ledger.read_models.query("transfers", "transfers")}
     assert statuses <= {"completed", "failed"}
+
+
+def test_the_worker_thread_backs_off_after_a_broker_failure_and_catches_up() -> None:
+    broker = FlakyBroker(accept=1)
+    ledger = Ledger(MemoryEventStore(), MemoryViewStore(), broker)
+    open_funded(ledger, "a", "12")
+    last = ledger.events.last_position()
+    stop = threading.Event()
+    worker = threading.Thread(target=ledger.run_worker, args=(stop,), kwargs={"poll_interval": 0.01})
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(broker.accepted) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        broker.accept = None  # the broker comes back
+        while time.monotonic() < deadline:
+            try:
+                if ledger.balance("a")["balance"] == "12.00" and ledger.relay.position() == last:
+                    break
+            except AccountNotFound:
+                pass
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert ledger.balance("a")["balance"] == "12.00"
+    assert {m.id for m in broker.accepted} == {e.id for e in ledger.events.read_all()}
