@@ -15,7 +15,8 @@
   the deposit, with a worker (relay to JetStream, projections) running in a thread; p50
   and p99 in milliseconds.
 
-Servers: ``SKYFERRY_BENCH_POSTGRES_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
+Servers: ``SKYFERRY_BENCH_POSTGRES_DSN`` (else ``.cache/postgres.dsn``, else
+``postgresql://postgres@127.0.0.1:5432/postgres``)
 in a schema of its own, dropped at the end; NATS from ``.cache/nats.url`` or
 ``nats://127.0.0.1:4222``, a stream of its own, deleted at the end.
 """
@@ -49,7 +50,10 @@ from app.ledger import commands as cmd
 from app.ledger.bootstrap import Ledger
 from benchmarks.figures import Figure, compare
 
-DSN = os.environ.get("SKYFERRY_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+_CACHED_DSN = Path(__file__).resolve().parents[1] / ".cache" / "postgres.dsn"
+DSN = os.environ.get("SKYFERRY_BENCH_POSTGRES_DSN") or (
+    _CACHED_DSN.read_text().strip() if _CACHED_DSN.exists() else "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 PAGE = 1000
 
 

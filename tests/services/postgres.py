@@ -1,8 +1,9 @@
 """The machine's PostgreSQL for the ``postgresql://`` / ``postgres://`` stores.
 
-The server is ``SKYFERRY_TEST_POSTGRES_DSN`` when set, else
-``postgresql://postgres@127.0.0.1:5432/postgres`` (``scripts/ensure-services.sh`` starts
-the machine's cluster when it is down).  Each test gets its own schema, dropped
+The server is ``SKYFERRY_TEST_POSTGRES_DSN`` when set, else the DSN in
+``.cache/postgres.dsn`` (written by ``scripts/ensure-services.sh`` when it had to create
+a local test role), else ``postgresql://postgres@127.0.0.1:5432/postgres``; the script
+also starts the machine's cluster when it is down.  Each test gets its own schema, dropped
 afterwards.
 """
 
@@ -12,16 +13,23 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from app.adapters.registry import redact
 from tests.services import unavailable
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+CACHED_DSN = Path(__file__).resolve().parents[2] / ".cache" / "postgres.dsn"
 
 
 def admin_dsn() -> str:
     """The DSN of the test server (no ``schema=``)."""
-    return os.environ.get("SKYFERRY_TEST_POSTGRES_DSN", DEFAULT_DSN)
+    if dsn := os.environ.get("SKYFERRY_TEST_POSTGRES_DSN"):
+        return dsn
+    if CACHED_DSN.exists():
+        return CACHED_DSN.read_text().strip()
+    return DEFAULT_DSN
 
 
 def check() -> None:
@@ -32,7 +40,7 @@ def check() -> None:
         with psycopg.connect(admin_dsn(), connect_timeout=5, autocommit=True) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as e:
-        unavailable(f"PostgreSQL at {admin_dsn()} is not reachable ({e}); run scripts/ensure-services.sh")
+        unavailable(f"PostgreSQL at {redact(admin_dsn())} is not reachable ({e}); run scripts/ensure-services.sh")
 
 
 def drop_schema(schema: str) -> None:
