@@ -42,6 +42,7 @@ BROKERS: dict[str, str] = {
 }
 ARCHIVES: dict[str, str] = {
     "file": "app.adapters.archives.local:LocalArchive",
+    "gs": "app.adapters.archives.gcs:GCSArchive",
     "az": "app.adapters.archives.blob:BlobArchive",
     "s3": "app.adapters.archives.s3:S3Archive",
 }
