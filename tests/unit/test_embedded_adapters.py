@@ -269,3 +269,17 @@ def test_the_memory_broker_keeps_a_bounded_log_for_late_groups() -> None:
     assert done.wait(10)
     broker.close()
     assert got == [b"2", b"3", b"4", b"5"]
+
+
+@pytest.mark.parametrize("url_kind", ["memory", "sqlite"])
+def test_negative_limits_are_refused_not_read_as_no_limit(tmp_path: Path, url_kind: str) -> None:
+    store = MemoryEventStore() if url_kind == "memory" else SQLiteEventStore(f"sqlite:///{tmp_path}/l.db")
+    store.append("s", [NewEvent("E", {}), NewEvent("E", {})], ANY)
+    with pytest.raises(ValidationError):
+        store.read_all(None, -1)
+    with pytest.raises(ValidationError):
+        store.read_all(None, 0)
+    with pytest.raises(ValidationError):
+        store.read_stream("s", limit=-1)
+    assert store.read_stream("s", limit=0) == []
+    store.close()

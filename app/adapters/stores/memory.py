@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
-from app.adapters.stores._common import field_equals
+from app.adapters.stores._common import check_limit, field_equals
 from app.core.errors import ConcurrencyError, ConfigurationError, ValidationError
 from app.core.messages import Event, NewEvent, check_append, utc_now
 from app.core.ports import (
@@ -200,6 +200,7 @@ class MemoryEventStore(_Named):
         limit: int | None = None,
     ) -> list[Event]:
         """The stream's events in ``[from_version, to_version]`` (see ``EventStore.read_stream``)."""
+        check_limit(limit, minimum=0)
         with self._lock:
             stream = self._streams.get(stream_id, [])
             last = len(stream) if to_version is None else min(to_version, len(stream))
@@ -226,6 +227,7 @@ class MemoryEventStore(_Named):
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Events after ``after`` in append order, each with its position."""
+        check_limit(limit, minimum=1)
         start = 0 if after is None else _position(after) + 1
         with self._lock:
             return self._log[start : start + limit]

@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from orjson import loads as _loads
 
-from app.adapters.stores._common import PREFIX_END, field_equals
+from app.adapters.stores._common import PREFIX_END, check_limit, field_equals
 from app.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from app.core.messages import (
     Event,
@@ -497,6 +497,7 @@ class SQLiteEventStore:
         limit: int | None = None,
     ) -> list[Event]:
         """The stream's events in ``[from_version, to_version]`` (see ``EventStore.read_stream``)."""
+        check_limit(limit, minimum=0)
         upper = to_version if to_version is not None else 2**62
         order = "DESC" if backwards else "ASC"
         sql = (
@@ -528,6 +529,7 @@ class SQLiteEventStore:
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Events after ``after`` by position (complete and stable: see the module docstring)."""
+        check_limit(limit, minimum=1)
         start = -1 if after is None else _position(after)
         sql = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
         rows = self._conn.run(lambda db: db.execute(sql, (start, limit)).fetchall())
