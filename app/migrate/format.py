@@ -60,7 +60,7 @@ _ZERO: Final = timedelta(0)
 def timestamp(moment: datetime) -> str:
     """RFC 3339, UTC, always six fraction digits and ``Z``: the text of
     :func:`app.core.messages.format_timestamp`, computed without ``strftime`` (hot path)."""
-    if moment.utcoffset() != _ZERO:
+    if moment.tzinfo is not UTC and moment.utcoffset() != _ZERO:
         moment = moment.astimezone(UTC)
     return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
