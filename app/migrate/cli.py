@@ -340,8 +340,8 @@ def migrate_command(
             f"migrated {report.events} events from {report.source} to {report.target}: {report.written} new, "
             f"{report.skipped} already there (write path {report.write_path})"
         )
-        if report.verify is not None:
-            _print_verify(report.verify, as_json=False) if not as_json else None
+        if report.verify is not None and not as_json:
+            _print_verify(report.verify, as_json=False)
         _emit(summary, as_json, text)
         if report.verify is not None and not report.verify.ok:
             raise typer.Exit(EXIT_DIFFERENCE)
