@@ -131,7 +131,10 @@ def import_archive(
         report.events += len(events)
         report.chunks += 1
         report.positions.append({"chunk": entry.name, "source": entry.last_position, "target": store.last_position()})
-        checkpoints.save(views, key, {"chunks": index + 1, "events": report.events})
+        state: dict[str, Any] = {"chunks": index + 1, "events": report.events}
+        if transformer is not None:
+            state["transform"] = transformer.record()
+        checkpoints.save(views, key, state)
         if progress is not None:
             progress.advance(len(events))
     for stream_id, head in heads.heads.items():

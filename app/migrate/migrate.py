@@ -122,7 +122,10 @@ class Migration:
         self.report.last_position = self.position
         self.report.written = self.writer.written
         self.report.skipped = self.writer.skipped
-        checkpoints.save(self.views, self.key, {"position": self.position, "events": self.report.events})
+        state: dict[str, Any] = {"position": self.position, "events": self.report.events}
+        if self.transformer is not None:
+            state["transform"] = self.transformer.record()
+        checkpoints.save(self.views, self.key, state)
         self.report.caught_up = len(batch) < self.batch
         lag = 0.0 if self.report.caught_up else (utc_now() - batch[-1].recorded_at).total_seconds()
         self.report.lag_seconds = max(lag, 0.0)
