@@ -12,6 +12,7 @@ from app.adapters.archives.local import LocalArchive
 from app.core.errors import ValidationError
 from app.core.messages import NewEvent
 from app.core.ports import ANY
+from app.migrate import checkpoints
 from app.migrate.export import export
 from app.migrate.fence import FENCE_COLLECTION, FENCE_KEY, is_fenced, lift_fence
 from app.migrate.importer import import_archive
@@ -65,6 +66,9 @@ def test_a_count_change_must_be_allowed_and_then_renumbers(tmp_path: Path) -> No
         assert target.last_position() is None
         allowed = Migration(source, target, views, transformer=transformer("drop_withdrawals", allow=True))
         allowed.catch_up()
+        recorded = checkpoints.load(views, allowed.key)
+        assert recorded is not None
+        assert (recorded["transform"]["spec"], recorded["transform"]["events_out"]) == (f"{T}:drop_withdrawals", 4)
         for stream_id in source.list_streams():
             kept = target.read_stream(stream_id)
             assert [e.version for e in kept] == [1, 2]
