@@ -29,6 +29,7 @@ connection, used under a lock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -203,7 +204,9 @@ class _Connection:
                 return work(db)
             except sqlite3.Error as e:
                 if db.in_transaction:
-                    db.rollback()
+                    # The original error is the one to report; a failed rollback adds nothing.
+                    with contextlib.suppress(sqlite3.Error):
+                        db.rollback()
                 raise self.describe(e) from e
 
     def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -222,6 +225,7 @@ class _Connection:
         return self.run(transaction)
 
     def close(self) -> None:
+        """Close the connection (it is reopened if the store is used again)."""
         with self.lock:
             if self._db is not None:
                 self._db.close()
