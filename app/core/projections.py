@@ -10,7 +10,8 @@ own writes).  Two ways feed it:
   applies an event twice.  Documents it read are written with ``expected_revision``, so
   two runners of the same projection cannot both commit the same batch.
 * :class:`ProjectionConsumer` handles broker messages: a per-stream checkpoint document
-  (in ``$streams``) is written with ``expected_revision`` together with the view changes,
+  (in ``$streams_<projection>_g<generation>``, key: the stream id) is written with
+  ``expected_revision`` together with the view changes,
   so duplicates are skipped and two competing consumers cannot double-apply; a gap in a
   stream's versions (a message dead-lettered or lost) is filled from the event store.
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 ALIASES: Final = "$aliases"
 """Reserved view collection: the live generation of each projection (key: projection name)."""
 STREAM_CHECKPOINTS: Final = "$streams"
-"""Reserved view collection: per-stream checkpoints of broker-fed consumers."""
+"""Logical collection of the per-stream checkpoints of broker-fed consumers (key: stream id);
+one physical collection per projection generation, see :func:`stream_checkpoint_collection`."""
 
 
 class Projection:
@@ -64,6 +66,18 @@ class Projection:
 def physical_collection(collection: str, generation: int) -> str:
     """The view-store collection holding ``collection`` of generation ``generation``."""
     return f"{collection}_g{generation}"
+
+
+def stream_checkpoint_collection(projection: str, generation: int) -> str:
+    """The view-store collection of one generation's per-stream checkpoints."""
+    return f"{STREAM_CHECKPOINTS}_{projection}_g{generation}"
+
+
+def generation_collections(projection: Projection, generation: int) -> dict[str, str]:
+    """Logical -> physical collection names of one generation (per-stream checkpoints included)."""
+    mapping = {c: physical_collection(c, generation) for c in projection.collections}
+    mapping[STREAM_CHECKPOINTS] = stream_checkpoint_collection(projection.name, generation)
+    return mapping
 
 
 def checkpoint_name(projection: str, generation: int) -> str:
@@ -188,6 +202,11 @@ class ProjectionRunner:
     ``generation=None`` follows the live generation (resolved on every :meth:`run_once`);
     a number pins one (used by :func:`rebuild`).  ``cache_limit`` bounds the documents
     remembered between batches.
+
+    ``stream_checkpoints=True`` also keeps the per-stream checkpoint documents of
+    :class:`ProjectionConsumer` (and skips events they say are applied), so that a
+    generation built from ``read_all`` (a rebuild) can be continued by broker consumers,
+    or run beside them, without applying an event twice.
     """
 
     def __init__(
@@ -201,6 +220,7 @@ class ProjectionRunner:
         generation: int | None = None,
         cache_limit: int = 50_000,
         max_conflicts: int = 5,
+        stream_checkpoints: bool = False,
     ) -> None:
         if not projection.name:
             raise ConfigurationError(f"{type(projection).__name__} has no name")
@@ -212,6 +232,7 @@ class ProjectionRunner:
         self.generation = generation
         self.cache_limit = cache_limit
         self.max_conflicts = max_conflicts
+        self.stream_checkpoints = stream_checkpoints
         self.docs_written = 0
         self._cache: dict[tuple[str, str], list[Any]] = {}
         self._cached_generation = 0
@@ -223,7 +244,7 @@ class ProjectionRunner:
         if generation != self._cached_generation:
             self._cache = {}
             self._cached_generation = generation
-        mapping = {c: physical_collection(c, generation) for c in projection.collections}
+        mapping = generation_collections(projection, generation)
         name = checkpoint_name(projection.name, generation)
         handles = projection.handles
         apply = projection.apply
@@ -243,9 +264,19 @@ class ProjectionRunner:
             if last is None:
                 raise ConfigurationError(f"{self.events.url}: read_all returned an event without a position")
             try:
-                for event in batch:
-                    if event.type in handles:
-                        apply(upcast(event) if upcast is not None else event, views)
+                if self.stream_checkpoints:
+                    for event in batch:
+                        key = event.stream_id
+                        applied = views.get(STREAM_CHECKPOINTS, key)
+                        if applied is not None and event.version <= applied["version"]:
+                            continue
+                        if event.type in handles:
+                            apply(upcast(event) if upcast is not None else event, views)
+                        views.put(STREAM_CHECKPOINTS, key, {"stream_id": event.stream_id, "version": event.version})
+                else:
+                    for event in batch:
+                        if event.type in handles:
+                            apply(upcast(event) if upcast is not None else event, views)
                 self.views.commit(name, views.changes(), {"$all": last})
             except BaseException as e:
                 # The remembered documents hold this batch's uncommitted changes: forget them.
@@ -296,8 +327,8 @@ class ProjectionConsumer:
         projection = self.projection
         generation = self.generation or ReadModels(self.views).live_generation(projection.name)
         name = checkpoint_name(projection.name, generation)
-        views = ViewBatch(self.views, {c: physical_collection(c, generation) for c in projection.collections})
-        checkpoint_key = f"{name}:{event.stream_id}"
+        views = ViewBatch(self.views, generation_collections(projection, generation))
+        checkpoint_key = event.stream_id
         checkpoint = views.get(STREAM_CHECKPOINTS, checkpoint_key)
         applied_version = int(checkpoint["version"]) if checkpoint else 0
         if event.version <= applied_version:
@@ -353,19 +384,30 @@ def rebuild(
     *,
     upcasters: Upcasters | None = None,
     batch_size: int = 20_000,
+    stream_checkpoints: bool = False,
 ) -> RebuildReport:
     """Build the next generation of ``projection`` from the start, switch to it, drop the old one.
 
     Queries keep reading the live generation until the switch, which is one conditional
     write of the alias (two concurrent rebuilds: the second raises ``ConcurrencyError``).
-    Leftovers of an interrupted rebuild are dropped first.
+    Leftovers of an interrupted rebuild are dropped first.  Pass ``stream_checkpoints=True``
+    when the projection is fed by broker consumers (:class:`ProjectionConsumer`), so that
+    they continue the new generation where the rebuild left each stream.
     """
     started = time.perf_counter()
     read_models = ReadModels(views)
     old, alias_revision = read_models.live(projection.name)
     new = old + 1
     _drop_generation(views, projection, new)
-    runner = ProjectionRunner(events, views, projection, upcasters=upcasters, batch_size=batch_size, generation=new)
+    runner = ProjectionRunner(
+        events,
+        views,
+        projection,
+        upcasters=upcasters,
+        batch_size=batch_size,
+        generation=new,
+        stream_checkpoints=stream_checkpoints,
+    )
     count = runner.run_once()
     alias = {"generation": new, "version": projection.version}
     views.commit(ALIASES, [ViewChange(ALIASES, projection.name, alias, expected_revision=alias_revision)], {})
@@ -378,6 +420,7 @@ def rebuild(
 def _drop_generation(views: ViewStore, projection: Projection, generation: int) -> None:
     for collection in projection.collections:
         views.drop(physical_collection(collection, generation))
+    views.drop(stream_checkpoint_collection(projection.name, generation))
     views.drop_checkpoints(checkpoint_name(projection.name, generation))
 
 

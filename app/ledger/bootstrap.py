@@ -16,9 +16,17 @@ from typing import Any
 
 from app.adapters import registry
 from app.core.application import Application, CommandResult
+from app.core.codec import decode
 from app.core.errors import ConcurrencyError, ConfigurationError, StreamNotFound, TransientError
-from app.core.ports import Broker, EventStore, ViewStore
-from app.core.projections import Projection, ProjectionRunner, ReadModels, RebuildReport, rebuild
+from app.core.ports import Broker, EventStore, Message, Subscription, ViewStore
+from app.core.projections import (
+    Projection,
+    ProjectionConsumer,
+    ProjectionRunner,
+    ReadModels,
+    RebuildReport,
+    rebuild,
+)
 from app.core.relay import Relay
 from app.core.upcasting import Upcasters
 from app.ledger import account as acc
@@ -29,6 +37,9 @@ from app.ledger.money import format_amount
 from app.ledger.projections import history_key, ledger_projections
 
 log = logging.getLogger(__name__)
+
+CONSUME_MODES = ("store", "broker")
+"""Where the worker's process manager and projections read events: ``read_all``, or the broker."""
 
 
 def register_handlers(app: Application) -> None:
@@ -66,7 +77,11 @@ class Ledger:
         upcasters: Upcasters | None = None,
         batch_size: int = 1000,
         fastforward: bool = True,
+        consume: str = "store",
     ) -> None:
+        if consume not in CONSUME_MODES:
+            raise ConfigurationError(f"consume must be one of {', '.join(CONSUME_MODES)}, not {consume!r}")
+        self.consume = consume
         self.events = events
         self.views = views
         self.broker = broker
@@ -84,6 +99,7 @@ class Ledger:
             for p in [self.process, *self.projections.values()]
         ]
         self._worker_lock = threading.Lock()
+        self._subscriptions: list[Subscription] = []
 
     @classmethod
     def from_adapters(cls, events: EventStore, views: ViewStore, broker: Broker, **options: Any) -> Ledger:
@@ -173,9 +189,20 @@ class Ledger:
     # -- worker --------------------------------------------------------------------------------
 
     def run_worker_once(self) -> int:
-        """Relay, process manager and projections until nothing is left; the events handled."""
+        """One worker pass; the number of events handled.
+
+        ``consume="store"``: relay, process manager and projections, each from ``read_all``,
+        until nothing is left.  ``consume="broker"``: make sure the broker consumers run
+        (:meth:`start_consumers`) and relay everything; read models then update
+        asynchronously, as the broker delivers.
+        """
         total = 0
         with self._worker_lock:
+            if self.consume == "broker":
+                self.start_consumers()
+                while relayed := self.relay.run_once():
+                    total += relayed
+                return total
             while True:
                 handled = self.relay.run_once()
                 for runner in self._runners:
@@ -208,10 +235,41 @@ class Ledger:
             known = ", ".join(sorted(self.projections))
             raise ConfigurationError(f"unknown read model {name!r}; known: {known}")
         with self._worker_lock:
-            return rebuild(self.events, self.views, projection, upcasters=self.upcasters)
+            return rebuild(
+                self.events,
+                self.views,
+                projection,
+                upcasters=self.upcasters,
+                stream_checkpoints=self.consume == "broker",
+            )
+
+    def start_consumers(self) -> None:
+        """Subscribe the process manager and every projection to the broker (once).
+
+        Groups are named after the projections.  Projections dedupe with per-stream
+        checkpoints (:class:`~app.core.projections.ProjectionConsumer`); the process
+        manager needs none (its commands are idempotent).
+        """
+        if self._subscriptions:
+            return
+        self._subscriptions.append(self.broker.subscribe(self.process.name, self._handle_process_message))
+        for projection in self.projections.values():
+            consumer = ProjectionConsumer(self.events, self.views, projection, upcasters=self.upcasters)
+            self._subscriptions.append(self.broker.subscribe(projection.name, consumer.handle))
+
+    def _handle_process_message(self, message: Message) -> None:
+        if message.attributes.get("type", "") not in ("", *self.process.handles):
+            return
+        self.process.handle(decode(message, self.events, self.upcasters))
+
+    def stop_consumers(self) -> None:
+        """Stop the broker consumers started by :meth:`start_consumers`."""
+        while self._subscriptions:
+            self._subscriptions.pop().close()
 
     def close(self) -> None:
-        """Close the broker and both stores."""
+        """Stop the consumers; close the broker and both stores."""
+        self.stop_consumers()
         self.broker.close()
         self.views.close()
         self.events.close()
@@ -225,9 +283,19 @@ def bootstrap(
     message_mode: str = "full",
     upcasters: Upcasters | None = None,
     fastforward: bool = True,
+    consume: str = "store",
 ) -> Ledger:
     """Open the adapters named by the URLs and wire the ledger on them."""
     events = registry.open_event_store(store_url)
     views = registry.open_view_store(store_url)
     broker = registry.open_broker(broker_url)
-    return Ledger(events, views, broker, snapshot_every=snapshot_every, message_mode=message_mode, upcasters=upcasters)
+    return Ledger(
+        events,
+        views,
+        broker,
+        snapshot_every=snapshot_every,
+        message_mode=message_mode,
+        upcasters=upcasters,
+        fastforward=fastforward,
+        consume=consume,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -312,3 +312,54 @@ def test_the_worker_thread_backs_off_after_a_broker_failure_and_catches_up() -> 
     assert not worker.is_alive()
     assert ledger.balance("a")["balance"] == "12.00"
     assert {m.id for m in broker.accepted} == {e.id for e in ledger.events.read_all()}
+
+
+def _settle(ledger: Ledger, done: Callable[[], bool]) -> None:
+    """Run worker passes until ``done()`` (the broker delivers on its own threads)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ledger.run_worker_once()
+        try:
+            if done():
+                return
+        except LedgerError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError("the broker consumers did not settle in 30 s")
+
+
+@pytest.mark.parametrize("mode", ["full", "thin"])
+def test_broker_fed_worker_runs_the_saga_and_the_read_models(mode: str) -> None:
+    ledger = Ledger(
+        MemoryEventStore(), MemoryViewStore(), MemoryBroker(retry_backoff=0.01), message_mode=mode, consume="broker"
+    )
+    try:
+        open_funded(ledger, "a", "100")
+        ledger.execute(OpenAccount(account_id="b", owner="b", currency="EUR"))
+        ledger.execute(TransferMoney(transfer_id="t", from_account="a", to_account="b", amount="30", currency="EUR"))
+        ledger.execute(TransferMoney(transfer_id="u", from_account="a", to_account="zz", amount="5", currency="EUR"))
+        _settle(
+            ledger,
+            lambda: (
+                ledger.transfer("t")["status"] == "completed"
+                and ledger.transfer("u")["status"] == "failed"
+                and ledger.balance("a")["balance"] == "70.00"
+                and ledger.balance("b")["balance"] == "30.00"
+            ),
+        )
+        for name in ("balances", "daily_totals"):
+            before = ledger.read_models.query(name, name)
+            report = ledger.rebuild(name)
+            assert report.new_generation == 2
+            assert ledger.read_models.query(name, name) == before
+        day = ledger.history("a")[0]["occurred_at"][:10]
+        # The consumers continue the rebuilt generation without applying anything twice.
+        ledger.execute(Deposit(account_id="a", amount="1", currency="EUR"))
+        _settle(ledger, lambda: ledger.balance("a")["balance"] == "71.00")
+        _settle(ledger, lambda: ledger.daily_totals(day)[0]["deposited_count"] == 2)
+        assert ledger.daily_totals(day)[0]["deposited"] == "101.00"
+        assert ledger.broker.dead_letters("balances") == []
+    finally:
+        ledger.close()
+    with pytest.raises(ConfigurationError):
+        Ledger(MemoryEventStore(), MemoryViewStore(), MemoryBroker(), consume="carrier pigeon")
