@@ -94,7 +94,7 @@ class WriteOptions:
         self.expected_version: int | None = None
         if if_match is not None:
             text = if_match.strip().removeprefix("W/").strip('"')
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):
                 raise ValidationError(f'If-Match must be an aggregate version such as "3", not {if_match!r}')
             self.expected_version = int(text)
 
