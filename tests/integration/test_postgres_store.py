@@ -265,3 +265,28 @@ def test_a_connection_dropped_mid_append_is_transient_writes_nothing_and_a_retry
     assert (result.first_version, result.last_version) == (2, 4)
     assert [e.id for e in store.read_stream("s-1", from_version=2)] == [e.id for e in batch]
     store.close()
+
+
+# --- listing by prefix -------------------------------------------------------------------------------
+
+
+def test_list_streams_pages_through_more_than_a_page_and_stops_at_the_prefix(url: str) -> None:
+    from datetime import UTC, datetime
+
+    from app.adapters.stores.postgres import prefix_end
+    from app.core.messages import Event
+
+    now = datetime.now(UTC)
+    names = [f"acct-{i:05d}" for i in range(1050)] + ["acct.", "acct/ü", "acct", "acc", "acct\U0002a6d6z", "b"]
+    store = PostgresEventStore(url)
+    try:
+        store.bulk_append([Event(str(uuid.uuid4()), n, 1, "T", 1, {}, {}, now, now) for n in names])
+        assert list(store.list_streams("acct")) == sorted(n for n in names if n.startswith("acct"))
+        assert list(store.list_streams("acct-0104")) == [f"acct-0104{i}" for i in range(10)]
+        assert list(store.list_streams()) == sorted(names)
+        assert list(store.list_streams("zz")) == []
+    finally:
+        store.close()
+    assert prefix_end("abc") == "abd"
+    assert prefix_end("a\U0010ffff") == "b"
+    assert prefix_end("") is None

@@ -339,6 +339,22 @@ def translate(url: str, what: str) -> Iterator[None]:
         raise SkyferryError(f"{url}: PostgreSQL error while {what}: {e}") from e
 
 
+def prefix_end(prefix: str) -> str | None:
+    """The least string greater than every string starting with ``prefix`` (code point order).
+
+    ``None`` when there is none (empty prefix, or only U+10FFFF characters).  With the
+    ``"C"`` collation of the key columns, ``prefix <= key < prefix_end(prefix)`` is an index
+    range scan of exactly the keys starting with ``prefix``.
+    """
+    stripped = prefix.rstrip("\U0010ffff")
+    if not stripped:
+        return None
+    last = ord(stripped[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:  # surrogates cannot be stored: skip to the next scalar value
+        last = 0xE000
+    return stripped[:-1] + chr(last)
+
+
 def encode_position(position: int) -> str:
     """The opaque position: zero-padded decimal, so that text order is numeric order."""
     return str(position).zfill(_POSITION_DIGITS)
@@ -623,23 +639,22 @@ class PostgresEventStore:
             return self._stream_version(conn, stream_id)
 
     def list_streams(self, prefix: str = "") -> Iterator[str]:
-        """Stream ids starting with ``prefix``, ascending (code point order), read in pages."""
+        """Stream ids starting with ``prefix``, ascending (code point order), read in pages of 1,000."""
+        table = self.db.table("events")
+        end = prefix_end(prefix)
+        bound = sql.SQL(" AND stream_id < %s") if end is not None else sql.SQL("")
         first = sql.SQL(
-            "SELECT stream_id FROM {} WHERE version = 1 AND stream_id >= %s AND left(stream_id, %s) = %s"
-            " ORDER BY stream_id LIMIT 1000"
-        ).format(self.db.table("events"))
-        more = sql.SQL(
-            "SELECT stream_id FROM {} WHERE version = 1 AND stream_id > %s AND left(stream_id, %s) = %s"
-            " ORDER BY stream_id LIMIT 1000"
-        ).format(self.db.table("events"))
-        query, after = first, prefix
+            "SELECT stream_id FROM {} WHERE version = 1 AND stream_id >= %s{} ORDER BY stream_id LIMIT 1000"
+        )
+        more = sql.SQL("SELECT stream_id FROM {} WHERE version = 1 AND stream_id > %s{} ORDER BY stream_id LIMIT 1000")
+        query, after = first.format(table, bound), prefix
         while True:
             with self.db.connection("listing streams") as conn:
-                rows = conn.execute(query, [after, len(prefix), prefix]).fetchall()
+                rows = conn.execute(query, [after] if end is None else [after, end]).fetchall()
             yield from (row[0] for row in rows)
             if len(rows) < 1000:
                 return
-            query, after = more, rows[-1][0]
+            query, after = more.format(table, bound), rows[-1][0]
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Events after ``after`` in commit order of positions (gap-free, see the module docstring)."""
@@ -732,8 +747,9 @@ class PostgresViewStore:
         clauses = [sql.SQL("collection = %s")]
         params: list[Any] = [collection]
         if prefix:
-            clauses.append(sql.SQL("key >= %s AND left(key, %s) = %s"))
-            params += [prefix, len(prefix), prefix]
+            end = prefix_end(prefix)
+            clauses.append(sql.SQL("key >= %s") if end is None else sql.SQL("key >= %s AND key < %s"))
+            params += [prefix] if end is None else [prefix, end]
         if where is not None:
             clauses.append(sql.SQL("value -> %s = %s::jsonb"))
             params += [where[0], orjson.dumps(where[1]).decode()]
