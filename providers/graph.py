@@ -135,12 +135,13 @@ class GraphMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
         """Every resource gets ``<name>-id`` and its inputs as its state."""
-        state = dict(_STATE_DEFAULTS)
+        state: dict[str, Any] = dict(_STATE_DEFAULTS)
         state.update(args.inputs)
-        if args.typ.startswith("azure-native:") and isinstance(state.get("identity"), dict):
+        identity = state.get("identity")
+        if args.typ.startswith("azure-native:") and isinstance(identity, dict):
             # azure-native takes identity.userAssignedIdentities as a list of ids but returns a
             # map; echoing the list back breaks output translation.  The graph keeps the inputs.
-            state["identity"] = {k: v for k, v in state["identity"].items() if k != "userAssignedIdentities"}
+            state["identity"] = {k: v for k, v in identity.items() if k != "userAssignedIdentities"}
         state.setdefault("name", args.name)
         return f"{args.name}-id", state
 

@@ -605,7 +605,7 @@ class AzurePlatform(Platform):
         assignments: list[pulumi.Resource],
         tags: dict[str, str],
     ) -> tuple[app.ManagedEnvironment, app.ContainerApp]:
-        environment = app.ManagedEnvironment(
+        environment = app.ManagedEnvironment(  # type: ignore[call-overload]
             f"{self.common.name}-env",
             resource_group_name=group.name,
             location=self.cfg.location,
@@ -621,7 +621,7 @@ class AzurePlatform(Platform):
             f"{self.common.name}-env-logs",
             resource_uri=environment.id,
             workspace_id=workspace.id,
-            logs=[{"categoryGroup": "allLogs", "enabled": True}],
+            logs=[{"categoryGroup": "allLogs", "enabled": True}],  # type: ignore[list-item]
             metrics=[{"category": "AllMetrics", "enabled": True}],
             opts=self.child_opts(),
         )
