@@ -19,8 +19,14 @@ from typing import ClassVar, Final
 from app.core.messages import Event, format_timestamp
 from app.core.projections import Projection, ViewBatch
 from app.ledger import events as ev
+from app.ledger.money import CURRENCY_DECIMALS, format_amount, zero
 
 HISTORY_VERSION_SPAN: Final = 10**10
+
+
+def _zero(currency: str) -> str:
+    """Zero in ``currency`` as the read models show amounts (``"0.00"``, ``"0"`` for JPY)."""
+    return format_amount(zero(currency), currency) if currency in CURRENCY_DECIMALS else "0"
 
 
 def history_key(account_id: str, version: int) -> str:
@@ -45,7 +51,7 @@ class BalancesProjection(Projection):
                 "account_id": account_id,
                 "owner": data["owner"],
                 "currency": data["currency"],
-                "balance": "0",
+                "balance": _zero(data["currency"]),
                 "status": "open",
                 "version": event.version,
             }
@@ -113,12 +119,13 @@ class DailyTotalsProjection(Projection):
         key = f"{day}/{currency}"
         doc = views.get("daily_totals", key)
         if doc is None:
+            zero = _zero(currency)
             doc = {
                 "day": day,
                 "currency": currency,
-                "deposited": "0",
-                "withdrawn": "0",
-                "transferred": "0",
+                "deposited": zero,
+                "withdrawn": zero,
+                "transferred": zero,
                 "deposited_count": 0,
                 "withdrawn_count": 0,
                 "transferred_count": 0,

@@ -363,3 +363,15 @@ def test_broker_fed_worker_runs_the_saga_and_the_read_models(mode: str) -> None:
         ledger.close()
     with pytest.raises(ConfigurationError):
         Ledger(MemoryEventStore(), MemoryViewStore(), MemoryBroker(), consume="carrier pigeon")
+
+
+def test_read_models_show_amounts_with_the_currency_decimals(ledger: Ledger) -> None:
+    ledger.execute(OpenAccount(account_id="e", owner="e", currency="EUR"))
+    ledger.execute(OpenAccount(account_id="y", owner="y", currency="JPY"))
+    ledger.execute(Deposit(account_id="y", amount="500", currency="JPY"))
+    ledger.run_worker_once()
+    assert ledger.balance("e")["balance"] == "0.00"
+    assert ledger.balance("y")["balance"] == "500"
+    day = ledger.history("y")[0]["occurred_at"][:10]
+    jpy = next(doc for doc in ledger.daily_totals(day) if doc["currency"] == "JPY")
+    assert (jpy["deposited"], jpy["withdrawn"], jpy["transferred"]) == ("500", "0", "0")
