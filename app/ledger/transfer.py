@@ -172,11 +172,15 @@ class TransferProcess(Projection):
         elif event.type == ev.TRANSFER_DEBITED:
             self._credit(event)
 
-    def _transfer(self, transfer_id: str) -> Transfer | None:
+    def _pending(self, event: Event, status: str) -> tuple[Transfer, dict[str, Any]] | None:
+        """The transfer if it is still ``status`` (else the event is stale), and its money fields."""
         try:
-            return self.app.load(Transfer, transfer_id)
+            transfer = self.app.load(Transfer, event.data["transfer_id"])
         except StreamNotFound:
             return None
+        if transfer.status != status:
+            return None
+        return transfer, {"amount": transfer.amount, "currency": transfer.currency, "transfer_id": transfer.id}
 
     def _run(self, command: Any, step: str, trigger: Event) -> None:
         metadata = {
@@ -187,10 +191,10 @@ class TransferProcess(Projection):
         self.app.execute(command, idempotency_key=f"{self.name}:{step}:{trigger.id}", metadata=metadata)
 
     def _debit(self, event: Event) -> None:
-        transfer = self._transfer(event.data["transfer_id"])
-        if transfer is None or transfer.status != STARTED:
+        pending = self._pending(event, STARTED)
+        if pending is None:
             return
-        money: dict[str, Any] = {"amount": transfer.amount, "currency": transfer.currency, "transfer_id": transfer.id}
+        transfer, money = pending
         try:
             self._run(DebitForTransfer(account_id=transfer.from_account, **money), "debit", event)
         except DomainError as e:
@@ -199,10 +203,10 @@ class TransferProcess(Projection):
         self._run(MarkTransferDebited(transfer_id=transfer.id), "debited", event)
 
     def _credit(self, event: Event) -> None:
-        transfer = self._transfer(event.data["transfer_id"])
-        if transfer is None or transfer.status != DEBITED:
+        pending = self._pending(event, DEBITED)
+        if pending is None:
             return
-        money: dict[str, Any] = {"amount": transfer.amount, "currency": transfer.currency, "transfer_id": transfer.id}
+        transfer, money = pending
         try:
             self._run(CreditForTransfer(account_id=transfer.to_account, **money), "credit", event)
         except DomainError as e:
