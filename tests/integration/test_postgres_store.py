@@ -290,3 +290,26 @@ def test_list_streams_pages_through_more_than_a_page_and_stops_at_the_prefix(url
     assert prefix_end("abc") == "abd"
     assert prefix_end("a\U0010ffff") == "b"
     assert prefix_end("") is None
+
+
+def test_bulk_append_of_an_id_stored_in_another_stream_is_refused_whole(url: str) -> None:
+    from datetime import UTC, datetime
+
+    from app.core.errors import ConcurrencyError
+    from app.core.messages import Event
+
+    now = datetime.now(UTC)
+    store = PostgresEventStore(url)
+    try:
+        taken = str(uuid.uuid4())
+        store.bulk_append([Event(taken, "first", 1, "T", 1, {}, {}, now, now)])
+        batch = [
+            Event(str(uuid.uuid4()), "second", 1, "T", 1, {}, {}, now, now),
+            Event(taken, "second", 2, "T", 1, {}, {}, now, now),
+        ]
+        with pytest.raises(ConcurrencyError, match=taken):
+            store.bulk_append(batch)
+        assert store.stream_version("second") == 0
+        assert [e.id for e in store.read_all()] == [taken]
+    finally:
+        store.close()

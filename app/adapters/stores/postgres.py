@@ -541,68 +541,94 @@ class PostgresEventStore:
         return results
 
     def bulk_append(self, events: Sequence[Event]) -> int:
-        """Store exported events with COPY, atomically; skip those already stored (feature ``bulk_append``)."""
+        """Store exported events with COPY, atomically; skip those already stored (feature ``bulk_append``).
+
+        Only events at or below a stream's current version are looked up (they must be
+        stored with the same id); the rest go straight to COPY, where an id already stored
+        in another stream violates the unique index and rolls the whole call back.
+        """
         if not events:
             return 0
         by_stream: dict[str, list[Event]] = {}
         for event in events:
-            validate_stream_id(event.stream_id)
-            event.to_new().validate()
             by_stream.setdefault(event.stream_id, []).append(event)
+        for stream_id in by_stream:
+            validate_stream_id(stream_id)
+        for event in events:
+            event.to_new().validate()
         t = self.db.table("events")
         fresh: list[Event] = []
-        with self.db.connection("importing events") as conn, conn.transaction():
-            conn.execute(self._lock_sql)
-            ids = [e.id for e in events]
-            stored = {row[0]: (row[1], row[2]) for row in conn.execute(self._ids_sql, [ids])}
-            heads = dict(
-                conn.execute(
-                    sql.SQL(
-                        "SELECT stream_id, max(version) FROM {} WHERE stream_id = ANY(%s) GROUP BY stream_id"
-                    ).format(t),
-                    [list(by_stream)],
-                ).fetchall()
-            )
-            for stream_id, stream_events in by_stream.items():
-                head = int(heads.get(stream_id, 0))
-                for event in sorted(stream_events, key=lambda e: e.version):
-                    if event.id in stored:
-                        if stored[event.id] != (stream_id, event.version):
-                            where = stored[event.id]
-                            raise ConcurrencyError(
-                                stream_id,
-                                event.version,
-                                head,
-                                f"event id {event.id} is already stored at {where[0]!r} version {where[1]}",
-                            )
-                        continue
-                    if event.version != head + 1:
-                        raise ConcurrencyError(
-                            stream_id, event.version - 1, head, f"version {event.version} does not continue it"
+        with self.db.connection("importing events") as conn:
+            try:
+                with conn.transaction():
+                    conn.execute(self._lock_sql)
+                    heads: dict[str, int] = dict(
+                        conn.execute(
+                            sql.SQL(
+                                "SELECT stream_id, max(version) FROM {} WHERE stream_id = ANY(%s) GROUP BY stream_id"
+                            ).format(t),
+                            [list(by_stream)],
+                        ).fetchall()
+                    )
+                    old = [e for e in events if e.version <= heads.get(e.stream_id, 0)]
+                    stored: dict[tuple[str, int], str] = {}
+                    if old:
+                        rows = conn.execute(
+                            sql.SQL(
+                                "SELECT e.stream_id, e.version, e.id::text FROM {} e"
+                                " JOIN unnest(%s::text[], %s::int[]) AS k(stream_id, version)"
+                                " ON e.stream_id = k.stream_id AND e.version = k.version"
+                            ).format(t),
+                            [[e.stream_id for e in old], [e.version for e in old]],
                         )
-                    head = event.version
-                    fresh.append(event)
-            if fresh:
-                copy_sql = sql.SQL(
-                    "COPY {} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
-                    " FROM STDIN"
-                ).format(t)
-                with conn.cursor().copy(copy_sql) as copy:
-                    for e in fresh:
-                        copy.write_row(
-                            (
-                                e.id,
-                                e.stream_id,
-                                e.version,
-                                e.type,
-                                e.schema_version,
-                                orjson.dumps(e.data).decode(),
-                                orjson.dumps(e.metadata).decode(),
-                                e.occurred_at,
-                                e.recorded_at,
-                            )
-                        )
+                        stored = {(row[0], row[1]): row[2] for row in rows}
+                    for stream_id, stream_events in by_stream.items():
+                        head = start = int(heads.get(stream_id, 0))
+                        for event in sorted(stream_events, key=lambda e: e.version):
+                            if event.version <= start:
+                                if stored.get((stream_id, event.version)) != event.id:
+                                    raise ConcurrencyError(
+                                        stream_id,
+                                        event.version - 1,
+                                        start,
+                                        f"version {event.version} holds another event than {event.id}",
+                                    )
+                                continue
+                            if event.version != head + 1:
+                                raise ConcurrencyError(
+                                    stream_id, event.version - 1, head, f"version {event.version} does not continue it"
+                                )
+                            head = event.version
+                            fresh.append(event)
+                    if fresh:
+                        self._copy(conn, fresh)
+            except psycopg.errors.UniqueViolation as e:
+                detail = e.diag.message_detail or str(e)
+                raise ConcurrencyError(
+                    "(import)", "new ids", -1, f"an event id of this import is already stored elsewhere: {detail}"
+                ) from e
         return len(fresh)
+
+    def _copy(self, conn: psycopg.Connection[Any], events: list[Event]) -> None:
+        copy_sql = sql.SQL(
+            "COPY {} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
+            " FROM STDIN"
+        ).format(self.db.table("events"))
+        with conn.cursor().copy(copy_sql) as copy:
+            for e in events:
+                copy.write_row(
+                    (
+                        e.id,
+                        e.stream_id,
+                        e.version,
+                        e.type,
+                        e.schema_version,
+                        orjson.dumps(e.data).decode(),
+                        orjson.dumps(e.metadata).decode(),
+                        e.occurred_at,
+                        e.recorded_at,
+                    )
+                )
 
     # -- reads -----------------------------------------------------------------------
 
