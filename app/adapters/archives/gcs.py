@@ -24,16 +24,28 @@ from collections.abc import Callable
 from typing import Any, Final, Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import google.cloud.storage as storage
 import requests
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
 from app.adapters.gcp_common import backoff_delay, call, translate
 from app.core.errors import ConfigurationError, ObjectNotFound, TransientError
 from app.core.ports import check_object_name
 
 T = TypeVar("T")
+
+IAM_PERMISSIONS: Final = (
+    "storage.objects.create",
+    "storage.objects.delete",
+    "storage.objects.get",
+    "storage.objects.list",
+    "storage.buckets.get",
+)
+"""What the adapter calls: upload (create, and delete to replace), download, list, delete,
+and bucket metadata (to tell a missing object from a missing bucket)."""
+IAM_ROLES: Final = ("roles/storage.objectUser", "roles/storage.legacyBucketReader")
+"""Predefined roles covering :data:`IAM_PERMISSIONS`, granted on the bucket only."""
 
 ATTEMPTS: Final = 6
 TIMEOUT_SECONDS: Final = 120.0

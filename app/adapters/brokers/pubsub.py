@@ -60,9 +60,9 @@ from concurrent import futures
 from typing import Any, Final, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import google.cloud.pubsub_v1 as pubsub_v1
 import grpc
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
@@ -86,6 +86,21 @@ DEDUP_WINDOW: Final = 100_000
 RETRY_BASE_SECONDS: Final = 0.05
 RETRY_CAP_SECONDS: Final = 10.0
 PUBLISH_TIMEOUT_SECONDS: Final = 60.0
+
+
+IAM_PERMISSIONS: Final = {
+    "topic": ("pubsub.topics.get", "pubsub.topics.publish"),
+    "subscription": ("pubsub.subscriptions.get", "pubsub.subscriptions.consume"),
+}
+"""What the adapter calls, per resource: ``get_topic``/``publish`` on the topic and on each
+dead-letter topic; ``get_subscription``, streaming pull/pull, ack and modify-ack-deadline on
+each group's subscription and dead-letter subscription.  (Creating missing resources is a
+convenience for emulators: production credentials need not and should not have it.)"""
+IAM_ROLES: Final = {
+    "topic": ("roles/pubsub.publisher", "roles/pubsub.viewer"),
+    "subscription": ("roles/pubsub.subscriber", "roles/pubsub.viewer"),
+}
+"""The predefined roles covering :data:`IAM_PERMISSIONS`, granted on each resource only."""
 
 
 def subscription_id(topic: str, group: str) -> str:

@@ -152,6 +152,11 @@ UNINDEXED_FIELDS: Final = (
 """Fields never queried: exempt them from automatic indexing (cheaper writes, and no
 1500-byte index-entry truncation on large payloads)."""
 
+IAM_ROLES: Final = ("roles/datastore.user",)
+"""What the app's service account needs: read, query, create, update and delete documents
+(``datastore.entities.*``) and run transactions; granted on the project with an IAM
+condition that limits it to the one database (Firestore has no per-database IAM policy)."""
+
 POSITION_WIDTH: Final = 16
 RPC_TIMEOUT: Final = 30.0
 """Seconds one read may take before it counts as deadline-exceeded (then retried)."""

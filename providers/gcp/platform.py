@@ -1,0 +1,500 @@
+"""The GCP platform: ``skyferry:gcp:Platform``.
+
+Every child is declared with ``parent=self``.  The Firestore composite indexes and index
+exemptions, the Pub/Sub subscription and dead-letter names and the roles of the app's
+service account come from the adapter modules (:mod:`app.adapters.stores.firestore`,
+:mod:`app.adapters.brokers.pubsub`, :mod:`app.adapters.archives.gcs`), so the
+infrastructure cannot drift from what the app expects.
+
+Least privilege: the service account gets ``roles/datastore.user`` on the project under an
+IAM condition naming the one database (Firestore has no per-database policy), Pub/Sub
+roles on each topic and subscription, storage roles on the archive bucket, and secret
+access on the API token only.  No project-wide Pub/Sub, Storage or Secret Manager role.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_gcp as gcp
+
+from app.adapters.archives import gcs as gcs_adapter
+from app.adapters.brokers import pubsub as pubsub_adapter
+from app.adapters.stores import firestore as firestore_adapter
+from providers.base import Platform, StackConfigError, StandardOutputs
+from providers.gcp.config import GcpConfig
+
+API_PORT = 8000
+ARCHIVE_PREFIX = "exports"
+TOPIC_ID = "events"
+APIS = (
+    "firestore.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "secretmanager.googleapis.com",
+    "cloudkms.googleapis.com",
+    "storage.googleapis.com",
+    "iam.googleapis.com",
+)
+KMS_ROLE = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+KEY_ROTATION = "7776000s"  # 90 days
+
+
+def store_url(project: str, database: str) -> str:
+    """The app's ``firestore://`` URL."""
+    return f"firestore://{project}/{database}"
+
+
+def broker_url(project: str, topic: str) -> str:
+    """The app's ``pubsub://`` URL."""
+    return f"pubsub://{project}/{topic}"
+
+
+def index_fields(index: firestore_adapter.CompositeIndex) -> list[Any]:
+    """The ``fields`` of a ``gcp.firestore.Index`` for an adapter index (plus ``__name__``)."""
+    fields = [{"field_path": path, "order": order} for path, order in index.fields]
+    # Firestore appends __name__ in the direction of the last field; declaring it keeps
+    # Pulumi's state equal to what the service reports (no perpetual diff).
+    fields.append({"field_path": "__name__", "order": index.fields[-1][1]})
+    return fields
+
+
+class GcpPlatform(Platform):
+    """Firestore + Pub/Sub + Cloud Storage + Cloud Run, under one Cloud KMS key."""
+
+    target = "gcp"
+    config_model = GcpConfig
+
+    def build(self) -> StandardOutputs:
+        """Declare every resource (see the package docstring) and return the standard outputs."""
+        section = self.config.target
+        assert isinstance(section, GcpConfig)
+        self.section = section
+        gcp_config = pulumi.Config("gcp")
+        project = section.project or gcp_config.get("project")
+        if not project:
+            raise StackConfigError("gcp:project", "required: the project to deploy to (or skyferry:gcp.project)")
+        region = section.region or gcp_config.get("region")
+        if not region:
+            raise StackConfigError("gcp:region", "required: the region to deploy to (or skyferry:gcp.region)")
+        self.project, self.region = project, region
+        name = self.common.name
+        database_id = section.database_id or f"{name}-events"
+        location = section.firestore_location or region
+
+        apis = [
+            gcp.projects.Service(
+                f"{name}-api-{api.split('.')[0]}",
+                project=project,
+                service=api,
+                disable_on_destroy=False,
+                opts=self.child_opts(),
+            )
+            for api in APIS
+        ]
+        self.apis = apis
+        account = gcp.serviceaccount.Account(
+            f"{name}-app",
+            project=project,
+            account_id=f"{name}-app",
+            display_name="skyferry app (api and worker)",
+            opts=self.child_opts(depends_on=apis),
+        )
+        member = account.email.apply(lambda e: f"serviceAccount:{e}")
+        self.member = member
+        key_name = self._kms_key(name, section)
+        database = self._firestore(name, database_id, location, key_name, member)
+        topic = self._pubsub(name, key_name, member)
+        bucket = self._bucket(name, key_name, member)
+        repository = gcp.artifactregistry.Repository(
+            f"{name}-images",
+            project=project,
+            location=region,
+            repository_id=name,
+            format="DOCKER",
+            description="skyferry images",
+            docker_config={"immutable_tags": True},
+            labels=self.tags(),
+            opts=self.child_opts(depends_on=apis),
+        )
+        self.repository = repository
+        secret = gcp.secretmanager.Secret(
+            f"{name}-api-token",
+            project=project,
+            secret_id=f"{name}-api-token",
+            replication={"auto": {}},
+            labels=self.tags(),
+            opts=self.child_opts(depends_on=apis),
+        )
+        if self.common.api_token is not None:
+            gcp.secretmanager.SecretVersion(
+                f"{name}-api-token-value",
+                # A secret's id is not sensitive, but the secret-outputs policy flags any
+                # plain-text value under a key named "secret"; marking it secret costs nothing.
+                secret=pulumi.Output.secret(secret.id),  # type: ignore[arg-type]
+                secret_data=pulumi.Output.secret(self.common.api_token.get_secret_value()),
+                opts=self.child_opts(),
+            )
+        gcp.secretmanager.SecretIamMember(
+            f"{name}-api-token-access",
+            project=project,
+            secret_id=secret.secret_id,
+            role="roles/secretmanager.secretAccessor",
+            member=member,
+            opts=self.child_opts(),
+        )
+        store = database.name.apply(lambda db: store_url(project, db))
+        broker = topic.name.apply(lambda t: broker_url(project, t))
+        archive = bucket.name.apply(lambda b: f"gs://{b}/{ARCHIVE_PREFIX}")
+        env = {"SKYFERRY_STORE_URL": store, "SKYFERRY_BROKER_URL": broker, "SKYFERRY_ARCHIVE_URL": archive}
+        api = self._service(name, "api", account, secret, env, apis)
+        self._service(name, "worker", account, secret, env, apis)
+        if section.allow_unauthenticated:
+            gcp.cloudrunv2.ServiceIamMember(
+                f"{name}-api-public",
+                project=project,
+                location=region,
+                name=api.name,
+                role="roles/run.invoker",
+                member="allUsers",
+                opts=self.child_opts(),
+            )
+        return StandardOutputs(
+            target="gcp",
+            api_url=self._api_url(api, f"{name}-api"),
+            store_url=store,
+            broker_url=broker,
+            archive_url=archive,
+            image=self.common.image,
+        )
+
+    def _api_url(self, api: gcp.cloudrunv2.Service, service: str) -> pulumi.Output[str]:
+        """The API's URL: the service's ``uri``, else its deterministic URL
+        ``https://SERVICE-PROJECT_NUMBER.REGION.run.app`` (known before the first deploy)."""
+        fallback = f"https://{service}-{self.section.project_number}.{self.region}.run.app"
+        return api.uri.apply(lambda uri: (uri or fallback).rstrip("/"))
+
+    # -- encryption ----------------------------------------------------------------------------
+
+    def _kms_key(self, name: str, section: GcpConfig) -> pulumi.Input[str]:
+        """The CMEK key: the configured one, or a created key ring + key (rotated every 90 days).
+
+        The Firestore, Pub/Sub and Cloud Storage service agents get encrypt/decrypt on it.
+        """
+        if section.kms_key_name:
+            key_id: pulumi.Input[str] = section.kms_key_name
+        else:
+            ring = gcp.kms.KeyRing(
+                f"{name}-keys",
+                project=self.project,
+                location=self.region,
+                name=f"{name}-keys",
+                opts=self.child_opts(depends_on=self.apis),
+            )
+            key = gcp.kms.CryptoKey(
+                f"{name}-data",
+                key_ring=ring.id,
+                name=f"{name}-data",
+                purpose="ENCRYPT_DECRYPT",
+                rotation_period=KEY_ROTATION,
+                labels=self.tags(),
+                opts=self.child_opts(protect=self.common.deletion_protection),
+            )
+            key_id = key.id
+        number = section.project_number
+        identities = [
+            gcp.projects.ServiceIdentity(
+                f"{name}-{service}-agent",
+                project=self.project,
+                service=f"{service}.googleapis.com",
+                opts=self.child_opts(depends_on=self.apis),
+            )
+            for service in ("firestore", "pubsub")
+        ]
+        self.agent_members = {
+            "firestore": f"serviceAccount:service-{number}@gcp-sa-firestore.iam.gserviceaccount.com",
+            "pubsub": f"serviceAccount:service-{number}@gcp-sa-pubsub.iam.gserviceaccount.com",
+            "storage": f"serviceAccount:service-{number}@gs-project-accounts.iam.gserviceaccount.com",
+        }
+        self.key_grants = [
+            gcp.kms.CryptoKeyIAMMember(
+                f"{name}-key-{service}",
+                crypto_key_id=key_id,
+                role=KMS_ROLE,
+                member=agent,
+                opts=self.child_opts(depends_on=identities),
+            )
+            for service, agent in self.agent_members.items()
+        ]
+        return key_id
+
+    # -- event and view store ------------------------------------------------------------------------
+
+    def _firestore(
+        self, name: str, database_id: str, location: str, key_name: pulumi.Input[str], member: pulumi.Output[str]
+    ) -> gcp.firestore.Database:
+        protected = self.common.deletion_protection
+        database = gcp.firestore.Database(
+            f"{name}-events",
+            project=self.project,
+            name=database_id,
+            location_id=location,
+            type="FIRESTORE_NATIVE",
+            # The adapter's gap-free read_all relies on serializable transactions that lock
+            # the head document: pessimistic concurrency is what Firestore native gives.
+            concurrency_mode="PESSIMISTIC",
+            app_engine_integration_mode="DISABLED",
+            point_in_time_recovery_enablement="POINT_IN_TIME_RECOVERY_ENABLED",
+            delete_protection_state="DELETE_PROTECTION_ENABLED" if protected else "DELETE_PROTECTION_DISABLED",
+            deletion_policy="ABANDON" if protected else "DELETE",
+            cmek_config={"kms_key_name": key_name},
+            opts=self.child_opts(depends_on=[*self.apis, *self.key_grants], protect=protected),
+        )
+        self.indexes = [
+            gcp.firestore.Index(
+                f"{name}-index-{index.collection}-{'-'.join(f'{p}-{o[:3].lower()}' for p, o in index.fields)}",
+                project=self.project,
+                database=database.name,
+                collection=index.collection,
+                query_scope=index.query_scope,
+                api_scope="ANY_API",
+                fields=index_fields(index),
+                opts=self.child_opts(),
+            )
+            for index in firestore_adapter.COMPOSITE_INDEXES
+        ]
+        self.exemptions = [
+            gcp.firestore.Field(
+                f"{name}-unindexed-{collection}-{field}",
+                project=self.project,
+                database=database.name,
+                collection=collection,
+                field=field,
+                index_config={},  # an empty index config: no single-field index at all
+                opts=self.child_opts(),
+            )
+            for collection, field in firestore_adapter.UNINDEXED_FIELDS
+        ]
+        condition_expression = database.name.apply(
+            lambda db: f'resource.name == "projects/{self.project}/databases/{db}"'
+        )
+        for role in firestore_adapter.IAM_ROLES:
+            gcp.projects.IAMMember(
+                f"{name}-app-{role.split('/')[-1].replace('.', '-')}",
+                project=self.project,
+                role=role,
+                member=member,
+                condition={
+                    "title": "only the skyferry database",
+                    "description": "Firestore IAM is project-level; this limits it to one database",
+                    "expression": condition_expression,
+                },
+                opts=self.child_opts(),
+            )
+        return database
+
+    # -- broker ------------------------------------------------------------------------------------
+
+    def _grant_topic(
+        self, resource: str, topic: gcp.pubsub.Topic, member: pulumi.Input[str], roles: tuple[str, ...]
+    ) -> None:
+        for role in roles:
+            gcp.pubsub.TopicIAMMember(
+                f"{resource}-{role.split('/')[-1].replace('.', '-')}",
+                project=self.project,
+                topic=topic.name,
+                role=role,
+                member=member,
+                opts=self.child_opts(),
+            )
+
+    def _grant_subscription(
+        self, resource: str, subscription: gcp.pubsub.Subscription, member: pulumi.Input[str], roles: tuple[str, ...]
+    ) -> None:
+        for role in roles:
+            gcp.pubsub.SubscriptionIAMMember(
+                f"{resource}-{role.split('/')[-1].replace('.', '-')}",
+                project=self.project,
+                subscription=subscription.name,
+                role=role,
+                member=member,
+                opts=self.child_opts(),
+            )
+
+    def _pubsub(self, name: str, key_name: pulumi.Input[str], member: pulumi.Output[str]) -> gcp.pubsub.Topic:
+        section = self.section
+        retention = f"{pubsub_adapter.MESSAGE_RETENTION_SECONDS}s"
+        topic = gcp.pubsub.Topic(
+            f"{name}-events",
+            project=self.project,
+            name=TOPIC_ID,
+            kms_key_name=key_name,
+            message_retention_duration=retention,
+            labels=self.tags(),
+            opts=self.child_opts(depends_on=[*self.apis, *self.key_grants]),
+        )
+        self._grant_topic(f"{name}-events", topic, member, pubsub_adapter.IAM_ROLES["topic"])
+        agent = self.agent_members["pubsub"]
+        self.subscriptions: dict[str, gcp.pubsub.Subscription] = {}
+        for group in section.consumer_groups:
+            dead_id = pubsub_adapter.dead_letter_topic_id(TOPIC_ID, group)
+            dead_topic = gcp.pubsub.Topic(
+                f"{name}-{group}-dead-letter",
+                project=self.project,
+                name=dead_id,
+                kms_key_name=key_name,
+                message_retention_duration=retention,
+                labels=self.tags(),
+                opts=self.child_opts(depends_on=[*self.apis, *self.key_grants]),
+            )
+            dead_subscription = gcp.pubsub.Subscription(
+                f"{name}-{group}-dead-letter",
+                project=self.project,
+                name=dead_id,
+                topic=dead_topic.id,
+                ack_deadline_seconds=pubsub_adapter.ACK_DEADLINE_SECONDS,
+                message_retention_duration=retention,
+                expiration_policy={"ttl": ""},
+                labels=self.tags(),
+                opts=self.child_opts(),
+            )
+            subscription = gcp.pubsub.Subscription(
+                f"{name}-{group}",
+                project=self.project,
+                name=pubsub_adapter.subscription_id(TOPIC_ID, group),
+                topic=topic.id,
+                enable_message_ordering=True,
+                ack_deadline_seconds=pubsub_adapter.ACK_DEADLINE_SECONDS,
+                message_retention_duration=retention,
+                expiration_policy={"ttl": ""},
+                dead_letter_policy={
+                    "dead_letter_topic": dead_topic.id,
+                    "max_delivery_attempts": pubsub_adapter.server_delivery_attempts(section.max_deliveries),
+                },
+                retry_policy={"minimum_backoff": "1s", "maximum_backoff": "60s"},
+                labels=self.tags(),
+                opts=self.child_opts(),
+            )
+            self.subscriptions[group] = subscription
+            # The app: publish to the topics, consume the subscriptions (adapter's roles).
+            self._grant_topic(f"{name}-{group}-dead-letter", dead_topic, member, pubsub_adapter.IAM_ROLES["topic"])
+            self._grant_subscription(f"{name}-{group}", subscription, member, pubsub_adapter.IAM_ROLES["subscription"])
+            self._grant_subscription(
+                f"{name}-{group}-dead-letter", dead_subscription, member, pubsub_adapter.IAM_ROLES["subscription"]
+            )
+            # The Pub/Sub service agent forwards server-side dead letters.
+            gcp.pubsub.TopicIAMMember(
+                f"{name}-{group}-dead-letter-agent-publisher",
+                project=self.project,
+                topic=dead_topic.name,
+                role="roles/pubsub.publisher",
+                member=agent,
+                opts=self.child_opts(),
+            )
+            gcp.pubsub.SubscriptionIAMMember(
+                f"{name}-{group}-agent-subscriber",
+                project=self.project,
+                subscription=subscription.name,
+                role="roles/pubsub.subscriber",
+                member=agent,
+                opts=self.child_opts(),
+            )
+        return topic
+
+    # -- archive ------------------------------------------------------------------------------------
+
+    def _bucket(self, name: str, key_name: pulumi.Input[str], member: pulumi.Output[str]) -> gcp.storage.Bucket:
+        bucket = gcp.storage.Bucket(
+            f"{name}-archive",
+            project=self.project,
+            name=f"{self.project}-{name}-archive",
+            location=self.region,
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            versioning={"enabled": True},
+            encryption={"default_kms_key_name": key_name},
+            lifecycle_rules=[
+                {
+                    "action": {"type": "Delete"},
+                    "condition": {"age": self.common.archive_retention_days},
+                },
+                {
+                    "action": {"type": "Delete"},
+                    "condition": {"days_since_noncurrent_time": 30, "with_state": "ARCHIVED"},
+                },
+            ],
+            force_destroy=False,
+            labels=self.tags(),
+            opts=self.child_opts(depends_on=[*self.apis, *self.key_grants]),
+        )
+        for role in gcs_adapter.IAM_ROLES:
+            gcp.storage.BucketIAMMember(
+                f"{name}-archive-{role.split('/')[-1].replace('.', '-')}",
+                bucket=bucket.name,
+                role=role,
+                member=member,
+                opts=self.child_opts(),
+            )
+        return bucket
+
+    # -- compute -------------------------------------------------------------------------------------
+
+    def _service(
+        self,
+        name: str,
+        role: str,
+        account: gcp.serviceaccount.Account,
+        secret: gcp.secretmanager.Secret,
+        env: dict[str, pulumi.Output[str]],
+        apis: list[gcp.projects.Service],
+    ) -> gcp.cloudrunv2.Service:
+        """A Cloud Run v2 service: ``api`` (autoscaled, HTTP) or ``worker`` (always-on CPU)."""
+        common = self.common
+        api = role == "api"
+        envs: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+        envs.append(
+            {
+                "name": "SKYFERRY_API_TOKEN",
+                "value_source": {
+                    "secret_key_ref": {"secret": pulumi.Output.secret(secret.secret_id), "version": "latest"}
+                },
+            }
+        )
+        if api:
+            envs += [{"name": "SKYFERRY_HOST", "value": "0.0.0.0"}]
+        container: dict[str, Any] = {
+            "image": common.image,
+            "args": ["serve"] if api else ["worker"],
+            "envs": envs,
+            "resources": {
+                "limits": {"cpu": f"{common.cpu_millicores}m", "memory": f"{common.memory_mib}Mi"},
+                # The worker tails the store and holds streaming pulls: its CPU must stay allocated.
+                "cpu_idle": api,
+                "startup_cpu_boost": True,
+            },
+        }
+        if api:
+            container["ports"] = {"container_port": API_PORT}
+            container["startup_probe"] = {"http_get": {"path": "/healthz"}}
+            container["liveness_probe"] = {"http_get": {"path": "/healthz"}}
+        minimum = common.api_replicas if api else max(1, common.worker_replicas)
+        maximum = common.api_max_replicas if api else common.worker_replicas
+        template: Any = {
+            "service_account": account.email,
+            "scaling": {"min_instance_count": minimum, "max_instance_count": max(minimum, maximum)},
+            "max_instance_request_concurrency": 80 if api else 1,
+            "containers": [container],
+        }
+        return gcp.cloudrunv2.Service(
+            f"{name}-{role}",
+            project=self.project,
+            location=self.region,
+            name=f"{name}-{role}",
+            ingress="INGRESS_TRAFFIC_ALL" if api else "INGRESS_TRAFFIC_INTERNAL_ONLY",
+            deletion_protection=False,
+            labels=self.tags(**{"skyferry-role": role}),
+            template=template,
+            opts=self.child_opts(depends_on=apis),
+        )
