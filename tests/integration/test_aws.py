@@ -1,0 +1,228 @@
+"""The AWS adapters on moto server beyond the conformance suite: request counts, bad input, retries.
+
+Request counts are exact, not timed: they are what the module docstring of
+``app/adapters/stores/dynamodb.py`` reports per 1,000 events.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.adapters import aws
+from app.adapters.archives import s3 as s3_adapter
+from app.adapters.brokers import sns_sqs
+from app.adapters.stores import dynamodb
+from app.core.errors import ConfigurationError, TransientError, ValidationError
+from app.core.messages import NewEvent
+from app.core.ports import ANY, NO_STREAM, ViewChange
+from tests.services import dynamodb as dynamodb_service
+from tests.services import moto_server
+
+
+class Counter:
+    """Counts the API calls of the clients it is attached to, by operation name."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+
+    def attach(self, client: Any) -> Any:
+        client.meta.events.register("before-call.*.*", self._count)
+        return client
+
+    def _count(self, model: Any, **kwargs: Any) -> None:
+        with self.lock:
+            self.calls[model.name] += 1
+
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+
+def boto(service: str) -> Any:
+    import boto3
+
+    make: Any = boto3.client
+    return make(service, region_name=moto_server.REGION, endpoint_url=moto_server.endpoint())
+
+
+@pytest.fixture
+def table() -> Iterator[str]:
+    with dynamodb_service.fresh_table() as name:
+        yield name
+
+
+def events(n: int) -> list[NewEvent]:
+    return [NewEvent("Thing", {"n": i, "text": "x" * 100}) for i in range(n)]
+
+
+# --- requests per 1,000 events ------------------------------------------------------------------
+
+
+def test_requests_per_thousand_events(table: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Exact request counts for small volumes, scaled to 1,000 events (the counts are per call).
+
+    (moto copies a table on every transaction, so large volumes only measure moto.)
+    """
+    counter = Counter()
+    store = dynamodb.DynamoDBEventStore(table, client=counter.attach(boto("dynamodb")))
+    figures: dict[str, float] = {}
+
+    for i in range(10):
+        store.append(f"batch10-{i}", events(10), NO_STREAM)
+    assert counter.calls == {"GetItem": 10, "TransactWriteItems": 10}
+    figures["append, 10 events per append, expected version"] = counter.total() * 1000 / 100
+
+    counter.reset()
+    for _ in range(2):
+        store.append("batch49", events(49), ANY)
+    assert counter.calls == {"Query": 2, "GetItem": 2, "TransactWriteItems": 2}
+    figures["append, 49 events per append, ANY"] = counter.total() * 1000 / 98
+
+    counter.reset()
+    for version in range(20):
+        store.append("single", events(1), version)
+    assert counter.total() == 40
+    figures["append, 1 event per append"] = counter.total() * 1000 / 20
+
+    counter.reset()
+    everything = store.read_all(limit=1000)
+    assert len(everything) == 218
+    assert counter.calls == {"Query": 1}
+    figures["read_all, limit 1000: one Query per 1 MB page (218 events measured)"] = counter.total()
+
+    counter.reset()
+    assert len(store.read_stream("batch49")) == 98
+    assert counter.total() == 1
+    figures["read_stream, up to 1 MB of events"] = counter.total()
+
+    views = dynamodb.DynamoDBViewStore(table, client=counter.attach(boto("dynamodb")))
+    counter.reset()
+    keys = [f"k{i:04d}" for i in range(198)]
+    for start in range(0, len(keys), 99):
+        views.commit("p", [ViewChange("c", k, {"i": k}) for k in keys[start : start + 99]], {"$all": str(start)})
+    assert counter.calls == {"TransactWriteItems": 2}
+    figures["view commit, 1,000 documents (99 + checkpoint per commit)"] = 1000 / 99
+    counter.reset()
+    assert len(views.get_many("c", keys)) == len(keys)
+    assert counter.calls == {"BatchGetItem": 2}
+    figures["view get_many, 1,000 keys"] = counter.total() * 1000 / 200
+    counter.reset()
+    views.drop("c")
+    assert counter.calls == {"Query": 1, "BatchWriteItem": 8}
+    figures["view drop, 1,000 documents (Query pages + BatchWriteItem of 25)"] = 1000 / 25 + 1
+    with capsys.disabled():
+        print("\nDynamoDB requests per 1,000 events or documents (moto server, counted by botocore hooks):")
+        for what, count in figures.items():
+            print(f"  {what}: {count:.0f}")
+
+
+# --- bad input and failures ---------------------------------------------------------------------
+
+
+def test_a_missing_table_is_a_configuration_error_naming_it() -> None:
+    url = dynamodb_service.url_for("no-such-table")
+    with pytest.raises(ConfigurationError, match="no-such-table"):
+        dynamodb.DynamoDBEventStore.from_url(url).stream_version("s")
+    with pytest.raises(ConfigurationError, match="no-such-table"):
+        dynamodb.DynamoDBViewStore.from_url(url).get("c", "k")
+
+
+def test_missing_region_and_credentials_are_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
+    with pytest.raises(ConfigurationError, match="region"):
+        dynamodb.DynamoDBEventStore.from_url("dynamodb://t").stream_version("s")
+    endpoint = moto_server.endpoint()
+    store = dynamodb.DynamoDBEventStore.from_url(f"dynamodb://t?region=eu-west-1&endpoint={endpoint}")
+    with pytest.raises(ConfigurationError, match="credentials"):
+        store.stream_version("s")
+    with pytest.raises(ConfigurationError, match="no table"):
+        dynamodb.DynamoDBEventStore.from_url("dynamodb://?region=eu-west-1")
+    with pytest.raises(ConfigurationError, match="unknown options"):
+        dynamodb.DynamoDBEventStore.from_url("dynamodb://t?regoin=eu-west-1")
+
+
+def test_a_missing_bucket_and_a_missing_queue_are_configuration_errors() -> None:
+    endpoint = moto_server.endpoint()
+    archive = s3_adapter.S3Archive.from_url(f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}?endpoint={endpoint}")
+    with pytest.raises(ConfigurationError, match="no-such-bucket"):
+        archive.put("x", b"1")
+    broker = sns_sqs.SnsSqsBroker.from_url(f"sns+sqs://nothing?endpoint={endpoint}&account=123456789012&wait=0")
+    with pytest.raises(ConfigurationError, match=r"nothing-projections\.fifo"):
+        broker.subscribe("projections", lambda m: None)
+    broker.close()
+
+
+def test_throttling_is_retried_then_surfaces_as_transient(table: str) -> None:
+    from botocore.stub import Stubber
+
+    client = boto("dynamodb")
+    options = aws.AwsOptions(attempts=3)
+    store = dynamodb.DynamoDBEventStore(table, client=client, options=options)
+    with Stubber(client) as stub:
+        for _ in range(2):
+            stub.add_client_error("query", "ProvisionedThroughputExceededException")
+        stub.add_response("query", {"Items": [{"sk": {"S": "0000000007"}}]})
+        assert store.stream_version("s") == 7
+        for _ in range(3):
+            stub.add_client_error("query", "ThrottlingException")
+        with pytest.raises(TransientError):
+            store.stream_version("s")
+        stub.assert_no_pending_responses()
+
+
+def test_a_cancelled_append_writes_nothing_and_an_oversized_one_is_refused(table: str) -> None:
+    store = dynamodb.DynamoDBEventStore(table, client=boto("dynamodb"))
+    big = [NewEvent("Big", {"pad": "z" * 190_000}) for _ in range(21)]
+    with pytest.raises(ValidationError, match="split the append"):
+        store.append("big", big, NO_STREAM)
+    assert store.stream_version("big") == 0
+    assert store.last_position() is None
+
+
+def test_large_objects_go_multipart_and_a_failed_upload_is_aborted() -> None:
+    s3 = boto("s3")
+    bucket = f"skyferry-mp-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    counter = Counter()
+    client = counter.attach(boto("s3"))
+    archive = s3_adapter.S3Archive(bucket, "x", client=client, multipart_bytes=5 * 1024 * 1024)
+    data = bytes(range(256)) * (48 * 1024)  # 12 MiB
+    archive.put("big", data)
+    assert counter.calls["CreateMultipartUpload"] == 1
+    assert counter.calls["UploadPart"] == 3
+    assert archive.get("big") == data
+
+    def fail_second_part(params: dict[str, Any], **kwargs: Any) -> None:
+        if params.get("PartNumber") == 2:
+            raise RuntimeError("connection lost")
+
+    client.meta.events.register("provide-client-params.s3.UploadPart", fail_second_part)
+    with pytest.raises(RuntimeError):
+        archive.put("torn", data)
+    assert not archive.exists("torn")
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    for name in archive.list():
+        archive.delete(name)
+    s3.delete_bucket(Bucket=bucket)
