@@ -122,7 +122,7 @@ def _aws_kms_key_id(node: Node, graph: Graph) -> list[str]:
     return _need(node, "kmsKeyId", "not encrypted with a customer-managed KMS key")
 
 
-@rule("encryption-cmk", "azure-native:documentdb:DatabaseAccount")
+@rule("encryption-cmk", "azure-native:cosmosdb:DatabaseAccount", "azure-native:documentdb:DatabaseAccount")
 def _cosmos_cmk(node: Node, graph: Graph) -> list[str]:
     return _need(node, "keyVaultKeyUri", "Cosmos DB account not encrypted with a Key Vault key")
 
@@ -202,7 +202,7 @@ def _azure_storage_public(node: Node, graph: Graph) -> list[str]:
     return problems
 
 
-@rule("no-public-data-store", "azure-native:documentdb:DatabaseAccount")
+@rule("no-public-data-store", "azure-native:cosmosdb:DatabaseAccount", "azure-native:documentdb:DatabaseAccount")
 def _cosmos_public(node: Node, graph: Graph) -> list[str]:
     if node.get("publicNetworkAccess") == "Disabled" or node.get("isVirtualNetworkFilterEnabled") is True:
         return []
@@ -397,7 +397,7 @@ def _rds_protection(node: Node, graph: Graph) -> list[str]:
     return problems
 
 
-@rule("event-store-protection", "azure-native:documentdb:DatabaseAccount")
+@rule("event-store-protection", "azure-native:cosmosdb:DatabaseAccount", "azure-native:documentdb:DatabaseAccount")
 def _cosmos_protection(node: Node, graph: Graph) -> list[str]:
     problems = []
     if node.get("backupPolicy.type") != "Continuous":
