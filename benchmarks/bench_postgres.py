@@ -65,7 +65,7 @@ def nats_server() -> str:
 @contextmanager
 def schema() -> Iterator[str]:
     """A store URL with a schema of its own (dropped afterwards)."""
-    name = f"bench_{uuid.uuid4().hex[:12]}"
+    name = f"bench_pg_{uuid.uuid4().hex[:12]}"
     sep = "&" if "?" in DSN else "?"
     try:
         yield f"{DSN}{sep}schema={name}&pool_max=8"
