@@ -105,6 +105,32 @@ async def stream_message_count(server: str, stream: str) -> int:
         await nc.close()
 
 
+# --- the worker command on PostgreSQL + JetStream ---------------------------------------------------
+
+
+def test_the_worker_command_relays_to_jetstream_and_projects_from_postgres(store_url: str) -> None:
+    with nats_service.fresh_stream() as broker_url:
+        ledger = bootstrap(store_url, broker_url)
+        try:
+            a, b = open_accounts(ledger, 2)
+            ledger.execute(
+                cmd.TransferMoney(transfer_id="t-1", from_account=a, to_account=b, amount="30.00", currency="EUR")
+            )
+            skyferry = Path(sys.executable).parent / "skyferry"
+            run = [str(skyferry), "worker", "--once", "--store", store_url, "--broker", broker_url]
+            done = subprocess.run(run, cwd=ROOT, capture_output=True, timeout=300, check=False)
+            assert done.returncode == 0, done.stderr.decode()
+            assert Decimal(ledger.balance(a)["balance"]) == Decimal("70.00")
+            assert Decimal(ledger.balance(b)["balance"]) == Decimal("130.00")
+            assert ledger.transfer("t-1")["status"] == "completed"
+            assert ledger.relay.position() == ledger.events.last_position()
+            server, stream = broker_url.rsplit("/", 1)
+            stored = len(ledger.events.read_all(None, 10_000))
+            assert asyncio.run(stream_message_count(server, stream)) == stored
+        finally:
+            ledger.close()
+
+
 # --- the broker is unreachable, then back --------------------------------------------------------
 
 
