@@ -313,3 +313,25 @@ def test_bulk_append_of_an_id_stored_in_another_stream_is_refused_whole(url: str
         assert [e.id for e in store.read_all()] == [taken]
     finally:
         store.close()
+
+
+def test_after_every_pooled_connection_is_killed_one_call_fails_and_the_next_succeeds(url: str) -> None:
+    name = f"pool-{uuid.uuid4().hex[:8]}"
+    store = PostgresEventStore(f"{url}&application_name={name}&pool_min=4&pool_max=4")
+    try:
+        store.append("s-1", events(), NO_STREAM)
+        with admin() as conn:
+            for _ in range(300):  # the pool fills in the background: wait for its 4 connections
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [name]
+                ).fetchone()
+                if row and row[0] == 4:
+                    break
+                threading.Event().wait(0.02)
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", [name])
+        with pytest.raises(TransientError):
+            store.stream_version("s-1")
+        assert store.stream_version("s-1") == 1
+        assert store.append("s-1", events(), 1).last_version == 2
+    finally:
+        store.close()

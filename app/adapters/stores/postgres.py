@@ -289,6 +289,12 @@ class PostgresDatabase:
                     yield conn
             except PoolTimeout as e:
                 raise TransientError(f"{self.url}: no database connection available for {what}") from e
+            except psycopg.OperationalError:
+                # After a server restart every idle connection is dead: test them all now
+                # (replacing the broken ones), so that the caller's retry gets a live one.
+                with contextlib.suppress(Exception):
+                    pool.check()
+                raise
 
 
 def configure_connection(conn: psycopg.Connection[Any]) -> None:
