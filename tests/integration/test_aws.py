@@ -18,7 +18,7 @@ from app.adapters import aws
 from app.adapters.archives import s3 as s3_adapter
 from app.adapters.brokers import sns_sqs
 from app.adapters.stores import dynamodb
-from app.core.errors import ConfigurationError, TransientError, ValidationError
+from app.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from app.core.messages import NewEvent
 from app.core.ports import ANY, NO_STREAM, ViewChange
 from tests.services import dynamodb as dynamodb_service
@@ -226,3 +226,91 @@ def test_large_objects_go_multipart_and_a_failed_upload_is_aborted() -> None:
     for name in archive.list():
         archive.delete(name)
     s3.delete_bucket(Bucket=bucket)
+
+
+# --- large view commits: the commit-record protocol ---------------------------------------------
+
+
+def put(key: str, value: int, expected: int | None = None) -> ViewChange:
+    return ViewChange("c", key, {"v": value}, expected)
+
+
+def test_a_large_commit_failing_in_its_second_lock_batch_leaves_nothing(table: str) -> None:
+    views = dynamodb.DynamoDBViewStore(table, client=boto("dynamodb"))
+    views.commit("p", [put("k0150", 1)], {"$all": "1"})
+    changes = [put(f"k{i:04d}", 2) for i in range(150)] + [put("k0150", 2, expected=9)]
+    with pytest.raises(ConcurrencyError):
+        views.commit("p", changes, {"$all": "2"})
+    assert [k for k, _ in views.query("c")] == ["k0150"]
+    assert views.get_checkpoint("p") == "1"
+    raw = boto("dynamodb").scan(TableName=table)["Items"]
+    assert not [i for i in raw if "tx" in i or i["pk"]["S"].startswith("t#")], "a lock or record was left"
+
+
+def test_a_large_commit_interrupted_after_its_commit_point_is_seen_whole_and_finished_by_the_next_writer(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    views = dynamodb.DynamoDBViewStore(table, client=boto("dynamodb"))
+    views.commit("p", [put("k0000", 1)], {})
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("process killed")
+
+    monkeypatch.setattr(views, "_roll_forward", crash)
+    with pytest.raises(RuntimeError):
+        views.commit("p", [put(f"k{i:04d}", 2) for i in range(120)], {"$all": "2"})
+    monkeypatch.undo()
+    assert views.get_checkpoint("p") == "2"
+    docs = views.get_many("c", [f"k{i:04d}" for i in range(120)])
+    assert len(docs) == 120
+    assert {d.value["v"] for d in docs.values()} == {2}
+    first = views.get("c", "k0000")
+    assert first is not None
+    assert first.revision == 2
+    views.commit("p", [put("k0000", 3, expected=2)], {})
+    again = views.get("c", "k0000")
+    assert again is not None
+    assert (again.value, again.revision) == ({"v": 3}, 3)
+
+
+def test_a_large_commit_that_died_before_its_commit_point_is_rolled_back(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    views = dynamodb.DynamoDBViewStore(table, client=boto("dynamodb"))
+    views.commit("p", [put("k0000", 1)], {"$all": "1"})
+    real_transact = views._table.transact
+    calls = {"n": 0}
+
+    def die_at_the_commit_point(items: list[dict[str, Any]]) -> Exception | None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # two lock batches, then the flip
+            raise RuntimeError("process killed")
+        return real_transact(items)
+
+    monkeypatch.setattr(views._table, "transact", die_at_the_commit_point)
+    monkeypatch.setattr(views, "_roll_back", lambda txid, changes: None)  # the dead process cleans nothing
+    monkeypatch.setattr(views._table, "call", _skip_record_delete(views._table.call))
+    with pytest.raises(RuntimeError):
+        views.commit("p", [put(f"k{i:04d}", 2) for i in range(150)], {"$all": "2"})
+    monkeypatch.undo()
+    assert views.get_checkpoint("p") == "1"
+    assert [k for k, _ in views.query("c")] == ["k0000"]
+    old = views.get("c", "k0000")
+    assert old is not None
+    assert old.value == {"v": 1}
+    with pytest.raises(ConcurrencyError):  # the lock is young: the committer may still be alive
+        views.commit("p", [put("k0000", 5, expected=1)], {})
+    monkeypatch.setattr(dynamodb, "STALE_LOCK_SECONDS", -1)
+    views.commit("p", [put("k0000", 5, expected=1)], {})
+    now = views.get("c", "k0000")
+    assert now is not None
+    assert (now.value, now.revision) == ({"v": 5}, 2)
+
+
+def _skip_record_delete(call: Any) -> Any:
+    def wrapped(operation: str, **kwargs: Any) -> Any:
+        if operation == "delete_item" and kwargs["Key"]["pk"]["S"].startswith("t#"):
+            return {}
+        return call(operation, **kwargs)
+
+    return wrapped
