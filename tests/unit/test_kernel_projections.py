@@ -302,3 +302,24 @@ def test_relay_to_the_in_process_broker_feeds_a_consumer_exactly_once(mode: str)
         subscription.close()
         broker.close()
     assert counts(views) == clean_counts(events)
+
+
+def test_a_thin_duplicate_is_skipped_from_its_headers_without_reading_the_store() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=1, per_stream=2)
+    message = encode(events.read_stream("counter-0")[1], "thin")
+    reads: list[str] = []
+    original = events.read_stream
+
+    def counting_read(stream_id: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(stream_id)
+        return original(stream_id, *args, **kwargs)
+
+    events.read_stream = counting_read  # type: ignore[method-assign]
+    consumer = ProjectionConsumer(events, views, CountingProjection())
+    consumer.handle(message)  # the event itself, then the gap (version 1) from the store
+    assert reads == ["counter-0", "counter-0"]
+    consumer.handle(message)
+    assert reads == ["counter-0", "counter-0"]
+    assert consumer.duplicates == 1
+    assert counts(views)["counter-0"] == {"events": 2, "sum": 0 + 1}
