@@ -131,6 +131,11 @@ def test_on_prem_values_bring_postgres_nats_and_network_policies() -> None:
     assert pg["ports"] == [{"port": 5432, "protocol": "TCP"}]
     allowed = pg["from"][0]["podSelector"]["matchExpressions"][1]["values"]
     assert allowed == ["api", "worker", "migration"]
+    api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "sf-skyferry-api")
+    container = api["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["serve"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"  # the API's routes (app/api)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     nats = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sf-skyferry-nats")
     assert "jetstream" in nats["data"]["nats.conf"]
 
