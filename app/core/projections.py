@@ -165,6 +165,11 @@ class ReadModels:
             return 1, 0
         return int(doc.value["generation"]), doc.revision
 
+    def built_version(self, projection: str) -> int:
+        """The ``Projection.version`` that built the live generation (1 if never rebuilt)."""
+        doc = self.views.get(ALIASES, projection)
+        return 1 if doc is None else int(doc.value.get("version", 1))
+
     def live_generation(self, projection: str) -> int:
         """The generation queries of ``projection`` read."""
         return self.live(projection)[0]

@@ -243,6 +243,18 @@ class Ledger:
                 stream_checkpoints=self.consume == "broker",
             )
 
+    def outdated_read_models(self) -> list[str]:
+        """Read models whose live generation was built by another ``version`` of their projection."""
+        return [
+            name
+            for name, projection in sorted(self.projections.items())
+            if self.read_models.built_version(name) != projection.version
+        ]
+
+    def rebuild_outdated(self) -> list[RebuildReport]:
+        """Rebuild every outdated read model (after a deployment that bumped a projection's version)."""
+        return [self.rebuild(name) for name in self.outdated_read_models()]
+
     def start_consumers(self) -> None:
         """Subscribe the process manager and every projection to the broker (once).
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from app.adapters.brokers.memory import MemoryBroker
 from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from app.core.errors import ConfigurationError
-from app.core.projections import checkpoint_name
+from app.core.messages import Event
+from app.core.projections import ViewBatch, checkpoint_name
 from app.ledger.bootstrap import Ledger, bootstrap
 from app.ledger.commands import CloseAccount, Deposit, OpenAccount, TransferMoney, Withdraw
 from app.ledger.errors import (
@@ -29,6 +30,7 @@ from app.ledger.errors import (
     LedgerError,
     TransferAlreadyExists,
 )
+from app.ledger.projections import BalancesProjection
 from tests.unit.kernel_fakes import FlakyBroker
 
 
@@ -375,3 +377,26 @@ def test_read_models_show_amounts_with_the_currency_decimals(ledger: Ledger) -> 
     day = ledger.history("y")[0]["occurred_at"][:10]
     jpy = next(doc for doc in ledger.daily_totals(day) if doc["currency"] == "JPY")
     assert (jpy["deposited"], jpy["withdrawn"], jpy["transferred"]) == ("500", "0", "0")
+
+
+def test_a_new_projection_version_marks_its_read_model_outdated_until_rebuilt(ledger: Ledger) -> None:
+    open_funded(ledger, "a", "8")
+    ledger.run_worker_once()
+    assert ledger.outdated_read_models() == []
+
+    class BalancesV2(BalancesProjection):
+        version = 2
+
+        def apply(self, event: Event, views: ViewBatch) -> None:
+            super().apply(event, views)
+            doc = views.get("balances", event.data["account_id"])
+            if doc is not None:
+                views.put("balances", event.data["account_id"], {**doc, "schema": 2})
+
+    ledger.projections["balances"] = BalancesV2()
+    assert ledger.outdated_read_models() == ["balances"]
+    reports = ledger.rebuild_outdated()
+    assert [(r.projection, r.new_generation) for r in reports] == [("balances", 2)]
+    assert ledger.outdated_read_models() == []
+    balance = ledger.balance("a")
+    assert (balance["schema"], balance["balance"]) == (2, "8.00")
