@@ -166,7 +166,13 @@ def as_mermaid(plan: Plan) -> str:
 RENDERERS = {"table": as_table, "json": as_json, "mermaid": as_mermaid}
 
 
-def command(stack: str, fmt: str = "table", out: TextIO | None = None, err: TextIO | None = None) -> int:
+def command(
+    stack: str,
+    fmt: str = "table",
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    stacks_dir: Path = STACKS_DIR,
+) -> int:
     """Print the plan of ``stack`` in ``fmt``; return the exit code (0 clean, 1 findings, 2 bad input)."""
     out = out or sys.stdout
     err = err or sys.stderr
@@ -174,7 +180,7 @@ def command(stack: str, fmt: str = "table", out: TextIO | None = None, err: Text
         print(f"--format: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", file=err)
         return 2
     try:
-        plan = make_plan(stack)
+        plan = make_plan(stack, stacks_dir)
     except ConfigurationError as e:
         print(f"plan {stack}: {e}", file=err)
         return 2
