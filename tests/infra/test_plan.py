@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from providers import plan as plan_mod
+from providers import policies
 from providers.base import OUTPUT_NAMES
 from providers.policies import Finding
 
@@ -72,7 +73,7 @@ def test_mermaid_draws_parents_and_dependencies() -> None:
 
 def test_findings_make_exit_code_1_and_are_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     finding = Finding("no-wildcard-iam", "aws:iam/policy:Policy", "app", "urn:x", "wildcard action in ['*']")
-    monkeypatch.setattr(plan_mod.policies, "evaluate", lambda graph: [finding])
+    monkeypatch.setattr(policies, "evaluate", lambda graph: [finding])
     code, out, _ = run("kubernetes", "table")
     assert code == 1
     assert "POLICY FINDINGS: 1" in out
