@@ -8,6 +8,7 @@ batch, one chunk and one hash-chain head per stream.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError
 from app.migrate.format import CHAIN_START, chain_next, encode_event
 from app.migrate.manifest import CHUNK_PREFIX, MANIFEST_NAME, Manifest, StreamHead
+from app.migrate.pipeline import ReadAhead
 from app.migrate.progress import Progress
 from app.migrate.sharding import Shard, owned
 from app.migrate.transforms import Transformer
@@ -80,6 +82,27 @@ class HeadTracker:
         head.head = chain_next(head.head, event, canonical)
 
 
+def _encoded_batches(
+    store: EventStore, end: str | None, shard: Shard | None, transformer: Transformer | None
+) -> Iterator[list[tuple[Event, bytes, bytes]]]:
+    """Batches of ``(event, line, canonical bytes)`` up to position ``end`` (runs read-ahead)."""
+    after: str | None = None
+    while end is not None:
+        batch = store.read_all(after=after, limit=READ_BATCH)
+        if not batch:
+            return
+        cut = next((i for i, e in enumerate(batch) if e.position == end), None)
+        if cut is not None:
+            batch = batch[: cut + 1]
+        after = batch[-1].position
+        mine = [event for event in batch if owned(shard, event.stream_id)]
+        if transformer is not None:
+            mine = transformer.apply(mine)
+        yield [(event, *encode_event(event)) for event in mine]
+        if cut is not None:
+            return
+
+
 def export(
     store: EventStore,
     archive: Archive,
@@ -102,26 +125,13 @@ def export(
     end = store.last_position()
     writer = ChunkWriter(archive, cipher, chunk_events=chunk_events, chunk_bytes=chunk_bytes)
     heads = HeadTracker()
-    after: str | None = None
-    while end is not None:
-        batch = store.read_all(after=after, limit=READ_BATCH)
-        if not batch:
-            break
-        cut = next((i for i, e in enumerate(batch) if e.position == end), None)
-        if cut is not None:
-            batch = batch[: cut + 1]
-        after = batch[-1].position
-        mine = [event for event in batch if owned(shard, event.stream_id)]
-        if transformer is not None:
-            mine = transformer.apply(mine)
-        for event in mine:
-            line, canonical = encode_event(event)
-            heads.add(event, f"source {store.url} at position {event.position}", canonical)
+    location = f"source {store.url}"
+    for encoded in ReadAhead(_encoded_batches(store, end, shard, transformer)):
+        for event, line, canonical in encoded:
+            heads.add(event, f"{location} at position {event.position}", canonical)
             writer.add(event, line)
         if progress is not None:
-            progress.advance(len(mine))
-        if cut is not None:
-            break
+            progress.advance(len(encoded))
     writer.flush()
     for stale in archive.list(CHUNK_PREFIX):
         if stale not in {entry.name for entry in writer.entries}:
