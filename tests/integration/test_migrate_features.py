@@ -187,6 +187,7 @@ def test_cutover_fences_the_source_drains_and_verifies() -> None:
         fill(source, streams=3, per_stream=3)
         migration = Migration(source, target, views)
         report = migration.cutover(source_views, grace=0.2)
+        assert report is not None
         assert report.ok
         assert is_fenced(source_views)
         fence = source_views.get(FENCE_COLLECTION, FENCE_KEY)

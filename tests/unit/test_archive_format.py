@@ -8,6 +8,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -34,7 +35,7 @@ from app.migrate.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, Stream
 from app.migrate.sharding import Shard, shard_of
 
 
-def event(version: int = 1, stream_id: str = "account:42", **changes: object) -> Event:
+def event(version: int = 1, stream_id: str = "account:42", **changes: Any) -> Event:
     base = Event(
         id=str(uuid.UUID(int=version)),
         stream_id=stream_id,
@@ -47,7 +48,7 @@ def event(version: int = 1, stream_id: str = "account:42", **changes: object) ->
         recorded_at=datetime(2026, 11, 27, 6, 0, 1, 654321, tzinfo=UTC),
         position="000017",
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return replace(base, **changes)
 
 
 def test_a_line_is_a_cloudevent_the_official_sdk_reads() -> None:
@@ -100,9 +101,9 @@ def test_lines_are_canonical_whatever_the_key_order() -> None:
         {"version": 2},
     ],
 )
-def test_the_hash_chain_changes_with_any_field_but_not_the_position(change: dict[str, object]) -> None:
+def test_the_hash_chain_changes_with_any_field_but_not_the_position(change: dict[str, Any]) -> None:
     original = chain_next(CHAIN_START, event())
-    assert chain_next(CHAIN_START, replace(event(), **change)) != original  # type: ignore[arg-type]
+    assert chain_next(CHAIN_START, replace(event(), **change)) != original
     assert chain_next(CHAIN_START, event(position="elsewhere-99")) == original
 
 
