@@ -1,8 +1,5 @@
 """skyferry on Azure: the ``skyferry:azure:Platform`` component.
 
-(The ``type: ignore`` marks: mypy infers plain dict literals where azure-native declares
-TypedDicts and enums; the shapes are checked by the mock-graph tests instead.)
-
 What it declares (ARCHITECTURE.md §6, issue 8 item 4), every child with ``parent=self``:
 
 * a resource group and a Log Analytics workspace;
@@ -60,6 +57,7 @@ EVENTS_CONTAINER: Final = "events"
 VIEWS_CONTAINER: Final = cosmos_adapter.views_container_name(EVENTS_CONTAINER)
 TOPIC: Final = "skyferry-events"
 ARCHIVE_CONTAINER: Final = "exports"
+CMK_KEY_NAME: Final = "skyferry-data"
 API_TOKEN_SECRET: Final = "api-token"  # noqa: S105 (the secret's name in Key Vault, not a value)
 
 #: Built-in role definition ids (Azure RBAC), by name.
@@ -106,7 +104,8 @@ def _subscription_of(resource_id: str) -> str:
 
 def _vault_uri(vault: keyvault.Vault) -> pulumi.Output[str]:
     """``https://<vault>.vault.azure.net/`` (known at plan time, unlike the vaultUri output)."""
-    return vault.name.apply(lambda n: f"https://{n}.vault.azure.net/")
+    uri: pulumi.Output[str] = pulumi.Output.concat("https://", vault.name, ".vault.azure.net/")
+    return uri
 
 
 def unique_suffix(*parts: str) -> str:
@@ -194,7 +193,7 @@ class AzurePlatform(Platform):
         block = ipaddress.ip_network(self.cfg.vnet_cidr)
         apps_subnet = next(block.subnets(new_prefix=23))
         endpoints_subnet = list(block.subnets(new_prefix=24))[2]
-        vnet = network.VirtualNetwork(  # type: ignore[call-overload]
+        vnet = network.VirtualNetwork(
             f"{self.common.name}-vnet",
             resource_group_name=group.name,
             location=self.cfg.location,
@@ -207,7 +206,7 @@ class AzurePlatform(Platform):
             resource_group_name=group.name,
             virtual_network_name=vnet.name,
             address_prefix=str(apps_subnet),
-            delegations=[{"name": "apps", "serviceName": "Microsoft.App/environments"}],  # type: ignore[list-item]
+            delegations=[{"name": "apps", "serviceName": "Microsoft.App/environments"}],
             opts=self.child_opts(),
         )
         endpoints = network.Subnet(
@@ -251,7 +250,7 @@ class AzurePlatform(Platform):
         tags: dict[str, str],
     ) -> None:
         label = f"{self.common.name}-pe-{group_id.lower()}"
-        endpoint = network.PrivateEndpoint(  # type: ignore[call-overload]
+        endpoint = network.PrivateEndpoint(
             label,
             resource_group_name=group.name,
             location=self.cfg.location,
@@ -266,7 +265,7 @@ class AzurePlatform(Platform):
             f"{label}-dns",
             resource_group_name=group.name,
             private_endpoint_name=endpoint.name,
-            private_dns_zone_configs=[{"name": group_id.lower(), "privateDnsZoneId": zone.id}],  # type: ignore[list-item]
+            private_dns_zone_configs=[{"name": group_id.lower(), "privateDnsZoneId": zone.id}],
             opts=self.child_opts(),
         )
 
@@ -277,7 +276,7 @@ class AzurePlatform(Platform):
     ) -> tuple[
         keyvault.Vault, keyvault.Secret | None, keyvault.Key | None, managedidentity.UserAssignedIdentity | None
     ]:
-        vault = keyvault.Vault(  # type: ignore[call-overload]
+        vault = keyvault.Vault(
             f"{self.common.name}-kv",
             vault_name=f"kv{compact}"[:24],
             resource_group_name=group.name,
@@ -296,6 +295,7 @@ class AzurePlatform(Platform):
             opts=self.child_opts(),
         )
         self._vault = vault
+        self._cmk_ready: list[pulumi.Resource] = []
         secret = None
         if self.common.api_token is not None:
             secret = keyvault.Secret(
@@ -309,11 +309,11 @@ class AzurePlatform(Platform):
             )
         key = key_identity = None
         if self.cfg.customer_managed_key:
-            key = keyvault.Key(  # type: ignore[call-overload]
+            key = keyvault.Key(
                 f"{self.common.name}-cmk",
                 resource_group_name=group.name,
                 vault_name=vault.name,
-                key_name="skyferry-data",
+                key_name=CMK_KEY_NAME,
                 properties={"kty": "RSA", "keySize": 3072, "keyOps": ["wrapKey", "unwrapKey"]},
                 tags=tags,
                 opts=self.child_opts(),
@@ -325,7 +325,10 @@ class AzurePlatform(Platform):
                 tags=tags,
                 opts=self.child_opts(),
             )
-            self._assign("cmk-crypto", client, key.id, key_identity, "Key Vault Crypto Service Encryption User")
+            crypto = self._assign(
+                "cmk-crypto", client, key.id, key_identity, "Key Vault Crypto Service Encryption User"
+            )
+            self._cmk_ready = [key, crypto]
         return vault, secret, key, key_identity
 
     def _role_definition(self, client: Any, role: str) -> pulumi.Output[str]:
@@ -350,7 +353,7 @@ class AzurePlatform(Platform):
             principal_id=identity.principal_id,
             principal_type="ServicePrincipal",
             role_definition_id=self._role_definition(client, role),
-            opts=self.child_opts(),
+            opts=self.child_opts(depends_on=[identity]),
         )
 
     # -- Cosmos DB -------------------------------------------------------------------------
@@ -367,11 +370,11 @@ class AzurePlatform(Platform):
         encryption: dict[str, Any] = {}
         if key is not None and key_identity is not None:
             encryption = {
-                "key_vault_key_uri": pulumi.Output.concat(_vault_uri(vault), "keys/", key.name),
+                "key_vault_key_uri": pulumi.Output.concat(_vault_uri(vault), "keys/", CMK_KEY_NAME),
                 "identity": {"type": "UserAssigned", "userAssignedIdentities": [key_identity.id]},
                 "default_identity": pulumi.Output.concat("UserAssignedIdentity=", key_identity.id),
             }
-        account = cosmosdb.DatabaseAccount(  # type: ignore[call-overload]
+        account = cosmosdb.DatabaseAccount(
             f"{self.common.name}-cosmos",
             account_name=f"cosmos-{compact}",
             resource_group_name=group.name,
@@ -386,7 +389,7 @@ class AzurePlatform(Platform):
             public_network_access="Disabled",
             minimal_tls_version="Tls12",
             tags={**tags, "skyferry-role": "event-store"},
-            opts=self.child_opts(protect=self.common.deletion_protection),
+            opts=self.child_opts(protect=self.common.deletion_protection, depends_on=self._cmk_ready),
             **encryption,
         )
         authorization.ManagementLockByScope(
@@ -396,7 +399,7 @@ class AzurePlatform(Platform):
             notes="skyferry event store: remove this lock deliberately before deleting the account",
             opts=self.child_opts(),
         )
-        database = cosmosdb.SqlResourceSqlDatabase(  # type: ignore[call-overload]
+        database = cosmosdb.SqlResourceSqlDatabase(
             f"{self.common.name}-db",
             account_name=account.name,
             resource_group_name=group.name,
@@ -409,7 +412,7 @@ class AzurePlatform(Platform):
             ("events", EVENTS_CONTAINER, cosmos_adapter.EVENTS_PARTITION_KEY_PATH),
             ("views", VIEWS_CONTAINER, cosmos_adapter.VIEWS_PARTITION_KEY_PATH),
         ):
-            cosmosdb.SqlResourceSqlContainer(  # type: ignore[call-overload]
+            cosmosdb.SqlResourceSqlContainer(
                 f"{self.common.name}-{label}",
                 account_name=account.name,
                 resource_group_name=group.name,
@@ -429,7 +432,7 @@ class AzurePlatform(Platform):
         self, group: resources.ResourceGroup, compact: str, tags: dict[str, str]
     ) -> tuple[servicebus.Namespace, servicebus.Topic]:
         premium = self.cfg.service_bus_sku == "Premium"
-        namespace = servicebus.Namespace(  # type: ignore[call-overload]
+        namespace = servicebus.Namespace(
             f"{self.common.name}-sb",
             namespace_name=f"sb-{compact}",
             resource_group_name=group.name,
@@ -489,13 +492,13 @@ class AzurePlatform(Platform):
             extra["identity"] = {"type": "UserAssigned", "userAssignedIdentities": [key_identity.id]}
             encryption.update(
                 keySource="Microsoft.Keyvault",
-                keyVaultProperties={"keyName": key.name, "keyVaultUri": _vault_uri(vault)},
+                keyVaultProperties={"keyName": CMK_KEY_NAME, "keyVaultUri": _vault_uri(vault)},
                 identity={"userAssignedIdentity": key_identity.id},
                 requireInfrastructureEncryption=True,
             )
         else:
             encryption["keySource"] = "Microsoft.Storage"
-        account = storage.StorageAccount(  # type: ignore[call-overload]
+        account = storage.StorageAccount(
             f"{self.common.name}-st",
             account_name=f"st{compact}"[:24],
             resource_group_name=group.name,
@@ -510,7 +513,7 @@ class AzurePlatform(Platform):
             network_rule_set={"defaultAction": "Deny", "bypass": "AzureServices"},
             encryption=encryption,
             tags=tags,
-            opts=self.child_opts(),
+            opts=self.child_opts(depends_on=self._cmk_ready),
             **extra,
         )
         storage.BlobServiceProperties(
@@ -523,7 +526,7 @@ class AzurePlatform(Platform):
             container_delete_retention_policy={"enabled": True, "days": 30},
             opts=self.child_opts(),
         )
-        storage.ManagementPolicy(  # type: ignore[call-overload]
+        storage.ManagementPolicy(
             f"{self.common.name}-archive-retention",
             account_name=account.name,
             resource_group_name=group.name,
@@ -548,7 +551,7 @@ class AzurePlatform(Platform):
             },
             opts=self.child_opts(),
         )
-        archive = storage.BlobContainer(  # type: ignore[call-overload]
+        archive = storage.BlobContainer(
             f"{self.common.name}-exports",
             account_name=account.name,
             resource_group_name=group.name,
@@ -579,8 +582,8 @@ class AzurePlatform(Platform):
                 resource_group_name=group.name,
                 principal_id=identity.principal_id,
                 role_definition_id=pulumi.Output.concat(account.id, "/sqlRoleDefinitions/", COSMOS_DATA_CONTRIBUTOR),
-                scope=pulumi.Output.concat(account.id, "/dbs/", database.name),
-                opts=self.child_opts(),
+                scope=pulumi.Output.concat(account.id, "/dbs/", DATABASE),
+                opts=self.child_opts(depends_on=[database, identity]),
             ),
             self._assign("sb-send", client, topic.id, identity, servicebus_adapter.SENDER_ROLE),
             self._assign("sb-receive", client, topic.id, identity, servicebus_adapter.RECEIVER_ROLE),
@@ -605,7 +608,7 @@ class AzurePlatform(Platform):
         assignments: list[pulumi.Resource],
         tags: dict[str, str],
     ) -> tuple[app.ManagedEnvironment, app.ContainerApp]:
-        environment = app.ManagedEnvironment(  # type: ignore[call-overload]
+        environment = app.ManagedEnvironment(
             f"{self.common.name}-env",
             resource_group_name=group.name,
             location=self.cfg.location,
@@ -621,7 +624,7 @@ class AzurePlatform(Platform):
             f"{self.common.name}-env-logs",
             resource_uri=environment.id,
             workspace_id=workspace.id,
-            logs=[{"categoryGroup": "allLogs", "enabled": True}],  # type: ignore[list-item]
+            logs=[{"categoryGroup": "allLogs", "enabled": True}],
             metrics=[{"category": "AllMetrics", "enabled": True}],
             opts=self.child_opts(),
         )
@@ -657,7 +660,7 @@ class AzurePlatform(Platform):
                 if role == "api"
                 else []
             )
-            apps[role] = app.ContainerApp(  # type: ignore[call-overload]
+            apps[role] = app.ContainerApp(
                 f"{self.common.name}-{role}",
                 container_app_name=f"{self.common.name}-{role}",
                 resource_group_name=group.name,

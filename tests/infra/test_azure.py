@@ -1,0 +1,290 @@
+"""The azure target under mocks: the resource graph, the outputs, every policy, least privilege.
+
+Least privilege is checked two ways: every role assignment is scoped to one resource below
+the resource group (never the group or the subscription), and the roles granted are
+exactly the data-plane roles the three Azure adapters name for the calls they make.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from app.adapters.archives import blob as blob_adapter
+from app.adapters.archives.blob import BlobArchive
+from app.adapters.brokers import servicebus as servicebus_adapter
+from app.adapters.brokers.servicebus import ServiceBusLocation
+from app.adapters.stores import cosmos as cosmos_adapter
+from app.adapters.stores.cosmos import CosmosLocation
+from providers import policies
+from providers.azure import platform as azure_platform
+from providers.base import OUTPUT_NAMES, StackConfigError
+from providers.graph import Graph, Node
+
+BASE = {
+    "skyferry:target": "azure",
+    "skyferry:name": "ledger",
+    "skyferry:image": "skyferry.azurecr.io/skyferry:1.2.3",
+    "skyferry:apiToken": "token-secret-value-0123456789",
+    "skyferry:apiReplicas": "2",
+    "skyferry:apiMaxReplicas": "5",
+}
+SECRETS = {"skyferry:apiToken"}
+ROLE_NAME_BY_ID = {guid: name for name, guid in azure_platform.ROLE_IDS.items()}
+
+
+def only(graph: Graph, type_: str) -> Node:
+    nodes = graph.by_type(type_)
+    assert len(nodes) == 1, f"expected one {type_}, got {[n.name for n in nodes]}"
+    return nodes[0]
+
+
+@pytest.fixture
+def azure_graph(run_config: Callable[..., Graph]) -> Graph:
+    section = {"consumerGroups": ["projections", "process-manager"], "maxDeliveries": 8, "location": "northeurope"}
+    return run_config({**BASE, "skyferry:azure": json.dumps(section)}, SECRETS)
+
+
+# --- the graph ------------------------------------------------------------------------------
+
+
+def test_every_resource_is_a_child_of_the_platform_component(azure_graph: Graph) -> None:
+    component = only(azure_graph, "skyferry:azure:Platform")
+    children = [n for n in azure_graph.nodes if n.custom]
+    assert children
+    assert all(n.parent == component.urn for n in children), [n.name for n in children if n.parent != component.urn]
+
+
+def test_the_containers_use_the_adapters_partition_keys(azure_graph: Graph) -> None:
+    containers = {
+        n.get("containerName"): n for n in azure_graph.by_type("azure-native:cosmosdb:SqlResourceSqlContainer")
+    }
+    assert set(containers) == {azure_platform.EVENTS_CONTAINER, azure_platform.VIEWS_CONTAINER}
+    events = containers[azure_platform.EVENTS_CONTAINER]
+    views = containers[cosmos_adapter.views_container_name(azure_platform.EVENTS_CONTAINER)]
+    assert events.get("resource.partitionKey.paths") == [cosmos_adapter.EVENTS_PARTITION_KEY_PATH]
+    assert views.get("resource.partitionKey.paths") == [cosmos_adapter.VIEWS_PARTITION_KEY_PATH]
+    assert events.protect
+    assert views.protect
+
+
+def test_the_cosmos_account_is_private_keyless_backed_up_locked_and_cmk_encrypted(azure_graph: Graph) -> None:
+    account = only(azure_graph, "azure-native:cosmosdb:DatabaseAccount")
+    assert account.get("backupPolicy.type") == "Continuous"
+    assert account.get("disableLocalAuth") is True
+    assert account.get("publicNetworkAccess") == "Disabled"
+    assert str(account.get("keyVaultKeyUri")).endswith("/keys/skyferry-data")
+    assert account.get("locations.0.locationName") == "northeurope"
+    assert account.protect
+    lock = only(azure_graph, "azure-native:authorization:ManagementLockByScope")
+    assert lock.get("level") == "CanNotDelete"
+    assert lock in azure_graph.referencing(account)
+    endpoint = next(
+        n
+        for n in azure_graph.by_type("azure-native:network:PrivateEndpoint")
+        if n.get("privateLinkServiceConnections.0.groupIds") == ["Sql"]
+    )
+    assert account.urn in endpoint.dependencies
+
+
+def test_service_bus_has_dedup_and_a_session_subscription_per_group(azure_graph: Graph) -> None:
+    namespace = only(azure_graph, "azure-native:servicebus:Namespace")
+    assert namespace.get("disableLocalAuth") is True
+    topic = only(azure_graph, "azure-native:servicebus:Topic")
+    assert topic.get("requiresDuplicateDetection") is True
+    assert topic.get("duplicateDetectionHistoryTimeWindow") == servicebus_adapter.DUPLICATE_DETECTION_WINDOW
+    subscriptions = {n.get("subscriptionName"): n for n in azure_graph.by_type("azure-native:servicebus:Subscription")}
+    assert set(subscriptions) == {"projections", "process-manager"}
+    for sub in subscriptions.values():
+        assert sub.get("requiresSession") is True
+        assert sub.get("maxDeliveryCount") == 8
+        assert sub.get("deadLetteringOnMessageExpiration") is True
+
+
+def test_the_archive_account_is_private_tls12_versioned(azure_graph: Graph) -> None:
+    account = only(azure_graph, "azure-native:storage:StorageAccount")
+    assert account.get("allowBlobPublicAccess") is False
+    assert account.get("allowSharedKeyAccess") is False
+    assert account.get("minimumTlsVersion") == "TLS1_2"
+    assert account.get("enableHttpsTrafficOnly") is True
+    assert account.get("encryption.keySource") == "Microsoft.Keyvault"
+    service = only(azure_graph, "azure-native:storage:BlobServiceProperties")
+    assert service.get("isVersioningEnabled") is True
+    container = only(azure_graph, "azure-native:storage:BlobContainer")
+    assert container.get("publicAccess") == "None"
+
+
+def test_key_vault_is_rbac_purge_protected_and_holds_the_token_as_a_secret(azure_graph: Graph) -> None:
+    vault = only(azure_graph, "azure-native:keyvault:Vault")
+    assert vault.get("properties.enableRbacAuthorization") is True
+    assert vault.get("properties.enablePurgeProtection") is True
+    assert vault.get("properties.networkAcls.defaultAction") == "Deny"
+    secret = only(azure_graph, "azure-native:keyvault:Secret")
+    assert secret.is_secret("properties.value") or secret.is_secret("properties")
+
+
+def test_the_apps_run_as_the_identity_and_read_the_token_from_key_vault(azure_graph: Graph) -> None:
+    identity = next(
+        n for n in azure_graph.by_type("azure-native:managedidentity:UserAssignedIdentity") if n.name.endswith("-app")
+    )
+    apps = {n.get("containerAppName"): n for n in azure_graph.by_type("azure-native:app:ContainerApp")}
+    assert set(apps) == {"ledger-api", "ledger-worker"}
+    for name, node in apps.items():
+        assert identity.urn in node.dependencies
+        container = node.get("template.containers.0")
+        env = {e["name"]: e for e in container["env"]}
+        assert env["SKYFERRY_API_TOKEN"].get("secretRef") == "api-token"
+        assert "value" not in env["SKYFERRY_API_TOKEN"]
+        assert env["SKYFERRY_STORE_URL"]["value"].startswith("cosmos://")
+        assert container["args"] == (["serve"] if name == "ledger-api" else ["worker"])
+    assert apps["ledger-api"].get("configuration.ingress.external") is True
+    assert apps["ledger-api"].get("template.scale.maxReplicas") == 5
+    assert apps["ledger-worker"].get("configuration.ingress") is None
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+def test_the_outputs_are_the_standard_ones_and_open_with_the_adapters(azure_graph: Graph) -> None:
+    assert tuple(azure_graph.outputs) == OUTPUT_NAMES
+    values = {k: v.value for k, v in azure_graph.outputs.items()}
+    assert values["target"] == "azure"
+    assert values["api_url"].startswith("https://")
+    store = CosmosLocation.parse(values["store_url"])
+    assert (store.database, store.container, store.key) == (
+        azure_platform.DATABASE,
+        azure_platform.EVENTS_CONTAINER,
+        None,
+    )
+    broker = ServiceBusLocation.parse(values["broker_url"])
+    assert not broker.provision
+    assert broker.client_name is None
+    archive = BlobArchive.from_url(values["archive_url"])
+    assert archive.container
+    assert values["image"] == BASE["skyferry:image"]
+    assert not any(v.secret for v in azure_graph.outputs.values()), "no output holds a credential"
+
+
+# --- policies -----------------------------------------------------------------------------------
+
+
+def test_the_stack_file_and_the_test_config_pass_every_policy(
+    azure_graph: Graph, run_stack: Callable[[str], Graph]
+) -> None:
+    assert policies.evaluate(azure_graph) == []
+    assert policies.evaluate(run_stack("azure")) == []
+
+
+def test_without_customer_managed_keys_the_cmk_policy_fires(run_config: Callable[..., Graph]) -> None:
+    graph = run_config({**BASE, "skyferry:azure": json.dumps({"customerManagedKey": False})}, SECRETS)
+    findings = {(f.rule, f.resource_type) for f in policies.evaluate(graph)}
+    assert findings == {
+        ("encryption-cmk", "azure-native:cosmosdb:DatabaseAccount"),
+        ("encryption-cmk", "azure-native:storage:StorageAccount"),
+    }
+
+
+def test_the_policies_fire_on_a_public_unprotected_account(run_program: Callable[..., Graph]) -> None:
+    from pulumi_azure_native import cosmosdb, storage
+
+    def bad() -> None:
+        cosmosdb.DatabaseAccount(
+            "bad",
+            resource_group_name="rg",
+            database_account_offer_type="Standard",
+            locations=[{"locationName": "westeurope"}],
+            public_network_access="Enabled",
+            tags={"skyferry-role": "event-store"},
+        )
+        storage.StorageAccount("badst", resource_group_name="rg", kind="StorageV2", sku={"name": "Standard_LRS"})
+
+    rules = {(f.rule, f.resource_name) for f in policies.evaluate(run_program(bad))}
+    assert {("no-public-data-store", "bad"), ("event-store-protection", "bad"), ("encryption-cmk", "bad")} <= rules
+    assert {("no-public-data-store", "badst"), ("encryption-cmk", "badst")} <= rules
+
+
+# --- least privilege ----------------------------------------------------------------------------
+
+
+def test_role_assignments_are_scoped_to_single_resources_below_the_group(azure_graph: Graph) -> None:
+    group = only(azure_graph, "azure-native:resources:ResourceGroup")
+    by_id = {str(n.outputs.get("id")): n for n in azure_graph.nodes if n.outputs.get("id")}
+    granted: dict[str, set[str]] = {}
+    for assignment in azure_graph.by_type("azure-native:authorization:RoleAssignment"):
+        scope = str(assignment.get("scope"))
+        assert scope != str(group.outputs.get("id"))
+        assert not scope.startswith("/subscriptions/")
+        target = by_id.get(scope)
+        assert target is not None, f"{assignment.name}: scope {scope!r} is not one declared resource"
+        assert target.type != "azure-native:resources:ResourceGroup"
+        role = str(assignment.get("roleDefinitionId")).rsplit("/", 1)[-1]
+        granted.setdefault(target.type, set()).add(ROLE_NAME_BY_ID[role])
+    assert granted == {
+        "azure-native:servicebus:Topic": {servicebus_adapter.SENDER_ROLE, servicebus_adapter.RECEIVER_ROLE},
+        "azure-native:storage:BlobContainer": {blob_adapter.BLOB_DATA_ROLE},
+        "azure-native:keyvault:Secret": {"Key Vault Secrets User"},
+        "azure-native:keyvault:Key": {"Key Vault Crypto Service Encryption User"},
+    }
+    cosmos = only(azure_graph, "azure-native:cosmosdb:SqlResourceSqlRoleAssignment")
+    account = only(azure_graph, "azure-native:cosmosdb:DatabaseAccount")
+    assert cosmos.get("scope") == f"{account.outputs['id']}/dbs/{azure_platform.DATABASE}"
+    assert str(cosmos.get("roleDefinitionId")).endswith(azure_platform.COSMOS_DATA_CONTRIBUTOR)
+
+
+def test_the_app_identity_gets_data_roles_only_and_the_encryption_identity_only_the_key(azure_graph: Graph) -> None:
+    identities = {n.name: n for n in azure_graph.by_type("azure-native:managedidentity:UserAssignedIdentity")}
+    app_identity, key_identity = identities["ledger-app"], identities["ledger-cmk"]
+    for assignment in azure_graph.by_type("azure-native:authorization:RoleAssignment"):
+        role = ROLE_NAME_BY_ID[str(assignment.get("roleDefinitionId")).rsplit("/", 1)[-1]]
+        owner = key_identity if role == "Key Vault Crypto Service Encryption User" else app_identity
+        assert owner.urn in assignment.dependencies, f"{assignment.name} is granted to the wrong identity"
+
+
+def test_the_broker_never_needs_the_manage_right_without_provision() -> None:
+    """Deployed, the adapter makes only Sender/Receiver calls: no administration client is touched."""
+    from tests.services.servicebus_fake import FakeAdministrationClient, FakeNamespace, FakeServiceBusClient
+
+    class Forbidden:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"the administration API ({name}) needs the Manage right")
+
+    namespace = FakeNamespace()
+    namespace.create_topic(azure_platform.TOPIC)
+    FakeAdministrationClient(namespace).create_subscription(azure_platform.TOPIC, "projections", requires_session=True)
+    location = ServiceBusLocation.parse(f"servicebus://ns/{azure_platform.TOPIC}?retry_backoff=0")
+    broker = servicebus_adapter.ServiceBusBroker(location, client=FakeServiceBusClient(namespace), admin=Forbidden())
+    handled: list[str] = []
+    subscription = broker.subscribe("projections", lambda m: handled.append(m.id))
+    from app.core.ports import Message
+
+    broker.publish([Message(id="00000000-0000-0000-0000-000000000001", key="s", body=b"{}")])
+    import time
+
+    deadline = time.monotonic() + 30
+    while not handled and time.monotonic() < deadline:
+        time.sleep(0.02)
+    subscription.close()
+    assert handled == ["00000000-0000-0000-0000-000000000001"]
+    assert broker.dead_letters("projections") == []
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"vnetCidr": "10.0.0.0/26"}, "skyferry:azure.vnetCidr"),
+        ({"consumerGroups": ["bad group!"]}, "skyferry:azure.consumerGroups"),
+        ({"serviceBusSku": "Basic"}, "skyferry:azure.serviceBusSku"),
+        ({"colour": "blue"}, "skyferry:azure.colour"),
+    ],
+)
+def test_bad_config_is_rejected_naming_the_key(
+    run_config: Callable[..., Graph], section: dict[str, object], key: str
+) -> None:
+    with pytest.raises(StackConfigError) as caught:
+        run_config({**BASE, "skyferry:azure": json.dumps(section)}, SECRETS)
+    assert caught.value.key == key
