@@ -314,3 +314,25 @@ def _skip_record_delete(call: Any) -> Any:
         return call(operation, **kwargs)
 
     return wrapped
+
+
+def test_append_many_is_one_transaction_with_contiguous_positions_and_idempotent_retries(table: str) -> None:
+    counter = Counter()
+    store = dynamodb.DynamoDBEventStore(table, client=counter.attach(boto("dynamodb")))
+    batch = [("m-a", events(2), NO_STREAM), ("m-b", events(3), NO_STREAM), ("m-c", events(1), NO_STREAM)]
+    results = store.append_many(batch)
+    assert [(r.stream_id, r.last_version, r.idempotent) for r in results] == [
+        ("m-a", 2, False),
+        ("m-b", 3, False),
+        ("m-c", 1, False),
+    ]
+    assert counter.calls == {"GetItem": 1, "TransactWriteItems": 1}
+    assert [e.position for e in store.read_all()] == [str(p) for p in range(1, 7)]
+    again = store.append_many(batch)
+    assert all(r.idempotent for r in again)
+    assert store.last_position() == "6"
+    with pytest.raises(ValidationError):
+        store.append_many([("m-d", events(30), NO_STREAM), ("m-e", events(30), NO_STREAM)])
+    with pytest.raises(ValidationError):
+        store.append_many([("m-d", events(1), NO_STREAM), ("m-d", events(1), 1)])
+    assert store.stream_version("m-d") == 0

@@ -46,7 +46,8 @@ and :data:`MAX_APPEND_BYTES`; a larger append raises ``ValidationError`` and wri
 nothing.  A cancelled transaction is decided from its cancellation reasons: a changed
 counter (another stream appended meanwhile) is retried with backoff; a version or id
 clash is resolved by :func:`app.core.ports.resolve_conflict` (idempotent success or
-``ConcurrencyError``) after reading the id guards.
+``ConcurrencyError``) after reading the id guards.  ``append_many`` (feature ``transactions_across_streams``)
+puts several streams' parts in the same transaction, under the same limits.
 
 ``read_all``: a global sequence plus a gap-aware reader
 ------------------------------------------------------
@@ -118,6 +119,7 @@ from app.core.messages import (
     validate_stream_id,
 )
 from app.core.ports import (
+    FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
     Doc,
     ExpectedVersion,
@@ -350,7 +352,7 @@ class DynamoDBEventStore:
     moto); without it one is built on first use from the URL's options.
     """
 
-    features: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset({FEATURE_TRANSACTIONS_ACROSS_STREAMS})
     max_append_events: int = MAX_APPEND_EVENTS
 
     def __init__(self, table: str, *, client: Any | None = None, options: aws.AwsOptions | None = None) -> None:
@@ -368,45 +370,92 @@ class DynamoDBEventStore:
 
     def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
         """Append atomically with one conditional ``TransactWriteItems`` (see the module docstring)."""
-        check_append(stream_id, list(events))
-        expected = expected_as_int(expected_version)
-        if len(events) > MAX_APPEND_EVENTS:
+        return self._append_batch([(stream_id, events, expected_version)])[0]
+
+    def append_many(self, batch: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
+        """Several streams' appends in one transaction: all of them, or none.
+
+        The same limits as one append hold for the whole batch: ``2 * events + streams + 1``
+        items (at most 100) and :data:`MAX_APPEND_BYTES`.
+        """
+        if not batch:
+            return []
+        return self._append_batch(list(batch))
+
+    def _append_batch(self, batch: list[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
+        recorded = utc_now()
+        plans: list[tuple[str, Sequence[NewEvent], ExpectedVersion, int | None, list[tuple[NewEvent, str, str]]]] = []
+        for stream_id, events, expected_version in batch:
+            check_append(stream_id, list(events))
+            encoded = [
+                (event, encode_json(event.data).decode(), encode_json(event.metadata).decode()) for event in events
+            ]
+            plans.append((stream_id, events, expected_version, expected_as_int(expected_version), encoded))
+        names = [plan[0] for plan in plans]
+        if len(set(names)) != len(names):
+            raise ValidationError("append_many: a stream appears twice in one batch; merge its events")
+        total = sum(len(plan[1]) for plan in plans)
+        if 2 * total + len(plans) + 1 > MAX_TRANSACTION_ITEMS:
             raise ValidationError(
-                f"stream {stream_id!r}: {len(events)} events in one append; DynamoDB transactions hold at most "
+                f"stream {names[0]!r}: {total} events in one append; DynamoDB transactions hold at most "
                 f"{MAX_APPEND_EVENTS} events (max_append_events): split the append"
             )
-        recorded = utc_now()
-        encoded = [(event, encode_json(event.data).decode(), encode_json(event.metadata).decode()) for event in events]
-        size = sum(len(d) + len(m) + 512 for _, d, m in encoded)
+        size = sum(len(d) + len(m) + 512 for plan in plans for _, d, m in plan[4])
         if size > MAX_APPEND_BYTES:
             raise ValidationError(
-                f"stream {stream_id!r}: the append is about {size} bytes; one DynamoDB transaction holds at most "
+                f"stream {names[0]!r}: the append is about {size} bytes; one DynamoDB transaction holds at most "
                 f"{MAX_APPEND_BYTES}: split the append"
             )
+        results: dict[int, AppendResult] = {}
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
-            version = expected if expected is not None else self.stream_version(stream_id)
+            pending = [i for i in range(len(plans)) if i not in results]
+            if not pending:
+                break
+            versions: dict[int, int] = {}
+            for i in pending:
+                wanted = plans[i][3]
+                versions[i] = wanted if wanted is not None else self.stream_version(plans[i][0])
             counter = self._counter()
-            items = self._append_items(stream_id, encoded, recorded, _Plan(version, counter))
+            items: list[dict[str, Any]] = []
+            segments: dict[int, tuple[int, int]] = {}
+            position = counter
+            for i in pending:
+                stream_id, _, _, _, encoded = plans[i]
+                segments[i] = (len(items), len(encoded))
+                items += self._stream_items(stream_id, encoded, recorded, versions[i], position)
+                position += len(encoded)
+            items.append(self._counter_item(counter, position))
             cancelled = self._table.transact(items)
             if cancelled is None:
-                return AppendResult(stream_id, version + 1, version + len(events))
+                for i in pending:
+                    results[i] = AppendResult(plans[i][0], versions[i] + 1, versions[i] + len(plans[i][1]))
+                break
             codes = _cancellation_codes(cancelled)
-            k = len(events)
-            # items: [events 0..k-1, guards k..2k-1, stream check 2k, counter 2k+1]
-            clash = any(c != "None" for c in codes[: 2 * k + 1])
-            guard_clash = any(c == "ConditionalCheckFailed" for c in codes[k : 2 * k])
-            version_clash = any(c == "ConditionalCheckFailed" for c in codes[:k] + codes[2 * k : 2 * k + 1])
-            retry_only = not clash or all(c in ("None", "TransactionConflict") for c in codes[: 2 * k + 1])
-            if guard_clash or (version_clash and expected is not None):
-                return self._resolve(stream_id, events, expected_version, cancelled)
-            if not retry_only and not version_clash:
-                raise TransientError(
-                    f"stream {stream_id!r}: DynamoDB cancelled the append for reasons {codes}"
-                ) from cancelled
-            time.sleep(aws.backoff(attempt, base=0.01, cap=0.5))
-        raise TransientError(
-            f"stream {stream_id!r}: the append lost the race for the global counter {_CONFLICT_ATTEMPTS} times"
-        )
+            settled = False
+            unexplained = False
+            for i in pending:
+                start, k = segments[i]
+                segment = codes[start : start + 2 * k + 1]
+                guard_clash = any(c == "ConditionalCheckFailed" for c in segment[k : 2 * k])
+                version_clash = any(c == "ConditionalCheckFailed" for c in segment[:k] + segment[2 * k :])
+                if guard_clash or (version_clash and plans[i][3] is not None):
+                    stream_id, events, expected_version, _, _ = plans[i]
+                    # raises ConcurrencyError, or the stream's part is already stored (idempotent)
+                    results[i] = self._resolve(stream_id, events, expected_version, cancelled)
+                    settled = True
+                elif any(c not in ("None", "TransactionConflict", "ConditionalCheckFailed") for c in segment):
+                    unexplained = True
+            if unexplained and not settled:
+                raise TransientError(f"stream {names[0]!r}: DynamoDB cancelled the append for reasons {codes}") from (
+                    cancelled
+                )
+            if not settled:
+                time.sleep(aws.backoff(attempt, base=0.01, cap=0.5))
+        else:
+            raise TransientError(
+                f"stream {names[0]!r}: the append lost the race for the global counter {_CONFLICT_ATTEMPTS} times"
+            )
+        return [results[i] for i in range(len(plans))]
 
     def _resolve(
         self, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion, cause: Exception
@@ -430,9 +479,11 @@ class DynamoDBEventStore:
         except ConcurrencyError as e:
             raise e from cause
 
-    def _append_items(
-        self, stream_id: str, encoded: list[tuple[NewEvent, str, str]], recorded: datetime, plan: _Plan
+    def _stream_items(
+        self, stream_id: str, encoded: list[tuple[NewEvent, str, str]], recorded: datetime, versions: int, counter: int
     ) -> list[dict[str, Any]]:
+        """One stream's part of an append: events, id guards, then the version check."""
+        plan = _Plan(versions, counter)
         table = self._table.name
         pk = _s(f"s#{stream_id}")
         not_exists = "attribute_not_exists(pk)"
@@ -486,9 +537,15 @@ class DynamoDBEventStore:
                     "ConditionExpression": "attribute_exists(pk)",
                 }
             }
+        return [*events, *guards, stream_check]
+
+    def _counter_item(self, old: int, new: int) -> dict[str, Any]:
+        """The global counter moved from ``old`` to ``new``, on condition it is still ``old``."""
+        table = self._table.name
+        not_exists = "attribute_not_exists(pk)"
         counter_key = {"pk": _s(_GLOBAL), "sk": _s(_COUNTER_SK)}
-        new_counter = _n(plan.counter + len(encoded))
-        if plan.counter == 0:
+        new_counter = _n(new)
+        if old == 0:
             counter: dict[str, Any] = {
                 "Put": {
                     "TableName": table,
@@ -503,10 +560,10 @@ class DynamoDBEventStore:
                     "Key": counter_key,
                     "UpdateExpression": "SET p = :new",
                     "ConditionExpression": "p = :old",
-                    "ExpressionAttributeValues": {":new": new_counter, ":old": _n(plan.counter)},
+                    "ExpressionAttributeValues": {":new": new_counter, ":old": _n(old)},
                 }
             }
-        return [*events, *guards, stream_check, counter]
+        return counter
 
     def _counter(self) -> int:
         response = self._table.call("get_item", Key={"pk": _s(_GLOBAL), "sk": _s(_COUNTER_SK)}, ConsistentRead=True)
