@@ -754,7 +754,8 @@ class AwsPlatform(Platform):
         )
         self.services = services
         scheme = "https" if https else "http"
-        return alb.dns_name.apply(lambda host: f"{scheme}://{host or name + '-api.elb.invalid'}")
+        api_url: pulumi.Output[str] = alb.dns_name.apply(lambda host: f"{scheme}://{host or name + '-api.elb.invalid'}")
+        return api_url
 
     def _containers(self, role: str, names: list[str], values: list[str]) -> str:
         """The task's container definitions (JSON): ``values`` = secret ARN, log group, env values."""
