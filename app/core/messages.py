@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, Field, FrozenInstanceError, dataclass, field, make_dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, ClassVar, Final, NamedTuple
 
 import orjson
 
@@ -137,13 +137,8 @@ class NewEvent:
             raise EventTooLarge(self.id, size, EVENT_SIZE_LIMIT)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A stored event: the envelope of ARCHITECTURE.md §3.
-
-    ``position`` is the store's opaque, serializable global position, set on events
-    returned by ``read_all`` (and ``None`` where the store did not compute it).
-    """
+class _EventFields(NamedTuple):
+    """The fields of :class:`Event`, in order (a tuple: one C call builds an event)."""
 
     id: str
     stream_id: str
@@ -155,6 +150,28 @@ class Event:
     occurred_at: datetime
     recorded_at: datetime
     position: str | None = None
+
+
+class Event(_EventFields):
+    """A stored event: the envelope of ARCHITECTURE.md §3.
+
+    ``position`` is the store's opaque, serializable global position, set on events
+    returned by ``read_all`` (and ``None`` where the store did not compute it).
+
+    Immutable, compared and hashed by its fields, and a dataclass as far as
+    :mod:`dataclasses` is concerned (``replace``, ``fields``, ``asdict`` work), but built
+    on a tuple: constructing one is a single C call, which is what keeps ``read_all`` and
+    projection rebuilds fast (a frozen dataclass costs a ``__setattr__`` per field).
+    """
+
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def to_new(self) -> NewEvent:
         """The same event as a :class:`NewEvent`, keeping id and both timestamps (for imports)."""
@@ -170,7 +187,7 @@ class Event:
 
     def with_position(self, position: str | None) -> Event:
         """A copy carrying ``position``."""
-        return replace(self, position=position)
+        return _tuple_new(Event, (*self[:9], position))
 
     def to_dict(self) -> JSONObject:
         """The envelope as plain JSON types (timestamps in RFC 3339 with microseconds)."""
@@ -206,6 +223,20 @@ class Event:
             raise ValidationError(f"event is missing the field {e.args[0]!r}") from e
         except (TypeError, ValueError) as e:
             raise ValidationError(f"event has a malformed field: {e}") from e
+
+
+_tuple_new: Final = tuple.__new__
+# dataclasses.replace/fields/asdict read the fields from here (the NamedTuple is the source).
+Event.__dataclass_fields__ = vars(
+    make_dataclass(
+        "Event",
+        [
+            (name, _EventFields.__annotations__[name], field(default=_EventFields._field_defaults.get(name, MISSING)))
+            for name in _EventFields._fields
+        ],
+        frozen=True,
+    )
+)["__dataclass_fields__"]
 
 
 def check_append(stream_id: str, events: list[NewEvent] | tuple[NewEvent, ...]) -> None:
