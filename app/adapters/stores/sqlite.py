@@ -255,52 +255,34 @@ def _event_row(stream_id: str, version: int, event: NewEvent, now: int) -> tuple
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_new_event = Event.__new__
-# The slot descriptors of the frozen dataclass ``Event``: setting through them is what its
-# generated ``__init__`` does, minus the argument handling (read_all's hot path).
-(_s_id, _s_stream, _s_version, _s_type, _s_schema, _s_data, _s_meta, _s_occurred, _s_recorded, _s_position) = (
-    Event.__dict__[name].__set__
-    for name in (
-        "id",
-        "stream_id",
-        "version",
-        "type",
-        "schema_version",
-        "data",
-        "metadata",
-        "occurred_at",
-        "recorded_at",
-        "position",
-    )
-)
+_new_tuple: Final = tuple.__new__
 
 
 def _decode(rows: list[tuple[Any, ...]]) -> list[Event]:
     """Rows as ``Event``s: the hot path of ``read_all``, so kept to the bare minimum.
 
-    ``Event`` has no ``__post_init__``, so filling its slots directly is equivalent to
-    calling it, and one loop over the page avoids a call per row.  Timestamps are exact:
-    integer microseconds into a ``timedelta``.
+    ``Event`` is a tuple, so one ``tuple.__new__`` call per row builds it (no argument
+    handling).  Timestamps are exact: integer microseconds into a ``timedelta``.
     """
-    new, epoch, delta, loads = _new_event, _EPOCH, timedelta, _loads
-    s_id, s_stream, s_version, s_type, s_schema = _s_id, _s_stream, _s_version, _s_type, _s_schema
-    s_data, s_meta, s_occurred, s_recorded, s_position = _s_data, _s_meta, _s_occurred, _s_recorded, _s_position
-    events: list[Event] = []
-    append = events.append
-    for position, event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows:
-        event = new(Event)
-        s_id(event, event_id)
-        s_stream(event, stream_id)
-        s_version(event, version)
-        s_type(event, kind)
-        s_schema(event, schema)
-        s_data(event, loads(data))
-        s_meta(event, loads(metadata))
-        s_occurred(event, epoch + delta(0, 0, occurred))
-        s_recorded(event, epoch + delta(0, 0, recorded))
-        s_position(event, str(position))
-        append(event)
-    return events
+    new, event_type, epoch, delta, loads = _new_tuple, Event, _EPOCH, timedelta, _loads
+    return [
+        new(
+            event_type,
+            (
+                event_id,
+                stream_id,
+                version,
+                kind,
+                schema,
+                loads(data),
+                loads(metadata),
+                epoch + delta(0, 0, occurred),
+                epoch + delta(0, 0, recorded),
+                str(position),
+            ),
+        )
+        for position, event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows
+    ]
 
 
 def _current_version(db: sqlite3.Connection, stream_id: str) -> int:
