@@ -137,6 +137,7 @@ def test_a_dead_letter_says_why_it_died() -> None:
         ("nats://127.0.0.1:4222/" + "x" * 33, "x" * 33),
         ("nats://127.0.0.1:4222/S?partitions=0", "partitions"),
         ("nats://127.0.0.1:4222/S?ack_wait=soon", "ack_wait"),
+        ("nats://127.0.0.1:4222/S?max_age=-1", "max_age"),
         ("http://127.0.0.1:4222/S", "nats://"),
     ],
 )
@@ -144,6 +145,25 @@ def test_bad_urls_are_refused_naming_the_value(url: str, names: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         NatsBroker(url)
     assert names in str(caught.value)
+
+
+async def stream_max_age(server: str, stream: str) -> float | None:
+    nc = await nats.connect(servers=[server])
+    try:
+        return (await nc.jetstream().stream_info(stream)).config.max_age
+    finally:
+        await nc.close()
+
+
+def test_max_age_bounds_how_long_the_stream_keeps_messages() -> None:
+    with nats_service.fresh_stream("max_age=3600") as url:
+        broker = NatsBroker(url)
+        try:
+            broker.publish([message("k")])
+            server, stream = url.split("?")[0].rsplit("/", 1)
+            assert asyncio.run(stream_max_age(server, stream)) == 3600
+        finally:
+            broker.close()
 
 
 def test_a_password_in_the_url_is_not_shown() -> None:

@@ -14,6 +14,9 @@ URL fields::
 * ``backoff`` (seconds, default 0.1): the first redelivery delay after a handler error,
   doubling per attempt up to 10 s.
 * ``duplicate_window`` (seconds, default 120): JetStream's ``Nats-Msg-Id`` dedup window.
+* ``max_age`` (seconds, default 0 = keep forever): how long the stream keeps messages.
+  The event store stays the source of truth (rebuilds read ``read_all``); a group
+  created later starts from the oldest message still kept.
 * ``publish_timeout`` (seconds, default 10): how long ``publish`` waits for JetStream's
   acknowledgements before raising :class:`TransientError`.
 
@@ -284,13 +287,21 @@ class NatsBroker:
             self.backoff = float(params.get("backoff", "0.1"))
             self.duplicate_window = float(params.get("duplicate_window", "120"))
             self.publish_timeout = float(params.get("publish_timeout", "10"))
+            self.max_age = float(params.get("max_age", "0"))
         except ValueError as e:
             raise ConfigurationError(
-                f"{self.url}: partitions, ack_wait, backoff, duplicate_window, publish_timeout must be numbers"
+                f"{self.url}: partitions, ack_wait, backoff, duplicate_window, publish_timeout, max_age must be numbers"
             ) from e
-        if not 1 <= self.partitions <= 256 or self.ack_wait < 1 or self.backoff < 0 or self.publish_timeout <= 0:
+        if (
+            not 1 <= self.partitions <= 256
+            or self.ack_wait < 1
+            or self.backoff < 0
+            or self.publish_timeout <= 0
+            or self.max_age < 0
+        ):
             raise ConfigurationError(
-                f"{self.url}: need 1 <= partitions <= 256, ack_wait >= 1, backoff >= 0, publish_timeout > 0"
+                f"{self.url}: need 1 <= partitions <= 256, ack_wait >= 1, backoff >= 0, "
+                "publish_timeout > 0, max_age >= 0"
             )
         self.server = f"nats://{parts.netloc or '127.0.0.1:4222'}"
         self.subject_prefix = f"skyferry.{self.stream}"
@@ -380,7 +391,8 @@ class NatsBroker:
             name=self.stream,
             subjects=[f"{self.subject_prefix}.>"],
             storage=StorageType.FILE,
-            duplicate_window=self.duplicate_window,
+            duplicate_window=min(self.duplicate_window, self.max_age) if self.max_age else self.duplicate_window,
+            max_age=self.max_age or None,
         )
         try:
             await js.add_stream(config)
