@@ -229,3 +229,43 @@ def test_publishing_while_the_server_is_down_fails_then_everything_arrives_once_
         finally:
             publisher.close()
             consumer.close()
+
+
+def test_two_worker_replicas_compete_and_keep_each_keys_order() -> None:
+    """Two broker instances (two connections, as two pods would have) in one group."""
+    with nats_service.fresh_stream() as url:
+        replicas = [NatsBroker(url), NatsBroker(url)]
+        lock = threading.Lock()
+        handled: list[tuple[int, Message]] = []
+        active: dict[str, int] = {}
+        overlap: list[str] = []
+
+        def handler_for(replica: int) -> Callable[[Message], None]:
+            def handle(m: Message) -> None:
+                with lock:
+                    active[m.key] = active.get(m.key, 0) + 1
+                    if active[m.key] > 1:
+                        overlap.append(m.key)
+                time.sleep(0.002)
+                with lock:
+                    active[m.key] -= 1
+                    handled.append((replica, m))
+
+            return handle
+
+        try:
+            for index, replica in enumerate(replicas):
+                replica.subscribe("projector", handler_for(index))
+            keys = [f"acct-{i}" for i in range(12)]
+            sent = [message(k, n) for n in range(10) for k in keys]
+            for start in range(0, len(sent), 20):
+                replicas[0].publish(sent[start : start + 20])
+            wait_until(lambda: len(handled) >= len(sent), "every message")
+            time.sleep(0.5)
+            assert sorted(m.id for _, m in handled) == sorted(m.id for m in sent), "lost or duplicated"
+            for k in keys:
+                assert [int(m.attributes["n"]) for _, m in handled if m.key == k] == list(range(10))
+            assert not overlap, f"two replicas handled one key at once: {overlap[:3]}"
+        finally:
+            for replica in replicas:
+                replica.close()
