@@ -173,7 +173,9 @@ class Application:
         self.cache_size = cache_size
         self.fastforward = fastforward
         self._handlers: dict[type[Any], CommandHandler] = {}
-        self._cache: dict[str, tuple[int, bytes]] = {}
+        # stream id -> the aggregate at its latest known version.  An entry is checked out
+        # (removed) while a command uses it, so no two threads ever share one object.
+        self._cache: dict[str, Aggregate] = {}
         self._cache_lock = threading.Lock()
         self._temporal = FEATURE_TEMPORAL in features_of(events)
         self.snapshots_written = 0
@@ -260,6 +262,7 @@ class Application:
             try:
                 decision = handler.decide(aggregate, command)
             except DomainError:
+                self._checkin(aggregate)  # deciding does not change the aggregate
                 if trust_cache:
                     trust_cache = False  # the rejection may come from a stale cache: decide on fresh state
                     continue
@@ -270,6 +273,7 @@ class Application:
                 raise
             new_events = self._prepare(decision, stream_id, idempotency_key, base_metadata)
             if not new_events:
+                self._checkin(aggregate)
                 if trust_cache:
                     trust_cache = False
                     continue
@@ -278,13 +282,15 @@ class Application:
                 appended = self.events.append(stream_id, new_events, loaded_version)
             except ConcurrencyError:
                 self._forget(stream_id)
+                if trust_cache:
+                    # The cache was stale: not a conflict to count.  Deciding again on fresh
+                    # state also finds an earlier request with this key, if any.
+                    trust_cache = False
+                    continue
                 if idempotency_key is not None:
                     found = self._find_in_stream(stream_id, idempotency_key)
                     if found is not None:
                         return found
-                if trust_cache:
-                    trust_cache = False  # the cache was stale: that is not a conflict to count
-                    continue
                 if expected_version is None and handler.retry_safe and attempts < self.max_conflict_retries:
                     attempts += 1
                     continue
@@ -413,7 +419,12 @@ class Application:
         """
         stream_id = validate_stream_id(aggregate_type.stream_id_for(aggregate_id))
         if as_of is None and at_version is None:
-            aggregate = self._load_current(aggregate_type, aggregate_id, stream_id)
+            current = self._load_current(aggregate_type, aggregate_id, stream_id)
+            # The caller gets a copy: the cached object stays private to commands.
+            aggregate = aggregate_type(aggregate_id)
+            if current.version:
+                aggregate.restore(orjson.loads(orjson.dumps(current.snapshot())), current.version)
+            self._checkin(current)
         elif as_of is not None:
             if as_of.tzinfo is None:
                 raise ValidationError("as_of must be timezone-aware (UTC)")
@@ -441,19 +452,19 @@ class Application:
     def _load_current(
         self, aggregate_type: type[AggregateT], aggregate_id: str, stream_id: str, *, read_tail: bool = True
     ) -> AggregateT:
-        aggregate = aggregate_type(aggregate_id)
-        cached = self._cache.get(stream_id) if self.cache_size else None
-        if cached is not None:
-            aggregate.restore(orjson.loads(cached[1]), cached[0])
+        """The aggregate at the stream's latest version, checked out of the cache (see :meth:`_checkin`)."""
+        cached = self._checkout(stream_id)
+        if cached is not None and type(cached) is aggregate_type:
+            aggregate: AggregateT = cached
             if not read_tail:
                 return aggregate
-        elif self.snapshot_every:
-            self._restore_snapshot(aggregate, stream_id, None)
+        else:
+            aggregate = aggregate_type(aggregate_id)
+            if self.snapshot_every:
+                self._restore_snapshot(aggregate, stream_id, None)
         history = self.events.read_stream(stream_id, aggregate.version + 1)
         if history:
             aggregate.apply_all(self.upcasters.upcast_all(history))
-            if self.cache_size:
-                self._remember(aggregate)
         return aggregate
 
     def _restore_snapshot(self, aggregate: Aggregate, stream_id: str, at_most: int | None) -> None:
@@ -471,8 +482,7 @@ class Application:
         aggregate.restore(snap["state"], version)
 
     def _after_append(self, aggregate: Aggregate, previous_version: int) -> None:
-        if self.cache_size:
-            self._remember(aggregate)
+        self._checkin(aggregate)
         every = self.snapshot_every
         if every and aggregate.version // every > previous_version // every:
             self._write_snapshot(aggregate)
@@ -496,6 +506,7 @@ class Application:
         """Write a snapshot of the aggregate now; return its version."""
         stream_id = aggregate_type.stream_id_for(aggregate_id)
         aggregate = self._load_current(aggregate_type, aggregate_id, stream_id)
+        self._checkin(aggregate)
         if aggregate.version == 0:
             raise StreamNotFound(stream_id)
         self._write_snapshot(aggregate)
@@ -503,14 +514,22 @@ class Application:
 
     # -- cache -------------------------------------------------------------------------------
 
-    def _remember(self, aggregate: Aggregate) -> None:
-        state = orjson.dumps(aggregate.snapshot())
+    def _checkout(self, stream_id: str) -> Aggregate | None:
+        if not self.cache_size:
+            return None
+        with self._cache_lock:
+            return self._cache.pop(stream_id, None)
+
+    def _checkin(self, aggregate: Aggregate) -> None:
+        """Put an aggregate back in the cache; only its user may change it until then."""
+        if not self.cache_size or not aggregate.version:
+            return
         with self._cache_lock:
             cache = self._cache
             cache.pop(aggregate.stream_id, None)
             if len(cache) >= self.cache_size:
                 del cache[next(iter(cache))]
-            cache[aggregate.stream_id] = (aggregate.version, state)
+            cache[aggregate.stream_id] = aggregate
 
     def _forget(self, stream_id: str) -> None:
         with self._cache_lock:

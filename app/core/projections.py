@@ -7,8 +7,10 @@ own writes).  Two ways feed it:
 * :class:`ProjectionRunner` catches up from ``EventStore.read_all`` in batches: it applies
   a whole batch in memory, then commits the final documents and the ``$all`` checkpoint
   in one ``ViewStore.commit``, so a crash replays at most one uncommitted batch and never
-  applies an event twice.  Documents it read are written with ``expected_revision``, so
-  two runners of the same projection cannot both commit the same batch.
+  applies an event twice.  Each commit also rewrites a fence document on the condition
+  that no other runner committed since this one read it, so two runners of the same
+  projection cannot both commit a batch; documents read are written with
+  ``expected_revision`` too, which guards against broker consumers of the same generation.
 * :class:`ProjectionConsumer` handles broker messages: a per-stream checkpoint document
   (in ``$streams_<projection>_g<generation>``, key: the stream id) is written with
   ``expected_revision`` together with the view changes,
@@ -66,6 +68,11 @@ class Projection:
 def physical_collection(collection: str, generation: int) -> str:
     """The view-store collection holding ``collection`` of generation ``generation``."""
     return f"{collection}_g{generation}"
+
+
+FENCE_KEY: Final = "$all"
+"""Key of a catch-up runner's fence document in the generation's ``$streams_...`` collection
+(never a stream id: ``$`` is not allowed in stream ids)."""
 
 
 def stream_checkpoint_collection(projection: str, generation: int) -> str:
@@ -145,7 +152,11 @@ class ViewBatch:
         cache = self._cache
         for slot in self._dirty:
             entry = cache[slot]
-            if entry[1] is not None:
+            if entry[1] is None:
+                # Written without reading it first: its revision is unknown, so a later batch
+                # must read it again (another writer may change it in between).
+                del cache[slot]
+            else:
                 entry[1] = 0 if entry[0] is None else entry[1] + 1
         written = len(self._dirty)
         self._dirty = set()
@@ -251,10 +262,11 @@ class ProjectionRunner:
             self._cached_generation = generation
         mapping = generation_collections(projection, generation)
         name = checkpoint_name(projection.name, generation)
+        fence_collection = mapping[STREAM_CHECKPOINTS]
         handles = projection.handles
         apply = projection.apply
         upcast = self.upcasters.upcast if self.upcasters is not None else None
-        position = self.views.get_checkpoint(name)
+        position, fence = self._start(name, fence_collection)
         total = 0
         conflicts = 0
         while max_events is None or total < max_events:
@@ -282,7 +294,9 @@ class ProjectionRunner:
                     for event in batch:
                         if event.type in handles:
                             apply(upcast(event) if upcast is not None else event, views)
-                self.views.commit(name, views.changes(), {"$all": last})
+                changes = views.changes()
+                changes.append(ViewChange(fence_collection, FENCE_KEY, {"position": last}, expected_revision=fence))
+                self.views.commit(name, changes, {"$all": last})
             except BaseException as e:
                 # The remembered documents hold this batch's uncommitted changes: forget them.
                 self._cache = {}
@@ -294,12 +308,27 @@ class ProjectionRunner:
                     raise
                 log.info("projection %s: conflict at commit, reloading from the checkpoint", name)
                 self._cache = {}
-                position = self.views.get_checkpoint(name)
+                position, fence = self._start(name, fence_collection)
                 continue
             self.docs_written += views.committed()
             position = last
+            fence += 1
             total += len(batch)
         return total
+
+    def _start(self, name: str, fence_collection: str) -> tuple[str | None, int]:
+        """Where this generation stands: ``(position, fence revision)``.
+
+        Every batch commit rewrites the fence document on the condition that it is still at
+        the revision this runner read, so of two runners that start from one position only
+        one can commit: the other reloads.  That also covers documents written without
+        being read first.  The fence is read before the checkpoint, so a commit landing in
+        between makes this runner's first commit fail rather than apply a batch twice.
+        """
+        fence = self.views.get(fence_collection, FENCE_KEY)
+        if fence is not None:
+            return str(fence.value["position"]), fence.revision
+        return self.views.get_checkpoint(name), 0
 
 
 class ProjectionConsumer:

@@ -38,6 +38,9 @@ from app.ledger.projections import history_key, ledger_projections
 
 log = logging.getLogger(__name__)
 
+EMBEDDED_SCHEMES = frozenset({"sqlite", "memory"})
+"""Store URL schemes where one process usually writes (``bootstrap`` turns fast-forward off)."""
+
 CONSUME_MODES = ("store", "broker")
 """Where the worker's process manager and projections read events: ``read_all``, or the broker."""
 
@@ -294,10 +297,19 @@ def bootstrap(
     snapshot_every: int = 100,
     message_mode: str = "full",
     upcasters: Upcasters | None = None,
-    fastforward: bool = True,
+    fastforward: bool | None = None,
     consume: str = "store",
 ) -> Ledger:
-    """Open the adapters named by the URLs and wire the ledger on them."""
+    """Open the adapters named by the URLs and wire the ledger on them.
+
+    ``fastforward`` (see :class:`~app.core.application.Application`): ``None`` chooses
+    ``False`` for the embedded stores (``sqlite://``, ``memory://``), where one process
+    usually writes and reading each stream's tail before deciding is wasted work, and
+    ``True`` for shared databases written by several replicas, where a cached state is
+    often stale.  Both are correct; only the cost differs.
+    """
+    if fastforward is None:
+        fastforward = registry.scheme_of(store_url) not in EMBEDDED_SCHEMES
     events = registry.open_event_store(store_url)
     views = registry.open_view_store(store_url)
     broker = registry.open_broker(broker_url)

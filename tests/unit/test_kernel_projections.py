@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -11,13 +11,15 @@ from app.adapters.brokers.memory import MemoryBroker
 from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from app.core.codec import decode, encode
 from app.core.errors import ConcurrencyError, StreamNotFound, TransientError, ValidationError
-from app.core.messages import NewEvent
+from app.core.messages import Event, NewEvent
 from app.core.ports import Message
 from app.core.projections import (
     ALIASES,
+    Projection,
     ProjectionConsumer,
     ProjectionRunner,
     ReadModels,
+    ViewBatch,
     checkpoint_name,
     physical_collection,
     rebuild,
@@ -323,3 +325,29 @@ def test_a_thin_duplicate_is_skipped_from_its_headers_without_reading_the_store(
     assert reads == ["counter-0", "counter-0"]
     assert consumer.duplicates == 1
     assert counts(views)["counter-0"] == {"events": 2, "sum": 0 + 1}
+
+
+class LastAmount(Projection):
+    """Writes without reading: the amount of the last ``Added`` event."""
+
+    name: ClassVar[str] = "last"
+    handles: ClassVar[frozenset[str]] = frozenset({"Added"})
+    collections: ClassVar[tuple[str, ...]] = ("last",)
+
+    def apply(self, event: Event, views: ViewBatch) -> None:
+        views.put("last", "amount", {"amount": event.data["amount"]})
+
+
+def test_a_late_runner_cannot_overwrite_blind_writes_of_a_faster_one() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=1, per_stream=30)
+    fast = ProjectionRunner(events, views, LastAmount(), batch_size=1000)
+
+    def fast_runs_to_the_end() -> None:
+        fast.run_once()
+
+    slow_views = FailingCommitViews(views, before=fast_runs_to_the_end)
+    slow = ProjectionRunner(events, slow_views, LastAmount(), batch_size=10)  # type: ignore[arg-type]
+    slow.run_once()
+    assert views.get(physical_collection("last", 1), "amount").value == {"amount": 29}  # type: ignore[union-attr]
+    assert slow_views.commits == 1  # its first commit lost the race; the reload found nothing left
