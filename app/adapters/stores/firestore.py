@@ -81,7 +81,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1 import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from app.adapters.gcp_common import call, translate
+from app.adapters.gcp_common import RETRYABLE, call, translate
 from app.core.errors import ConcurrencyError, ConfigurationError, ValidationError
 from app.core.messages import (
     Event,
@@ -159,7 +159,9 @@ condition that limits it to the one database (Firestore has no per-database IAM 
 
 POSITION_WIDTH: Final = 16
 RPC_TIMEOUT: Final = 30.0
-"""Seconds one read may take before it counts as deadline-exceeded (then retried)."""
+"""Seconds one read may take before it counts as deadline-exceeded.  Reads are sent with the
+SDK's own retry off: :func:`~app.adapters.gcp_common.call` owns retrying, with a bounded
+number of attempts, so an outage becomes a ``TransientError`` in seconds, not minutes."""
 TRANSACTION_ATTEMPTS: Final = 10
 """Rounds of (up to 3) transaction attempts, with backoff between rounds, before TransientError."""
 _MAX_CHAR: Final = "\U0010ffff"
@@ -253,6 +255,14 @@ class _FirestoreBase:
                 # Aborted to call(), which backs off with jitter before the next round.
                 if isinstance(e.__cause__, gexc.Aborted):
                     raise e.__cause__ from e
+                if isinstance(e.__context__, RETRYABLE):
+                    raise e.__context__ from e
+                raise
+            except Exception as e:
+                # A failed commit makes the SDK roll back; if the rollback fails too, its
+                # error hides the retryable one (the outcome is unknown: retry, idempotently).
+                if not isinstance(e, RETRYABLE) and isinstance(e.__context__, RETRYABLE):
+                    raise e.__context__ from e
                 raise
 
         return call(once, self._what, attempts=TRANSACTION_ATTEMPTS)
@@ -353,7 +363,7 @@ class FirestoreEventStore(_FirestoreBase):
         refs = [head_ref, *(self._stream_ref(s) for s in stream_ids)]
         refs += [self._events().document(i) for i in event_ids]
         # One batched read: every document the decision depends on, locked until commit.
-        for snap in transaction.get_all(refs, timeout=RPC_TIMEOUT):
+        for snap in transaction.get_all(refs, retry=None, timeout=RPC_TIMEOUT):
             if not snap.exists:
                 continue
             parent = snap.reference.parent.id
@@ -496,7 +506,9 @@ class FirestoreEventStore(_FirestoreBase):
     # -- reading -----------------------------------------------------------------------------
 
     def _query_events(self, query: Any) -> list[Event]:
-        return self._call(lambda: [_event_of(snap.to_dict(), snap.id) for snap in query.stream(timeout=RPC_TIMEOUT)])
+        return self._call(
+            lambda: [_event_of(snap.to_dict(), snap.id) for snap in query.stream(retry=None, timeout=RPC_TIMEOUT)]
+        )
 
     def read_stream(
         self,
@@ -537,7 +549,7 @@ class FirestoreEventStore(_FirestoreBase):
     def stream_version(self, stream_id: str) -> int:
         """The stream's last version, 0 when it does not exist."""
         validate_stream_id(stream_id)
-        snap = self._call(lambda: self._stream_ref(stream_id).get(timeout=RPC_TIMEOUT))
+        snap = self._call(lambda: self._stream_ref(stream_id).get(retry=None, timeout=RPC_TIMEOUT))
         return int(snap.get("version")) if snap.exists else 0
 
     def list_streams(self, prefix: str = "") -> Iterator[str]:
@@ -548,7 +560,7 @@ class FirestoreEventStore(_FirestoreBase):
                 filter=FieldFilter("stream_id", "<", prefix + _MAX_CHAR)
             )
         query = query.order_by("stream_id")
-        names = self._call(lambda: [snap.get("stream_id") for snap in query.stream(timeout=RPC_TIMEOUT)])
+        names = self._call(lambda: [snap.get("stream_id") for snap in query.stream(retry=None, timeout=RPC_TIMEOUT)])
         return iter(names)
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
@@ -561,7 +573,7 @@ class FirestoreEventStore(_FirestoreBase):
 
     def last_position(self) -> str | None:
         """The counter of ``skyferry_meta/head`` (positions are dense), ``None`` when empty."""
-        snap = self._call(lambda: self._head_ref().get(timeout=RPC_TIMEOUT))
+        snap = self._call(lambda: self._head_ref().get(retry=None, timeout=RPC_TIMEOUT))
         return format_position(int(snap.get("position"))) if snap.exists else None
 
 
@@ -594,7 +606,7 @@ class FirestoreViewStore(_FirestoreBase):
 
     def get(self, collection: str, key: str) -> Doc | None:
         """The document at ``key``, or ``None``."""
-        snap = self._call(lambda: self._docs(collection).document(hex_id(key)).get(timeout=RPC_TIMEOUT))
+        snap = self._call(lambda: self._docs(collection).document(hex_id(key)).get(retry=None, timeout=RPC_TIMEOUT))
         return self._doc_of(snap.to_dict() or {}) if snap.exists else None
 
     def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Doc]:
@@ -602,7 +614,7 @@ class FirestoreViewStore(_FirestoreBase):
         if not keys:
             return {}
         refs = [self._docs(collection).document(hex_id(k)) for k in dict.fromkeys(keys)]
-        snaps = self._call(lambda: list(self.client.get_all(refs, timeout=RPC_TIMEOUT)))
+        snaps = self._call(lambda: list(self.client.get_all(refs, retry=None, timeout=RPC_TIMEOUT)))
         return {s.get("key"): self._doc_of(s.to_dict() or {}) for s in snaps if s.exists}
 
     def query(
@@ -633,7 +645,7 @@ class FirestoreViewStore(_FirestoreBase):
         query = query.order_by("__name__")
         if limit is not None:
             query = query.limit(limit)
-        snaps = self._call(lambda: list(query.stream(timeout=RPC_TIMEOUT)))
+        snaps = self._call(lambda: list(query.stream(retry=None, timeout=RPC_TIMEOUT)))
         result: list[tuple[str, Doc]] = []
         for snap in snaps:
             fields = snap.to_dict()
@@ -654,7 +666,7 @@ class FirestoreViewStore(_FirestoreBase):
             refs = {slot: self._docs(slot[0]).document(hex_id(slot[1])) for slot in slots}
             revisions = dict.fromkeys(slots, 0)
             by_path = {ref.path: slot for slot, ref in refs.items()}
-            for snap in transaction.get_all(list(refs.values()), timeout=RPC_TIMEOUT) if refs else ():
+            for snap in transaction.get_all(list(refs.values()), retry=None, timeout=RPC_TIMEOUT) if refs else ():
                 if snap.exists:
                     revisions[by_path[snap.reference.path]] = int(snap.get("revision"))
             staged: dict[tuple[str, str], tuple[dict[str, Any] | None, int]] = {}
@@ -684,14 +696,14 @@ class FirestoreViewStore(_FirestoreBase):
 
     def get_checkpoint(self, projection: str, key: str = "$all") -> str | None:
         """The last committed checkpoint value of ``(projection, key)``."""
-        snap = self._call(lambda: self._checkpoint_ref(projection, key).get(timeout=RPC_TIMEOUT))
+        snap = self._call(lambda: self._checkpoint_ref(projection, key).get(retry=None, timeout=RPC_TIMEOUT))
         return str(snap.get("value")) if snap.exists else None
 
     def _delete_all(self, query: Any) -> None:
         """Delete what ``query`` matches, 400 documents per atomic batch (idempotent)."""
         while True:
             refs = self._call(
-                lambda: [snap.reference for snap in query.select([]).limit(400).stream(timeout=RPC_TIMEOUT)]
+                lambda: [snap.reference for snap in query.select([]).limit(400).stream(retry=None, timeout=RPC_TIMEOUT)]
             )
             if not refs:
                 return
