@@ -13,6 +13,7 @@ every store item once the bounded envelope fields are added.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, FrozenInstanceError, dataclass, field, make_dataclass
@@ -31,6 +32,10 @@ TYPE_MAX: Final = 200
 STREAM_ID_PUNCTUATION: Final = frozenset("/:.-_")
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Fast paths of the checks below: ``\w`` on a str pattern is exactly ``str.isalnum()`` or
+# ``_``; 32 hex digits in the canonical grouping are always a UUID to ``uuid.UUID``.
+_VALID_STREAM_ID: Final = re.compile(rf"[\w/:.\-]{{1,{STREAM_ID_MAX}}}")
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 JSONObject = dict[str, Any]
 
@@ -74,6 +79,8 @@ def validate_stream_id(stream_id: object) -> str:
 
     Valid: 1 to 200 characters, each a Unicode letter or digit or one of ``/ : . - _``.
     """
+    if type(stream_id) is str and _VALID_STREAM_ID.fullmatch(stream_id):
+        return stream_id
     if not isinstance(stream_id, str):
         raise ValidationError(f"stream id must be a string, not {type(stream_id).__name__}")
     if not 1 <= len(stream_id) <= STREAM_ID_MAX:
@@ -122,7 +129,8 @@ class NewEvent:
         if self.schema_version < 1:
             raise ValidationError(f"event {self.id}: schema_version must be >= 1")
         try:
-            uuid.UUID(self.id)
+            if type(self.id) is not str or not _CANONICAL_UUID.fullmatch(self.id):
+                uuid.UUID(self.id)
         except (ValueError, TypeError, AttributeError) as e:
             raise ValidationError(f"event id {self.id!r} is not a UUID") from e
         for name in ("occurred_at", "recorded_at"):
