@@ -2,7 +2,7 @@
 
 | key | default | meaning |
 |---|---|---|
-| ``consumerGroups`` | ``["projections"]`` | broker consumer groups: one SQS FIFO queue + DLQ each |
+| ``consumerGroups`` | :data:`LEDGER_GROUPS` | broker consumer groups: one SQS FIFO queue + DLQ each |
 | ``maxDeliveries`` | 5 | deliveries before a message goes to its group's DLQ (redrive ``maxReceiveCount``) |
 | ``certificateArn`` | — | ACM certificate of the ALB: HTTPS on 443 (and 80 redirects); none: HTTP on 80 |
 | ``vpcId`` | — | use this VPC (then ``publicSubnetIds`` and ``privateSubnetIds``); none: create one |
@@ -18,6 +18,10 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from providers.base import TargetConfig
+
+#: The groups the ledger's worker subscribes (``Ledger.start_consumers``): the process manager and
+#: every projection; ``tests/infra/test_aws.py`` checks this list against the app.
+LEDGER_GROUPS = ("transfer-process", "balances", "history", "daily_totals", "transfers")
 
 _LOG_RETENTION = (
     1,
@@ -49,7 +53,7 @@ class AwsConfig(TargetConfig):
     """The aws target's settings (``skyferry:aws``)."""
 
     consumer_groups: list[str] = Field(
-        default_factory=lambda: ["projections"],
+        default_factory=lambda: list(LEDGER_GROUPS),
         min_length=1,
         max_length=20,
         description="broker consumer groups (one SQS FIFO queue and DLQ each)",

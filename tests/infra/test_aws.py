@@ -24,6 +24,7 @@ from app.core.errors import ConfigurationError
 from app.core.messages import NewEvent
 from app.core.ports import NO_STREAM, Message, ViewChange
 from providers import policies
+from providers.aws.config import LEDGER_GROUPS
 from providers.aws.platform import account_of, fargate_size, task_role_policy
 from providers.base import OUTPUT_NAMES
 from providers.graph import Graph, Node
@@ -193,6 +194,17 @@ def test_bad_config_names_the_key(run_config: Callable[..., Graph]) -> None:
         run_config({**BASE, "skyferry:aws": json.dumps({"maxDeliveries": 0})}, SECRETS)
     with pytest.raises(ConfigurationError, match=r"aws:region"):
         run_config({k: v for k, v in BASE.items() if k != "aws:region"}, SECRETS)
+
+
+def test_default_consumer_groups_are_the_groups_the_ledger_subscribes(run_config: Callable[..., Graph]) -> None:
+    from app.ledger.projections import ledger_projections
+    from app.ledger.transfer import TransferProcess
+
+    assert set(LEDGER_GROUPS) == {TransferProcess.name, *(p.name for p in ledger_projections())}
+    graph = run_config(BASE, SECRETS)
+    names = {q.get("name") for q in graph.by_type("aws:sqs/queue:Queue")}
+    for group in LEDGER_GROUPS:
+        assert set(sns_sqs.queue_names("ledger-events.fifo", group)) <= names
 
 
 def test_fargate_sizes_are_valid_combinations() -> None:
