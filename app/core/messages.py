@@ -175,6 +175,51 @@ class Event(_EventFields):
     __slots__ = ()
     __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
+    # A store may put integer microseconds since the epoch in the two timestamp fields:
+    # they are decoded when read, so that read paths that never look at them (rebuilds,
+    # relays) do not pay for two datetimes per event.  Every accessor, equality, hashing,
+    # repr, ``replace`` and ``asdict`` see datetimes.
+
+    @property
+    def occurred_at(self) -> datetime:
+        """When the event happened (UTC, microseconds)."""
+        moment: Any = _item(self, 7)
+        return _EPOCH + timedelta(0, 0, moment) if type(moment) is int else moment
+
+    @property
+    def recorded_at(self) -> datetime:
+        """When the event was first appended (UTC, microseconds)."""
+        moment: Any = _item(self, 8)
+        return _EPOCH + timedelta(0, 0, moment) if type(moment) is int else moment
+
+    def _key(self) -> tuple[Any, ...]:
+        return (*self[:7], self.occurred_at, self.recorded_at, self[9])
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Event:
+            # As a dataclass would: only an Event equals an Event (a tuple is not one).
+            return False if isinstance(other, tuple) else NotImplemented
+        return self._key() == other._key()
+
+    def __ne__(self, other: object) -> bool:
+        if type(other) is not Event:
+            # As a dataclass would: only an Event equals an Event (a tuple is not one).
+            return True if isinstance(other, tuple) else NotImplemented
+        return self._key() != other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            "Event("
+            + ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self._key(), strict=True))
+            + ")"
+        )
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self._key(), strict=True))
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
 
@@ -234,6 +279,7 @@ class Event(_EventFields):
 
 
 _tuple_new: Final = tuple.__new__
+_item: Final = tuple.__getitem__
 # dataclasses.replace/fields/asdict read the fields from here (the NamedTuple is the source).
 Event.__dataclass_fields__ = vars(
     make_dataclass(
