@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -254,7 +254,6 @@ def _event_row(stream_id: str, version: int, event: NewEvent, now: int) -> tuple
     )
 
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _new_tuple: Final = tuple.__new__
 
 
@@ -262,9 +261,10 @@ def _decode(rows: list[tuple[Any, ...]]) -> list[Event]:
     """Rows as ``Event``s: the hot path of ``read_all``, so kept to the bare minimum.
 
     ``Event`` is a tuple, so one ``tuple.__new__`` call per row builds it (no argument
-    handling).  Timestamps are exact: integer microseconds into a ``timedelta``.
+    handling).  The timestamps stay integer microseconds: ``Event`` decodes them (exactly)
+    when they are read.
     """
-    new, event_type, epoch, delta, loads = _new_tuple, Event, _EPOCH, timedelta, _loads
+    new, event_type, loads = _new_tuple, Event, _loads
     return [
         new(
             event_type,
@@ -276,8 +276,8 @@ def _decode(rows: list[tuple[Any, ...]]) -> list[Event]:
                 schema,
                 loads(data),
                 loads(metadata),
-                epoch + delta(0, 0, occurred),
-                epoch + delta(0, 0, recorded),
+                occurred,
+                recorded,
                 str(position),
             ),
         )
