@@ -47,7 +47,8 @@ def sdk_root() -> Path | None:
     return None
 
 
-def _command(name: str, port: int) -> list[str]:
+def command(name: str, port: int) -> list[str]:
+    """The command line starting emulator ``name`` on ``port``; ``LookupError`` if it is absent."""
     java = shutil.which("java")
     if java is None:
         raise LookupError("java is not installed (the Google emulators need Java 11+)")
@@ -87,12 +88,12 @@ def host(name: str) -> str:
             services.unavailable(_failures[name], may_skip_in_ci=True)
         try:
             port = services.free_port()
-            command = _command(name, port)
+            args = command(name, port)
         except LookupError as e:
             _failures[name] = f"Google {name} emulator unavailable: {e}"
             services.unavailable(_failures[name], may_skip_in_ci=True)
         log = os.path.join(tempfile.gettempdir(), f"skyferry-{name}-emulator-{port}.log")
-        manager = services.started(command, port, timeout=120, log=log)
+        manager = services.started(args, port, timeout=120, log=log)
         try:
             manager.__enter__()
         except RuntimeError as e:
