@@ -1,9 +1,11 @@
 """One moto server per test session, shared by the DynamoDB, SNS/SQS and S3 services.
 
-moto's server handles requests in threads without isolating them, so a DynamoDB
+Two gaps of moto are closed so that the tests test the adapters: moto's server handles
+requests in threads without isolating them, so a DynamoDB
 transaction could interleave with a concurrent write and the concurrency tests would test
 moto instead of the adapters.  This module therefore serves moto's WSGI app behind one
-lock (each request runs alone, as on a real service whose operations are atomic).  Run as
+lock (each request runs alone, as on a real service whose operations are atomic), and its
+FIFO queues get SQS's 5-minute deduplication window (:func:`_dedupe_like_sqs`).  Run as
 a script it is the server; imported, it starts that script on a free loopback port once.
 """
 
@@ -77,6 +79,7 @@ def _serve(port: int) -> None:  # pragma: no cover - runs in the server process
     )
     from werkzeug.serving import run_simple
 
+    _dedupe_like_sqs()
     app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()
 
@@ -92,6 +95,36 @@ def _serve(port: int) -> None:  # pragma: no cover - runs in the server process
         return [body]
 
     run_simple("127.0.0.1", port, serialized, threaded=True, request_handler=MotoRequestHandler)
+
+
+def _dedupe_like_sqs() -> None:  # pragma: no cover - runs in the server process
+    """Give moto's FIFO queues SQS's 5-minute deduplication window.
+
+    moto drops a duplicate only while the first copy is still in the queue; SQS (and an SNS
+    FIFO topic in front of it) drops it for 5 minutes after the first send, even when the
+    first copy was received and deleted.  Without this, "a message published twice is
+    delivered once" would test moto's gap rather than the adapter's deduplication ids.
+    """
+    import time
+
+    from moto.sqs import models
+
+    original = models.Queue.add_message
+    window = 300.0
+
+    def add_message(self: Any, message: Any) -> None:
+        dedup = getattr(message, "deduplication_id", None)
+        if self.fifo_queue and dedup:
+            seen: dict[str, float] = self.__dict__.setdefault("_skyferry_dedup_seen", {})
+            now = time.monotonic()
+            for old in [k for k, at in seen.items() if now - at >= window]:
+                del seen[old]
+            if dedup in seen:
+                return
+            seen[dedup] = now
+        original(self, message)
+
+    models.Queue.add_message = add_message
 
 
 if __name__ == "__main__":  # pragma: no cover
