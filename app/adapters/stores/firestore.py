@@ -157,6 +157,10 @@ IAM_ROLES: Final = ("roles/datastore.user",)
 (``datastore.entities.*``) and run transactions; granted on the project with an IAM
 condition that limits it to the one database (Firestore has no per-database IAM policy)."""
 
+MAX_WRITES_PER_COMMIT: Final = 500
+"""Firestore's documented cap on writes in one transaction or batch; an append writes its
+events plus one head per stream plus the global head, all in one commit."""
+
 POSITION_WIDTH: Final = 16
 RPC_TIMEOUT: Final = 30.0
 """Seconds one read may take before it counts as deadline-exceeded.  Reads are sent with the
@@ -338,6 +342,16 @@ class FirestoreEventStore(_FirestoreBase):
     ``transactions_across_streams`` (see the module docstring for the design)."""
 
     features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    max_append_events: int = MAX_WRITES_PER_COMMIT - 2
+    """One stream head and the global head share the commit with the events."""
+
+    @staticmethod
+    def _check_writes(events: int, streams: int) -> None:
+        if events + streams + 1 > MAX_WRITES_PER_COMMIT:
+            raise ValidationError(
+                f"{events} events over {streams} stream(s) need {events + streams + 1} writes in one "
+                f"commit; Firestore allows {MAX_WRITES_PER_COMMIT}: split the append"
+            )
 
     # -- references ------------------------------------------------------------------------
 
@@ -449,6 +463,7 @@ class FirestoreEventStore(_FirestoreBase):
             ids += [e.id for e in events]
         if len(set(ids)) != len(ids):
             raise ValidationError("append_many: an event id appears twice in one batch")
+        self._check_writes(len(ids), len(streams))
 
         def body(transaction: Any) -> list[AppendResult]:
             versions, stored, head = self._read_state(transaction, streams, ids)
@@ -469,6 +484,7 @@ class FirestoreEventStore(_FirestoreBase):
             by_stream.setdefault(event.stream_id, []).append(event)
         if not by_stream:
             return 0
+        self._check_writes(len(seen), len(by_stream))
 
         def body(transaction: Any) -> int:
             versions, stored, head = self._read_state(transaction, list(by_stream), list(seen))
