@@ -124,7 +124,7 @@ def _dedupe_like_sqs() -> None:  # pragma: no cover - runs in the server process
             seen[dedup] = now
         original(self, message)
 
-    models.Queue.add_message = add_message
+    models.Queue.add_message = add_message  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":  # pragma: no cover
