@@ -217,7 +217,8 @@ class ProjectionRunner:
 
     ``generation=None`` follows the live generation (resolved on every :meth:`run_once`);
     a number pins one (used by :func:`rebuild`).  ``cache_limit`` bounds the documents
-    remembered between batches.
+    remembered between batches.  A batch (``batch_size`` events, one commit) is read in
+    pages of ``page_size`` events.
 
     ``stream_checkpoints=True`` also keeps the per-stream checkpoint documents of
     :class:`ProjectionConsumer` (and skips events they say are applied), so that a
@@ -233,6 +234,7 @@ class ProjectionRunner:
         *,
         upcasters: Upcasters | None = None,
         batch_size: int = 1000,
+        page_size: int = 1000,
         generation: int | None = None,
         cache_limit: int = 50_000,
         max_conflicts: int = 5,
@@ -245,6 +247,7 @@ class ProjectionRunner:
         self.projection = projection
         self.upcasters = upcasters if upcasters else None
         self.batch_size = batch_size
+        self.page_size = max(1, min(page_size, batch_size))
         self.generation = generation
         self.cache_limit = cache_limit
         self.max_conflicts = max_conflicts
@@ -269,31 +272,45 @@ class ProjectionRunner:
         position, fence = self._start(name, fence_collection)
         total = 0
         conflicts = 0
+        read_all = self.events.read_all
+        page_size = self.page_size
         while max_events is None or total < max_events:
-            limit = self.batch_size if max_events is None else min(self.batch_size, max_events - total)
-            batch = self.events.read_all(after=position, limit=limit)
-            if not batch:
-                break
+            want = self.batch_size if max_events is None else min(self.batch_size, max_events - total)
             if len(self._cache) > self.cache_limit:
                 self._cache = {}
             views = ViewBatch(self.views, mapping, self._cache)
-            last = batch[-1].position
-            if last is None:
-                raise ConfigurationError(f"{self.events.url}: read_all returned an event without a position")
+            read = 0
+            last = position
             try:
-                if self.stream_checkpoints:
-                    for event in batch:
-                        key = event.stream_id
-                        applied = views.get(STREAM_CHECKPOINTS, key)
-                        if applied is not None and event.version <= applied["version"]:
-                            continue
-                        if event.type in handles:
-                            apply(upcast(event) if upcast is not None else event, views)
-                        views.put(STREAM_CHECKPOINTS, key, {"stream_id": event.stream_id, "version": event.version})
-                else:
-                    for event in batch:
-                        if event.type in handles:
-                            apply(upcast(event) if upcast is not None else event, views)
+                # Several pages per commit: small pages keep the decoded events short-lived
+                # (cheap for the garbage collector), one commit per batch keeps writes few.
+                while read < want:
+                    limit = min(page_size, want - read)
+                    page = read_all(after=last, limit=limit)
+                    if not page:
+                        break
+                    end = page[-1].position
+                    if end is None:
+                        raise ConfigurationError(f"{self.events.url}: read_all returned an event without a position")
+                    if self.stream_checkpoints:
+                        for event in page:
+                            key = event.stream_id
+                            applied = views.get(STREAM_CHECKPOINTS, key)
+                            if applied is not None and event.version <= applied["version"]:
+                                continue
+                            if event.type in handles:
+                                apply(upcast(event) if upcast is not None else event, views)
+                            views.put(STREAM_CHECKPOINTS, key, {"stream_id": key, "version": event.version})
+                    else:
+                        for event in page:
+                            if event.type in handles:
+                                apply(upcast(event) if upcast is not None else event, views)
+                    read += len(page)
+                    last = end
+                    if len(page) < limit:
+                        break  # caught up: commit what there is
+                if not read or last is None:
+                    break
                 changes = views.changes()
                 changes.append(ViewChange(fence_collection, FENCE_KEY, {"position": last}, expected_revision=fence))
                 self.views.commit(name, changes, {"$all": last})
@@ -313,7 +330,7 @@ class ProjectionRunner:
             self.docs_written += views.committed()
             position = last
             fence += 1
-            total += len(batch)
+            total += read
         return total
 
     def _start(self, name: str, fence_collection: str) -> tuple[str | None, int]:
