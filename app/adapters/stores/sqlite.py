@@ -102,7 +102,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 ) WITHOUT ROWID;
 """
 
-_COLUMNS: Final = "position, id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
+_COLUMNS: Final = (
+    "CAST(position AS TEXT), id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
+)
 _INSERT: Final = (
     "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
     "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -278,7 +280,7 @@ def _decode(rows: list[tuple[Any, ...]]) -> list[Event]:
                 loads(metadata),
                 occurred,
                 recorded,
-                str(position),
+                position,
             ),
         )
         for position, event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows
