@@ -57,7 +57,6 @@ def test_export_import_export_is_byte_identical(tmp_path: Path, target_scheme: s
 KEEPS_GLOBAL_ORDER_PENDING = {
     # ports.py: bulk_append gives new events positions in the order given; these adapters
     # still group a call's events by stream (reported to their owners)
-    "postgres": "PostgresEventStore.bulk_append stores a call's events grouped by stream",
     "firestore": "FirestoreEventStore.bulk_append stores a call's events grouped by stream",
 }
 
