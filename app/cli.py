@@ -126,18 +126,13 @@ def serve(
     import uvicorn
 
     from app.api.app import create_app
-    from app.ledger.bootstrap import bootstrap
+    from app.ledger.bootstrap import from_settings
 
     settings = _settings(store, broker, host=host, port=port)
     _configure_logging(settings)
     with translated_errors():
         settings.require_token()
-        ledger = bootstrap(
-            settings.store_url,
-            settings.broker_url,
-            snapshot_every=settings.snapshot_every,
-            message_mode=settings.message_mode,
-        )
+        ledger = from_settings(settings)
     stop = threading.Event()
     thread: threading.Thread | None = None
     try:
@@ -165,17 +160,12 @@ def worker(
     once: Annotated[bool, typer.Option("--once", help="One pass until caught up, then exit.")] = False,
 ) -> None:
     """Run the relay, the transfer process manager and the projections."""
-    from app.ledger.bootstrap import bootstrap
+    from app.ledger.bootstrap import from_settings
 
     settings = _settings(store, broker)
     _configure_logging(settings)
     with translated_errors():
-        ledger = bootstrap(
-            settings.store_url,
-            settings.broker_url,
-            snapshot_every=settings.snapshot_every,
-            message_mode=settings.message_mode,
-        )
+        ledger = from_settings(settings)
         try:
             if once:
                 handled = ledger.run_worker_once()
@@ -196,11 +186,11 @@ def rebuild(
     json_output: JsonOpt = False,
 ) -> None:
     """Blue/green rebuild of a read model: build the next version beside the live one, switch, drop the old."""
-    from app.ledger.bootstrap import bootstrap
+    from app.ledger.bootstrap import from_settings
 
     settings = _settings(store, "memory://")
     with translated_errors():
-        ledger = bootstrap(settings.store_url, settings.broker_url, snapshot_every=settings.snapshot_every)
+        ledger = from_settings(settings)
         try:
             report = ledger.rebuild(projection)
         finally:

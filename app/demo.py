@@ -33,7 +33,7 @@ from pydantic import SecretStr
 
 from app.api.app import create_app
 from app.core.messages import format_timestamp, utc_now
-from app.ledger.bootstrap import Ledger, bootstrap
+from app.ledger.bootstrap import Ledger, from_settings
 from app.settings import Settings
 
 CURRENCY = "EUR"
@@ -108,7 +108,7 @@ def run_demo(
     broker_url = broker or "memory://"
     token = secrets.token_urlsafe(24)
     settings = Settings(api_token=SecretStr(token), store_url=store_url, broker_url=broker_url)
-    ledger = bootstrap(store_url, broker_url, snapshot_every=settings.snapshot_every)
+    ledger = from_settings(settings)
     checks = Checks(out)
     started = time.perf_counter()
     try:

@@ -35,6 +35,7 @@ from app.ledger import transfer as tr
 from app.ledger.errors import AccountNotFound, TransferNotFound
 from app.ledger.money import format_amount
 from app.ledger.projections import history_key, ledger_projections
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -322,4 +323,15 @@ def bootstrap(
         upcasters=upcasters,
         fastforward=fastforward,
         consume=consume,
+    )
+
+
+def from_settings(settings: Settings, *, broker_url: str | None = None) -> Ledger:
+    """The ledger wired as ``settings`` say: the one call of the commands and the demo."""
+    return bootstrap(
+        settings.store_url,
+        broker_url or settings.broker_url,
+        snapshot_every=settings.snapshot_every,
+        message_mode=settings.message_mode,
+        consume=settings.projections_from,
     )
