@@ -160,7 +160,7 @@ class GraphMocks(pulumi.runtime.Mocks):
                 "objectId": "00000000-0000-0000-0000-000000000000",
                 "clientId": "00000000-0000-0000-0000-000000000000",
             },
-            None,
+            [],  # no failures; MockMonitor iterates this, so it must not be None
         )
 
 
