@@ -335,3 +335,57 @@ def test_after_every_pooled_connection_is_killed_one_call_fails_and_the_next_suc
         assert store.append("s-1", events(), 1).last_version == 2
     finally:
         store.close()
+
+
+def test_bulk_append_keeps_the_given_order_and_every_character_through_copy(url: str) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from app.core.messages import Event
+
+    now = datetime(2026, 11, 27, 7, 0, 0, 123456, tzinfo=UTC)
+    tricky = {"text": 'tab\tnew\nline\rback\\slash "q" \u00e9\u2028', "list": [1, 2.5, None, True]}
+    upper = str(uuid.uuid4()).upper()  # not canonical: goes through NewEvent.validate
+    batch = [
+        Event(str(uuid.uuid4()), "b", 1, "Type\twith\\odd\nchars", 1, tricky, {"m": "\\"}, now, now),
+        Event(str(uuid.uuid4()), "a", 1, "T", 2, {}, {}, now, now),
+        Event(upper, "b", 2, "T", 1, {"k": 1}, {}, now.astimezone(timezone(timedelta(hours=2))), now),
+        Event(str(uuid.uuid4()), "a", 2, "T", 1, {}, {}, now, now),
+    ]
+    store = PostgresEventStore(url)
+    try:
+        assert store.bulk_append(batch) == 4
+        stored = store.read_all()
+        assert [(e.stream_id, e.version) for e in stored] == [("b", 1), ("a", 1), ("b", 2), ("a", 2)]
+        assert [e.with_position(None) for e in stored] == [
+            e._replace(id=e.id.lower()) if e.id == upper else e for e in batch
+        ]
+        assert store.bulk_append([e.with_position(None) for e in stored]) == 0  # idempotent
+    finally:
+        store.close()
+
+
+def test_bulk_append_rejects_what_validate_rejects_and_stores_nothing(url: str) -> None:
+    from datetime import UTC, datetime
+
+    from app.core.errors import EventTooLarge, ValidationError
+    from app.core.messages import EVENT_SIZE_LIMIT, Event
+
+    now = datetime.now(UTC)
+    good = Event(str(uuid.uuid4()), "s", 1, "T", 1, {}, {}, now, now)
+    bad = [
+        (Event("not-a-uuid", "s", 2, "T", 1, {}, {}, now, now), ValidationError, "not a UUID"),
+        (Event(str(uuid.uuid4()), "s", 2, "", 1, {}, {}, now, now), ValidationError, "event type"),
+        (Event(str(uuid.uuid4()), "s", 2, "T", 0, {}, {}, now, now), ValidationError, "schema_version"),
+        (Event(str(uuid.uuid4()), "s", 2, "T", 1, [], {}, now, now), ValidationError, "JSON objects"),  # type: ignore[arg-type]
+        (Event(str(uuid.uuid4()), "s", 2, "T", 1, {"x": {1, 2}}, {}, now, now), ValidationError, "serializable"),
+        (Event(str(uuid.uuid4()), "s", 2, "T", 1, {}, {}, now.replace(tzinfo=None), now), ValidationError, "aware"),
+        (Event(str(uuid.uuid4()), "s", 2, "T", 1, {"x": "y" * EVENT_SIZE_LIMIT}, {}, now, now), EventTooLarge, ""),
+    ]
+    store = PostgresEventStore(url)
+    try:
+        for event, error, text in bad:
+            with pytest.raises(error, match=text):
+                store.bulk_append([good, event])
+        assert store.read_all() == []
+    finally:
+        store.close()
