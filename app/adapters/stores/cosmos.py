@@ -256,15 +256,24 @@ class _Containers:
     def __init__(self, location: CosmosLocation, client: CosmosClient | None) -> None:
         self.location = location
         self._client = client
+        self._owned: CosmosClient | None = None
         self._checked: dict[str, ContainerProxy] = {}
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the client if this instance built it (a client handed in stays open)."""
+        with self._lock:
+            if self._owned is not None:
+                self._owned.close()
+                self._client = self._owned = None
+            self._checked.clear()
 
     def get(self, name: str) -> ContainerProxy:
         with self._lock:
             if name in self._checked:
                 return self._checked[name]
             if self._client is None:
-                self._client = self.location.client()
+                self._client = self._owned = self.location.client()
             container = self._client.get_database_client(self.location.database).get_container_client(name)
             try:
                 call(f"reading container {name}", container.read)
@@ -630,7 +639,8 @@ class CosmosEventStore:
         return None
 
     def close(self) -> None:
-        """Nothing to release: the SDK's HTTP session closes with the client."""
+        """Close the HTTP session of a client this store built."""
+        self._containers.close()
 
 
 class _Collision(Exception):
@@ -830,7 +840,8 @@ class CosmosViewStore:
             call(f"deleting {item}", lambda: self._c.delete_item(item, partition_key=VIEWS_PARTITION))
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Close the HTTP session of a client this store built."""
+        self._containers.close()
 
 
 __all__ = [
