@@ -33,6 +33,7 @@ import orjson
 
 from app.core.errors import ValidationError
 from app.core.messages import Event, encode_json, parse_timestamp
+from app.migrate.errors import ArchiveError
 
 SPEC_VERSION: Final = "1.0"
 SOURCE_PREFIX: Final = "/skyferry/streams/"
@@ -54,6 +55,7 @@ _REQUIRED: Final = (
 )
 
 
+_REQUIRED_SET: Final = frozenset(_REQUIRED)
 _ZERO: Final = timedelta(0)
 
 
@@ -115,19 +117,20 @@ def _is_canonical_time(text: object) -> bool:
 def decode_line_canonical(line: bytes, location: str, line_number: int) -> tuple[Event, bytes]:
     """``(event, canonical bytes)`` of one archive line (the chain's input, without re-formatting
     timestamps already in canonical form); a malformed line raises :class:`ArchiveError`."""
-    from app.migrate.errors import ArchiveError
-
     try:
         raw = orjson.loads(line)
     except orjson.JSONDecodeError as e:
         raise ArchiveError(location, f"not JSON: {e}", line_number) from e
     if not isinstance(raw, dict):
         raise ArchiveError(location, "not a JSON object", line_number)
-    missing = [name for name in _REQUIRED if name not in raw]
-    if missing:
+    if not _REQUIRED_SET.issubset(raw):
+        missing = [name for name in _REQUIRED if name not in raw]
         raise ArchiveError(location, f"missing CloudEvents attribute(s) {', '.join(missing)}", line_number)
     if raw["specversion"] != SPEC_VERSION:
         raise ArchiveError(location, f"unsupported specversion {raw['specversion']!r}", line_number)
+    occurred_text = raw["time"]
+    recorded_text = raw["recordedtime"]
+    data = raw["data"]
     try:
         metadata = orjson.loads(raw["metadata"])
         stream_id = raw["streamid"]
@@ -137,25 +140,25 @@ def decode_line_canonical(line: bytes, location: str, line_number: int) -> tuple
         schema_version = raw["schemaversion"]
         if not (isinstance(version, int) and isinstance(schema_version, int)) or version < 1:
             raise ValueError("streamversion and schemaversion must be positive integers")
-        if not isinstance(raw["data"], dict) or not isinstance(metadata, dict):
+        if not isinstance(data, dict) or not isinstance(metadata, dict):
             raise ValueError("data and metadata must be JSON objects")
         position = raw.get("sourceposition")
         event = Event(
-            id=str(raw["id"]),
-            stream_id=str(stream_id),
-            version=version,
-            type=str(raw["type"]),
-            schema_version=schema_version,
-            data=raw["data"],
-            metadata=metadata,
-            occurred_at=parse_timestamp(raw["time"]),
-            recorded_at=parse_timestamp(raw["recordedtime"]),
-            position=None if position is None else str(position),
+            str(raw["id"]),
+            str(stream_id),
+            version,
+            str(raw["type"]),
+            schema_version,
+            data,
+            metadata,
+            parse_timestamp(occurred_text),
+            parse_timestamp(recorded_text),
+            None if position is None else str(position),
         )
     except (ValueError, TypeError, orjson.JSONDecodeError, ValidationError) as e:
         raise ArchiveError(location, f"malformed event: {e}", line_number) from e
-    occurred = raw["time"] if _is_canonical_time(raw["time"]) else timestamp(event.occurred_at)
-    recorded = raw["recordedtime"] if _is_canonical_time(raw["recordedtime"]) else timestamp(event.recorded_at)
+    occurred = occurred_text if _is_canonical_time(occurred_text) else timestamp(event.occurred_at)
+    recorded = recorded_text if _is_canonical_time(recorded_text) else timestamp(event.recorded_at)
     return event, _canonical(event, occurred, recorded)
 
 
