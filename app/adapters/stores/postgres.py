@@ -439,6 +439,7 @@ def _copy_rows(events: Sequence[Event]) -> list[str]:
     rows: list[str] = []
     append = rows.append
     fullmatch = _CANONICAL_ID.fullmatch
+    special = _COPY_SPECIAL.search
     for e in events:
         fields: tuple[Any, ...] = e[:9]
         event_id, stream_id, version, event_type, schema_version, data, metadata, occurred, recorded = fields
@@ -447,15 +448,15 @@ def _copy_rows(events: Sequence[Event]) -> list[str]:
             metadata_json = encode_json(metadata)
         except TypeError:
             data_json = metadata_json = b""
+        canonical_id = type(event_id) is str and fullmatch(event_id) is not None
         if not (
-            type(event_type) is str
+            canonical_id
+            and type(event_type) is str
             and 0 < len(event_type) <= TYPE_MAX
             and type(data) is dict
             and type(metadata) is dict
             and type(schema_version) is int
             and schema_version >= 1
-            and type(event_id) is str
-            and fullmatch(event_id)
             and (type(occurred) is int or (isinstance(occurred, datetime) and occurred.tzinfo is not None))
             and (type(recorded) is int or (isinstance(recorded, datetime) and recorded.tzinfo is not None))
             and data_json
@@ -468,15 +469,15 @@ def _copy_rows(events: Sequence[Event]) -> list[str]:
         append(
             "\t".join(
                 (
-                    event_id if fullmatch(event_id) else _copy_text(str(event_id)),
+                    event_id if canonical_id else _copy_text(str(event_id)),
                     stream_id,
                     str(version),
-                    _copy_text(event_type) if _COPY_SPECIAL.search(event_type) else event_type,
+                    _copy_text(event_type) if special(event_type) else event_type,
                     str(schema_version),
                     _copy_text(data_text) if "\\" in data_text else data_text,
                     _copy_text(metadata_text) if "\\" in metadata_text else metadata_text,
-                    _copy_moment(occurred),
-                    _copy_moment(recorded),
+                    occurred.isoformat() if type(occurred) is not int else _copy_moment(occurred),
+                    recorded.isoformat() if type(recorded) is not int else _copy_moment(recorded),
                 )
             )
             + "\n"
@@ -647,7 +648,6 @@ class PostgresEventStore:
             by_stream.setdefault(event.stream_id, []).append(event)
         for stream_id in by_stream:
             validate_stream_id(stream_id)
-        copy_rows = _copy_rows(events)
         t = self.db.table("events")
         fresh: list[Event] = []
         with self.db.connection("importing events") as conn:
@@ -696,11 +696,11 @@ class PostgresEventStore:
                     # positions follow the order given (the port), not the grouping above
                     if len(keep) < len(events):
                         fresh = [e for e in events if id(e) in keep]
-                        copy_rows = [row for e, row in zip(events, copy_rows, strict=True) if id(e) in keep]
+                        _copy_rows([e for e in events if id(e) not in keep])  # validated, not written
                     else:
                         fresh = list(events)
                     if fresh:
-                        self._copy(conn, copy_rows)
+                        self._copy(conn, fresh)
             except psycopg.errors.UniqueViolation as e:
                 detail = e.diag.message_detail or str(e)
                 raise ConcurrencyError(
@@ -708,15 +708,17 @@ class PostgresEventStore:
                 ) from e
         return len(fresh)
 
-    def _copy(self, conn: psycopg.Connection[Any], rows: list[str]) -> None:
-        """COPY pre-encoded text rows (see :func:`_copy_rows`), in blocks of about 1 MiB."""
+    def _copy(self, conn: psycopg.Connection[Any], events: list[Event]) -> None:
+        """COPY ``events``, validated and encoded a block at a time (see :func:`_copy_rows`), so that
+        the server stores one block while the next is encoded; an invalid event raises inside
+        the COPY, which aborts it (the caller's transaction stores nothing)."""
         copy_sql = sql.SQL(
             "COPY {} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
             " FROM STDIN"
         ).format(self.db.table("events"))
         with conn.cursor().copy(copy_sql) as copy:
-            for start in range(0, len(rows), _COPY_BLOCK_ROWS):
-                copy.write("".join(rows[start : start + _COPY_BLOCK_ROWS]).encode())
+            for start in range(0, len(events), _COPY_BLOCK_ROWS):
+                copy.write("".join(_copy_rows(events[start : start + _COPY_BLOCK_ROWS])).encode())
 
     # -- reads -----------------------------------------------------------------------
 
