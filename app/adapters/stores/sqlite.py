@@ -367,7 +367,10 @@ class SQLiteEventStore:
         now = to_micros(utc_now())
         rows = [_event_row(stream_id, actual + n, e, now) for n, e in enumerate(events, start=1)]
         try:
-            db.executemany(_INSERT, rows)
+            if len(rows) == 1:
+                db.execute(_INSERT, rows[0])  # the usual command: one event, no executemany set-up
+            else:
+                db.executemany(_INSERT, rows)
         except sqlite3.IntegrityError as e:
             raise _Conflict from e
         return AppendResult(stream_id, actual + 1, actual + len(events))
