@@ -100,9 +100,42 @@ def encode_line(event: Event) -> bytes:
 
 
 def encode_event(event: Event) -> tuple[bytes, bytes]:
-    """``(archive line, canonical bytes)`` of ``event``, formatting its timestamps once."""
-    occurred, recorded = timestamp(event.occurred_at), timestamp(event.recorded_at)
-    return encode_json(to_cloudevent(event, occurred, recorded)), _canonical(event, occurred, recorded)
+    """``(archive line, canonical bytes)`` of ``event``: the same bytes as :func:`encode_line` and
+    :func:`canonical_bytes`, with the timestamps formatted and ``data``/``metadata`` encoded once
+    (embedded in both as already-canonical JSON fragments)."""
+    occurred_at, recorded_at = event.occurred_at, event.recorded_at
+    occurred = timestamp(occurred_at)
+    recorded = occurred if recorded_at == occurred_at else timestamp(recorded_at)
+    data = orjson.Fragment(encode_json(event.data))
+    metadata = encode_json(event.metadata)
+    attributes: dict[str, Any] = {
+        "specversion": SPEC_VERSION,
+        "id": event.id,
+        "source": source_of(event.stream_id),
+        "type": event.type,
+        "time": occurred,
+        "datacontenttype": "application/json",
+        "data": data,
+        "streamid": event.stream_id,
+        "streamversion": event.version,
+        "schemaversion": event.schema_version,
+        "recordedtime": recorded,
+        "metadata": metadata.decode(),
+    }
+    if event.position is not None:
+        attributes["sourceposition"] = event.position
+    canonical = {
+        "id": event.id,
+        "stream_id": event.stream_id,
+        "version": event.version,
+        "type": event.type,
+        "schema_version": event.schema_version,
+        "data": data,
+        "metadata": orjson.Fragment(metadata),
+        "occurred_at": occurred,
+        "recorded_at": recorded,
+    }
+    return encode_json(attributes), encode_json(canonical)
 
 
 def decode_line(line: bytes, location: str, line_number: int) -> Event:
