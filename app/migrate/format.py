@@ -176,6 +176,7 @@ def decode_line_canonical(line: bytes, location: str, line_number: int) -> tuple
         if not isinstance(data, dict) or not isinstance(metadata, dict):
             raise ValueError("data and metadata must be JSON objects")
         position = raw.get("sourceposition")
+        occurred_at = parse_timestamp(occurred_text)
         event = Event(
             str(raw["id"]),
             str(stream_id),
@@ -184,8 +185,8 @@ def decode_line_canonical(line: bytes, location: str, line_number: int) -> tuple
             schema_version,
             data,
             metadata,
-            parse_timestamp(occurred_text),
-            parse_timestamp(recorded_text),
+            occurred_at,
+            occurred_at if recorded_text == occurred_text else parse_timestamp(recorded_text),
             None if position is None else str(position),
         )
     except (ValueError, TypeError, orjson.JSONDecodeError, ValidationError) as e:
