@@ -206,11 +206,17 @@ class GraphMonitor(pulumi_mocks.MockMonitor):
 def _fresh_runtime() -> Iterator[None]:
     """Serialize runs (the Pulumi runtime is process-global) and reset it afterwards."""
     with _RUN_LOCK:
+        # Pulumi's mocks use the thread's current event loop; anything that ran asyncio.run()
+        # before (an adapter, a test) leaves none, so each run gets its own and closes it.
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
             yield
         finally:
             pulumi_settings.ROOT.set(None)
             pulumi.runtime.set_all_config({}, [])
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def run_program(
