@@ -466,6 +466,12 @@ def _copy_rows(events: Sequence[Event]) -> list[str]:
             data_json, metadata_json = encode_json(data), encode_json(metadata)
         data_text = data_json.decode()
         metadata_text = metadata_json.decode()
+        occurred_text = occurred.isoformat() if type(occurred) is not int else _copy_moment(occurred)
+        recorded_text = (
+            occurred_text
+            if recorded is occurred
+            else (recorded.isoformat() if type(recorded) is not int else _copy_moment(recorded))
+        )
         append(
             "\t".join(
                 (
@@ -476,8 +482,8 @@ def _copy_rows(events: Sequence[Event]) -> list[str]:
                     str(schema_version),
                     _copy_text(data_text) if "\\" in data_text else data_text,
                     _copy_text(metadata_text) if "\\" in metadata_text else metadata_text,
-                    occurred.isoformat() if type(occurred) is not int else _copy_moment(occurred),
-                    recorded.isoformat() if type(recorded) is not int else _copy_moment(recorded),
+                    occurred_text,
+                    recorded_text,
                 )
             )
             + "\n"
