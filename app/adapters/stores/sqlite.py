@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +45,8 @@ from orjson import loads as _loads
 from app.adapters.stores._common import PREFIX_END, check_limit, field_equals
 from app.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from app.core.messages import (
+    EVENT_SIZE_LIMIT,
+    TYPE_MAX,
     Event,
     NewEvent,
     check_append,
@@ -110,6 +113,7 @@ _INSERT: Final = (
     "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _CHUNK: Final = 500
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -319,6 +323,72 @@ def _imported_row(event: Event) -> tuple[Any, ...]:
     )
 
 
+def _micros(moment: Any) -> int:
+    """A timestamp field's raw value (integer microseconds or an aware datetime) as microseconds."""
+    return moment if type(moment) is int else to_micros(moment)
+
+
+def _validated_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """Validate every event and build its row (the same as :func:`_imported_row`) in one pass.
+
+    The checks are those of :meth:`NewEvent.validate`, done inline for the common case; an
+    event that fails any of them (or that they cannot judge) goes through ``validate()``
+    itself, so exactly the same events are rejected with the same errors.  The size check
+    measures the JSON that is stored: it has the length of the canonical (sorted) encoding.
+    """
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    fullmatch = _CANONICAL_UUID.fullmatch
+    dumps = orjson.dumps
+    last_moment: Any = None
+    last_micros = 0
+    for e in events:
+        fields: tuple[Any, ...] = e[:9]
+        event_id, stream_id, version, event_type, schema_version, data, metadata, occurred, recorded = fields
+        try:
+            data_json = dumps(data)
+            metadata_json = dumps(metadata)
+        except TypeError:
+            data_json = metadata_json = b""
+        if not (
+            type(event_id) is str
+            and fullmatch(event_id) is not None
+            and type(event_type) is str
+            and 0 < len(event_type) <= TYPE_MAX
+            and type(data) is dict
+            and type(metadata) is dict
+            and type(schema_version) is int
+            and schema_version >= 1
+            and (type(occurred) is int or (isinstance(occurred, datetime) and occurred.tzinfo is not None))
+            and (type(recorded) is int or (isinstance(recorded, datetime) and recorded.tzinfo is not None))
+            and data_json
+            and len(data_json) + len(metadata_json) <= EVENT_SIZE_LIMIT
+        ):
+            e.to_new().validate()  # raises the port's error for this event
+            append(_imported_row(e))
+            continue
+        # events of one batch often share timestamps: convert each distinct one once
+        if occurred is not last_moment:
+            last_moment, last_micros = occurred, _micros(occurred)
+        occurred_micros = last_micros
+        if recorded is not last_moment:
+            last_moment, last_micros = recorded, _micros(recorded)
+        append(
+            (
+                event_id,
+                stream_id,
+                version,
+                event_type,
+                schema_version,
+                data_json.decode(),
+                metadata_json.decode(),
+                occurred_micros,
+                last_micros,
+            )
+        )
+    return rows
+
+
 def _stored(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, tuple[str, int]]:
     """``id -> (stream_id, version)`` of those of ``ids`` already stored."""
     found: dict[str, tuple[str, int]] = {}
@@ -436,18 +506,17 @@ class SQLiteEventStore:
         streams = list(dict.fromkeys(event.stream_id for event in events))
         for stream_id in streams:
             validate_stream_id(stream_id)
-        for event in events:
-            event.to_new().validate()
+        encoded = _validated_rows(events)  # every event is validated, skipped ones too
 
         def work(db: sqlite3.Connection) -> int:
             current = _current_versions(db, streams)
             rows: list[tuple[Any, ...]] = []
             skipped: list[Event] = []
-            for event in events:
+            for event, row in zip(events, encoded, strict=True):
                 version = current[event.stream_id]
                 if event.version == version + 1:
                     current[event.stream_id] = event.version
-                    rows.append(_imported_row(event))
+                    rows.append(row)
                 elif event.version <= version:
                     skipped.append(event)
                 else:
