@@ -8,7 +8,8 @@ import promise that nothing past the last verified checkpoint is written.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import zstandard
@@ -29,7 +30,13 @@ MAX_CHUNK_PLAINTEXT: Final = 1024 * 1024 * 1024
 
 
 class ChunkWriter:
-    """Accumulates event lines and writes a chunk every ``chunk_events`` events or ``chunk_bytes``."""
+    """Accumulates event lines and writes a chunk every ``chunk_events`` events or ``chunk_bytes``.
+
+    A full chunk is compressed, sealed, hashed and stored in a background thread (zstd,
+    AES-GCM, sha256 and file writes release the GIL) while the next one fills; at most one
+    chunk is in flight, so memory stays bounded.  :meth:`flush` (or :meth:`close`) returns
+    once every chunk is stored and listed in :attr:`entries`, and raises a failed write.
+    """
 
     def __init__(
         self,
@@ -48,6 +55,8 @@ class ChunkWriter:
         self._size = 0
         self._first: str | None = None
         self._last: str | None = None
+        self._shipped = 0
+        self._in_flight: tuple[threading.Thread, list[ChunkEntry | BaseException]] | None = None
         self.entries: list[ChunkEntry] = []
 
     def add(self, event: Event, line: bytes | None = None) -> None:
@@ -60,30 +69,88 @@ class ChunkWriter:
         self._lines.append(line)
         self._size += len(line) + 1
         if len(self._lines) >= self._chunk_events or self._size >= self._chunk_bytes:
-            self.flush()
+            self._ship()
 
-    def flush(self) -> None:
-        """Write the pending lines as one chunk (nothing when there are none)."""
-        if not self._lines:
-            return
-        name = chunk_name(len(self.entries))
-        plaintext = b"\n".join(self._lines) + b"\n"
+    def add_many(self, events: Sequence[Event], lines: Sequence[bytes]) -> None:
+        """:meth:`add` of each event with its line: the same chunks, cut at the same events."""
+        index, count = 0, len(lines)
+        while index < count:
+            part = lines[index : index + self._chunk_events - len(self._lines)]
+            size = self._size + sum(map(len, part)) + len(part)
+            if size >= self._chunk_bytes:  # the byte limit falls inside: cut after the line reaching it
+                size = self._size
+                for taken, line in enumerate(part, 1):
+                    size += len(line) + 1
+                    if size >= self._chunk_bytes:
+                        part = part[:taken]
+                        break
+            if not self._lines:
+                self._first = events[index].position
+            index += len(part)
+            self._last = events[index - 1].position
+            self._lines.extend(part)
+            self._size = size
+            if len(self._lines) >= self._chunk_events or size >= self._chunk_bytes:
+                self._ship()
+
+    def _ship(self) -> None:
+        """Hand the pending lines to a background thread as the next chunk (after the previous is stored)."""
+        self._wait()
+        name = chunk_name(self._shipped)
+        self._shipped += 1
+        lines, first, last = self._lines, self._first, self._last
+        self._lines = []
+        self._size = 0
+        result: list[ChunkEntry | BaseException] = []
+
+        def store() -> None:
+            try:
+                result.append(self._store(name, lines, first, last))
+            except BaseException as e:  # re-raised by _wait in the caller's thread
+                result.append(e)
+
+        thread = threading.Thread(target=store, name="skyferry-chunk-writer", daemon=True)
+        self._in_flight = (thread, result)
+        thread.start()
+
+    def _store(self, name: str, lines: list[bytes], first: str | None, last: str | None) -> ChunkEntry:
+        plaintext = b"\n".join(lines) + b"\n"
+        events = len(lines)
+        del lines[:]
         stored = self._compressor.compress(plaintext)
+        del plaintext
         if self._cipher is not None:
             stored = self._cipher.seal(name, stored)
         self._archive.put(name, stored)
-        self.entries.append(
-            ChunkEntry(
-                name=name,
-                events=len(self._lines),
-                bytes=len(stored),
-                sha256=hashlib.sha256(stored).hexdigest(),
-                first_position=self._first,
-                last_position=self._last,
-            )
+        return ChunkEntry(
+            name=name,
+            events=events,
+            bytes=len(stored),
+            sha256=hashlib.sha256(stored).hexdigest(),
+            first_position=first,
+            last_position=last,
         )
-        self._lines = []
-        self._size = 0
+
+    def _wait(self) -> None:
+        if self._in_flight is None:
+            return
+        thread, result = self._in_flight
+        thread.join()
+        self._in_flight = None
+        outcome = result[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.entries.append(outcome)
+
+    def flush(self) -> None:
+        """Write the pending lines as one chunk (nothing when there are none) and wait until every chunk is stored."""
+        if self._lines:
+            self._ship()
+        self._wait()
+
+    def close(self) -> None:
+        """:meth:`flush`: every chunk stored and listed in :attr:`entries`."""
+        self.flush()
 
 
 def read_chunk(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) -> list[Event]:

@@ -8,7 +8,8 @@ batch, one chunk and one hash-chain head per stream.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from app.core.ports import Archive, EventStore
 from app.migrate.chunks import CHUNK_BYTES, CHUNK_EVENTS, ChunkWriter
 from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError
-from app.migrate.format import CHAIN_START, chain_next, encode_event
+from app.migrate.format import CHAIN_START, chain_next, encode_events
 from app.migrate.manifest import CHUNK_PREFIX, MANIFEST_NAME, Manifest, StreamHead
 from app.migrate.pipeline import ReadAhead
 from app.migrate.progress import Progress
@@ -81,6 +82,20 @@ class HeadTracker:
         head.last_version = event.version
         head.head = chain_next(head.head, event, canonical)
 
+    def add_many(self, pairs: Iterable[tuple[Event, bytes]], location: Callable[[Event], str]) -> None:
+        """:meth:`add` of each ``(event, canonical bytes)``; a gap raises at ``location(event)``."""
+        heads, sha256 = self.heads, hashlib.sha256
+        for event, canonical in pairs:
+            stream_id, version = event[1], event[2]
+            head = heads.get(stream_id)
+            if head is None:
+                head = heads[stream_id] = StreamHead(0, CHAIN_START, 0)
+            if version != head.last_version + 1:
+                self.add(event, location(event), canonical)  # raises the gap error
+            head.events += 1
+            head.last_version = version
+            head.head = sha256(head.head.encode() + canonical).hexdigest()
+
 
 def _encoded_batches(
     store: EventStore, end: str | None, shard: Shard | None, transformer: Transformer | None
@@ -98,7 +113,7 @@ def _encoded_batches(
         mine = [event for event in batch if owned(shard, event.stream_id)]
         if transformer is not None:
             mine = transformer.apply(mine)
-        yield [(event, *encode_event(event)) for event in mine]
+        yield encode_events(mine)
         if cut is not None:
             return
 
@@ -126,13 +141,13 @@ def export(
     writer = ChunkWriter(archive, cipher, chunk_events=chunk_events, chunk_bytes=chunk_bytes)
     heads = HeadTracker()
     location = f"source {store.url}"
+    where = lambda event: f"{location} at position {event.position}"  # noqa: E731
     for encoded in ReadAhead(_encoded_batches(store, end, shard, transformer)):
-        for event, line, canonical in encoded:
-            heads.add(event, f"{location} at position {event.position}", canonical)
-            writer.add(event, line)
+        heads.add_many(((event, canonical) for event, _, canonical in encoded), where)
+        writer.add_many([event for event, _, _ in encoded], [line for _, line, _ in encoded])
         if progress is not None:
             progress.advance(len(encoded))
-    writer.flush()
+    writer.close()
     for stale in archive.list(CHUNK_PREFIX):
         if stale not in {entry.name for entry in writer.entries}:
             archive.delete(stale)
