@@ -1,15 +1,17 @@
 """The cosmos:// adapters on the Cosmos DB emulator, beyond the conformance suite.
 
 Concurrency, the global log's repair paths (a writer that died between its commit and
-its slot, two helpers that slotted one commit), large appends, configuration errors and
-throttling.  Waits are bounded polls; nothing asserts on time.
+its slot, two helpers that slotted one commit), large appends, view commits of more than
+one batch interrupted at every write (a failure injected at the SDK seam), configuration
+errors and throttling.  Waits are bounded polls; nothing asserts on time.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from azure.cosmos.exceptions import CosmosHttpResponseError
@@ -18,7 +20,7 @@ from app.adapters.stores import cosmos
 from app.adapters.stores.cosmos import CosmosEventStore, CosmosViewStore
 from app.core.errors import ConcurrencyError, ConfigurationError, TransientError
 from app.core.messages import Event, NewEvent
-from app.core.ports import ANY, NO_STREAM, ViewChange
+from app.core.ports import ANY, NO_STREAM, Doc, ViewChange
 from tests.services import cosmos as service
 
 
@@ -191,3 +193,178 @@ def test_urls_name_what_is_missing() -> None:
         CosmosEventStore.from_url("cosmos:///db/c")
     store = CosmosEventStore.from_url("cosmos://acct/db/c?key=secret&endpoint=https://127.0.0.1:1/")
     assert "secret" not in store.url
+
+
+# -- view commits larger than one batch, interrupted ------------------------------------
+
+ACCOUNTS = 250
+
+
+class Crash(BaseException):
+    """The writer's process dies here (a BaseException: no cleanup code runs)."""
+
+
+WRITES = ("execute_item_batch", "create_item", "replace_item", "delete_item", "upsert_item")
+
+
+def crash_at(views: CosmosViewStore, monkeypatch: pytest.MonkeyPatch, point: int, half: bool) -> list[str]:
+    """Make the ``point``-th write call (0-based) of ``views`` crash the writer.
+
+    With ``half``, a batch at that point applies its first half before the crash (the
+    emulator applies a batch's operations one by one).  Returns the calls made.
+    """
+    container = views._c
+    made: list[str] = []
+
+    def wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def write(*args: Any, **kwargs: Any) -> Any:
+            made.append(name)
+            if len(made) - 1 == point:
+                if half and name == "execute_item_batch":
+                    operations = list(args[0])
+                    original(operations[: len(operations) // 2], **kwargs)
+                raise Crash(f"crash at write {point} ({name})")
+            return original(*args, **kwargs)
+
+        return write
+
+    for name in WRITES:
+        monkeypatch.setattr(container, name, wrap(name, getattr(container, name)))
+    return made
+
+
+def ledger_commit(round_: int) -> list[ViewChange]:
+    """Credit 10 to every account, open 20 new ones and close 10 (a 280-change commit)."""
+    changes = [ViewChange("acct", f"a{i:03d}", {"balance": 100 + 10 * round_}) for i in range(ACCOUNTS)]
+    changes += [ViewChange("acct", f"n{round_}-{i:02d}", {"balance": 5}, expected_revision=0) for i in range(20)]
+    changes += [ViewChange("acct", f"a{i:03d}", None) for i in range(ACCOUNTS - 10, ACCOUNTS)]
+    return changes
+
+
+def ledger(views: CosmosViewStore) -> tuple[str | None, int, int]:
+    """(checkpoint, number of accounts, total money) as a reader sees them."""
+    rows = views.query("acct")
+    return views.get_checkpoint("ledger"), len(rows), sum(int(doc.value["balance"]) for _, doc in rows)
+
+
+BEFORE = ("1", ACCOUNTS, ACCOUNTS * 100)
+AFTER = ("2", ACCOUNTS - 10 + 20, (ACCOUNTS - 10) * 110 + 20 * 5)
+
+
+def leftovers(views: CosmosViewStore) -> tuple[int, int]:
+    """(locked documents, committed records) in the partition."""
+    locked = views._query("SELECT c.id FROM c WHERE IS_DEFINED(c.tx) AND c.kind != 'tx'", {})
+    records = views._query("SELECT c.id FROM c WHERE c.kind = 'tx' AND c.status = 'committed'", {})
+    return len(locked), len(records)
+
+
+@pytest.fixture
+def ledger_url(url: str) -> str:
+    views = CosmosViewStore.from_url(url)
+    views.commit("ledger", [ViewChange("acct", f"a{i:03d}", {"balance": 100}) for i in range(ACCOUNTS)], {"$all": "1"})
+    assert ledger(views) == BEFORE
+    return url
+
+
+def test_a_large_view_commit_is_whole_and_leaves_no_locks(ledger_url: str) -> None:
+    views = CosmosViewStore.from_url(ledger_url)
+    views.commit("ledger", ledger_commit(1), {"$all": "2"})
+    assert ledger(views) == AFTER
+    assert views.get("acct", "a000") == Doc({"balance": 110}, 2)
+    assert views.get("acct", f"a{ACCOUNTS - 1:03d}") is None
+    assert views.get("acct", "n1-00") == Doc({"balance": 5}, 1)
+    assert leftovers(views) == (0, 0)
+
+
+# 251 documents (240 replaced, 10 deleted, 20 created) + 1 checkpoint = 271 writes: three
+# lock batches, the commit record, three roll-forward batches, the record's deletion.
+LOCK_BATCHES = 3
+BATCH_POINTS = [*range(LOCK_BATCHES), *range(LOCK_BATCHES + 1, 2 * LOCK_BATCHES + 1)]
+CRASH_POINTS = [(p, False) for p in range(2 * LOCK_BATCHES + 2)] + [(p, True) for p in BATCH_POINTS]
+
+
+@pytest.mark.parametrize(("point", "half"), CRASH_POINTS)
+def test_a_large_view_commit_interrupted_is_seen_whole_or_not_at_all_then_repaired(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch, point: int, half: bool
+) -> None:
+    writer = CosmosViewStore.from_url(ledger_url)
+    made = crash_at(writer, monkeypatch, point, half)
+    with pytest.raises(Crash):
+        writer.commit("ledger", ledger_commit(1), {"$all": "2"})
+    assert len(made) == point + 1
+    committed = point > LOCK_BATCHES  # the record's creation is write LOCK_BATCHES
+    reader = CosmosViewStore.from_url(ledger_url)
+    seen = ledger(reader)
+    assert seen == (AFTER if committed else BEFORE)
+    keys = ["a000", f"a{ACCOUNTS - 1:03d}", "n1-00"]
+    expected = {"a000": 110, "n1-00": 5} if committed else {"a000": 100, f"a{ACCOUNTS - 1:03d}": 100}
+    assert {k: int(d.value["balance"]) for k, d in reader.get_many("acct", keys).items()} == expected
+
+    # The projection restarts: it re-applies the events after the checkpoint it reads.
+    # A lock younger than the timeout belongs to a writer that may still be running.
+    if not committed and (point > 0 or half):
+        with pytest.raises(ConcurrencyError, match="in progress"):
+            reader.commit("ledger", ledger_commit(1), {"$all": "2"})
+        assert ledger(reader) == BEFORE
+    restarted = CosmosViewStore.from_url(ledger_url + "&lock_timeout=0")
+    if restarted.get_checkpoint("ledger") == "1":
+        restarted.commit("ledger", ledger_commit(1), {"$all": "2"})
+    else:
+        restarted.commit("ledger", [ViewChange("acct", "a000", {"balance": 110})], {"$all": "2"})
+    assert ledger(restarted) == AFTER, "applied exactly once"
+    assert leftovers(restarted) == (0, 0)
+    assert restarted.get("acct", "n1-00") == Doc({"balance": 5}, 1)
+
+
+def test_a_writer_aborted_as_stale_cannot_commit_afterwards(ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    slow = CosmosViewStore.from_url(ledger_url)
+    container = slow._c
+    create = container.create_item
+    other = CosmosViewStore.from_url(ledger_url + "&lock_timeout=0")
+
+    def create_after_abort(body: dict[str, Any], **kwargs: Any) -> Any:
+        if body.get("kind") == "tx":  # the slow writer reaches its commit point too late
+            other.commit("ledger", [ViewChange("acct", "a000", {"balance": 7})], {})
+        return create(body, **kwargs)
+
+    monkeypatch.setattr(container, "create_item", create_after_abort)
+    with pytest.raises(ConcurrencyError, match="aborted"):
+        slow.commit("ledger", ledger_commit(1), {"$all": "2"})
+    monkeypatch.undo()
+    assert ledger(other) == ("1", ACCOUNTS, ACCOUNTS * 100 - 100 + 7)
+    assert leftovers(other) == (0, 0)
+
+
+def test_a_large_commit_meeting_a_concurrent_write_raises_and_leaves_nothing(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = CosmosViewStore.from_url(ledger_url)
+    container = writer._c
+    batch = container.execute_item_batch
+    other = CosmosViewStore.from_url(ledger_url)
+    calls = 0
+
+    def batch_after_a_concurrent_write(operations: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # after the first lock batch, another writer changes a locked-to-be document
+            other.commit("other", [ViewChange("acct", "a150", {"balance": 1})], {})
+        return batch(operations, **kwargs)
+
+    monkeypatch.setattr(container, "execute_item_batch", batch_after_a_concurrent_write)
+    with pytest.raises(ConcurrencyError):
+        writer.commit("ledger", ledger_commit(1), {"$all": "2"})
+    monkeypatch.undo()
+    assert ledger(other) == ("1", ACCOUNTS, ACCOUNTS * 100 - 100 + 1)
+    assert other.get("acct", "n1-00") is None
+    assert leftovers(other) == (0, 0)
+
+
+def test_a_failed_revision_check_in_a_large_commit_writes_nothing(ledger_url: str) -> None:
+    views = CosmosViewStore.from_url(ledger_url)
+    changes = [*ledger_commit(1), ViewChange("acct", "a000", {"balance": 0}, expected_revision=1)]
+    with pytest.raises(ConcurrencyError) as caught:
+        views.commit("ledger", changes, {"$all": "2"})
+    assert caught.value.actual == 2
+    assert ledger(views) == BEFORE
+    assert leftovers(views) == (0, 0)

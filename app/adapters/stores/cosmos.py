@@ -679,6 +679,8 @@ def _checkpoint_id(projection: str, key: str) -> str:
 
 
 _TX_FIELDS: Final = ("tx", "tx_at", "next", "next_rev")
+ABORTED_RECORD_SECONDS: Final = 86_400.0
+"""How long the record of an aborted view commit is kept (its writer may still try to commit)."""
 _READ_CHUNK: Final = 500
 
 
@@ -743,13 +745,26 @@ class CosmosViewStore:
         rows = self._query("SELECT * FROM c WHERE c.id = @id", {"@id": item})
         return rows[0] if rows else None
 
-    def _read_many(self, items: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The existing items among ``items``, by id (one query per few hundred ids)."""
+    def _read_many(
+        self, items: Sequence[str], records: list[dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The existing items among ``items``, by id (one query per few hundred ids).
+
+        Given a ``records`` list, the first query also collects every commit record of
+        the partition into it (normally none: a finished commit deletes its record).
+        """
         found: dict[str, dict[str, Any]] = {}
         unique = list(dict.fromkeys(items))
-        for chunk in _chunks(unique, _READ_CHUNK):
-            for row in self._query("SELECT * FROM c WHERE ARRAY_CONTAINS(@ids, c.id)", {"@ids": list(chunk)}):
-                found[row["id"]] = row
+        for n, chunk in enumerate(_chunks(unique, _READ_CHUNK)):
+            if n == 0 and records is not None:
+                query = "SELECT * FROM c WHERE (ARRAY_CONTAINS(@ids, c.id) OR c.kind = 'tx')"
+            else:
+                query = "SELECT * FROM c WHERE ARRAY_CONTAINS(@ids, c.id)"
+            for row in self._query(query, {"@ids": list(chunk)}):
+                if row.get("kind") == "tx" and records is not None:
+                    records.append(row)
+                if row["id"] in chunk:
+                    found[row["id"]] = row
         return found
 
     def _query(self, query: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -885,7 +900,20 @@ class CosmosViewStore:
     def _settled(self, items: list[str], projection: str) -> dict[str, dict[str, Any]]:
         """Read ``items``, first finishing or undoing any commit whose lock is on one of them."""
         for _ in range(MAX_THROTTLE_RETRIES):
-            raws = self._read_many(items)
+            records: list[dict[str, Any]] = []
+            raws = self._read_many(items, records)
+            # A committed record left behind by a writer that died after its commit point
+            # (some documents may not have been read here): finish it now.
+            wanted = set(items)
+            touched = False
+            for record in records:
+                if record.get("status") == "committed":
+                    self._settle(record["tx"], [])
+                    touched = touched or not wanted.isdisjoint(record.get("items", ()))
+                elif time.time() - float(record.get("at", 0)) > ABORTED_RECORD_SECONDS:
+                    self._delete(record["id"])
+            if touched:
+                continue  # read again: the roll-forward changed what was read
             locked = {raw["tx"] for raw in raws.values() if raw.get("tx")}
             if not locked:
                 return raws
@@ -1033,10 +1061,25 @@ class CosmosViewStore:
         may still be locking.
         """
         record = self._read(_record_id(tx))
+        if record is None and not seen:
+            return  # finished and deleted since its record was listed
+        if record is None:
+            # It may have finished (rolled forward, record deleted) since ``seen`` was read.
+            seen = [row for row in self._read_many([row["id"] for row in seen]).values() if row.get("tx") == tx]
+            if not seen:
+                return
+            record = self._read(_record_id(tx))
         if record is None:
             if any(time.time() - float(row.get("tx_at", 0)) < self.location.lock_timeout for row in seen):
                 raise _Locked(tx)
-            abort = {"id": _record_id(tx), "pk": VIEWS_PARTITION, "kind": "tx", "tx": tx, "status": "aborted"}
+            abort: dict[str, Any] = {
+                "id": _record_id(tx),
+                "pk": VIEWS_PARTITION,
+                "kind": "tx",
+                "tx": tx,
+                "status": "aborted",
+                "at": time.time(),
+            }
             try:
                 call(f"aborting view commit {tx}", partial(self._c.create_item, abort))
                 record = abort
