@@ -19,7 +19,7 @@ from app.core.messages import Event
 from app.core.ports import Archive
 from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError
-from app.migrate.format import decode_line_canonical, encode_line
+from app.migrate.format import decode_lines, encode_line
 from app.migrate.manifest import ChunkEntry, chunk_name
 
 ZSTD_LEVEL: Final = 3
@@ -175,7 +175,7 @@ def read_chunk_canonical(archive: Archive, entry: ChunkEntry, cipher: ChunkCiphe
         plaintext = zstandard.ZstdDecompressor().decompress(stored, max_output_size=MAX_CHUNK_PLAINTEXT)
     except zstandard.ZstdError as e:
         raise ArchiveError(entry.name, f"not a valid zstd frame: {e}") from e
-    events = [decode_line_canonical(line, entry.name, number) for number, line in enumerate(iter_lines(plaintext), 1)]
+    events = decode_lines(iter_lines(plaintext), entry.name)
     if len(events) != entry.events:
         raise ArchiveError(entry.name, f"holds {len(events)} events, the manifest says {entry.events}")
     return events

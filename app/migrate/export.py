@@ -82,8 +82,8 @@ class HeadTracker:
         head.last_version = event.version
         head.head = chain_next(head.head, event, canonical)
 
-    def add_many(self, pairs: Iterable[tuple[Event, bytes]], location: Callable[[Event], str]) -> None:
-        """:meth:`add` of each ``(event, canonical bytes)``; a gap raises at ``location(event)``."""
+    def add_many(self, pairs: Iterable[tuple[Event, bytes]], location: str | Callable[[Event], str]) -> None:
+        """:meth:`add` of each ``(event, canonical bytes)``; a gap raises at ``location`` (or ``location(event)``)."""
         heads, sha256 = self.heads, hashlib.sha256
         for event, canonical in pairs:
             stream_id, version = event[1], event[2]
@@ -91,7 +91,7 @@ class HeadTracker:
             if head is None:
                 head = heads[stream_id] = StreamHead(0, CHAIN_START, 0)
             if version != head.last_version + 1:
-                self.add(event, location(event), canonical)  # raises the gap error
+                self.add(event, location if isinstance(location, str) else location(event), canonical)  # raises
             head.events += 1
             head.last_version = version
             head.head = sha256(head.head.encode() + canonical).hexdigest()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote, unquote
@@ -273,6 +274,94 @@ def decode_line_canonical(line: bytes, location: str, line_number: int) -> tuple
     occurred = occurred_text if _is_canonical_time(occurred_text) else timestamp(event.occurred_at)
     recorded = recorded_text if _is_canonical_time(recorded_text) else timestamp(event.recorded_at)
     return event, _canonical(event, occurred, recorded)
+
+
+def decode_lines(lines: Iterable[bytes], location: str) -> list[tuple[Event, bytes]]:
+    """:func:`decode_line_canonical` of each line (numbered from 1): the same results.
+
+    The common case is decoded inline, with each distinct timestamp text of the call parsed
+    once; a line that fails any check (or that the inline path cannot judge) goes through
+    :func:`decode_line_canonical` itself, so the same lines are rejected with the same errors.
+    """
+    loads, dumps, sorted_keys, new = orjson.loads, orjson.dumps, _SORTED, tuple.__new__
+    required, source = _REQUIRED_SET, source_of
+    times: dict[str, tuple[datetime, str]] = {}
+    out: list[tuple[Event, bytes]] = []
+    append = out.append
+    for number, line in enumerate(lines, 1):
+        try:
+            raw = loads(line)
+            if type(raw) is not dict or not required.issubset(raw) or raw["specversion"] != SPEC_VERSION:
+                raise _Irregular
+            data = raw["data"]
+            metadata = loads(raw["metadata"])
+            stream_id = raw["streamid"]
+            version = raw["streamversion"]
+            schema_version = raw["schemaversion"]
+            if (
+                type(data) is not dict
+                or type(metadata) is not dict
+                or type(version) is not int
+                or type(schema_version) is not int
+                or version < 1
+                or raw["source"] != source(stream_id)
+            ):
+                raise _Irregular
+            occurred_text = raw["time"]
+            recorded_text = raw["recordedtime"]
+            occurred = times.get(occurred_text)
+            if occurred is None:
+                occurred = times[occurred_text] = _parsed(occurred_text)
+            recorded = occurred if recorded_text == occurred_text else times.get(recorded_text)
+            if recorded is None:
+                recorded = times[recorded_text] = _parsed(recorded_text)
+            position = raw.get("sourceposition")
+            event_id, event_type = str(raw["id"]), str(raw["type"])
+            stream_id = str(stream_id)
+        except Exception:
+            append(decode_line_canonical(line, location, number))  # raises the error of this line
+            continue
+        event = new(
+            Event,
+            (
+                event_id,
+                stream_id,
+                version,
+                event_type,
+                schema_version,
+                data,
+                metadata,
+                occurred[0],
+                recorded[0],
+                None if position is None else str(position),
+            ),
+        )
+        canonical = dumps(
+            {
+                "id": event_id,
+                "stream_id": stream_id,
+                "version": version,
+                "type": event_type,
+                "schema_version": schema_version,
+                "data": data,
+                "metadata": metadata,
+                "occurred_at": occurred[1],
+                "recorded_at": recorded[1],
+            },
+            option=sorted_keys,
+        )
+        append((event, canonical))
+    return out
+
+
+class _Irregular(Exception):
+    """Internal: a line the inline decoder leaves to :func:`decode_line_canonical`."""
+
+
+def _parsed(text: str) -> tuple[datetime, str]:
+    """``(moment, canonical text)`` of a timestamp text (as :func:`decode_line_canonical` derives them)."""
+    moment = parse_timestamp(text)
+    return moment, text if _is_canonical_time(text) else timestamp(moment)
 
 
 def _canonical(event: Event, occurred: str, recorded: str) -> bytes:

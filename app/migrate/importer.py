@@ -116,8 +116,7 @@ def import_archive(
         # runs in the read-ahead thread: read, check, decode and chain the next chunk
         for entry in manifest.chunks:
             pairs = read_chunk_canonical(archive, entry, cipher)
-            for event, canonical in pairs:
-                heads.add(event, entry.name, canonical)
+            heads.add_many(pairs, entry.name)
             yield entry, [event for event, _ in pairs]
 
     for index, (entry, events) in enumerate(ReadAhead(verified_chunks())):
