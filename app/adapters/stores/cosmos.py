@@ -47,15 +47,48 @@ transactional batches, which the emulator does not make atomic):
   emulator does not implement it, so it could not be tested here.
 
 View store design: every document and checkpoint of a view store lives in one logical
-partition of the views container, so that ``commit`` is one transactional batch (atomic
-on the real service).  **Limit:** a batch holds at most 100 operations; a commit with more
-writes is applied as consecutive batches with the checkpoint in the last one, so a crash
-between them leaves some documents written ahead of the checkpoint (the events are then
-re-applied on restart; projections whose writes are not idempotent should commit at most
-99 documents at a time).  Revisions are checked before the batch
-and again by the batch itself (ETag preconditions), so a conflicting commit writes
-nothing on the real service; the emulator does not roll back a failed batch, which only
-matters for a race between the check and the batch.
+partition of the views container.  ``commit`` is atomic whatever its size, without relying
+on transactional batches (a batch holds at most 100 operations, and the emulator applies
+a batch's operations one by one, keeping those before a failure), using a **commit
+record** as the commit point, as the DynamoDB view store does:
+
+1. One query reads every document and checkpoint the commit writes (``ARRAY_CONTAINS``
+   on their ids), together with any commit record left in the partition.  Locks of other
+   commits found there are settled first (step 5).  ``expected_revision`` is checked on
+   what was read: a mismatch raises ``ConcurrencyError`` before anything is written.
+2. A commit of a single write (one document, or only one checkpoint entry) is that
+   write, conditioned on the ETag read (create when absent): atomic by itself.
+3. Otherwise each document is **locked**: rewritten (ETag precondition; a placeholder is
+   created for an absent one) with its old value unchanged and the new value pending in
+   ``next``/``next_rev`` under a fresh commit id ``tx``.  Locks go in batches of 100, but
+   nothing depends on a batch being atomic: a failed precondition (a concurrent writer)
+   makes the writer remove its own locks and raise ``ConcurrencyError``.
+4. The writer **creates the commit record** ``t-<tx>`` (status ``committed``, listing the
+   locked ids): a single-document create, atomic on the service and the emulator.  This
+   is the commit point.  It then rolls every lock forward (batches of ETag-conditioned
+   replaces/deletes) and deletes the record.
+5. Readers resolve a locked document through its record: the pending value if the record
+   says ``committed``, the old value otherwise, so a commit is seen whole or not at all
+   (a multi-document read that meets a committed record re-reads the documents that
+   record lists, so it never mixes a commit's old and new values).  A writer meeting a
+   lock whose record is ``committed`` rolls that whole commit forward and deletes the
+   record; one meeting a lock without a record leaves it alone for ``lock_timeout``
+   seconds (URL parameter, default :data:`DEFAULT_LOCK_TIMEOUT`; raises
+   ``ConcurrencyError`` meanwhile), then creates the record as ``aborted`` (the same
+   single-document create, so the slow writer's own create then fails with 409 and it
+   aborts) and restores the old values.  Aborted records are kept a day
+   (:data:`ABORTED_RECORD_SECONDS`), so a writer that stalled past its commit point can
+   never commit late.
+
+So a crash at any step leaves either locks without a committed record (invisible, rolled
+back by the next writer after ``lock_timeout``) or a committed record (visible whole,
+rolled forward by the next commit).  **Cost:** a commit of ``W >= 2`` writes takes
+``2 * ceil(W / 100) + 3`` round trips (one read query, the lock batches, the record's
+create, the roll-forward batches, the record's delete) and writes each document twice
+plus the record twice, about twice the request units of one plain batch; a commit of one
+write takes two round trips.  The previous design read each changed document with its own
+query and wrote one batch per 100 writes, and was atomic only up to 100 writes and only
+on the real service.  The one partition caps the views at 20 GB and 10,000 RU/s.
 
 Throttling (429) is retried after the server's ``x-ms-retry-after-ms``, up to
 ``MAX_THROTTLE_RETRIES`` times, then raised as ``TransientError``.
