@@ -179,42 +179,56 @@ def encode_events(events: list[Event]) -> list[tuple[Event, bytes, bytes]]:
             recorded_text = texts[recorded] = _timestamp_of(recorded)
         data_json = fragment(dumps(data, option=sorted_keys))
         metadata_json = dumps(metadata, option=sorted_keys)
-        attributes: dict[str, Any] = {
-            "specversion": SPEC_VERSION,
-            "id": event_id,
-            "source": source_of(stream_id),
-            "type": event_type,
-            "time": occurred_text,
-            "datacontenttype": "application/json",
-            "data": data_json,
-            "streamid": stream_id,
-            "streamversion": version,
-            "schemaversion": schema_version,
-            "recordedtime": recorded_text,
-            "metadata": metadata_json.decode(),
-        }
-        if position is not None:
-            attributes["sourceposition"] = position
-        append(
-            (
-                event,
-                dumps(attributes, option=sorted_keys),
-                dumps(
-                    {
-                        "id": event_id,
-                        "stream_id": stream_id,
-                        "version": version,
-                        "type": event_type,
-                        "schema_version": schema_version,
-                        "data": data_json,
-                        "metadata": fragment(metadata_json),
-                        "occurred_at": occurred_text,
-                        "recorded_at": recorded_text,
-                    },
-                    option=sorted_keys,
-                ),
+        # keys inserted in sorted order (and data/metadata already canonical): no sort needed
+        if position is None:
+            line = dumps(
+                {
+                    "data": data_json,
+                    "datacontenttype": "application/json",
+                    "id": event_id,
+                    "metadata": metadata_json.decode(),
+                    "recordedtime": recorded_text,
+                    "schemaversion": schema_version,
+                    "source": source_of(stream_id),
+                    "specversion": SPEC_VERSION,
+                    "streamid": stream_id,
+                    "streamversion": version,
+                    "time": occurred_text,
+                    "type": event_type,
+                }
             )
+        else:
+            line = dumps(
+                {
+                    "data": data_json,
+                    "datacontenttype": "application/json",
+                    "id": event_id,
+                    "metadata": metadata_json.decode(),
+                    "recordedtime": recorded_text,
+                    "schemaversion": schema_version,
+                    "source": source_of(stream_id),
+                    "sourceposition": position,
+                    "specversion": SPEC_VERSION,
+                    "streamid": stream_id,
+                    "streamversion": version,
+                    "time": occurred_text,
+                    "type": event_type,
+                }
+            )
+        canonical = dumps(
+            {
+                "data": data_json,
+                "id": event_id,
+                "metadata": fragment(metadata_json),
+                "occurred_at": occurred_text,
+                "recorded_at": recorded_text,
+                "schema_version": schema_version,
+                "stream_id": stream_id,
+                "type": event_type,
+                "version": version,
+            }
         )
+        append((event, line, canonical))
     return out
 
 
