@@ -66,7 +66,10 @@ record** as the commit point, as the DynamoDB view store does:
 4. The writer **creates the commit record** ``t-<tx>`` (status ``committed``, listing the
    locked ids): a single-document create, atomic on the service and the emulator.  This
    is the commit point.  It then rolls every lock forward (batches of ETag-conditioned
-   replaces/deletes) and deletes the record.
+   replaces/deletes) and deletes the record as the last operation of the last batch (no
+   batch applies an operation after a failed one: the service applies all or none, the
+   emulator stops at the first failure; besides, an ETag precondition there only fails
+   on a document another writer already rolled forward).
 5. Readers resolve a locked document through its record: the pending value if the record
    says ``committed``, the old value otherwise, so a commit is seen whole or not at all
    (a multi-document read that meets a committed record re-reads the documents that
@@ -83,10 +86,11 @@ record** as the commit point, as the DynamoDB view store does:
 So a crash at any step leaves either locks without a committed record (invisible, rolled
 back by the next writer after ``lock_timeout``) or a committed record (visible whole,
 rolled forward by the next commit).  **Cost:** a commit of ``W >= 2`` writes takes
-``2 * ceil(W / 100) + 3`` round trips (one read query, the lock batches, the record's
-create, the roll-forward batches, the record's delete) and writes each document twice
-plus the record twice, about twice the request units of one plain batch; a commit of one
-write takes two round trips.  The previous design read each changed document with its own
+``ceil(W / 100) + ceil((W + 1) / 100) + 2`` round trips, four up to 99 writes (one read query, the
+lock batches, the record's create, the roll-forward batches ending with the record's
+delete) and writes each document twice plus the record twice, about twice the request
+units of one plain batch; a commit of one write takes two round trips
+(``benchmarks/bench_cosmos.py`` counts them).  The previous design read each changed document with its own
 query and wrote one batch per 100 writes, and was atomic only up to 100 writes and only
 on the real service.  The one partition caps the views at 20 GB and 10,000 RU/s.
 
@@ -1036,7 +1040,13 @@ class CosmosViewStore:
         self._roll_forward(tx, locks, etags)
 
     def _roll_forward(self, tx: str, locks: Mapping[str, dict[str, Any]], etags: Mapping[str, str]) -> None:
-        """Replace each lock by its pending value (batches, each write ETag-conditioned), drop the record."""
+        """Replace each lock by its pending value (batches, each write ETag-conditioned), drop the record.
+
+        The record's deletion is the last operation of the last batch: a batch never
+        applies an operation after one that failed (the service applies all or none, the
+        emulator stops at the first failure), so the record goes only once every
+        document is rolled forward; after a failed batch it is deleted on its own.
+        """
         operations: list[tuple[Any, ...]] = []
         for item, lock in locks.items():
             if lock["next"] is None:
@@ -1044,6 +1054,8 @@ class CosmosViewStore:
             else:
                 body = {**_clean(lock), "value": lock["next"], "rev": lock["next_rev"]}
                 operations.append(("replace", (item, body), {"if_match_etag": etags[item]}))
+        record = _record_id(tx)
+        operations.append(("delete", (record,)))
         for chunk in _chunks(operations, MAX_BATCH_OPERATIONS):
             try:
                 call(
@@ -1056,7 +1068,8 @@ class CosmosViewStore:
                 for row in rows.values():
                     if row.get("tx") == tx:
                         self._roll_forward_row(row)
-        self._delete(_record_id(tx))
+                if chunk[-1][1][0] == record:
+                    self._delete(record)
 
     def _roll_forward_row(self, row: Mapping[str, Any]) -> None:
         """Make a committed lock's pending value the document's value (412: someone did)."""
