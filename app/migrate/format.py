@@ -298,14 +298,15 @@ def decode_lines(lines: Iterable[bytes], location: str) -> list[tuple[Event, byt
     :func:`decode_line_canonical` itself, so the same lines are rejected with the same errors.
     """
     loads, dumps, sorted_keys, new = orjson.loads, orjson.dumps, _SORTED, tuple.__new__
-    required, source = _REQUIRED_SET, source_of
+    source = source_of
     times: dict[str, tuple[datetime, str]] = {}
     out: list[tuple[Event, bytes]] = []
     append = out.append
     for number, line in enumerate(lines, 1):
         try:
             raw = loads(line)
-            if type(raw) is not dict or not required.issubset(raw) or raw["specversion"] != SPEC_VERSION:
+            # a missing attribute raises KeyError here: the one-line path names it
+            if type(raw) is not dict or raw["specversion"] != SPEC_VERSION:
                 raise _Irregular
             data = raw["data"]
             metadata = loads(raw["metadata"])
@@ -330,8 +331,11 @@ def decode_lines(lines: Iterable[bytes], location: str) -> list[tuple[Event, byt
             if recorded is None:
                 recorded = times[recorded_text] = _parsed(recorded_text)
             position = raw.get("sourceposition")
-            event_id, event_type = str(raw["id"]), str(raw["type"])
-            stream_id = str(stream_id)
+            event_id, event_type = raw["id"], raw["type"]
+            if type(event_id) is not str or type(event_type) is not str or type(stream_id) is not str:
+                raise _Irregular  # the one-line path converts them with str()
+            if position is not None and type(position) is not str:
+                raise _Irregular
         except Exception:
             append(decode_line_canonical(line, location, number))  # raises the error of this line
             continue
@@ -347,7 +351,7 @@ def decode_lines(lines: Iterable[bytes], location: str) -> list[tuple[Event, byt
                 metadata,
                 occurred[0],
                 recorded[0],
-                None if position is None else str(position),
+                position,
             ),
         )
         canonical = dumps(

@@ -70,6 +70,10 @@ def test_decode_lines_is_decode_line_canonical_per_line() -> None:
     odd["time"] = "2026-11-27T07:00:00.5+01:00"
     odd["recordedtime"] = "2026-11-27T06:00:00.500000Z"
     lines.append(orjson.dumps(odd))
+    odd = orjson.loads(lines[1])
+    odd.update(id=12345, sourceposition=17, streamversion=True)  # converted/accepted by the one-line path
+    odd.pop("datacontenttype")
+    lines.append(orjson.dumps(odd))
     assert decode_lines(lines, "c") == [decode_line_canonical(line, "c", n) for n, line in enumerate(lines, 1)]
 
 
