@@ -514,6 +514,16 @@ def test_bulk_append_keeps_versions_ids_and_timestamps(event_store: EventStore) 
         ]
 
 
+def test_bulk_append_gives_positions_in_the_order_given(event_store: EventStore) -> None:
+    requires(event_store, FEATURE_BULK_APPEND)
+    a, b, c = stream("ord"), stream("ord"), stream("ord")
+    ea, eb, ec = exported(a, range(1, 4)), exported(b, range(1, 3)), exported(c, range(1, 3))
+    interleaved = [ea[0], eb[0], ea[1], ec[0], eb[1], ea[2], ec[1]]
+    assert event_store.bulk_append(interleaved) == 7  # type: ignore[attr-defined]
+    mine = [e.id for e in read_everything(event_store) if e.stream_id in (a, b, c)]
+    assert mine == [e.id for e in interleaved]
+
+
 def test_bulk_append_skips_what_is_stored_and_continues(event_store: EventStore) -> None:
     requires(event_store, FEATURE_BULK_APPEND)
     sid = stream("bulk")

@@ -49,16 +49,7 @@ def test_export_import_export_is_byte_identical(tmp_path: Path, target_scheme: s
     }
     if target_scheme == "sqlite":  # same store type, fresh database: the positions match too
         assert [first.get(c.name) for c in a.chunks] == [second.get(c.name) for c in b.chunks]
-    if target_scheme in KEEPS_GLOBAL_ORDER_PENDING:
-        pytest.xfail(KEEPS_GLOBAL_ORDER_PENDING[target_scheme])
     assert after == before  # and in the same global order
-
-
-KEEPS_GLOBAL_ORDER_PENDING = {
-    # ports.py: bulk_append gives new events positions in the order given; these adapters
-    # still group a call's events by stream (reported to their owners)
-    "firestore": "FirestoreEventStore.bulk_append stores a call's events grouped by stream",
-}
 
 
 @pytest.mark.parametrize("use_bulk", [True, False], ids=["bulk_append", "append"])

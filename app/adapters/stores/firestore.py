@@ -389,17 +389,27 @@ class FirestoreEventStore(_FirestoreBase):
                 head = int(snap.get("position"))
         return versions, stored, head
 
-    def _write(self, transaction: Any, plans: Sequence[_StreamPlan], head: int) -> list[AppendResult]:
-        """In ``transaction``: create the planned events, move stream heads and the global head."""
+    def _write(
+        self, transaction: Any, plans: Sequence[_StreamPlan], head: int, order: Sequence[Event] | None = None
+    ) -> list[AppendResult]:
+        """In ``transaction``: create the planned events, move stream heads and the global head.
+
+        New events take global positions plan by plan, or in ``order`` when given (a bulk
+        import keeps its source's global order, so export -> import -> export is identical).
+        """
         results: list[AppendResult] = []
         position = head
+        planned = [event for plan in plans for event in plan.new]
+        if order is not None:
+            new_ids = {event.id for event in planned}
+            planned = [event for event in order if event.id in new_ids]
+        for event in planned:
+            position += 1
+            transaction.create(self._events().document(event.id), _event_fields(event, position))
         for plan in plans:
             if plan.result is not None:
                 results.append(plan.result)
                 continue
-            for event in plan.new:
-                position += 1
-                transaction.create(self._events().document(event.id), _event_fields(event, position))
             last = plan.new[-1]
             transaction.set(self._stream_ref(plan.stream_id), {"stream_id": plan.stream_id, "version": last.version})
             results.append(AppendResult(plan.stream_id, plan.new[0].version, last.version))
@@ -514,7 +524,7 @@ class FirestoreEventStore(_FirestoreBase):
                     new.append(event)
                 if new:
                     plans.append(_StreamPlan(stream_id, new))
-            self._write(transaction, plans, head)
+            self._write(transaction, plans, head, order=events)
             return sum(len(p.new) for p in plans)
 
         return self._transact(body)
