@@ -106,11 +106,12 @@ def _encoded_batches(
         batch = store.read_all(after=after, limit=READ_BATCH)
         if not batch:
             return
-        cut = next((i for i, e in enumerate(batch) if e.position == end), None)
+        positions = [event.position for event in batch]
+        cut = positions.index(end) if end in positions else None
         if cut is not None:
             batch = batch[: cut + 1]
         after = batch[-1].position
-        mine = [event for event in batch if owned(shard, event.stream_id)]
+        mine = batch if shard is None else [event for event in batch if owned(shard, event.stream_id)]
         if transformer is not None:
             mine = transformer.apply(mine)
         yield encode_events(mine)

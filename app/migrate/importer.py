@@ -122,7 +122,7 @@ def import_archive(
     for index, (entry, events) in enumerate(ReadAhead(verified_chunks())):
         if index < int(done["chunks"]):
             continue
-        mine = [event for event in events if owned(shard, event.stream_id)]
+        mine = events if shard is None else [event for event in events if owned(shard, event.stream_id)]
         if transformer is not None:
             mine = transformer.apply(mine)
         for start in range(0, len(mine), WRITE_BATCH):
