@@ -440,6 +440,9 @@ def _copy_rows(events: Sequence[Event]) -> list[str]:
     append = rows.append
     fullmatch = _CANONICAL_ID.fullmatch
     special = _COPY_SPECIAL.search
+    last_occurred: Any = None
+    last_recorded: Any = None
+    occurred_text = recorded_text = ""
     for e in events:
         fields: tuple[Any, ...] = e[:9]
         event_id, stream_id, version, event_type, schema_version, data, metadata, occurred, recorded = fields
@@ -466,12 +469,16 @@ def _copy_rows(events: Sequence[Event]) -> list[str]:
             data_json, metadata_json = encode_json(data), encode_json(metadata)
         data_text = data_json.decode()
         metadata_text = metadata_json.decode()
-        occurred_text = occurred.isoformat() if type(occurred) is not int else _copy_moment(occurred)
-        recorded_text = (
-            occurred_text
-            if recorded is occurred
-            else (recorded.isoformat() if type(recorded) is not int else _copy_moment(recorded))
-        )
+        # Decoders hand back one object for equal timestamps (and often the same one for
+        # both fields): format each object once, not twice per event.
+        if occurred is not last_occurred:
+            last_occurred = occurred
+            occurred_text = occurred.isoformat() if type(occurred) is not int else _copy_moment(occurred)
+        if recorded is occurred:
+            last_recorded, recorded_text = recorded, occurred_text  # the pair stays consistent
+        elif recorded is not last_recorded:
+            last_recorded = recorded
+            recorded_text = recorded.isoformat() if type(recorded) is not int else _copy_moment(recorded)
         append(
             "\t".join(
                 (
@@ -495,20 +502,42 @@ def _version_of(event: Event) -> int:
     return event.version
 
 
-def _positioned(row: tuple[Any, ...]) -> Event:
-    """A row of :data:`_COLUMNS` plus ``position`` as an Event carrying its position."""
-    return Event(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        orjson.loads(row[5]),
-        orjson.loads(row[6]),
-        row[7],
-        row[8],
-        str(row[9]).zfill(_POSITION_DIGITS),
-    )
+def _positioned_rows(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
+    """Rows of :data:`_COLUMNS` plus ``position`` as Events carrying their positions.
+
+    Equal timestamps share one ``datetime``.
+
+    Events appended together carry equal timestamps (often the same in both fields);
+    sharing the object lets :func:`_copy_rows` format it once when the page is copied on.
+    """
+    events: list[Event] = []
+    append = events.append
+    loads = orjson.loads
+    last: Any = None
+    for row in rows:
+        occurred, recorded = row[7], row[8]
+        if occurred == last:
+            occurred = last
+        if recorded == occurred:
+            recorded = occurred
+        elif recorded == last:
+            recorded = last
+        last = recorded
+        append(
+            Event(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                loads(row[5]),
+                loads(row[6]),
+                occurred,
+                recorded,
+                str(row[9]).zfill(_POSITION_DIGITS),
+            )
+        )
+    return events
 
 
 class PostgresEventStore:
@@ -782,7 +811,7 @@ class PostgresEventStore:
         """Events after ``after`` in commit order of positions (gap-free, see the module docstring)."""
         with self.db.connection("reading all events") as conn:
             rows = conn.cursor(binary=True).execute(self._read_all_sql, [decode_position(after), limit]).fetchall()
-        return [_positioned(row) for row in rows]
+        return _positioned_rows(rows)
 
     def last_position(self) -> str | None:
         """The position of the newest visible event, or ``None`` when the store is empty."""

@@ -1,0 +1,59 @@
+"""The PostgreSQL adapter's COPY encoding and row decoding (pure functions, no server).
+
+``_copy_rows`` formats a timestamp object once when events share it; whatever the pattern
+of shared and distinct objects, every row must equal the row of that event encoded alone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from app.adapters.stores.postgres import _copy_rows, _positioned_rows
+from app.core.messages import Event, to_micros
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+T1 = T0 + timedelta(seconds=1)
+T2 = T0 + timedelta(seconds=2)
+
+
+def _event(version: int, occurred: object, recorded: object) -> Event:
+    return Event(str(uuid.uuid4()), "s-1", version, "Happened", 1, {"n": version}, {}, occurred, recorded)  # type: ignore[arg-type]
+
+
+def test_shared_and_distinct_timestamps_encode_like_single_events() -> None:
+    pairs: list[tuple[object, object]] = [
+        (T0, T0),
+        (T0, T1),
+        (T2, T2),  # recorded is occurred: must not leave T2's text as the memo for T1
+        (T0, T1),
+        (T1, T0),
+        (to_micros(T2), to_micros(T2)),
+        (T0, to_micros(T1)),
+        (T0, T0),
+    ]
+    events = [_event(i + 1, occurred, recorded) for i, (occurred, recorded) in enumerate(pairs)]
+    together = _copy_rows(events)
+    alone = [_copy_rows([event])[0] for event in events]
+    assert together == alone
+    fields = [row.rstrip("\n").split("\t") for row in together]
+    assert fields[3][7:] == [T0.isoformat(), T1.isoformat()]
+    assert fields[4][7:] == [T1.isoformat(), T0.isoformat()]
+    assert fields[6][7:] == [T0.isoformat(), T1.isoformat()]
+
+
+def test_positioned_rows_share_equal_timestamps_and_keep_values() -> None:
+    copy = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)  # equal to T0, another object
+    rows = [
+        (str(uuid.uuid4()), "s", 1, "A", 1, '{"a":1}', "{}", T0, copy, 7),
+        (str(uuid.uuid4()), "s", 2, "A", 1, "{}", '{"m":"x"}', copy, T1, 8),
+        (str(uuid.uuid4()), "s", 3, "A", 1, "{}", "{}", T1, T2, 9),
+    ]
+    events = _positioned_rows(rows)
+    assert [(e.occurred_at, e.recorded_at) for e in events] == [(T0, T0), (T0, T1), (T1, T2)]
+    assert events[0][7] is events[0][8]
+    assert events[1][7] is events[0][8]
+    assert events[2][7] is events[1][8]
+    assert [e.position for e in events] == ["00000000000000000007", "00000000000000000008", "00000000000000000009"]
+    assert events[0].data == {"a": 1}
+    assert events[1].metadata == {"m": "x"}
