@@ -9,20 +9,30 @@
   paged ``SELECT`` plus ``orjson.loads`` of data and metadata.  Goal: >= 70 % of raw.
   A second figure also reads both timestamps of every event (two datetimes each), to
   show what a reader that needs them pays; the raw side there builds the same datetimes.
+
+Every figure runs under the process settings of a ``skyferry`` process: the GC threshold
+that ``app.cli.main`` sets (:func:`app.cli.tune_gc`), for the adapter and the raw side
+alike (restored afterwards).  For comparison, ``read_all`` is also measured (both sides)
+under CPython's default threshold, the setting of a process that embeds the store
+without the ``skyferry`` entry point.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import sqlite3
 import tempfile
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 
 from app.adapters.stores.sqlite import SQLiteEventStore
+from app.cli import tune_gc
 from app.core.messages import Event, NewEvent
 from benchmarks.figures import Figure, compare
 
@@ -49,6 +59,20 @@ def _events(count: int, streams: int) -> list[Event]:
         )
         for i in range(count)
     ]
+
+
+@contextlib.contextmanager
+def _gc_threshold(young: int | None = None) -> Iterator[None]:
+    """Run under the ``skyferry`` GC setting (``young=None``) or this young threshold; restore."""
+    before = gc.get_threshold()
+    if young is None:
+        tune_gc()
+    else:
+        gc.set_threshold(young, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def _raw(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -106,12 +130,22 @@ def bench_read_all(directory: Path, count: int) -> list[Figure]:
             after = rows[-1][0]
 
     with_ts, raw_ts = compare(count, adapter_timestamps, raw_timestamps)
+    with _gc_threshold(700):  # CPython's default
+        default_gc, raw_default_gc = compare(count, adapter, raw)
     store.close()
     raw_db.close()
     return [
         Figure("read_all decoded", value, "events/s", raw_rate, "SELECT + orjson", goal=0.7),
         Figure(
             "read_all decoded, timestamps read", with_ts, "events/s", raw_ts, "SELECT + orjson + datetimes", goal=0.7
+        ),
+        Figure(
+            "read_all decoded, CPython's default GC",
+            default_gc,
+            "events/s",
+            raw_default_gc,
+            "SELECT + orjson",
+            note="threshold 700, not the skyferry setting",
         ),
     ]
 
@@ -215,7 +249,7 @@ def bench_bulk_append(directory: Path, count: int) -> Figure:
 def run(args: argparse.Namespace) -> list[Figure]:
     """The SQLite store figures."""
     quick = bool(getattr(args, "quick", False))
-    with tempfile.TemporaryDirectory(prefix="skyferry-bench-") as name:
+    with _gc_threshold(), tempfile.TemporaryDirectory(prefix="skyferry-bench-") as name:
         directory = Path(name)
         return [
             bench_append(directory, 100 if quick else 1000),
