@@ -42,11 +42,11 @@ EXIT_BAD_INPUT: Final = 2
 EXIT_TRANSIENT: Final = 3
 
 EXTENSIONS: Final = ("app.migrate.cli",)
+"""Modules whose ``app`` (a ``typer.Typer``) is mounted at the top level."""
 
 GC_THRESHOLD: Final = 10_000
 """Container allocations between two young-generation collections in a ``skyferry``
 process (CPython's default is 700).  See :func:`tune_gc` and ``docs/performance.md``."""
-"""Modules whose ``app`` (a ``typer.Typer``) is mounted at the top level."""
 
 cli = typer.Typer(
     name="skyferry",
