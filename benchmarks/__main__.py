@@ -8,6 +8,9 @@ missing optional dependency) is reported as that module's failure and the others
 run.  Each figure is printed
 beside the raw limit measured in the same run and the ratio, with the goal.
 
+Every module runs under the runtime setting of a ``skyferry`` process (``app.cli.tune_gc``),
+for our code and the raw side alike, so the figures are what production gets.
+
 To add a benchmark: create ``benchmarks/bench_<topic>.py`` with ``run(args)``; nothing
 else to register.  Exit status: 0 when every module ran, 1 when one failed (goals not
 met are reported, not failures).
@@ -23,6 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from app.cli import tune_gc
 from benchmarks.figures import Figure
 
 
@@ -57,6 +61,7 @@ def report(module: str, figures: list[Figure]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks named by ``argv`` (all by default)."""
+    tune_gc()
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data sets (a smoke run)")
     parser.add_argument("--only", action="append", default=[], help="run only bench_NAME (repeatable)")
