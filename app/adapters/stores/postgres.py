@@ -49,6 +49,7 @@ half-written: every write is one transaction).
 from __future__ import annotations
 
 import contextlib
+import operator
 import re
 import struct
 import threading
@@ -412,6 +413,8 @@ def _event(row: tuple[Any, ...]) -> Event:
 
 
 _COPY_BLOCK_ROWS: Final = 2000
+_dumps: Final = orjson.dumps
+_SORT_KEYS: Final = orjson.OPT_SORT_KEYS
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _CANONICAL_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _COPY_SPECIAL: Final = re.compile(r"[\\\t\n\r]")
@@ -430,20 +433,20 @@ def _copy_moment(moment: Any) -> str:
     return str(moment.isoformat())
 
 
-def _checked(fields: tuple[Any, ...], e: Event, fullmatch: Any) -> tuple[bytes, bytes, bool]:
-    """Validate one event; return its data and metadata JSON and whether its id is canonical.
+def _checked(fields: tuple[Any, ...], e: Event, canonical_id: bool) -> tuple[bytes, bytes]:
+    """Validate one event (``canonical_id``: whether its id is a canonical UUID string); return
+    its data and metadata JSON in the encoding of :func:`encode_json`.
 
     The checks are those of :meth:`NewEvent.validate`, done inline for the common case;
     an event that fails any of them (or that they cannot judge) goes through
     ``validate()`` itself, so exactly the same events are rejected with the same errors.
     """
-    event_id, _, _, event_type, schema_version, data, metadata, occurred, recorded = fields
+    _, _, _, event_type, schema_version, data, metadata, occurred, recorded = fields
     try:
-        data_json = encode_json(data)
-        metadata_json = encode_json(metadata)
+        data_json = _dumps(data, option=_SORT_KEYS)  # encode_json, without a call
+        metadata_json = _dumps(metadata, option=_SORT_KEYS)
     except TypeError:
         data_json = metadata_json = b""
-    canonical_id = type(event_id) is str and fullmatch(event_id) is not None
     if not (
         canonical_id
         and type(event_type) is str
@@ -459,7 +462,7 @@ def _checked(fields: tuple[Any, ...], e: Event, fullmatch: Any) -> tuple[bytes, 
     ):
         e.to_new().validate()  # raises the port's error for this event
         data_json, metadata_json = encode_json(data), encode_json(metadata)
-    return data_json, metadata_json, canonical_id
+    return data_json, metadata_json
 
 
 def _copy_rows(events: Sequence[Event]) -> list[str]:
@@ -474,7 +477,8 @@ def _copy_rows(events: Sequence[Event]) -> list[str]:
     for e in events:
         fields: tuple[Any, ...] = e[:9]
         event_id, stream_id, version, event_type, schema_version, _, _, occurred, recorded = fields
-        data_json, metadata_json, canonical_id = _checked(fields, e, fullmatch)
+        canonical_id = type(event_id) is str and fullmatch(event_id) is not None
+        data_json, metadata_json = _checked(fields, e, canonical_id)
         data_text = data_json.decode()
         metadata_text = metadata_json.decode()
         # Decoders hand back one object for equal timestamps (and often the same one for
@@ -550,12 +554,12 @@ def _pg_micros(moment: Any) -> int:
 def _copy_rows_binary(events: Sequence[Event]) -> list[bytes]:
     """Validate every event (see :func:`_checked`) and encode it as a binary COPY tuple.
 
-    Only for events that pass :func:`_binary_ready`.  Data and metadata go as their JSON
+    Only for events that pass :func:`_binary_ready` (which checked that every id is
+    canonical: this function relies on it).  Data and metadata go as their JSON
     text (the binary form of ``json``), so nothing needs escaping.
     """
     rows: list[bytes] = []
     append = rows.append
-    fullmatch = _CANONICAL_ID.fullmatch
     fromhex = bytes.fromhex
     last_occurred: Any = None
     last_recorded: Any = None
@@ -563,7 +567,7 @@ def _copy_rows_binary(events: Sequence[Event]) -> list[bytes]:
     for e in events:
         fields: tuple[Any, ...] = e[:9]
         event_id, stream_id, version, event_type, schema_version, _, _, occurred, recorded = fields
-        data_json, metadata_json, _ = _checked(fields, e, fullmatch)
+        data_json, metadata_json = _checked(fields, e, True)  # ids checked by _binary_ready
         if occurred is not last_occurred:
             last_occurred = occurred
             occurred_micros = _pg_micros(occurred)
@@ -592,8 +596,7 @@ def _copy_rows_binary(events: Sequence[Event]) -> list[bytes]:
     return rows
 
 
-def _version_of(event: Event) -> int:
-    return event.version
+_VERSION_OF: Final = operator.itemgetter(2)  # Event.version, in C
 
 
 def _positioned_rows(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
@@ -803,10 +806,9 @@ class PostgresEventStore:
                             [[e.stream_id for e in old], [e.version for e in old]],
                         )
                         stored = {(row[0], row[1]): row[2] for row in rows}
-                    keep: set[int] = set()
                     for stream_id, stream_events in by_stream.items():
                         head = start = int(heads.get(stream_id, 0))
-                        for event in sorted(stream_events, key=_version_of):
+                        for event in sorted(stream_events, key=_VERSION_OF):
                             if event.version <= start:
                                 if stored.get((stream_id, event.version)) != event.id:
                                     raise ConcurrencyError(
@@ -821,11 +823,11 @@ class PostgresEventStore:
                                     stream_id, event.version - 1, head, f"version {event.version} does not continue it"
                                 )
                             head = event.version
-                            keep.add(id(event))
-                    # positions follow the order given (the port), not the grouping above
-                    if len(keep) < len(events):
-                        fresh = [e for e in events if id(e) in keep]
-                        _copy_rows([e for e in events if id(e) not in keep])  # validated, not written
+                    # The loop above accepts exactly the events above their stream's head;
+                    # positions follow the order given (the port), not the grouping above.
+                    if old:
+                        fresh = [e for e in events if e.version > heads.get(e.stream_id, 0)]
+                        _copy_rows(old)  # validated, not written
                     else:
                         fresh = list(events)
                     if fresh:
