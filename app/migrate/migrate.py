@@ -27,6 +27,8 @@ from app.migrate.verify import VerifyReport, verify_stores
 from app.migrate.writer import TargetWriter
 
 READ_BATCH = 5000
+FIRST_BATCH = 1000
+"""The first read of a catch-up is smaller, so that the writer starts while the reader fetches more."""
 
 
 @dataclass(slots=True)
@@ -104,10 +106,12 @@ class Migration:
             events=int(state.get("events", 0)),
         )
 
-    def copy_once(self, batch: list[Event] | None = None) -> int:
-        """Copy the next batch (read now, or given); return how many source events it had (0: caught up)."""
+    def copy_once(self, batch: list[Event] | None = None, limit: int | None = None) -> int:
+        """Copy the next batch (read now, or given: read with ``limit``, default the batch size);
+        return how many source events it had (0: caught up)."""
+        limit = self.batch if limit is None else limit
         if batch is None:
-            batch = self.source.read_all(after=self.position, limit=self.batch)
+            batch = self.source.read_all(after=self.position, limit=limit)
         if not batch:
             self.report.caught_up = True
             self.report.lag_seconds = 0.0
@@ -126,25 +130,28 @@ class Migration:
         if self.transformer is not None:
             state["transform"] = self.transformer.record()
         checkpoints.save(self.views, self.key, state)
-        self.report.caught_up = len(batch) < self.batch
+        self.report.caught_up = len(batch) < limit
         lag = 0.0 if self.report.caught_up else (utc_now() - batch[-1].recorded_at).total_seconds()
         self.report.lag_seconds = max(lag, 0.0)
         if self.progress is not None:
             self.progress.advance(len(batch), lag=f"{self.report.lag_seconds:.1f}s")
         return len(batch)
 
-    def _batches(self) -> Iterator[list[Event]]:
+    def _batches(self) -> Iterator[tuple[list[Event], int]]:
+        """Batches read ahead, each with the limit it was read with."""
         position = self.position
-        while batch := self.source.read_all(after=position, limit=self.batch):
-            yield batch
+        limit = min(FIRST_BATCH, self.batch)
+        while batch := self.source.read_all(after=position, limit=limit):
+            yield batch, limit
             position = batch[-1].position
-            if len(batch) < self.batch:
+            if len(batch) < limit:
                 return
+            limit = self.batch
 
     def catch_up(self) -> None:
         """Copy until the source has nothing more (for now), reading one batch ahead."""
-        for batch in ReadAhead(self._batches()):
-            self.copy_once(batch)
+        for batch, limit in ReadAhead(self._batches()):
+            self.copy_once(batch, limit)
         while self.copy_once():
             pass
 
