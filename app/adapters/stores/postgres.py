@@ -660,6 +660,13 @@ class PostgresEventStore:
             " WHERE (SELECT coalesce(max(e.version), 0) FROM {t} e WHERE e.stream_id = %(stream)s) = %(expected)s"
             " ORDER BY u.version"
         ).format(t=t)
+        # One backward index probe per stream (a GROUP BY over ``stream_id = ANY(...)`` is
+        # planned as a scan of the whole table once a batch names many streams).
+        self._heads_sql = sql.SQL(
+            "SELECT k.stream_id, h.version FROM unnest(%s::text[]) AS k(stream_id)"
+            " CROSS JOIN LATERAL (SELECT max(e.version) AS version FROM {} e"
+            ' WHERE e.stream_id = k.stream_id COLLATE "C") AS h WHERE h.version IS NOT NULL'
+        ).format(t)
         self._version_sql = sql.SQL("SELECT coalesce(max(version), 0) FROM {} WHERE stream_id = %s").format(t)
         self._ids_sql = sql.SQL("SELECT id::text, stream_id, version FROM {} WHERE id = ANY(%s::uuid[])").format(t)
         self._read_all_sql = sql.SQL(
@@ -786,14 +793,7 @@ class PostgresEventStore:
             try:
                 with conn.transaction():
                     conn.execute(self._lock_sql)
-                    heads: dict[str, int] = dict(
-                        conn.execute(
-                            sql.SQL(
-                                "SELECT stream_id, max(version) FROM {} WHERE stream_id = ANY(%s) GROUP BY stream_id"
-                            ).format(t),
-                            [list(by_stream)],
-                        ).fetchall()
-                    )
+                    heads: dict[str, int] = dict(conn.execute(self._heads_sql, [list(by_stream)]).fetchall())
                     old = [e for e in events if e.version <= heads.get(e.stream_id, 0)]
                     stored: dict[tuple[str, int], str] = {}
                     if old:
