@@ -13,7 +13,6 @@ only when called, so an app image without the infra dependencies still works.  S
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import logging
 import signal
@@ -32,6 +31,7 @@ from app.core.errors import (
     TransientError,
     ValidationError,
 )
+from app.runtime import tune_process
 from app.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,6 @@ EXIT_TRANSIENT: Final = 3
 
 EXTENSIONS: Final = ("app.migrate.cli",)
 """Modules whose ``app`` (a ``typer.Typer``) is mounted at the top level."""
-
-GC_THRESHOLD: Final = 10_000
-"""Container allocations between two young-generation collections in a ``skyferry``
-process (CPython's default is 700).  See :func:`tune_gc` and ``docs/performance.md``."""
 
 cli = typer.Typer(
     name="skyferry",
@@ -285,26 +281,9 @@ def run(argv: list[str] | None = None, entry: Callable[..., Any] | None = None) 
     return EXIT_OK
 
 
-def tune_gc() -> None:
-    """Raise the garbage collector's young-generation threshold to :data:`GC_THRESHOLD`.
-
-    The process-wide runtime setting of every ``skyferry`` command (``serve``, ``worker``,
-    ``rebuild``, ``export``/``import``...), applied once by :func:`main`.  With CPython's
-    default of 700, a page of 1,000 decoded events (each an ``Event`` plus its ``data``
-    and ``metadata`` dicts) sets off several young collections, and the events still
-    alive are promoted and traversed again by the older generations and full collections.
-    Collections stay automatic and cyclic garbage is still freed, only after 10,000
-    allocations instead of 700 (the older generations keep their default ratios).  A
-    higher threshold set before (or 0, collection turned off) is kept.
-    """
-    young, middle, old = gc.get_threshold()
-    if 0 < young < GC_THRESHOLD:  # 0 means collection was turned off: leave it so
-        gc.set_threshold(GC_THRESHOLD, middle, old)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``skyferry`` (``app.cli:main``): tunes the GC (:func:`tune_gc`), runs ``argv``."""
-    tune_gc()
+    """Entry point of ``skyferry`` (``app.cli:main``): tunes the process (:mod:`app.runtime`), runs ``argv``."""
+    tune_process()
     sys.exit(run(argv))
 
 

@@ -8,8 +8,9 @@ missing optional dependency) is reported as that module's failure and the others
 run.  Each figure is printed
 beside the raw limit measured in the same run and the ratio, with the goal.
 
-Every module runs under the runtime setting of a ``skyferry`` process (``app.cli.tune_gc``),
-for our code and the raw side alike, so the figures are what production gets.
+Every module runs under the runtime settings of a ``skyferry`` process
+(``app.runtime.tune_process``: GC and heap), for our code and the raw side alike, so the
+figures are what production gets.
 
 To add a benchmark: create ``benchmarks/bench_<topic>.py`` with ``run(args)``; nothing
 else to register.  Exit status: 0 when every module ran, 1 when one failed (goals not
@@ -26,7 +27,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from app.cli import tune_gc
+from app.runtime import tune_process
 from benchmarks.figures import Figure
 
 
@@ -61,7 +62,7 @@ def report(module: str, figures: list[Figure]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks named by ``argv`` (all by default)."""
-    tune_gc()
+    tune_process()
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data sets (a smoke run)")
     parser.add_argument("--only", action="append", default=[], help="run only bench_NAME (repeatable)")
