@@ -99,8 +99,8 @@ class HeadTracker:
 
 def _encoded_batches(
     store: EventStore, end: str | None, shard: Shard | None, transformer: Transformer | None
-) -> Iterator[list[tuple[Event, bytes, bytes]]]:
-    """Batches of ``(event, line, canonical bytes)`` up to position ``end`` (runs read-ahead)."""
+) -> Iterator[tuple[list[Event], list[bytes], list[bytes]]]:
+    """Batches of ``(events, their lines, their canonical bytes)`` up to position ``end`` (runs read-ahead)."""
     after: str | None = None
     while end is not None:
         batch = store.read_all(after=after, limit=READ_BATCH)
@@ -114,7 +114,7 @@ def _encoded_batches(
         mine = batch if shard is None else [event for event in batch if owned(shard, event.stream_id)]
         if transformer is not None:
             mine = transformer.apply(mine)
-        yield encode_events(mine)
+        yield mine, *encode_events(mine)
         if cut is not None:
             return
 
@@ -143,11 +143,11 @@ def export(
     heads = HeadTracker()
     location = f"source {store.url}"
     where = lambda event: f"{location} at position {event.position}"  # noqa: E731
-    for encoded in ReadAhead(_encoded_batches(store, end, shard, transformer)):
-        heads.add_many(((event, canonical) for event, _, canonical in encoded), where)
-        writer.add_many([event for event, _, _ in encoded], [line for _, line, _ in encoded])
+    for events, lines, canonicals in ReadAhead(_encoded_batches(store, end, shard, transformer)):
+        heads.add_many(zip(events, canonicals, strict=True), where)
+        writer.add_many(events, lines)
         if progress is not None:
-            progress.advance(len(encoded))
+            progress.advance(len(events))
     writer.close()
     for stale in archive.list(CHUNK_PREFIX):
         if stale not in {entry.name for entry in writer.entries}:

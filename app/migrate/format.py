@@ -150,14 +150,16 @@ def _timestamp_of(raw: Any) -> str:
     return timestamp(raw)
 
 
-def encode_events(events: list[Event]) -> list[tuple[Event, bytes, bytes]]:
-    """:func:`encode_event` of each of ``events``: the same bytes, with each distinct timestamp of
-    the batch formatted once (events appended together share them) and no per-event calls
-    beyond the JSON encoder."""
+def encode_events(events: list[Event]) -> tuple[list[bytes], list[bytes]]:
+    """``(lines, canonical bytes)``: :func:`encode_event` of each of ``events``, as two lists in
+    the order of ``events``.  The same bytes, with each distinct timestamp of the batch
+    formatted once (events appended together share them) and no per-event calls beyond the
+    JSON encoder."""
     dumps, fragment, sorted_keys = orjson.dumps, orjson.Fragment, _SORTED
     texts: dict[Any, str] = {}
-    out: list[tuple[Event, bytes, bytes]] = []
-    append = out.append
+    lines: list[bytes] = []
+    canonicals: list[bytes] = []
+    add_line, add_canonical = lines.append, canonicals.append
     for event in events:
         (
             event_id,
@@ -181,55 +183,60 @@ def encode_events(events: list[Event]) -> list[tuple[Event, bytes, bytes]]:
         metadata_json = dumps(metadata, option=sorted_keys)
         # keys inserted in sorted order (and data/metadata already canonical): no sort needed
         if position is None:
-            line = dumps(
-                {
-                    "data": data_json,
-                    "datacontenttype": "application/json",
-                    "id": event_id,
-                    "metadata": metadata_json.decode(),
-                    "recordedtime": recorded_text,
-                    "schemaversion": schema_version,
-                    "source": source_of(stream_id),
-                    "specversion": SPEC_VERSION,
-                    "streamid": stream_id,
-                    "streamversion": version,
-                    "time": occurred_text,
-                    "type": event_type,
-                }
+            add_line(
+                dumps(
+                    {
+                        "data": data_json,
+                        "datacontenttype": "application/json",
+                        "id": event_id,
+                        "metadata": metadata_json.decode(),
+                        "recordedtime": recorded_text,
+                        "schemaversion": schema_version,
+                        "source": source_of(stream_id),
+                        "specversion": SPEC_VERSION,
+                        "streamid": stream_id,
+                        "streamversion": version,
+                        "time": occurred_text,
+                        "type": event_type,
+                    }
+                )
             )
         else:
-            line = dumps(
+            add_line(
+                dumps(
+                    {
+                        "data": data_json,
+                        "datacontenttype": "application/json",
+                        "id": event_id,
+                        "metadata": metadata_json.decode(),
+                        "recordedtime": recorded_text,
+                        "schemaversion": schema_version,
+                        "source": source_of(stream_id),
+                        "sourceposition": position,
+                        "specversion": SPEC_VERSION,
+                        "streamid": stream_id,
+                        "streamversion": version,
+                        "time": occurred_text,
+                        "type": event_type,
+                    }
+                )
+            )
+        add_canonical(
+            dumps(
                 {
                     "data": data_json,
-                    "datacontenttype": "application/json",
                     "id": event_id,
-                    "metadata": metadata_json.decode(),
-                    "recordedtime": recorded_text,
-                    "schemaversion": schema_version,
-                    "source": source_of(stream_id),
-                    "sourceposition": position,
-                    "specversion": SPEC_VERSION,
-                    "streamid": stream_id,
-                    "streamversion": version,
-                    "time": occurred_text,
+                    "metadata": fragment(metadata_json),
+                    "occurred_at": occurred_text,
+                    "recorded_at": recorded_text,
+                    "schema_version": schema_version,
+                    "stream_id": stream_id,
                     "type": event_type,
+                    "version": version,
                 }
             )
-        canonical = dumps(
-            {
-                "data": data_json,
-                "id": event_id,
-                "metadata": fragment(metadata_json),
-                "occurred_at": occurred_text,
-                "recorded_at": recorded_text,
-                "schema_version": schema_version,
-                "stream_id": stream_id,
-                "type": event_type,
-                "version": version,
-            }
         )
-        append((event, line, canonical))
-    return out
+    return lines, canonicals
 
 
 def decode_line(line: bytes, location: str, line_number: int) -> Event:

@@ -59,7 +59,7 @@ def varied() -> list[Event]:
 
 def test_encode_events_is_encode_event_per_event() -> None:
     events = varied()
-    assert encode_events(events) == [(e, *encode_event(e)) for e in events]
+    assert encode_events(events) == ([encode_event(e)[0] for e in events], [encode_event(e)[1] for e in events])
 
 
 def test_decode_lines_is_decode_line_canonical_per_line() -> None:
