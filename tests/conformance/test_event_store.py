@@ -547,6 +547,17 @@ def test_bulk_append_refuses_different_events_and_writes_nothing(event_store: Ev
     assert event_store.stream_version(other) == 0
 
 
+def test_bulk_append_takes_each_stream_in_version_order(event_store: EventStore) -> None:
+    """Events continue their stream in the order given: a stream's versions out of order are refused."""
+    requires(event_store, FEATURE_BULK_APPEND)
+    sid, other = stream("bulk"), stream("bulk")
+    first, second = exported(sid, range(1, 3))
+    with pytest.raises(ConcurrencyError) as caught:
+        event_store.bulk_append([*exported(other, range(1, 2)), second, first])  # type: ignore[attr-defined]
+    assert sid in str(caught.value)
+    assert (event_store.stream_version(sid), event_store.stream_version(other)) == (0, 0)
+
+
 def test_temporal_reads_the_stream_as_it_was(event_store: EventStore) -> None:
     requires(event_store, FEATURE_TEMPORAL)
     sid = stream("t")

@@ -49,7 +49,6 @@ half-written: every write is one transaction).
 from __future__ import annotations
 
 import contextlib
-import operator
 import re
 import struct
 import threading
@@ -596,9 +595,6 @@ def _copy_rows_binary(events: Sequence[Event]) -> list[bytes]:
     return rows
 
 
-_VERSION_OF: Final = operator.itemgetter(2)  # Event.version, in C
-
-
 def _positioned_rows(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
     """Rows of :data:`_COLUMNS` plus ``position`` as Events carrying their positions.
 
@@ -782,10 +778,8 @@ class PostgresEventStore:
         """
         if not events:
             return 0
-        by_stream: dict[str, list[Event]] = {}
-        for event in events:
-            by_stream.setdefault(event.stream_id, []).append(event)
-        for stream_id in by_stream:
+        streams = list(dict.fromkeys(event[1] for event in events))  # Event.stream_id
+        for stream_id in streams:
             validate_stream_id(stream_id)
         t = self.db.table("events")
         fresh: list[Event] = []
@@ -793,9 +787,23 @@ class PostgresEventStore:
             try:
                 with conn.transaction():
                     conn.execute(self._lock_sql)
-                    heads: dict[str, int] = dict(conn.execute(self._heads_sql, [list(by_stream)]).fetchall())
-                    old = [e for e in events if e.version <= heads.get(e.stream_id, 0)]
-                    stored: dict[tuple[str, int], str] = {}
+                    heads: dict[str, int] = dict(conn.execute(self._heads_sql, [streams]).fetchall())
+                    # One pass in the order given: each event continues its stream (new), or
+                    # lies at or below the stored head (must be stored with the same id).
+                    current = dict(heads)
+                    old: list[Event] = []
+                    for event in events:
+                        stream_id, version = event[1], event[2]
+                        head = current.get(stream_id, 0)
+                        if version == head + 1:
+                            current[stream_id] = version
+                            fresh.append(event)
+                        elif version <= heads.get(stream_id, 0):
+                            old.append(event)
+                        else:
+                            raise ConcurrencyError(
+                                stream_id, version - 1, head, f"version {version} does not continue it"
+                            )
                     if old:
                         rows = conn.execute(
                             sql.SQL(
@@ -806,30 +814,15 @@ class PostgresEventStore:
                             [[e.stream_id for e in old], [e.version for e in old]],
                         )
                         stored = {(row[0], row[1]): row[2] for row in rows}
-                    for stream_id, stream_events in by_stream.items():
-                        head = start = int(heads.get(stream_id, 0))
-                        for event in sorted(stream_events, key=_VERSION_OF):
-                            if event.version <= start:
-                                if stored.get((stream_id, event.version)) != event.id:
-                                    raise ConcurrencyError(
-                                        stream_id,
-                                        event.version - 1,
-                                        start,
-                                        f"version {event.version} holds another event than {event.id}",
-                                    )
-                                continue
-                            if event.version != head + 1:
+                        for event in old:
+                            if stored.get((event.stream_id, event.version)) != event.id:
                                 raise ConcurrencyError(
-                                    stream_id, event.version - 1, head, f"version {event.version} does not continue it"
+                                    event.stream_id,
+                                    event.version - 1,
+                                    heads.get(event.stream_id, 0),
+                                    f"version {event.version} holds another event than {event.id}",
                                 )
-                            head = event.version
-                    # The loop above accepts exactly the events above their stream's head;
-                    # positions follow the order given (the port), not the grouping above.
-                    if old:
-                        fresh = [e for e in events if e.version > heads.get(e.stream_id, 0)]
                         _copy_rows(old)  # validated, not written
-                    else:
-                        fresh = list(events)
                     if fresh:
                         self._copy(conn, fresh)
             except psycopg.errors.UniqueViolation as e:
