@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import zstandard
@@ -175,14 +175,16 @@ def read_chunk_canonical(archive: Archive, entry: ChunkEntry, cipher: ChunkCiphe
         plaintext = zstandard.ZstdDecompressor().decompress(stored, max_output_size=MAX_CHUNK_PLAINTEXT)
     except zstandard.ZstdError as e:
         raise ArchiveError(entry.name, f"not a valid zstd frame: {e}") from e
-    events = decode_lines(iter_lines(plaintext), entry.name)
+    events = decode_lines(chunk_lines(plaintext), entry.name)
     if len(events) != entry.events:
         raise ArchiveError(entry.name, f"holds {len(events)} events, the manifest says {entry.events}")
     return events
 
 
-def iter_lines(plaintext: bytes) -> Iterator[bytes]:
-    """The non-empty lines of a chunk."""
-    for line in plaintext.split(b"\n"):
-        if line:
-            yield line
+def chunk_lines(plaintext: bytes) -> list[bytes]:
+    """The non-empty lines of a chunk (one ``split``; a list comprehension only when a line is empty
+    besides the last)."""
+    lines = plaintext.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return [line for line in lines if line] if b"" in lines else lines

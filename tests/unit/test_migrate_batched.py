@@ -21,7 +21,7 @@ from app.adapters.archives.local import LocalArchive
 from app.adapters.stores.sqlite import SQLiteEventStore
 from app.core.errors import EventTooLarge, ValidationError
 from app.core.messages import EVENT_SIZE_LIMIT, Event, to_micros
-from app.migrate.chunks import ChunkWriter
+from app.migrate.chunks import ChunkWriter, chunk_lines
 from app.migrate.errors import ArchiveError
 from app.migrate.export import HeadTracker
 from app.migrate.format import decode_line_canonical, decode_lines, encode_event, encode_events, encode_line
@@ -205,3 +205,17 @@ def test_sqlite_bulk_append_stores_what_it_was_given(tmp_path: Path) -> None:
         assert [list(e.data) for e in stored] == [list(e.data) for e in events]  # key order kept
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "lines"),
+    [
+        (b"a\nb\n", [b"a", b"b"]),
+        (b"a\nb", [b"a", b"b"]),
+        (b"a\n\nb\n", [b"a", b"b"]),
+        (b"", []),
+        (b"\n", []),
+    ],
+)
+def test_chunk_lines_are_the_non_empty_lines(plaintext: bytes, lines: list[bytes]) -> None:
+    assert chunk_lines(plaintext) == lines
