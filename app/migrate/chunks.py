@@ -155,11 +155,13 @@ class ChunkWriter:
 
 def read_chunk(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) -> list[Event]:
     """Every event of one chunk, after checking it whole; raises :class:`ArchiveError` naming the problem."""
-    return [event for event, _ in read_chunk_canonical(archive, entry, cipher)]
+    return read_chunk_canonical(archive, entry, cipher)[0]
 
 
-def read_chunk_canonical(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) -> list[tuple[Event, bytes]]:
-    """Like :func:`read_chunk`, with each event's canonical bytes (for the hash chain)."""
+def read_chunk_canonical(
+    archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None
+) -> tuple[list[Event], list[bytes]]:
+    """Like :func:`read_chunk`, with the events' canonical bytes (for the hash chain) in a second list."""
     try:
         stored = archive.get(entry.name)
     except ObjectNotFound as e:
@@ -175,10 +177,10 @@ def read_chunk_canonical(archive: Archive, entry: ChunkEntry, cipher: ChunkCiphe
         plaintext = zstandard.ZstdDecompressor().decompress(stored, max_output_size=MAX_CHUNK_PLAINTEXT)
     except zstandard.ZstdError as e:
         raise ArchiveError(entry.name, f"not a valid zstd frame: {e}") from e
-    events = decode_lines(chunk_lines(plaintext), entry.name)
+    events, canonicals = decode_lines(chunk_lines(plaintext), entry.name)
     if len(events) != entry.events:
         raise ArchiveError(entry.name, f"holds {len(events)} events, the manifest says {entry.events}")
-    return events
+    return events, canonicals
 
 
 def chunk_lines(plaintext: bytes) -> list[bytes]:

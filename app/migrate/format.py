@@ -297,8 +297,9 @@ def decode_line_canonical(line: bytes, location: str, line_number: int) -> tuple
     return event, _canonical(event, occurred, recorded)
 
 
-def decode_lines(lines: Iterable[bytes], location: str) -> list[tuple[Event, bytes]]:
-    """:func:`decode_line_canonical` of each line (numbered from 1): the same results.
+def decode_lines(lines: Iterable[bytes], location: str) -> tuple[list[Event], list[bytes]]:
+    """``(events, canonical bytes)``: :func:`decode_line_canonical` of each line (numbered from 1),
+    as two lists in the order of the lines: the same results.
 
     The common case is decoded inline, with each distinct timestamp text of the call parsed
     once; a line that fails any check (or that the inline path cannot judge) goes through
@@ -307,8 +308,9 @@ def decode_lines(lines: Iterable[bytes], location: str) -> list[tuple[Event, byt
     loads, dumps, sorted_keys, new = orjson.loads, orjson.dumps, _SORTED, tuple.__new__
     source = source_of
     times: dict[str, tuple[datetime, str]] = {}
-    out: list[tuple[Event, bytes]] = []
-    append = out.append
+    events: list[Event] = []
+    canonicals: list[bytes] = []
+    add_event, add_canonical = events.append, canonicals.append
     for number, line in enumerate(lines, 1):
         try:
             raw = loads(line)
@@ -344,7 +346,9 @@ def decode_lines(lines: Iterable[bytes], location: str) -> list[tuple[Event, byt
             if position is not None and type(position) is not str:
                 raise _Irregular
         except Exception:
-            append(decode_line_canonical(line, location, number))  # raises the error of this line
+            event, canonical = decode_line_canonical(line, location, number)  # raises the error of this line
+            add_event(event)
+            add_canonical(canonical)
             continue
         event = new(
             Event,
@@ -375,8 +379,9 @@ def decode_lines(lines: Iterable[bytes], location: str) -> list[tuple[Event, byt
             },
             option=sorted_keys,
         )
-        append((event, canonical))
-    return out
+        add_event(event)
+        add_canonical(canonical)
+    return events, canonicals
 
 
 class _Irregular(Exception):

@@ -115,9 +115,9 @@ def import_archive(
     def verified_chunks() -> Iterator[tuple[ChunkEntry, list[Event]]]:
         # runs in the read-ahead thread: read, check, decode and chain the next chunk
         for entry in manifest.chunks:
-            pairs = read_chunk_canonical(archive, entry, cipher)
-            heads.add_many(pairs, entry.name)
-            yield entry, [event for event, _ in pairs]
+            events, canonicals = read_chunk_canonical(archive, entry, cipher)
+            heads.add_many(zip(events, canonicals, strict=True), entry.name)
+            yield entry, events
 
     for index, (entry, events) in enumerate(ReadAhead(verified_chunks())):
         if index < int(done["chunks"]):

@@ -157,11 +157,10 @@ def check_archive(archive: Archive, cipher: ChunkCipher | None, progress: Progre
     if progress is not None:
         progress.total = manifest.event_count
     for entry in manifest.chunks:
-        pairs = read_chunk_canonical(archive, entry, cipher)
-        for event, canonical in pairs:
-            heads.add(event, entry.name, canonical)
+        events, canonicals = read_chunk_canonical(archive, entry, cipher)
+        heads.add_many(zip(events, canonicals, strict=True), entry.name)
         if progress is not None:
-            progress.advance(len(pairs))
+            progress.advance(len(events))
     for stream_id, recorded in manifest.streams.items():
         computed = heads.heads.get(stream_id)
         if computed is None or (computed.events, computed.head) != (recorded.events, recorded.head):

@@ -74,7 +74,8 @@ def test_decode_lines_is_decode_line_canonical_per_line() -> None:
     odd.update(id=12345, sourceposition=17, streamversion=True)  # converted/accepted by the one-line path
     odd.pop("datacontenttype")
     lines.append(orjson.dumps(odd))
-    assert decode_lines(lines, "c") == [decode_line_canonical(line, "c", n) for n, line in enumerate(lines, 1)]
+    one_by_one = [decode_line_canonical(line, "c", n) for n, line in enumerate(lines, 1)]
+    assert decode_lines(lines, "c") == ([e for e, _ in one_by_one], [c for _, c in one_by_one])
 
 
 @pytest.mark.parametrize(
