@@ -7,6 +7,8 @@ that holds other events and a failed verification are their own classes (exit 1)
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.core.errors import SkyferryError, ValidationError
 
 
@@ -20,6 +22,10 @@ class ArchiveError(ValidationError):
         where = f"{location}, line {line}" if line is not None else location
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its own arguments (it crosses from the decoding process to the caller)."""
+        return (type(self), (self.location, self.problem, self.line))
+
 
 class WrongKey(ArchiveError):
     """The encryption key given does not open the archive (or none was given)."""
@@ -31,7 +37,12 @@ class TargetConflict(SkyferryError):
     def __init__(self, stream_id: str, version: int, detail: str) -> None:
         self.stream_id = stream_id
         self.version = version
+        self.detail = detail
         super().__init__(f"target differs at stream {stream_id!r} version {version}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its own arguments."""
+        return (type(self), (self.stream_id, self.version, self.detail))
 
 
 class VerificationFailed(SkyferryError):
@@ -40,3 +51,7 @@ class VerificationFailed(SkyferryError):
     def __init__(self, differences: list[str]) -> None:
         self.differences = differences
         super().__init__(f"{len(differences)} difference(s): " + "; ".join(differences[:5]))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its own arguments."""
+        return (type(self), (self.differences,))

@@ -287,3 +287,19 @@ def test_encode_event_gives_exactly_the_line_and_the_canonical_bytes(same_times:
     data = {"z": 1.5, "a": {"y": [1, {"q": 'é\u2028\\"x\t'}], "b": None}, "é": "\n"}
     event = Event(str(uuid.uuid4()), "s-1", 3, "T", 2, data, {"k": "v", "a": [3, 2]}, occurred, recorded, position)
     assert encode_event(event) == (encode_line(event), canonical_bytes(event))
+
+
+def test_data_portability_errors_survive_pickling() -> None:
+    """They cross process boundaries (multiprocessing, job runners) with their fields intact."""
+    import pickle
+
+    from app.migrate.errors import ArchiveError, TargetConflict, VerificationFailed, WrongKey
+
+    for error in (
+        ArchiveError("chunks/000001.jsonl.zst", "not JSON", 7),
+        WrongKey("manifest.json", "the key does not open the archive"),
+        TargetConflict("account:1", 3, "the target holds another event there"),
+        VerificationFailed(["stream 'a': 2 events vs 3"]),
+    ):
+        copy = pickle.loads(pickle.dumps(error))  # noqa: S301  (our own bytes)
+        assert (type(copy), str(copy), copy.__dict__) == (type(error), str(error), error.__dict__)
