@@ -97,10 +97,10 @@ class HeadTracker:
             head.head = sha256(head.head.encode() + canonical).hexdigest()
 
 
-def _encoded_batches(
+def _batches(
     store: EventStore, end: str | None, shard: Shard | None, transformer: Transformer | None
-) -> Iterator[tuple[list[Event], list[bytes], list[bytes]]]:
-    """Batches of ``(events, their lines, their canonical bytes)`` up to position ``end`` (runs read-ahead)."""
+) -> Iterator[list[Event]]:
+    """The events to export (of ``shard``, through ``transformer``), in batches up to position ``end``."""
     after: str | None = None
     while end is not None:
         batch = store.read_all(after=after, limit=READ_BATCH)
@@ -114,7 +114,7 @@ def _encoded_batches(
         mine = batch if shard is None else [event for event in batch if owned(shard, event.stream_id)]
         if transformer is not None:
             mine = transformer.apply(mine)
-        yield mine, *encode_events(mine)
+        yield mine
         if cut is not None:
             return
 
@@ -143,7 +143,10 @@ def export(
     heads = HeadTracker()
     location = f"source {store.url}"
     where = lambda event: f"{location} at position {event.position}"  # noqa: E731
-    for events, lines, canonicals in ReadAhead(_encoded_batches(store, end, shard, transformer)):
+    # The read-ahead thread only reads (drivers release the GIL while the database works);
+    # encoding is CPU work under the GIL wherever it runs, so it runs here, beside the chain.
+    for events in ReadAhead(_batches(store, end, shard, transformer)):
+        lines, canonicals = encode_events(events)
         heads.add_many(zip(events, canonicals, strict=True), where)
         writer.add_many(events, lines)
         if progress is not None:
