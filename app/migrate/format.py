@@ -182,45 +182,24 @@ def encode_events(events: list[Event]) -> tuple[list[bytes], list[bytes]]:
         data_json = fragment(dumps(data, option=sorted_keys))
         metadata_json = dumps(metadata, option=sorted_keys)
         # keys inserted in sorted order (and data/metadata already canonical): no sort needed
+        attributes = {
+            "data": data_json,
+            "datacontenttype": "application/json",
+            "id": event_id,
+            "metadata": metadata_json.decode(),
+            "recordedtime": recorded_text,
+            "schemaversion": schema_version,
+            "source": source_of(stream_id),
+            "sourceposition": position,
+            "specversion": SPEC_VERSION,
+            "streamid": stream_id,
+            "streamversion": version,
+            "time": occurred_text,
+            "type": event_type,
+        }
         if position is None:
-            add_line(
-                dumps(
-                    {
-                        "data": data_json,
-                        "datacontenttype": "application/json",
-                        "id": event_id,
-                        "metadata": metadata_json.decode(),
-                        "recordedtime": recorded_text,
-                        "schemaversion": schema_version,
-                        "source": source_of(stream_id),
-                        "specversion": SPEC_VERSION,
-                        "streamid": stream_id,
-                        "streamversion": version,
-                        "time": occurred_text,
-                        "type": event_type,
-                    }
-                )
-            )
-        else:
-            add_line(
-                dumps(
-                    {
-                        "data": data_json,
-                        "datacontenttype": "application/json",
-                        "id": event_id,
-                        "metadata": metadata_json.decode(),
-                        "recordedtime": recorded_text,
-                        "schemaversion": schema_version,
-                        "source": source_of(stream_id),
-                        "sourceposition": position,
-                        "specversion": SPEC_VERSION,
-                        "streamid": stream_id,
-                        "streamversion": version,
-                        "time": occurred_text,
-                        "type": event_type,
-                    }
-                )
-            )
+            del attributes["sourceposition"]  # the others keep their order
+        add_line(dumps(attributes))
         add_canonical(
             dumps(
                 {
