@@ -149,6 +149,37 @@ class NewEvent:
             raise EventTooLarge(self.id, size, EVENT_SIZE_LIMIT)
 
 
+def plainly_valid(
+    event_type: Any,
+    schema_version: Any,
+    data: Any,
+    metadata: Any,
+    occurred: Any,
+    recorded: Any,
+    data_json: bytes,
+    metadata_json: bytes,
+) -> bool:
+    """Whether an event's fields pass :meth:`NewEvent.validate` by its common case (the id is
+    the caller's to check): the fast path of stores importing many events.
+
+    ``data_json`` / ``metadata_json`` are the JSON the store encoded (empty if encoding
+    failed); its length is that of the canonical encoding.  ``False`` does not mean invalid,
+    only that ``validate()`` must decide (it raises the port's error for the event).
+    """
+    return bool(
+        type(event_type) is str
+        and 0 < len(event_type) <= TYPE_MAX
+        and type(data) is dict
+        and type(metadata) is dict
+        and type(schema_version) is int
+        and schema_version >= 1
+        and (type(occurred) is int or (isinstance(occurred, datetime) and occurred.tzinfo is not None))
+        and (type(recorded) is int or (isinstance(recorded, datetime) and recorded.tzinfo is not None))
+        and data_json
+        and len(data_json) + len(metadata_json) <= EVENT_SIZE_LIMIT
+    )
+
+
 class _EventFields(NamedTuple):
     """The fields of :class:`Event`, in order (a tuple: one C call builds an event)."""
 

@@ -73,12 +73,11 @@ from app.core.errors import (
     ValidationError,
 )
 from app.core.messages import (
-    EVENT_SIZE_LIMIT,
-    TYPE_MAX,
     Event,
     NewEvent,
     check_append,
     encode_json,
+    plainly_valid,
     utc_now,
     validate_stream_id,
 )
@@ -436,8 +435,8 @@ def _checked(fields: tuple[Any, ...], e: Event, canonical_id: bool) -> tuple[byt
     """Validate one event (``canonical_id``: whether its id is a canonical UUID string); return
     its data and metadata JSON in the encoding of :func:`encode_json`.
 
-    The checks are those of :meth:`NewEvent.validate`, done inline for the common case;
-    an event that fails any of them (or that they cannot judge) goes through
+    The checks are those of :meth:`NewEvent.validate`, by its common case
+    (:func:`~app.core.messages.plainly_valid`); an event that fails any of them (or that they cannot judge) goes through
     ``validate()`` itself, so exactly the same events are rejected with the same errors.
     """
     _, _, _, event_type, schema_version, data, metadata, occurred, recorded = fields
@@ -448,16 +447,7 @@ def _checked(fields: tuple[Any, ...], e: Event, canonical_id: bool) -> tuple[byt
         data_json = metadata_json = b""
     if not (
         canonical_id
-        and type(event_type) is str
-        and 0 < len(event_type) <= TYPE_MAX
-        and type(data) is dict
-        and type(metadata) is dict
-        and type(schema_version) is int
-        and schema_version >= 1
-        and (type(occurred) is int or (isinstance(occurred, datetime) and occurred.tzinfo is not None))
-        and (type(recorded) is int or (isinstance(recorded, datetime) and recorded.tzinfo is not None))
-        and data_json
-        and len(data_json) + len(metadata_json) <= EVENT_SIZE_LIMIT
+        and plainly_valid(event_type, schema_version, data, metadata, occurred, recorded, data_json, metadata_json)
     ):
         e.to_new().validate()  # raises the port's error for this event
         data_json, metadata_json = encode_json(data), encode_json(metadata)

@@ -45,11 +45,10 @@ from orjson import loads as _loads
 from app.adapters.stores._common import PREFIX_END, check_limit, field_equals
 from app.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from app.core.messages import (
-    EVENT_SIZE_LIMIT,
-    TYPE_MAX,
     Event,
     NewEvent,
     check_append,
+    plainly_valid,
     to_micros,
     utc_now,
     validate_stream_id,
@@ -331,8 +330,8 @@ def _micros(moment: Any) -> int:
 def _validated_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
     """Validate every event and build its row (the same as :func:`_imported_row`) in one pass.
 
-    The checks are those of :meth:`NewEvent.validate`, done inline for the common case; an
-    event that fails any of them (or that they cannot judge) goes through ``validate()``
+    The checks are those of :meth:`NewEvent.validate`, by its common case
+    (:func:`~app.core.messages.plainly_valid`); an event that fails any of them (or that they cannot judge) goes through ``validate()``
     itself, so exactly the same events are rejected with the same errors.  The size check
     measures the JSON that is stored: it has the length of the canonical (sorted) encoding.
     """
@@ -353,16 +352,7 @@ def _validated_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
         if not (
             type(event_id) is str
             and fullmatch(event_id) is not None
-            and type(event_type) is str
-            and 0 < len(event_type) <= TYPE_MAX
-            and type(data) is dict
-            and type(metadata) is dict
-            and type(schema_version) is int
-            and schema_version >= 1
-            and (type(occurred) is int or (isinstance(occurred, datetime) and occurred.tzinfo is not None))
-            and (type(recorded) is int or (isinstance(recorded, datetime) and recorded.tzinfo is not None))
-            and data_json
-            and len(data_json) + len(metadata_json) <= EVENT_SIZE_LIMIT
+            and plainly_valid(event_type, schema_version, data, metadata, occurred, recorded, data_json, metadata_json)
         ):
             e.to_new().validate()  # raises the port's error for this event
             append(_imported_row(e))
