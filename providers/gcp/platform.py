@@ -304,30 +304,20 @@ class GcpPlatform(Platform):
 
     # -- broker ------------------------------------------------------------------------------------
 
-    def _grant_topic(
-        self, resource: str, topic: gcp.pubsub.Topic, member: pulumi.Input[str], roles: tuple[str, ...]
+    def _grant(
+        self, resource: str, target: gcp.pubsub.Topic | gcp.pubsub.Subscription, member: pulumi.Input[str]
     ) -> None:
-        for role in roles:
-            gcp.pubsub.TopicIAMMember(
+        """Grant ``member`` the adapter's roles (``pubsub_adapter.IAM_ROLES``) on one topic or subscription."""
+        kind = "topic" if isinstance(target, gcp.pubsub.Topic) else "subscription"
+        grant = gcp.pubsub.TopicIAMMember if kind == "topic" else gcp.pubsub.SubscriptionIAMMember
+        for role in pubsub_adapter.IAM_ROLES[kind]:
+            grant(
                 f"{resource}-{role.split('/')[-1].replace('.', '-')}",
                 project=self.project,
-                topic=topic.name,
                 role=role,
                 member=member,
                 opts=self.child_opts(),
-            )
-
-    def _grant_subscription(
-        self, resource: str, subscription: gcp.pubsub.Subscription, member: pulumi.Input[str], roles: tuple[str, ...]
-    ) -> None:
-        for role in roles:
-            gcp.pubsub.SubscriptionIAMMember(
-                f"{resource}-{role.split('/')[-1].replace('.', '-')}",
-                project=self.project,
-                subscription=subscription.name,
-                role=role,
-                member=member,
-                opts=self.child_opts(),
+                **{kind: target.name},
             )
 
     def _pubsub(self, name: str, key_name: pulumi.Input[str], member: pulumi.Output[str]) -> gcp.pubsub.Topic:
@@ -342,7 +332,7 @@ class GcpPlatform(Platform):
             labels=self.tags(),
             opts=self.child_opts(depends_on=[*self.apis, *self.key_grants]),
         )
-        self._grant_topic(f"{name}-events", topic, member, pubsub_adapter.IAM_ROLES["topic"])
+        self._grant(f"{name}-events", topic, member)
         agent = self.agent_members["pubsub"]
         self.subscriptions: dict[str, gcp.pubsub.Subscription] = {}
         for group in section.consumer_groups:
@@ -386,11 +376,9 @@ class GcpPlatform(Platform):
             )
             self.subscriptions[group] = subscription
             # The app: publish to the topics, consume the subscriptions (adapter's roles).
-            self._grant_topic(f"{name}-{group}-dead-letter", dead_topic, member, pubsub_adapter.IAM_ROLES["topic"])
-            self._grant_subscription(f"{name}-{group}", subscription, member, pubsub_adapter.IAM_ROLES["subscription"])
-            self._grant_subscription(
-                f"{name}-{group}-dead-letter", dead_subscription, member, pubsub_adapter.IAM_ROLES["subscription"]
-            )
+            self._grant(f"{name}-{group}-dead-letter", dead_topic, member)
+            self._grant(f"{name}-{group}", subscription, member)
+            self._grant(f"{name}-{group}-dead-letter", dead_subscription, member)
             # The Pub/Sub service agent forwards server-side dead letters.
             gcp.pubsub.TopicIAMMember(
                 f"{name}-{group}-dead-letter-agent-publisher",
