@@ -23,7 +23,7 @@ class ArchiveError(ValidationError):
         super().__init__(f"{where}: {problem}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled with its own arguments (it crosses from the decoding process to the caller)."""
+        """Pickled with its own arguments (the default would call ``__init__`` with the message alone)."""
         return (type(self), (self.location, self.problem, self.line))
 
 

@@ -331,8 +331,9 @@ def _validated_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
     """Validate every event and build its row (the same as :func:`_imported_row`) in one pass.
 
     The checks are those of :meth:`NewEvent.validate`, by its common case
-    (:func:`~app.core.messages.plainly_valid`); an event that fails any of them (or that they cannot judge) goes through ``validate()``
-    itself, so exactly the same events are rejected with the same errors.  The size check
+    (:func:`~app.core.messages.plainly_valid`); an event that fails any of them (or that
+    they cannot judge) goes through ``validate()`` itself, so exactly the same events are
+    rejected with the same errors.  The size check
     measures the JSON that is stored: it has the length of the canonical (sorted) encoding.
     """
     rows: list[tuple[Any, ...]] = []
