@@ -100,45 +100,6 @@ def encode_line(event: Event) -> bytes:
     return encode_json(to_cloudevent(event))
 
 
-def encode_event(event: Event) -> tuple[bytes, bytes]:
-    """``(archive line, canonical bytes)`` of ``event``: the same bytes as :func:`encode_line` and
-    :func:`canonical_bytes`, with the timestamps formatted and ``data``/``metadata`` encoded once
-    (embedded in both as already-canonical JSON fragments)."""
-    occurred_at, recorded_at = event.occurred_at, event.recorded_at
-    occurred = timestamp(occurred_at)
-    recorded = occurred if recorded_at == occurred_at else timestamp(recorded_at)
-    data = orjson.Fragment(encode_json(event.data))
-    metadata = encode_json(event.metadata)
-    attributes: dict[str, Any] = {
-        "specversion": SPEC_VERSION,
-        "id": event.id,
-        "source": source_of(event.stream_id),
-        "type": event.type,
-        "time": occurred,
-        "datacontenttype": "application/json",
-        "data": data,
-        "streamid": event.stream_id,
-        "streamversion": event.version,
-        "schemaversion": event.schema_version,
-        "recordedtime": recorded,
-        "metadata": metadata.decode(),
-    }
-    if event.position is not None:
-        attributes["sourceposition"] = event.position
-    canonical = {
-        "id": event.id,
-        "stream_id": event.stream_id,
-        "version": event.version,
-        "type": event.type,
-        "schema_version": event.schema_version,
-        "data": data,
-        "metadata": orjson.Fragment(metadata),
-        "occurred_at": occurred,
-        "recorded_at": recorded,
-    }
-    return encode_json(attributes), encode_json(canonical)
-
-
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SORTED: Final = orjson.OPT_SORT_KEYS
 
@@ -151,8 +112,9 @@ def _timestamp_of(raw: Any) -> str:
 
 
 def encode_events(events: list[Event]) -> tuple[list[bytes], list[bytes]]:
-    """``(lines, canonical bytes)``: :func:`encode_event` of each of ``events``, as two lists in
-    the order of ``events``.  The same bytes, with each distinct timestamp of the batch
+    """``(lines, canonical bytes)``: :func:`encode_line` and :func:`canonical_bytes` of each of
+    ``events``, as two lists in the order of ``events``.  The same bytes, with ``data`` and
+    ``metadata`` encoded once (embedded in both), each distinct timestamp of the batch
     formatted once (events appended together share them) and no per-event calls beyond the
     JSON encoder."""
     dumps, fragment, sorted_keys = orjson.dumps, orjson.Fragment, _SORTED

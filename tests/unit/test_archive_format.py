@@ -279,14 +279,14 @@ def test_canonical_bytes_are_the_envelope_and_decoding_keeps_them() -> None:
 
 @pytest.mark.parametrize("same_times", [True, False])
 @pytest.mark.parametrize("position", [None, "00000000000000000042"])
-def test_encode_event_gives_exactly_the_line_and_the_canonical_bytes(same_times: bool, position: str | None) -> None:
-    from app.migrate.format import canonical_bytes, encode_event, encode_line
+def test_encode_events_gives_exactly_the_line_and_the_canonical_bytes(same_times: bool, position: str | None) -> None:
+    from app.migrate.format import canonical_bytes, encode_events, encode_line
 
     occurred = datetime(2026, 11, 27, 7, 0, 0, 1, tzinfo=UTC)
     recorded = occurred if same_times else (occurred + timedelta(seconds=1)).astimezone(timezone(timedelta(hours=-5)))
     data = {"z": 1.5, "a": {"y": [1, {"q": 'é\u2028\\"x\t'}], "b": None}, "é": "\n"}
     event = Event(str(uuid.uuid4()), "s-1", 3, "T", 2, data, {"k": "v", "a": [3, 2]}, occurred, recorded, position)
-    assert encode_event(event) == (encode_line(event), canonical_bytes(event))
+    assert encode_events([event]) == ([encode_line(event)], [canonical_bytes(event)])
 
 
 def test_data_portability_errors_survive_pickling() -> None:

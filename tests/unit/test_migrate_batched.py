@@ -1,6 +1,6 @@
 """The batched hot paths of export/import give exactly what the one-at-a-time paths give.
 
-``encode_events`` = ``encode_event`` per event, ``decode_lines`` = ``decode_line_canonical``
+``encode_events`` = ``encode_line`` and ``canonical_bytes`` per event, ``decode_lines`` = ``decode_line_canonical``
 per line (same errors for bad lines), ``ChunkWriter.add_many`` = ``add`` per event (same
 chunks, cut at the same events), ``HeadTracker.add_many`` = ``add``, and SQLite
 ``bulk_append`` rejects what ``NewEvent.validate`` rejects, with the same error.
@@ -24,7 +24,7 @@ from app.core.messages import EVENT_SIZE_LIMIT, Event, to_micros
 from app.migrate.chunks import ChunkWriter, chunk_lines
 from app.migrate.errors import ArchiveError
 from app.migrate.export import HeadTracker
-from app.migrate.format import decode_line_canonical, decode_lines, encode_event, encode_events, encode_line
+from app.migrate.format import canonical_bytes, decode_line_canonical, decode_lines, encode_events, encode_line
 
 T0 = datetime(2026, 11, 27, 6, 0, 0, 123456, tzinfo=UTC)
 
@@ -59,7 +59,7 @@ def varied() -> list[Event]:
 
 def test_encode_events_is_encode_event_per_event() -> None:
     events = varied()
-    assert encode_events(events) == ([encode_event(e)[0] for e in events], [encode_event(e)[1] for e in events])
+    assert encode_events(events) == ([encode_line(e) for e in events], [canonical_bytes(e) for e in events])
 
 
 def test_decode_lines_is_decode_line_canonical_per_line() -> None:
@@ -156,13 +156,13 @@ def test_chunk_writer_raises_a_failed_store(tmp_path: Path) -> None:
 
 def test_head_tracker_add_many_is_add_and_names_a_gap() -> None:
     events = varied()[:30] + [event(v, "account:2") for v in (1, 2, 3)]
-    pairs = [(e, encode_event(e)[1]) for e in events]
+    pairs = [(e, canonical_bytes(e)) for e in events]
     one, many = HeadTracker(), HeadTracker()
     for e, canonical in pairs:
         one.add(e, "x", canonical)
     many.add_many(pairs, "x")
     assert many.heads == one.heads
-    gap = [*pairs, (event(5, "account:2"), encode_event(event(5, "account:2"))[1])]
+    gap = [*pairs, (event(5, "account:2"), canonical_bytes(event(5, "account:2")))]
     with pytest.raises(ArchiveError, match=r"chunk-9: .*jumps from version 3 to 5"):
         HeadTracker().add_many(gap, lambda e: "chunk-9")
 
