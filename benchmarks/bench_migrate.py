@@ -168,7 +168,7 @@ def sqlite_figures(directory: Path, count: int) -> list[Figure]:
 
     def do_export() -> None:
         store = registry.open_event_store(url)
-        export(store, LocalArchive(directory / f"export-{runs.next()}"))
+        export(store, LocalArchive(directory / f"export-{runs.next()}"), reader_url=url)  # as the CLI does
         store.close()
 
     ours, raw = compare(count, do_export, lambda: _raw_sqlite_export(source, directory / f"raw-{runs.next()}"))
@@ -232,7 +232,7 @@ def postgres_figures(directory: Path, count: int) -> list[Figure]:
 
         def do_export() -> None:
             store = registry.open_event_store(src_url)
-            export(store, LocalArchive(directory / f"pg-export-{runs.next()}"))
+            export(store, LocalArchive(directory / f"pg-export-{runs.next()}"), reader_url=src_url)  # as the CLI does
             store.close()
 
         def raw_export() -> None:

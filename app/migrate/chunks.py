@@ -19,7 +19,7 @@ from app.core.messages import Event
 from app.core.ports import Archive
 from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError
-from app.migrate.format import decode_lines, encode_line
+from app.migrate.format import Prepared, decode_lines, encode_line
 from app.migrate.manifest import ChunkEntry, chunk_name
 
 ZSTD_LEVEL: Final = 3
@@ -71,7 +71,7 @@ class ChunkWriter:
         if len(self._lines) >= self._chunk_events or self._size >= self._chunk_bytes:
             self._ship()
 
-    def add_many(self, events: Sequence[Event], lines: Sequence[bytes]) -> None:
+    def add_many(self, events: Sequence[Event] | Sequence[Prepared], lines: Sequence[bytes]) -> None:
         """:meth:`add` of each event with its line: the same chunks, cut at the same events."""
         index, count = 0, len(lines)
         while index < count:

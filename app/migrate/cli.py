@@ -189,6 +189,8 @@ def export_command(
                 overwrite=overwrite,
                 chunk_events=chunk_events,
                 progress=_progress("export", as_json),
+                # a second process reads on another core; a memory:// store lives only in this one
+                reader_url=None if registry.scheme_of(source) == "memory" else source,
             )
         _emit(
             report.to_json(),

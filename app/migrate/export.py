@@ -1,9 +1,11 @@
 """Export: an event store's history (or one shard of it) into an archive.
 
 Reads ``read_all`` in batches up to the position that was last when the export started
-(so exporting a live store ends), writes chunks as they fill, and writes the manifest
-last: an archive without a manifest is an unfinished export.  Memory stays bounded by one
-batch, one chunk and one hash-chain head per stream.
+(so exporting a live store ends; :func:`app.migrate.reader.batches`), past the first batch
+in a second process when given the store's URL (:mod:`app.migrate.reader`), writes chunks
+as they fill, and writes the manifest last: an archive without a manifest is an
+unfinished export.  Memory stays bounded by a few batches, one chunk and one hash-chain
+head per stream.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ from app.core.ports import Archive, EventStore
 from app.migrate.chunks import CHUNK_BYTES, CHUNK_EVENTS, ChunkWriter
 from app.migrate.crypto import ChunkCipher
 from app.migrate.errors import ArchiveError
-from app.migrate.format import CHAIN_START, chain_next, encode_events
+from app.migrate.format import CHAIN_START, Prepared, encode_prepared, prepare_events
 from app.migrate.manifest import CHUNK_PREFIX, MANIFEST_NAME, Manifest, StreamHead
 from app.migrate.pipeline import ReadAhead
 from app.migrate.progress import Progress
-from app.migrate.sharding import Shard, owned
+from app.migrate.reader import ReaderProcess, batches
+from app.migrate.sharding import Shard
 from app.migrate.transforms import Transformer
-
-READ_BATCH = 5000
 
 
 @dataclass(slots=True)
@@ -68,22 +69,11 @@ class HeadTracker:
     def __init__(self) -> None:
         self.heads: dict[str, StreamHead] = {}
 
-    def add(self, event: Event, location: str, canonical: bytes | None = None) -> None:
-        """Extend ``event``'s stream chain; a version gap raises :class:`ArchiveError` at ``location``."""
-        head = self.heads.get(event.stream_id)
-        if head is None:
-            head = self.heads[event.stream_id] = StreamHead(0, CHAIN_START, 0)
-        if event.version != head.last_version + 1:
-            raise ArchiveError(
-                location,
-                f"stream {event.stream_id!r} jumps from version {head.last_version} to {event.version}",
-            )
-        head.events += 1
-        head.last_version = event.version
-        head.head = chain_next(head.head, event, canonical)
-
-    def add_many(self, pairs: Iterable[tuple[Event, bytes]], location: str | Callable[[Event], str]) -> None:
-        """:meth:`add` of each ``(event, canonical bytes)``; a gap raises at ``location`` (or ``location(event)``)."""
+    def add_many(
+        self, pairs: Iterable[tuple[Event | Prepared, bytes]], location: str | Callable[[Event | Prepared], str]
+    ) -> None:
+        """Extend the chain of each event's stream by its canonical bytes (:func:`~app.migrate.format.chain_next`);
+        a version gap raises :class:`ArchiveError` at ``location`` (or ``location(event)``)."""
         heads, sha256 = self.heads, hashlib.sha256
         for event, canonical in pairs:
             stream_id, version = event[1], event[2]
@@ -91,32 +81,41 @@ class HeadTracker:
             if head is None:
                 head = heads[stream_id] = StreamHead(0, CHAIN_START, 0)
             if version != head.last_version + 1:
-                self.add(event, location if isinstance(location, str) else location(event), canonical)  # raises
+                raise ArchiveError(
+                    location if isinstance(location, str) else location(event),
+                    f"stream {stream_id!r} jumps from version {head.last_version} to {version}",
+                )
             head.events += 1
             head.last_version = version
             head.head = sha256(head.head.encode() + canonical).hexdigest()
 
 
-def _batches(
-    store: EventStore, end: str | None, shard: Shard | None, transformer: Transformer | None
-) -> Iterator[list[Event]]:
-    """The events to export (of ``shard``, through ``transformer``), in batches up to position ``end``."""
-    after: str | None = None
-    while end is not None:
-        batch = store.read_all(after=after, limit=READ_BATCH)
-        if not batch:
-            return
-        positions = [event.position for event in batch]
-        cut = positions.index(end) if end in positions else None
-        if cut is not None:
-            batch = batch[: cut + 1]
-        after = batch[-1].position
-        mine = batch if shard is None else [event for event in batch if owned(shard, event.stream_id)]
-        if transformer is not None:
-            mine = transformer.apply(mine)
-        yield mine
-        if cut is not None:
-            return
+def _prepared(
+    store: EventStore,
+    end: str | None,
+    shard: Shard | None,
+    transformer: Transformer | None,
+    reader_url: str | None,
+) -> Iterator[list[Prepared]]:
+    """The events to export, prepared to encode: read here, or past the first batch in a
+    :class:`ReaderProcess` on ``reader_url`` (when given and there is no transformer)."""
+    source = batches(store, end, shard, transformer)
+    if reader_url is None or transformer is not None:
+        # The read-ahead thread reads while this one encodes (drivers release the GIL while
+        # the database works; the rest is CPU work under the GIL wherever it runs).
+        for events, _ in ReadAhead(source):
+            yield prepare_events(events)
+        return
+    first = next(source, None)
+    if first is None or end is None:
+        return
+    events, read_to = first
+    if read_to == end:  # one batch held everything
+        yield prepare_events(events)
+        return
+    with ReaderProcess(reader_url, after=read_to, end=end, shard=shard) as reader:  # boots during the first batch
+        yield prepare_events(events)
+        yield from reader
 
 
 def export(
@@ -130,8 +129,14 @@ def export(
     chunk_events: int = CHUNK_EVENTS,
     chunk_bytes: int = CHUNK_BYTES,
     progress: Progress | None = None,
+    reader_url: str | None = None,
 ) -> ExportReport:
-    """Write ``store``'s events (of ``shard``, through ``transformer``) to ``archive``."""
+    """Write ``store``'s events (of ``shard``, through ``transformer``) to ``archive``.
+
+    ``reader_url`` is the URL ``store`` was opened from (with its credentials): given, an
+    export of more than one batch reads the rest in a second process, on another core
+    (:mod:`app.migrate.reader`); the archive is the same byte for byte.
+    """
     if archive.exists(MANIFEST_NAME) and not overwrite:
         raise ConfigurationError(
             f"{archive.url} already holds an export (manifest.json); choose another archive or --overwrite"
@@ -143,14 +148,12 @@ def export(
     heads = HeadTracker()
     location = f"source {store.url}"
     where = lambda event: f"{location} at position {event.position}"  # noqa: E731
-    # The read-ahead thread only reads (drivers release the GIL while the database works);
-    # encoding is CPU work under the GIL wherever it runs, so it runs here, beside the chain.
-    for events in ReadAhead(_batches(store, end, shard, transformer)):
-        lines, canonicals = encode_events(events)
-        heads.add_many(zip(events, canonicals, strict=True), where)
-        writer.add_many(events, lines)
+    for prepared in _prepared(store, end, shard, transformer, reader_url):
+        lines, canonicals = encode_prepared(prepared)
+        heads.add_many(zip(prepared, canonicals, strict=True), where)
+        writer.add_many(prepared, lines)
         if progress is not None:
-            progress.advance(len(events))
+            progress.advance(len(prepared))
     writer.close()
     for stale in archive.list(CHUNK_PREFIX):
         if stale not in {entry.name for entry in writer.entries}:

@@ -27,7 +27,7 @@ import functools
 import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote, unquote
 
 import orjson
@@ -111,52 +111,92 @@ def _timestamp_of(raw: Any) -> str:
     return timestamp(raw)
 
 
-def encode_events(events: list[Event]) -> tuple[list[bytes], list[bytes]]:
-    """``(lines, canonical bytes)``: :func:`encode_line` and :func:`canonical_bytes` of each of
-    ``events``, as two lists in the order of ``events``.  The same bytes, with ``data`` and
-    ``metadata`` encoded once (embedded in both), each distinct timestamp of the batch
-    formatted once (events appended together share them) and no per-event calls beyond the
-    JSON encoder."""
-    dumps, fragment, sorted_keys = orjson.dumps, orjson.Fragment, _SORTED
+class Prepared(NamedTuple):
+    """An event ready to encode: ``data`` and ``metadata`` as canonical JSON, timestamps as
+    canonical text; the fields of :class:`~app.core.messages.Event`, in its order."""
+
+    id: str
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes
+    occurred_at: str
+    recorded_at: str
+    position: str | None
+
+
+def prepare_events(events: list[Event]) -> list[Prepared]:
+    """The first half of :func:`encode_events`, which can run in another process (see
+    :mod:`app.migrate.reader`): each distinct timestamp of the batch is formatted once
+    (events appended together share them)."""
+    dumps, sorted_keys, new = orjson.dumps, _SORTED, tuple.__new__
     texts: dict[Any, str] = {}
-    lines: list[bytes] = []
-    canonicals: list[bytes] = []
-    add_line, add_canonical = lines.append, canonicals.append
+    prepared: list[Prepared] = []
+    add = prepared.append
     for event in events:
-        (
-            event_id,
-            stream_id,
-            version,
-            event_type,
-            schema_version,
-            data,
-            metadata,
-            occurred,
-            recorded,
-            position,
-        ) = event
+        occurred, recorded = event[7], event[8]  # raw: integer microseconds where the store keeps them
         occurred_text = texts.get(occurred)
         if occurred_text is None:
             occurred_text = texts[occurred] = _timestamp_of(occurred)
         recorded_text = texts.get(recorded)
         if recorded_text is None:
             recorded_text = texts[recorded] = _timestamp_of(recorded)
-        data_json = fragment(dumps(data, option=sorted_keys))
-        metadata_json = dumps(metadata, option=sorted_keys)
+        add(
+            new(
+                Prepared,
+                (
+                    event[0],
+                    event[1],
+                    event[2],
+                    event[3],
+                    event[4],
+                    dumps(event[5], option=sorted_keys),
+                    dumps(event[6], option=sorted_keys),
+                    occurred_text,
+                    recorded_text,
+                    event[9],
+                ),
+            )
+        )
+    return prepared
+
+
+def encode_prepared(prepared: list[Prepared]) -> tuple[list[bytes], list[bytes]]:
+    """The second half of :func:`encode_events`: ``(lines, canonical bytes)`` of ``prepared``,
+    with ``data`` and ``metadata`` embedded as they are and no calls beyond the JSON encoder."""
+    dumps, fragment = orjson.dumps, orjson.Fragment
+    lines: list[bytes] = []
+    canonicals: list[bytes] = []
+    add_line, add_canonical = lines.append, canonicals.append
+    for (
+        event_id,
+        stream_id,
+        version,
+        event_type,
+        schema_version,
+        data,
+        metadata,
+        occurred,
+        recorded,
+        position,
+    ) in prepared:
+        data_json = fragment(data)
         # keys inserted in sorted order (and data/metadata already canonical): no sort needed
         attributes = {
             "data": data_json,
             "datacontenttype": "application/json",
             "id": event_id,
-            "metadata": metadata_json.decode(),
-            "recordedtime": recorded_text,
+            "metadata": metadata.decode(),
+            "recordedtime": recorded,
             "schemaversion": schema_version,
             "source": source_of(stream_id),
             "sourceposition": position,
             "specversion": SPEC_VERSION,
             "streamid": stream_id,
             "streamversion": version,
-            "time": occurred_text,
+            "time": occurred,
             "type": event_type,
         }
         if position is None:
@@ -167,9 +207,9 @@ def encode_events(events: list[Event]) -> tuple[list[bytes], list[bytes]]:
                 {
                     "data": data_json,
                     "id": event_id,
-                    "metadata": fragment(metadata_json),
-                    "occurred_at": occurred_text,
-                    "recorded_at": recorded_text,
+                    "metadata": fragment(metadata),
+                    "occurred_at": occurred,
+                    "recorded_at": recorded,
                     "schema_version": schema_version,
                     "stream_id": stream_id,
                     "type": event_type,
@@ -178,6 +218,14 @@ def encode_events(events: list[Event]) -> tuple[list[bytes], list[bytes]]:
             )
         )
     return lines, canonicals
+
+
+def encode_events(events: list[Event]) -> tuple[list[bytes], list[bytes]]:
+    """``(lines, canonical bytes)``: :func:`encode_line` and :func:`canonical_bytes` of each of
+    ``events``, as two lists in the order of ``events``: the same bytes, made in two halves
+    (:func:`prepare_events`, then :func:`encode_prepared`) with ``data`` and ``metadata``
+    encoded once (embedded in both)."""
+    return encode_prepared(prepare_events(events))
 
 
 def decode_line(line: bytes, location: str, line_number: int) -> Event:

@@ -19,7 +19,7 @@ from app.core.ports import ANY
 from app.migrate.crypto import new_key
 from app.migrate.fence import is_fenced
 from app.migrate.manifest import MANIFEST_NAME, Manifest
-from tests.integration.migrate_support import fill, opened
+from tests.integration.migrate_support import fill, fill_many, opened
 
 SKYFERRY = str(Path(sys.executable).with_name("skyferry"))
 
@@ -61,6 +61,22 @@ def test_export_import_verify_through_the_cli(tmp_path: Path, source: str) -> No
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert "compared 5 streams, 40 events" in verified.stdout
         assert "identical" in verified.stdout
+
+
+def test_a_large_export_reads_in_a_second_process_from_any_directory(tmp_path: Path) -> None:
+    url, archive = f"sqlite:///{tmp_path}/big.db", str(tmp_path / "archive")
+    with opened(url) as (store, _):
+        fill_many(store)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    exported = subprocess.run(
+        [SKYFERRY, "export", "--from", url, "--to", archive, "--json"], capture_output=True, text=True, cwd=elsewhere
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert summary(exported)["events"] == 11_234
+    verified = run("verify", "--source", archive, "--target", url)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "compared 37 streams, 11234 events" in verified.stdout
 
 
 def test_verify_exits_1_with_a_readable_list(tmp_path: Path, source: str) -> None:

@@ -11,7 +11,7 @@ import orjson
 import zstandard
 
 from app.adapters import registry
-from app.core.messages import NewEvent
+from app.core.messages import Event, NewEvent
 from app.core.ports import Archive, EventStore, ViewStore
 from app.migrate.manifest import MANIFEST_NAME, Manifest
 from tests import services
@@ -68,6 +68,29 @@ def fill(store: EventStore, *, streams: int = 6, per_stream: int = 7, prefix: st
             store.append(stream_id, [event], version - 1)
             count += 1
     return count
+
+
+def fill_many(store: EventStore, count: int = 11_234, streams: int = 37) -> None:
+    """``count`` events over ``streams`` streams, with awkward payloads, written by ``bulk_append``
+    (more than two export read batches by default)."""
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    events = [
+        Event(
+            str(uuid.UUID(int=i + 1)),
+            f"acct:{i % streams}" if i % streams % 5 else f"tenant-{i % streams}/ü.{i % streams}",
+            i // streams + 1,
+            "MoneyDeposited",
+            1 + i % 3,
+            {"amount": f"{i}.50", "note": '€ ✓\n"q"', "nested": {"z": [1, None, True], "a": {}}, "rate": 1.25},
+            {"correlation_id": str(uuid.UUID(int=i)), "actor": "tester"},
+            moment + timedelta(microseconds=i // 3),
+            moment + timedelta(seconds=1, microseconds=i // 3),
+            None,
+        )
+        for i in range(count)
+    ]
+    for start in range(0, count, 2000):
+        store.bulk_append(events[start : start + 2000])  # type: ignore[attr-defined]
 
 
 def chunk_lines(archive: Archive, *, drop_position: bool = False) -> list[bytes]:

@@ -24,7 +24,16 @@ from app.core.messages import EVENT_SIZE_LIMIT, Event, to_micros
 from app.migrate.chunks import ChunkWriter, chunk_lines
 from app.migrate.errors import ArchiveError
 from app.migrate.export import HeadTracker
-from app.migrate.format import canonical_bytes, decode_line_canonical, decode_lines, encode_events, encode_line
+from app.migrate.format import (
+    CHAIN_START,
+    canonical_bytes,
+    chain_next,
+    decode_line_canonical,
+    decode_lines,
+    encode_events,
+    encode_line,
+)
+from app.migrate.manifest import StreamHead
 
 T0 = datetime(2026, 11, 27, 6, 0, 0, 123456, tzinfo=UTC)
 
@@ -154,14 +163,17 @@ def test_chunk_writer_raises_a_failed_store(tmp_path: Path) -> None:
         writer.close()
 
 
-def test_head_tracker_add_many_is_add_and_names_a_gap() -> None:
+def test_head_tracker_add_many_is_chain_next_per_stream_and_names_a_gap() -> None:
     events = varied()[:30] + [event(v, "account:2") for v in (1, 2, 3)]
     pairs = [(e, canonical_bytes(e)) for e in events]
-    one, many = HeadTracker(), HeadTracker()
-    for e, canonical in pairs:
-        one.add(e, "x", canonical)
+    expected: dict[str, StreamHead] = {}
+    for e in events:
+        head = expected.setdefault(e.stream_id, StreamHead(0, CHAIN_START, 0))
+        head.events, head.last_version, head.head = head.events + 1, e.version, chain_next(head.head, e)
+    many = HeadTracker()
     many.add_many(pairs, "x")
-    assert many.heads == one.heads
+    assert many.heads == expected
+    assert len(expected) == 2
     gap = [*pairs, (event(5, "account:2"), canonical_bytes(event(5, "account:2")))]
     with pytest.raises(ArchiveError, match=r"chunk-9: .*jumps from version 3 to 5"):
         HeadTracker().add_many(gap, lambda e: "chunk-9")

@@ -1,0 +1,122 @@
+"""Export with a reader process (``app.migrate.reader``): the same archive as reading in-process,
+errors raised with their type, and a child that never outlives its parent."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.adapters.archives.local import LocalArchive
+from app.core.errors import ConfigurationError, TransientError
+from app.migrate import export as export_module
+from app.migrate.export import export
+from app.migrate.manifest import MANIFEST_NAME, Manifest
+from app.migrate.reader import READ_BATCH, ReaderProcess
+from app.migrate.sharding import Shard
+from tests.integration.migrate_support import fill_many, opened, store_url
+
+
+def _archive_bytes(archive: LocalArchive) -> tuple[dict[str, Any], list[bytes]]:
+    manifest = Manifest.from_bytes(archive.get(MANIFEST_NAME))
+    doc = manifest.body()
+    doc.pop("created_at")
+    return doc, [archive.get(entry.name) for entry in manifest.chunks]
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("shard", [None, Shard(1, 3)], ids=["all", "shard-1-of-3"])
+def test_a_reader_process_writes_the_same_archive(
+    tmp_path: Path, scheme: str, shard: Shard | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_module, "ReaderProcess", _Counted)
+    _Counted.events = 0
+    with store_url(scheme) as url, opened(url) as (store, _):
+        fill_many(store)
+        here = export(store, LocalArchive(tmp_path / "here"), shard=shard, chunk_events=3000)
+        assert _Counted.events == 0
+        there = export(store, LocalArchive(tmp_path / "there"), shard=shard, chunk_events=3000, reader_url=url)
+    assert there.events == here.events > 0
+    assert 0 < _Counted.events < there.events  # the first batch was read here, the rest by the child
+    assert _archive_bytes(LocalArchive(tmp_path / "there")) == _archive_bytes(LocalArchive(tmp_path / "here"))
+
+
+def test_an_error_in_the_reader_is_raised_with_its_type(tmp_path: Path) -> None:
+    with store_url("sqlite") as url, opened(url) as (store, _):
+        fill_many(store)
+        with pytest.raises(ConfigurationError, match="unknown event store URL scheme 'nosuch'"):
+            export(store, LocalArchive(tmp_path / "a"), reader_url="nosuch://x")
+    assert not LocalArchive(tmp_path / "a").exists(MANIFEST_NAME)  # nothing claims to be an export
+
+
+class _Counted(ReaderProcess):
+    """A reader counting the events its child sent."""
+
+    events = 0
+
+    def _frames(self) -> Any:
+        for frame in super()._frames():
+            _Counted.events += len(frame)
+            yield frame
+
+
+class _Killed(ReaderProcess):
+    """A reader whose child is killed after its first frame."""
+
+    def _frames(self) -> Any:
+        for number, frame in enumerate(super()._frames()):
+            if number == 0:
+                self._process.kill()
+            yield frame
+
+
+def test_a_reader_that_dies_is_a_transient_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_module, "ReaderProcess", _Killed)
+    with store_url("sqlite") as url, opened(url) as (store, _):
+        fill_many(store, count=6 * READ_BATCH)
+        with pytest.raises(TransientError, match=r"reader process ended \(exit code -9\) before it finished"):
+            export(store, LocalArchive(tmp_path / "a"), reader_url=url)
+    assert not LocalArchive(tmp_path / "a").exists(MANIFEST_NAME)
+
+
+_PARENT = """
+import sys, time
+from app.migrate.reader import ReaderProcess
+reader = ReaderProcess(sys.argv[1], after="0", end=sys.argv[2], shard=None)
+print(reader._process.pid, flush=True)
+time.sleep(60)  # never reads: the child blocks on the full pipe
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_the_reader_dies_with_its_parent(tmp_path: Path) -> None:
+    with store_url("sqlite") as url, opened(url) as (store, _):
+        fill_many(store)
+        end = store.last_position()
+        assert end is not None
+        parent = subprocess.Popen(
+            [sys.executable, "-c", _PARENT, url, end], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2]
+        )
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead and waiting to be reaped by init, does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
