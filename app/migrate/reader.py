@@ -99,6 +99,7 @@ class ReaderProcess:
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": package_root if not path else package_root + os.pathsep + path},
         )
+        _widen(self._process.stdout)
         request = {"url": url, "after": after, "end": end, "shard": None if shard is None else str(shard)}
         assert self._process.stdin is not None
         with contextlib.suppress(BrokenPipeError), self._process.stdin as stdin:  # a child that died is seen later
@@ -149,6 +150,16 @@ class ReaderProcess:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _widen(pipe: IO[bytes] | None) -> None:
+    """Let the child write up to 1 MiB ahead of the parent (Linux; 64 KiB is the default,
+    1 MiB the unprivileged limit): measured 2-8 % faster.  Best effort."""
+    if pipe is not None and sys.platform.startswith("linux"):
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
 
 
 def _die_with_parent() -> None:

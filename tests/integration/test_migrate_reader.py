@@ -120,3 +120,18 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux only")
+def test_the_reader_may_write_a_mebibyte_ahead(tmp_path: Path) -> None:
+    import fcntl
+
+    with store_url("sqlite") as url, opened(url) as (store, _):
+        fill_many(store, count=10)
+        end = store.last_position()
+        assert end is not None
+        with ReaderProcess(url, after="0", end=end, shard=None) as reader:
+            pipe = reader._process.stdout
+            assert pipe is not None
+            assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) == 1 << 20
+            assert sum(len(frame) for frame in reader) == 10
