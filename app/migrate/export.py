@@ -25,7 +25,7 @@ from app.migrate.format import CHAIN_START, Prepared, encode_prepared, prepare_e
 from app.migrate.manifest import CHUNK_PREFIX, MANIFEST_NAME, Manifest, StreamHead
 from app.migrate.pipeline import ReadAhead
 from app.migrate.progress import Progress
-from app.migrate.reader import ReaderProcess, batches
+from app.migrate.reader import READ_BATCH, ReaderProcess, batches
 from app.migrate.sharding import Shard
 from app.migrate.transforms import Transformer
 
@@ -96,10 +96,11 @@ def _prepared(
     shard: Shard | None,
     transformer: Transformer | None,
     reader_url: str | None,
+    limit: int,
 ) -> Iterator[list[Prepared]]:
     """The events to export, prepared to encode: read here, or past the first batch in a
     :class:`ReaderProcess` on ``reader_url`` (when given and there is no transformer)."""
-    source = batches(store, end, shard, transformer)
+    source = batches(store, end, shard, transformer, limit=limit)
     if reader_url is None or transformer is not None:
         # The read-ahead thread reads while this one encodes (drivers release the GIL while
         # the database works; the rest is CPU work under the GIL wherever it runs).
@@ -113,7 +114,8 @@ def _prepared(
     if read_to == end:  # one batch held everything
         yield prepare_events(events)
         return
-    with ReaderProcess(reader_url, after=read_to, end=end, shard=shard) as reader:  # boots during the first batch
+    # the child boots while the first batch is encoded
+    with ReaderProcess(reader_url, after=read_to, end=end, shard=shard, limit=limit) as reader:
         yield prepare_events(events)
         yield from reader
 
@@ -130,12 +132,14 @@ def export(
     chunk_bytes: int = CHUNK_BYTES,
     progress: Progress | None = None,
     reader_url: str | None = None,
+    read_batch: int = READ_BATCH,
 ) -> ExportReport:
     """Write ``store``'s events (of ``shard``, through ``transformer``) to ``archive``.
 
     ``reader_url`` is the URL ``store`` was opened from (with its credentials): given, an
     export of more than one batch reads the rest in a second process, on another core
-    (:mod:`app.migrate.reader`); the archive is the same byte for byte.
+    (:mod:`app.migrate.reader`); the archive is the same byte for byte.  ``read_batch`` is
+    the ``limit`` of each ``read_all``.
     """
     if archive.exists(MANIFEST_NAME) and not overwrite:
         raise ConfigurationError(
@@ -148,7 +152,7 @@ def export(
     heads = HeadTracker()
     location = f"source {store.url}"
     where = lambda event: f"{location} at position {event.position}"  # noqa: E731
-    for prepared in _prepared(store, end, shard, transformer, reader_url):
+    for prepared in _prepared(store, end, shard, transformer, reader_url, read_batch):
         lines, canonicals = encode_prepared(prepared)
         heads.add_many(zip(prepared, canonicals, strict=True), where)
         writer.add_many(prepared, lines)

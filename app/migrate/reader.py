@@ -60,12 +60,13 @@ def batches(
     shard: Shard | None,
     transformer: Transformer | None,
     after: str | None = None,
+    limit: int = READ_BATCH,
 ) -> Iterator[tuple[list[Event], str]]:
     """``(events, position read up to)``: the events to export (of ``shard``, through
-    ``transformer``) in batches of up to :data:`READ_BATCH`, after ``after`` and up to
-    position ``end`` (the last when the export started, so that exporting a live store ends)."""
+    ``transformer``) in batches of up to ``limit``, after ``after`` and up to position
+    ``end`` (the last when the export started, so that exporting a live store ends)."""
     while end is not None:
-        batch = store.read_all(after=after, limit=READ_BATCH)
+        batch = store.read_all(after=after, limit=limit)
         if not batch:
             return
         positions = [event.position for event in batch]
@@ -90,7 +91,7 @@ class ReaderProcess:
     The child starts at construction, so it boots while the caller works on something else.
     """
 
-    def __init__(self, url: str, *, after: str, end: str, shard: Shard | None) -> None:
+    def __init__(self, url: str, *, after: str, end: str, shard: Shard | None, limit: int = READ_BATCH) -> None:
         package_root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH")
         self._process = subprocess.Popen(
@@ -100,7 +101,8 @@ class ReaderProcess:
             env={**os.environ, "PYTHONPATH": package_root if not path else package_root + os.pathsep + path},
         )
         _widen(self._process.stdout)
-        request = {"url": url, "after": after, "end": end, "shard": None if shard is None else str(shard)}
+        shard_text = None if shard is None else str(shard)
+        request = {"url": url, "after": after, "end": end, "shard": shard_text, "limit": limit}
         assert self._process.stdin is not None
         with contextlib.suppress(BrokenPipeError), self._process.stdin as stdin:  # a child that died is seen later
             stdin.write(orjson.dumps({**request, "parent": os.getpid()}))
@@ -200,7 +202,8 @@ def main() -> None:
     try:
         store = registry.open_event_store(request["url"])
         try:
-            source = batches(store, request["end"], Shard.parse(request["shard"]), None, after=request["after"])
+            shard = Shard.parse(request["shard"])
+            source = batches(store, request["end"], shard, None, after=request["after"], limit=request["limit"])
             for events, _ in source:  # the pipe lets the next batch be read while this one is encoded
                 _send(out, _ROWS, marshal.dumps([tuple(event) for event in prepare_events(events)]))
         finally:

@@ -19,7 +19,7 @@ from app.migrate.export import export
 from app.migrate.manifest import MANIFEST_NAME, Manifest
 from app.migrate.reader import READ_BATCH, ReaderProcess
 from app.migrate.sharding import Shard
-from tests.integration.migrate_support import fill_many, opened, store_url
+from tests.integration.migrate_support import fill_many, opened, store_schemes, store_url
 
 
 def _archive_bytes(archive: LocalArchive) -> tuple[dict[str, Any], list[bytes]]:
@@ -27,6 +27,21 @@ def _archive_bytes(archive: LocalArchive) -> tuple[dict[str, Any], list[bytes]]:
     doc = manifest.body()
     doc.pop("created_at")
     return doc, [archive.get(entry.name) for entry in manifest.chunks]
+
+
+@pytest.mark.parametrize("scheme", [s for s in store_schemes() if s != "memory"])
+def test_every_store_can_be_read_by_a_reader_process(
+    tmp_path: Path, scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_module, "ReaderProcess", _Counted)
+    _Counted.events = 0
+    with store_url(scheme) as url, opened(url) as (store, _):
+        fill_many(store, count=130, streams=1)  # one stream: a few appends where there is no bulk_append
+        here = export(store, LocalArchive(tmp_path / "here"), read_batch=40)
+        there = export(store, LocalArchive(tmp_path / "there"), reader_url=url, read_batch=40)
+    assert there.events == here.events == 130
+    assert _Counted.events == 90  # all but the first batch came from the child, opened on the URL alone
+    assert _archive_bytes(LocalArchive(tmp_path / "there")) == _archive_bytes(LocalArchive(tmp_path / "here"))
 
 
 @pytest.mark.parametrize("scheme", ["sqlite", "postgresql"])
