@@ -15,6 +15,10 @@ Safety:
 * the child is started as a new interpreter, never forked (a parent holding threads or
   gRPC channels must not fork);
 * its request comes on stdin, because the URL may hold a password (argv is public);
+* it runs with ``-P``, so a package named ``app`` in the working directory (the user's own
+  project, say) is never imported in place of ours;
+* it ends by saying how far it read, and anything but the end asked for is an error: an
+  export is never silently shorter;
 * it dies with its parent: ``PR_SET_PDEATHSIG`` on Linux, and elsewhere its next write
   fails on the closed pipe;
 * an error in the child is sent back pickled and raised in the parent with its type (so
@@ -95,12 +99,14 @@ class ReaderProcess:
         package_root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "app.migrate.reader"],
+            # -P: never the working directory's packages (a project of the user's may be named app too)
+            [sys.executable, "-P", "-m", "app.migrate.reader"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": package_root if not path else package_root + os.pathsep + path},
         )
         _widen(self._process.stdout)
+        self._end = end
         shard_text = None if shard is None else str(shard)
         request = {"url": url, "after": after, "end": end, "shard": shard_text, "limit": limit}
         assert self._process.stdin is not None
@@ -129,10 +135,15 @@ class ReaderProcess:
                 yield [new(Prepared, row) for row in marshal.loads(body)]  # noqa: S302  # our own child, a private pipe
             elif kind == _ERROR:
                 raise pickle.loads(body)  # noqa: S301  # our own child, a private pipe
-            else:
+            elif kind == _DONE and body.decode() == self._end:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self._process.wait(timeout=30)  # it only has to exit (else close() stops it)
                 return
+            else:  # never a silently shorter export
+                raise TransientError(
+                    f"the export's reader process sent {kind!r} {body[:80]!r}, not the end at position "
+                    f"{self._end}; run the export again"
+                )
         code = self._process.wait()
         raise TransientError(
             f"the export's reader process ended (exit code {code}) before it finished; see its errors above, "
@@ -204,11 +215,13 @@ def main() -> None:
         try:
             shard = Shard.parse(request["shard"])
             source = batches(store, request["end"], shard, None, after=request["after"], limit=request["limit"])
-            for events, _ in source:  # the pipe lets the next batch be read while this one is encoded
+            read_to = request["after"]
+            for events, position in source:  # the pipe lets the next batch be read while this one is encoded
                 _send(out, _ROWS, marshal.dumps([tuple(event) for event in prepare_events(events)]))
+                read_to = position
         finally:
             store.close()
-        _send(out, _DONE, b"")
+        _send(out, _DONE, read_to.encode())  # how far it read: the parent checks it is the end
     except BrokenPipeError:
         return  # the parent stopped reading: it stopped the export
     except BaseException as e:

@@ -61,6 +61,30 @@ def test_a_reader_process_writes_the_same_archive(
     assert _archive_bytes(LocalArchive(tmp_path / "there")) == _archive_bytes(LocalArchive(tmp_path / "here"))
 
 
+def test_the_child_ignores_packages_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    decoy = tmp_path / "project" / "app"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('the user's own app package')\n")
+    monkeypatch.setattr(export_module, "ReaderProcess", _Counted)
+    _Counted.events = 0
+    with store_url("sqlite") as url, opened(url) as (store, _):
+        fill_many(store, count=130, streams=7)
+        monkeypatch.chdir(decoy.parent)
+        report = export(store, LocalArchive(tmp_path / "a"), reader_url=url, read_batch=40)
+    assert (report.events, _Counted.events) == (130, 90)
+
+
+def test_a_child_that_stops_short_is_an_error_not_a_shorter_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_module, "ReaderProcess", _Beyond)
+    with store_url("sqlite") as url, opened(url) as (store, _):
+        fill_many(store, count=130, streams=7)
+        with pytest.raises(TransientError, match=r"reader process sent b'D' b'130', not the end at position 131"):
+            export(store, LocalArchive(tmp_path / "a"), reader_url=url, read_batch=40)
+    assert not LocalArchive(tmp_path / "a").exists(MANIFEST_NAME)
+
+
 def test_an_error_in_the_reader_is_raised_with_its_type(tmp_path: Path) -> None:
     with store_url("sqlite") as url, opened(url) as (store, _):
         fill_many(store)
@@ -78,6 +102,13 @@ class _Counted(ReaderProcess):
         for frame in super()._frames():
             _Counted.events += len(frame)
             yield frame
+
+
+class _Beyond(ReaderProcess):
+    """A reader asked for one position past the store's end: its child stops short of it."""
+
+    def __init__(self, url: str, *, after: str, end: str, shard: Shard | None, limit: int) -> None:
+        super().__init__(url, after=after, end=str(int(end) + 1), shard=shard, limit=limit)
 
 
 class _Killed(ReaderProcess):
