@@ -108,16 +108,13 @@ class ReaderProcess:
         _widen(self._process.stdout)
         self._end = end
         shard_text = None if shard is None else str(shard)
-        request = {"url": url, "after": after, "end": end, "shard": shard_text, "limit": limit}
+        request = {"url": url, "after": after, "end": end, "shard": shard_text, "limit": limit, "parent": os.getpid()}
         assert self._process.stdin is not None
         with contextlib.suppress(BrokenPipeError), self._process.stdin as stdin:  # a child that died is seen later
-            stdin.write(orjson.dumps({**request, "parent": os.getpid()}))
+            stdin.write(orjson.dumps(request))
 
     def __iter__(self) -> Iterator[list[Prepared]]:
-        try:
-            yield from self._frames()
-        finally:
-            self.close()
+        return self._frames()  # the with block stops the child, whether or not it was read to the end
 
     def _frames(self) -> Iterator[list[Prepared]]:
         pipe = self._process.stdout
