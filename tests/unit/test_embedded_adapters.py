@@ -70,6 +70,29 @@ def test_the_temporal_read_uses_the_index(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_new_file_switched_to_wal_while_another_connection_writes_waits_instead_of_failing(tmp_path: Path) -> None:
+    """A new file is in rollback-journal mode; switching it to WAL while another connection holds
+    the write lock is a deadlock SQLite reports at once, busy timeout or not (CI saw four stores
+    opening one new file fail this way).  The store retries and succeeds once the writer commits."""
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE unrelated (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO unrelated VALUES (1)")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    store = SQLiteEventStore(f"sqlite:///{path}")
+    started = time.monotonic()
+    try:
+        assert store.append("s", [NewEvent("E", {})], ANY).last_version == 1
+        assert time.monotonic() - started >= 0.25  # it waited for the writer rather than racing it
+        assert [e.version for e in store.read_stream("s")] == [1]
+    finally:
+        release.join()
+        store.close()
+        other.close()
+
+
 def test_read_all_is_gap_free_with_writers_in_separate_connections(tmp_path: Path) -> None:
     """Four store instances (four connections, as four processes would have) append while a fifth tails."""
     url = f"sqlite:///{tmp_path}/c.db?synchronous=normal"

@@ -34,6 +34,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Self, TypeVar
@@ -132,6 +133,26 @@ def parse_url(url: str) -> tuple[str, str]:
     return path, SYNCHRONOUS_LEVELS[level]
 
 
+def _switch_to_wal(db: sqlite3.Connection) -> str:
+    """Set WAL mode and return the journal mode now in force.
+
+    A new file starts in rollback-journal mode, where two connections switching it at once
+    can deadlock: each holds a shared lock and wants an exclusive one.  SQLite then answers
+    "database is locked" at once, without calling the busy handler, so the busy timeout
+    does not help; the switch is retried here, for as long as that timeout would have waited.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    pause = 0.001
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e).lower() or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 class _Connection:
     """One lazily opened connection to the file, used under a lock, with error translation."""
 
@@ -173,7 +194,7 @@ class _Connection:
                 )
             db = self._db
             db.isolation_level = None
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _switch_to_wal(db)
             if str(mode).lower() != "wal":
                 raise ConfigurationError(
                     f"SQLite file {os.path.abspath(self.path)}: cannot switch to WAL mode (got {mode})"
