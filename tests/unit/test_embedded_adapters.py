@@ -79,13 +79,13 @@ def test_a_new_file_switched_to_wal_while_another_connection_writes_waits_instea
     other.execute("CREATE TABLE unrelated (x)")
     other.execute("BEGIN IMMEDIATE")
     other.execute("INSERT INTO unrelated VALUES (1)")
-    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
-    release.start()
     store = SQLiteEventStore(f"sqlite:///{path}")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
     started = time.monotonic()
+    release.start()
     try:
         assert store.append("s", [NewEvent("E", {})], ANY).last_version == 1
-        assert time.monotonic() - started >= 0.25  # it waited for the writer rather than racing it
+        assert time.monotonic() - started >= 0.3  # it waited for the writer rather than racing it
         assert [e.version for e in store.read_stream("s")] == [1]
     finally:
         release.join()
