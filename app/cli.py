@@ -1,4 +1,4 @@
-"""The ``skyferry`` command (Typer): ``serve``, ``worker``, ``rebuild``, ``demo``, and the mounted extensions.
+"""The ``skyferry`` command (Typer): ``serve``, ``worker``, ``alive``, ``rebuild``, ``demo``, and the extensions.
 
 Exit codes (ARCHITECTURE.md §5): 0 ok, 1 a check failed, 2 bad input (a setting, a URL,
 a corrupt or read-only file), 3 a transient failure (safe to run again).
@@ -100,6 +100,15 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
+def _heartbeat(settings: Settings) -> Callable[[], None]:
+    """The worker's heartbeat: touches ``SKYFERRY_HEARTBEAT_FILE`` (nothing when it is unset)."""
+    from app.heartbeat import Heartbeat
+
+    if not settings.heartbeat_file:
+        return lambda: None
+    return Heartbeat(settings.heartbeat_file).beat
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     def handler(signum: int, _: Any) -> None:
         log.info("signal %d: stopping", signum)
@@ -143,7 +152,11 @@ def serve(
         app = create_app(settings, ledger)
         if worker if worker is not None else settings.broker_url.startswith("memory:"):
             thread = threading.Thread(
-                target=ledger.run_worker, args=(stop, settings.worker_interval), name="worker", daemon=True
+                target=ledger.run_worker,
+                args=(stop, settings.worker_interval),
+                kwargs={"beat": _heartbeat(settings)},
+                name="worker",
+                daemon=True,
             )
             thread.start()
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
@@ -166,6 +179,8 @@ def worker(
     settings = _settings(store, broker)
     _configure_logging(settings)
     with translated_errors():
+        beat = _heartbeat(settings)
+        beat()  # a fresh start: a file left by an earlier run of this container must not count
         ledger = from_settings(settings)
         try:
             if once:
@@ -175,9 +190,29 @@ def worker(
             stop = threading.Event()
             _stop_on_signals(stop)
             log.info("worker: running on %s (Ctrl-C to stop)", ledger.events.url)
-            ledger.run_worker(stop, settings.worker_interval)
+            ledger.run_worker(stop, settings.worker_interval, beat=beat)
         finally:
             ledger.close()
+
+
+@cli.command()
+def alive(
+    max_age: Annotated[
+        float, typer.Option("--max-age", min=1, help="Seconds since the worker's last heartbeat that still count.")
+    ] = 120,
+) -> None:
+    """Liveness check for probes: exit 0 when the worker touched SKYFERRY_HEARTBEAT_FILE within --max-age seconds."""
+    from app.heartbeat import age_seconds
+
+    settings = _settings()
+    with translated_errors():
+        if not settings.heartbeat_file:
+            raise ConfigurationError("SKYFERRY_HEARTBEAT_FILE is not set: the worker keeps no heartbeat to check")
+        age = age_seconds(settings.heartbeat_file)
+    if age > max_age:
+        typer.echo(f"not alive: the worker's last heartbeat was {age:.0f} s ago (limit {max_age:g} s)", err=True)
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    typer.echo(f"alive: the worker's last heartbeat was {age:.0f} s ago")
 
 
 @cli.command()

@@ -16,6 +16,8 @@ SKYFERRY_WORKER_INTERVAL   ``0.2``                     seconds a worker sleeps w
 SKYFERRY_PROJECTIONS_FROM  ``store``                   read models fed from ``store`` (read_all) or
                                                        ``broker`` (switching needs a rebuild)
 SKYFERRY_LOG_LEVEL         ``info``                    Python logging level
+SKYFERRY_HEARTBEAT_FILE    (none: no heartbeat)        a file the worker touches while it makes
+                                                       progress, for ``skyferry alive``
 =========================  ==========================  ===============================================
 """
 
@@ -46,6 +48,7 @@ class Settings(BaseSettings):
     worker_interval: float = Field(default=0.2, gt=0)
     projections_from: Literal["store", "broker"] = "store"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    heartbeat_file: str | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod

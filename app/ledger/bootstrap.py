@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -44,6 +45,10 @@ EMBEDDED_SCHEMES = frozenset({"sqlite", "memory"})
 
 CONSUME_MODES = ("store", "broker")
 """Where the worker's process manager and projections read events: ``read_all``, or the broker."""
+
+
+def _no_beat() -> None:
+    """The default heartbeat: nothing to tell."""
 
 
 def register_handlers(app: Application) -> None:
@@ -192,35 +197,51 @@ class Ledger:
 
     # -- worker --------------------------------------------------------------------------------
 
-    def run_worker_once(self) -> int:
+    def run_worker_once(self, beat: Callable[[], None] = _no_beat) -> int:
         """One worker pass; the number of events handled.
 
         ``consume="store"``: relay, process manager and projections, each from ``read_all``,
         until nothing is left.  ``consume="broker"``: make sure the broker consumers run
         (:meth:`start_consumers`) and relay everything; read models then update
-        asynchronously, as the broker delivers.
+        asynchronously, as the broker delivers.  Each step is one batch of each, and ``beat``
+        is called before every step (see :mod:`app.heartbeat`), so a long catch-up beats too.
         """
         total = 0
         with self._worker_lock:
             if self.consume == "broker":
                 self.start_consumers()
-                while relayed := self.relay.run_once():
+                while True:
+                    beat()
+                    relayed = self.relay.run_once(max_batches=1)
+                    if not relayed:
+                        return total
                     total += relayed
-                return total
             while True:
-                handled = self.relay.run_once()
+                beat()
+                handled = self.relay.run_once(max_batches=1)
                 for runner in self._runners:
-                    handled += runner.run_once()
+                    handled += runner.run_once(max_events=runner.batch_size)
                 if not handled:
                     return total
                 total += handled
 
-    def run_worker(self, stop: threading.Event, poll_interval: float = 0.2, max_backoff: float = 10.0) -> None:
-        """Run the worker until ``stop`` is set; back off and retry after a transient failure or a conflict."""
+    def run_worker(
+        self,
+        stop: threading.Event,
+        poll_interval: float = 0.2,
+        max_backoff: float = 10.0,
+        beat: Callable[[], None] = _no_beat,
+    ) -> None:
+        """Run the worker until ``stop`` is set; back off and retry after a transient failure or a conflict.
+
+        ``beat`` is called on every pass and every batch, backing off included: it tells a
+        liveness probe that the loop has not hung (see :mod:`app.heartbeat`).
+        """
         backoff = poll_interval
         while not stop.is_set():
+            beat()
             try:
-                handled = self.run_worker_once()
+                handled = self.run_worker_once(beat)
             except (TransientError, ConcurrencyError):
                 # Unreachable service, or a process-manager command that kept losing races with
                 # other writers: nothing was half-applied (checkpoints did not move), so retry.
