@@ -115,6 +115,28 @@ def test_every_container_is_hardened(rendered: dict[str, Path]) -> None:
     assert seen >= 6
 
 
+def test_the_worker_probe_checks_a_heartbeat_the_worker_can_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's liveness probe is a real check (``skyferry alive``) of a file on a writable mount."""
+    from app.cli import run
+
+    docs = docs_of(CHART / "ci" / "on-prem-values.yaml")
+    worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "sf-skyferry-worker")
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    heartbeat = Path(env["SKYFERRY_HEARTBEAT_FILE"])
+    mounts = [Path(m["mountPath"]) for m in container["volumeMounts"]]
+    assert any(heartbeat.is_relative_to(m) for m in mounts)  # the root filesystem is read-only
+    command = container["livenessProbe"]["exec"]["command"]
+    assert command[:2] == ["skyferry", "alive"]
+    local = tmp_path / heartbeat.name  # the same command, against a file of this test
+    monkeypatch.setenv("SKYFERRY_HEARTBEAT_FILE", str(local))
+    assert run(command[1:]) == 3  # the worker has not started
+    local.touch()
+    assert run(command[1:]) == 0
+
+
 def test_on_prem_values_bring_postgres_nats_and_network_policies() -> None:
     docs = docs_of(CHART / "ci" / "on-prem-values.yaml")
     by_kind: dict[str, set[str]] = {}
