@@ -368,3 +368,30 @@ def test_a_failed_revision_check_in_a_large_commit_writes_nothing(ledger_url: st
     assert caught.value.actual == 2
     assert ledger(views) == BEFORE
     assert leftovers(views) == (0, 0)
+
+
+def test_each_thread_calls_through_its_own_client(url: str) -> None:
+    """The SDK's client writes shared response headers on every call and iterates them too, so one
+    client used by several threads fails now and then ("OrderedDict mutated during iteration", seen
+    in CI): a store gives each thread its own, reused by that thread, and closes them all."""
+    store = CosmosEventStore.from_url(url)
+    store.append("mine", [new(0)], ANY)
+    connections: dict[str, list[object]] = {}
+
+    def use(name: str) -> None:
+        for n in range(2):
+            store.append(f"{name}-{n}", [new(n)], ANY)
+            connections.setdefault(name, []).append(store._containers.get(store.location.container).client_connection)
+
+    threads = [threading.Thread(target=use, args=(f"t{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mine = store._containers.get(store.location.container).client_connection
+    seen = {name: {id(c) for c in used} for name, used in connections.items()}
+    assert all(len(ids) == 1 for ids in seen.values()), "a thread reuses its client"
+    assert len(set().union(*seen.values()) | {id(mine)}) == 4, "no two threads share one"
+    assert len(read_everything(store)) == 7
+    store.close()
+    assert len(store._containers._owned) == 0

@@ -106,6 +106,7 @@ import json
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -294,30 +295,53 @@ def call(what: str, fn: Callable[[], _T], *, sleep: Callable[[float], None] = ti
 
 
 class _Containers:
-    """The two containers of one URL, checked once on first use."""
+    """The two containers of one URL, checked once on first use, through one client per thread.
+
+    The SDK's client is not safe to share between threads: every call writes the shared
+    ``client_connection.last_response_headers``, which the SDK itself iterates, so
+    concurrent calls fail now and then with "OrderedDict mutated during iteration" (the
+    SDK's maintainers call those headers not thread-safe: azure-sdk-for-python #33496,
+    #35791).  So each thread that uses the store gets its own client, built on its first
+    call; a thread's client goes when the thread does.  A client handed in is used by every
+    thread as it is: the caller's choice.
+    """
 
     def __init__(self, location: CosmosLocation, client: CosmosClient | None) -> None:
         self.location = location
         self._client = client
-        self._owned: CosmosClient | None = None
-        self._checked: dict[str, ContainerProxy] = {}
+        self._owned: weakref.WeakSet[CosmosClient] = weakref.WeakSet()
+        self._local = threading.local()
+        self._checked: set[str] = set()
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the client if this instance built it (a client handed in stays open)."""
+        """Close the clients this instance built (a client handed in stays open)."""
         with self._lock:
-            if self._owned is not None:
-                self._owned.close()
-                self._client = self._owned = None
+            for client in list(self._owned):
+                client.close()
+            self._owned.clear()
             self._checked.clear()
+            self._local = threading.local()
 
     def get(self, name: str) -> ContainerProxy:
+        local = self._local
+        proxies: dict[str, ContainerProxy] | None = getattr(local, "proxies", None)
+        if proxies is None:
+            proxies = local.proxies = {}
+        container = proxies.get(name)
+        if container is not None:
+            return container
+        client = self._client
+        if client is None:
+            client = getattr(local, "client", None)
+            if client is None:
+                client = local.client = self.location.client()
+                with self._lock:
+                    self._owned.add(client)
+        container = client.get_database_client(self.location.database).get_container_client(name)
         with self._lock:
-            if name in self._checked:
-                return self._checked[name]
-            if self._client is None:
-                self._client = self._owned = self.location.client()
-            container = self._client.get_database_client(self.location.database).get_container_client(name)
+            checked = name in self._checked
+        if not checked:
             try:
                 call(f"reading container {name}", container.read)
             except CosmosResourceNotFoundError as e:
@@ -325,8 +349,10 @@ class _Containers:
                     f"Cosmos DB account {self.location.account!r} has no container {name!r} in database "
                     f"{self.location.database!r} (created by providers/azure)"
                 ) from e
-            self._checked[name] = container
-            return container
+            with self._lock:
+                self._checked.add(name)
+        proxies[name] = container
+        return container
 
 
 def _commit_id(first: int) -> str:
