@@ -102,11 +102,9 @@ def _configure_logging(settings: Settings) -> None:
 
 def _heartbeat(settings: Settings) -> Callable[[], None]:
     """The worker's heartbeat: touches ``SKYFERRY_HEARTBEAT_FILE`` (nothing when it is unset)."""
-    from app.heartbeat import Heartbeat
+    from app.heartbeat import Heartbeat, no_beat
 
-    if not settings.heartbeat_file:
-        return lambda: None
-    return Heartbeat(settings.heartbeat_file).beat
+    return Heartbeat(settings.heartbeat_file).beat if settings.heartbeat_file else no_beat
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

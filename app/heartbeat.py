@@ -23,6 +23,10 @@ MIN_INTERVAL_SECONDS: Final = 1.0
 """The file is touched at most this often, however fast the worker loops."""
 
 
+def no_beat() -> None:
+    """The heartbeat of a worker that keeps none (``SKYFERRY_HEARTBEAT_FILE`` unset)."""
+
+
 class Heartbeat:
     """Touches ``path`` (creating it) at most once per :data:`MIN_INTERVAL_SECONDS`."""
 

@@ -30,6 +30,7 @@ from app.core.projections import (
 )
 from app.core.relay import Relay
 from app.core.upcasting import Upcasters
+from app.heartbeat import no_beat
 from app.ledger import account as acc
 from app.ledger import commands as cmd
 from app.ledger import transfer as tr
@@ -45,10 +46,6 @@ EMBEDDED_SCHEMES = frozenset({"sqlite", "memory"})
 
 CONSUME_MODES = ("store", "broker")
 """Where the worker's process manager and projections read events: ``read_all``, or the broker."""
-
-
-def _no_beat() -> None:
-    """The default heartbeat: nothing to tell."""
 
 
 def register_handlers(app: Application) -> None:
@@ -197,7 +194,7 @@ class Ledger:
 
     # -- worker --------------------------------------------------------------------------------
 
-    def run_worker_once(self, beat: Callable[[], None] = _no_beat) -> int:
+    def run_worker_once(self, beat: Callable[[], None] = no_beat) -> int:
         """One worker pass; the number of events handled.
 
         ``consume="store"``: relay, process manager and projections, each from ``read_all``,
@@ -230,7 +227,7 @@ class Ledger:
         stop: threading.Event,
         poll_interval: float = 0.2,
         max_backoff: float = 10.0,
-        beat: Callable[[], None] = _no_beat,
+        beat: Callable[[], None] = no_beat,
     ) -> None:
         """Run the worker until ``stop`` is set; back off and retry after a transient failure or a conflict.
 
@@ -239,9 +236,8 @@ class Ledger:
         """
         backoff = poll_interval
         while not stop.is_set():
-            beat()
             try:
-                handled = self.run_worker_once(beat)
+                handled = self.run_worker_once(beat)  # it beats before every step, a failing one too
             except (TransientError, ConcurrencyError):
                 # Unreachable service, or a process-manager command that kept losing races with
                 # other writers: nothing was half-applied (checkpoints did not move), so retry.
