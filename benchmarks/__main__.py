@@ -9,7 +9,7 @@ run.  Each figure is printed
 beside the raw limit measured in the same run and the ratio, with the goal.
 
 Every module runs under the runtime settings of a ``skyferry`` process
-(``app.runtime.tune_process``: GC and heap), for our code and the raw side alike, so the
+(``skyferry.runtime.tune_process``: GC and heap), for our code and the raw side alike, so the
 figures are what production gets.
 
 To add a benchmark: create ``benchmarks/bench_<topic>.py`` with ``run(args)``; nothing
@@ -27,8 +27,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from app.runtime import tune_process
 from benchmarks.figures import Figure
+from skyferry.runtime import tune_process
 
 
 def discover() -> list[str]:

@@ -34,7 +34,7 @@ class _Counter:
         self.requests = 0
 
     def __call__(self, request: Any) -> None:
-        from app.adapters.stores.cosmos import _batch_partition_keys
+        from skyferry.adapters.stores.cosmos import _batch_partition_keys
 
         self.requests += 1
         _batch_partition_keys(request)
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> list[Figure]:
     """Commits of 1, 10 and 280 documents on the emulator; figures in writes per request."""
     from azure.cosmos import CosmosClient, PartitionKey
 
-    from app.adapters.stores import cosmos
-    from app.core.ports import ViewChange
+    from skyferry.adapters.stores import cosmos
+    from skyferry.core.ports import ViewChange
     from tests import services
     from tests.services import cosmos as service
 

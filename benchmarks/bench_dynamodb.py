@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.adapters.stores import dynamodb
-from app.core.messages import NewEvent, encode_json
-from app.core.ports import NO_STREAM
 from benchmarks.figures import Figure
+from skyferry.adapters.stores import dynamodb
+from skyferry.core.messages import NewEvent, encode_json
+from skyferry.core.ports import NO_STREAM
 
 _MOTO = Path(__file__).resolve().parent.parent / "tests" / "services" / "moto_server.py"
 REGION = "us-east-1"

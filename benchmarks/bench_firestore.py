@@ -30,10 +30,10 @@ from typing import Any
 
 from google.cloud import firestore
 
-from app.adapters.stores.firestore import EVENTS_COLLECTION, FirestoreEventStore, _event_fields
-from app.core.messages import Event, NewEvent, utc_now
-from app.core.ports import ANY, NO_STREAM
 from benchmarks.figures import Figure, compare
+from skyferry.adapters.stores.firestore import EVENTS_COLLECTION, FirestoreEventStore, _event_fields
+from skyferry.core.messages import Event, NewEvent, utc_now
+from skyferry.core.ports import ANY, NO_STREAM
 from tests import services
 from tests.services import gcloud_emulators
 

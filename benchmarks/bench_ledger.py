@@ -22,12 +22,12 @@ from pathlib import Path
 
 import orjson
 
-from app.adapters.stores.sqlite import SQLiteEventStore
-from app.core.messages import Event, to_micros
-from app.ledger import events as ev
-from app.ledger.bootstrap import Ledger, bootstrap
-from app.ledger.commands import Deposit, OpenAccount
 from benchmarks.figures import Figure, compare
+from skyferry.adapters.stores.sqlite import SQLiteEventStore
+from skyferry.core.messages import Event, to_micros
+from skyferry.ledger import events as ev
+from skyferry.ledger.bootstrap import Ledger, bootstrap
+from skyferry.ledger.commands import Deposit, OpenAccount
 
 ACCOUNTS = 20
 _INSERT = (

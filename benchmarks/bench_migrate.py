@@ -32,14 +32,14 @@ from typing import Any
 import orjson
 import zstandard
 
-from app.adapters import registry
-from app.adapters.archives.local import LocalArchive
-from app.core.messages import to_micros
-from app.migrate.chunks import CHUNK_EVENTS
-from app.migrate.export import export
-from app.migrate.importer import import_archive
-from app.migrate.migrate import Migration
 from benchmarks.figures import Figure, compare
+from skyferry.adapters import registry
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.core.messages import to_micros
+from skyferry.migrate.chunks import CHUNK_EVENTS
+from skyferry.migrate.export import export
+from skyferry.migrate.importer import import_archive
+from skyferry.migrate.migrate import Migration
 
 GOAL = 0.6
 DATA = {"amount": "12.50", "currency": "EUR", "account_id": "acc-0001", "note": "benchmark payload"}
@@ -365,9 +365,9 @@ def rss_figures(directory: Path, quick: bool) -> list[Figure]:
         source = sqlite_source(directory / f"rss-source-{count}.db", count)
         target = f"sqlite:///{directory}/rss-target-{count}.db"
         results[count] = peak_rss_mb(
-            sys.executable, "-m", "app.migrate", "migrate", "--from", source, "--to", target, "--json"
+            sys.executable, "-m", "skyferry.migrate", "migrate", "--from", source, "--to", target, "--json"
         )
-    baseline = peak_rss_mb(sys.executable, "-c", "import app.migrate.cli")
+    baseline = peak_rss_mb(sys.executable, "-c", "import skyferry.migrate.cli")
     flat = results[large] / results[small]
     return [
         Figure(

@@ -5,7 +5,7 @@
   stream's rows, ``INSERT`` one event, ``COMMIT``.  Goal >= 70 %.
 * **concurrent appends** -- 4 threads appending one event each to their own streams, vs.
   the same inserts without the gap lock: the price of the advisory lock that keeps
-  ``read_all`` gap-free (see ``app/adapters/stores/postgres.py``).  Informational.
+  ``read_all`` gap-free (see ``app/skyferry/adapters/stores/postgres.py``).  Informational.
 * **bulk_append (COPY)** vs. raw ``COPY`` of the same rows.
 * **read_all decoded** -- pages of 1,000 decoded into ``Event``s vs. a raw server-side
   cursor with ``orjson`` parsing of data and metadata.  Goal >= 70 %.
@@ -40,15 +40,15 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from app.adapters.brokers.memory import MemoryBroker
-from app.adapters.brokers.nats import NatsBroker
-from app.adapters.stores.postgres import PostgresEventStore, PostgresViewStore
-from app.core.codec import encode
-from app.core.messages import Event, NewEvent
-from app.core.relay import Relay
-from app.ledger import commands as cmd
-from app.ledger.bootstrap import Ledger
 from benchmarks.figures import Figure, compare
+from skyferry.adapters.brokers.memory import MemoryBroker
+from skyferry.adapters.brokers.nats import NatsBroker
+from skyferry.adapters.stores.postgres import PostgresEventStore, PostgresViewStore
+from skyferry.core.codec import encode
+from skyferry.core.messages import Event, NewEvent
+from skyferry.core.relay import Relay
+from skyferry.ledger import commands as cmd
+from skyferry.ledger.bootstrap import Ledger
 
 _CACHED_DSN = Path(__file__).resolve().parents[1] / ".cache" / "postgres.dsn"
 DSN = os.environ.get("SKYFERRY_BENCH_POSTGRES_DSN") or (

@@ -11,7 +11,7 @@
   show what a reader that needs them pays; the raw side there builds the same datetimes.
 
 Every figure runs under the process settings of a ``skyferry`` process: the GC threshold
-that ``app.cli.main`` sets (:func:`app.runtime.tune_gc`), for the adapter and the raw side
+that ``skyferry.cli.main`` sets (:func:`skyferry.runtime.tune_gc`), for the adapter and the raw side
 alike (restored afterwards).  For comparison, ``read_all`` is also measured (both sides)
 under CPython's default threshold, the setting of a process that embeds the store
 without the ``skyferry`` entry point.
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import orjson
 
-from app.adapters.stores.sqlite import SQLiteEventStore
-from app.core.messages import Event, NewEvent
-from app.runtime import tune_gc
 from benchmarks.figures import Figure, compare
+from skyferry.adapters.stores.sqlite import SQLiteEventStore
+from skyferry.core.messages import Event, NewEvent
+from skyferry.runtime import tune_gc
 
 PAGE = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

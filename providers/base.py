@@ -50,7 +50,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.alias_generators import to_camel
 
-from app.core.errors import ConfigurationError
+from skyferry.core.errors import ConfigurationError
 
 NAMESPACE = "skyferry"
 

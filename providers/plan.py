@@ -5,7 +5,7 @@ stack's config file, then prints every resource (type, name, parent, key setting
 stack outputs and the policy findings, as a table, JSON, or a Mermaid graph.  No Pulumi
 CLI, no credentials, no network.  Secret values are never printed.
 
-The app mounts :func:`command` lazily (``app/cli.py`` imports this module only inside its
+The app mounts :func:`command` lazily (``app/skyferry/cli.py`` imports this module only inside its
 ``plan`` command, so an app image without the infra dependencies still works)::
 
     @app.command()
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.core.errors import ConfigurationError
 from providers import policies
 from providers.base import current_stack_config, deploy
 from providers.graph import Graph, Node, run_program
 from providers.stackfile import STACKS_DIR, read_stack
+from skyferry.core.errors import ConfigurationError
 
 FORMATS = ("table", "json", "mermaid")
 SECRET_MASK = "[secret]"  # noqa: S105 (a mask, not a password)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from app.core.errors import ConfigurationError
+from skyferry.core.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS_DIR = ROOT / "stacks"

@@ -2,8 +2,8 @@
 
 Every child is declared with ``parent=self``.  The DynamoDB table's keys and index, the
 queue names and the IAM actions come from the adapter modules
-(:mod:`app.adapters.stores.dynamodb`, :mod:`app.adapters.brokers.sns_sqs`,
-:mod:`app.adapters.archives.s3`), so the infrastructure cannot drift from what the app
+(:mod:`skyferry.adapters.stores.dynamodb`, :mod:`skyferry.adapters.brokers.sns_sqs`,
+:mod:`skyferry.adapters.archives.s3`), so the infrastructure cannot drift from what the app
 expects.  The task role gets exactly the actions the adapters call, on exactly the ARNs
 they touch (see :func:`task_role_policy`).
 """
@@ -18,11 +18,11 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from app.adapters.archives import s3 as s3_adapter
-from app.adapters.brokers import sns_sqs
-from app.adapters.stores import dynamodb
 from providers.aws.config import AwsConfig
 from providers.base import Platform, StackConfigError, StandardOutputs
+from skyferry.adapters.archives import s3 as s3_adapter
+from skyferry.adapters.brokers import sns_sqs
+from skyferry.adapters.stores import dynamodb
 
 API_PORT = 8000
 ARCHIVE_PREFIX = "exports"

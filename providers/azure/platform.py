@@ -11,7 +11,7 @@ What it declares (ARCHITECTURE.md §6, issue 8 item 4), every child with ``paren
   Cosmos DB and the storage account;
 * a Cosmos DB for NoSQL account (continuous backup, local auth disabled, public network
   access disabled, CanNotDelete lock), its database and the events and views containers,
-  whose partition key paths come from :mod:`app.adapters.stores.cosmos`;
+  whose partition key paths come from :mod:`skyferry.adapters.stores.cosmos`;
 * a Service Bus namespace (local auth disabled), the app's topic with duplicate
   detection, and a session subscription per consumer group with dead-lettering;
 * a storage account (no public blob access, TLS 1.2, HTTPS only, shared keys disabled,
@@ -45,11 +45,11 @@ from pulumi_azure_native import (
     storage,
 )
 
-from app.adapters.archives import blob as blob_adapter
-from app.adapters.brokers import servicebus as servicebus_adapter
-from app.adapters.stores import cosmos as cosmos_adapter
 from providers.azure.config import AzureConfig
 from providers.base import Platform, StandardOutputs
+from skyferry.adapters.archives import blob as blob_adapter
+from skyferry.adapters.brokers import servicebus as servicebus_adapter
+from skyferry.adapters.stores import cosmos as cosmos_adapter
 
 API_PORT: Final = 8000
 DATABASE: Final = "skyferry"

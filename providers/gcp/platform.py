@@ -2,8 +2,8 @@
 
 Every child is declared with ``parent=self``.  The Firestore composite indexes and index
 exemptions, the Pub/Sub subscription and dead-letter names and the roles of the app's
-service account come from the adapter modules (:mod:`app.adapters.stores.firestore`,
-:mod:`app.adapters.brokers.pubsub`, :mod:`app.adapters.archives.gcs`), so the
+service account come from the adapter modules (:mod:`skyferry.adapters.stores.firestore`,
+:mod:`skyferry.adapters.brokers.pubsub`, :mod:`skyferry.adapters.archives.gcs`), so the
 infrastructure cannot drift from what the app expects.
 
 Least privilege: the service account gets ``roles/datastore.user`` on the project under an
@@ -19,11 +19,11 @@ from typing import Any
 import pulumi
 import pulumi_gcp as gcp
 
-from app.adapters.archives import gcs as gcs_adapter
-from app.adapters.brokers import pubsub as pubsub_adapter
-from app.adapters.stores import firestore as firestore_adapter
 from providers.base import Platform, StackConfigError, StandardOutputs
 from providers.gcp.config import GcpConfig
+from skyferry.adapters.archives import gcs as gcs_adapter
+from skyferry.adapters.brokers import pubsub as pubsub_adapter
+from skyferry.adapters.stores import firestore as firestore_adapter
 
 API_PORT = 8000
 ARCHIVE_PREFIX = "exports"

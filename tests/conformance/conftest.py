@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from app.adapters import registry
-from app.core.ports import Archive, Broker, EventStore, ViewStore
+from skyferry.adapters import registry
+from skyferry.core.ports import Archive, Broker, EventStore, ViewStore
 from tests import services
 
 

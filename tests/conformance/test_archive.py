@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from app.core.errors import ObjectNotFound, ValidationError
-from app.core.ports import Archive
+from skyferry.core.errors import ObjectNotFound, ValidationError
+from skyferry.core.ports import Archive
 
 
 def test_put_then_get_round_trips_bytes(archive: Archive) -> None:

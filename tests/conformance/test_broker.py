@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.core.ports import Broker, Message
+from skyferry.core.ports import Broker, Message
 
 WAIT = 90.0
 

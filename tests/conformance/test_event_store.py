@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.core.errors import ConcurrencyError, EventTooLarge, NotSupported, ValidationError
-from app.core.messages import EVENT_SIZE_LIMIT, Event, NewEvent, encode_json
-from app.core.ports import (
+from skyferry.core.errors import ConcurrencyError, EventTooLarge, NotSupported, ValidationError
+from skyferry.core.messages import EVENT_SIZE_LIMIT, Event, NewEvent, encode_json
+from skyferry.core.ports import (
     ANY,
     EVENT_STORE_FEATURES,
     FEATURE_BULK_APPEND,

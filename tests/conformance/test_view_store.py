@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from app.core.errors import ConcurrencyError
-from app.core.ports import ViewChange, ViewStore
+from skyferry.core.errors import ConcurrencyError
+from skyferry.core.ports import ViewChange, ViewStore
 
 
 def coll(name: str = "v") -> str:

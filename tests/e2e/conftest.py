@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from app.api.app import create_app
-from app.ledger.bootstrap import Ledger, bootstrap
-from app.settings import Settings
+from skyferry.api.app import create_app
+from skyferry.ledger.bootstrap import Ledger, bootstrap
+from skyferry.settings import Settings
 
 TOKEN = "e2e-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.ledger.bootstrap import Ledger
-from app.migrate.fence import lift_fence, set_fence
+from skyferry.ledger.bootstrap import Ledger
+from skyferry.migrate.fence import lift_fence, set_fence
 from tests.e2e.conftest import AUTH
 
 EUR = {"currency": "EUR"}

@@ -13,12 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.adapters import registry
-from app.core.messages import Event, NewEvent
-from app.core.ports import ANY
-from app.migrate.crypto import new_key
-from app.migrate.fence import is_fenced
-from app.migrate.manifest import MANIFEST_NAME, Manifest
+from skyferry.adapters import registry
+from skyferry.core.messages import Event, NewEvent
+from skyferry.core.ports import ANY
+from skyferry.migrate.crypto import new_key
+from skyferry.migrate.fence import is_fenced
+from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
 from tests.integration.migrate_support import fill, fill_many, opened
 
 SKYFERRY = str(Path(sys.executable).with_name("skyferry"))
@@ -221,8 +221,8 @@ def test_progress_is_drawn_on_a_terminal(tmp_path: Path, source: str) -> None:
 def test_a_migrated_ledger_never_repeats_a_side_effect(tmp_path: Path) -> None:
     from decimal import Decimal
 
-    from app.ledger.bootstrap import bootstrap
-    from app.ledger.commands import Deposit, OpenAccount, TransferMoney
+    from skyferry.ledger.bootstrap import bootstrap
+    from skyferry.ledger.commands import Deposit, OpenAccount, TransferMoney
 
     source, target = f"sqlite:///{tmp_path}/ledger.db", f"sqlite:///{tmp_path}/moved.db"
     ledger = bootstrap(source)

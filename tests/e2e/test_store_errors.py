@@ -13,10 +13,10 @@ import typer
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from app.api.app import create_app
-from app.cli import cli, mount_extensions, run
-from app.ledger.bootstrap import bootstrap
-from app.settings import Settings
+from skyferry.api.app import create_app
+from skyferry.cli import cli, mount_extensions, run
+from skyferry.ledger.bootstrap import bootstrap
+from skyferry.settings import Settings
 from tests.e2e.conftest import AUTH, TOKEN
 
 EUR = {"currency": "EUR"}

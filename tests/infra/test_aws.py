@@ -16,18 +16,18 @@ from typing import Any
 
 import pytest
 
-from app.adapters import aws as aws_common
-from app.adapters.archives import s3 as s3_adapter
-from app.adapters.brokers import sns_sqs
-from app.adapters.stores import dynamodb
-from app.core.errors import ConfigurationError
-from app.core.messages import NewEvent
-from app.core.ports import NO_STREAM, Message, ViewChange
 from providers import policies
 from providers.aws.config import LEDGER_GROUPS
 from providers.aws.platform import account_of, fargate_size, task_role_policy
 from providers.base import OUTPUT_NAMES
 from providers.graph import Graph, Node
+from skyferry.adapters import aws as aws_common
+from skyferry.adapters.archives import s3 as s3_adapter
+from skyferry.adapters.brokers import sns_sqs
+from skyferry.adapters.stores import dynamodb
+from skyferry.core.errors import ConfigurationError
+from skyferry.core.messages import NewEvent
+from skyferry.core.ports import NO_STREAM, Message, ViewChange
 from tests.services import dynamodb as dynamodb_service
 from tests.services import moto_server
 
@@ -197,8 +197,8 @@ def test_bad_config_names_the_key(run_config: Callable[..., Graph]) -> None:
 
 
 def test_default_consumer_groups_are_the_groups_the_ledger_subscribes(run_config: Callable[..., Graph]) -> None:
-    from app.ledger.projections import ledger_projections
-    from app.ledger.transfer import TransferProcess
+    from skyferry.ledger.projections import ledger_projections
+    from skyferry.ledger.transfer import TransferProcess
 
     assert set(LEDGER_GROUPS) == {TransferProcess.name, *(p.name for p in ledger_projections())}
     graph = run_config(BASE, SECRETS)

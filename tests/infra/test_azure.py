@@ -12,16 +12,16 @@ from collections.abc import Callable
 
 import pytest
 
-from app.adapters.archives import blob as blob_adapter
-from app.adapters.archives.blob import BlobArchive
-from app.adapters.brokers import servicebus as servicebus_adapter
-from app.adapters.brokers.servicebus import ServiceBusLocation
-from app.adapters.stores import cosmos as cosmos_adapter
-from app.adapters.stores.cosmos import CosmosLocation
 from providers import policies
 from providers.azure import platform as azure_platform
 from providers.base import OUTPUT_NAMES, StackConfigError
 from providers.graph import Graph, Node
+from skyferry.adapters.archives import blob as blob_adapter
+from skyferry.adapters.archives.blob import BlobArchive
+from skyferry.adapters.brokers import servicebus as servicebus_adapter
+from skyferry.adapters.brokers.servicebus import ServiceBusLocation
+from skyferry.adapters.stores import cosmos as cosmos_adapter
+from skyferry.adapters.stores.cosmos import CosmosLocation
 
 BASE = {
     "skyferry:target": "azure",
@@ -257,7 +257,7 @@ def test_the_broker_never_needs_the_manage_right_without_provision() -> None:
     broker = servicebus_adapter.ServiceBusBroker(location, client=FakeServiceBusClient(namespace), admin=Forbidden())
     handled: list[str] = []
     subscription = broker.subscribe("projections", lambda m: handled.append(m.id))
-    from app.core.ports import Message
+    from skyferry.core.ports import Message
 
     broker.publish([Message(id="00000000-0000-0000-0000-000000000001", key="s", body=b"{}")])
     import time

@@ -119,7 +119,7 @@ def test_the_worker_probe_checks_a_heartbeat_the_worker_can_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker's liveness probe is a real check (``skyferry alive``) of a file on a writable mount."""
-    from app.cli import run
+    from skyferry.cli import run
 
     docs = docs_of(CHART / "ci" / "on-prem-values.yaml")
     worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "sf-skyferry-worker")
@@ -156,7 +156,7 @@ def test_on_prem_values_bring_postgres_nats_and_network_policies() -> None:
     api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "sf-skyferry-api")
     container = api["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["serve"]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"  # the API's routes (app/api)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"  # the API's routes (app/skyferry/api)
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     nats = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sf-skyferry-nats")
     assert "jetstream" in nats["data"]["nats.conf"]

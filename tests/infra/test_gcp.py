@@ -21,14 +21,14 @@ import pytest
 from google.cloud.firestore_v1.base_query import BaseQuery
 from google.cloud.firestore_v1.query import Query
 
-from app.adapters.archives import gcs as gcs_adapter
-from app.adapters.brokers import pubsub as pubsub_adapter
-from app.adapters.stores import firestore as firestore_adapter
-from app.core.messages import NewEvent, utc_now
-from app.core.ports import ANY, NO_STREAM, ViewChange
 from providers import policies
 from providers.base import OUTPUT_NAMES, StackConfigError
 from providers.graph import Graph, Node
+from skyferry.adapters.archives import gcs as gcs_adapter
+from skyferry.adapters.brokers import pubsub as pubsub_adapter
+from skyferry.adapters.stores import firestore as firestore_adapter
+from skyferry.core.messages import NewEvent, utc_now
+from skyferry.core.ports import ANY, NO_STREAM, ViewChange
 from tests.infra.conftest import require_target
 from tests.services import firestore as firestore_service
 

@@ -103,7 +103,7 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path: Path) -> None:
 
 
 def test_the_cli_mounts_plan() -> None:
-    from app.cli import cli
+    from skyferry.cli import cli
 
     result = CliRunner().invoke(cli, ["plan", "--stack", "kubernetes", "--format", "json"])
     assert result.exit_code == 0, result.output

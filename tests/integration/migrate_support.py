@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import zstandard
 
-from app.adapters import registry
-from app.core.messages import Event, NewEvent
-from app.core.ports import Archive, EventStore, ViewStore
-from app.migrate.manifest import MANIFEST_NAME, Manifest
-from app.migrate.writer import TargetWriter
+from skyferry.adapters import registry
+from skyferry.core.messages import Event, NewEvent
+from skyferry.core.ports import Archive, EventStore, ViewStore
+from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
+from skyferry.migrate.writer import TargetWriter
 from tests import services
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-from app.core.messages import Event
+from skyferry.core.messages import Event
 
 
 def upcast_deposits(event: Event) -> Event:

@@ -1,7 +1,7 @@
 """The AWS adapters on moto server beyond the conformance suite: request counts, bad input, retries.
 
 Request counts are exact, not timed: they are what the module docstring of
-``app/adapters/stores/dynamodb.py`` reports per 1,000 events.
+``app/skyferry/adapters/stores/dynamodb.py`` reports per 1,000 events.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from app.adapters import aws
-from app.adapters.archives import s3 as s3_adapter
-from app.adapters.brokers import sns_sqs
-from app.adapters.stores import dynamodb
-from app.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
-from app.core.messages import NewEvent
-from app.core.ports import ANY, NO_STREAM, ViewChange
+from skyferry.adapters import aws
+from skyferry.adapters.archives import s3 as s3_adapter
+from skyferry.adapters.brokers import sns_sqs
+from skyferry.adapters.stores import dynamodb
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
+from skyferry.core.messages import NewEvent
+from skyferry.core.ports import ANY, NO_STREAM, ViewChange
 from tests.services import dynamodb as dynamodb_service
 from tests.services import moto_server
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.adapters.archives.blob import BlobArchive
-from app.core.errors import ConfigurationError
+from skyferry.adapters.archives.blob import BlobArchive
+from skyferry.core.errors import ConfigurationError
 from tests.services import blob as service
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
-from app.adapters.stores import cosmos
-from app.adapters.stores.cosmos import CosmosEventStore, CosmosViewStore
-from app.core.errors import ConcurrencyError, ConfigurationError, TransientError
-from app.core.messages import Event, NewEvent
-from app.core.ports import ANY, NO_STREAM, Doc, ViewChange
+from skyferry.adapters.stores import cosmos
+from skyferry.adapters.stores.cosmos import CosmosEventStore, CosmosViewStore
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError
+from skyferry.core.messages import Event, NewEvent
+from skyferry.core.ports import ANY, NO_STREAM, Doc, ViewChange
 from tests.services import cosmos as service
 
 

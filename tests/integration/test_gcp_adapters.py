@@ -18,14 +18,14 @@ from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 from google.cloud.firestore_v1.transaction import Transaction
 
-from app.adapters import gcp_common
-from app.adapters.archives.gcs import GCSArchive
-from app.adapters.brokers import pubsub as pubsub_adapter
-from app.adapters.brokers.pubsub import PubSubBroker
-from app.adapters.stores.firestore import FirestoreEventStore, FirestoreViewStore
-from app.core.errors import ConfigurationError, TransientError
-from app.core.messages import NewEvent
-from app.core.ports import NO_STREAM, Message, ViewChange
+from skyferry.adapters import gcp_common
+from skyferry.adapters.archives.gcs import GCSArchive
+from skyferry.adapters.brokers import pubsub as pubsub_adapter
+from skyferry.adapters.brokers.pubsub import PubSubBroker
+from skyferry.adapters.stores.firestore import FirestoreEventStore, FirestoreViewStore
+from skyferry.core.errors import ConfigurationError, TransientError
+from skyferry.core.messages import NewEvent
+from skyferry.core.ports import NO_STREAM, Message, ViewChange
 from tests import services
 from tests.services import firestore as firestore_service
 from tests.services import gcs as gcs_service

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from app.adapters import registry
-from app.adapters.brokers.memory import MemoryBroker
-from app.core.application import SNAPSHOTS, Application
-from app.core.codec import encode
-from app.core.errors import ConcurrencyError
-from app.core.projections import ProjectionConsumer, physical_collection
-from app.ledger.account import Account
-from app.ledger.bootstrap import Ledger, register_handlers
-from app.ledger.commands import CloseAccount, Deposit, OpenAccount, TransferMoney, Withdraw
-from app.ledger.projections import BalancesProjection
+from skyferry.adapters import registry
+from skyferry.adapters.brokers.memory import MemoryBroker
+from skyferry.core.application import SNAPSHOTS, Application
+from skyferry.core.codec import encode
+from skyferry.core.errors import ConcurrencyError
+from skyferry.core.projections import ProjectionConsumer, physical_collection
+from skyferry.ledger.account import Account
+from skyferry.ledger.bootstrap import Ledger, register_handlers
+from skyferry.ledger.commands import CloseAccount, Deposit, OpenAccount, TransferMoney, Withdraw
+from skyferry.ledger.projections import BalancesProjection
 from tests import services
 
 

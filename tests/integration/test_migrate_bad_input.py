@@ -11,14 +11,14 @@ import orjson
 import pytest
 import zstandard
 
-from app.adapters.archives.local import LocalArchive
-from app.core.ports import EventStore, ViewStore
-from app.migrate import checkpoints
-from app.migrate.crypto import ChunkCipher
-from app.migrate.errors import ArchiveError, WrongKey
-from app.migrate.export import export
-from app.migrate.importer import import_archive
-from app.migrate.manifest import MANIFEST_NAME, Manifest
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.core.ports import EventStore, ViewStore
+from skyferry.migrate import checkpoints
+from skyferry.migrate.crypto import ChunkCipher
+from skyferry.migrate.errors import ArchiveError, WrongKey
+from skyferry.migrate.export import export
+from skyferry.migrate.importer import import_archive
+from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
 from tests.integration.migrate_support import fill, opened, store_url
 
 KEY = bytes(range(32))

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from app.adapters.archives.local import LocalArchive
-from app.core.errors import ValidationError
-from app.core.messages import NewEvent
-from app.core.ports import ANY
-from app.migrate import checkpoints
-from app.migrate.export import export
-from app.migrate.fence import FENCE_COLLECTION, FENCE_KEY, is_fenced, lift_fence
-from app.migrate.importer import import_archive
-from app.migrate.manifest import MANIFEST_NAME, Manifest
-from app.migrate.migrate import Migration
-from app.migrate.sharding import Shard
-from app.migrate.transforms import Transformer, dry_run_diff, load_transform
-from app.migrate.verify import verify_archive, verify_stores
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.core.errors import ValidationError
+from skyferry.core.messages import NewEvent
+from skyferry.core.ports import ANY
+from skyferry.migrate import checkpoints
+from skyferry.migrate.export import export
+from skyferry.migrate.fence import FENCE_COLLECTION, FENCE_KEY, is_fenced, lift_fence
+from skyferry.migrate.importer import import_archive
+from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
+from skyferry.migrate.migrate import Migration
+from skyferry.migrate.sharding import Shard
+from skyferry.migrate.transforms import Transformer, dry_run_diff, load_transform
+from skyferry.migrate.verify import verify_archive, verify_stores
 from tests.integration.migrate_support import fill, opened, store_url
 
 T = "tests.integration.migrate_transforms"

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from app.adapters.archives.local import LocalArchive
-from app.core.messages import Event, NewEvent
-from app.core.ports import BulkAppendEventStore
-from app.migrate import checkpoints
-from app.migrate.export import export
-from app.migrate.importer import import_archive
-from app.migrate.manifest import MANIFEST_NAME, Manifest
-from app.migrate.verify import verify_archive, verify_stores
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.core.messages import Event, NewEvent
+from skyferry.core.ports import BulkAppendEventStore
+from skyferry.migrate import checkpoints
+from skyferry.migrate.export import export
+from skyferry.migrate.importer import import_archive
+from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
+from skyferry.migrate.verify import verify_archive, verify_stores
 from tests.integration.migrate_support import opened
 
 SKYFERRY = str(Path(sys.executable).with_name("skyferry"))

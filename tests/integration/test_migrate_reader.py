@@ -1,4 +1,4 @@
-"""Export with a reader process (``app.migrate.reader``): the same archive as reading in-process,
+"""Export with a reader process (``skyferry.migrate.reader``): the same archive as reading in-process,
 errors raised with their type, and a child that never outlives its parent."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from app.adapters.archives.local import LocalArchive
-from app.core.errors import ConfigurationError, TransientError
-from app.migrate import export as export_module
-from app.migrate.export import export
-from app.migrate.manifest import MANIFEST_NAME, Manifest
-from app.migrate.reader import READ_BATCH, ReaderProcess
-from app.migrate.sharding import Shard
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.core.errors import ConfigurationError, TransientError
+from skyferry.migrate import export as export_module
+from skyferry.migrate.export import export
+from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
+from skyferry.migrate.reader import READ_BATCH, ReaderProcess
+from skyferry.migrate.sharding import Shard
 from tests.integration.migrate_support import fill_many, opened, store_schemes, store_url
 
 
@@ -132,7 +132,7 @@ def test_a_reader_that_dies_is_a_transient_error(tmp_path: Path, monkeypatch: py
 
 _PARENT = """
 import sys, time
-from app.migrate.reader import ReaderProcess
+from skyferry.migrate.reader import ReaderProcess
 reader = ReaderProcess(sys.argv[1], after="0", end=sys.argv[2], shard=None)
 print(reader._process.pid, flush=True)
 time.sleep(60)  # never reads: the child blocks on the full pipe

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from app.adapters import registry
-from app.adapters.archives.local import LocalArchive
-from app.core.messages import NewEvent
-from app.migrate import checkpoints
-from app.migrate.errors import TargetConflict
-from app.migrate.export import export
-from app.migrate.importer import import_archive
-from app.migrate.manifest import MANIFEST_NAME, Manifest
-from app.migrate.migrate import Migration
-from app.migrate.verify import verify_archive, verify_stores
-from app.migrate.writer import TargetWriter
+from skyferry.adapters import registry
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.core.messages import NewEvent
+from skyferry.migrate import checkpoints
+from skyferry.migrate.errors import TargetConflict
+from skyferry.migrate.export import export
+from skyferry.migrate.importer import import_archive
+from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
+from skyferry.migrate.migrate import Migration
+from skyferry.migrate.verify import verify_archive, verify_stores
+from skyferry.migrate.writer import TargetWriter
 from tests.integration.migrate_support import chunk_lines, fill, opened, store_schemes, store_url
 
 

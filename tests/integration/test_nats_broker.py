@@ -16,9 +16,9 @@ from collections.abc import Callable
 import nats
 import pytest
 
-from app.adapters.brokers.nats import NatsBroker, encode_token, partition_of
-from app.core.errors import ConfigurationError, TransientError, ValidationError
-from app.core.ports import Message
+from skyferry.adapters.brokers.nats import NatsBroker, encode_token, partition_of
+from skyferry.core.errors import ConfigurationError, TransientError, ValidationError
+from skyferry.core.ports import Message
 from tests.services import free_port
 from tests.services import nats as nats_service
 

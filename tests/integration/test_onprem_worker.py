@@ -29,13 +29,13 @@ from pathlib import Path
 import nats
 import pytest
 
-from app.adapters.brokers.nats import NatsBroker
-from app.adapters.stores.postgres import PostgresViewStore
-from app.core.errors import TransientError
-from app.core.projections import ProjectionConsumer, ReadModels
-from app.ledger import commands as cmd
-from app.ledger.bootstrap import Ledger, bootstrap
-from app.ledger.projections import BalancesProjection
+from skyferry.adapters.brokers.nats import NatsBroker
+from skyferry.adapters.stores.postgres import PostgresViewStore
+from skyferry.core.errors import TransientError
+from skyferry.core.projections import ProjectionConsumer, ReadModels
+from skyferry.ledger import commands as cmd
+from skyferry.ledger.bootstrap import Ledger, bootstrap
+from skyferry.ledger.projections import BalancesProjection
 from tests.services import nats as nats_service
 from tests.services import postgres
 
@@ -183,9 +183,9 @@ def test_broker_down_while_relaying_then_back_delivers_every_event_once_in_effec
 RELAY_SCRIPT = textwrap.dedent(
     """
     import sys, threading, time
-    from app.adapters.brokers.nats import NatsBroker
-    from app.adapters.stores.postgres import PostgresEventStore, PostgresViewStore
-    from app.core.relay import Relay
+    from skyferry.adapters.brokers.nats import NatsBroker
+    from skyferry.adapters.stores.postgres import PostgresEventStore, PostgresViewStore
+    from skyferry.core.relay import Relay
 
     class HalfwayPausingBroker(NatsBroker):
         # Publishes each batch in two halves with a pause between: a kill lands mid-batch.
@@ -260,9 +260,9 @@ API_SCRIPT = textwrap.dedent(
     """
     import json, random, sys
     from decimal import Decimal
-    from app.core.errors import ConcurrencyError, DomainError
-    from app.ledger import commands as cmd
-    from app.ledger.bootstrap import bootstrap
+    from skyferry.core.errors import ConcurrencyError, DomainError
+    from skyferry.ledger import commands as cmd
+    from skyferry.ledger.bootstrap import bootstrap
 
     store_url, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     accounts = sys.argv[4].split(",")

@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from app.adapters.stores.postgres import PostgresEventStore
-from app.core.errors import ConcurrencyError
-from app.core.messages import Event, NewEvent
-from app.core.ports import ANY
+from skyferry.adapters.stores.postgres import PostgresEventStore
+from skyferry.core.errors import ConcurrencyError
+from skyferry.core.messages import Event, NewEvent
+from skyferry.core.ports import ANY
 from tests.services import postgres
 
 

@@ -16,11 +16,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from app.adapters.registry import open_event_store, open_view_store
-from app.adapters.stores.postgres import SCHEMA_VERSION, PostgresEventStore, PostgresViewStore
-from app.core.errors import ConfigurationError, TransientError
-from app.core.messages import NewEvent
-from app.core.ports import NO_STREAM, ViewChange
+from skyferry.adapters.registry import open_event_store, open_view_store
+from skyferry.adapters.stores.postgres import SCHEMA_VERSION, PostgresEventStore, PostgresViewStore
+from skyferry.core.errors import ConfigurationError, TransientError
+from skyferry.core.messages import NewEvent
+from skyferry.core.ports import NO_STREAM, ViewChange
 from tests.services import free_port, postgres
 
 
@@ -273,8 +273,8 @@ def test_a_connection_dropped_mid_append_is_transient_writes_nothing_and_a_retry
 def test_list_streams_pages_through_more_than_a_page_and_stops_at_the_prefix(url: str) -> None:
     from datetime import UTC, datetime
 
-    from app.adapters.stores.postgres import prefix_end
-    from app.core.messages import Event
+    from skyferry.adapters.stores.postgres import prefix_end
+    from skyferry.core.messages import Event
 
     now = datetime.now(UTC)
     names = [f"acct-{i:05d}" for i in range(1050)] + ["acct.", "acct/ü", "acct", "acc", "acct\U0002a6d6z", "b"]
@@ -295,8 +295,8 @@ def test_list_streams_pages_through_more_than_a_page_and_stops_at_the_prefix(url
 def test_bulk_append_of_an_id_stored_in_another_stream_is_refused_whole(url: str) -> None:
     from datetime import UTC, datetime
 
-    from app.core.errors import ConcurrencyError
-    from app.core.messages import Event
+    from skyferry.core.errors import ConcurrencyError
+    from skyferry.core.messages import Event
 
     now = datetime.now(UTC)
     store = PostgresEventStore(url)
@@ -340,7 +340,7 @@ def test_after_every_pooled_connection_is_killed_one_call_fails_and_the_next_suc
 def test_bulk_append_keeps_the_given_order_and_every_character_through_copy(url: str) -> None:
     from datetime import UTC, datetime, timedelta, timezone
 
-    from app.core.messages import Event
+    from skyferry.core.messages import Event
 
     now = datetime(2026, 11, 27, 7, 0, 0, 123456, tzinfo=UTC)
     tricky = {"text": 'tab\tnew\nline\rback\\slash "q" \u00e9\u2028', "list": [1, 2.5, None, True]}
@@ -367,8 +367,8 @@ def test_bulk_append_keeps_the_given_order_and_every_character_through_copy(url:
 def test_bulk_append_rejects_what_validate_rejects_and_stores_nothing(url: str) -> None:
     from datetime import UTC, datetime
 
-    from app.core.errors import EventTooLarge, ValidationError
-    from app.core.messages import EVENT_SIZE_LIMIT, Event
+    from skyferry.core.errors import EventTooLarge, ValidationError
+    from skyferry.core.messages import EVENT_SIZE_LIMIT, Event
 
     now = datetime.now(UTC)
     good = Event(str(uuid.uuid4()), "s", 1, "T", 1, {}, {}, now, now)

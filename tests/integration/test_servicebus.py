@@ -20,9 +20,9 @@ from azure.servicebus.exceptions import (
     SessionLockLostError,
 )
 
-from app.adapters.brokers import servicebus
-from app.core.errors import ConfigurationError
-from app.core.ports import Message
+from skyferry.adapters.brokers import servicebus
+from skyferry.core.errors import ConfigurationError
+from skyferry.core.ports import Message
 from tests.services.servicebus_fake import FakeAdministrationClient, FakeNamespace, FakeServiceBusClient
 
 TOPIC = "t"

@@ -1,6 +1,6 @@
 """How the tests reach each technology: one module per adapter module, same name.
 
-``tests/services/<name>.py`` serves the adapters of ``app/adapters/*/<name>.py``.  It
+``tests/services/<name>.py`` serves the adapters of ``app/skyferry/adapters/*/<name>.py``.  It
 defines::
 
     def provide(kind: str, scheme: str) -> contextlib.AbstractContextManager[str]:

@@ -69,7 +69,7 @@ def fresh_database(create_containers: bool = True) -> Iterator[str]:
     """A new database (with the events and views containers unless told not to); dropped after."""
     from azure.cosmos import CosmosClient, PartitionKey
 
-    from app.adapters.stores import cosmos
+    from skyferry.adapters.stores import cosmos
 
     client = admin_client()
     assert isinstance(client, CosmosClient)

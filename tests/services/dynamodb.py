@@ -82,7 +82,7 @@ def pulumi_table_spec() -> dict[str, Any] | None:
 @contextlib.contextmanager
 def fresh_table(spec: dict[str, Any] | None = None) -> Iterator[str]:
     """Create a table from ``spec`` (default: the adapter's own) and delete it afterwards."""
-    from app.adapters.stores import dynamodb
+    from skyferry.adapters.stores import dynamodb
 
     dynamo = client()
     name = f"skyferry-test-{uuid.uuid4().hex[:12]}"

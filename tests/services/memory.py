@@ -11,8 +11,8 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 
-from app.adapters.brokers.memory import MemoryBroker
-from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from skyferry.adapters.brokers.memory import MemoryBroker
+from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 
 FAST_RETRY_BACKOFF = 0.05
 """Seconds before a redelivery in tests (the production default is 1.0)."""

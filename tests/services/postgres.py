@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from app.adapters.registry import redact
+from skyferry.adapters.registry import redact
 from tests.services import unavailable
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"

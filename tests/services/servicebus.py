@@ -15,7 +15,7 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 
-from app.adapters.brokers import servicebus
+from skyferry.adapters.brokers import servicebus
 from tests.services.servicebus_fake import FakeAdministrationClient, FakeNamespace, FakeServiceBusClient
 
 TOPIC = "skyferry-events"

@@ -7,11 +7,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from app.core.aggregate import Aggregate, applies
-from app.core.errors import DomainError, TransientError
-from app.core.messages import Event, JSONObject, NewEvent
-from app.core.ports import ANY, AppendResult, ExpectedVersion, Message, ViewChange
-from app.core.projections import Projection, ViewBatch
+from skyferry.core.aggregate import Aggregate, applies
+from skyferry.core.errors import DomainError, TransientError
+from skyferry.core.messages import Event, JSONObject, NewEvent
+from skyferry.core.ports import ANY, AppendResult, ExpectedVersion, Message, ViewChange
+from skyferry.core.projections import Projection, ViewBatch
 
 
 class Counter(Aggregate):

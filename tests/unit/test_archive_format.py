@@ -15,13 +15,13 @@ import pytest
 import zstandard
 from cloudevents.core.formats.json import JSONFormat
 
-from app.adapters.archives.local import LocalArchive
-from app.core.errors import ConfigurationError
-from app.core.messages import Event, encode_json, format_timestamp
-from app.migrate.chunks import ChunkWriter, read_chunk
-from app.migrate.crypto import ChunkCipher, load_key, new_key, parse_key
-from app.migrate.errors import ArchiveError, WrongKey
-from app.migrate.format import (
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.core.errors import ConfigurationError
+from skyferry.core.messages import Event, encode_json, format_timestamp
+from skyferry.migrate.chunks import ChunkWriter, read_chunk
+from skyferry.migrate.crypto import ChunkCipher, load_key, new_key, parse_key
+from skyferry.migrate.errors import ArchiveError, WrongKey
+from skyferry.migrate.format import (
     CHAIN_START,
     canonical_bytes,
     chain_next,
@@ -31,8 +31,8 @@ from app.migrate.format import (
     timestamp,
     to_cloudevent,
 )
-from app.migrate.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, StreamHead
-from app.migrate.sharding import Shard, shard_of
+from skyferry.migrate.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, StreamHead
+from skyferry.migrate.sharding import Shard, shard_of
 
 
 def event(version: int = 1, stream_id: str = "account:42", **changes: Any) -> Event:
@@ -280,7 +280,7 @@ def test_canonical_bytes_are_the_envelope_and_decoding_keeps_them() -> None:
 @pytest.mark.parametrize("same_times", [True, False])
 @pytest.mark.parametrize("position", [None, "00000000000000000042"])
 def test_encode_events_gives_exactly_the_line_and_the_canonical_bytes(same_times: bool, position: str | None) -> None:
-    from app.migrate.format import canonical_bytes, encode_events, encode_line
+    from skyferry.migrate.format import canonical_bytes, encode_events, encode_line
 
     occurred = datetime(2026, 11, 27, 7, 0, 0, 1, tzinfo=UTC)
     recorded = occurred if same_times else (occurred + timedelta(seconds=1)).astimezone(timezone(timedelta(hours=-5)))
@@ -293,7 +293,7 @@ def test_data_portability_errors_survive_pickling() -> None:
     """They cross process boundaries (multiprocessing, job runners) with their fields intact."""
     import pickle
 
-    from app.migrate.errors import ArchiveError, TargetConflict, VerificationFailed, WrongKey
+    from skyferry.migrate.errors import ArchiveError, TargetConflict, VerificationFailed, WrongKey
 
     for error in (
         ArchiveError("chunks/000001.jsonl.zst", "not JSON", 7),

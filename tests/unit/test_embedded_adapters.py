@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from app.adapters.archives.local import LocalArchive
-from app.adapters.brokers.memory import MemoryBroker
-from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
-from app.adapters.stores.sqlite import SQLiteEventStore, SQLiteViewStore, parse_url
-from app.core.errors import ConfigurationError, ValidationError
-from app.core.messages import NewEvent, utc_now
-from app.core.ports import ANY, Message, ViewChange
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.adapters.brokers.memory import MemoryBroker
+from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from skyferry.adapters.stores.sqlite import SQLiteEventStore, SQLiteViewStore, parse_url
+from skyferry.core.errors import ConfigurationError, ValidationError
+from skyferry.core.messages import NewEvent, utc_now
+from skyferry.core.ports import ANY, Message, ViewChange
 
 # --- SQLite ---------------------------------------------------------------------------------
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from app import heartbeat
-from app.adapters.brokers.memory import MemoryBroker
-from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
-from app.cli import run
-from app.core.errors import ConfigurationError, TransientError
-from app.core.messages import NewEvent
-from app.core.ports import ANY
-from app.heartbeat import Heartbeat, age_seconds
-from app.ledger.bootstrap import Ledger
+from skyferry import heartbeat
+from skyferry.adapters.brokers.memory import MemoryBroker
+from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from skyferry.cli import run
+from skyferry.core.errors import ConfigurationError, TransientError
+from skyferry.core.messages import NewEvent
+from skyferry.core.ports import ANY
+from skyferry.heartbeat import Heartbeat, age_seconds
+from skyferry.ledger.bootstrap import Ledger
 
 
 def test_a_beat_creates_the_file_and_a_second_within_the_interval_touches_nothing(

@@ -10,18 +10,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
-from app.core.application import SNAPSHOTS, Application, CommandResult, IdempotencyKeyReused, deterministic_event_id
-from app.core.errors import (
+from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from skyferry.core.application import (
+    SNAPSHOTS,
+    Application,
+    CommandResult,
+    IdempotencyKeyReused,
+    deterministic_event_id,
+)
+from skyferry.core.errors import (
     ConcurrencyError,
     ConfigurationError,
     EventTooLarge,
     StreamNotFound,
     ValidationError,
 )
-from app.core.messages import NewEvent
-from app.core.ports import ViewChange
-from app.core.upcasting import Upcasters
+from skyferry.core.messages import NewEvent
+from skyferry.core.ports import ViewChange
+from skyferry.core.upcasting import Upcasters
 from tests.unit.kernel_fakes import (
     Add,
     Counter,

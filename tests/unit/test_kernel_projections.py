@@ -7,13 +7,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from app.adapters.brokers.memory import MemoryBroker
-from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
-from app.core.codec import decode, encode
-from app.core.errors import ConcurrencyError, StreamNotFound, TransientError, ValidationError
-from app.core.messages import Event, NewEvent
-from app.core.ports import Message
-from app.core.projections import (
+from skyferry.adapters.brokers.memory import MemoryBroker
+from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from skyferry.core.codec import decode, encode
+from skyferry.core.errors import ConcurrencyError, StreamNotFound, TransientError, ValidationError
+from skyferry.core.messages import Event, NewEvent
+from skyferry.core.ports import Message
+from skyferry.core.projections import (
     ALIASES,
     Projection,
     ProjectionConsumer,
@@ -24,8 +24,8 @@ from app.core.projections import (
     physical_collection,
     rebuild,
 )
-from app.core.relay import Relay
-from app.core.upcasting import Upcasters
+from skyferry.core.relay import Relay
+from skyferry.core.upcasting import Upcasters
 from tests.unit.kernel_fakes import CountingProjection, FailingCommitViews, FlakyBroker
 
 

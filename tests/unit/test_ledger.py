@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.adapters.brokers.memory import MemoryBroker
-from app.adapters.stores.memory import MemoryEventStore, MemoryViewStore
-from app.core.errors import ConfigurationError
-from app.core.messages import Event
-from app.core.projections import ViewBatch, checkpoint_name
-from app.ledger.bootstrap import Ledger, bootstrap
-from app.ledger.commands import CloseAccount, Deposit, OpenAccount, TransferMoney, Withdraw
-from app.ledger.errors import (
+from skyferry.adapters.brokers.memory import MemoryBroker
+from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from skyferry.core.errors import ConfigurationError
+from skyferry.core.messages import Event
+from skyferry.core.projections import ViewBatch, checkpoint_name
+from skyferry.ledger.bootstrap import Ledger, bootstrap
+from skyferry.ledger.commands import CloseAccount, Deposit, OpenAccount, TransferMoney, Withdraw
+from skyferry.ledger.errors import (
     AccountAlreadyExists,
     AccountClosed,
     AccountNotEmpty,
@@ -30,7 +30,7 @@ from app.ledger.errors import (
     LedgerError,
     TransferAlreadyExists,
 )
-from app.ledger.projections import BalancesProjection
+from skyferry.ledger.projections import BalancesProjection
 from tests.unit.kernel_fakes import FlakyBroker
 
 

@@ -17,14 +17,14 @@ from typing import Any
 import orjson
 import pytest
 
-from app.adapters.archives.local import LocalArchive
-from app.adapters.stores.sqlite import SQLiteEventStore
-from app.core.errors import EventTooLarge, ValidationError
-from app.core.messages import EVENT_SIZE_LIMIT, Event, to_micros
-from app.migrate.chunks import ChunkWriter, chunk_lines
-from app.migrate.errors import ArchiveError
-from app.migrate.export import HeadTracker
-from app.migrate.format import (
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.adapters.stores.sqlite import SQLiteEventStore
+from skyferry.core.errors import EventTooLarge, ValidationError
+from skyferry.core.messages import EVENT_SIZE_LIMIT, Event, to_micros
+from skyferry.migrate.chunks import ChunkWriter, chunk_lines
+from skyferry.migrate.errors import ArchiveError
+from skyferry.migrate.export import HeadTracker
+from skyferry.migrate.format import (
     CHAIN_START,
     canonical_bytes,
     chain_next,
@@ -33,7 +33,7 @@ from app.migrate.format import (
     encode_events,
     encode_line,
 )
-from app.migrate.manifest import StreamHead
+from skyferry.migrate.manifest import StreamHead
 
 T0 = datetime(2026, 11, 27, 6, 0, 0, 123456, tzinfo=UTC)
 

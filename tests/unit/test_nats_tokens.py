@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.adapters.brokers.nats import MAX_TOKEN, decode_token, encode_token, partition_of
-from app.core.errors import ValidationError
-from app.core.messages import STREAM_ID_PUNCTUATION, validate_stream_id
+from skyferry.adapters.brokers.nats import MAX_TOKEN, decode_token, encode_token, partition_of
+from skyferry.core.errors import ValidationError
+from skyferry.core.messages import STREAM_ID_PUNCTUATION, validate_stream_id
 
 stream_ids = st.text(
     alphabet=st.characters(categories=["L", "N"]) | st.sampled_from(sorted(STREAM_ID_PUNCTUATION)),

@@ -1,4 +1,4 @@
-"""The process-wide runtime settings of every ``skyferry`` process (``app.runtime``)."""
+"""The process-wide runtime settings of every ``skyferry`` process (``skyferry.runtime``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.runtime import GC_THRESHOLD, tune_gc
+from skyferry.runtime import GC_THRESHOLD, tune_gc
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def test_an_explicit_choice_is_left_alone(chosen: int) -> None:
 # Each malloc case runs in a fresh interpreter: the settings are process-wide and cannot be read back.
 _PROBE = """
 import os
-from app.runtime import tune_malloc
+from skyferry.runtime import tune_malloc
 tuned = tune_malloc()
 def rss() -> int:
     with open("/proc/self/statm") as f:

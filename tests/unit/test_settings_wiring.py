@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.errors import ConfigurationError
-from app.ledger.bootstrap import from_settings
-from app.settings import load_settings
+from skyferry.core.errors import ConfigurationError
+from skyferry.ledger.bootstrap import from_settings
+from skyferry.settings import load_settings
 
 
 @pytest.mark.parametrize("source", ["store", "broker"])

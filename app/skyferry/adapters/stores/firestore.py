@@ -1,0 +1,749 @@
+"""Firestore (native mode) event store and view store: ``firestore://PROJECT/DATABASE``.
+
+URL fields
+----------
+``firestore://PROJECT/DATABASE?emulator=HOST:PORT``
+
+* ``PROJECT`` (required): the Google Cloud project id.
+* ``DATABASE`` (optional, default ``(default)``): the Firestore database id.
+* ``emulator=HOST:PORT`` — *for tests and local use*: talk to the Firestore emulator
+  over plain gRPC with no credentials.  Without it the client uses Application Default
+  Credentials (on Cloud Run: the service's service account).
+
+Data layout (the constants below are imported by ``providers/gcp`` so the indexes and
+field settings Pulumi declares are the ones these queries need)
+---------------------------------------------------------------------------------------
+* ``skyferry_events/{event id}``: one document per event.  The document id *is* the
+  event id, so a store-wide unique id is enforced by Firestore itself: events are written
+  with ``create`` (a "must not exist" precondition).  Fields: ``stream_id``, ``version``,
+  ``position``, ``type``, ``schema_version``, ``data`` and ``metadata`` (canonical JSON
+  as bytes, exempt from indexing), ``occurred_at`` and ``recorded_at`` (microseconds
+  since the epoch).
+* ``skyferry_streams/{encoded stream id}``: the stream head (``stream_id``, ``version``).
+* ``skyferry_meta/head``: ``position``, the global position of the last event stored.
+* ``skyferry_views/{hex collection}/skyferry_view_docs/{hex key}``: read models
+  (``key``, ``revision``, ``json``, and ``fields``: the top-level scalars, for
+  ``query(where=...)``).  Hex document ids sort exactly like the keys' UTF-8 bytes, so a
+  key-prefix query is a range on the document name and needs no composite index.
+* ``skyferry_checkpoints/{hex projection}.{hex key}``: projection checkpoints.
+
+Appends: optimistic concurrency in one transaction
+--------------------------------------------------
+``append`` runs one Firestore transaction that reads the stream head, the documents of
+the events' ids and the global head; checks the expected version (a mismatch, or an id
+already stored, is decided by :func:`~skyferry.core.ports.resolve_conflict`: idempotent
+success or ``ConcurrencyError``); then ``create``\\ s the event documents, sets the stream
+head and advances the global head.  Server-side transactions are serializable, so two
+racing appends at one version cannot both commit; the loser is retried by the SDK and
+then sees the conflict.  ``append_many`` and ``bulk_append`` are the same transaction
+over several streams (features ``transactions_across_streams`` and ``bulk_append``).
+
+``read_all``: complete and stable, and the write-rate ceiling it costs
+---------------------------------------------------------------------
+Firestore has no global commit sequence that a query could follow: document update
+times are not unique and a transaction that commits later may carry an earlier
+timestamp than one a reader has already seen, so ordering by time would skip events.
+Instead every append takes the next positions from one counter document,
+``skyferry_meta/head``, *inside its transaction*.  Because each append reads and writes
+that document, appends are serialized on it: the append holding positions ``n+1..m``
+commits strictly after the one that wrote ``n``, atomically with its events.  A
+strongly-consistent query ``position > after ORDER BY position`` therefore always sees
+a gap-free prefix of the global order (complete), and positions never change (stable).
+Positions are dense, so ``last_position`` reads the counter.
+
+The price is a write-rate ceiling: Google documents a sustained rate of about **one
+write per second per document** (a soft limit: bursts go higher, and contended
+transactions are retried, and eventually fail with ``ABORTED``/contention).  All appends
+of a database share the counter, so the store sustains roughly that many *append
+transactions* per second (each may carry many events: an import batches hundreds).  That
+suits a ledger-sized app; for higher rates use the ``postgresql://`` store (Cloud SQL),
+or shard the app by database.
+
+Errors: contention, deadline-exceeded and unavailable are retried with backoff, then
+``TransientError``; a missing project, database or credentials is a
+``ConfigurationError`` naming it.  Nothing is half-written: every write is one
+transaction or one atomic commit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Self, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
+from google.cloud.firestore_v1 import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from skyferry.adapters.gcp_common import RETRYABLE, call, translate
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, ValidationError
+from skyferry.core.messages import (
+    Event,
+    NewEvent,
+    check_append,
+    encode_json,
+    from_micros,
+    to_micros,
+    utc_now,
+    validate_stream_id,
+)
+from skyferry.core.ports import (
+    FEATURE_BULK_APPEND,
+    FEATURE_TEMPORAL,
+    FEATURE_TRANSACTIONS_ACROSS_STREAMS,
+    AppendResult,
+    Doc,
+    ExpectedVersion,
+    ViewChange,
+    expected_as_int,
+    resolve_conflict,
+)
+
+T = TypeVar("T")
+
+# -- what the infrastructure must match ---------------------------------------------------
+
+EVENTS_COLLECTION: Final = "skyferry_events"
+STREAMS_COLLECTION: Final = "skyferry_streams"
+META_COLLECTION: Final = "skyferry_meta"
+HEAD_DOCUMENT: Final = "head"
+VIEWS_COLLECTION: Final = "skyferry_views"
+VIEW_DOCS_COLLECTION: Final = "skyferry_view_docs"
+CHECKPOINTS_COLLECTION: Final = "skyferry_checkpoints"
+
+
+@dataclass(frozen=True, slots=True)
+class CompositeIndex:
+    """A composite index: collection id and ``(field, "ASCENDING"|"DESCENDING")`` in order."""
+
+    collection: str
+    fields: tuple[tuple[str, str], ...]
+    query_scope: str = "COLLECTION"
+
+
+INDEX_STREAM_FORWARD: Final = CompositeIndex(EVENTS_COLLECTION, (("stream_id", "ASCENDING"), ("version", "ASCENDING")))
+"""``read_stream``: ``stream_id == s AND version BETWEEN a AND b ORDER BY version``."""
+INDEX_STREAM_BACKWARD: Final = CompositeIndex(
+    EVENTS_COLLECTION, (("stream_id", "ASCENDING"), ("version", "DESCENDING"))
+)
+"""``read_stream(backwards=True)``: the same, ``ORDER BY version DESC``."""
+INDEX_STREAM_AS_OF: Final = CompositeIndex(
+    EVENTS_COLLECTION, (("stream_id", "ASCENDING"), ("recorded_at", "ASCENDING"))
+)
+"""``read_stream_as_of``: ``stream_id == s AND recorded_at <= t ORDER BY recorded_at``."""
+
+COMPOSITE_INDEXES: Final = (INDEX_STREAM_FORWARD, INDEX_STREAM_BACKWARD, INDEX_STREAM_AS_OF)
+"""Every composite index the adapter's queries need, and no other.  Every other query
+(``read_all`` by ``position``, ``list_streams`` by ``stream_id``, checkpoints by
+``projection``, view queries on one field ordered by document name) is served by
+Firestore's automatic single-field indexes."""
+
+UNINDEXED_FIELDS: Final = (
+    (EVENTS_COLLECTION, "data"),
+    (EVENTS_COLLECTION, "metadata"),
+    (VIEW_DOCS_COLLECTION, "json"),
+)
+"""Fields never queried: exempt them from automatic indexing (cheaper writes, and no
+1500-byte index-entry truncation on large payloads)."""
+
+IAM_ROLES: Final = ("roles/datastore.user",)
+"""What the app's service account needs: read, query, create, update and delete documents
+(``datastore.entities.*``) and run transactions; granted on the project with an IAM
+condition that limits it to the one database (Firestore has no per-database IAM policy)."""
+
+MAX_WRITES_PER_COMMIT: Final = 500
+"""Firestore's documented cap on writes in one transaction or batch; an append writes its
+events plus one head per stream plus the global head, all in one commit."""
+
+POSITION_WIDTH: Final = 16
+RPC_TIMEOUT: Final = 30.0
+"""Seconds one read may take before it counts as deadline-exceeded.  Reads are sent with the
+SDK's own retry off: :func:`~skyferry.adapters.gcp_common.call` owns retrying, with a bounded
+number of attempts, so an outage becomes a ``TransientError`` in seconds, not minutes."""
+TRANSACTION_ATTEMPTS: Final = 10
+"""Rounds of (up to 3) transaction attempts, with backoff between rounds, before TransientError."""
+_MAX_CHAR: Final = "\U0010ffff"
+
+
+def parse_url(url: str) -> tuple[str, str, str | None]:
+    """``(project, database, emulator host:port or None)`` of a ``firestore://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "firestore":
+        raise ConfigurationError(f"not a firestore:// URL: {url!r}")
+    project = unquote(parts.netloc)
+    if not project:
+        raise ConfigurationError(f"{url!r}: the Google Cloud project is missing (firestore://PROJECT/DATABASE)")
+    database = unquote(parts.path.strip("/")) or "(default)"
+    if "/" in database:
+        raise ConfigurationError(f"{url!r}: the database id must be one path segment")
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"emulator"}
+    if unknown:
+        raise ConfigurationError(f"{url!r}: unknown parameter(s) {sorted(unknown)}; known: emulator")
+    emulator = query.get("emulator", [None])[0]
+    return project, database, emulator
+
+
+def make_client(project: str, database: str, emulator: str | None) -> firestore.Client:
+    """A Firestore client (no I/O yet); pointed at the emulator when ``emulator`` is set."""
+    try:
+        if emulator is None:
+            return firestore.Client(project=project, database=database)
+        client = firestore.Client(project=project, database=database, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    except Exception as e:
+        raise translate(e, f"Firestore database projects/{project}/databases/{database}") from e
+    if not hasattr(client, "_emulator_host"):
+        raise ConfigurationError("this google-cloud-firestore version cannot be pointed at an emulator")
+    # The SDK reads FIRESTORE_EMULATOR_HOST when constructed; setting the same attribute
+    # keeps the process environment untouched (no global side effect).
+    client._emulator_host = emulator
+    return client
+
+
+class _FirestoreBase:
+    """Client handling shared by the event store and the view store."""
+
+    def __init__(self, url: str, client: firestore.Client | None = None) -> None:
+        self._project, self._database, self._emulator = parse_url(url)
+        self.url = url
+        self._client = client
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._what = f"Firestore database projects/{self._project}/databases/{self._database}"
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """Parse ``url`` (see the module docstring); the client is built on first use."""
+        return cls(url)
+
+    @property
+    def client(self) -> firestore.Client:
+        """The Firestore client (built lazily, once)."""
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self._project, self._database, self._emulator)
+            return self._client
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        return call(fn, self._what)
+
+    def _transact(self, body: Callable[[Any], T]) -> T:
+        """Run ``body(transaction)`` in a read-write transaction, retried on contention.
+
+        The transactions of one instance run one at a time: they all touch the global head
+        document anyway (the event store) so queuing them in-process, rather than letting
+        them abort each other on the server, costs no throughput and avoids contention.
+        """
+        with self._write_lock:
+            return self._transact_now(body)
+
+    def _transact_now(self, body: Callable[[Any], T]) -> T:
+
+        @firestore.transactional
+        def run(transaction: Any) -> T:
+            result: T = body(transaction)
+            return result
+
+        def once() -> T:
+            try:
+                outcome: T = run(self.client.transaction(max_attempts=3))
+                return outcome
+            except ValueError as e:
+                # The SDK's way of saying "still contended after max_attempts": hand the
+                # Aborted to call(), which backs off with jitter before the next round.
+                if isinstance(e.__cause__, gexc.Aborted):
+                    raise e.__cause__ from e
+                if isinstance(e.__context__, RETRYABLE):
+                    raise e.__context__ from e
+                raise
+            except Exception as e:
+                # A failed commit makes the SDK roll back; if the rollback fails too, its
+                # error hides the retryable one (the outcome is unknown: retry, idempotently).
+                if not isinstance(e, RETRYABLE) and isinstance(e.__context__, RETRYABLE):
+                    raise e.__context__ from e
+                raise
+
+        return call(once, self._what, attempts=TRANSACTION_ATTEMPTS)
+
+    def close(self) -> None:
+        """Close the client's channel."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()  # type: ignore[no-untyped-call]
+
+
+# -- event store ----------------------------------------------------------------------------
+
+
+def stream_doc_id(stream_id: str) -> str:
+    """The document id of a stream head (``/`` is a path separator in Firestore)."""
+    return "s:" + stream_id.replace("/", "%2F")
+
+
+def format_position(position: int) -> str:
+    """The opaque position string of global position ``position`` (sorts like the number)."""
+    return str(position).zfill(POSITION_WIDTH)
+
+
+def parse_position(text: str) -> int:
+    """Inverse of :func:`format_position`; ``ValidationError`` for a foreign position."""
+    if not text.isdigit():
+        raise ValidationError(f"{text!r} is not a position of a firestore:// store")
+    return int(text)
+
+
+def _event_fields(event: Event, position: int) -> dict[str, Any]:
+    return {
+        "stream_id": event.stream_id,
+        "version": event.version,
+        "position": position,
+        "type": event.type,
+        "schema_version": event.schema_version,
+        "data": encode_json(event.data),
+        "metadata": encode_json(event.metadata),
+        "occurred_at": to_micros(event.occurred_at),
+        "recorded_at": to_micros(event.recorded_at),
+    }
+
+
+def _event_of(fields: Mapping[str, Any], event_id: str) -> Event:
+    return Event(
+        id=event_id,
+        stream_id=fields["stream_id"],
+        version=int(fields["version"]),
+        type=fields["type"],
+        schema_version=int(fields["schema_version"]),
+        data=orjson.loads(fields["data"]),
+        metadata=orjson.loads(fields["metadata"]),
+        occurred_at=from_micros(int(fields["occurred_at"])),
+        recorded_at=from_micros(int(fields["recorded_at"])),
+        position=format_position(int(fields["position"])),
+    )
+
+
+@dataclass
+class _StreamPlan:
+    """What one stream contributes to a transaction: events to create, or a result."""
+
+    stream_id: str
+    new: list[Event]
+    result: AppendResult | None = None
+
+
+class FirestoreEventStore(_FirestoreBase):
+    """Event store on Firestore; features ``bulk_append``, ``temporal``,
+    ``transactions_across_streams`` (see the module docstring for the design)."""
+
+    features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    max_append_events: int = MAX_WRITES_PER_COMMIT - 2
+    """One stream head and the global head share the commit with the events."""
+
+    @staticmethod
+    def _check_writes(events: int, streams: int) -> None:
+        if events + streams + 1 > MAX_WRITES_PER_COMMIT:
+            raise ValidationError(
+                f"{events} events over {streams} stream(s) need {events + streams + 1} writes in one "
+                f"commit; Firestore allows {MAX_WRITES_PER_COMMIT}: split the append"
+            )
+
+    # -- references ------------------------------------------------------------------------
+
+    def _events(self) -> Any:
+        return self.client.collection(EVENTS_COLLECTION)
+
+    def _stream_ref(self, stream_id: str) -> Any:
+        return self.client.collection(STREAMS_COLLECTION).document(stream_doc_id(stream_id))
+
+    def _head_ref(self) -> Any:
+        return self.client.collection(META_COLLECTION).document(HEAD_DOCUMENT)
+
+    # -- the one write path ------------------------------------------------------------------
+
+    def _read_state(
+        self, transaction: Any, stream_ids: Sequence[str], event_ids: Sequence[str]
+    ) -> tuple[dict[str, int], dict[str, tuple[str, int]], int]:
+        """In ``transaction``: stream versions, stored ``id -> (stream, version)``, global head."""
+        versions = dict.fromkeys(stream_ids, 0)
+        stored: dict[str, tuple[str, int]] = {}
+        head = 0
+        head_ref = self._head_ref()
+        refs = [head_ref, *(self._stream_ref(s) for s in stream_ids)]
+        refs += [self._events().document(i) for i in event_ids]
+        # One batched read: every document the decision depends on, locked until commit.
+        for snap in transaction.get_all(refs, retry=None, timeout=RPC_TIMEOUT):
+            if not snap.exists:
+                continue
+            parent = snap.reference.parent.id
+            if parent == EVENTS_COLLECTION:
+                stored[snap.id] = (snap.get("stream_id"), int(snap.get("version")))
+            elif parent == STREAMS_COLLECTION:
+                versions[snap.get("stream_id")] = int(snap.get("version"))
+            elif snap.reference.path == head_ref.path:
+                head = int(snap.get("position"))
+        return versions, stored, head
+
+    def _write(
+        self, transaction: Any, plans: Sequence[_StreamPlan], head: int, order: Sequence[Event] | None = None
+    ) -> list[AppendResult]:
+        """In ``transaction``: create the planned events, move stream heads and the global head.
+
+        New events take global positions plan by plan, or in ``order`` when given (a bulk
+        import keeps its source's global order, so export -> import -> export is identical).
+        """
+        results: list[AppendResult] = []
+        position = head
+        planned = [event for plan in plans for event in plan.new]
+        if order is not None:
+            new_ids = {event.id for event in planned}
+            planned = [event for event in order if event.id in new_ids]
+        for event in planned:
+            position += 1
+            transaction.create(self._events().document(event.id), _event_fields(event, position))
+        for plan in plans:
+            if plan.result is not None:
+                results.append(plan.result)
+                continue
+            last = plan.new[-1]
+            transaction.set(self._stream_ref(plan.stream_id), {"stream_id": plan.stream_id, "version": last.version})
+            results.append(AppendResult(plan.stream_id, plan.new[0].version, last.version))
+        if position != head:
+            transaction.set(self._head_ref(), {"position": position})
+        return results
+
+    def _plan_append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion,
+        actual: int,
+        stored: Mapping[str, tuple[str, int]],
+    ) -> _StreamPlan:
+        want = expected_as_int(expected_version)
+        known = {e.id: stored[e.id] for e in events if e.id in stored}
+        if known or (want is not None and want != actual):
+            foreign = [i for i, (s, _) in known.items() if s != stream_id]
+            if foreign:
+                raise ConcurrencyError(
+                    stream_id,
+                    expected_version if isinstance(expected_version, int) else expected_version.value,
+                    actual,
+                    f"event id {foreign[0]} is already stored in stream {known[foreign[0]][0]!r}",
+                )
+            result = resolve_conflict(
+                stream_id, events, expected_version, actual, {i: v for i, (_, v) in known.items()}
+            )
+            return _StreamPlan(stream_id, [], result)
+        now = utc_now()
+        new = [
+            Event(
+                id=e.id,
+                stream_id=stream_id,
+                version=actual + n,
+                type=e.type,
+                schema_version=e.schema_version,
+                data=e.data,
+                metadata=e.metadata,
+                occurred_at=e.occurred_at,
+                recorded_at=e.recorded_at or now,
+            )
+            for n, e in enumerate(events, start=1)
+        ]
+        return _StreamPlan(stream_id, new)
+
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
+        """Append atomically with an optimistic-concurrency check (see ``EventStore.append``)."""
+        return self.append_many([(stream_id, events, expected_version)])[0]
+
+    def append_many(self, batch: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
+        """Apply every ``(stream_id, events, expected_version)`` append in one transaction, or none."""
+        streams = [stream_id for stream_id, _, _ in batch]
+        if len(set(streams)) != len(streams):
+            raise ValidationError("append_many: a stream appears twice in one batch")
+        ids: list[str] = []
+        for stream_id, events, expected in batch:
+            check_append(stream_id, list(events))
+            expected_as_int(expected)
+            ids += [e.id for e in events]
+        if len(set(ids)) != len(ids):
+            raise ValidationError("append_many: an event id appears twice in one batch")
+        self._check_writes(len(ids), len(streams))
+
+        def body(transaction: Any) -> list[AppendResult]:
+            versions, stored, head = self._read_state(transaction, streams, ids)
+            plans = [self._plan_append(s, e, v, versions[s], stored) for s, e, v in batch]
+            return self._write(transaction, plans, head)
+
+        return self._transact(body)
+
+    def bulk_append(self, events: Sequence[Event]) -> int:
+        """Store already-versioned events in one transaction; already-stored ones are skipped."""
+        by_stream: dict[str, list[Event]] = {}
+        seen: set[str] = set()
+        for event in events:
+            check_append(event.stream_id, [event.to_new()])
+            if event.id in seen:
+                raise ValidationError(f"bulk_append: event id {event.id} appears twice")
+            seen.add(event.id)
+            by_stream.setdefault(event.stream_id, []).append(event)
+        if not by_stream:
+            return 0
+        self._check_writes(len(seen), len(by_stream))
+
+        def body(transaction: Any) -> int:
+            versions, stored, head = self._read_state(transaction, list(by_stream), list(seen))
+            plans: list[_StreamPlan] = []
+            for stream_id, stream_events in by_stream.items():
+                current = versions[stream_id]
+                new: list[Event] = []
+                for event in stream_events:
+                    at = stored.get(event.id)
+                    if event.version <= current and not new:
+                        if at != (stream_id, event.version):
+                            raise ConcurrencyError(
+                                stream_id,
+                                event.version - 1,
+                                versions[stream_id],
+                                f"version {event.version} holds another event than {event.id}",
+                            )
+                        continue
+                    if event.version != current + 1 or at is not None:
+                        raise ConcurrencyError(
+                            stream_id,
+                            event.version - 1,
+                            versions[stream_id],
+                            f"event {event.id} at version {event.version} does not continue the stream",
+                        )
+                    current = event.version
+                    new.append(event)
+                if new:
+                    plans.append(_StreamPlan(stream_id, new))
+            self._write(transaction, plans, head, order=events)
+            return sum(len(p.new) for p in plans)
+
+        return self._transact(body)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _query_events(self, query: Any) -> list[Event]:
+        return self._call(
+            lambda: [_event_of(snap.to_dict(), snap.id) for snap in query.stream(retry=None, timeout=RPC_TIMEOUT)]
+        )
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """The stream's events in ``[from_version, to_version]`` (index ``INDEX_STREAM_*``)."""
+        validate_stream_id(stream_id)
+        if limit is not None and limit <= 0:
+            return []
+        query = self._events().where(filter=FieldFilter("stream_id", "==", stream_id))
+        if from_version > 1:
+            query = query.where(filter=FieldFilter("version", ">=", from_version))
+        if to_version is not None:
+            if to_version < max(from_version, 1):
+                return []
+            query = query.where(filter=FieldFilter("version", "<=", to_version))
+        direction = firestore.Query.DESCENDING if backwards else firestore.Query.ASCENDING
+        query = query.order_by("version", direction=direction)
+        if limit is not None:
+            query = query.limit(limit)
+        return self._query_events(query)
+
+    def read_stream_as_of(self, stream_id: str, as_of: datetime) -> list[Event]:
+        """The stream's events recorded at or before ``as_of`` (index ``INDEX_STREAM_AS_OF``)."""
+        validate_stream_id(stream_id)
+        query = (
+            self._events()
+            .where(filter=FieldFilter("stream_id", "==", stream_id))
+            .where(filter=FieldFilter("recorded_at", "<=", to_micros(as_of)))
+            .order_by("recorded_at")
+        )
+        return sorted(self._query_events(query), key=lambda e: e.version)
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's last version, 0 when it does not exist."""
+        validate_stream_id(stream_id)
+        snap = self._call(lambda: self._stream_ref(stream_id).get(retry=None, timeout=RPC_TIMEOUT))
+        return int(snap.get("version")) if snap.exists else 0
+
+    def list_streams(self, prefix: str = "") -> Iterator[str]:
+        """Stream ids starting with ``prefix``, ascending (single-field index on ``stream_id``)."""
+        query: Any = self.client.collection(STREAMS_COLLECTION)
+        if prefix:
+            query = query.where(filter=FieldFilter("stream_id", ">=", prefix)).where(
+                filter=FieldFilter("stream_id", "<", prefix + _MAX_CHAR)
+            )
+        query = query.order_by("stream_id")
+        names = self._call(lambda: [snap.get("stream_id") for snap in query.stream(retry=None, timeout=RPC_TIMEOUT)])
+        return iter(names)
+
+    def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        """Events after ``after`` in global position order (complete and stable, see above)."""
+        if limit <= 0:
+            return []
+        start = 0 if after is None else parse_position(after)
+        query = self._events().where(filter=FieldFilter("position", ">", start)).order_by("position").limit(limit)
+        return self._query_events(query)
+
+    def last_position(self) -> str | None:
+        """The counter of ``skyferry_meta/head`` (positions are dense), ``None`` when empty."""
+        snap = self._call(lambda: self._head_ref().get(retry=None, timeout=RPC_TIMEOUT))
+        return format_position(int(snap.get("position"))) if snap.exists else None
+
+
+# -- view store -------------------------------------------------------------------------------
+
+
+def hex_id(text: str) -> str:
+    """A document id for any string that sorts like its UTF-8 bytes (``x`` + hex)."""
+    return "x" + text.encode().hex()
+
+
+def _scalars(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level fields a ``query(where=...)`` can match (str, int, bool, float)."""
+    return {k: v for k, v in value.items() if isinstance(v, str | int | float | bool)}
+
+
+class FirestoreViewStore(_FirestoreBase):
+    """View store on Firestore: documents with revisions; checkpoints committed in the same
+    transaction as the view changes."""
+
+    def _docs(self, collection: str) -> Any:
+        return self.client.collection(VIEWS_COLLECTION).document(hex_id(collection)).collection(VIEW_DOCS_COLLECTION)
+
+    def _checkpoint_ref(self, projection: str, key: str) -> Any:
+        return self.client.collection(CHECKPOINTS_COLLECTION).document(f"{hex_id(projection)}.{hex_id(key)}")
+
+    @staticmethod
+    def _doc_of(fields: Mapping[str, Any]) -> Doc:
+        return Doc(orjson.loads(fields["json"]), int(fields["revision"]))
+
+    def get(self, collection: str, key: str) -> Doc | None:
+        """The document at ``key``, or ``None``."""
+        snap = self._call(lambda: self._docs(collection).document(hex_id(key)).get(retry=None, timeout=RPC_TIMEOUT))
+        return self._doc_of(snap.to_dict() or {}) if snap.exists else None
+
+    def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Doc]:
+        """The documents that exist among ``keys`` (one batched read)."""
+        if not keys:
+            return {}
+        refs = [self._docs(collection).document(hex_id(k)) for k in dict.fromkeys(keys)]
+        snaps = self._call(lambda: list(self.client.get_all(refs, retry=None, timeout=RPC_TIMEOUT)))
+        return {s.get("key"): self._doc_of(s.to_dict() or {}) for s in snaps if s.exists}
+
+    def query(
+        self,
+        collection: str,
+        *,
+        prefix: str = "",
+        where: tuple[str, str | int | bool] | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        """By key prefix (a document-name range) and optional field equality, ascending by key.
+
+        ``where`` uses the automatic single-field index of ``fields.<name>`` merged with the
+        document-name order, so no composite index is needed for any field.
+        """
+        if limit is not None and limit <= 0:
+            return []
+        docs = self._docs(collection)
+        query: Any = docs
+        if where is not None:
+            name, wanted = where
+            query = query.where(filter=FieldFilter(FieldPath("fields", name).to_api_repr(), "==", wanted))
+        if prefix:
+            start = hex_id(prefix)
+            query = query.where(filter=FieldFilter("__name__", ">=", docs.document(start))).where(
+                filter=FieldFilter("__name__", "<", docs.document(start + "~"))
+            )
+        query = query.order_by("__name__")
+        if limit is not None:
+            query = query.limit(limit)
+        snaps = self._call(lambda: list(query.stream(retry=None, timeout=RPC_TIMEOUT)))
+        result: list[tuple[str, Doc]] = []
+        for snap in snaps:
+            fields = snap.to_dict()
+            if where is not None:
+                found = fields["fields"].get(where[0])
+                if isinstance(found, bool) != isinstance(where[1], bool):
+                    continue
+            result.append((fields["key"], self._doc_of(fields)))
+        return result
+
+    def commit(self, projection: str, changes: Sequence[ViewChange], checkpoint: Mapping[str, str]) -> None:
+        """Apply every change and checkpoint entry in one transaction, or none."""
+        slots = list(dict.fromkeys((c.collection, c.key) for c in changes))
+        if not slots and not checkpoint:
+            return
+
+        def body(transaction: Any) -> None:
+            refs = {slot: self._docs(slot[0]).document(hex_id(slot[1])) for slot in slots}
+            revisions = dict.fromkeys(slots, 0)
+            by_path = {ref.path: slot for slot, ref in refs.items()}
+            for snap in transaction.get_all(list(refs.values()), retry=None, timeout=RPC_TIMEOUT) if refs else ():
+                if snap.exists:
+                    revisions[by_path[snap.reference.path]] = int(snap.get("revision"))
+            staged: dict[tuple[str, str], tuple[dict[str, Any] | None, int]] = {}
+            for change in changes:
+                slot = (change.collection, change.key)
+                revision = staged[slot][1] if slot in staged else revisions[slot]
+                if change.expected_revision is not None and change.expected_revision != revision:
+                    raise ConcurrencyError(f"{change.collection}/{change.key}", change.expected_revision, revision)
+                if change.doc is None:
+                    staged[slot] = (None, 0)
+                else:
+                    staged[slot] = (dict(change.doc), revision + 1)
+            for slot, (doc, revision) in staged.items():
+                if doc is None:
+                    transaction.delete(refs[slot])
+                else:
+                    transaction.set(
+                        refs[slot],
+                        {"key": slot[1], "revision": revision, "json": encode_json(doc), "fields": _scalars(doc)},
+                    )
+            for key, value in checkpoint.items():
+                transaction.set(
+                    self._checkpoint_ref(projection, key), {"projection": projection, "key": key, "value": value}
+                )
+
+        self._transact(body)
+
+    def get_checkpoint(self, projection: str, key: str = "$all") -> str | None:
+        """The last committed checkpoint value of ``(projection, key)``."""
+        snap = self._call(lambda: self._checkpoint_ref(projection, key).get(retry=None, timeout=RPC_TIMEOUT))
+        return str(snap.get("value")) if snap.exists else None
+
+    def _delete_all(self, query: Any) -> None:
+        """Delete what ``query`` matches, 400 documents per atomic batch (idempotent)."""
+        while True:
+            refs = self._call(
+                lambda: [snap.reference for snap in query.select([]).limit(400).stream(retry=None, timeout=RPC_TIMEOUT)]
+            )
+            if not refs:
+                return
+            batch = self.client.batch()
+            for ref in refs:
+                batch.delete(ref)
+            self._call(batch.commit)
+
+    def drop(self, collection: str) -> None:
+        """Delete every document of ``collection`` (idempotent)."""
+        self._delete_all(self._docs(collection))
+
+    def drop_checkpoints(self, projection: str) -> None:
+        """Forget every checkpoint of ``projection``."""
+        self._delete_all(
+            self.client.collection(CHECKPOINTS_COLLECTION).where(filter=FieldFilter("projection", "==", projection))
+        )

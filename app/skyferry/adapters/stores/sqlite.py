@@ -1,0 +1,753 @@
+"""SQLite event store and view store in one file: ``sqlite:///path.db``.
+
+URL fields:
+
+* ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` -- the database file
+  (created on first use, with its tables).  ``:memory:`` is not supported: the event
+  store and the view store each open their own connection to the same file.
+* ``?synchronous=full`` (default) or ``?synchronous=normal`` -- durability.
+
+Durability: the file runs in WAL mode.  With ``synchronous=full`` (the default) every
+commit is fsynced to the write-ahead log before ``append``/``commit`` returns, so an
+acknowledged event survives a power loss.  With ``synchronous=normal`` commits are
+fsynced only at checkpoints: a power loss (not a process crash) may lose the last
+transactions, never corrupt the file.
+
+Global order: ``events.position`` is the table's ``INTEGER PRIMARY KEY`` (the rowid).
+SQLite has a single writer: every append runs in a ``BEGIN IMMEDIATE`` transaction that
+holds the database's write lock from the moment it assigns positions until it commits.
+So position ``n + 1`` can only be assigned after the transaction that took ``n`` has
+committed or rolled back, and a reader never sees ``n + 1`` while ``n`` is still
+invisible: ``read_all`` tailing by position never skips an event (no sequence gaps of
+the kind concurrent SQL writers produce).  Rows are never deleted or updated, so
+reading from a position again yields the same events.
+
+Timestamps are stored as integer microseconds since the epoch, ``data`` and
+``metadata`` as JSON text (orjson).  Both stores are thread-safe: each instance owns one
+connection, used under a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, Self, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from orjson import loads as _loads
+
+from skyferry.adapters.stores._common import PREFIX_END, check_limit, field_equals
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
+from skyferry.core.messages import (
+    Event,
+    NewEvent,
+    check_append,
+    plainly_valid,
+    to_micros,
+    utc_now,
+    validate_stream_id,
+)
+from skyferry.core.ports import (
+    FEATURE_BULK_APPEND,
+    FEATURE_TEMPORAL,
+    FEATURE_TRANSACTIONS_ACROSS_STREAMS,
+    AppendResult,
+    Doc,
+    ExpectedVersion,
+    StreamState,
+    ViewChange,
+    expected_as_int,
+    resolve_conflict,
+)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_SECONDS: Final = 30.0
+SYNCHRONOUS_LEVELS: Final = {"full": "FULL", "normal": "NORMAL"}
+
+EVENTS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    UNIQUE (stream_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_stream_recorded ON events (stream_id, recorded_at);
+"""
+
+VIEWS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS views (
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (collection, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    projection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (projection, key)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS: Final = (
+    "CAST(position AS TEXT), id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
+)
+_INSERT: Final = (
+    "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
+    "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_CHUNK: Final = 500
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``(path, synchronous)`` of a ``sqlite:///`` URL; a bad URL is a ConfigurationError."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite" or not url.lower().startswith("sqlite:///"):
+        raise ConfigurationError(f"not a sqlite:/// URL: {url!r} (use sqlite:///path.db)")
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    if not path or path == ":memory:":
+        raise ConfigurationError(f"{url!r}: name a database file, as in sqlite:///skyferry.db")
+    query = parse_qs(parts.query)
+    level = query.pop("synchronous", ["full"])[-1].lower()
+    if level not in SYNCHRONOUS_LEVELS:
+        raise ConfigurationError(f"{url!r}: synchronous must be 'full' or 'normal', not {level!r}")
+    if query:
+        raise ConfigurationError(f"{url!r}: unknown parameter(s) {', '.join(sorted(query))}")
+    return path, SYNCHRONOUS_LEVELS[level]
+
+
+def _switch_to_wal(db: sqlite3.Connection) -> str:
+    """Set WAL mode and return the journal mode now in force.
+
+    A new file starts in rollback-journal mode, where two connections switching it at once
+    can deadlock: each holds a shared lock and wants an exclusive one.  SQLite then answers
+    "database is locked" at once, without calling the busy handler, so the busy timeout
+    does not help; the switch is retried here, for as long as that timeout would have waited.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    pause = 0.001
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e).lower() or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+class _Connection:
+    """One lazily opened connection to the file, used under a lock, with error translation."""
+
+    def __init__(self, url: str, schema: str, connection: sqlite3.Connection | None = None) -> None:
+        self.url = url
+        self.path, self.synchronous = parse_url(url)
+        self._schema = schema
+        self._db = connection
+        self._ready = False
+        self.lock = threading.RLock()
+
+    def describe(self, error: sqlite3.Error) -> SkyferryErrorLike:
+        """Translate ``error`` into the hierarchy, naming the file."""
+        text = str(error).lower()
+        name = os.path.abspath(self.path)
+        if "locked" in text or "busy" in text:
+            return TransientError(f"SQLite file {name} is busy: {error}")
+        if "readonly" in text or "read-only" in text:
+            return ConfigurationError(f"SQLite file {name} is read-only: {error}")
+        if isinstance(error, sqlite3.DatabaseError) and (
+            "not a database" in text or "malformed" in text or "corrupt" in text
+        ):
+            return ConfigurationError(f"SQLite file {name} is corrupt or not a SQLite database: {error}")
+        if "unable to open" in text:
+            return ConfigurationError(f"SQLite file {name} cannot be opened: {error}")
+        if "disk" in text and ("full" in text or "i/o" in text):
+            return TransientError(f"SQLite file {name}: {error}")
+        return ConfigurationError(f"SQLite file {name}: {error}")
+
+    def db(self) -> sqlite3.Connection:
+        """The open connection (opened and migrated on first use; call under the lock)."""
+        if self._db is not None and self._ready:
+            return self._db
+        self._check_writable()
+        try:
+            if self._db is None:
+                self._db = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+                )
+            db = self._db
+            db.isolation_level = None
+            mode = _switch_to_wal(db)
+            if str(mode).lower() != "wal":
+                raise ConfigurationError(
+                    f"SQLite file {os.path.abspath(self.path)}: cannot switch to WAL mode (got {mode})"
+                )
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.executescript(f"BEGIN IMMEDIATE;{self._schema}COMMIT;")
+        except sqlite3.Error as e:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            raise self.describe(e) from e
+        self._ready = True
+        return db
+
+    def _check_writable(self) -> None:
+        """A file marked read-only is refused up front, even for root (who could write it)."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise ConfigurationError(f"SQLite file {os.path.abspath(self.path)}: {e.strerror}") from e
+        if not os.access(self.path, os.W_OK) or not mode & 0o222:
+            raise ConfigurationError(
+                f"SQLite file {os.path.abspath(self.path)} is read-only; skyferry needs to write to it"
+            )
+
+    def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` under the lock, translating SQLite errors."""
+        with self.lock:
+            db = self.db()
+            try:
+                return work(db)
+            except sqlite3.Error as e:
+                if db.in_transaction:
+                    # The original error is the one to report; a failed rollback adds nothing.
+                    with contextlib.suppress(sqlite3.Error):
+                        db.rollback()
+                raise self.describe(e) from e
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in a ``BEGIN IMMEDIATE`` transaction: committed if it returns, else rolled back."""
+
+        def transaction(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+            except BaseException:
+                db.rollback()
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return self.run(transaction)
+
+    def close(self) -> None:
+        """Close the connection (it is reopened if the store is used again)."""
+        with self.lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+                self._ready = False
+
+
+SkyferryErrorLike = TransientError | ConfigurationError
+
+
+class _Conflict(Exception):
+    """Internal: an insert hit a unique constraint; the caller decides idempotent vs conflict."""
+
+
+def _event_row(stream_id: str, version: int, event: NewEvent, now: int) -> tuple[Any, ...]:
+    return (
+        event.id,
+        stream_id,
+        version,
+        event.type,
+        event.schema_version,
+        orjson.dumps(event.data).decode(),
+        orjson.dumps(event.metadata).decode(),
+        to_micros(event.occurred_at),
+        now if event.recorded_at is None else to_micros(event.recorded_at),
+    )
+
+
+_new_tuple: Final = tuple.__new__
+
+
+def _decode(rows: list[tuple[Any, ...]]) -> list[Event]:
+    """Rows as ``Event``s: the hot path of ``read_all``, so kept to the bare minimum.
+
+    ``Event`` is a tuple, so one ``tuple.__new__`` call per row builds it (no argument
+    handling).  The timestamps stay integer microseconds: ``Event`` decodes them (exactly)
+    when they are read.
+    """
+    new, event_type, loads = _new_tuple, Event, _loads
+    return [
+        new(
+            event_type,
+            (
+                event_id,
+                stream_id,
+                version,
+                kind,
+                schema,
+                loads(data),
+                loads(metadata),
+                occurred,
+                recorded,
+                position,
+            ),
+        )
+        for position, event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows
+    ]
+
+
+def _current_version(db: sqlite3.Connection, stream_id: str) -> int:
+    row = db.execute("SELECT max(version) FROM events WHERE stream_id = ?", (stream_id,)).fetchone()
+    return int(row[0] or 0)
+
+
+def _current_versions(db: sqlite3.Connection, streams: Sequence[str]) -> dict[str, int]:
+    """The current version of each of ``streams`` (0 for new ones), a query per 500 streams."""
+    found = dict.fromkeys(streams, 0)
+    for start in range(0, len(streams), _CHUNK):
+        chunk = streams[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT stream_id, max(version) FROM events WHERE stream_id IN ({marks}) GROUP BY stream_id"
+        for stream_id, version in db.execute(sql, chunk):
+            found[stream_id] = version
+    return found
+
+
+def _imported_row(event: Event) -> tuple[Any, ...]:
+    """The row of an already-versioned event (bulk_append): every field kept as it is."""
+    return (
+        event.id,
+        event.stream_id,
+        event.version,
+        event.type,
+        event.schema_version,
+        orjson.dumps(event.data).decode(),
+        orjson.dumps(event.metadata).decode(),
+        to_micros(event.occurred_at),
+        to_micros(event.recorded_at),
+    )
+
+
+def _micros(moment: Any) -> int:
+    """A timestamp field's raw value (integer microseconds or an aware datetime) as microseconds."""
+    return moment if type(moment) is int else to_micros(moment)
+
+
+def _validated_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """Validate every event and build its row (the same as :func:`_imported_row`) in one pass.
+
+    The checks are those of :meth:`NewEvent.validate`, by its common case
+    (:func:`~skyferry.core.messages.plainly_valid`); an event that fails any of them (or that
+    they cannot judge) goes through ``validate()`` itself, so exactly the same events are
+    rejected with the same errors.  The size check
+    measures the JSON that is stored: it has the length of the canonical (sorted) encoding.
+    """
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    fullmatch = _CANONICAL_UUID.fullmatch
+    dumps = orjson.dumps
+    last_moment: Any = None
+    last_micros = 0
+    for e in events:
+        fields: tuple[Any, ...] = e[:9]
+        event_id, stream_id, version, event_type, schema_version, data, metadata, occurred, recorded = fields
+        try:
+            data_json = dumps(data)
+            metadata_json = dumps(metadata)
+        except TypeError:
+            data_json = metadata_json = b""
+        if not (
+            type(event_id) is str
+            and fullmatch(event_id) is not None
+            and plainly_valid(event_type, schema_version, data, metadata, occurred, recorded, data_json, metadata_json)
+        ):
+            e.to_new().validate()  # raises the port's error for this event
+            append(_imported_row(e))
+            continue
+        # events of one batch often share timestamps: convert each distinct one once
+        if occurred is not last_moment:
+            last_moment, last_micros = occurred, _micros(occurred)
+        occurred_micros = last_micros
+        if recorded is not last_moment:
+            last_moment, last_micros = recorded, _micros(recorded)
+        append(
+            (
+                event_id,
+                stream_id,
+                version,
+                event_type,
+                schema_version,
+                data_json.decode(),
+                metadata_json.decode(),
+                occurred_micros,
+                last_micros,
+            )
+        )
+    return rows
+
+
+def _stored(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """``id -> (stream_id, version)`` of those of ``ids`` already stored."""
+    found: dict[str, tuple[str, int]] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for event_id, stream_id, version in db.execute(
+            f"SELECT id, stream_id, version FROM events WHERE id IN ({marks})", chunk
+        ):
+            found[event_id] = (stream_id, version)
+    return found
+
+
+def _expected_text(expected: ExpectedVersion) -> object:
+    return expected.value if isinstance(expected, StreamState) else expected
+
+
+class SQLiteEventStore:
+    """The event store on a SQLite file (see the module docstring for the URL and durability).
+
+    Features: ``bulk_append`` (``executemany`` in one transaction), ``temporal`` (an index
+    on ``stream_id, recorded_at``) and ``transactions_across_streams`` (one transaction).
+    """
+
+    features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+
+    def __init__(self, url: str, connection: sqlite3.Connection | None = None) -> None:
+        self.url = url
+        self._conn = _Connection(url, EVENTS_SCHEMA, connection)
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """Parse ``url``; the file is opened on first use."""
+        return cls(url)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _append_in(
+        self, db: sqlite3.Connection, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion
+    ) -> AppendResult:
+        """Inside an open transaction: insert, or raise ``_Conflict`` / ``ConcurrencyError``."""
+        want = expected_as_int(expected)
+        actual = _current_version(db, stream_id)
+        if want is not None and want != actual:
+            raise _Conflict
+        now = to_micros(utc_now())
+        rows = [_event_row(stream_id, actual + n, e, now) for n, e in enumerate(events, start=1)]
+        try:
+            if len(rows) == 1:
+                db.execute(_INSERT, rows[0])  # the usual command: one event, no executemany set-up
+            else:
+                db.executemany(_INSERT, rows)
+        except sqlite3.IntegrityError as e:
+            raise _Conflict from e
+        return AppendResult(stream_id, actual + 1, actual + len(events))
+
+    def _resolve(
+        self, db: sqlite3.Connection, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion
+    ) -> AppendResult:
+        """After a failed check: idempotent success or the ConcurrencyError (reads only)."""
+        actual = _current_version(db, stream_id)
+        stored = _stored(db, [e.id for e in events])
+        elsewhere = [(i, s) for i, (s, _) in stored.items() if s != stream_id]
+        if elsewhere:
+            raise ConcurrencyError(
+                stream_id,
+                _expected_text(expected),
+                actual,
+                f"event id {elsewhere[0][0]} is already stored in stream {elsewhere[0][1]!r}",
+            )
+        return resolve_conflict(stream_id, events, expected, actual, {i: v for i, (_, v) in stored.items()})
+
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
+        """Append atomically in one transaction (see ``EventStore.append``)."""
+        check_append(stream_id, events if isinstance(events, list | tuple) else list(events))
+        expected_as_int(expected_version)
+        try:
+            return self._conn.write(lambda db: self._append_in(db, stream_id, events, expected_version))
+        except _Conflict:
+            return self._conn.run(lambda db: self._resolve(db, stream_id, events, expected_version))
+
+    def append_many(self, batch: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
+        """Apply every ``(stream_id, events, expected_version)`` in one transaction, or none."""
+        streams = [stream_id for stream_id, _, _ in batch]
+        if len(set(streams)) != len(streams):
+            raise ValidationError("append_many: a stream appears twice in one batch")
+        ids = [e.id for _, events, _ in batch for e in events]
+        if len(set(ids)) != len(ids):
+            raise ValidationError("append_many: an event id appears twice in one batch")
+        for stream_id, events, expected in batch:
+            check_append(stream_id, list(events))
+            expected_as_int(expected)
+
+        def work(db: sqlite3.Connection) -> list[AppendResult]:
+            results = []
+            for stream_id, events, expected in batch:
+                db.execute("SAVEPOINT one_stream")
+                try:
+                    results.append(self._append_in(db, stream_id, events, expected))
+                except _Conflict:
+                    db.execute("ROLLBACK TO one_stream")
+                    results.append(self._resolve(db, stream_id, events, expected))
+                db.execute("RELEASE one_stream")
+            return results
+
+        return self._conn.write(work)
+
+    def bulk_append(self, events: Sequence[Event]) -> int:
+        """Insert already-versioned events with ``executemany`` in one transaction.
+
+        Events already stored with the same id at the same version are skipped; anything
+        else that does not continue its stream raises ``ConcurrencyError`` and nothing of
+        the call is stored.  Returns how many events were new.
+        """
+        streams = list(dict.fromkeys(event.stream_id for event in events))
+        for stream_id in streams:
+            validate_stream_id(stream_id)
+        encoded = _validated_rows(events)  # every event is validated, skipped ones too
+
+        def work(db: sqlite3.Connection) -> int:
+            current = _current_versions(db, streams)
+            rows: list[tuple[Any, ...]] = []
+            skipped: list[Event] = []
+            for event, row in zip(events, encoded, strict=True):
+                version = current[event.stream_id]
+                if event.version == version + 1:
+                    current[event.stream_id] = event.version
+                    rows.append(row)
+                elif event.version <= version:
+                    skipped.append(event)
+                else:
+                    raise ConcurrencyError(
+                        event.stream_id,
+                        event.version - 1,
+                        version,
+                        f"event {event.id} at version {event.version} does not continue the stream",
+                    )
+            if skipped:
+                stored = _stored(db, [e.id for e in skipped])
+                for event in skipped:
+                    if stored.get(event.id) != (event.stream_id, event.version):
+                        raise ConcurrencyError(
+                            event.stream_id,
+                            event.version - 1,
+                            current[event.stream_id],
+                            f"version {event.version} holds another event than {event.id}",
+                        )
+            try:
+                db.executemany(_INSERT, rows)
+            except sqlite3.IntegrityError as e:
+                raise ConcurrencyError(
+                    events[0].stream_id if events else "", "bulk", 0, f"an event id is already stored: {e}"
+                ) from e
+            return len(rows)
+
+        return self._conn.write(work)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """The stream's events in ``[from_version, to_version]`` (see ``EventStore.read_stream``)."""
+        check_limit(limit, minimum=0)
+        upper = to_version if to_version is not None else 2**62
+        order = "DESC" if backwards else "ASC"
+        sql = (
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version BETWEEN ? AND ? "
+            f"ORDER BY version {order} LIMIT ?"
+        )
+        params = (stream_id, from_version, upper, -1 if limit is None else limit)
+        rows = self._conn.run(lambda db: db.execute(sql, params).fetchall())
+        return _decode(rows)
+
+    def read_stream_as_of(self, stream_id: str, as_of: datetime) -> list[Event]:
+        """The stream's events with ``recorded_at <= as_of``, using the temporal index."""
+        sql = (
+            f"SELECT {_COLUMNS} FROM events INDEXED BY events_stream_recorded WHERE stream_id = ? AND recorded_at <= ?"
+        )
+        params = (stream_id, to_micros(as_of))
+        rows = self._conn.run(lambda db: db.execute(sql, params).fetchall())
+        return sorted(_decode(rows), key=lambda e: e.version)
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's last version, 0 when it does not exist."""
+        return self._conn.run(lambda db: _current_version(db, stream_id))
+
+    def list_streams(self, prefix: str = "") -> Iterator[str]:
+        """Stream ids starting with ``prefix``, ascending (uses the stream/version index)."""
+        sql = "SELECT DISTINCT stream_id FROM events WHERE stream_id >= ? AND stream_id < ? ORDER BY stream_id"
+        rows = self._conn.run(lambda db: db.execute(sql, (prefix, prefix + PREFIX_END)).fetchall())
+        return iter([row[0] for row in rows if row[0].startswith(prefix)])
+
+    def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        """Events after ``after`` by position (complete and stable: see the module docstring)."""
+        check_limit(limit, minimum=1)
+        start = -1 if after is None else _position(after)
+        sql = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        rows = self._conn.run(lambda db: db.execute(sql, (start, limit)).fetchall())
+        return _decode(rows)
+
+    def last_position(self) -> str | None:
+        """The highest position, ``None`` when the store is empty."""
+        row = self._conn.run(lambda db: db.execute("SELECT max(position) FROM events").fetchone())
+        return None if row[0] is None else str(row[0])
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+def _position(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError as e:
+        raise ValidationError(f"{text!r} is not a position of a sqlite:// store") from e
+
+
+class SQLiteViewStore:
+    """The view store on the same SQLite file as the event store (tables ``views``, ``checkpoints``).
+
+    ``commit`` runs in one ``BEGIN IMMEDIATE`` transaction: the document changes and the
+    checkpoint are written together or not at all.
+    """
+
+    def __init__(self, url: str, connection: sqlite3.Connection | None = None) -> None:
+        self.url = url
+        self._conn = _Connection(url, VIEWS_SCHEMA, connection)
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """Parse ``url``; the file is opened on first use."""
+        return cls(url)
+
+    def get(self, collection: str, key: str) -> Doc | None:
+        """The document at ``key``, or ``None``."""
+        sql = "SELECT value, revision FROM views WHERE collection = ? AND key = ?"
+        row = self._conn.run(lambda db: db.execute(sql, (collection, key)).fetchone())
+        return None if row is None else Doc(orjson.loads(row[0]), row[1])
+
+    def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Doc]:
+        """The documents that exist among ``keys`` (``IN`` queries of 500 keys)."""
+        keys = list(dict.fromkeys(keys))
+
+        def work(db: sqlite3.Connection) -> dict[str, Doc]:
+            found: dict[str, Doc] = {}
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT key, value, revision FROM views WHERE collection = ? AND key IN ({marks})"
+                for key, value, revision in db.execute(sql, (collection, *chunk)):
+                    found[key] = Doc(orjson.loads(value), revision)
+            return found
+
+        return self._conn.run(work)
+
+    def query(
+        self,
+        collection: str,
+        *,
+        prefix: str = "",
+        where: tuple[str, str | int | bool] | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        """Documents by key prefix and optional top-level field equality, ascending by key."""
+        sql = "SELECT key, value, revision FROM views WHERE collection = ? AND key >= ? AND key < ?"
+        params: tuple[Any, ...] = (collection, prefix, prefix + PREFIX_END)
+        if where is not None:
+            sql += " AND json_extract(value, ?) = ?"
+            params += ('$."' + where[0].replace('"', '""') + '"', where[1])
+        sql += " ORDER BY key"
+
+        def work(db: sqlite3.Connection) -> list[tuple[str, Doc]]:
+            result: list[tuple[str, Doc]] = []
+            for key, value, revision in db.execute(sql, params):
+                doc = orjson.loads(value)
+                if not key.startswith(prefix) or (where is not None and not field_equals(doc, where)):
+                    continue
+                result.append((key, Doc(doc, revision)))
+                if limit is not None and len(result) >= limit:
+                    break
+            return result
+
+        return self._conn.run(work)
+
+    def commit(self, projection: str, changes: Sequence[ViewChange], checkpoint: Mapping[str, str]) -> None:
+        """Write ``changes`` and ``checkpoint`` in one transaction (a revision mismatch raises)."""
+
+        def work(db: sqlite3.Connection) -> None:
+            run: list[tuple[str, str, str]] = []
+            for change in changes:
+                if change.expected_revision is None and change.doc is not None:
+                    run.append((change.collection, change.key, orjson.dumps(change.doc).decode()))
+                    continue
+                _upsert(db, run)
+                if change.expected_revision is not None:
+                    row = db.execute(
+                        "SELECT revision FROM views WHERE collection = ? AND key = ?",
+                        (change.collection, change.key),
+                    ).fetchone()
+                    revision = 0 if row is None else row[0]
+                    if revision != change.expected_revision:
+                        raise ConcurrencyError(f"{change.collection}/{change.key}", change.expected_revision, revision)
+                if change.doc is None:
+                    db.execute("DELETE FROM views WHERE collection = ? AND key = ?", (change.collection, change.key))
+                else:
+                    _upsert(db, [(change.collection, change.key, orjson.dumps(change.doc).decode())])
+            _upsert(db, run)
+            if checkpoint:
+                db.executemany(
+                    "INSERT INTO checkpoints (projection, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (projection, key) DO UPDATE SET value = excluded.value",
+                    [(projection, key, value) for key, value in checkpoint.items()],
+                )
+
+        self._conn.write(work)
+
+    def get_checkpoint(self, projection: str, key: str = "$all") -> str | None:
+        """The last committed checkpoint value of ``(projection, key)``."""
+        sql = "SELECT value FROM checkpoints WHERE projection = ? AND key = ?"
+        row = self._conn.run(lambda db: db.execute(sql, (projection, key)).fetchone())
+        return None if row is None else str(row[0])
+
+    def drop(self, collection: str) -> None:
+        """Delete every document of ``collection``."""
+        self._conn.write(lambda db: db.execute("DELETE FROM views WHERE collection = ?", (collection,)))
+
+    def drop_checkpoints(self, projection: str) -> None:
+        """Forget the checkpoints of ``projection``."""
+        self._conn.write(lambda db: db.execute("DELETE FROM checkpoints WHERE projection = ?", (projection,)))
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+def _upsert(db: sqlite3.Connection, run: list[tuple[str, str, str]]) -> None:
+    """Write a run of unconditional document writes (revision 1, or +1), then empty ``run``."""
+    if run:
+        db.executemany(
+            "INSERT INTO views (collection, key, value, revision) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value, revision = revision + 1",
+            run,
+        )
+        run.clear()

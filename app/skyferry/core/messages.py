@@ -1,0 +1,341 @@
+"""The event envelope, and the rules every store enforces on it.
+
+An event as written by a command is a :class:`NewEvent`; once stored it is an
+:class:`Event`, which adds the stream, the 1-based contiguous ``version``, the
+``recorded_at`` timestamp (set at first append, preserved by import) and, when read
+through ``read_all``, the store's opaque ``position``.
+
+Timestamps are timezone-aware UTC with microsecond precision.  The encoded size of an
+event (its ``data`` and ``metadata`` as compact JSON) is limited to
+:data:`EVENT_SIZE_LIMIT` on every store, so that any event fits every broker message and
+every store item once the bounded envelope fields are added.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, FrozenInstanceError, dataclass, field, make_dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Final, NamedTuple
+
+import orjson
+
+from skyferry.core.errors import EventTooLarge, ValidationError
+
+EVENT_SIZE_LIMIT: Final = 192 * 1024
+"""Bytes of ``data`` + ``metadata`` as compact JSON; one byte more raises EventTooLarge."""
+
+STREAM_ID_MAX: Final = 200
+TYPE_MAX: Final = 200
+STREAM_ID_PUNCTUATION: Final = frozenset("/:.-_")
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Fast paths of the checks below: ``\w`` on a str pattern is exactly ``str.isalnum()`` or
+# ``_``; 32 hex digits in the canonical grouping are always a UUID to ``uuid.UUID``.
+_VALID_STREAM_ID: Final = re.compile(rf"[\w/:.\-]{{1,{STREAM_ID_MAX}}}")
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+JSONObject = dict[str, Any]
+
+
+def utc_now() -> datetime:
+    """The current time, UTC, truncated to microseconds (what every store keeps)."""
+    return datetime.now(UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the Unix epoch; ``moment`` must be timezone-aware."""
+    if moment.tzinfo is None:
+        raise ValidationError(f"timestamp {moment.isoformat()} has no timezone; skyferry keeps UTC")
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    """The UTC datetime ``micros`` microseconds after the Unix epoch."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 with microseconds and ``Z``: the one text form of a timestamp."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp; a naive one is rejected rather than guessed."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise ValidationError(f"{text!r} is not an RFC 3339 timestamp") from e
+    if moment.tzinfo is None:
+        raise ValidationError(f"timestamp {text!r} has no timezone")
+    return moment.astimezone(UTC)
+
+
+def validate_stream_id(stream_id: object) -> str:
+    """Return ``stream_id`` if valid, else raise :class:`ValidationError` saying why.
+
+    Valid: 1 to 200 characters, each a Unicode letter or digit or one of ``/ : . - _``.
+    """
+    if type(stream_id) is str and _VALID_STREAM_ID.fullmatch(stream_id):
+        return stream_id
+    if not isinstance(stream_id, str):
+        raise ValidationError(f"stream id must be a string, not {type(stream_id).__name__}")
+    if not 1 <= len(stream_id) <= STREAM_ID_MAX:
+        raise ValidationError(f"stream id must be 1 to {STREAM_ID_MAX} characters, got {len(stream_id)}")
+    for index, char in enumerate(stream_id):
+        if not (char.isalnum() or char in STREAM_ID_PUNCTUATION):
+            raise ValidationError(
+                f"stream id {stream_id!r}: character {char!r} at index {index} is not allowed "
+                "(letters, digits and / : . - _ only)"
+            )
+    return stream_id
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact JSON with sorted keys: the canonical encoding used for sizes and hashes."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event a command decided, not yet stored.
+
+    ``id`` defaults to a random UUID; give a deterministic one to make a write idempotent.
+    ``recorded_at`` is left ``None`` by commands (the store sets it) and carried over by
+    imports, which must preserve it.
+    """
+
+    type: str
+    data: JSONObject
+    metadata: JSONObject = field(default_factory=dict)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    schema_version: int = 1
+    occurred_at: datetime = field(default_factory=utc_now)
+    recorded_at: datetime | None = None
+
+    def encoded_size(self) -> int:
+        """Bytes of ``data`` and ``metadata`` as canonical JSON (what the limit applies to)."""
+        return len(encode_json(self.data)) + len(encode_json(self.metadata))
+
+    def validate(self) -> None:
+        """Raise :class:`ValidationError` or :class:`EventTooLarge` if this event cannot be stored."""
+        if not self.type or len(self.type) > TYPE_MAX:
+            raise ValidationError(f"event type must be 1 to {TYPE_MAX} characters")
+        data, metadata = self.data, self.metadata
+        # ``type(...) is dict`` first: the ABC check alone costs more than the rest of this.
+        if not (type(data) is dict or isinstance(data, Mapping)) or not (
+            type(metadata) is dict or isinstance(metadata, Mapping)
+        ):
+            raise ValidationError(f"event {self.id}: data and metadata must be JSON objects")
+        if self.schema_version < 1:
+            raise ValidationError(f"event {self.id}: schema_version must be >= 1")
+        try:
+            if type(self.id) is not str or not _CANONICAL_UUID.fullmatch(self.id):
+                uuid.UUID(self.id)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ValidationError(f"event id {self.id!r} is not a UUID") from e
+        for name in ("occurred_at", "recorded_at"):
+            moment = getattr(self, name)
+            if moment is not None and moment.tzinfo is None:
+                raise ValidationError(f"event {self.id}: {name} must be timezone-aware (UTC)")
+        try:
+            size = self.encoded_size()
+        except TypeError as e:
+            raise ValidationError(f"event {self.id}: data or metadata is not JSON-serializable: {e}") from e
+        if size > EVENT_SIZE_LIMIT:
+            raise EventTooLarge(self.id, size, EVENT_SIZE_LIMIT)
+
+
+def plainly_valid(
+    event_type: Any,
+    schema_version: Any,
+    data: Any,
+    metadata: Any,
+    occurred: Any,
+    recorded: Any,
+    data_json: bytes,
+    metadata_json: bytes,
+) -> bool:
+    """Whether an event's fields pass :meth:`NewEvent.validate` by its common case (the id is
+    the caller's to check): the fast path of stores importing many events.
+
+    ``data_json`` / ``metadata_json`` are the JSON the store encoded (empty if encoding
+    failed); its length is that of the canonical encoding.  ``False`` does not mean invalid,
+    only that ``validate()`` must decide (it raises the port's error for the event).
+    """
+    return bool(
+        type(event_type) is str
+        and 0 < len(event_type) <= TYPE_MAX
+        and type(data) is dict
+        and type(metadata) is dict
+        and type(schema_version) is int
+        and schema_version >= 1
+        and (type(occurred) is int or (isinstance(occurred, datetime) and occurred.tzinfo is not None))
+        and (type(recorded) is int or (isinstance(recorded, datetime) and recorded.tzinfo is not None))
+        and data_json
+        and len(data_json) + len(metadata_json) <= EVENT_SIZE_LIMIT
+    )
+
+
+class _EventFields(NamedTuple):
+    """The fields of :class:`Event`, in order (a tuple: one C call builds an event)."""
+
+    id: str
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: JSONObject
+    metadata: JSONObject
+    occurred_at: datetime
+    recorded_at: datetime
+    position: str | None = None
+
+
+class Event(_EventFields):
+    """A stored event: the envelope of ARCHITECTURE.md §3.
+
+    ``position`` is the store's opaque, serializable global position, set on events
+    returned by ``read_all`` (and ``None`` where the store did not compute it).
+
+    Immutable, compared and hashed by its fields, and a dataclass as far as
+    :mod:`dataclasses` is concerned (``replace``, ``fields``, ``asdict`` work), but built
+    on a tuple: constructing one is a single C call, which is what keeps ``read_all`` and
+    projection rebuilds fast (a frozen dataclass costs a ``__setattr__`` per field).
+    """
+
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    # A store may put integer microseconds since the epoch in the two timestamp fields:
+    # they are decoded when read, so that read paths that never look at them (rebuilds,
+    # relays) do not pay for two datetimes per event.  Every accessor, equality, hashing,
+    # repr, ``replace`` and ``asdict`` see datetimes.
+
+    @property
+    def occurred_at(self) -> datetime:
+        """When the event happened (UTC, microseconds)."""
+        moment: Any = _item(self, 7)
+        return _EPOCH + timedelta(0, 0, moment) if type(moment) is int else moment
+
+    @property
+    def recorded_at(self) -> datetime:
+        """When the event was first appended (UTC, microseconds)."""
+        moment: Any = _item(self, 8)
+        return _EPOCH + timedelta(0, 0, moment) if type(moment) is int else moment
+
+    def _key(self) -> tuple[Any, ...]:
+        return (*self[:7], self.occurred_at, self.recorded_at, self[9])
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Event:
+            # As a dataclass would: only an Event equals an Event (a tuple is not one).
+            return False if isinstance(other, tuple) else NotImplemented
+        return self._key() == other._key()
+
+    def __ne__(self, other: object) -> bool:
+        if type(other) is not Event:
+            # As a dataclass would: only an Event equals an Event (a tuple is not one).
+            return True if isinstance(other, tuple) else NotImplemented
+        return self._key() != other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            "Event("
+            + ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self._key(), strict=True))
+            + ")"
+        )
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self._key(), strict=True))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def to_new(self) -> NewEvent:
+        """The same event as a :class:`NewEvent`, keeping id and both timestamps (for imports)."""
+        return NewEvent(
+            type=self.type,
+            data=self.data,
+            metadata=self.metadata,
+            id=self.id,
+            schema_version=self.schema_version,
+            occurred_at=self.occurred_at,
+            recorded_at=self.recorded_at,
+        )
+
+    def with_position(self, position: str | None) -> Event:
+        """A copy carrying ``position``."""
+        return _tuple_new(Event, (*self[:9], position))
+
+    def to_dict(self) -> JSONObject:
+        """The envelope as plain JSON types (timestamps in RFC 3339 with microseconds)."""
+        return {
+            "id": self.id,
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "data": self.data,
+            "metadata": self.metadata,
+            "occurred_at": format_timestamp(self.occurred_at),
+            "recorded_at": format_timestamp(self.recorded_at),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], position: str | None = None) -> Event:
+        """Inverse of :meth:`to_dict`; raises :class:`ValidationError` naming a missing field."""
+        try:
+            return cls(
+                id=str(raw["id"]),
+                stream_id=str(raw["stream_id"]),
+                version=int(raw["version"]),
+                type=str(raw["type"]),
+                schema_version=int(raw["schema_version"]),
+                data=dict(raw["data"]),
+                metadata=dict(raw["metadata"]),
+                occurred_at=parse_timestamp(raw["occurred_at"]),
+                recorded_at=parse_timestamp(raw["recorded_at"]),
+                position=position,
+            )
+        except KeyError as e:
+            raise ValidationError(f"event is missing the field {e.args[0]!r}") from e
+        except (TypeError, ValueError) as e:
+            raise ValidationError(f"event has a malformed field: {e}") from e
+
+
+_tuple_new: Final = tuple.__new__
+_item: Final = tuple.__getitem__
+# dataclasses.replace/fields/asdict read the fields from here (the NamedTuple is the source).
+Event.__dataclass_fields__ = vars(
+    make_dataclass(
+        "Event",
+        [
+            (name, _EventFields.__annotations__[name], field(default=_EventFields._field_defaults.get(name, MISSING)))
+            for name in _EventFields._fields
+        ],
+        frozen=True,
+    )
+)["__dataclass_fields__"]
+
+
+def check_append(stream_id: str, events: list[NewEvent] | tuple[NewEvent, ...]) -> None:
+    """The validation every ``EventStore.append`` runs before it writes anything."""
+    validate_stream_id(stream_id)
+    if not events:
+        raise ValidationError(f"stream {stream_id!r}: nothing to append")
+    seen: set[str] = set()
+    for event in events:
+        event.validate()
+        if event.id in seen:
+            raise ValidationError(f"stream {stream_id!r}: event id {event.id} appears twice in one append")
+        seen.add(event.id)

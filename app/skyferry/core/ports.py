@@ -1,0 +1,439 @@
+"""The four ports of skyferry and their exact semantics (ARCHITECTURE.md §3).
+
+Every adapter of a port passes ``tests/conformance``.  Optional abilities are separate
+protocols, and an adapter lists the ones it offers in ``features``; the conformance suite
+runs the optional cases for declared features only and checks that undeclared ones are
+really absent (calling them raises :class:`~skyferry.core.errors.NotSupported`).
+
+All ports are synchronous and thread-safe: one instance may be shared by the threads of
+a process.  Adapters translate their SDK's errors into :mod:`skyferry.core.errors`, chaining
+the original, and never swallow an error from a constructor.  Constructors do no I/O;
+``from_url`` parses a URL and may build (but not connect) a client.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from skyferry.core.errors import ConcurrencyError, ValidationError
+from skyferry.core.messages import Event, JSONObject, NewEvent
+
+# ---------------------------------------------------------------------------------------
+# Event store
+# ---------------------------------------------------------------------------------------
+
+
+class StreamState(enum.Enum):
+    """The symbolic values of ``expected_version``."""
+
+    ANY = "any"
+    """Append whatever the stream's version (still atomic, still idempotent by id)."""
+    NO_STREAM = "no_stream"
+    """The stream must not exist yet (same as the integer 0)."""
+
+
+ANY = StreamState.ANY
+NO_STREAM = StreamState.NO_STREAM
+ExpectedVersion = int | StreamState
+
+FEATURE_BULK_APPEND = "bulk_append"
+FEATURE_TEMPORAL = "temporal"
+FEATURE_TRANSACTIONS_ACROSS_STREAMS = "transactions_across_streams"
+EVENT_STORE_FEATURES = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append wrote: versions ``first_version..last_version`` of the stream.
+
+    ``idempotent`` is true when every event was already stored at those versions and the
+    call wrote nothing.
+    """
+
+    stream_id: str
+    first_version: int
+    last_version: int
+    idempotent: bool = False
+
+
+def expected_as_int(expected: ExpectedVersion) -> int | None:
+    """``expected_version`` as the version the stream must be at (``None`` for ANY)."""
+    if expected is ANY:
+        return None
+    if expected is NO_STREAM:
+        return 0
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+        raise ValueError(f"expected_version must be an int >= 0, NO_STREAM or ANY, not {expected!r}")
+    return expected
+
+
+def resolve_conflict(
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected: ExpectedVersion,
+    actual_version: int,
+    stored_versions: Mapping[str, int],
+) -> AppendResult:
+    """Decide an append that could not be applied as asked: idempotent success or conflict.
+
+    Adapters call this when the version check fails or an event id is already stored.
+    ``stored_versions`` maps those of the events' ids that the stream already holds to the
+    version each is stored at.  If every event is stored, contiguously, at exactly the
+    versions this append would have given it, the append is an idempotent success;
+    otherwise a :class:`ConcurrencyError` carrying ``actual_version`` is raised.
+    """
+    if stored_versions:
+        versions = [stored_versions.get(event.id) for event in events]
+        first = versions[0]
+        want_first = expected_as_int(expected)
+        contiguous = first is not None and all(v == first + i for i, v in enumerate(versions))
+        if contiguous and first is not None and (want_first is None or want_first + 1 == first):
+            return AppendResult(stream_id, first, first + len(events) - 1, idempotent=True)
+        clash = next(e for e in events if e.id in stored_versions)
+        raise ConcurrencyError(
+            stream_id,
+            expected.value if isinstance(expected, StreamState) else expected,
+            actual_version,
+            f"event id {clash.id} is already stored at version {stored_versions[clash.id]}",
+        )
+    raise ConcurrencyError(stream_id, expected.value if isinstance(expected, StreamState) else expected, actual_version)
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """Append-only, per-stream event storage with one global read order.
+
+    Guarantees every adapter keeps:
+
+    * ``append`` is atomic: all the events are stored, or none.
+    * Versions are 1-based and contiguous per stream.
+    * ``read_all`` is complete and stable: a reader tailing it while others append never
+      skips an event, and reading again from a position yields the same events in the
+      same order.  Each stream's events appear in version order.
+    * Events are validated (stream id, size limit, JSON objects) before anything is written.
+    """
+
+    url: str
+    """The store's URL with secrets removed (for reports and logs)."""
+    features: frozenset[str]
+    """The optional features this adapter offers (subset of ``EVENT_STORE_FEATURES``)."""
+
+    # An adapter whose atomic write has a hard cap (DynamoDB: 100 items per transaction)
+    # sets ``max_append_events``; a larger append raises ValidationError, writing nothing.
+    # Read it with :func:`append_limit` (absent means no cap).
+
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
+        """Append ``events`` to ``stream_id`` atomically.
+
+        ``expected_version`` is the stream's current version (an int), ``NO_STREAM`` (same
+        as 0) or ``ANY``.  A mismatch raises :class:`ConcurrencyError` with the actual
+        version.  Re-appending events whose ids are already stored at the same versions
+        writes nothing and succeeds (``idempotent=True``): this makes imports and retried
+        commands safe.  An id already stored at another version raises
+        :class:`ConcurrencyError`.  ``recorded_at`` is set to now for events that carry
+        none, and kept for those that do (imports).  Raises ``ValidationError`` or
+        ``EventTooLarge`` before writing anything, and ``TransientError`` when the
+        outcome is unknown after a retryable failure (retrying the same call is safe).
+        """
+        ...
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """The stream's events with ``from_version <= version <= to_version``.
+
+        Ascending by version, or descending when ``backwards`` (then the range is read
+        from ``to_version``, or the end, down to ``from_version``), at most ``limit``
+        events.  A stream that does not exist reads as an empty list.
+        """
+        ...
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's current version: its last event's version, or 0 if it does not exist."""
+        ...
+
+    def list_streams(self, prefix: str = "") -> Iterator[str]:
+        """The ids of every stream whose id starts with ``prefix``, in ascending order."""
+        ...
+
+    def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        """Up to ``limit`` events after position ``after`` (from the start when ``None``).
+
+        Events come in the store's global order, each with its ``position`` set; pass the
+        last one's position as ``after`` to read on.  An empty list means "caught up for
+        now", never "the end": more events may arrive.
+        """
+        ...
+
+    def last_position(self) -> str | None:
+        """The position of the last event ``read_all`` would return now (``None`` if empty)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads.  The instance is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class BulkAppendEventStore(EventStore, Protocol):
+    """Feature ``bulk_append``: the fastest write path, for imports and migrations."""
+
+    def bulk_append(self, events: Sequence[Event]) -> int:
+        """Store already-versioned events (from an export) atomically; return how many were new.
+
+        Each event keeps its ``id``, ``stream_id``, ``version`` and both timestamps.  For
+        each stream the events must continue it contiguously from its current version, or
+        be already stored with the same ids at the same versions (skipped, which makes an
+        interrupted import resumable).  Anything else raises :class:`ConcurrencyError`
+        naming the stream and version, and nothing of the call is stored.  The new events
+        take global positions in the order given (not grouped by stream), so ``read_all``
+        of the target follows the export's order: export -> import -> export is
+        byte-identical.
+        """
+        ...
+
+
+@runtime_checkable
+class TemporalEventStore(EventStore, Protocol):
+    """Feature ``temporal``: read a stream as it was at a moment, using an index."""
+
+    def read_stream_as_of(self, stream_id: str, as_of: datetime) -> list[Event]:
+        """The stream's events with ``recorded_at <= as_of``, ascending, without a full scan."""
+        ...
+
+
+@runtime_checkable
+class MultiStreamEventStore(EventStore, Protocol):
+    """Feature ``transactions_across_streams``: one atomic append over several streams."""
+
+    def append_many(self, batch: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
+        """Apply every ``(stream_id, events, expected_version)`` append, or none of them."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------
+# View store
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """A read-model document and its revision (1 after the first write, +1 per write)."""
+
+    value: JSONObject
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    """One document write in a view commit.
+
+    ``doc=None`` deletes the document.  ``expected_revision`` makes the write conditional:
+    ``None`` writes whatever is stored, ``0`` requires the document to be absent, ``n``
+    requires it at revision ``n``.
+    """
+
+    collection: str
+    key: str
+    doc: JSONObject | None
+    expected_revision: int | None = None
+
+
+@runtime_checkable
+class ViewStore(Protocol):
+    """Read models and projection checkpoints.
+
+    Guarantees every adapter keeps:
+
+    * ``commit`` writes all its document changes and the checkpoint atomically, or
+      nothing; a failed ``expected_revision`` raises :class:`ConcurrencyError` and
+      nothing of the commit is written.  This is what lets a projection apply each event
+      exactly once in effect.
+    * Collections are independent namespaces: blue/green rebuild writes a new collection
+      beside the live one, then the kernel switches an alias and drops the old one.
+    """
+
+    url: str
+    """The store's URL with secrets removed."""
+
+    def get(self, collection: str, key: str) -> Doc | None:
+        """The document at ``key``, or ``None``."""
+        ...
+
+    def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Doc]:
+        """The documents that exist among ``keys`` (batched where the store can)."""
+        ...
+
+    def query(
+        self,
+        collection: str,
+        *,
+        prefix: str = "",
+        where: tuple[str, str | int | bool] | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        """Documents whose key starts with ``prefix`` and, if given, whose top-level field
+        ``where[0]`` equals ``where[1]``; ascending by key, at most ``limit``."""
+        ...
+
+    def commit(self, projection: str, changes: Sequence[ViewChange], checkpoint: Mapping[str, str]) -> None:
+        """Write ``changes`` and set the projection's checkpoint entries, atomically."""
+        ...
+
+    def get_checkpoint(self, projection: str, key: str = "$all") -> str | None:
+        """The checkpoint value last committed for ``(projection, key)``, or ``None``."""
+        ...
+
+    def drop(self, collection: str) -> None:
+        """Delete every document of ``collection`` (idempotent)."""
+        ...
+
+    def drop_checkpoints(self, projection: str) -> None:
+        """Forget every checkpoint of ``projection`` (before a rebuild from the start)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------
+# Broker
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One broker message.
+
+    ``id`` is the deduplication id (the event id), ``key`` the ordering key (the stream
+    id).  ``body`` is the encoded event (event-carried state transfer) or a reference to
+    it (thin notification), see :mod:`skyferry.core.codec`.  ``attributes`` are small string
+    headers (type, version, mode).  ``delivery_attempt`` counts from 1 on delivery.
+    """
+
+    id: str
+    key: str
+    body: bytes
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    delivery_attempt: int = 1
+
+
+MessageHandler = Callable[[Message], None]
+
+
+class Subscription(Protocol):
+    """A running consumer; ``close`` stops it after in-flight messages settle."""
+
+    def close(self) -> None:
+        """Stop receiving; unacknowledged messages are redelivered later."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Publish events; deliver them to consumer groups.
+
+    Guarantees every adapter keeps:
+
+    * ``publish`` deduplicates by message id (within the broker's window) and keeps the
+      order of messages with the same key.
+    * Each group receives, at least once, every message published after the group was
+      first subscribed (or provisioned by the infrastructure).  Within a group, messages with
+      the same key are handled one at a time, in publish order; different keys may be
+      handled in parallel.  Several ``subscribe`` calls with one group are competing
+      consumers: each message goes to one of them.
+    * A message is acknowledged only after its handler returns.  A handler that raises
+      causes a redelivery after a backoff; after ``max_deliveries`` attempts the message
+      goes to the group's dead-letter queue (``dead_letters``) and the key moves on.
+    """
+
+    url: str
+    """The broker's URL with secrets removed."""
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` durably; returns once the broker has accepted all of them.
+
+        Raises ``TransientError`` if the broker is unreachable; publishing the same
+        messages again is safe (deduplication by id).
+        """
+        ...
+
+    def subscribe(self, group: str, handler: MessageHandler, *, max_deliveries: int = 5) -> Subscription:
+        """Start a consumer of ``group`` calling ``handler`` from a background thread."""
+        ...
+
+    def dead_letters(self, group: str, limit: int = 100) -> list[Message]:
+        """Messages dead-lettered for ``group`` (read without removing them)."""
+        ...
+
+    def close(self) -> None:
+        """Stop every subscription and release connections."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------
+# Archive
+# ---------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Archive(Protocol):
+    """A place where exports are written: a directory, a bucket, a container.
+
+    Object names are relative paths with ``/`` separators; an empty segment, ``.`` or
+    ``..``, a leading ``/`` or a backslash is a ``ValidationError`` on every adapter
+    (:func:`check_object_name`).  ``put`` is atomic: a reader
+    sees the whole object or none of it, so an interrupted export never leaves a torn
+    chunk.
+    """
+
+    url: str
+    """The archive's URL with secrets removed."""
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write the object ``name`` (replacing it) atomically."""
+        ...
+
+    def get(self, name: str) -> bytes:
+        """The object's bytes; raises :class:`~skyferry.core.errors.ObjectNotFound` if absent."""
+        ...
+
+    def exists(self, name: str) -> bool:
+        """Whether the object exists."""
+        ...
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names of the objects under ``prefix``, sorted."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Delete the object if it exists."""
+        ...
+
+
+def check_object_name(name: str) -> str:
+    """Return ``name`` if it is a valid archive object name, else raise ``ValidationError``."""
+    if not name or name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
+        raise ValidationError(f"archive object name {name!r} must be a relative path without '.', '..' or '//'")
+    return name
+
+
+def append_limit(store: EventStore) -> int | None:
+    """The most events one atomic ``append`` of ``store`` may carry (``None``: no cap)."""
+    limit = getattr(store, "max_append_events", None)
+    return int(limit) if limit is not None else None
+
+
+def features_of(adapter: Any) -> frozenset[str]:
+    """The declared optional features of an adapter (empty when it declares none)."""
+    return frozenset(getattr(adapter, "features", frozenset()))

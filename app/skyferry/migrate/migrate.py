@@ -1,0 +1,192 @@
+"""Migrate: copy one store into another, then (``--follow``) keep tailing it; cutover.
+
+The copy tails the source's ``read_all`` from the checkpoint kept in the target's view
+store, writes through :class:`~skyferry.migrate.writer.TargetWriter` (``bulk_append`` when the
+target has it) and commits the source position after each batch, so a killed migration
+resumes where it stopped.  With ``follow`` it keeps polling once caught up, reporting the
+lag; a cutover fences writes on the source, drains what is left, verifies, and reports.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from skyferry.core.messages import Event, utc_now
+from skyferry.core.ports import EventStore, ViewStore
+from skyferry.migrate import checkpoints
+from skyferry.migrate.fence import set_fence
+from skyferry.migrate.pipeline import ReadAhead
+from skyferry.migrate.progress import Progress
+from skyferry.migrate.sharding import Shard, owned
+from skyferry.migrate.transforms import Transformer
+from skyferry.migrate.verify import VerifyReport, verify_stores
+from skyferry.migrate.writer import TargetWriter
+
+READ_BATCH = 5000
+FIRST_BATCH = 1000
+"""The first read of a catch-up is smaller, so that the writer starts while the reader fetches more."""
+
+
+@dataclass(slots=True)
+class MigrateReport:
+    """What a migration did."""
+
+    source: str
+    target: str
+    events: int = 0
+    written: int = 0
+    skipped: int = 0
+    batches: int = 0
+    write_path: str = "append"
+    last_position: str | None = None
+    lag_seconds: float | None = None
+    caught_up: bool = False
+    fenced: bool = False
+    verify: VerifyReport | None = None
+    transform: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` summary."""
+        return {
+            "command": "migrate",
+            "source": self.source,
+            "target": self.target,
+            "events": self.events,
+            "written": self.written,
+            "skipped": self.skipped,
+            "write_path": self.write_path,
+            "last_position": self.last_position,
+            "caught_up": self.caught_up,
+            "lag_seconds": self.lag_seconds,
+            "fenced": self.fenced,
+            "verify": None if self.verify is None else self.verify.to_json(),
+            "transform": self.transform,
+        }
+
+
+class Migration:
+    """One store-to-store copy job; :meth:`copy_once` moves one batch."""
+
+    def __init__(
+        self,
+        source: EventStore,
+        target: EventStore,
+        target_views: ViewStore,
+        *,
+        shard: Shard | None = None,
+        transformer: Transformer | None = None,
+        batch: int = READ_BATCH,
+        progress: Progress | None = None,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.views = target_views
+        self.shard = shard
+        self.batch = batch
+        self.progress = progress
+        if transformer is not None and transformer.allow_count_change:
+            transformer = Transformer(transformer.spec, transformer.function, allow_count_change=True, target=target)
+        self.transformer = transformer
+        self.writer = TargetWriter(target)
+        self.key = checkpoints.job_key(
+            "migrate", source.url, None if shard is None else str(shard), transformer.spec if transformer else None
+        )
+        state = checkpoints.load(target_views, self.key) or {}
+        self.position: str | None = state.get("position")
+        self.report = MigrateReport(
+            source=source.url,
+            target=target.url,
+            write_path=self.writer.path,
+            last_position=self.position,
+            events=int(state.get("events", 0)),
+        )
+
+    def copy_once(self, batch: list[Event] | None = None, limit: int | None = None) -> int:
+        """Copy the next batch (read now, or given: read with ``limit``, default the batch size);
+        return how many source events it had (0: caught up)."""
+        limit = self.batch if limit is None else limit
+        if batch is None:
+            batch = self.source.read_all(after=self.position, limit=limit)
+        if not batch:
+            self.report.caught_up = True
+            self.report.lag_seconds = 0.0
+            return 0
+        mine = [event for event in batch if owned(self.shard, event.stream_id)]
+        if self.transformer is not None:
+            mine = self.transformer.apply(mine)
+        self.writer.write(mine)
+        self.position = batch[-1].position
+        self.report.events += len(batch)
+        self.report.batches += 1
+        self.report.last_position = self.position
+        self.report.written = self.writer.written
+        self.report.skipped = self.writer.skipped
+        state: dict[str, Any] = {"position": self.position, "events": self.report.events}
+        if self.transformer is not None:
+            state["transform"] = self.transformer.record()
+        checkpoints.save(self.views, self.key, state)
+        self.report.caught_up = len(batch) < limit
+        lag = 0.0 if self.report.caught_up else (utc_now() - batch[-1].recorded_at).total_seconds()
+        self.report.lag_seconds = max(lag, 0.0)
+        if self.progress is not None:
+            self.progress.advance(len(batch), lag=f"{self.report.lag_seconds:.1f}s")
+        return len(batch)
+
+    def _batches(self) -> Iterator[tuple[list[Event], int]]:
+        """Batches read ahead, each with the limit it was read with."""
+        position = self.position
+        limit = min(FIRST_BATCH, self.batch)
+        while batch := self.source.read_all(after=position, limit=limit):
+            yield batch, limit
+            position = batch[-1].position
+            if len(batch) < limit:
+                return
+            limit = self.batch
+
+    def catch_up(self) -> None:
+        """Copy until the source has nothing more (for now), reading one batch ahead."""
+        for batch, limit in ReadAhead(self._batches()):
+            self.copy_once(batch, limit)
+        while self.copy_once():
+            pass
+
+    def follow(self, stop: threading.Event, *, poll: float = 0.5) -> None:
+        """Catch up, then keep copying new events until ``stop`` is set."""
+        while not stop.is_set():
+            if not self.copy_once():
+                if self.progress is not None:
+                    self.progress.advance(0, lag="0.0s (caught up)")
+                stop.wait(poll)
+
+    def cutover(self, source_views: ViewStore, *, grace: float = 2.0) -> VerifyReport | None:
+        """Fence the source, drain until quiet for ``grace`` seconds, verify; return the verification.
+
+        With a transform the two histories differ on purpose, so nothing is verified
+        (``None``): verify the target against an export made with the same transform.
+        """
+        self.catch_up()
+        set_fence(source_views, f"migration cutover to {self.target.url}")
+        self.report.fenced = True
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < grace:
+            if self.copy_once():
+                quiet_since = time.monotonic()
+            else:
+                time.sleep(min(0.2, grace))
+        if self.transformer is not None:
+            return None
+        self.report.verify = verify_stores(self.source, self.target, shard=self.shard)
+        return self.report.verify
+
+    def finish(self) -> MigrateReport:
+        """The report, with the transform's counts."""
+        if self.transformer is not None:
+            self.report.transform = self.transformer.record()
+        if self.progress is not None:
+            self.progress.finish()
+        return self.report

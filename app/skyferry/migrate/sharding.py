@@ -1,0 +1,52 @@
+"""``--shard i/n``: split the work by stream, so that n processes move one store together.
+
+A stream belongs to shard ``int(sha256(stream id)[:8], 16) % n``: stable across runs,
+machines and Python versions (unlike ``hash()``).  Shards are numbered from 0, like the
+``JOB_COMPLETION_INDEX`` of a Kubernetes Indexed Job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from skyferry.core.errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` of ``count`` (``0 <= index < count``)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str | None) -> Shard | None:
+        """``"i/n"`` as a :class:`Shard`; ``None`` or ``"0/1"`` mean all streams (``None``)."""
+        if text is None:
+            return None
+        head, sep, tail = text.partition("/")
+        try:
+            index, count = int(head), int(tail)
+        except ValueError:
+            index, count = -1, 0
+        if not sep or count < 1 or not 0 <= index < count:
+            raise ConfigurationError(f"--shard {text!r}: expected i/n with 0 <= i < n, for example 0/4")
+        return None if count == 1 else cls(index, count)
+
+    def owns(self, stream_id: str) -> bool:
+        """Whether ``stream_id`` belongs to this shard."""
+        return shard_of(stream_id, self.count) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def shard_of(stream_id: str, count: int) -> int:
+    """The shard (0-based) that ``stream_id`` belongs to among ``count``."""
+    return int(hashlib.sha256(stream_id.encode()).hexdigest()[:8], 16) % count
+
+
+def owned(shard: Shard | None, stream_id: str) -> bool:
+    """Whether ``stream_id`` is in ``shard`` (every stream is when ``shard`` is ``None``)."""
+    return shard is None or shard.owns(stream_id)
