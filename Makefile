@@ -26,7 +26,7 @@ deps: uv ## everything the tests need: Python deps, npm emulators, helm and kube
 	npm ci --no-audit --no-fund --loglevel=error
 	$(UV) run python scripts/install-tools.py
 
-services: ## make sure PostgreSQL and a JetStream nats-server are up (see ARCHITECTURE.md §7)
+services: ## make sure PostgreSQL and a JetStream nats-server are up (scripts/ensure-services.sh)
 	@bash scripts/ensure-services.sh
 
 demo: deps-app ## the main job on the embedded default (SQLite + in-process broker)

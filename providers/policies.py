@@ -6,7 +6,7 @@ messages) registered for resource types with :func:`rule`; ``"*"`` applies to ev
 A target adds checks for its own types with the same decorator, in its ``platform.py`` or
 here (one place per rule keeps the rules comparable across clouds).
 
-Rules (issue 5, item 7):
+Rules:
 
 - ``encryption-cmk``: encryption at rest with a customer-managed key where the cloud offers it.
 - ``no-public-data-store``: no data store (database, bucket, queue) reachable from the internet.

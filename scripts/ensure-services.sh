@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure the services the integration tests use are up (ARCHITECTURE.md §7).
+# Make sure the services the integration tests use are up (`make services`, run by `make test`).
 # PostgreSQL: the machine's cluster on 127.0.0.1:5432, started if down.  When the tests
 #   cannot log in as postgres over TCP (a fresh Debian cluster wants a password), a local
 #   test role is created through the postgres OS user and its DSN written to

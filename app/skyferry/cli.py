@@ -1,6 +1,6 @@
 """The ``skyferry`` command (Typer): ``serve``, ``worker``, ``alive``, ``rebuild``, ``demo``, and the extensions.
 
-Exit codes (ARCHITECTURE.md §5): 0 ok, 1 a check failed, 2 bad input (a setting, a URL,
+Exit codes (docs/cli.md): 0 ok, 1 a check failed, 2 bad input (a setting, a URL,
 a corrupt or read-only file), 3 a transient failure (safe to run again).
 
 Extensions: other packages add commands by defining a ``typer.Typer()`` called ``app``

@@ -1,6 +1,6 @@
 """skyferry on Azure: the ``skyferry:azure:Platform`` component.
 
-What it declares (ARCHITECTURE.md §6, issue 8 item 4), every child with ``parent=self``:
+What it declares, every child with ``parent=self``:
 
 * a resource group and a Log Analytics workspace;
 * a VNet with a delegated /23 subnet for the Container Apps environment and a /24 for

@@ -1,4 +1,4 @@
-"""The Archive contract of ARCHITECTURE.md §3, run against every registered adapter."""
+"""The Archive contract of skyferry.core.ports, run against every registered adapter."""
 
 from __future__ import annotations
 

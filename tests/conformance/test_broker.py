@@ -1,4 +1,4 @@
-"""The Broker contract of ARCHITECTURE.md §3, run against every registered adapter.
+"""The Broker contract of skyferry.core.ports, run against every registered adapter.
 
 Groups are subscribed before publishing: a group receives what is published after it
 was first subscribed (or provisioned by the infrastructure).  Waits are bounded polls,

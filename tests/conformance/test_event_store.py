@@ -1,4 +1,4 @@
-"""The EventStore contract of ARCHITECTURE.md §3, run against every registered adapter."""
+"""The EventStore contract of skyferry.core.ports, run against every registered adapter."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HTTP API as a client drives it: commands, queries, and every bad input of issue 2.
+"""The HTTP API as a client drives it: commands, queries, and every bad input docs/api.md lists.
 
 Each bad input gets a clear error naming what is wrong, and nothing is stored: the
 event store's last position is the same before and after.

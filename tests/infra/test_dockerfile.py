@@ -129,15 +129,16 @@ def image_environ(venv: Path, home: Path, **extra: str) -> dict[str, str]:
 
 
 def test_the_image_environment_has_the_app_but_no_pulumi(image_env: Path, tmp_path: Path) -> None:
-    probe = (
-        "import importlib.util as u; "
-        "print(*(u.find_spec(name) is None for name in ('pulumi', 'providers', 'app')))"
-    )
+    probe = "import importlib.util as u; print(*(u.find_spec(name) is None for name in ('pulumi', 'providers', 'app')))"
     python = image_env / "bin" / "python"
     result = subprocess.run([str(python), "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "True", "True"], "the image holds only names skyferry owns"
     origin = subprocess.run(
-        [str(python), "-c", "import skyferry; print(skyferry.__file__)"], cwd=tmp_path, capture_output=True, text=True, check=True
+        [str(python), "-c", "import skyferry; print(skyferry.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert origin.startswith(str(image_env)), "the app must be installed into the image's environment"
 

@@ -1,4 +1,4 @@
-"""Bad input and faults for the Google adapters (issue 7): contention and unavailability are
+"""Bad input and faults for the Google adapters: contention and unavailability are
 retried then ``TransientError``; a missing project, topic, bucket or credentials is a
 ``ConfigurationError``; nothing is half-written.
 

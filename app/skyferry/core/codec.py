@@ -1,4 +1,4 @@
-"""Events as broker messages, in the two modes of ARCHITECTURE.md §3.
+"""Events as broker messages, in the two message modes of docs/kernel.md.
 
 * ``full`` (event-carried state transfer): the body is the whole envelope as JSON; a
   consumer needs nothing else.

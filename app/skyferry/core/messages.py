@@ -196,7 +196,7 @@ class _EventFields(NamedTuple):
 
 
 class Event(_EventFields):
-    """A stored event: the envelope of ARCHITECTURE.md §3.
+    """A stored event: the envelope (docs/kernel.md).
 
     ``position`` is the store's opaque, serializable global position, set on events
     returned by ``read_all`` (and ``None`` where the store did not compute it).

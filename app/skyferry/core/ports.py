@@ -1,4 +1,4 @@
-"""The four ports of skyferry and their exact semantics (ARCHITECTURE.md §3).
+"""The four ports of skyferry and their exact semantics (docs/kernel.md).
 
 Every adapter of a port passes ``tests/conformance``.  Optional abilities are separate
 protocols, and an adapter lists the ones it offers in ``features``; the conformance suite

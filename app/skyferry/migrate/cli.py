@@ -61,7 +61,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary inst
 
 
 def exit_code_of(error: BaseException) -> int:
-    """The exit code for an error (ARCHITECTURE.md §5)."""
+    """The exit code for an error (docs/cli.md)."""
     if isinstance(error, VerificationFailed | TargetConflict | ConcurrencyError):
         return EXIT_DIFFERENCE
     if isinstance(error, TransientError | OSError):

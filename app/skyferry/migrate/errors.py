@@ -1,4 +1,4 @@
-"""Errors of data portability, each mapped to one exit code of the CLI (ARCHITECTURE.md §5).
+"""Errors of data portability, each mapped to one exit code of the CLI (docs/cli.md).
 
 They subclass the kernel hierarchy of :mod:`skyferry.core.errors`, so callers that catch a
 ``SkyferryError`` keep working: bad archives are ``ValidationError`` (exit 2), a target
