@@ -36,7 +36,7 @@ lint: ## ruff
 	$(UV) run ruff check .
 	$(UV) run ruff format --check app providers stacks tests benchmarks
 
-typecheck: ## mypy (strict on app/skyferry/core)
+typecheck: ## mypy (strict)
 	$(UV) run mypy
 
 pytest: ## the test suite alone
