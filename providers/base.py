@@ -114,9 +114,9 @@ class CommonConfig(ConfigModel):
     memory_mib: int = Field(default=1024, ge=512, le=16384, description="memory per container, MiB")
     store: Literal["native", "postgres"] = Field(
         default="native",
-        description="event + view store: the target's native database, or PostgreSQL (ARCHITECTURE §6)",
+        description="event + view store: the target's native database, or PostgreSQL",
     )
-    broker: Literal["native"] = Field(default="native", description="the target's native broker (§6)")
+    broker: Literal["native"] = Field(default="native", description="the target's native broker")
     archive_retention_days: int = Field(default=365, ge=1, le=3650, description="days exports are kept")
     deletion_protection: bool = Field(default=True, description="protect the event store from deletion")
     database_password: SecretStr | None = Field(
@@ -142,8 +142,9 @@ class StandardOutputs:
 
     - ``target``: the target name (``aws`` …).
     - ``api_url``: base URL of the HTTP API (``https://…`` or ``http://`` in-cluster), no trailing slash.
-    - ``store_url``: the app's store URL (ARCHITECTURE §5 scheme); a secret output if it holds a credential.
-    - ``broker_url``: the app's broker URL (§5 scheme).
+    - ``store_url``: the app's store URL (a scheme of ``skyferry.adapters.registry``); a secret output
+      if it holds a credential.
+    - ``broker_url``: the app's broker URL (a scheme of ``skyferry.adapters.registry``).
     - ``archive_url``: where exports go (``s3://``, ``az://``, ``gs://`` or a ``file://`` path).
     - ``image``: the image reference the workloads run.
     """

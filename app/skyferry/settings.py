@@ -3,7 +3,7 @@
 =========================  ==========================  ===============================================
 variable                   default                     meaning
 =========================  ==========================  ===============================================
-SKYFERRY_STORE_URL         ``sqlite:///skyferry.db``   event store + view store (see ARCHITECTURE §5)
+SKYFERRY_STORE_URL         ``sqlite:///skyferry.db``   event store + view store (URLs: README.md)
 SKYFERRY_BROKER_URL        ``memory://``               broker
 SKYFERRY_ARCHIVE_URL       ``./exports``               where exports go by default
 SKYFERRY_API_TOKEN         (none; required by serve)   bearer token of every endpoint but health

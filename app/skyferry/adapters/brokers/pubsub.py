@@ -41,7 +41,7 @@ How the port's guarantees are kept
 * **Deduplication by id**: Pub/Sub has no publish-side deduplication.  Each broker
   instance remembers the last ``DEDUP_WINDOW`` message ids each group has settled and
   acks a repeat without calling the handler.  Across processes a duplicate can still reach
-  a handler; consumers absorb it with their checkpoints (ARCHITECTURE §3).
+  a handler; consumers absorb it with their checkpoints (docs/kernel.md).
 * **Competing consumers**: several ``subscribe`` calls with one group share one
   subscription (streaming pulls), so each message goes to one of them.
 
