@@ -24,10 +24,11 @@ import orjson
 
 from benchmarks.figures import Figure, compare
 from skyferry.adapters.stores.sqlite import SQLiteEventStore
+from skyferry.bootstrap import Ledger, bootstrap
 from skyferry.core.messages import Event, to_micros
 from skyferry.ledger import events as ev
-from skyferry.ledger.bootstrap import Ledger, bootstrap
 from skyferry.ledger.commands import Deposit, OpenAccount
+from skyferry.settings import Settings
 
 ACCOUNTS = 20
 _INSERT = (
@@ -72,7 +73,7 @@ def _raw_cycle(db: sqlite3.Connection, count: int, prefix: str) -> None:
 def bench_command_cycle(directory: Path, count: int, synchronous: str) -> Figure:
     """``Ledger.execute(Deposit)`` vs. the raw cycle, at ``synchronous``."""
     url = f"sqlite:///{directory}/cycle-{synchronous}.db?synchronous={synchronous}"
-    ledger = bootstrap(url, "memory://")
+    ledger = bootstrap(Settings(store_url=url, broker_url="memory://"))
     for n in range(ACCOUNTS):
         ledger.execute(OpenAccount(account_id=f"acc-{n}", owner="bench", currency="EUR"))
     commands = [Deposit(account_id=f"acc-{i % ACCOUNTS}", amount=Decimal("1.25"), currency="EUR") for i in range(count)]
@@ -124,7 +125,7 @@ def bench_rebuild(directory: Path, count: int) -> Figure:
     for start in range(0, len(events), 10_000):
         store.bulk_append(events[start : start + 10_000])
     store.close()
-    ledger: Ledger = bootstrap(url, "memory://")
+    ledger: Ledger = bootstrap(Settings(store_url=url, broker_url="memory://"))
     db = sqlite3.connect(directory / "rebuild.db", isolation_level=None)
 
     def raw() -> None:

@@ -44,11 +44,11 @@ from benchmarks.figures import Figure, compare
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.brokers.nats import NatsBroker
 from skyferry.adapters.stores.postgres import PostgresEventStore, PostgresViewStore
+from skyferry.bootstrap import Ledger
 from skyferry.core.codec import encode
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.relay import Relay
 from skyferry.ledger import commands as cmd
-from skyferry.ledger.bootstrap import Ledger
 
 _CACHED_DSN = Path(__file__).resolve().parents[1] / ".cache" / "postgres.dsn"
 DSN = os.environ.get("SKYFERRY_BENCH_POSTGRES_DSN") or (
@@ -115,7 +115,7 @@ def exported(count: int, streams: int) -> list[Event]:
 def bench_command_cycle(url: str, count: int) -> Figure:
     """``Ledger.execute(Deposit)`` vs. raw read-rows + insert + commit."""
     events, views = PostgresEventStore(url), PostgresViewStore(url)
-    ledger = Ledger.from_adapters(events, views, MemoryBroker())
+    ledger = Ledger(events, views, MemoryBroker())
     accounts = [f"acct-{i}" for i in range(20)]
     for account in accounts:
         ledger.execute(cmd.OpenAccount(account_id=account, owner="bench", currency="EUR"))
@@ -361,7 +361,7 @@ def bench_relay(url: str, count: int) -> Figure:
 def bench_latency(url: str, samples: int) -> list[Figure]:
     """Command accepted to balances view updated, with the worker running in a thread."""
     with nats_stream() as broker_url:
-        ledger = Ledger.from_adapters(PostgresEventStore(url), PostgresViewStore(url), NatsBroker(broker_url))
+        ledger = Ledger(PostgresEventStore(url), PostgresViewStore(url), NatsBroker(broker_url))
         ledger.execute(cmd.OpenAccount(account_id="lat-1", owner="bench", currency="EUR"))
         stop = threading.Event()
         worker = threading.Thread(target=ledger.run_worker, args=(stop,), kwargs={"poll_interval": 0.002})

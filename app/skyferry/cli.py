@@ -134,13 +134,13 @@ def serve(
     import uvicorn
 
     from skyferry.api.app import create_app
-    from skyferry.ledger.bootstrap import from_settings
+    from skyferry.bootstrap import bootstrap
 
     settings = _settings(store, broker, host=host, port=port)
     _configure_logging(settings)
     with translated_errors():
         settings.require_token()
-        ledger = from_settings(settings)
+        ledger = bootstrap(settings)
     stop = threading.Event()
     thread: threading.Thread | None = None
     try:
@@ -172,14 +172,14 @@ def worker(
     once: Annotated[bool, typer.Option("--once", help="One pass until caught up, then exit.")] = False,
 ) -> None:
     """Run the relay, the transfer process manager and the projections."""
-    from skyferry.ledger.bootstrap import from_settings
+    from skyferry.bootstrap import bootstrap
 
     settings = _settings(store, broker)
     _configure_logging(settings)
     with translated_errors():
         beat = _heartbeat(settings)
         beat()  # a fresh start: a file left by an earlier run of this container must not count
-        ledger = from_settings(settings)
+        ledger = bootstrap(settings)
         try:
             if once:
                 handled = ledger.run_worker_once()
@@ -220,11 +220,11 @@ def rebuild(
     json_output: JsonOpt = False,
 ) -> None:
     """Blue/green rebuild of a read model: build the next version beside the live one, switch, drop the old."""
-    from skyferry.ledger.bootstrap import from_settings
+    from skyferry.bootstrap import bootstrap
 
     settings = _settings(store, "memory://")
     with translated_errors():
-        ledger = from_settings(settings)
+        ledger = bootstrap(settings)
         try:
             report = ledger.rebuild(projection)
         finally:

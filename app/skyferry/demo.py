@@ -32,8 +32,8 @@ import uvicorn
 from pydantic import SecretStr
 
 from skyferry.api.app import create_app
+from skyferry.bootstrap import Ledger, bootstrap
 from skyferry.core.messages import format_timestamp, utc_now
-from skyferry.ledger.bootstrap import Ledger, from_settings
 from skyferry.settings import Settings
 
 CURRENCY = "EUR"
@@ -108,7 +108,7 @@ def run_demo(
     broker_url = broker or "memory://"
     token = secrets.token_urlsafe(24)
     settings = Settings(api_token=SecretStr(token), store_url=store_url, broker_url=broker_url)
-    ledger = from_settings(settings)
+    ledger = bootstrap(settings)
     checks = Checks(out)
     started = time.perf_counter()
     try:

@@ -30,6 +30,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from skyferry.core.errors import ConfigurationError
 
+ProjectionsFrom = Literal["store", "broker"]
+"""Where the worker's process manager and read models take events from: ``read_all``, or the broker."""
+
 
 class Settings(BaseSettings):
     """Runtime configuration, read from ``SKYFERRY_*`` environment variables (and keyword overrides)."""
@@ -46,7 +49,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     worker_interval: float = Field(default=0.2, gt=0)
-    projections_from: Literal["store", "broker"] = "store"
+    projections_from: ProjectionsFrom = "store"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     heartbeat_file: str | None = None
 

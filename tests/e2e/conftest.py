@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from skyferry.api.app import create_app
-from skyferry.ledger.bootstrap import Ledger, bootstrap
+from skyferry.bootstrap import Ledger, bootstrap
 from skyferry.settings import Settings
 
 TOKEN = "e2e-token-0123456789abcdef"
@@ -26,7 +26,7 @@ def store_url(tmp_path: Path) -> str:
 @pytest.fixture
 def ledger(store_url: str) -> Iterator[Ledger]:
     """The ledger on that file with a private in-process broker."""
-    opened = bootstrap(store_url, "memory://")
+    opened = bootstrap(Settings(store_url=store_url, broker_url="memory://"))
     try:
         yield opened
     finally:

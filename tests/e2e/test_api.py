@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from skyferry.ledger.bootstrap import Ledger
+from skyferry.bootstrap import Ledger
 from skyferry.migrate.fence import lift_fence, set_fence
 from tests.e2e.conftest import AUTH
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from skyferry.bootstrap import Ledger
 from skyferry.demo import run_demo
-from skyferry.ledger.bootstrap import Ledger
 
 
 def test_the_demo_passes_every_check_and_reports_them() -> None:

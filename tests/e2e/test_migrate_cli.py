@@ -221,11 +221,12 @@ def test_progress_is_drawn_on_a_terminal(tmp_path: Path, source: str) -> None:
 def test_a_migrated_ledger_never_repeats_a_side_effect(tmp_path: Path) -> None:
     from decimal import Decimal
 
-    from skyferry.ledger.bootstrap import bootstrap
+    from skyferry.bootstrap import bootstrap
     from skyferry.ledger.commands import Deposit, OpenAccount, TransferMoney
+    from skyferry.settings import Settings
 
     source, target = f"sqlite:///{tmp_path}/ledger.db", f"sqlite:///{tmp_path}/moved.db"
-    ledger = bootstrap(source)
+    ledger = bootstrap(Settings(store_url=source, broker_url="memory://"))
     try:
         for account in ("alice", "bob"):
             ledger.execute(OpenAccount(account_id=account, owner=account, currency="EUR"))
@@ -242,7 +243,7 @@ def test_a_migrated_ledger_never_repeats_a_side_effect(tmp_path: Path) -> None:
     finally:
         ledger.close()
     assert run("migrate", "--from", source, "--to", target).returncode == 0
-    moved = bootstrap(target)
+    moved = bootstrap(Settings(store_url=target, broker_url="memory://"))
     try:
         for _ in range(2):  # a second pass, as after a restart, changes nothing either
             while moved.run_worker_once():

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from skyferry.api.app import create_app
+from skyferry.bootstrap import bootstrap
 from skyferry.cli import cli, mount_extensions, run
-from skyferry.ledger.bootstrap import bootstrap
 from skyferry.settings import Settings
 from tests.e2e.conftest import AUTH, TOKEN
 
@@ -38,7 +38,7 @@ def corrupt(tmp_path: Path) -> Path:
 def read_only(tmp_path: Path) -> Iterator[Path]:
     """A valid ledger database holding one account, marked read-only."""
     path = tmp_path / "readonly.db"
-    ledger = bootstrap(f"sqlite:///{path}", "memory://")
+    ledger = bootstrap(Settings(store_url=f"sqlite:///{path}", broker_url="memory://"))
     with TestClient(create_app(Settings(api_token=SecretStr(TOKEN)), ledger), headers=AUTH) as client:
         assert client.post("/accounts", json={"account_id": "alice", "owner": "A", **EUR}).status_code == 201
     ledger.close()
@@ -53,7 +53,7 @@ def read_only(tmp_path: Path) -> Iterator[Path]:
 def test_the_api_names_the_file_and_stores_nothing(request: pytest.FixtureRequest, fixture: str) -> None:
     path: Path = request.getfixturevalue(fixture)
     before = _digest(path)
-    ledger = bootstrap(f"sqlite:///{path}", "memory://")
+    ledger = bootstrap(Settings(store_url=f"sqlite:///{path}", broker_url="memory://"))
     try:
         with TestClient(create_app(Settings(api_token=SecretStr(TOKEN)), ledger), headers=AUTH) as client:
             response = client.post("/accounts", json={"account_id": "bob", "owner": "B", **EUR})

@@ -197,8 +197,8 @@ def test_bad_config_names_the_key(run_config: Callable[..., Graph]) -> None:
 
 
 def test_default_consumer_groups_are_the_groups_the_ledger_subscribes(run_config: Callable[..., Graph]) -> None:
+    from skyferry.ledger.process import TransferProcess
     from skyferry.ledger.projections import ledger_projections
-    from skyferry.ledger.transfer import TransferProcess
 
     assert set(LEDGER_GROUPS) == {TransferProcess.name, *(p.name for p in ledger_projections())}
     graph = run_config(BASE, SECRETS)

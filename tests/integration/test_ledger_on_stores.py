@@ -16,13 +16,14 @@ import pytest
 
 from skyferry.adapters import registry
 from skyferry.adapters.brokers.memory import MemoryBroker
+from skyferry.bootstrap import Ledger
 from skyferry.core.application import SNAPSHOTS, Application
 from skyferry.core.codec import encode
 from skyferry.core.errors import ConcurrencyError
 from skyferry.core.projections import ProjectionConsumer, physical_collection
 from skyferry.ledger.account import Account
-from skyferry.ledger.bootstrap import Ledger, register_handlers
 from skyferry.ledger.commands import CloseAccount, Deposit, OpenAccount, TransferMoney, Withdraw
+from skyferry.ledger.handlers import register_handlers
 from skyferry.ledger.projections import BalancesProjection
 from tests import services
 

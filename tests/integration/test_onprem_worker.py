@@ -31,11 +31,12 @@ import pytest
 
 from skyferry.adapters.brokers.nats import NatsBroker
 from skyferry.adapters.stores.postgres import PostgresViewStore
+from skyferry.bootstrap import Ledger, bootstrap
 from skyferry.core.errors import TransientError
 from skyferry.core.projections import ProjectionConsumer, ReadModels
 from skyferry.ledger import commands as cmd
-from skyferry.ledger.bootstrap import Ledger, bootstrap
 from skyferry.ledger.projections import BalancesProjection
+from skyferry.settings import Settings
 from tests.services import nats as nats_service
 from tests.services import postgres
 
@@ -110,7 +111,7 @@ async def stream_message_count(server: str, stream: str) -> int:
 
 def test_the_worker_command_relays_to_jetstream_and_projects_from_postgres(store_url: str) -> None:
     with nats_service.fresh_stream() as broker_url:
-        ledger = bootstrap(store_url, broker_url)
+        ledger = bootstrap(Settings(store_url=store_url, broker_url=broker_url))
         try:
             a, b = open_accounts(ledger, 2)
             ledger.execute(
@@ -139,7 +140,7 @@ def test_broker_down_while_relaying_then_back_delivers_every_event_once_in_effec
 ) -> None:
     with nats_service.private_server() as server:
         broker_url = f"{server.url}/LEDGER?publish_timeout=2"
-        ledger = bootstrap(store_url, broker_url)
+        ledger = bootstrap(Settings(store_url=store_url, broker_url=broker_url))
         fed = BrokerFedBalances(ledger, broker_url, consumer_url)
         try:
             accounts = open_accounts(ledger, 3)
@@ -208,7 +209,7 @@ def test_relay_killed_mid_batch_then_restarted_loses_nothing_and_duplicates_are_
     store_url: str, consumer_url: str
 ) -> None:
     with nats_service.fresh_stream() as broker_url:
-        ledger = bootstrap(store_url, broker_url)
+        ledger = bootstrap(Settings(store_url=store_url, broker_url=broker_url))
         fed = BrokerFedBalances(ledger, broker_url, consumer_url)
         process: subprocess.Popen[bytes] | None = None
         try:
@@ -262,11 +263,12 @@ API_SCRIPT = textwrap.dedent(
     from decimal import Decimal
     from skyferry.core.errors import ConcurrencyError, DomainError
     from skyferry.ledger import commands as cmd
-    from skyferry.ledger.bootstrap import bootstrap
+    from skyferry.bootstrap import bootstrap
+    from skyferry.settings import Settings
 
     store_url, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     accounts = sys.argv[4].split(",")
-    ledger = bootstrap(store_url, "memory://")
+    ledger = bootstrap(Settings(store_url=store_url, broker_url="memory://"))
     rng = random.Random(seed)
     deposited = withdrawn = Decimal(0)
     conflicts = rejected = 0
@@ -299,7 +301,7 @@ API_SCRIPT = textwrap.dedent(
 def test_two_api_processes_on_the_same_accounts_write_each_version_once_and_conserve_money(
     store_url: str,
 ) -> None:
-    ledger = bootstrap(store_url, "memory://")
+    ledger = bootstrap(Settings(store_url=store_url, broker_url="memory://"))
     try:
         accounts = open_accounts(ledger, 4, deposit="50.00")
         before = sum(truth(ledger, accounts).values(), Decimal(0))

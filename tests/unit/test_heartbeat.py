@@ -12,12 +12,12 @@ import pytest
 from skyferry import heartbeat
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from skyferry.bootstrap import Ledger
 from skyferry.cli import run
 from skyferry.core.errors import ConfigurationError, TransientError
 from skyferry.core.messages import NewEvent
 from skyferry.core.ports import ANY
 from skyferry.heartbeat import Heartbeat, age_seconds
-from skyferry.ledger.bootstrap import Ledger
 
 
 def test_a_beat_creates_the_file_and_a_second_within_the_interval_touches_nothing(
@@ -51,7 +51,7 @@ def test_no_heartbeat_file_yet_is_transient() -> None:
 
 
 def _ledger() -> Ledger:
-    return Ledger.from_adapters(MemoryEventStore(), MemoryViewStore(), MemoryBroker())
+    return Ledger(MemoryEventStore(), MemoryViewStore(), MemoryBroker())
 
 
 def test_a_long_catch_up_beats_on_every_batch() -> None:

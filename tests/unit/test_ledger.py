@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+from skyferry.bootstrap import Ledger, bootstrap
 from skyferry.core.errors import ConfigurationError
 from skyferry.core.messages import Event
 from skyferry.core.projections import ViewBatch, checkpoint_name
-from skyferry.ledger.bootstrap import Ledger, bootstrap
 from skyferry.ledger.commands import CloseAccount, Deposit, OpenAccount, TransferMoney, Withdraw
 from skyferry.ledger.errors import (
     AccountAlreadyExists,
@@ -31,6 +31,7 @@ from skyferry.ledger.errors import (
     TransferAlreadyExists,
 )
 from skyferry.ledger.projections import BalancesProjection
+from skyferry.settings import Settings
 from tests.unit.kernel_fakes import FlakyBroker
 
 
@@ -216,7 +217,7 @@ def test_rebuild_yields_identical_views(ledger: Ledger) -> None:
 
 
 def test_bootstrap_wires_the_adapters_from_urls() -> None:
-    ledger = bootstrap("memory://", "memory://", snapshot_every=2, message_mode="thin")
+    ledger = bootstrap(Settings(store_url="memory://", broker_url="memory://", snapshot_every=2, message_mode="thin"))
     try:
         open_funded(ledger, "a", "5")
         assert ledger.run_worker_once() > 0
@@ -346,7 +347,11 @@ def _settle(ledger: Ledger, done: Callable[[], bool]) -> None:
 @pytest.mark.parametrize("mode", ["full", "thin"])
 def test_broker_fed_worker_runs_the_saga_and_the_read_models(mode: str) -> None:
     ledger = Ledger(
-        MemoryEventStore(), MemoryViewStore(), MemoryBroker(retry_backoff=0.01), message_mode=mode, consume="broker"
+        MemoryEventStore(),
+        MemoryViewStore(),
+        MemoryBroker(retry_backoff=0.01),
+        message_mode=mode,
+        projections_from="broker",
     )
     try:
         open_funded(ledger, "a", "100")
@@ -377,7 +382,7 @@ def test_broker_fed_worker_runs_the_saga_and_the_read_models(mode: str) -> None:
     finally:
         ledger.close()
     with pytest.raises(ConfigurationError):
-        Ledger(MemoryEventStore(), MemoryViewStore(), MemoryBroker(), consume="carrier pigeon")
+        Ledger(MemoryEventStore(), MemoryViewStore(), MemoryBroker(), projections_from="carrier pigeon")  # type: ignore[arg-type]
 
 
 def test_read_models_show_amounts_with_the_currency_decimals(ledger: Ledger) -> None:

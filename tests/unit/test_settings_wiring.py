@@ -1,11 +1,11 @@
-"""Settings reach the ledger through one wiring call (``from_settings``)."""
+"""Settings reach the ledger through the one composition root (``bootstrap``)."""
 
 from __future__ import annotations
 
 import pytest
 
+from skyferry.bootstrap import bootstrap
 from skyferry.core.errors import ConfigurationError
-from skyferry.ledger.bootstrap import from_settings
 from skyferry.settings import load_settings
 
 
@@ -14,9 +14,9 @@ def test_projections_source_and_message_mode_reach_the_ledger(source: str) -> No
     settings = load_settings(
         store_url="memory://", broker_url="memory://", projections_from=source, message_mode="thin"
     )
-    ledger = from_settings(settings)
+    ledger = bootstrap(settings)
     try:
-        assert ledger.consume == source
+        assert ledger.projections_from == source
         assert ledger.relay.mode == "thin"
         assert ledger.events.url.startswith("memory:")
     finally:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -35,10 +33,10 @@ from starlette.exceptions import HTTPException
 
 from skyferry.api.errors import RETRY_AFTER_SECONDS, install, problem
 from skyferry.api.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from skyferry.bootstrap import Ledger
 from skyferry.core.application import CommandResult
 from skyferry.core.errors import ValidationError
 from skyferry.ledger import commands as cmd
-from skyferry.ledger.bootstrap import Ledger, bootstrap
 from skyferry.migrate.fence import FENCE_COLLECTION, FENCE_KEY
 from skyferry.settings import Settings
 
@@ -105,14 +103,6 @@ def read_fence(ledger: Ledger) -> dict[str, Any] | None:
     return doc.value if doc is not None and doc.value.get("fenced") is True else None
 
 
-def the_ledger(request: Request) -> Ledger:
-    """The app's ledger (503 while the app is starting)."""
-    found: Ledger | None = getattr(request.app.state, "ledger", None)
-    if found is None:
-        raise HTTPException(503, "the application is starting", headers={"Retry-After": RETRY_AFTER_SECONDS})
-    return found
-
-
 _bearer = HTTPBearer(auto_error=False, description="SKYFERRY_API_TOKEN")
 
 
@@ -127,7 +117,6 @@ def authorized(request: Request, credentials: Annotated[HTTPAuthorizationCredent
         )
 
 
-LedgerDep = Annotated[Ledger, Depends(the_ledger)]
 Options = Annotated[WriteOptions, Depends()]
 
 
@@ -145,35 +134,18 @@ def _command_response(result: CommandResult, status: int) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
-    """The API over ``ledger`` (or one bootstrapped from ``settings`` at startup, closed at shutdown).
+def create_app(settings: Settings, ledger: Ledger) -> FastAPI:
+    """The API over ``ledger``, a bootstrapped application (:func:`skyferry.bootstrap.bootstrap`).
 
-    ``settings.api_token`` must be set (:meth:`Settings.require_token`).
+    The caller owns ``ledger`` (and closes it).  ``settings.api_token`` must be set
+    (:meth:`Settings.require_token`); ``settings.max_body_bytes`` bounds request bodies.
     """
     token = settings.require_token().encode()
     metrics = Metrics()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if ledger is not None:
-            yield
-            return
-        app.state.ledger = await run_in_threadpool(
-            bootstrap,
-            settings.store_url,
-            settings.broker_url,
-            snapshot_every=settings.snapshot_every,
-            message_mode=settings.message_mode,
-        )
-        try:
-            yield
-        finally:
-            app.state.ledger.close()
-            app.state.ledger = None
-
-    async def execute(lg: Ledger, command: cmd.Command, options: WriteOptions, status: int) -> JSONResponse:
+    async def execute(command: cmd.Command, options: WriteOptions, status: int) -> JSONResponse:
         name = type(command).__name__
-        fence = await run_in_threadpool(read_fence, lg)
+        fence = await run_in_threadpool(read_fence, ledger)
         if fence is not None:
             metrics.commands.labels(name, "fenced").inc()
             return problem(
@@ -185,7 +157,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             )
         try:
             result = await run_in_threadpool(
-                lg.execute,
+                ledger.execute,
                 command,
                 idempotency_key=options.idempotency_key,
                 expected_version=options.expected_version,
@@ -206,17 +178,17 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     }
 
     @api.post("/accounts", status_code=201, response_model=CommandOut, responses=command_responses)
-    async def open_account(body: cmd.OpenAccount, lg: LedgerDep, options: Options) -> JSONResponse:
+    async def open_account(body: cmd.OpenAccount, options: Options) -> JSONResponse:
         """Open an account."""
-        return await execute(lg, body, options, 201)
+        return await execute(body, options, 201)
 
     @api.post(
         "/accounts/{account_id}/deposits", status_code=201, response_model=CommandOut, responses=command_responses
     )
-    async def deposit(account_id: Id, body: Amount, lg: LedgerDep, options: Options) -> JSONResponse:
+    async def deposit(account_id: Id, body: Amount, options: Options) -> JSONResponse:
         """Deposit money."""
         command = cmd.Deposit(account_id=account_id, currency=body.currency, amount=body.amount)
-        return await execute(lg, command, options, 201)
+        return await execute(command, options, 201)
 
     @api.post(
         "/accounts/{account_id}/withdrawals",
@@ -224,20 +196,20 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         response_model=CommandOut,
         responses=command_responses,
     )
-    async def withdraw(account_id: Id, body: Amount, lg: LedgerDep, options: Options) -> JSONResponse:
+    async def withdraw(account_id: Id, body: Amount, options: Options) -> JSONResponse:
         """Withdraw money (never below zero)."""
         command = cmd.Withdraw(account_id=account_id, currency=body.currency, amount=body.amount)
-        return await execute(lg, command, options, 201)
+        return await execute(command, options, 201)
 
     @api.post("/accounts/{account_id}/close", status_code=201, response_model=CommandOut, responses=command_responses)
-    async def close_account(account_id: Id, lg: LedgerDep, options: Options) -> JSONResponse:
+    async def close_account(account_id: Id, options: Options) -> JSONResponse:
         """Close an account whose balance is zero."""
-        return await execute(lg, cmd.CloseAccount(account_id=account_id), options, 201)
+        return await execute(cmd.CloseAccount(account_id=account_id), options, 201)
 
     @api.post("/transfers", status_code=202, response_model=CommandOut, responses=command_responses)
-    async def transfer(body: cmd.TransferMoney, lg: LedgerDep, options: Options) -> JSONResponse:
+    async def transfer(body: cmd.TransferMoney, options: Options) -> JSONResponse:
         """Request a transfer; the worker debits, credits, or compensates (see GET /transfers/{id})."""
-        response = await execute(lg, body, options, 202)
+        response = await execute(body, options, 202)
         if response.status_code == 202:
             response.headers["Location"] = f"/transfers/{body.transfer_id}"
         return response
@@ -245,45 +217,41 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     @api.get("/accounts/{account_id}")
     async def account(
         account_id: Id,
-        lg: LedgerDep,
         as_of: Annotated[datetime | None, Query(description="RFC 3339 moment (with offset)")] = None,
         at_version: Annotated[int | None, Query(ge=1)] = None,
     ) -> dict[str, Any]:
         """The account from its events: now, as of a moment, or at a version (always current)."""
         if as_of is not None and as_of.tzinfo is None:
             raise ValidationError("as_of must carry a timezone, for example 2026-11-27T10:00:00Z")
-        return await run_in_threadpool(lg.account_state, account_id, as_of, at_version)
+        return await run_in_threadpool(ledger.account_state, account_id, as_of, at_version)
 
     @api.get("/accounts/{account_id}/balance")
     async def balance(
         account_id: Id,
-        lg: LedgerDep,
         as_of: Annotated[datetime | None, Query(description="RFC 3339 moment (with offset)")] = None,
     ) -> dict[str, Any]:
         """The balance from the read model, or as of a moment (from the events)."""
         if as_of is None:
-            return await run_in_threadpool(lg.balance, account_id)
+            return await run_in_threadpool(ledger.balance, account_id)
         if as_of.tzinfo is None:
             raise ValidationError("as_of must carry a timezone, for example 2026-11-27T10:00:00Z")
-        found = await run_in_threadpool(lg.account_state, account_id, as_of, None)
+        found = await run_in_threadpool(ledger.account_state, account_id, as_of, None)
         return {**found, "as_of": as_of.isoformat()}
 
     @api.get("/accounts/{account_id}/history")
-    async def history(
-        account_id: Id, lg: LedgerDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
-    ) -> list[dict[str, Any]]:
+    async def history(account_id: Id, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
         """The account's events, newest first (read model)."""
-        return await run_in_threadpool(lg.history, account_id, limit)
+        return await run_in_threadpool(ledger.history, account_id, limit)
 
     @api.get("/daily-totals/{day}")
-    async def daily_totals(day: date, lg: LedgerDep) -> list[dict[str, Any]]:
+    async def daily_totals(day: date) -> list[dict[str, Any]]:
         """Money in, money out and transfers of a day (UTC), per currency (read model)."""
-        return await run_in_threadpool(lg.daily_totals, day)
+        return await run_in_threadpool(ledger.daily_totals, day)
 
     @api.get("/transfers/{transfer_id}")
-    async def transfer_status(transfer_id: Id, lg: LedgerDep) -> dict[str, Any]:
+    async def transfer_status(transfer_id: Id) -> dict[str, Any]:
         """Where a transfer stands (read model)."""
-        return await run_in_threadpool(lg.transfer, transfer_id)
+        return await run_in_threadpool(ledger.transfer, transfer_id)
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
@@ -294,7 +262,6 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         title="skyferry",
         version="0.1.0",
         description="The skyferry ledger: an event-sourced CQRS application.",
-        lifespan=lifespan,
         # The spec is served by the authorized route below: only health answers without a token.
         openapi_url=None,
         docs_url=None,
@@ -314,19 +281,15 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     async def readyz() -> JSONResponse:
         """Readiness: the event store and the view store answer."""
-        found: Ledger | None = getattr(app.state, "ledger", None)
-        if found is None:
-            return JSONResponse({"status": "starting", "detail": ""}, status_code=503)
         try:
-            await run_in_threadpool(found.events.last_position)
-            await run_in_threadpool(read_fence, found)
+            await run_in_threadpool(ledger.events.last_position)
+            await run_in_threadpool(read_fence, ledger)
         except Exception as e:
             log.warning("not ready: %s", e)
             return JSONResponse({"status": "unavailable", "detail": str(e)}, status_code=503)
         return JSONResponse({"status": "ready", "detail": ""})
 
     app.state.token = token
-    app.state.ledger = ledger
     app.include_router(api)
     install(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

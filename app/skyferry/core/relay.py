@@ -10,15 +10,13 @@ duplicate that gets through.  Losing the relay process loses nothing for the sam
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Final
 
 from skyferry.core.codec import MessageMode, check_mode, encode
-from skyferry.core.errors import ConfigurationError, TransientError
+from skyferry.core.errors import ConfigurationError
 from skyferry.core.ports import Broker, EventStore, ViewStore
-
-log = logging.getLogger(__name__)
+from skyferry.core.worker import Task, Worker
 
 RELAY_CHECKPOINT: Final = "$relay"
 
@@ -80,15 +78,5 @@ class Relay:
 
     def run(self, stop: threading.Event, *, poll_interval: float = 0.2, max_backoff: float = 10.0) -> None:
         """Relay until ``stop`` is set: poll when idle, back off while the broker is unreachable."""
-        backoff = poll_interval
-        while not stop.is_set():
-            try:
-                relayed = self.run_once(max_batches=20)
-            except TransientError:
-                log.warning("relay %s: broker unreachable, retrying in %.1fs", self.name, backoff, exc_info=True)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, max_backoff)
-                continue
-            backoff = poll_interval
-            if not relayed:
-                stop.wait(poll_interval)
+        task = Task(f"relay {self.name}", lambda: self.run_once(max_batches=1))
+        Worker([task], name=task.name).run(stop, poll_interval=poll_interval, max_backoff=max_backoff)

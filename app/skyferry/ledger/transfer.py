@@ -1,4 +1,4 @@
-"""Transfers: the transfer aggregate and the process manager that orchestrates them.
+"""Transfers: the transfer aggregate and its decisions (the saga is run by :mod:`skyferry.ledger.process`).
 
 A transfer is a mediator-style saga over two accounts::
 
@@ -10,32 +10,16 @@ A transfer is a mediator-style saga over two accounts::
       process manager: CreditForTransfer(target)
         ok     -> CompleteTransfer -> TransferCompleted
         reject -> RefundTransfer(source), then FailTransfer(compensated=True) -> TransferFailed
-
-Every command the process manager sends carries an idempotency key derived from the id
-of the event that triggered it, so handling an event twice (a redelivery, a replay, an
-imported store) never moves money twice; and it acts only when the transfer is still in
-the state the event announced, so a stale event is ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from skyferry.core.aggregate import Aggregate, applies
-from skyferry.core.application import Application
-from skyferry.core.errors import DomainError, StreamNotFound
 from skyferry.core.messages import Event, JSONObject, NewEvent
-from skyferry.core.projections import Projection, ViewBatch
 from skyferry.ledger import events as ev
-from skyferry.ledger.commands import (
-    CompleteTransfer,
-    CreditForTransfer,
-    DebitForTransfer,
-    FailTransfer,
-    MarkTransferDebited,
-    RefundTransfer,
-    TransferMoney,
-)
+from skyferry.ledger.commands import CompleteTransfer, FailTransfer, MarkTransferDebited, TransferMoney
 from skyferry.ledger.errors import InvalidTransferState, TransferAlreadyExists, TransferNotFound
 
 STARTED = "started"
@@ -146,71 +130,3 @@ def fail_transfer(transfer: Transfer, command: FailTransfer) -> NewEvent:
 def transfer_id_of(command: Any) -> str:
     """The transfer a command acts on."""
     return str(command.transfer_id)
-
-
-class TransferProcess(Projection):
-    """The process manager, fed like a projection (from ``read_all`` or the broker).
-
-    It writes no view; its effects are idempotent commands on ``app``.
-    """
-
-    name: ClassVar[str] = "transfer-process"
-    handles: ClassVar[frozenset[str]] = frozenset({ev.TRANSFER_STARTED, ev.TRANSFER_DEBITED})
-    collections: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, app: Application) -> None:
-        self.app = app
-
-    def apply(self, event: Event, views: ViewBatch) -> None:
-        """React to one transfer event."""
-        self.handle(event)
-
-    def handle(self, event: Event) -> None:
-        """React to one transfer event (safe to call any number of times)."""
-        if event.type == ev.TRANSFER_STARTED:
-            self._debit(event)
-        elif event.type == ev.TRANSFER_DEBITED:
-            self._credit(event)
-
-    def _pending(self, event: Event, status: str) -> tuple[Transfer, dict[str, Any]] | None:
-        """The transfer if it is still ``status`` (else the event is stale), and its money fields."""
-        try:
-            transfer = self.app.load(Transfer, event.data["transfer_id"])
-        except StreamNotFound:
-            return None
-        if transfer.status != status:
-            return None
-        return transfer, {"amount": transfer.amount, "currency": transfer.currency, "transfer_id": transfer.id}
-
-    def _run(self, command: Any, step: str, trigger: Event) -> None:
-        metadata = {
-            "causation_id": trigger.id,
-            "correlation_id": trigger.metadata.get("correlation_id", trigger.id),
-            "actor": self.name,
-        }
-        self.app.execute(command, idempotency_key=f"{self.name}:{step}:{trigger.id}", metadata=metadata)
-
-    def _debit(self, event: Event) -> None:
-        pending = self._pending(event, STARTED)
-        if pending is None:
-            return
-        transfer, money = pending
-        try:
-            self._run(DebitForTransfer(account_id=transfer.from_account, **money), "debit", event)
-        except DomainError as e:
-            self._run(FailTransfer(transfer_id=transfer.id, reason=str(e), compensated=False), "fail", event)
-            return
-        self._run(MarkTransferDebited(transfer_id=transfer.id), "debited", event)
-
-    def _credit(self, event: Event) -> None:
-        pending = self._pending(event, DEBITED)
-        if pending is None:
-            return
-        transfer, money = pending
-        try:
-            self._run(CreditForTransfer(account_id=transfer.to_account, **money), "credit", event)
-        except DomainError as e:
-            self._run(RefundTransfer(account_id=transfer.from_account, **money), "refund", event)
-            self._run(FailTransfer(transfer_id=transfer.id, reason=str(e), compensated=True), "fail", event)
-            return
-        self._run(CompleteTransfer(transfer_id=transfer.id), "complete", event)

@@ -1,0 +1,232 @@
+"""The composition root: the only module that reads settings and opens adapters.
+
+:func:`bootstrap` opens the event store and the view store at ``settings.store_url`` and
+the broker at ``settings.broker_url`` through the adapter registry and wires a
+:class:`Ledger` on them: the one application object the API, the CLI and the demo use.
+Tests and benchmarks that open their own adapters hand them to :class:`Ledger` directly.
+
+What is wired where:
+
+* the command side: an :class:`~skyferry.core.application.Application` with the ledger's
+  handlers (:mod:`skyferry.ledger.handlers`);
+* the queries (:class:`~skyferry.ledger.queries.LedgerQueries`, which :class:`Ledger` is);
+* the worker (:class:`~skyferry.core.worker.Worker`): the relay, the transfer process
+  manager (:mod:`skyferry.ledger.process`) and the read models
+  (:mod:`skyferry.ledger.projections`), fed from the store or the broker as
+  ``projections_from`` says.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, get_args
+
+from skyferry.adapters import registry
+from skyferry.core.application import Application, CommandResult
+from skyferry.core.codec import decode
+from skyferry.core.errors import ConfigurationError
+from skyferry.core.ports import Broker, EventStore, Message, Subscription, ViewStore
+from skyferry.core.projections import (
+    Projection,
+    ProjectionConsumer,
+    ProjectionRunner,
+    ReadModels,
+    RebuildReport,
+    rebuild,
+)
+from skyferry.core.relay import Relay
+from skyferry.core.upcasting import Upcasters
+from skyferry.core.worker import Beat, Task, Worker
+from skyferry.ledger.handlers import register_handlers
+from skyferry.ledger.process import TransferProcess
+from skyferry.ledger.projections import ledger_projections
+from skyferry.ledger.queries import LedgerQueries
+from skyferry.settings import ProjectionsFrom, Settings
+
+EMBEDDED_SCHEMES = frozenset({"sqlite", "memory"})
+"""Store URL schemes where one process usually writes (``bootstrap`` turns fast-forward off)."""
+
+
+def _no_beat() -> None:
+    """No heartbeat."""
+
+
+class Ledger(LedgerQueries):
+    """The ledger application: commands in, read models out, and its worker.
+
+    Reads of the read models are eventually consistent: they reflect the events the
+    worker (:meth:`run_worker_once` / :meth:`run_worker`) has processed.
+    :meth:`account_state` reads the event store and is always current.
+    """
+
+    def __init__(
+        self,
+        events: EventStore,
+        views: ViewStore,
+        broker: Broker,
+        *,
+        snapshot_every: int = 100,
+        message_mode: str = "full",
+        upcasters: Upcasters | None = None,
+        batch_size: int = 1000,
+        fastforward: bool = True,
+        projections_from: ProjectionsFrom = "store",
+    ) -> None:
+        sources = get_args(ProjectionsFrom)
+        if projections_from not in sources:
+            raise ConfigurationError(f"projections_from must be one of {', '.join(sources)}, not {projections_from!r}")
+        self.projections_from = projections_from
+        self.events = events
+        self.views = views
+        self.broker = broker
+        self.upcasters = upcasters if upcasters is not None else Upcasters()
+        app = Application(
+            events, views, snapshot_every=snapshot_every, upcasters=self.upcasters, fastforward=fastforward
+        )
+        register_handlers(app)
+        super().__init__(ReadModels(views), app)
+        self.relay = Relay(events, views, broker, message_mode)
+        self.process = TransferProcess(app)
+        self.projections: dict[str, Projection] = {p.name: p for p in ledger_projections()}
+        self._runners = [
+            ProjectionRunner(events, views, p, upcasters=self.upcasters, batch_size=batch_size)
+            for p in [self.process, *self.projections.values()]
+        ]
+        self._subscriptions: list[Subscription] = []
+        tasks = [Task("relay", lambda: self.relay.run_once(max_batches=1))]
+        if projections_from == "store":
+            tasks += [Task(runner.projection.name, self._step_of(runner)) for runner in self._runners]
+        self.worker = Worker(tasks)
+        self._worker_lock = self.worker.lock
+
+    @staticmethod
+    def _step_of(runner: ProjectionRunner) -> Any:
+        return lambda: runner.run_once(max_events=runner.batch_size)
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def execute(
+        self,
+        command: Any,
+        idempotency_key: str | None = None,
+        expected_version: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> CommandResult:
+        """Handle a command (see :meth:`Application.execute` for every guarantee)."""
+        return self.app.execute(
+            command, idempotency_key=idempotency_key, expected_version=expected_version, metadata=metadata
+        )
+
+    # -- worker --------------------------------------------------------------------------------
+
+    def run_worker_once(self, beat: Beat = _no_beat) -> int:
+        """One worker pass; the number of events handled.
+
+        ``projections_from="store"``: relay, process manager and projections, each from
+        ``read_all``, until nothing is left.  ``projections_from="broker"``: make sure the
+        broker consumers run (:meth:`start_consumers`) and relay everything; read models
+        then update asynchronously, as the broker delivers.  Each step is one batch of
+        each, and ``beat`` is called before every step (see :mod:`skyferry.heartbeat`), so a
+        long catch-up beats too.
+        """
+        if self.projections_from == "broker":
+            self.start_consumers()
+        return self.worker.run_once(beat)
+
+    def run_worker(
+        self,
+        stop: threading.Event,
+        poll_interval: float = 0.2,
+        max_backoff: float = 10.0,
+        beat: Beat = _no_beat,
+    ) -> None:
+        """Run the worker until ``stop`` is set; back off and retry after a transient failure or a conflict.
+
+        ``beat`` is called on every pass and every batch, backing off included: it tells a
+        liveness probe that the loop has not hung (see :mod:`skyferry.heartbeat`).
+        """
+        if self.projections_from == "broker":
+            self.start_consumers()
+        self.worker.run(stop, poll_interval=poll_interval, max_backoff=max_backoff, beat=beat)
+
+    def rebuild(self, name: str) -> RebuildReport:
+        """Blue/green rebuild of the read model ``name``; ``ConfigurationError`` for an unknown name."""
+        projection = self.projections.get(name)
+        if projection is None:
+            known = ", ".join(sorted(self.projections))
+            raise ConfigurationError(f"unknown read model {name!r}; known: {known}")
+        with self._worker_lock:
+            return rebuild(
+                self.events,
+                self.views,
+                projection,
+                upcasters=self.upcasters,
+                stream_checkpoints=self.projections_from == "broker",
+            )
+
+    def outdated_read_models(self) -> list[str]:
+        """Read models whose live generation was built by another ``version`` of their projection."""
+        return [
+            name
+            for name, projection in sorted(self.projections.items())
+            if self.read_models.built_version(name) != projection.version
+        ]
+
+    def rebuild_outdated(self) -> list[RebuildReport]:
+        """Rebuild every outdated read model (after a deployment that bumped a projection's version)."""
+        return [self.rebuild(name) for name in self.outdated_read_models()]
+
+    def start_consumers(self) -> None:
+        """Subscribe the process manager and every projection to the broker (once).
+
+        Groups are named after the projections.  Projections dedupe with per-stream
+        checkpoints (:class:`~skyferry.core.projections.ProjectionConsumer`); the process
+        manager needs none (its commands are idempotent).
+        """
+        if self._subscriptions:
+            return
+        self._subscriptions.append(self.broker.subscribe(self.process.name, self._handle_process_message))
+        for projection in self.projections.values():
+            consumer = ProjectionConsumer(self.events, self.views, projection, upcasters=self.upcasters)
+            self._subscriptions.append(self.broker.subscribe(projection.name, consumer.handle))
+
+    def _handle_process_message(self, message: Message) -> None:
+        if message.attributes.get("type", "") not in ("", *self.process.handles):
+            return
+        self.process.handle(decode(message, self.events, self.upcasters))
+
+    def stop_consumers(self) -> None:
+        """Stop the broker consumers started by :meth:`start_consumers`."""
+        while self._subscriptions:
+            self._subscriptions.pop().close()
+
+    def close(self) -> None:
+        """Stop the consumers; close the broker and both stores."""
+        self.stop_consumers()
+        self.broker.close()
+        self.views.close()
+        self.events.close()
+
+
+def bootstrap(settings: Settings) -> Ledger:
+    """The ledger wired as ``settings`` say, on the adapters their URLs name.
+
+    Fast-forward (see :class:`~skyferry.core.application.Application`) is off for the
+    embedded stores (``sqlite://``, ``memory://``), where one process usually writes and
+    reading each stream's tail before deciding is wasted work, and on for shared
+    databases written by several replicas, where a cached state is often stale.  Both
+    are correct; only the cost differs.
+    """
+    fastforward = registry.scheme_of(settings.store_url) not in EMBEDDED_SCHEMES
+    events = registry.open_event_store(settings.store_url)
+    views = registry.open_view_store(settings.store_url)
+    broker = registry.open_broker(settings.broker_url)
+    return Ledger(
+        events,
+        views,
+        broker,
+        snapshot_every=settings.snapshot_every,
+        message_mode=settings.message_mode,
+        fastforward=fastforward,
+        projections_from=settings.projections_from,
+    )

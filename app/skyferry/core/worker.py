@@ -1,0 +1,122 @@
+"""The worker loop: the one loop that runs the relay, the process manager and the projections.
+
+A :class:`Worker` runs a list of :class:`Task` s.  A task's ``step`` handles one batch and
+returns how many events it handled (0: nothing to do).  :meth:`Worker.run_once` runs
+passes over every task until none has anything left; :meth:`Worker.run` runs until
+stopped, sleeping ``poll_interval`` when idle and backing off (doubling up to
+``max_backoff``) while a step fails with an error that retrying can cure
+(:class:`~skyferry.core.errors.TransientError`, or a
+:class:`~skyferry.core.errors.ConcurrencyError` that kept losing races).  Any other error
+ends :meth:`run`: it is not the kind a retry cures, and the process should say so.
+
+``beat`` is called before every step, a failing one too, and while backing off (see
+:mod:`skyferry.heartbeat`): a liveness probe then tells a hung worker from a busy or a
+waiting one.  An outage is logged once when it begins and once when it ends, not on
+every attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from skyferry.core.errors import ConcurrencyError, TransientError
+
+log = logging.getLogger(__name__)
+
+Beat = Callable[[], None]
+"""Called by the worker to say that it is making progress (or waiting on purpose)."""
+
+RETRYABLE: tuple[type[Exception], ...] = (TransientError, ConcurrencyError)
+"""Errors after which nothing was half-applied and the same step may simply run again."""
+
+
+def _no_beat() -> None:
+    """The beat of a worker that keeps no heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One thing the worker runs: ``step()`` handles one batch and returns how many events it handled."""
+
+    name: str
+    step: Callable[[], int]
+
+
+class Outage:
+    """Logs a failing loop once when it starts failing and once when it recovers."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failures = 0
+        self.since = 0.0
+
+    def failed(self, error: BaseException, retry_in: float) -> None:
+        """Record a failed attempt; log it if it begins an outage."""
+        if not self.failures:
+            self.since = time.monotonic()
+            log.warning("%s: failing (%s: %s); retrying with backoff", self.name, type(error).__name__, error)
+        else:
+            log.debug("%s: still failing, retrying in %.1fs", self.name, retry_in, exc_info=error)
+        self.failures += 1
+
+    def recovered(self) -> None:
+        """Record a success; log it if it ends an outage."""
+        if self.failures:
+            log.warning(
+                "%s: recovered after %d failed attempt(s) in %.1fs",
+                self.name,
+                self.failures,
+                time.monotonic() - self.since,
+            )
+            self.failures = 0
+
+
+class Worker:
+    """Runs ``tasks`` in passes (see the module docstring)."""
+
+    def __init__(self, tasks: Sequence[Task], *, name: str = "worker", lock: threading.Lock | None = None) -> None:
+        self.tasks = list(tasks)
+        self.name = name
+        self.lock = lock if lock is not None else threading.Lock()
+        """Held during each pass (:meth:`run_once`): whoever else takes it waits for a pass boundary."""
+
+    def run_once(self, beat: Beat = _no_beat) -> int:
+        """Passes over every task until none handled anything; the number of events handled.
+
+        A step's error propagates at once (the next pass starts again from the first task).
+        """
+        total = 0
+        with self.lock:
+            while True:
+                handled = 0
+                for task in self.tasks:
+                    beat()
+                    handled += task.step()
+                if not handled:
+                    return total
+                total += handled
+
+    def run(
+        self, stop: threading.Event, *, poll_interval: float = 0.2, max_backoff: float = 10.0, beat: Beat = _no_beat
+    ) -> None:
+        """Run passes until ``stop`` is set; back off while a retryable error lasts."""
+        outage = Outage(self.name)
+        backoff = poll_interval
+        while not stop.is_set():
+            try:
+                handled = self.run_once(beat)
+            except RETRYABLE as e:
+                # Nothing was half-applied (checkpoints did not move): wait, then run again.
+                outage.failed(e, backoff)
+                beat()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, max_backoff)
+                continue
+            outage.recovered()
+            backoff = poll_interval
+            if not handled:
+                stop.wait(poll_interval)
