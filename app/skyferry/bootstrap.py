@@ -93,9 +93,13 @@ class Ledger(LedgerQueries):
             for p in [self.process, *self.projections.values()]
         ]
         self._subscriptions: list[Subscription] = []
-        tasks = [Task("relay", lambda: self.relay.run_once(max_batches=1))]
         if projections_from == "store":
-            tasks += [Task(runner.projection.name, self._step_of(runner)) for runner in self._runners]
+            # Nobody reads the broker: publish nothing, keep the relay level with the process manager.
+            process_runner = self._runners[0]
+            tasks = [Task(runner.projection.name, self._step_of(runner)) for runner in self._runners]
+            tasks.append(Task("relay", lambda: self.relay.mark(process_runner.last_position)))
+        else:
+            tasks = [Task("relay", lambda: self.relay.run_once(max_batches=1))]
         self.worker = Worker(tasks)
         self._worker_lock = self.worker.lock
 
@@ -122,12 +126,15 @@ class Ledger(LedgerQueries):
     def run_worker_once(self, beat: Beat = _no_beat) -> int:
         """One worker pass; the number of events handled.
 
-        ``projections_from="store"``: relay, process manager and projections, each from
-        ``read_all``, until nothing is left.  ``projections_from="broker"``: make sure the
-        broker consumers run (:meth:`start_consumers`) and relay everything; read models
-        then update asynchronously, as the broker delivers.  Each step is one batch of
-        each, and ``beat`` is called before every step (see :mod:`skyferry.heartbeat`), so a
-        long catch-up beats too.
+        ``projections_from="store"``: the process manager and the projections, each from
+        ``read_all``, until nothing is left; nothing is published (nobody would read it),
+        the relay's checkpoint only follows the process manager.
+        ``projections_from="broker"``: make sure the broker consumers run
+        (:meth:`start_consumers`) and relay everything; read models then update
+        asynchronously, as the broker delivers.  Each step is one batch of each, and
+        ``beat`` is called before every step (see :mod:`skyferry.heartbeat`), so a long
+        catch-up beats too.  A step that fails does not hold up the others (see
+        :class:`~skyferry.core.worker.Worker`); its error is raised at the end.
         """
         if self.projections_from == "broker":
             self.start_consumers()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -16,8 +18,9 @@ from hypothesis import strategies as st
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.bootstrap import Ledger, bootstrap
-from skyferry.core.errors import ConfigurationError
+from skyferry.core.errors import ConfigurationError, TransientError
 from skyferry.core.messages import Event
+from skyferry.core.ports import Message
 from skyferry.core.projections import ViewBatch, checkpoint_name
 from skyferry.ledger.commands import CloseAccount, Deposit, OpenAccount, TransferMoney, Withdraw
 from skyferry.ledger.errors import (
@@ -217,15 +220,109 @@ def test_rebuild_yields_identical_views(ledger: Ledger) -> None:
 
 
 def test_bootstrap_wires_the_adapters_from_urls() -> None:
-    ledger = bootstrap(Settings(store_url="memory://", broker_url="memory://", snapshot_every=2, message_mode="thin"))
+    settings = Settings(store_url="memory://", broker_url="memory://", snapshot_every=2, message_mode="thin")
+    ledger = bootstrap(settings)
     try:
         open_funded(ledger, "a", "5")
         assert ledger.run_worker_once() > 0
         assert ledger.relay.mode == "thin"
-        assert ledger.relay.published == 2
         assert ledger.balance("a")["balance"] == "5.00"
     finally:
         ledger.close()
+
+
+def test_store_fed_worker_publishes_nothing_and_keeps_the_relay_level_with_the_process_manager() -> None:
+    broker = FlakyBroker(accept=0)  # any publish would raise
+    ledger = Ledger(MemoryEventStore(), MemoryViewStore(), broker)
+    open_funded(ledger, "a", "12")
+    ledger.execute(OpenAccount(account_id="b", owner="b", currency="EUR"))
+    ledger.execute(TransferMoney(transfer_id="t", from_account="a", to_account="b", amount="2", currency="EUR"))
+    while ledger.run_worker_once():
+        pass
+    assert ledger.transfer("t")["status"] == "completed"
+    assert (ledger.balance("a")["balance"], ledger.balance("b")["balance"]) == ("10.00", "2.00")
+    assert broker.accepted == []
+    assert ledger.relay.published == 0
+    assert ledger.relay.position() == ledger.events.last_position()
+
+
+class RefusingBroker(MemoryBroker):
+    """The in-process broker, refusing every publish while ``refusing`` is set (a full topic, a broker down)."""
+
+    def __init__(self) -> None:
+        super().__init__(retry_backoff=0.01)
+        self.refusing = threading.Event()
+        self.refused = 0
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        if self.refusing.is_set():
+            self.refused += 1
+            raise TransientError("broker refuses messages (test)")
+        super().publish(messages)
+
+
+def test_a_refusing_broker_delays_only_the_relay() -> None:
+    broker = RefusingBroker()
+    ledger = Ledger(MemoryEventStore(), MemoryViewStore(), broker, projections_from="broker")
+    try:
+        open_funded(ledger, "a", "100")
+        ledger.execute(OpenAccount(account_id="b", owner="b", currency="EUR"))
+        ledger.execute(TransferMoney(transfer_id="t", from_account="a", to_account="b", amount="30", currency="EUR"))
+        ledger.run_worker_once()  # relayed: the consumers take it from here
+        broker.refusing.set()
+        # The process manager, fed by the broker, debits; the relay cannot publish that.
+        _wait(lambda: ledger.account_state("a")["balance"] == "70.00")
+        with pytest.raises(TransientError):
+            ledger.run_worker_once()
+        assert broker.refused
+        assert ledger.transfer("t")["status"] == "started"  # delayed, not lost
+        broker.refusing.clear()
+        _settle(ledger, lambda: ledger.transfer("t")["status"] == "completed")
+        assert (ledger.balance("a")["balance"], ledger.balance("b")["balance"]) == ("70.00", "30.00")
+    finally:
+        ledger.close()
+
+
+def test_the_worker_loop_backs_off_the_failing_relay_while_the_consumers_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = RefusingBroker()
+    ledger = Ledger(MemoryEventStore(), MemoryViewStore(), broker, projections_from="broker")
+    open_funded(ledger, "a", "12")
+    ledger.run_worker_once()
+    broker.refusing.set()
+    ledger.execute(Deposit(account_id="a", amount="3", currency="EUR"))
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=ledger.run_worker, args=(stop,), kwargs={"poll_interval": 0.01, "max_backoff": 0.05}
+    )
+    with caplog.at_level(logging.INFO, logger="skyferry.core.worker"):
+        worker.start()
+        try:
+            _wait(lambda: broker.refused >= 5)
+            assert ledger.balance("a")["balance"] == "12.00"  # what was published is projected
+            broker.refusing.clear()
+            _wait(lambda: ledger.balance("a")["balance"] == "15.00")
+        finally:
+            stop.set()
+            worker.join(timeout=30)
+            ledger.close()
+    assert not worker.is_alive()
+    outage = [r.getMessage() for r in caplog.records if "relay" in r.getMessage()]
+    # one line when the outage began, one when it ended: not one per attempt
+    assert len(outage) == 2, outage
+    assert "failing (TransientError: broker refuses messages (test))" in outage[0]
+    assert "recovered after" in outage[1]
+
+
+def _wait(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(LedgerError):
+            if done():
+                return
+        time.sleep(0.01)
+    raise AssertionError("not done within 30 s")
 
 
 # -- money conservation -------------------------------------------------------------------------
@@ -300,34 +397,6 @@ def test_money_is_conserved_under_random_command_sequences(ops: list[tuple[int, 
     assert {a: Decimal(ledger.balance(a)["balance"]) for a in ACCOUNTS} == balances
     statuses = {doc["status"] for _, doc in ledger.read_models.query("transfers", "transfers")}
     assert statuses <= {"completed", "failed"}
-
-
-def test_the_worker_thread_backs_off_after_a_broker_failure_and_catches_up() -> None:
-    broker = FlakyBroker(accept=1)
-    ledger = Ledger(MemoryEventStore(), MemoryViewStore(), broker)
-    open_funded(ledger, "a", "12")
-    last = ledger.events.last_position()
-    stop = threading.Event()
-    worker = threading.Thread(target=ledger.run_worker, args=(stop,), kwargs={"poll_interval": 0.01})
-    worker.start()
-    try:
-        deadline = time.monotonic() + 30
-        while len(broker.accepted) < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        broker.accept = None  # the broker comes back
-        while time.monotonic() < deadline:
-            try:
-                if ledger.balance("a")["balance"] == "12.00" and ledger.relay.position() == last:
-                    break
-            except AccountNotFound:
-                pass
-            time.sleep(0.01)
-    finally:
-        stop.set()
-        worker.join(timeout=30)
-    assert not worker.is_alive()
-    assert ledger.balance("a")["balance"] == "12.00"
-    assert {m.id for m in broker.accepted} == {e.id for e in ledger.events.read_all()}
 
 
 def _settle(ledger: Ledger, done: Callable[[], bool]) -> None:

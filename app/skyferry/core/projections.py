@@ -253,6 +253,8 @@ class ProjectionRunner:
         self.max_conflicts = max_conflicts
         self.stream_checkpoints = stream_checkpoints
         self.docs_written = 0
+        self.last_position: str | None = None
+        """The position this runner last found committed or committed itself (``None``: not run yet)."""
         self._cache: dict[tuple[str, str], list[Any]] = {}
         self._cached_generation = 0
 
@@ -332,6 +334,7 @@ class ProjectionRunner:
             position = last
             fence += 1
             total += read
+        self.last_position = position
         return total
 
     def _start(self, name: str, fence_collection: str) -> tuple[str | None, int]:

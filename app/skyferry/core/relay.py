@@ -6,6 +6,11 @@ the broker accepted the whole batch.  If the broker fails mid-batch, the checkpo
 where it was and the whole batch is published again on the next pass: the broker
 deduplicates by message id (the event id) and consumers' checkpoints absorb any
 duplicate that gets through.  Losing the relay process loses nothing for the same reason.
+
+When nobody consumes from the broker (the read models and the process manager are fed from
+the store), the application does not publish at all: it only keeps the relay's checkpoint
+level with the process manager (:meth:`Relay.mark`), so that a later switch to broker-fed
+consumers publishes exactly what they have not handled yet.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Relay:
         self.batch_size = batch_size
         self.name = name
         self.published = 0
+        self._marked: str | None = None
 
     def position(self) -> str | None:
         """The position of the last event the broker accepted (``None``: nothing yet)."""
@@ -75,6 +81,17 @@ class Relay:
             total += len(batch)
             batches += 1
         return total
+
+    def mark(self, position: str | None) -> int:
+        """Move the checkpoint to ``position`` without publishing anything; returns 0 (events relayed).
+
+        Used while nothing reads the broker: the checkpoint then follows whoever handles the
+        events instead (``None``, nobody has yet, leaves it where it is).
+        """
+        if position is not None and position != self._marked:
+            self.views.commit(self.name, [], {"$all": position})
+            self._marked = position
+        return 0
 
     def run(self, stop: threading.Event, *, poll_interval: float = 0.2, max_backoff: float = 10.0) -> None:
         """Relay until ``stop`` is set: poll when idle, back off while the broker is unreachable."""

@@ -3,11 +3,12 @@
 A :class:`Worker` runs a list of :class:`Task` s.  A task's ``step`` handles one batch and
 returns how many events it handled (0: nothing to do).  :meth:`Worker.run_once` runs
 passes over every task until none has anything left; :meth:`Worker.run` runs until
-stopped, sleeping ``poll_interval`` when idle and backing off (doubling up to
-``max_backoff``) while a step fails with an error that retrying can cure
-(:class:`~skyferry.core.errors.TransientError`, or a
-:class:`~skyferry.core.errors.ConcurrencyError` that kept losing races).  Any other error
-ends :meth:`run`: it is not the kind a retry cures, and the process should say so.
+stopped, sleeping ``poll_interval`` when idle.  Tasks are isolated: a task whose step
+fails with an error that retrying can cure (:class:`~skyferry.core.errors.TransientError`,
+or a :class:`~skyferry.core.errors.ConcurrencyError` that kept losing races) backs off on
+its own, doubling up to ``max_backoff``, while the others carry on; so an unreachable
+broker delays the relay only.  Any other error ends :meth:`run`: it is not the kind a
+retry cures, and the process should say so.
 
 ``beat`` is called before every step, a failing one too, and while backing off (see
 :mod:`skyferry.heartbeat`): a liveness probe then tells a hung worker from a busy or a
@@ -75,48 +76,84 @@ class Outage:
             self.failures = 0
 
 
+@dataclass(slots=True)
+class _Schedule:
+    """Where one task stands in :meth:`Worker.run`: its outage and when it may run again."""
+
+    outage: Outage
+    backoff: float
+    not_before: float = 0.0
+
+
 class Worker:
-    """Runs ``tasks`` in passes (see the module docstring)."""
+    """Runs ``tasks`` in passes, each task isolated from the others' failures (see the module docstring)."""
 
     def __init__(self, tasks: Sequence[Task], *, name: str = "worker", lock: threading.Lock | None = None) -> None:
         self.tasks = list(tasks)
         self.name = name
         self.lock = lock if lock is not None else threading.Lock()
-        """Held during each pass (:meth:`run_once`): whoever else takes it waits for a pass boundary."""
+        """Held during each pass: whoever else takes it (a rebuild) waits for a pass boundary."""
 
     def run_once(self, beat: Beat = _no_beat) -> int:
         """Passes over every task until none handled anything; the number of events handled.
 
-        A step's error propagates at once (the next pass starts again from the first task).
+        A task whose step raises sits out the rest of the call while the others go on until
+        they are idle; then the first error is raised.  So a broker that refuses messages
+        holds up the relay, never the process manager or the read models.
         """
         total = 0
+        failed: dict[str, Exception] = {}
         with self.lock:
             while True:
                 handled = 0
                 for task in self.tasks:
+                    if task.name in failed:
+                        continue
                     beat()
-                    handled += task.step()
+                    try:
+                        handled += task.step()
+                    except Exception as e:
+                        failed[task.name] = e
                 if not handled:
-                    return total
+                    break
                 total += handled
+        for name, error in failed.items():
+            log.debug("%s: %s failed in this pass", self.name, name, exc_info=error)
+            raise error
+        return total
 
     def run(
         self, stop: threading.Event, *, poll_interval: float = 0.2, max_backoff: float = 10.0, beat: Beat = _no_beat
     ) -> None:
-        """Run passes until ``stop`` is set; back off while a retryable error lasts."""
-        outage = Outage(self.name)
-        backoff = poll_interval
+        """Run passes until ``stop`` is set.
+
+        Each task backs off on its own (``poll_interval`` doubling up to ``max_backoff``)
+        while its step fails with a retryable error, and the other tasks carry on.  Any
+        other error ends the loop: a retry would not cure it.  When every task is idle or
+        backing off, the loop sleeps ``poll_interval`` at most.
+        """
+        schedules = {task.name: _Schedule(Outage(f"{self.name}: {task.name}"), poll_interval) for task in self.tasks}
         while not stop.is_set():
-            try:
-                handled = self.run_once(beat)
-            except RETRYABLE as e:
-                # Nothing was half-applied (checkpoints did not move): wait, then run again.
-                outage.failed(e, backoff)
-                beat()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, max_backoff)
-                continue
-            outage.recovered()
-            backoff = poll_interval
+            handled = 0
+            with self.lock:
+                for task in self.tasks:
+                    schedule = schedules[task.name]
+                    if schedule.not_before > time.monotonic():
+                        continue
+                    beat()
+                    try:
+                        handled += task.step()
+                    except RETRYABLE as e:
+                        # Nothing was half-applied (checkpoints did not move): run it again later.
+                        schedule.outage.failed(e, schedule.backoff)
+                        schedule.not_before = time.monotonic() + schedule.backoff
+                        schedule.backoff = min(schedule.backoff * 2, max_backoff)
+                        continue
+                    schedule.outage.recovered()
+                    schedule.backoff = poll_interval
+                    schedule.not_before = 0.0
             if not handled:
-                stop.wait(poll_interval)
+                beat()
+                now = time.monotonic()
+                waits = [s.not_before - now for s in schedules.values() if s.not_before > now]
+                stop.wait(min([poll_interval, *waits]))
