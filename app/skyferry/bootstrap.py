@@ -19,24 +19,28 @@ What is wired where:
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, get_args
 
 from skyferry.adapters import registry
 from skyferry.core.application import Application, CommandResult
-from skyferry.core.codec import decode
 from skyferry.core.errors import ConfigurationError
-from skyferry.core.ports import Broker, EventStore, Message, Subscription, ViewStore
+from skyferry.core.messages import utc_now
+from skyferry.core.parking import DEFAULT_RETRY, ParkedEvents, RetryPolicy
+from skyferry.core.ports import Broker, EventStore, Subscription, ViewStore
 from skyferry.core.projections import (
     Projection,
     ProjectionConsumer,
     ProjectionRunner,
     ReadModels,
     RebuildReport,
+    checkpoint_name,
     rebuild,
 )
 from skyferry.core.relay import Relay
 from skyferry.core.upcasting import Upcasters
-from skyferry.core.worker import Beat, Task, Worker
+from skyferry.core.worker import Beat, Task, Worker, WorkerThread
 from skyferry.ledger.handlers import register_handlers
 from skyferry.ledger.process import TransferProcess
 from skyferry.ledger.projections import ledger_projections
@@ -49,6 +53,19 @@ EMBEDDED_SCHEMES = frozenset({"sqlite", "memory"})
 
 def _no_beat() -> None:
     """No heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStatus:
+    """How far one runner is behind and how many events it has parked (see :meth:`Ledger.runners`)."""
+
+    name: str
+    lag_seconds: float | None
+    parked: int
+
+    def to_dict(self) -> dict[str, object]:
+        """As JSON types."""
+        return {"name": self.name, "lag_seconds": self.lag_seconds, "parked": self.parked}
 
 
 class Ledger(LedgerQueries):
@@ -71,6 +88,7 @@ class Ledger(LedgerQueries):
         batch_size: int = 1000,
         fastforward: bool = True,
         projections_from: ProjectionsFrom = "store",
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         sources = get_args(ProjectionsFrom)
         if projections_from not in sources:
@@ -88,10 +106,14 @@ class Ledger(LedgerQueries):
         self.relay = Relay(events, views, broker, message_mode)
         self.process = TransferProcess(app)
         self.projections: dict[str, Projection] = {p.name: p for p in ledger_projections()}
+        self.retry = retry
         self._runners = [
-            ProjectionRunner(events, views, p, upcasters=self.upcasters, batch_size=batch_size)
+            ProjectionRunner(events, views, p, upcasters=self.upcasters, batch_size=batch_size, retry=retry)
             for p in [self.process, *self.projections.values()]
         ]
+        self.parked = ParkedEvents(events, views, {r.projection.name: r.reapply for r in self._runners})
+        """The events the runners and consumers parked (``skyferry parked``)."""
+        self.worker_thread: WorkerThread | None = None
         self._subscriptions: list[Subscription] = []
         if projections_from == "store":
             # Nobody reads the broker: publish nothing, keep the relay level with the process manager.
@@ -156,6 +178,41 @@ class Ledger(LedgerQueries):
             self.start_consumers()
         self.worker.run(stop, poll_interval=poll_interval, max_backoff=max_backoff, beat=beat)
 
+    def start_worker(self, stop: threading.Event, poll_interval: float = 0.2, beat: Beat = _no_beat) -> WorkerThread:
+        """Run the worker on a thread of this process (``serve --worker``), restarted whenever it dies.
+
+        :meth:`worker_status` (and so ``/readyz``) reports it down while it waits to restart.
+        """
+        self.worker_thread = WorkerThread(
+            lambda halt: self.run_worker(halt, poll_interval, beat=beat), stop, name="worker"
+        ).start()
+        return self.worker_thread
+
+    def worker_status(self) -> dict[str, object] | None:
+        """The in-process worker's state (``up``, ``restarts``, ``last_error``); ``None`` without one."""
+        return None if self.worker_thread is None else self.worker_thread.status()
+
+    def runners(self) -> list[RunnerStatus]:
+        """Each runner's lag and parked events, read from the stores (so from any process).
+
+        ``lag_seconds`` is the age of the oldest event the runner has not handled (0 when
+        caught up); it is ``None`` for broker consumers, whose backlog is the broker's.
+        """
+        parked = self.parked.counts()
+        now = utc_now()
+        found: list[RunnerStatus] = []
+        for runner in self._runners:
+            name = checkpoint_name(runner.projection.name, self.read_models.live_generation(runner.projection.name))
+            lag = self._lag(runner.committed_position(), now) if self.projections_from == "store" else None
+            found.append(RunnerStatus(runner.projection.name, lag, parked.get(name, 0)))
+        if self.projections_from == "broker":
+            found.append(RunnerStatus("relay", self._lag(self.relay.position(), now), 0))
+        return found
+
+    def _lag(self, position: str | None, now: datetime) -> float:
+        waiting = self.events.read_all(after=position, limit=1)
+        return max(0.0, (now - waiting[0].recorded_at).total_seconds()) if waiting else 0.0
+
     def rebuild(self, name: str) -> RebuildReport:
         """Blue/green rebuild of the read model ``name``; ``ConfigurationError`` for an unknown name."""
         projection = self.projections.get(name)
@@ -188,19 +245,30 @@ class Ledger(LedgerQueries):
 
         Groups are named after the projections.  Projections dedupe with per-stream
         checkpoints (:class:`~skyferry.core.projections.ProjectionConsumer`); the process
-        manager needs none (its commands are idempotent).
+        manager needs none (its commands are idempotent).  Each consumer parks an event it
+        keeps failing on at the ``retry.attempts``-th delivery; the broker's dead letters
+        (one delivery later) only catch what could not even be parked.
         """
         if self._subscriptions:
             return
-        self._subscriptions.append(self.broker.subscribe(self.process.name, self._handle_process_message))
+        deliveries = self.retry.attempts + 1
+        process = ProjectionConsumer(
+            self.events,
+            self.views,
+            self.process,
+            upcasters=self.upcasters,
+            generation=1,
+            stream_checkpoints=False,
+            retry=self.retry,
+        )
+        self._subscriptions.append(self.broker.subscribe(self.process.name, process.handle, max_deliveries=deliveries))
         for projection in self.projections.values():
-            consumer = ProjectionConsumer(self.events, self.views, projection, upcasters=self.upcasters)
-            self._subscriptions.append(self.broker.subscribe(projection.name, consumer.handle))
-
-    def _handle_process_message(self, message: Message) -> None:
-        if message.attributes.get("type", "") not in ("", *self.process.handles):
-            return
-        self.process.handle(decode(message, self.events, self.upcasters))
+            consumer = ProjectionConsumer(
+                self.events, self.views, projection, upcasters=self.upcasters, retry=self.retry
+            )
+            self._subscriptions.append(
+                self.broker.subscribe(projection.name, consumer.handle, max_deliveries=deliveries)
+            )
 
     def stop_consumers(self) -> None:
         """Stop the broker consumers started by :meth:`start_consumers`."""

@@ -1,4 +1,4 @@
-"""The ``skyferry`` command (Typer): ``serve``, ``worker``, ``alive``, ``rebuild``, ``demo``, and the extensions.
+"""The ``skyferry`` command (Typer): ``serve``, ``worker``, ``alive``, ``rebuild``, ``parked``, ``demo``, extensions.
 
 Exit codes (docs/cli.md): 0 ok, 1 a check failed, 2 bad input (a setting, a URL,
 a corrupt or read-only file), 3 a transient failure (safe to run again).
@@ -31,6 +31,7 @@ from skyferry.core.errors import (
     TransientError,
     ValidationError,
 )
+from skyferry.core.worker import WorkerThread
 from skyferry.runtime import tune_process
 from skyferry.settings import Settings, load_settings
 
@@ -142,21 +143,14 @@ def serve(
         settings.require_token()
         ledger = bootstrap(settings)
     stop = threading.Event()
-    thread: threading.Thread | None = None
+    thread: WorkerThread | None = None
     try:
         with translated_errors():
             ledger.events.last_position()  # fail fast on a corrupt, read-only or unreachable store
             ledger.views.get_checkpoint("$startup-check")
         app = create_app(settings, ledger)
         if worker if worker is not None else settings.broker_url.startswith("memory:"):
-            thread = threading.Thread(
-                target=ledger.run_worker,
-                args=(stop, settings.worker_interval),
-                kwargs={"beat": _heartbeat(settings)},
-                name="worker",
-                daemon=True,
-            )
-            thread.start()
+            thread = ledger.start_worker(stop, settings.worker_interval, beat=_heartbeat(settings))
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     finally:
         stop.set()
@@ -237,6 +231,77 @@ def rebuild(
         f"{report.events:,} events, {report.documents:,} documents, {report.seconds:.2f} s "
         f"({report.events_per_second:,.0f} events/s)"
     )
+
+
+parked_cli = typer.Typer(
+    help="Events a handler kept failing on (parked): list them, retry them after a fix, or skip them.",
+    no_args_is_help=True,
+)
+cli.add_typer(parked_cli, name="parked")
+KeysArg = Annotated[list[str], typer.Argument(help="Keys of parked events, as `skyferry parked list` shows them.")]
+
+
+@parked_cli.command("list")
+def parked_list(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
+    """List the parked events, oldest first: which runner, which event, the error."""
+    from skyferry.bootstrap import bootstrap
+
+    with translated_errors():
+        ledger = bootstrap(_settings(store, "memory://"))
+        try:
+            found = ledger.parked.list()
+        finally:
+            ledger.close()
+    if json_output:
+        typer.echo(orjson.dumps([parked.to_dict() for parked in found]).decode())
+        return
+    for parked in found:
+        typer.echo(
+            f"{parked.key}  {parked.stream_id} v{parked.version} {parked.type}  "
+            f"parked {parked.parked_at} after {parked.attempts} attempt(s): {parked.error}"
+        )
+    typer.echo(f"{len(found)} parked event(s)")
+
+
+@parked_cli.command("retry")
+def parked_retry(keys: KeysArg, store: StoreOpt = None, json_output: JsonOpt = False) -> None:
+    """Apply parked events again, one by one (after a fix is deployed); exit 1 if any fails again."""
+    from skyferry.bootstrap import bootstrap
+
+    outcomes: dict[str, Any] = {}
+    with translated_errors():
+        ledger = bootstrap(_settings(store, "memory://"))
+        try:
+            for key in keys:
+                again = ledger.parked.retry(key)
+                outcomes[key] = None if again is None else again.error
+        finally:
+            ledger.close()
+    if json_output:
+        typer.echo(orjson.dumps([{"key": k, "applied": e is None, "error": e} for k, e in outcomes.items()]).decode())
+    else:
+        for key, error in outcomes.items():
+            typer.echo(f"{key}: applied" if error is None else f"{key}: failed again, still parked: {error}")
+    if any(error is not None for error in outcomes.values()):
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@parked_cli.command("skip")
+def parked_skip(keys: KeysArg, store: StoreOpt = None, json_output: JsonOpt = False) -> None:
+    """Release parked events without applying them (the runner never will)."""
+    from skyferry.bootstrap import bootstrap
+
+    with translated_errors():
+        ledger = bootstrap(_settings(store, "memory://"))
+        try:
+            skipped = [ledger.parked.skip(key) for key in keys]
+        finally:
+            ledger.close()
+    if json_output:
+        typer.echo(orjson.dumps([parked.to_dict() for parked in skipped]).decode())
+        return
+    for parked in skipped:
+        typer.echo(f"{parked.key}: skipped")
 
 
 @cli.command()

@@ -6,6 +6,7 @@ event store's last position is the same before and after.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from skyferry.bootstrap import Ledger
+from skyferry.core.errors import TransientError
+from skyferry.core.messages import Event
+from skyferry.core.projections import ViewBatch
 from skyferry.migrate.fence import lift_fence, set_fence
 from tests.e2e.conftest import AUTH
 
@@ -314,3 +318,67 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
     ):
         assert path in spec["paths"], path
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
+
+
+# --- readiness, runners, parked events ----------------------------------------------------------
+
+
+def test_readyz_without_the_token_never_shows_the_store_error(
+    client: TestClient, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = 'connection to server at "db.internal" (10.0.0.5), port 5432 failed: schema "tenant_a"'
+
+    def unreachable() -> str | None:
+        raise TransientError(secret)
+
+    monkeypatch.setattr(ledger.events, "last_position", unreachable)
+    anonymous = client.get("/readyz", headers={"Authorization": ""})
+    assert anonymous.status_code == 503
+    assert anonymous.json() == {"status": "unavailable", "detail": ""}
+    assert "db.internal" not in anonymous.text
+    detailed = client.get("/readyz", headers=AUTH)
+    assert detailed.status_code == 503
+    assert secret in detailed.json()["detail"]
+
+
+def test_readyz_with_the_token_and_metrics_show_each_runners_lag_and_parked_events(
+    client: TestClient, ledger: Ledger, alice: str
+) -> None:
+    before = {r["name"]: r for r in client.get("/readyz", headers=AUTH).json()["runners"]}
+    assert set(before) == {"transfer-process", "balances", "history", "daily_totals", "transfers"}
+    assert before["balances"]["lag_seconds"] > 0  # alice's events wait for the worker
+    assert client.get("/readyz", headers={"Authorization": ""}).json() == {"status": "ready", "detail": ""}
+    projection = ledger.projections["history"]
+    healthy = projection.apply
+
+    def failing(event: Event, views: ViewBatch) -> None:
+        if event.type == "MoneyDeposited":
+            raise ValueError("history cannot take deposits today")
+        healthy(event, views)
+
+    projection.apply = failing  # type: ignore[method-assign]
+    ledger.run_worker_once()  # tries the deposit 4 times in 1.4 s, parks it, goes on
+    after = {r["name"]: r for r in client.get("/readyz", headers=AUTH).json()["runners"]}
+    assert {name: (r["lag_seconds"], r["parked"]) for name, r in after.items()} == {
+        "transfer-process": (0.0, 0),
+        "balances": (0.0, 0),
+        "history": (0.0, 1),
+        "daily_totals": (0.0, 0),
+        "transfers": (0.0, 0),
+    }
+    text = client.get("/metrics").text
+    assert 'skyferry_parked_events{runner="history"} 1.0' in text
+    assert 'skyferry_runner_lag_seconds{runner="balances"} 0.0' in text
+
+
+def test_readyz_fails_while_the_in_process_worker_is_down(client: TestClient, ledger: Ledger) -> None:
+    stop = threading.Event()
+    stop.set()  # the worker thread ends at once: gone, which readiness must say
+    thread = ledger.start_worker(stop)
+    thread.join(timeout=30)
+    response = client.get("/readyz", headers=AUTH)
+    assert response.status_code == 503
+    assert "the worker is down" in response.json()["detail"]
+    assert response.json()["worker"]["up"] is False
+    assert client.get("/readyz", headers={"Authorization": ""}).json() == {"status": "unavailable", "detail": ""}
+    assert "skyferry_worker_up 0.0" in client.get("/metrics").text

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from skyferry.core.aggregate import Aggregate, applies
-from skyferry.core.errors import DomainError, TransientError
+from skyferry.core.errors import DomainError, TransientError, ValidationError
 from skyferry.core.messages import Event, JSONObject, NewEvent
 from skyferry.core.ports import ANY, AppendResult, ExpectedVersion, Message, ViewChange
 from skyferry.core.projections import Projection, ViewBatch
@@ -73,12 +73,15 @@ class CountingProjection(Projection):
     handles: ClassVar[frozenset[str]] = frozenset({"Added"})
     collections: ClassVar[tuple[str, ...]] = ("counts",)
 
-    def __init__(self, fail_on: Callable[[Event], bool] | None = None) -> None:
+    def __init__(
+        self, fail_on: Callable[[Event], bool] | None = None, fail_with: type[Exception] = RuntimeError
+    ) -> None:
         self.fail_on = fail_on
+        self.fail_with = fail_with
 
     def apply(self, event: Event, views: ViewBatch) -> None:
         if self.fail_on is not None and self.fail_on(event):
-            raise RuntimeError(f"projection crashed on {event.id}")
+            raise self.fail_with(f"projection crashed on {event.id}")
         doc = views.get("counts", event.stream_id) or {"events": 0, "sum": 0}
         doc["events"] += 1
         doc["sum"] += event.data["amount"]
@@ -141,6 +144,21 @@ class FailingCommitViews(Delegate):
         if self.fail_times > 0:
             self.fail_times -= 1
             raise TransientError("view store connection dropped during commit")
+        self.inner.commit(projection, changes, checkpoint)
+
+
+class RefusingViews(Delegate):
+    """A view store that refuses any commit writing a document whose key holds ``marker`` (as
+    PostgreSQL's jsonb refuses a NUL character), with an error that is not transient.  Pick a
+    marker that is not hexadecimal, so that no event id (in a parked record's key) holds it."""
+
+    def __init__(self, inner: Any, marker: str) -> None:
+        super().__init__(inner)
+        self.marker = marker
+
+    def commit(self, projection: str, changes: Sequence[ViewChange], checkpoint: dict[str, str]) -> None:
+        if any(change.doc is not None and self.marker in change.key for change in changes):
+            raise ValidationError(f"the store cannot hold a document with {self.marker!r}")
         self.inner.commit(projection, changes, checkpoint)
 
 

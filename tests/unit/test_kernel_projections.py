@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import pytest
@@ -10,9 +11,10 @@ import pytest
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.core.codec import decode, encode
-from skyferry.core.errors import ConcurrencyError, StreamNotFound, TransientError, ValidationError
+from skyferry.core.errors import ConcurrencyError, StreamNotFound, TooManyParked, TransientError, ValidationError
 from skyferry.core.messages import Event, NewEvent
-from skyferry.core.ports import Message
+from skyferry.core.parking import ParkedEvents, RetryPolicy, parked_in
+from skyferry.core.ports import ANY, Message
 from skyferry.core.projections import (
     ALIASES,
     Projection,
@@ -23,10 +25,13 @@ from skyferry.core.projections import (
     checkpoint_name,
     physical_collection,
     rebuild,
+    stream_checkpoint_collection,
 )
 from skyferry.core.relay import Relay
 from skyferry.core.upcasting import Upcasters
-from tests.unit.kernel_fakes import CountingProjection, FailingCommitViews, FlakyBroker
+from tests.unit.kernel_fakes import CountingProjection, FailingCommitViews, FlakyBroker, RefusingViews
+
+NO_WAIT = RetryPolicy(sleep=lambda _: None)
 
 
 def fill(events: MemoryEventStore, streams: int = 5, per_stream: int = 20) -> int:
@@ -86,19 +91,164 @@ def test_a_failed_commit_leaves_views_and_checkpoint_untouched_and_the_rerun_is_
     assert counts(views) == expected
 
 
-def test_a_crash_inside_a_batch_commits_nothing_of_that_batch() -> None:
+def test_a_transient_failure_inside_a_batch_commits_nothing_of_that_batch_and_parks_nothing() -> None:
     events, views = MemoryEventStore(), MemoryViewStore()
     fill(events)
     expected = clean_counts(events)
     crash = {"on": True}
-    projection = CountingProjection(fail_on=lambda e: crash["on"] and e.data["amount"] == 77)
-    with pytest.raises(RuntimeError):
-        ProjectionRunner(events, views, projection, batch_size=40).run_once()
+    projection = CountingProjection(fail_on=lambda e: crash["on"] and e.data["amount"] == 77, fail_with=TransientError)
+    with pytest.raises(TransientError):
+        ProjectionRunner(events, views, projection, batch_size=40, retry=NO_WAIT).run_once()
     partial = counts(views)
     assert partial["$total"]["events"] < 100
+    assert parked_in(views) == []  # an unreachable store is not the event's fault
     crash["on"] = False
     ProjectionRunner(events, views, projection, batch_size=40).run_once()
     assert counts(views) == expected
+
+
+# -- poison isolation: retry, park, go on --------------------------------------------------------
+
+
+def _without(expected: dict[str, dict[str, int]], event: Event) -> dict[str, dict[str, int]]:
+    """``expected`` counts minus one ``Added`` event."""
+    less = {key: dict(doc) for key, doc in expected.items()}
+    for key in (event.stream_id, "$total"):
+        less[key]["events"] -= 1
+        less[key]["sum"] -= event.data["amount"]
+    return less
+
+
+def test_an_event_the_handler_keeps_failing_on_is_retried_then_parked_and_the_runner_goes_on() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    expected = clean_counts(events)
+    poison = next(e for e in events.read_all() if e.data.get("amount") == 77)
+    waits: list[float] = []
+    policy = RetryPolicy(sleep=waits.append)
+    projection = CountingProjection(fail_on=lambda e: e.id == poison.id)
+    runner = ProjectionRunner(events, views, projection, batch_size=40, retry=policy)
+    assert runner.run_once() == 120
+    assert waits == [0.2, 0.4, 0.8]  # 4 attempts, backing off
+    assert counts(views) == _without(expected, poison)
+    assert views.get_checkpoint("counting_g1") == events.last_position()
+    [parked] = parked_in(views)
+    assert (parked.key, parked.runner, parked.projection, parked.generation) == (
+        f"counting_g1/{poison.id}",
+        "counting_g1",
+        "counting",
+        1,
+    )
+    assert (parked.event_id, parked.stream_id, parked.version, parked.type) == (
+        poison.id,
+        poison.stream_id,
+        poison.version,
+        "Added",
+    )
+    assert parked.error == f"RuntimeError: projection crashed on {poison.id}"
+    assert parked.attempts == 4
+    assert runner.parked == 1
+    # Later events keep coming through.
+    events.append("counter-0", [NewEvent("Added", {"amount": 1000}, schema_version=2)], ANY)
+    assert runner.run_once() == 1
+    assert counts(views)["$total"]["sum"] == expected["$total"]["sum"] - 77 + 1000
+
+
+def test_a_document_the_store_refuses_parks_its_event_and_the_rest_is_stored() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=3, per_stream=5)
+    events.append("counter-poison", [NewEvent("Added", {"amount": 5}, schema_version=2)], ANY)
+    fill_more = [NewEvent("Added", {"amount": 1}, schema_version=2) for _ in range(3)]
+    events.append("counter-0", fill_more, ANY)
+    refusing = RefusingViews(views, marker="poison")
+    runner = ProjectionRunner(events, refusing, CountingProjection(), batch_size=100, retry=NO_WAIT)  # type: ignore[arg-type]
+    runner.run_once()
+    [parked] = parked_in(views)
+    assert parked.stream_id == "counter-poison"
+    assert parked.error.startswith("ValidationError: the store cannot hold")
+    result = counts(views)
+    assert "counter-poison" not in result
+    assert result["counter-0"]["events"] == 5 + 3
+    assert views.get_checkpoint("counting_g1") == events.last_position()
+
+
+def test_a_parked_event_is_retried_after_a_fix_or_skipped_by_the_operator() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    expected = clean_counts(events)
+    broken = {"on": True}
+    projection = CountingProjection(fail_on=lambda e: broken["on"] and e.data["amount"] in (77, 78))
+    runner = ProjectionRunner(events, views, projection, retry=NO_WAIT)
+    runner.run_once()
+    operator = ParkedEvents(events, views, {"counting": runner.reapply})
+    first, second = operator.list()
+    assert operator.counts() == {"counting_g1": 2}
+    again = operator.retry(first.key)  # not fixed yet: still parked, one more attempt recorded
+    assert again is not None
+    assert again.attempts == first.attempts + 1
+    broken["on"] = False  # the fix is deployed
+    assert operator.retry(first.key) is None
+    assert operator.skip(second.key).event_id == second.event_id
+    assert operator.list() == []
+    skipped = next(e for e in events.read_all() if e.id == second.event_id)
+    assert counts(views) == _without(expected, skipped)
+    with pytest.raises(ValidationError, match="no parked event"):
+        operator.retry(first.key)
+
+
+def test_a_runner_failing_on_event_after_event_stops_instead_of_parking_the_log() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    policy = RetryPolicy(max_parked=3, sleep=lambda _: None)
+    runner = ProjectionRunner(events, views, CountingProjection(fail_on=lambda e: True), retry=policy)
+    with pytest.raises(TooManyParked, match="3 events are parked already"):
+        runner.run_once()
+    assert len(parked_in(views)) == 3
+
+
+def test_a_rebuild_forgets_the_parked_events_of_the_generation_it_replaces() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    poison = next(e for e in events.read_all() if e.data.get("amount") == 77)
+    ProjectionRunner(events, views, CountingProjection(fail_on=lambda e: e.id == poison.id), retry=NO_WAIT).run_once()
+    assert [p.runner for p in parked_in(views)] == ["counting_g1"]
+    rebuild(events, views, CountingProjection())  # the fixed code
+    assert parked_in(views) == []
+    assert counts(views, 2) == clean_counts(events)
+
+
+@pytest.mark.parametrize("stream_checkpoints", [True, False])
+def test_a_consumer_parks_on_the_last_delivery_and_the_stream_goes_on(stream_checkpoints: bool) -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=1, per_stream=3)
+    first, poison, third = [encode(e) for e in events.read_stream("counter-0")]
+    consumer = ProjectionConsumer(
+        events,
+        views,
+        CountingProjection(fail_on=lambda e: e.id == poison.id),
+        stream_checkpoints=stream_checkpoints,
+        retry=NO_WAIT,
+    )
+    consumer.handle(first)
+    for attempt in range(1, NO_WAIT.attempts):
+        with pytest.raises(RuntimeError):
+            consumer.handle(replace(poison, delivery_attempt=attempt))  # the broker redelivers
+        assert parked_in(views) == []
+    consumer.handle(replace(poison, delivery_attempt=NO_WAIT.attempts))  # parked, acknowledged
+    [parked] = parked_in(views)
+    assert (parked.event_id, parked.version, parked.attempts) == (poison.id, 2, NO_WAIT.attempts)
+    consumer.handle(third)
+    assert counts(views)["counter-0"]["events"] == 2
+    if stream_checkpoints:  # the parked event is not fetched again to fill a gap
+        assert views.get(stream_checkpoint_collection("counting", 1), "counter-0").value["version"] == 3
+
+
+def test_a_message_that_cannot_be_decoded_is_parked_as_it_came() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    garbage = Message("m-1", "counter-9", b"not json", {"type": "Added", "version": "4"}, delivery_attempt=4)
+    ProjectionConsumer(events, views, CountingProjection(), retry=NO_WAIT).handle(garbage)
+    [parked] = parked_in(views)
+    assert (parked.event_id, parked.stream_id, parked.version, parked.type) == ("m-1", "counter-9", 4, "Added")
 
 
 def test_two_runners_of_one_projection_never_double_apply() -> None:

@@ -20,8 +20,10 @@ from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.bootstrap import Ledger, bootstrap
 from skyferry.core.errors import ConfigurationError, TransientError
 from skyferry.core.messages import Event
+from skyferry.core.parking import RetryPolicy
 from skyferry.core.ports import Message
 from skyferry.core.projections import ViewBatch, checkpoint_name
+from skyferry.core.worker import Task
 from skyferry.ledger.commands import CloseAccount, Deposit, OpenAccount, TransferMoney, Withdraw
 from skyferry.ledger.errors import (
     AccountAlreadyExists,
@@ -487,3 +489,130 @@ def test_a_new_projection_version_marks_its_read_model_outdated_until_rebuilt(le
     assert ledger.outdated_read_models() == []
     balance = ledger.balance("a")
     assert (balance["schema"], balance["balance"]) == (2, "8.00")
+
+
+# -- poison isolation ---------------------------------------------------------------------------
+
+NO_WAIT = RetryPolicy(sleep=lambda _: None)
+
+
+def poison_balances(ledger: Ledger, owner: str = "poison") -> None:
+    """Make the balances projection fail, deterministically, on every event of accounts owned by ``owner``."""
+    projection = ledger.projections["balances"]
+    healthy = projection.apply
+    poisoned: set[str] = set()
+
+    def apply(event: Event, views: ViewBatch) -> None:
+        if event.data.get("owner") == owner:
+            poisoned.add(event.data["account_id"])
+        if event.data.get("account_id") in poisoned:
+            raise KeyError(f"balances cannot take {event.data['account_id']}")
+        healthy(event, views)
+
+    projection.apply = apply  # type: ignore[method-assign]
+
+
+def test_one_poisoned_event_is_parked_and_every_read_model_keeps_going() -> None:
+    ledger = Ledger(MemoryEventStore(), MemoryViewStore(), MemoryBroker(), retry=NO_WAIT)
+    poison_balances(ledger)
+    open_funded(ledger, "before", "10")
+    ledger.execute(OpenAccount(account_id="p", owner="poison", currency="EUR"))
+    open_funded(ledger, "after", "20")
+    assert ledger.run_worker_once() > 0  # no error: the pass goes on past the poisoned event
+    assert ledger.balance("before")["balance"] == "10.00"
+    assert ledger.balance("after")["balance"] == "20.00"
+    with pytest.raises(AccountNotFound):
+        ledger.balance("p")
+    assert [entry["type"] for entry in ledger.history("p")] == ["AccountOpened"]  # other read models took it
+    [parked] = ledger.parked.list()
+    assert (parked.runner, parked.stream_id, parked.type) == ("balances_g1", "account-p", "AccountOpened")
+    assert "KeyError" in parked.error
+    assert {r.name: r.parked for r in ledger.runners()}["balances"] == 1
+    assert all(r.lag_seconds == 0 for r in ledger.runners())
+    ledger.close()
+
+
+def test_a_poisoned_transfer_event_parks_in_the_process_manager_and_other_transfers_complete() -> None:
+    ledger = Ledger(MemoryEventStore(), MemoryViewStore(), MemoryBroker(), retry=NO_WAIT)
+    open_funded(ledger, "a", "100")
+    ledger.execute(OpenAccount(account_id="b", owner="b", currency="EUR"))
+    handle = ledger.process.handle
+
+    def failing(event: Event) -> None:
+        if event.data["transfer_id"] == "bad":
+            raise RuntimeError("the process manager cannot take this one")
+        handle(event)
+
+    ledger.process.handle = failing  # type: ignore[method-assign]
+    for transfer_id in ("t1", "bad", "t2"):
+        ledger.execute(
+            TransferMoney(transfer_id=transfer_id, from_account="a", to_account="b", amount="5", currency="EUR")
+        )
+    while ledger.run_worker_once():
+        pass
+    assert [ledger.transfer(t)["status"] for t in ("t1", "bad", "t2")] == ["completed", "started", "completed"]
+    [parked] = ledger.parked.list()
+    assert parked.runner == "transfer-process_g1"
+    ledger.process.handle = handle  # type: ignore[method-assign]  # the fix is deployed
+    assert ledger.parked.retry(parked.key) is None
+    while ledger.run_worker_once():
+        pass
+    assert ledger.transfer("bad")["status"] == "completed"
+    assert ledger.balance("a")["balance"] == "85.00"
+    assert all(check["conserved"] for check in ledger.money_check().values())
+    ledger.close()
+
+
+def test_broker_fed_consumers_park_a_poisoned_event_and_keep_consuming() -> None:
+    broker = MemoryBroker(retry_backoff=0.01)
+    ledger = Ledger(MemoryEventStore(), MemoryViewStore(), broker, projections_from="broker", retry=NO_WAIT)
+    poison_balances(ledger)
+    try:
+        open_funded(ledger, "before", "10")
+        ledger.execute(OpenAccount(account_id="p", owner="poison", currency="EUR"))
+        open_funded(ledger, "after", "20")
+        _settle(ledger, lambda: ledger.balance("after")["balance"] == "20.00" and len(ledger.parked.list()) == 1)
+        assert ledger.balance("before")["balance"] == "10.00"
+        assert broker.dead_letters("balances") == []
+        [parked] = ledger.parked.list()
+        assert (parked.runner, parked.stream_id, parked.attempts) == ("balances_g1", "account-p", NO_WAIT.attempts)
+    finally:
+        ledger.close()
+
+
+class _AnyText(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = str.__hash__
+
+
+ANY_TEXT = _AnyText()
+
+
+def test_the_serve_worker_thread_is_restarted_when_it_dies_and_says_so_meanwhile() -> None:
+    ledger = Ledger(MemoryEventStore(), MemoryViewStore(), MemoryBroker())
+    deaths = {"left": 1}
+    first = ledger.worker.tasks[0]
+
+    def dying() -> int:
+        if deaths["left"]:
+            deaths["left"] -= 1
+            raise ConfigurationError("the store went read-only (test)")
+        return first.step()
+
+    ledger.worker.tasks[0] = Task(first.name, dying)
+    open_funded(ledger, "a", "7")
+    stop = threading.Event()
+    thread = ledger.start_worker(stop, poll_interval=0.01)
+    try:
+        _wait(lambda: ledger.worker_status() == {"up": False, "restarts": 1, "last_error": ANY_TEXT})
+        status = ledger.worker_status()
+        assert status is not None
+        assert status["last_error"] == "ConfigurationError: the store went read-only (test)"
+        _wait(lambda: ledger.balance("a")["balance"] == "7.00")  # restarted (after 1 s)
+        assert ledger.worker_status() == {"up": True, "restarts": 1, "last_error": ANY_TEXT}
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        ledger.close()

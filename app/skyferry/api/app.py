@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from skyferry.api.errors import RETRY_AFTER_SECONDS, install, problem
+from skyferry.api.health import RunnerCollector, readiness
 from skyferry.api.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
 from skyferry.bootstrap import Ledger
 from skyferry.core.application import CommandResult
@@ -74,10 +75,17 @@ class CommandOut(BaseModel):
 
 
 class Health(BaseModel):
-    """Liveness / readiness."""
+    """Liveness."""
 
     status: str
     detail: str = ""
+
+
+class Readiness(Health):
+    """Readiness (``detail``, ``worker`` and ``runners`` only for a caller with the token)."""
+
+    worker: dict[str, Any] | None = None
+    runners: list[dict[str, Any]] | None = None
 
 
 class WriteOptions:
@@ -106,12 +114,17 @@ def read_fence(ledger: Ledger) -> dict[str, Any] | None:
 _bearer = HTTPBearer(auto_error=False, description="SKYFERRY_API_TOKEN")
 
 
+def bearer_matches(authorization: str | None, token: bytes) -> bool:
+    """Whether an ``Authorization`` header is ``Bearer <token>``, compared in constant time."""
+    scheme, _, given = (authorization or "").partition(" ")
+    # compare_digest runs on every request, even without a token, so timing tells nothing.
+    matches = hmac.compare_digest(given.strip().encode(), token)
+    return matches and scheme.lower() == "bearer"
+
+
 def authorized(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """Require ``Authorization: Bearer <token>``, compared in constant time."""
-    token: bytes = request.app.state.token
-    given = credentials.credentials.encode() if credentials is not None else b""
-    # compare_digest runs on every request, even without a token, so timing tells nothing.
-    if not hmac.compare_digest(given, token) or credentials is None:
+    if not bearer_matches(request.headers.get("authorization"), request.app.state.token):
         raise HTTPException(
             401, "missing or wrong bearer token", headers={"WWW-Authenticate": 'Bearer realm="skyferry"'}
         )
@@ -142,6 +155,7 @@ def create_app(settings: Settings, ledger: Ledger) -> FastAPI:
     """
     token = settings.require_token().encode()
     metrics = Metrics()
+    metrics.registry.register(RunnerCollector(ledger))
 
     async def execute(command: cmd.Command, options: WriteOptions, status: int) -> JSONResponse:
         name = type(command).__name__
@@ -255,8 +269,9 @@ def create_app(settings: Settings, ledger: Ledger) -> FastAPI:
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
-        """Prometheus metrics (text exposition format)."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus metrics (text exposition format); the runners' gauges read the stores."""
+        text = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     app = FastAPI(
         title="skyferry",
@@ -278,16 +293,12 @@ def create_app(settings: Settings, ledger: Ledger) -> FastAPI:
         """Liveness: the process answers."""
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
-    async def readyz() -> JSONResponse:
-        """Readiness: the event store and the view store answer."""
-        try:
-            await run_in_threadpool(ledger.events.last_position)
-            await run_in_threadpool(read_fence, ledger)
-        except Exception as e:
-            log.warning("not ready: %s", e)
-            return JSONResponse({"status": "unavailable", "detail": str(e)}, status_code=503)
-        return JSONResponse({"status": "ready", "detail": ""})
+    @app.get("/readyz", response_model=Readiness, tags=["health"], responses={503: {"model": Readiness}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: the stores answer and the in-process worker is up.  With the token: why, and each runner."""
+        detailed = bearer_matches(request.headers.get("authorization"), token)
+        status, body = await run_in_threadpool(readiness, ledger, detailed)
+        return JSONResponse(body, status_code=status)
 
     app.state.token = token
     app.include_router(api)

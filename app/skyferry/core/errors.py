@@ -79,3 +79,20 @@ class ObjectNotFound(SkyferryError):
     def __init__(self, location: str) -> None:
         self.location = location
         super().__init__(f"{location} does not exist")
+
+
+class TooManyParked(SkyferryError):
+    """A runner has parked as many events as it may (``RetryPolicy.max_parked``) and stops.
+
+    One event that a handler cannot take is parked and the runner goes on; a handler
+    failing on event after event is a fault of the code or the store, not of the events,
+    and parking the whole log would hide it.
+    """
+
+    def __init__(self, runner: str, limit: int) -> None:
+        self.runner = runner
+        self.limit = limit
+        super().__init__(
+            f"{runner}: {limit} events are parked already; resolve them (skyferry parked list / retry / skip) "
+            "or fix the handler, then restart the worker"
+        )

@@ -35,6 +35,15 @@ from typing import Any, ClassVar, Final
 from skyferry.core.codec import decode
 from skyferry.core.errors import ConcurrencyError, ConfigurationError
 from skyferry.core.messages import Event, JSONObject
+from skyferry.core.parking import (
+    DEFAULT_RETRY,
+    NOT_THE_EVENTS_FAULT,
+    ParkedEvent,
+    RetryPolicy,
+    describe,
+    drop_parked,
+    park,
+)
 from skyferry.core.ports import EventStore, Message, ViewChange, ViewStore
 from skyferry.core.upcasting import Upcasters
 
@@ -239,6 +248,7 @@ class ProjectionRunner:
         cache_limit: int = 50_000,
         max_conflicts: int = 5,
         stream_checkpoints: bool = False,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         if not projection.name:
             raise ConfigurationError(f"{type(projection).__name__} has no name")
@@ -252,16 +262,24 @@ class ProjectionRunner:
         self.cache_limit = cache_limit
         self.max_conflicts = max_conflicts
         self.stream_checkpoints = stream_checkpoints
+        self.retry = retry
         self.docs_written = 0
+        self.parked = 0
+        """Events this instance parked."""
         self.last_position: str | None = None
         """The position this runner last found committed or committed itself (``None``: not run yet)."""
         self._cache: dict[tuple[str, str], list[Any]] = {}
         self._cached_generation = 0
 
     def run_once(self, max_events: int | None = None) -> int:
-        """Apply every event after the checkpoint (at most ``max_events``); return how many were read."""
+        """Apply every event after the checkpoint (at most ``max_events``); return how many were read.
+
+        When an event (or the commit of its batch) fails, the batch is taken again one event
+        per commit: the failing event is retried, then parked (:mod:`skyferry.core.parking`),
+        and the runner goes on.
+        """
         projection = self.projection
-        generation = self.generation or ReadModels(self.views).live_generation(projection.name)
+        generation = self._generation()
         if generation != self._cached_generation:
             self._cache = {}
             self._cached_generation = generation
@@ -274,6 +292,7 @@ class ProjectionRunner:
         position, fence = self._start(name, fence_collection)
         total = 0
         conflicts = 0
+        isolate = 0  # after a failure: how many events to take one per commit
         read_all = self.events.read_all
         page_size = self.page_size
         while max_events is None or total < max_events:
@@ -281,9 +300,14 @@ class ProjectionRunner:
             if len(self._cache) > self.cache_limit:
                 self._cache = {}
             views = ViewBatch(self.views, mapping, self._cache)
-            read = 0
+            read = fetched = 0
             last = position
             try:
+                if isolate:
+                    position, fence, read = self._one_at_a_time(generation, name, position, fence, isolate)
+                    isolate = 0
+                    total += read
+                    continue
                 # Several pages per commit: small pages keep the decoded events short-lived,
                 # dead before the garbage collector promotes them (pages of 1,000 made it
                 # run full collections: a third slower), one commit per batch keeps writes few.
@@ -292,6 +316,7 @@ class ProjectionRunner:
                     page = read_all(after=last, limit=limit)
                     if not page:
                         break
+                    fetched = read + len(page)
                     end = page[-1].position
                     if end is None:
                         raise ConfigurationError(f"{self.events.url}: read_all returned an event without a position")
@@ -320,22 +345,112 @@ class ProjectionRunner:
             except BaseException as e:
                 # The remembered documents hold this batch's uncommitted changes: forget them.
                 self._cache = {}
-                if not isinstance(e, ConcurrencyError):
-                    raise
-                # Another runner of this projection committed first: start again from its checkpoint.
-                conflicts += 1
-                if conflicts > self.max_conflicts:
-                    raise
-                log.info("projection %s: conflict at commit, reloading from the checkpoint", name)
-                self._cache = {}
-                position, fence = self._start(name, fence_collection)
-                continue
+                if isinstance(e, ConcurrencyError):
+                    # Another runner of this projection committed first: start again from its checkpoint.
+                    conflicts += 1
+                    if conflicts > self.max_conflicts:
+                        raise
+                    log.info("projection %s: conflict at commit, reloading from the checkpoint", name)
+                    position, fence = self._start(name, fence_collection)
+                    isolate = 0
+                    continue
+                if isinstance(e, Exception) and not isinstance(e, NOT_THE_EVENTS_FAULT) and not isolate and fetched:
+                    # An event of this batch, or the batch's commit, failed: find which, one by one.
+                    log.warning("projection %s: a batch failed (%s); taking it one event at a time", name, describe(e))
+                    isolate = fetched
+                    continue
+                raise
             self.docs_written += views.committed()
             position = last
             fence += 1
             total += read
         self.last_position = position
         return total
+
+    def _generation(self) -> int:
+        return self.generation or ReadModels(self.views).live_generation(self.projection.name)
+
+    def _one_at_a_time(
+        self, generation: int, name: str, position: str | None, fence: int, count: int
+    ) -> tuple[str | None, int, int]:
+        """Take the next ``count`` events one per commit (see :meth:`_take_alone`).
+
+        Returns ``(position, fence revision, events read)``.
+        """
+        read = 0
+        while read < count:
+            page = self.events.read_all(after=position, limit=min(self.page_size, count - read))
+            if not page:
+                break
+            for event in page:
+                self._take_alone(generation, name, event, fence)
+                fence += 1
+                position = event.position
+            read += len(page)
+        return position, fence, read
+
+    def _take_alone(self, generation: int, name: str, event: Event, fence: int) -> None:
+        """Apply ``event`` in a commit of its own; retry it, then park it, while it keeps failing.
+
+        A failure to apply it and a failure to store what it wrote (a store that refuses a
+        document) count alike.  The parking commit writes none of the event's documents.
+        """
+        mapping = generation_collections(self.projection, generation)
+        position = str(event.position)
+        fenced = ViewChange(mapping[STREAM_CHECKPOINTS], FENCE_KEY, {"position": position}, expected_revision=fence)
+        failures = 0
+        while True:
+            views = ViewBatch(self.views, mapping)
+            try:
+                self._apply_alone(event, views)
+                changes = views.changes()
+                self.views.commit(name, [*changes, fenced], {"$all": position})
+            except NOT_THE_EVENTS_FAULT:
+                raise
+            except Exception as e:
+                failures += 1
+                if failures < self.retry.attempts:
+                    log.debug("%s: event %s failed (attempt %d)", name, event.id, failures, exc_info=True)
+                    self.retry.sleep(self.retry.backoff(failures))
+                    continue
+                error = e
+                break
+            self.docs_written += len(changes)
+            return
+        parking = ViewBatch(self.views, mapping)
+        if self.stream_checkpoints:
+            parking.put(STREAM_CHECKPOINTS, event.stream_id, _stream_checkpoint(event))
+        changes = parking.changes()
+        changes.append(park(self.views, name, self.projection.name, generation, event, error, failures, self.retry))
+        self.views.commit(name, [*changes, fenced], {"$all": position})
+        self.parked += 1
+
+    def _apply_alone(self, event: Event, views: ViewBatch) -> None:
+        if self.stream_checkpoints:
+            applied = views.get(STREAM_CHECKPOINTS, event.stream_id)
+            if applied is not None and event.version <= applied["version"]:
+                return
+        if event.type in self.projection.handles:
+            self.projection.apply(self.upcasters.upcast(event) if self.upcasters is not None else event, views)
+        if self.stream_checkpoints:
+            views.put(STREAM_CHECKPOINTS, event.stream_id, _stream_checkpoint(event))
+
+    def reapply(self, parked: ParkedEvent, event: Event) -> list[ViewChange]:
+        """Apply a parked ``event`` again, alone, to the generation that parked it; the changes to commit.
+
+        Used by :class:`~skyferry.core.parking.ParkedEvents` to retry it; the runner's
+        checkpoints are already past the event and stay as they are.
+        """
+        views = ViewBatch(self.views, generation_collections(self.projection, parked.generation))
+        if event.type in self.projection.handles:
+            self.projection.apply(self.upcasters.upcast(event) if self.upcasters is not None else event, views)
+        return views.changes()
+
+    def committed_position(self) -> str | None:
+        """The position the live (or pinned) generation has committed, as stored (any process)."""
+        generation = self._generation()
+        name = checkpoint_name(self.projection.name, generation)
+        return self._start(name, generation_collections(self.projection, generation)[STREAM_CHECKPOINTS])[0]
 
     def _start(self, name: str, fence_collection: str) -> tuple[str | None, int]:
         """Where this generation stands: ``(position, fence revision)``.
@@ -356,7 +471,17 @@ class ProjectionConsumer:
     """Applies a projection from broker messages, one message per commit.
 
     Use :meth:`handle` as the broker handler.  Raises (so that the broker redelivers) on a
-    revision conflict with a competing consumer or any store failure.
+    revision conflict with a competing consumer, any store failure, and an event the
+    projection fails on; on the ``retry.attempts``-th delivery such an event is parked
+    instead (:mod:`skyferry.core.parking`): its record and the stream's checkpoint past it
+    are committed together, and the message is acknowledged.  Subscribe with
+    ``max_deliveries`` above ``retry.attempts``, so that the broker's dead letters only
+    catch what could not even be parked.
+
+    ``stream_checkpoints=False`` is for a handler whose effects are idempotent by
+    themselves (the process manager): no per-stream checkpoint is kept, messages of
+    types the projection does not handle are skipped from their headers, and a gap in a
+    stream is not filled.
     """
 
     def __init__(
@@ -367,28 +492,60 @@ class ProjectionConsumer:
         *,
         upcasters: Upcasters | None = None,
         generation: int | None = None,
+        stream_checkpoints: bool = True,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.events = events
         self.views = views
         self.projection = projection
         self.upcasters = upcasters
         self.generation = generation
+        self.stream_checkpoints = stream_checkpoints
+        self.retry = retry
         self.applied = 0
         self.duplicates = 0
+        self.parked = 0
 
     def handle(self, message: Message) -> None:
         """Apply the event of ``message`` (and any earlier event of its stream not yet applied)."""
-        projection = self.projection
-        generation = self.generation or ReadModels(self.views).live_generation(projection.name)
-        name = checkpoint_name(projection.name, generation)
-        views = ViewBatch(self.views, generation_collections(projection, generation))
+        generation = self.generation or ReadModels(self.views).live_generation(self.projection.name)
+        try:
+            self._handle(message, generation)
+        except NOT_THE_EVENTS_FAULT:
+            raise
+        except Exception as error:
+            if message.delivery_attempt < self.retry.attempts:
+                raise  # the broker redelivers it after its backoff
+            self._handle_alone(message, generation, error)
+
+    def _handle(self, message: Message, generation: int) -> None:
+        views = ViewBatch(self.views, generation_collections(self.projection, generation))
+        pending = self._pending(message, views)
+        if not pending:
+            return
+        for item in pending:
+            if item.type in self.projection.handles:
+                self.projection.apply(item, views)
+        if self.stream_checkpoints:
+            views.put(STREAM_CHECKPOINTS, pending[-1].stream_id, _stream_checkpoint(pending[-1]))
+        changes = views.changes()
+        if changes:
+            self.views.commit(checkpoint_name(self.projection.name, generation), changes, {})
+        self.applied += len(pending)
+
+    def _pending(self, message: Message, views: ViewBatch) -> list[Event]:
+        """The events ``message`` brings that are not applied yet, in stream order (``[]``: none)."""
+        if not self.stream_checkpoints:
+            if message.attributes.get("type", "") not in ("", *self.projection.handles):
+                return []
+            return [decode(message, self.events, self.upcasters)]
         checkpoint_key = message.key
         checkpoint = views.get(STREAM_CHECKPOINTS, checkpoint_key)
         applied_version = int(checkpoint["version"]) if checkpoint else 0
         announced = message.attributes.get("version", "")
         if announced.isdigit() and int(announced) <= applied_version:
             self.duplicates += 1  # known from the headers: a thin duplicate costs no store read
-            return
+            return []
         event = decode(message, self.events, self.upcasters)
         if event.stream_id != checkpoint_key:
             checkpoint_key = event.stream_id
@@ -396,19 +553,63 @@ class ProjectionConsumer:
             applied_version = int(checkpoint["version"]) if checkpoint else 0
         if event.version <= applied_version:
             self.duplicates += 1
+            return []
+        if event.version == applied_version + 1:
+            return [event]
+        missing = self.events.read_stream(event.stream_id, applied_version + 1, event.version - 1)
+        if self.upcasters is not None:
+            missing = self.upcasters.upcast_all(missing)
+        return [*missing, event]
+
+    def _handle_alone(self, message: Message, generation: int, error: Exception) -> None:
+        """The last delivery failed too: apply its events one per commit, parking each that fails."""
+        mapping = generation_collections(self.projection, generation)
+        name = checkpoint_name(self.projection.name, generation)
+        try:
+            pending = self._pending(message, ViewBatch(self.views, mapping))
+        except NOT_THE_EVENTS_FAULT:
+            raise
+        except Exception as e:
+            # The message cannot even be decoded: park it as it came, and let it go.
+            record = park(
+                self.views, name, self.projection.name, generation, message, e, message.delivery_attempt, self.retry
+            )
+            self.views.commit(name, [record], {})
+            self.parked += 1
             return
-        pending = [event]
-        if event.version > applied_version + 1:
-            missing = self.events.read_stream(event.stream_id, applied_version + 1, event.version - 1)
-            if self.upcasters is not None:
-                missing = self.upcasters.upcast_all(missing)
-            pending = [*missing, event]
         for item in pending:
-            if item.type in projection.handles:
-                projection.apply(item, views)
-        views.put(STREAM_CHECKPOINTS, checkpoint_key, {"stream_id": event.stream_id, "version": event.version})
-        self.views.commit(name, views.changes(), {})
-        self.applied += len(pending)
+            views = ViewBatch(self.views, mapping)
+            try:
+                if item.type in self.projection.handles:
+                    self.projection.apply(item, views)
+                if self.stream_checkpoints:
+                    views.put(STREAM_CHECKPOINTS, item.stream_id, _stream_checkpoint(item))
+                changes = views.changes()
+                if changes:
+                    self.views.commit(name, changes, {})
+            except NOT_THE_EVENTS_FAULT:
+                raise
+            except Exception as e:
+                parking = ViewBatch(self.views, mapping)
+                if self.stream_checkpoints:
+                    parking.put(STREAM_CHECKPOINTS, item.stream_id, _stream_checkpoint(item))
+                changes = parking.changes()
+                changes.append(
+                    park(
+                        self.views,
+                        name,
+                        self.projection.name,
+                        generation,
+                        item,
+                        e,
+                        message.delivery_attempt,
+                        self.retry,
+                    )
+                )
+                self.views.commit(name, changes, {})
+                self.parked += 1
+                continue
+            self.applied += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +685,12 @@ def _drop_generation(views: ViewStore, projection: Projection, generation: int) 
     for collection in projection.collections:
         views.drop(physical_collection(collection, generation))
     views.drop(stream_checkpoint_collection(projection.name, generation))
+    drop_parked(views, checkpoint_name(projection.name, generation))
     views.drop_checkpoints(checkpoint_name(projection.name, generation))
+
+
+def _stream_checkpoint(event: Event) -> JSONObject:
+    return {"stream_id": event.stream_id, "version": event.version}
 
 
 def run_projections(runners: Sequence[ProjectionRunner]) -> int:

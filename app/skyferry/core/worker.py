@@ -157,3 +157,71 @@ class Worker:
                 now = time.monotonic()
                 waits = [s.not_before - now for s in schedules.values() if s.not_before > now]
                 stop.wait(min([poll_interval, *waits]))
+
+
+class WorkerThread:
+    """Runs a worker loop on a daemon thread, restarts it when it dies, and says whether it is up.
+
+    ``run(stop)`` is the loop (:meth:`Worker.run` with its options).  When it raises, the
+    error is logged and the loop is started again after ``first_restart`` seconds, doubling
+    up to ``max_restart`` while it keeps dying (a loop that ran for longer than that starts
+    the count again).  :attr:`up` is false while it waits to restart and once the thread is
+    gone, so a readiness probe sees the worker down: it is never silently gone.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[threading.Event], None],
+        stop: threading.Event,
+        *,
+        name: str = "worker",
+        first_restart: float = 1.0,
+        max_restart: float = 60.0,
+    ) -> None:
+        self._run = run
+        self.stop = stop
+        self.name = name
+        self.first_restart = first_restart
+        self.max_restart = max_restart
+        self.restarts = 0
+        """How many times the loop died and was started again."""
+        self.last_error = ""
+        """The error that last ended the loop (``""``: none)."""
+        self._waiting = False
+        self._thread = threading.Thread(target=self._supervise, name=name, daemon=True)
+
+    def start(self) -> WorkerThread:
+        """Start the thread; returns ``self``."""
+        self._thread.start()
+        return self
+
+    @property
+    def up(self) -> bool:
+        """Whether the loop is running now (not waiting to restart, thread alive)."""
+        return self._thread.is_alive() and not self._waiting
+
+    def status(self) -> dict[str, object]:
+        """``up``, ``restarts`` and ``last_error``, for readiness detail."""
+        return {"up": self.up, "restarts": self.restarts, "last_error": self.last_error}
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end (after ``stop`` is set)."""
+        self._thread.join(timeout)
+
+    def _supervise(self) -> None:
+        delay = self.first_restart
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                self._run(self.stop)
+                return
+            except Exception as e:
+                self.restarts += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                if time.monotonic() - started > self.max_restart:
+                    delay = self.first_restart
+                log.error("%s died (%s); restarting in %.0f s", self.name, self.last_error, delay, exc_info=True)
+                self._waiting = True
+                self.stop.wait(delay)
+                self._waiting = False
+                delay = min(delay * 2, self.max_restart)

@@ -1,0 +1,68 @@
+"""``skyferry worker --once`` goes past a poisoned event; ``skyferry parked list|retry|skip`` resolves it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from skyferry.bootstrap import bootstrap
+from skyferry.cli import run
+from skyferry.core.messages import Event
+from skyferry.core.projections import ViewBatch
+from skyferry.ledger.commands import Deposit, OpenAccount
+from skyferry.ledger.projections import BalancesProjection
+from skyferry.settings import Settings
+
+HEALTHY = BalancesProjection.apply
+
+
+def failing(self: BalancesProjection, event: Event, views: ViewBatch) -> None:
+    """The balances projection with a bug that hits every event of the account ``poison``."""
+    if event.data.get("account_id") == "poison":
+        raise KeyError("balances: a bug that only this account's events hit")
+    HEALTHY(self, event, views)
+
+
+def test_the_worker_goes_past_a_poisoned_event_and_the_operator_resolves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    ledger = bootstrap(Settings(store_url=url, broker_url="memory://"))
+    for account in ("before", "poison", "after"):
+        ledger.execute(OpenAccount(account_id=account, owner=account, currency="EUR"))
+        ledger.execute(Deposit(account_id=account, amount="10", currency="EUR"))
+    ledger.close()
+
+    monkeypatch.setattr(BalancesProjection, "apply", failing)
+    assert run(["worker", "--once", "--store", url]) == 0
+    assert run(["worker", "--once", "--store", url]) == 0  # and on every later run
+    capsys.readouterr()
+    assert run(["parked", "list", "--json", "--store", url]) == 0
+    parked = json.loads(capsys.readouterr().out)
+    assert [(p["runner"], p["stream_id"], p["type"]) for p in parked] == [
+        ("balances_g1", "account-poison", "AccountOpened"),
+        ("balances_g1", "account-poison", "MoneyDeposited"),
+    ]
+    assert "KeyError" in parked[0]["error"]
+
+    opened, deposited = parked[0]["key"], parked[1]["key"]
+    assert run(["parked", "retry", opened, "--store", url]) == 1  # not fixed yet
+    assert "failed again, still parked" in capsys.readouterr().out
+    monkeypatch.setattr(BalancesProjection, "apply", HEALTHY)  # the fix is deployed
+    assert run(["parked", "retry", opened, "--store", url]) == 0
+    assert run(["parked", "skip", deposited, "--json", "--store", url]) == 0
+    capsys.readouterr()
+    assert run(["parked", "list", "--store", url]) == 0
+    assert capsys.readouterr().out.strip() == "0 parked event(s)"
+    assert run(["parked", "skip", deposited, "--store", url]) == 2
+    assert "no parked event" in capsys.readouterr().err
+
+    ledger = bootstrap(Settings(store_url=url, broker_url="memory://"))
+    try:
+        assert ledger.balance("before")["balance"] == "10.00"
+        assert ledger.balance("after")["balance"] == "10.00"
+        assert ledger.balance("poison")["balance"] == "0.00"  # opened on retry; the deposit was skipped
+    finally:
+        ledger.close()
