@@ -19,13 +19,14 @@ What is wired where:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, get_args
 
 from skyferry.adapters import registry
 from skyferry.core.application import Application, CommandResult
-from skyferry.core.errors import ConfigurationError
+from skyferry.core.errors import ConfigurationError, WriteFenced
 from skyferry.core.messages import utc_now
 from skyferry.core.parking import DEFAULT_RETRY, ParkedEvents, RetryPolicy
 from skyferry.core.ports import Broker, EventStore, Subscription, ViewStore
@@ -45,6 +46,7 @@ from skyferry.ledger.handlers import register_handlers
 from skyferry.ledger.process import TransferProcess
 from skyferry.ledger.projections import ledger_projections
 from skyferry.ledger.queries import LedgerQueries
+from skyferry.migrate.fence import is_fenced
 from skyferry.settings import ProjectionsFrom, Settings
 
 EMBEDDED_SCHEMES = frozenset({"sqlite", "memory"})
@@ -53,6 +55,20 @@ EMBEDDED_SCHEMES = frozenset({"sqlite", "memory"})
 
 def _no_beat() -> None:
     """No heartbeat."""
+
+
+def write_fence(views: ViewStore) -> Callable[[], None]:
+    """The write guard of every command: ``WriteFenced`` while a cutover fences the store.
+
+    The fence is the document of :mod:`skyferry.migrate.fence` in the store's own view
+    store, so every process on the store (API, worker, CLI) sees it.
+    """
+
+    def check() -> None:
+        if is_fenced(views):
+            raise WriteFenced("writes are paused: the store is fenced for a migration cutover; retry later")
+
+    return check
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +115,12 @@ class Ledger(LedgerQueries):
         self.broker = broker
         self.upcasters = upcasters if upcasters is not None else Upcasters()
         app = Application(
-            events, views, snapshot_every=snapshot_every, upcasters=self.upcasters, fastforward=fastforward
+            events,
+            views,
+            snapshot_every=snapshot_every,
+            upcasters=self.upcasters,
+            fastforward=fastforward,
+            write_guard=write_fence(views),
         )
         register_handlers(app)
         super().__init__(ReadModels(views), app)

@@ -136,12 +136,14 @@ def test_domain_rules_give_409_with_a_stable_code(client: TestClient, alice: str
 def test_writes_are_refused_with_503_while_the_store_is_fenced_and_queries_still_work(
     client: TestClient, ledger: Ledger, alice: str
 ) -> None:
-    set_fence(ledger.views, "cutover to the new store")
+    set_fence(ledger.views, "migration cutover to postgresql://db.internal:5432/ledger?schema=tenant_a")
     position = ledger.events.last_position()
     refused = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", **EUR})
     assert refused.status_code == 503
     assert refused.json()["error"] == "read_only"
-    assert "cutover to the new store" in refused.json()["message"]
+    assert "migration cutover" in refused.json()["message"]
+    assert "db.internal" not in refused.text  # it names no store
+    assert "sqlite" not in refused.text
     assert refused.headers["Retry-After"]
     assert ledger.events.last_position() == position
     assert client.get(f"/accounts/{alice}").status_code == 200

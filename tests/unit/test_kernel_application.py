@@ -24,6 +24,7 @@ from skyferry.core.errors import (
     EventTooLarge,
     StreamNotFound,
     ValidationError,
+    WriteFenced,
 )
 from skyferry.core.messages import NewEvent
 from skyferry.core.ports import ViewChange
@@ -300,6 +301,24 @@ def test_expected_version_mismatch_reports_the_actual_version_and_is_not_retried
 
 
 # -- validation before storing -------------------------------------------------------------
+
+
+def test_every_command_passes_the_write_guard_first() -> None:
+    events = MemoryEventStore()
+    paused = {"on": True}
+
+    def guard() -> None:
+        if paused["on"]:
+            raise WriteFenced("writes are paused (test)")
+
+    app = make_app(events, write_guard=guard)
+    with pytest.raises(WriteFenced):
+        app.execute(Add(counter_id="c", amount=1))
+    with pytest.raises(WriteFenced):
+        app.execute(Add(counter_id="c", amount=1), idempotency_key="k")
+    assert events.last_position() is None
+    paused["on"] = False
+    assert app.execute(Add(counter_id="c", amount=1)).last_version == 1
 
 
 def test_rejected_commands_store_nothing() -> None:

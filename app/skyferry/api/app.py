@@ -12,7 +12,8 @@ Headers of commands:
   aggregate is at another version.  Responses carry ``ETag: "<version>"``.
 
 When the store is fenced for a migration cutover (:mod:`skyferry.migrate.fence`), every command gets
-``503`` with ``Retry-After`` and the queries keep working.  Errors share one JSON shape
+``503`` with ``Retry-After`` (the kernel's write guard refuses it, see :mod:`skyferry.bootstrap`)
+and the queries keep working.  Errors share one JSON shape
 (see :mod:`skyferry.api.errors`).
 """
 
@@ -31,14 +32,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from skyferry.api.errors import RETRY_AFTER_SECONDS, install, problem
+from skyferry.api.errors import install
 from skyferry.api.health import RunnerCollector, readiness
 from skyferry.api.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
 from skyferry.bootstrap import Ledger
 from skyferry.core.application import CommandResult
 from skyferry.core.errors import ValidationError
 from skyferry.ledger import commands as cmd
-from skyferry.migrate.fence import FENCE_COLLECTION, FENCE_KEY
 from skyferry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,6 @@ class WriteOptions:
             self.expected_version = int(text)
 
 
-def read_fence(ledger: Ledger) -> dict[str, Any] | None:
-    """The write-fence document of the ledger's store when writes are fenced (see app/skyferry/migrate/fence.py)."""
-    doc = ledger.views.get(FENCE_COLLECTION, FENCE_KEY)
-    return doc.value if doc is not None and doc.value.get("fenced") is True else None
-
-
 _bearer = HTTPBearer(auto_error=False, description="SKYFERRY_API_TOKEN")
 
 
@@ -159,16 +153,6 @@ def create_app(settings: Settings, ledger: Ledger) -> FastAPI:
 
     async def execute(command: cmd.Command, options: WriteOptions, status: int) -> JSONResponse:
         name = type(command).__name__
-        fence = await run_in_threadpool(read_fence, ledger)
-        if fence is not None:
-            metrics.commands.labels(name, "fenced").inc()
-            return problem(
-                503,
-                "read_only",
-                f"the store is read-only since {fence.get('since', '?')} (migration cutover): "
-                f"{fence.get('reason', '')}",
-                headers={"Retry-After": RETRY_AFTER_SECONDS},
-            )
         try:
             result = await run_in_threadpool(
                 ledger.execute,

@@ -37,6 +37,7 @@ from skyferry.core.errors import (
     StreamNotFound,
     TransientError,
     ValidationError,
+    WriteFenced,
 )
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ def error_response(error: Exception) -> JSONResponse:
     if isinstance(error, ValidationError):
         code = "idempotency_key_reused" if type(error).__name__ == "IdempotencyKeyReused" else "invalid_input"
         return problem(422, code, str(error))
+    if isinstance(error, WriteFenced):
+        return problem(503, "read_only", str(error), headers={"Retry-After": RETRY_AFTER_SECONDS})
     if isinstance(error, TransientError):
         log.warning("transient failure: %s", error)
         return problem(503, "transient", str(error), headers={"Retry-After": RETRY_AFTER_SECONDS})

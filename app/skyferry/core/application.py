@@ -34,6 +34,10 @@ Guarantees of :meth:`Application.execute`:
   process writes most of the time, and costs a failed append when another process wrote.
 * **Temporal queries.**  :meth:`Application.load` gives an aggregate as it was at a
   version or at a moment (``recorded_at``).
+* **The write guard.**  Every command, whoever sends it (the API, the worker's process
+  manager, a CLI command), first calls ``write_guard``; it raises
+  :class:`~skyferry.core.errors.WriteFenced` while writes are paused (a migration
+  cutover), and nothing is stored.
 """
 
 from __future__ import annotations
@@ -162,6 +166,7 @@ class Application:
         max_conflict_retries: int = 3,
         cache_size: int = 10_000,
         fastforward: bool = True,
+        write_guard: Callable[[], None] | None = None,
     ) -> None:
         if snapshot_every < 0 or max_conflict_retries < 0 or cache_size < 0:
             raise ConfigurationError("snapshot_every, max_conflict_retries and cache_size must be >= 0")
@@ -172,6 +177,8 @@ class Application:
         self.max_conflict_retries = max_conflict_retries
         self.cache_size = cache_size
         self.fastforward = fastforward
+        self.write_guard = write_guard
+        """Called before every command; raises ``WriteFenced`` while writes are paused."""
         self._handlers: dict[type[Any], CommandHandler] = {}
         # stream id -> the aggregate at its latest known version.  An entry is checked out
         # (removed) while a command uses it, so no two threads ever share one object.
@@ -231,10 +238,13 @@ class Application:
 
         ``metadata`` (correlation_id, causation_id, actor ...) is added to every event.
         Raises ``DomainError`` (rejected), ``ConcurrencyError`` (conflict not retried),
-        ``IdempotencyKeyReused``, ``ValidationError``, ``TransientError`` (outcome unknown:
-        retry with the same idempotency key to be safe).
+        ``IdempotencyKeyReused``, ``ValidationError``, ``WriteFenced`` (writes are paused,
+        nothing stored), ``TransientError`` (outcome unknown: retry with the same idempotency
+        key to be safe).
         """
         handler = self._handler(command)
+        if self.write_guard is not None:
+            self.write_guard()
         aggregate_type = handler.aggregate_type
         aggregate_id = handler.aggregate_id(command)
         # The store validates the stream id before writing anything.

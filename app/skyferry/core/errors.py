@@ -54,6 +54,15 @@ class TransientError(SkyferryError):
     """
 
 
+class WriteFenced(TransientError):
+    """Writes are paused: the store is fenced for a migration cutover.
+
+    Nothing was written.  Retrying later can succeed (once the application points at the
+    new store, or the fence is lifted); the worker backs off as for any transient error.
+    The message names no store.
+    """
+
+
 class ConfigurationError(SkyferryError):
     """A setting, URL or piece of infrastructure is missing or wrong; retrying cannot help."""
 
