@@ -19,6 +19,7 @@ from skyferry.core.messages import Event
 from skyferry.core.projections import ViewBatch
 from skyferry.migrate.fence import lift_fence, set_fence
 from tests.e2e.conftest import AUTH
+from tests.threads import at_once
 
 EUR = {"currency": "EUR"}
 
@@ -119,6 +120,50 @@ def test_a_repeated_idempotency_key_returns_the_first_result_and_stores_nothing(
     assert reused.status_code == 422
     assert reused.json()["error"] == "idempotency_key_reused"
     assert ledger.events.last_position() == position
+
+
+def test_concurrent_requests_with_one_key_and_other_bodies_get_422(
+    client: TestClient, ledger: Ledger, alice: str
+) -> None:
+    key = {"Idempotency-Key": "race-1"}
+    responses = at_once(
+        20, lambda i: client.post(f"/accounts/{alice}/deposits", json={"amount": str(i + 1), **EUR}, headers=key)
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [422] * 19, [r.text for r in responses]
+    assert {r.json()["error"] for r in responses if r.status_code == 422} == {"idempotency_key_reused"}
+    stored = next(r for r in responses if r.status_code == 201)
+    assert ledger.events.stream_version("account-alice") == 3
+    retry = client.post(
+        f"/accounts/{alice}/deposits", json={"amount": stored.json()["events"][0]["data"]["amount"], **EUR}, headers=key
+    )
+    assert (retry.status_code, retry.headers["Idempotent-Replayed"]) == (201, "true")
+
+
+def test_one_key_for_deposits_to_ten_accounts_stores_one(client: TestClient, ledger: Ledger) -> None:
+    for n in range(10):
+        assert client.post("/accounts", json={"account_id": f"acc-{n}", "owner": "O", **EUR}).status_code == 201
+    key = {"Idempotency-Key": "race-2"}
+    responses = at_once(
+        10, lambda i: client.post(f"/accounts/acc-{i}/deposits", json={"amount": "5.00", **EUR}, headers=key)
+    )
+    assert sorted(r.status_code for r in responses) == [201] + [422] * 9
+    assert sum(ledger.events.stream_version(f"account-acc-{n}") for n in range(10)) == 11
+
+
+def test_a_client_key_in_the_process_managers_namespace_is_refused(
+    client: TestClient, ledger: Ledger, alice: str
+) -> None:
+    assert client.post("/accounts", json={"account_id": "bob", "owner": "Bob", **EUR}).status_code == 201
+    started = client.post(
+        "/transfers", json={"transfer_id": "t1", "from_account": alice, "to_account": "bob", "amount": "40.00", **EUR}
+    ).json()["events"][0]["id"]
+    crafted = {"Idempotency-Key": f"transfer-process:debit:{started}"}
+    response = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", **EUR}, headers=crafted)
+    assert response.status_code == 422
+    assert "reserved" in response.json()["message"]
+    ledger.run_worker_once()
+    assert client.get("/transfers/t1").json()["status"] == "completed"
 
 
 def test_domain_rules_give_409_with_a_stable_code(client: TestClient, alice: str, unchanged: None) -> None:

@@ -18,7 +18,7 @@ import pytest
 from skyferry.adapters import registry
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.bootstrap import Ledger, bootstrap
-from skyferry.core.application import SNAPSHOTS, Application
+from skyferry.core.application import SNAPSHOTS, Application, CommandResult, IdempotencyKeyReused
 from skyferry.core.codec import encode
 from skyferry.core.errors import ConcurrencyError, ValidationError
 from skyferry.core.messages import Event
@@ -37,6 +37,7 @@ from skyferry.ledger.projections import BalancesProjection
 from skyferry.settings import Settings
 from tests import services
 from tests.services import postgres
+from tests.threads import at_once
 
 
 def _stores() -> list[Any]:
@@ -201,3 +202,52 @@ def test_a_nul_in_a_document_is_isolated_on_postgresql() -> None:
             assert {p.runner for p in parked} >= {"balances_g1"}
         finally:
             ledger.close()
+
+
+# --- idempotency under real concurrency, on every store ---------------------------------------
+
+
+def test_one_idempotency_key_binds_one_request_under_concurrency(store_url: str) -> None:
+    events = registry.open_event_store(store_url)
+    views = registry.open_view_store(store_url)
+    ledger = Ledger(events, views, MemoryBroker())
+    try:
+        for n in range(10):
+            ledger.execute(OpenAccount(account_id=f"acc-{n}", owner="o", currency="EUR"))
+        # 20 parallel deposits with one key and amounts 1..20: one is stored, 19 refused.
+        results = at_once(
+            20,
+            lambda i: ledger.execute(
+                Deposit(account_id="acc-0", amount=str(i + 1), currency="EUR"), idempotency_key="race-1"
+            ),
+        )
+        stored = [r for r in results if isinstance(r, CommandResult)]
+        assert len(stored) == 1, results
+        assert all(isinstance(r, IdempotencyKeyReused) for r in results if r is not stored[0]), results
+        assert events.stream_version("account-acc-0") == 2
+        amount = stored[0].events[0].data["amount"]
+        retry = ledger.execute(Deposit(account_id="acc-0", amount=amount, currency="EUR"), idempotency_key="race-1")
+        assert retry.replayed
+        assert [e.id for e in retry.events] == [e.id for e in stored[0].events]
+
+        # 10 parallel deposits to 10 accounts with one key: one is stored.
+        results = at_once(
+            10,
+            lambda i: ledger.execute(
+                Deposit(account_id=f"acc-{i}", amount="5", currency="EUR"), idempotency_key="race-2"
+            ),
+        )
+        assert sum(isinstance(r, CommandResult) for r in results) == 1, results
+        assert sum(isinstance(r, IdempotencyKeyReused) for r in results) == 9, results
+        assert sum(events.stream_version(f"account-acc-{n}") for n in range(10)) == 10 + 1 + 1
+
+        # True retries racing each other all get the one result.
+        results = at_once(
+            8,
+            lambda i: ledger.execute(Deposit(account_id="acc-9", amount="3", currency="EUR"), idempotency_key="race-3"),
+        )
+        assert all(isinstance(r, CommandResult) for r in results), results
+        assert len({tuple(e.id for e in r.events) for r in results if isinstance(r, CommandResult)}) == 1
+        assert sum(not r.replayed for r in results if isinstance(r, CommandResult)) == 1
+    finally:
+        ledger.close()

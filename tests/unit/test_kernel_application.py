@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -29,6 +28,7 @@ from skyferry.core.errors import (
 from skyferry.core.messages import NewEvent
 from skyferry.core.ports import ViewChange
 from skyferry.core.upcasting import Upcasters
+from tests.threads import at_once
 from tests.unit.kernel_fakes import (
     Add,
     Counter,
@@ -229,27 +229,67 @@ def test_concurrent_duplicates_store_once(shared_app: bool, fastforward: bool) -
     make_app(events, views).execute(Add(counter_id="c", amount=1))
     threads_count = 8
     apps = [make_app(events, views, fastforward=fastforward) for _ in range(threads_count)]
-    barrier = threading.Barrier(threads_count)
-    results: list[object] = [None] * threads_count
-
-    def run(index: int) -> None:
-        app = apps[0] if shared_app else apps[index]
-        barrier.wait()
-        try:
-            results[index] = app.execute(Add(counter_id="c", amount=2), idempotency_key="dup")
-        except Exception as e:
-            results[index] = e
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = at_once(
+        threads_count,
+        lambda i: (apps[0] if shared_app else apps[i]).execute(Add(counter_id="c", amount=2), idempotency_key="dup"),
+    )
     done = [r for r in results if isinstance(r, CommandResult)]
     assert len(done) == threads_count, results
     assert events.stream_version("counter-c") == 2
     assert sum(1 for r in done if not r.replayed) == 1
     assert {r.events[0].id for r in done} == {deterministic_event_id("counter-c", "dup", 0)}
+
+
+def test_concurrent_requests_with_one_key_and_other_bodies_store_one_and_refuse_the_rest() -> None:
+    events = MemoryEventStore()
+    app = make_app(events)
+    results = at_once(20, lambda i: app.execute(Add(counter_id="c", amount=i + 1), idempotency_key="race-1"))
+    stored = [r for r in results if isinstance(r, CommandResult)]
+    assert len(stored) == 1, results
+    assert not stored[0].replayed
+    assert all(isinstance(r, IdempotencyKeyReused) for r in results if r is not stored[0])
+    assert events.stream_version("counter-c") == 1
+    winner = stored[0].events[0].data["amount"]
+    again = app.execute(Add(counter_id="c", amount=winner), idempotency_key="race-1")
+    assert again.replayed
+    assert [e.id for e in again.events] == [e.id for e in stored[0].events]
+
+
+def test_one_key_for_requests_to_different_targets_stores_one() -> None:
+    events = MemoryEventStore()
+    app = make_app(events)
+    results = at_once(10, lambda i: app.execute(Add(counter_id=f"c{i}", amount=5), idempotency_key="race-2"))
+    assert sum(isinstance(r, CommandResult) for r in results) == 1, results
+    assert sum(isinstance(r, IdempotencyKeyReused) for r in results) == 9
+    assert len(list(events.list_streams())) == 1
+
+
+def test_a_key_bound_by_a_request_that_stored_nothing_is_kept_for_that_request() -> None:
+    events = MemoryEventStore()
+    app = make_app(events)
+    with pytest.raises(TooNegative):
+        app.execute(Add(counter_id="c", amount=-1), idempotency_key="k")
+    with pytest.raises(IdempotencyKeyReused):
+        app.execute(Add(counter_id="c", amount=2), idempotency_key="k")
+    with pytest.raises(TooNegative):  # the same request again is decided again
+        app.execute(Add(counter_id="c", amount=-1), idempotency_key="k")
+    assert events.last_position() is None
+
+
+def test_internal_keys_live_in_a_namespace_no_client_can_reach() -> None:
+    events = MemoryEventStore()
+    app = make_app(events)
+    app.reserve_keys("process:")
+    with pytest.raises(ValidationError, match="reserved"):
+        app.execute(Add(counter_id="c", amount=1), idempotency_key="process:step:123")
+    first = app.execute(Add(counter_id="c", amount=1), internal_key="process:step:123")
+    again = app.execute(Add(counter_id="c", amount=1), internal_key="process:step:123")
+    assert again.replayed
+    assert [e.id for e in again.events] == [e.id for e in first.events]
+    assert first.events[0].id == deterministic_event_id("counter-c", "process:step:123", 0)
+    with pytest.raises(ConfigurationError):
+        app.execute(Add(counter_id="c", amount=1), internal_key="client-looking-key")
+    assert events.stream_version("counter-c") == 1
 
 
 # -- concurrency and retry -----------------------------------------------------------------

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.bootstrap import Ledger, bootstrap
-from skyferry.core.errors import ConfigurationError, TransientError
+from skyferry.core.errors import ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import Event
 from skyferry.core.parking import RetryPolicy
 from skyferry.core.ports import Message
@@ -489,6 +489,22 @@ def test_a_new_projection_version_marks_its_read_model_outdated_until_rebuilt(le
     assert ledger.outdated_read_models() == []
     balance = ledger.balance("a")
     assert (balance["schema"], balance["balance"]) == (2, "8.00")
+
+
+def test_a_client_cannot_take_the_process_managers_idempotency_key(ledger: Ledger) -> None:
+    open_funded(ledger, "a", "50")
+    ledger.execute(OpenAccount(account_id="b", owner="b", currency="EUR"))
+    started = ledger.execute(
+        TransferMoney(transfer_id="t", from_account="a", to_account="b", amount="20", currency="EUR")
+    ).events[0]
+    # The event id is predictable from the response: a crafted key would take the debit's key.
+    with pytest.raises(ValidationError, match="reserved"):
+        ledger.execute(
+            Deposit(account_id="a", amount="1", currency="EUR"), idempotency_key=f"transfer-process:debit:{started.id}"
+        )
+    assert ledger.run_worker_once() > 0
+    assert ledger.transfer("t")["status"] == "completed"
+    assert ledger.parked.list() == []
 
 
 # -- poison isolation ---------------------------------------------------------------------------

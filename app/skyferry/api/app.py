@@ -6,8 +6,9 @@ needs ``Authorization: Bearer <SKYFERRY_API_TOKEN>`` (compared in constant time)
 
 Headers of commands:
 
-* ``Idempotency-Key`` -- a repeat with the same key returns the first result
-  (``Idempotent-Replayed: true``) and stores nothing; the key with another body is 422.
+* ``Idempotency-Key`` -- bound to the request's route, target and body when first seen; a
+  repeat returns the first result (``Idempotent-Replayed: true``) and stores nothing; the
+  key with another route, target or body is 422, concurrent requests included.
 * ``If-Match: <version>`` -- optimistic concurrency: 409 with ``actual_version`` when the
   aggregate is at another version.  Responses carry ``ETag: "<version>"``.
 

@@ -16,12 +16,17 @@ Guarantees of :meth:`Application.execute`:
   and decided again on a conflict, at most ``max_conflict_retries`` times.
 * **Idempotency.**  With an ``idempotency_key`` the events get ids derived from
   ``(stream, key, index)``, and a record in the reserved view collection
-  ``$idempotency`` remembers the result.  A repeat of the request returns the first result
-  with ``replayed=True`` and stores nothing; so does a concurrent duplicate (the store sees
-  the same ids at the same versions, or the ids already in the stream), and so does a
-  repeat against an imported copy of the store that has no record (the ids are found in
-  the stream).  Reusing a key for a different command raises
-  :class:`IdempotencyKeyReused`.
+  ``$idempotency`` binds the key to the request's fingerprint (the command's type, which
+  is the route, and all its fields: the target and the body) *before* anything is decided:
+  the binding is one conditional write, so of concurrent requests with one key only one
+  binds it.  A repeat of the request (same fingerprint) returns the first result with
+  ``replayed=True`` and stores nothing; so does a concurrent duplicate (the store sees the
+  same ids at the same versions, or the ids already in the stream), and so does a repeat
+  against an imported copy of the store that has no record (the ids are found in the
+  stream).  The key with another fingerprint raises :class:`IdempotencyKeyReused`, even
+  while the first request is still running.  Keys that start with a prefix reserved by
+  :meth:`Application.reserve_keys` belong to the application itself (a process manager
+  passes them as ``internal_key``): a client's ``idempotency_key`` can never be one.
 * **Snapshots** are written to the reserved view collection ``$snapshots`` every
   ``snapshot_every`` events and used when loading; they never change a result (a snapshot
   of another aggregate class or ``snapshot_schema`` is ignored).  An in-process cache of
@@ -64,7 +69,7 @@ from skyferry.core.errors import (
     ValidationError,
 )
 from skyferry.core.messages import Event, JSONObject, NewEvent, utc_now, validate_stream_id
-from skyferry.core.ports import FEATURE_TEMPORAL, EventStore, ViewChange, ViewStore, features_of
+from skyferry.core.ports import FEATURE_TEMPORAL, Doc, EventStore, ViewChange, ViewStore, features_of
 from skyferry.core.upcasting import Upcasters
 
 log = logging.getLogger(__name__)
@@ -83,11 +88,14 @@ Decider = Callable[[Any, Any], Decision]
 
 
 class IdempotencyKeyReused(ValidationError):
-    """An idempotency key already answered a different command; nothing was stored."""
+    """An idempotency key is bound to another request (another route, target or body); nothing was stored."""
 
     def __init__(self, key: str, command: str) -> None:
         self.key = key
-        super().__init__(f"idempotency key {key!r} was already used for a different {command} command")
+        super().__init__(
+            f"idempotency key {key!r} was already used for another request (not this {command} "
+            "with this target and body); use a new key for a new request"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +188,7 @@ class Application:
         self.write_guard = write_guard
         """Called before every command; raises ``WriteFenced`` while writes are paused."""
         self._handlers: dict[type[Any], CommandHandler] = {}
+        self._reserved_keys: tuple[str, ...] = ()
         # stream id -> the aggregate at its latest known version.  An entry is checked out
         # (removed) while a command uses it, so no two threads ever share one object.
         self._cache: dict[str, Aggregate] = {}
@@ -208,6 +217,16 @@ class Application:
             raise ConfigurationError(f"command {handler.command_type.__name__} already has a handler")
         self._handlers[handler.command_type] = handler
 
+    def reserve_keys(self, prefix: str) -> None:
+        """Reserve the idempotency keys starting with ``prefix`` (``"transfer-process:"``) for this application.
+
+        Only ``execute(..., internal_key=...)`` may use them; a client's ``idempotency_key``
+        that starts with a reserved prefix is a ``ValidationError``.
+        """
+        if not prefix:
+            raise ConfigurationError("a reserved idempotency key prefix must not be empty")
+        self._reserved_keys = (*self._reserved_keys, prefix)
+
     @property
     def command_types(self) -> dict[str, type[Any]]:
         """The registered command types by class name."""
@@ -233,10 +252,14 @@ class Application:
         idempotency_key: str | None = None,
         expected_version: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        internal_key: str | None = None,
     ) -> CommandResult:
         """Handle ``command``: load, decide, append (see the module docstring for guarantees).
 
-        ``metadata`` (correlation_id, causation_id, actor ...) is added to every event.
+        ``idempotency_key`` is a client's key; ``internal_key`` the key of a command the
+        application sends itself, which must start with a prefix reserved by
+        :meth:`reserve_keys` (at most one of the two).  ``metadata`` (correlation_id,
+        causation_id, actor ...) is added to every event.
         Raises ``DomainError`` (rejected), ``ConcurrencyError`` (conflict not retried),
         ``IdempotencyKeyReused``, ``ValidationError``, ``WriteFenced`` (writes are paused,
         nothing stored), ``TransientError`` (outcome unknown: retry with the same idempotency
@@ -252,11 +275,26 @@ class Application:
         if expected_version is not None and (isinstance(expected_version, bool) or expected_version < 0):
             raise ValidationError(f"expected_version must be an int >= 0, not {expected_version!r}")
         fingerprint = ""
+        bound = 0  # the revision of the key's record this request saw or wrote
+        if idempotency_key is not None and internal_key is not None:
+            raise ConfigurationError("give idempotency_key (a client's) or internal_key, not both")
         if idempotency_key is not None:
-            if not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
-                raise ValidationError(f"idempotency key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+            self._check_client_key(idempotency_key)
             fingerprint = _fingerprint(command)
-            recorded = self._recorded_result(idempotency_key, fingerprint, type(command).__name__)
+            recorded, bound = self._bind(idempotency_key, fingerprint, type(command).__name__)
+            if recorded is not None:
+                return recorded
+        elif internal_key is not None:
+            if not internal_key.startswith(self._reserved_keys) or len(internal_key) > IDEMPOTENCY_KEY_MAX:
+                raise ConfigurationError(f"internal key {internal_key!r} does not start with a reserved prefix")
+            idempotency_key = internal_key
+            fingerprint = _fingerprint(command)
+            recorded = self._replay(
+                self.views.get(IDEMPOTENCY, _record_key(internal_key)),
+                internal_key,
+                fingerprint,
+                type(command).__name__,
+            )
             if recorded is not None:
                 return recorded
         base_metadata = self._metadata(command, idempotency_key, metadata)
@@ -332,7 +370,7 @@ class Application:
             self._after_append(aggregate, loaded_version)
             result = CommandResult(stream_id, appended.first_version, appended.last_version, stored, False)
         if idempotency_key is not None:
-            self._record(idempotency_key, fingerprint, type(command).__name__, result)
+            self._record(idempotency_key, fingerprint, type(command).__name__, result, bound)
         return result
 
     def _metadata(self, command: Any, idempotency_key: str | None, metadata: Mapping[str, Any] | None) -> JSONObject:
@@ -366,13 +404,44 @@ class Application:
 
     # -- idempotency -------------------------------------------------------------------------
 
-    def _recorded_result(self, idempotency_key: str, fingerprint: str, command: str) -> CommandResult | None:
-        doc = self.views.get(IDEMPOTENCY, _record_key(idempotency_key))
+    def _check_client_key(self, key: str) -> None:
+        if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+            raise ValidationError(f"idempotency key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+        if key.startswith(self._reserved_keys):
+            reserved = next(prefix for prefix in self._reserved_keys if key.startswith(prefix))
+            raise ValidationError(f"idempotency keys starting with {reserved!r} are reserved; choose another key")
+
+    def _bind(self, key: str, fingerprint: str, command: str) -> tuple[CommandResult | None, int]:
+        """Bind ``key`` to ``fingerprint`` unless it is bound already: ``(earlier result or None, revision)``.
+
+        The binding is a conditional write (``expected_revision=0``): of concurrent requests
+        with one key exactly one writes it, the others read it and are checked against it.
+        """
+        record_key = _record_key(key)
+        doc = self.views.get(IDEMPOTENCY, record_key)
+        if doc is None:
+            claim = {"fingerprint": fingerprint, "command": command}
+            try:
+                self.views.commit(IDEMPOTENCY, [ViewChange(IDEMPOTENCY, record_key, claim, expected_revision=0)], {})
+                return None, 1
+            except ConcurrencyError:
+                doc = self.views.get(IDEMPOTENCY, record_key)
+                if doc is None:  # written and deleted in between: nothing to compare with
+                    raise
+        return self._replay(doc, key, fingerprint, command), doc.revision
+
+    def _replay(self, doc: Doc | None, key: str, fingerprint: str, command: str) -> CommandResult | None:
+        """The result recorded for ``key``; ``None`` when there is none yet.
+
+        Raises ``IdempotencyKeyReused`` when the key is bound to another request.
+        """
         if doc is None:
             return None
         record = doc.value
         if record.get("fingerprint") != fingerprint:
-            raise IdempotencyKeyReused(idempotency_key, command)
+            raise IdempotencyKeyReused(key, command)
+        if "stream_id" not in record:
+            return None  # bound by a request still running (or one that stored nothing): decide
         stream_id = str(record["stream_id"])
         first, last = int(record["first_version"]), int(record["last_version"])
         stored = self.upcasters.upcast_all(self.events.read_stream(stream_id, first, last)) if last >= first else []
@@ -395,7 +464,8 @@ class Application:
                 return CommandResult(stream_id, found[0].version, found[-1].version, stored, True)
         return None
 
-    def _record(self, idempotency_key: str, fingerprint: str, command: str, result: CommandResult) -> None:
+    def _record(self, idempotency_key: str, fingerprint: str, command: str, result: CommandResult, bound: int) -> None:
+        """Record the result under the key, if the record is still at revision ``bound`` (0: absent)."""
         record = {
             "fingerprint": fingerprint,
             "command": command,
@@ -403,11 +473,11 @@ class Application:
             "first_version": result.first_version,
             "last_version": result.last_version,
         }
-        change = ViewChange(IDEMPOTENCY, _record_key(idempotency_key), record, expected_revision=0)
+        change = ViewChange(IDEMPOTENCY, _record_key(idempotency_key), record, expected_revision=bound)
         try:
             self.views.commit(IDEMPOTENCY, [change], {})
         except ConcurrencyError:
-            # A concurrent duplicate recorded the same result first: nothing to do.
+            # A concurrent duplicate (same fingerprint) recorded the same result first: nothing to do.
             log.debug("idempotency record for %r already written", idempotency_key)
 
     # -- loading -----------------------------------------------------------------------------

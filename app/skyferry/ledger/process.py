@@ -38,6 +38,7 @@ class TransferProcess(Projection):
 
     def __init__(self, app: Application) -> None:
         self.app = app
+        app.reserve_keys(f"{self.name}:")  # no client can send a key of this process manager
 
     def apply(self, event: Event, views: ViewBatch) -> None:
         """React to one transfer event."""
@@ -66,7 +67,7 @@ class TransferProcess(Projection):
             "correlation_id": trigger.metadata.get("correlation_id", trigger.id),
             "actor": self.name,
         }
-        self.app.execute(command, idempotency_key=f"{self.name}:{step}:{trigger.id}", metadata=metadata)
+        self.app.execute(command, internal_key=f"{self.name}:{step}:{trigger.id}", metadata=metadata)
 
     def _debit(self, event: Event) -> None:
         pending = self._pending(event, STARTED)
