@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from skyferry.api.app import create_app
 from skyferry.bootstrap import Ledger
 from skyferry.core.errors import TransientError
 from skyferry.core.messages import Event
 from skyferry.core.projections import ViewBatch
 from skyferry.migrate.fence import lift_fence, set_fence
+from skyferry.settings import Settings
 from tests.e2e.conftest import AUTH
 from tests.threads import at_once
 
@@ -248,6 +250,22 @@ def test_bad_amounts_are_422_naming_the_amount(
     assert reason.lower() in errors["amount"].lower()
 
 
+@pytest.mark.parametrize(
+    "amount", ["1e2", "+10", "1_000", "\uff11\uff10", "\u0661\u0660", "10.", ".5", " 10", "10 ", "0x10"]
+)
+def test_amounts_outside_the_documented_pattern_are_422(
+    client: TestClient, alice: str, unchanged: None, amount: str
+) -> None:
+    response = client.post(f"/accounts/{alice}/deposits", json={"amount": amount, **EUR})
+    assert response.status_code == 422, response.text
+    assert "digits 0-9" in _errors(response)["amount"]
+
+
+def test_the_documented_amount_pattern_is_the_one_enforced(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Amount"]["properties"]["amount"]
+    assert {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"} in schema["anyOf"]
+
+
 def test_an_unknown_currency_and_a_missing_field_are_named(client: TestClient, alice: str, unchanged: None) -> None:
     response = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", "currency": "XYZ"})
     assert response.status_code == 422
@@ -307,6 +325,19 @@ def test_a_transfer_to_the_same_account_is_422(client: TestClient, alice: str, u
     assert "must differ" in response.json()["message"]
 
 
+@pytest.mark.parametrize("version", [2**63, 2**64, 10**30])
+def test_a_version_beyond_64_bits_is_a_clear_422(client: TestClient, alice: str, unchanged: None, version: int) -> None:
+    response = client.get(f"/accounts/{alice}", params={"at_version": version})
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_input"
+    assert "at_version must be from 1 to 9223372036854775807" in response.json()["message"]
+    stale = client.post(
+        f"/accounts/{alice}/deposits", json={"amount": "1.00", **EUR}, headers={"If-Match": str(version)}
+    )
+    assert stale.status_code == 422
+    assert "expected_version" in stale.json()["message"]
+
+
 def test_a_bad_if_match_is_422(client: TestClient, alice: str, unchanged: None) -> None:
     response = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", **EUR}, headers={"If-Match": "x"})
     assert response.status_code == 422
@@ -331,6 +362,56 @@ def test_a_missing_or_wrong_token_is_401_and_nothing_is_stored(
     assert client.get("/metrics", headers=headers).status_code == 401
     assert client.get("/openapi.json", headers=headers).status_code == 401
     assert ledger.events.last_position() == position
+
+
+def test_the_token_is_checked_before_the_body(client: TestClient, alice: str, unchanged: None) -> None:
+    anonymous = {"Authorization": "", "Content-Type": "application/json"}
+    malformed = client.post(f"/accounts/{alice}/deposits", content=b'{"amount": ', headers=anonymous)
+    assert malformed.status_code == 401
+    assert malformed.json()["error"] == "unauthorized"
+    oversized = client.post(f"/accounts/{alice}/deposits", content=b"x" * 10_000, headers=anonymous)
+    assert oversized.status_code == 401
+    invalid = client.post("/accounts", json={"account_id": "has space"}, headers={"Authorization": "Bearer wrong"})
+    assert invalid.status_code == 401
+    assert client.get("/nowhere", headers={"Authorization": ""}).status_code == 401  # routes are not revealed
+
+
+@pytest.mark.parametrize(
+    ("content_type", "said"),
+    [
+        (None, "it is missing"),
+        ("application/x-www-form-urlencoded", "not 'application/x-www-form-urlencoded'"),
+        ("text/plain", "not 'text/plain'"),
+    ],
+)
+def test_a_body_without_the_json_content_type_gets_a_message_naming_the_header(
+    client: TestClient, ledger: Ledger, alice: str, content_type: str | None, said: str
+) -> None:
+    body = b'{"amount": "1.00", "currency": "EUR"}'
+    headers = {"Content-Type": content_type} if content_type else {}  # no header at all for None
+    response = client.post(f"/accounts/{alice}/deposits", content=body, headers=headers)
+    assert ledger.events.stream_version("account-alice") == 2  # nothing stored
+    assert response.status_code == 415
+    assert response.json()["error"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in response.json()["message"]
+    assert said in response.json()["message"]
+    ok = client.post(
+        f"/accounts/{alice}/deposits", content=body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert ok.status_code == 201
+
+
+def test_an_unexpected_error_is_a_json_500_naming_no_detail(
+    settings: Settings, ledger: Ledger, alice: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> dict[str, Any]:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    monkeypatch.setattr(ledger, "account_state", broken)
+    with TestClient(create_app(settings, ledger), headers=AUTH, raise_server_exceptions=False) as quiet:
+        response = quiet.get(f"/accounts/{alice}")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal_error", "message": "internal error; see the server log"}
 
 
 def test_health_needs_no_token(client: TestClient) -> None:

@@ -20,7 +20,6 @@ and the queries keep working.  Errors share one JSON shape
 
 from __future__ import annotations
 
-import hmac
 import logging
 from datetime import date, datetime
 from typing import Annotated, Any
@@ -35,7 +34,13 @@ from starlette.exceptions import HTTPException
 
 from skyferry.api.errors import install
 from skyferry.api.health import RunnerCollector, readiness
-from skyferry.api.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from skyferry.api.middleware import (
+    BearerAuthMiddleware,
+    BodyLimitMiddleware,
+    Metrics,
+    MetricsMiddleware,
+    bearer_matches,
+)
 from skyferry.bootstrap import Ledger
 from skyferry.core.application import CommandResult
 from skyferry.core.errors import ValidationError
@@ -43,6 +48,9 @@ from skyferry.ledger import commands as cmd
 from skyferry.settings import Settings
 
 log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+"""The only paths that answer without the bearer token."""
 
 Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -109,16 +117,9 @@ class WriteOptions:
 _bearer = HTTPBearer(auto_error=False, description="SKYFERRY_API_TOKEN")
 
 
-def bearer_matches(authorization: str | None, token: bytes) -> bool:
-    """Whether an ``Authorization`` header is ``Bearer <token>``, compared in constant time."""
-    scheme, _, given = (authorization or "").partition(" ")
-    # compare_digest runs on every request, even without a token, so timing tells nothing.
-    matches = hmac.compare_digest(given.strip().encode(), token)
-    return matches and scheme.lower() == "bearer"
-
-
 def authorized(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Require ``Authorization: Bearer <token>``, compared in constant time."""
+    """Require ``Authorization: Bearer <token>`` (checked first by :class:`BearerAuthMiddleware`; this
+    dependency declares the scheme in the OpenAPI document and checks again)."""
     if not bearer_matches(request.headers.get("authorization"), request.app.state.token):
         raise HTTPException(
             401, "missing or wrong bearer token", headers={"WWW-Authenticate": 'Bearer realm="skyferry"'}
@@ -288,6 +289,8 @@ def create_app(settings: Settings, ledger: Ledger) -> FastAPI:
     app.state.token = token
     app.include_router(api)
     install(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Added innermost first: metrics see every answer, the token is checked before the body.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BearerAuthMiddleware, token=token, public=PUBLIC_PATHS)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -3,6 +3,9 @@
 ======================================  ======  ==================================================
 error                                   status  body extras
 ======================================  ======  ==================================================
+missing or wrong bearer token           401     ``error: unauthorized`` (checked first)
+body over the limit                     413     ``error: payload_too_large``
+body not sent as JSON                   415     ``error: unsupported_media_type``
 malformed JSON                          400     ``error: malformed_json``
 invalid input (pydantic, stream id)     422     ``errors: [{field, reason}]``
 domain rule (insufficient funds ...)    409     ``error: <LedgerError.code>``
@@ -13,6 +16,7 @@ event too large                         413     ``error: event_too_large``
 fenced source (migration cutover)       503     ``Retry-After``, ``error: read_only``
 transient store/broker failure          503     ``Retry-After``, ``error: transient``
 store misconfigured / corrupt file      500     ``error: configuration_error``
+anything else (a bug)                   500     ``error: internal_error`` (details in the log)
 ======================================  ======  ==================================================
 """
 
@@ -130,7 +134,11 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, PydanticValidationError)
         return validation_problem([dict(e) for e in exc.errors()])
 
+    async def on_anything(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)  # logged there; the client gets the one JSON shape, never a traceback
+
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(PydanticValidationError, on_pydantic)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(SkyferryError, on_skyferry)
+    app.add_exception_handler(Exception, on_anything)

@@ -1,7 +1,13 @@
-"""ASGI middleware of the API: the request body limit and the Prometheus request metrics."""
+"""ASGI middleware of the API, outermost first: request metrics, the bearer token, the request body.
+
+The token is checked before anything else is looked at (a malformed body without a token
+is 401, not 400); then the body: at most ``limit`` bytes (413) and JSON (415 naming the
+``Content-Type`` header); only then does the route parse and validate it (400, 422).
+"""
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -10,28 +16,75 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-async def _reply_413(send: Send, limit: int) -> None:
-    body = orjson.dumps(
-        {
-            "error": "payload_too_large",
-            "message": f"request body is larger than the limit of {limit} bytes",
-        }
-    )
+async def reply(
+    send: Send, status: int, error: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer with the API's one error body (see :mod:`skyferry.api.errors`) from inside a middleware."""
+    body = orjson.dumps({"error": error, "message": message})
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
 
 
+def bearer_matches(authorization: str | None, token: bytes) -> bool:
+    """Whether an ``Authorization`` header is ``Bearer <token>``, compared in constant time."""
+    scheme, _, given = (authorization or "").partition(" ")
+    # compare_digest runs on every request, even without a token, so timing tells nothing.
+    matches = hmac.compare_digest(given.strip().encode(), token)
+    return matches and scheme.lower() == "bearer"
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class BearerAuthMiddleware:
+    """Answer 401 to a request without ``Authorization: Bearer <token>``, before anything else is read.
+
+    Paths in ``public`` (health) pass without a token.
+    """
+
+    def __init__(self, app: ASGIApp, token: bytes, public: frozenset[str]) -> None:
+        self.app = app
+        self.token = token
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.public:
+            await self.app(scope, receive, send)
+            return
+        if not bearer_matches(_header(scope, b"authorization"), self.token):
+            challenge = [(b"www-authenticate", b'Bearer realm="skyferry"')]
+            await reply(send, 401, "unauthorized", "missing or wrong bearer token", challenge)
+            return
+        await self.app(scope, receive, send)
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` names JSON (``application/json``, ``application/<x>+json``; parameters allowed)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 class BodyLimitMiddleware:
-    """Answer 413 to a body over ``limit`` bytes, before any of it reaches a handler.
+    """The request body: 413 over ``limit`` bytes, before any of it reaches a handler; 415 if not JSON.
 
     A declared ``Content-Length`` over the limit is refused without reading; a streamed
-    (chunked) body is counted as it arrives and refused once it passes the limit.  The
+    (chunked) body is counted as it arrives and refused once it passes the limit.  A
+    non-empty body must come with ``Content-Type: application/json``: a missing or other
+    type gets 415 with a message naming the header (``curl -d`` sends a form type).  The
     body (at most ``limit`` bytes) is then handed to the app in one piece.
     """
 
@@ -43,15 +96,15 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = self.limit + 1
-                if declared > self.limit:
-                    await _reply_413(send, self.limit)
-                    return
+        declared_length = _header(scope, b"content-length")
+        if declared_length is not None:
+            try:
+                declared = int(declared_length)
+            except ValueError:
+                declared = self.limit + 1
+            if declared > self.limit:
+                await self._too_large(send)
+                return
         # Read the body here (it is small: the limit), so that a streamed body over the
         # limit is refused with 413 before any handler runs.
         chunks: list[bytes] = []
@@ -64,13 +117,26 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > self.limit:
-                await _reply_413(send, self.limit)
+                await self._too_large(send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        content_type = _header(scope, b"content-type")
+        if received and not is_json(content_type):
+            given = f"not {content_type!r}" if content_type else "and it is missing"
+            await reply(
+                send,
+                415,
+                "unsupported_media_type",
+                f"the request body must be JSON: send the header Content-Type: application/json ({given})",
+            )
+            return
         whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         await self.app(scope, _replay(whole, receive), send)
+
+    async def _too_large(self, send: Send) -> None:
+        await reply(send, 413, "payload_too_large", f"request body is larger than the limit of {self.limit} bytes")
 
 
 def _replay(first: Message, receive: Receive) -> Receive:

@@ -79,6 +79,8 @@ SNAPSHOTS: Final = "$snapshots"
 IDEMPOTENCY: Final = "$idempotency"
 """Reserved view collection of idempotency records (key: hash of the idempotency key)."""
 IDEMPOTENCY_KEY_MAX: Final = 200
+MAX_VERSION: Final = 2**63 - 1
+"""The largest stream version (every store keeps versions as signed 64-bit integers)."""
 
 _ID_NAMESPACE: Final = uuid.UUID("5b0c7e9e-3f57-4c55-9d59-6b8f0e1d2a41")
 
@@ -272,8 +274,10 @@ class Application:
         aggregate_id = handler.aggregate_id(command)
         # The store validates the stream id before writing anything.
         stream_id = aggregate_type.stream_id_for(aggregate_id)
-        if expected_version is not None and (isinstance(expected_version, bool) or expected_version < 0):
-            raise ValidationError(f"expected_version must be an int >= 0, not {expected_version!r}")
+        if expected_version is not None and (
+            isinstance(expected_version, bool) or not 0 <= expected_version <= MAX_VERSION
+        ):
+            raise ValidationError(f"expected_version must be an int from 0 to {MAX_VERSION}, not {expected_version!r}")
         fingerprint = ""
         bound = 0  # the revision of the key's record this request saw or wrote
         if idempotency_key is not None and internal_key is not None:
@@ -518,8 +522,8 @@ class Application:
             aggregate.apply_all(self.upcasters.upcast_all(history))
         else:
             assert at_version is not None
-            if at_version < 1:
-                raise ValidationError(f"at_version must be >= 1, not {at_version}")
+            if not 1 <= at_version <= MAX_VERSION:
+                raise ValidationError(f"at_version must be from 1 to {MAX_VERSION}, not {at_version}")
             aggregate = aggregate_type(aggregate_id)
             self._restore_snapshot(aggregate, stream_id, at_version)
             if aggregate.version < at_version:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from skyferry.ledger.money import check_currency, format_amount, from_minor, parse_amount
+from skyferry.ledger.money import AMOUNT_PATTERN, check_currency, format_amount, from_minor, parse_amount
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 Currency = Annotated[str, Field(min_length=3, max_length=3)]
@@ -34,7 +34,7 @@ class MoneyCommand(Command):
     amount: Decimal | str | int | None = Field(
         default=None,
         json_schema_extra={
-            "anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?$"}, {"type": "integer"}, {"type": "null"}],
+            "anyOf": [{"type": "string", "pattern": AMOUNT_PATTERN}, {"type": "integer"}, {"type": "null"}],
             "examples": ["10.50"],
         },
     )

@@ -8,6 +8,7 @@ rounded.  Minor units (cents) are accepted as integers where a command offers
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
@@ -31,7 +32,11 @@ CURRENCY_DECIMALS: Final[dict[str, int]] = {
 MAX_AMOUNT: Final = Decimal("1000000000000")
 """The largest amount of one command (10^12 major units)."""
 
+AMOUNT_PATTERN: Final = r"^[0-9]+(\.[0-9]+)?$"
+"""An amount as a string: ASCII digits, then optionally a point and more digits (``"10"``, ``"10.50"``)."""
+
 _QUANTA: Final = {code: Decimal(1).scaleb(-places) for code, places in CURRENCY_DECIMALS.items()}
+_AMOUNT: Final = re.compile(AMOUNT_PATTERN)
 
 
 def check_currency(currency: str) -> str:
@@ -44,10 +49,11 @@ def check_currency(currency: str) -> str:
 def parse_amount(value: object, currency: str) -> Decimal:
     """A positive amount in ``currency``: a decimal string, an int or a ``Decimal``.
 
-    Raises ``ValueError`` saying what is wrong: a float (inexact), not a number, not
-    finite, zero or negative, over :data:`MAX_AMOUNT`, or more decimals than the currency
-    allows.  The result carries exactly the currency's decimals (``"10.5"`` EUR gives
-    ``Decimal("10.50")``).
+    Raises ``ValueError`` saying what is wrong: a float (inexact), a string that is not
+    :data:`AMOUNT_PATTERN` (``1e2``, ``+10``, ``1_000``, ``10.``, ``.5``, spaces, digits other
+    than ASCII ones: what ``Decimal`` would accept but the API documents not to), zero or
+    negative, over :data:`MAX_AMOUNT`, or more decimals than the currency allows.  The
+    result carries exactly the currency's decimals (``"10.5"`` EUR gives ``Decimal("10.50")``).
     """
     check_currency(currency)
     if isinstance(value, bool | float):
@@ -57,9 +63,14 @@ def parse_amount(value: object, currency: str) -> Decimal:
     elif isinstance(value, Decimal):
         amount = value
     elif isinstance(value, str):
+        if not _AMOUNT.fullmatch(value.removeprefix("-")):  # a minus sign is refused below, as not positive
+            raise ValueError(
+                f"amount {value!r} is not a decimal number written as digits 0-9 with an optional "
+                f'point and decimals, such as "10.50"'
+            )
         try:
-            amount = Decimal(value.strip())
-        except InvalidOperation as e:
+            amount = Decimal(value)
+        except InvalidOperation as e:  # cannot happen for the pattern; kept as a guard
             raise ValueError(f"amount {value!r} is not a decimal number") from e
     else:
         raise ValueError(f"amount must be a decimal string, not {type(value).__name__}")
