@@ -41,7 +41,7 @@ from skyferry.core.projections import (
 )
 from skyferry.core.relay import Relay
 from skyferry.core.upcasting import Upcasters
-from skyferry.core.worker import Beat, Task, Worker, WorkerThread
+from skyferry.core.worker import Beat, Task, Worker, WorkerThread, no_beat
 from skyferry.ledger.handlers import register_handlers
 from skyferry.ledger.process import TransferProcess
 from skyferry.ledger.projections import ledger_projections
@@ -51,10 +51,6 @@ from skyferry.settings import ProjectionsFrom, Settings
 
 EMBEDDED_SCHEMES = frozenset({"sqlite", "memory"})
 """Store URL schemes where one process usually writes (``bootstrap`` turns fast-forward off)."""
-
-
-def _no_beat() -> None:
-    """No heartbeat."""
 
 
 def write_fence(views: ViewStore) -> Callable[[], None]:
@@ -144,10 +140,9 @@ class Ledger(LedgerQueries):
         else:
             tasks = [Task("relay", lambda: self.relay.run_once(max_batches=1))]
         self.worker = Worker(tasks)
-        self._worker_lock = self.worker.lock
 
     @staticmethod
-    def _step_of(runner: ProjectionRunner) -> Any:
+    def _step_of(runner: ProjectionRunner) -> Callable[[], int]:
         return lambda: runner.run_once(max_events=runner.batch_size)
 
     # -- commands ------------------------------------------------------------------------------
@@ -166,7 +161,7 @@ class Ledger(LedgerQueries):
 
     # -- worker --------------------------------------------------------------------------------
 
-    def run_worker_once(self, beat: Beat = _no_beat) -> int:
+    def run_worker_once(self, beat: Beat = no_beat) -> int:
         """One worker pass; the number of events handled.
 
         ``projections_from="store"``: the process manager and the projections, each from
@@ -188,7 +183,7 @@ class Ledger(LedgerQueries):
         stop: threading.Event,
         poll_interval: float = 0.2,
         max_backoff: float = 10.0,
-        beat: Beat = _no_beat,
+        beat: Beat = no_beat,
     ) -> None:
         """Run the worker until ``stop`` is set; back off and retry after a transient failure or a conflict.
 
@@ -199,7 +194,7 @@ class Ledger(LedgerQueries):
             self.start_consumers()
         self.worker.run(stop, poll_interval=poll_interval, max_backoff=max_backoff, beat=beat)
 
-    def start_worker(self, stop: threading.Event, poll_interval: float = 0.2, beat: Beat = _no_beat) -> WorkerThread:
+    def start_worker(self, stop: threading.Event, poll_interval: float = 0.2, beat: Beat = no_beat) -> WorkerThread:
         """Run the worker on a thread of this process (``serve --worker``), restarted whenever it dies.
 
         :meth:`worker_status` (and so ``/readyz``) reports it down while it waits to restart.
@@ -240,7 +235,7 @@ class Ledger(LedgerQueries):
         if projection is None:
             known = ", ".join(sorted(self.projections))
             raise ConfigurationError(f"unknown read model {name!r}; known: {known}")
-        with self._worker_lock:
+        with self.worker.lock:
             return rebuild(
                 self.events,
                 self.views,

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Final
 
 from skyferry.core.errors import ConfigurationError, TransientError
+from skyferry.core.worker import no_beat
+
+__all__ = ["MIN_INTERVAL_SECONDS", "Heartbeat", "age_seconds", "no_beat"]
 
 MIN_INTERVAL_SECONDS: Final = 1.0
 """The file is touched at most this often, however fast the worker loops."""
-
-
-def no_beat() -> None:
-    """The heartbeat of a worker that keeps none (``SKYFERRY_HEARTBEAT_FILE`` unset)."""
 
 
 class Heartbeat:

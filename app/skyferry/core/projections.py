@@ -382,6 +382,8 @@ class ProjectionRunner:
             page = self.events.read_all(after=position, limit=min(self.page_size, count - read))
             if not page:
                 break
+            if page[-1].position is None:
+                raise ConfigurationError(f"{self.events.url}: read_all returned an event without a position")
             for event in page:
                 self._take_alone(generation, name, event, fence)
                 fence += 1

@@ -35,7 +35,7 @@ RETRYABLE: tuple[type[Exception], ...] = (TransientError, ConcurrencyError)
 """Errors after which nothing was half-applied and the same step may simply run again."""
 
 
-def _no_beat() -> None:
+def no_beat() -> None:
     """The beat of a worker that keeps no heartbeat."""
 
 
@@ -94,7 +94,7 @@ class Worker:
         self.lock = lock if lock is not None else threading.Lock()
         """Held during each pass: whoever else takes it (a rebuild) waits for a pass boundary."""
 
-    def run_once(self, beat: Beat = _no_beat) -> int:
+    def run_once(self, beat: Beat = no_beat) -> int:
         """Passes over every task until none handled anything; the number of events handled.
 
         A task whose step raises sits out the rest of the call while the others go on until
@@ -123,7 +123,7 @@ class Worker:
         return total
 
     def run(
-        self, stop: threading.Event, *, poll_interval: float = 0.2, max_backoff: float = 10.0, beat: Beat = _no_beat
+        self, stop: threading.Event, *, poll_interval: float = 0.2, max_backoff: float = 10.0, beat: Beat = no_beat
     ) -> None:
         """Run passes until ``stop`` is set.
 
