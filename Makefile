@@ -7,8 +7,10 @@ export PATH := $(CURDIR)/.cache/bin:$(CURDIR)/.tools/bin:$(PATH)
 
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 PYTEST_ARGS ?=
+TARGET ?= aws
+IMAGE_FLAGS ?=
 
-.PHONY: help uv deps deps-app services demo test lint typecheck pytest bench clean
+.PHONY: help uv deps deps-app services demo image test lint typecheck pytest bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,6 +43,9 @@ typecheck: ## mypy (strict)
 
 pytest: ## the test suite alone
 	$(UV) run pytest $(PYTEST_ARGS)
+
+image: ## build app/Dockerfile for TARGET=aws|azure|gcp|kubernetes with podman or docker (docs/image.md)
+	python3 scripts/image.py --install --target $(TARGET) $(IMAGE_FLAGS) >/dev/null
 
 test: deps services lint typecheck pytest ## the whole suite: lint, types, every test layer
 

@@ -46,7 +46,9 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     text = DOCKERFILE.read_text()
     froms = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.MULTILINE)
     assert len(froms) >= 2
-    assert all("slim" in image for image, _ in froms)
+    # users build from the official slim Python image (`make image` may pass a local one)
+    assert re.search(r"^ARG BASE_IMAGE=python:\$\{PYTHON_VERSION\}-slim-bookworm$", text, re.MULTILINE)
+    assert all(image == "${BASE_IMAGE}" for image, stage in froms if stage != "uv")
     runtime = final_stage(text)
     users = re.findall(r"^USER (\S+)", runtime, re.MULTILINE)
     assert users, "the runtime stage sets no USER"
