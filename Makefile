@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 TARGET ?= aws
 IMAGE_FLAGS ?=
 
-.PHONY: help uv deps deps-app services demo image test lint typecheck pytest bench clean
+.PHONY: help uv deps deps-app services demo image image-test test lint typecheck pytest bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,7 +47,13 @@ pytest: ## the test suite alone
 image: ## build app/Dockerfile for TARGET=aws|azure|gcp|kubernetes with podman or docker (docs/image.md)
 	python3 scripts/image.py --install --target $(TARGET) $(IMAGE_FLAGS) >/dev/null
 
-test: deps services lint typecheck pytest ## the whole suite: lint, types, every test layer
+image-test: image ## run the built image as the platforms run it (tests/image)
+	$(UV) run pytest tests/image $(PYTEST_ARGS)
+
+# The image's tests run in the one pytest run, beside the rest; `make image` before it installs the
+# engine and builds (with no engine to be had, those tests skip, or fail under SKYFERRY_REQUIRE_SERVICES=1).
+test: IMAGE_FLAGS = --if-possible
+test: deps services image lint typecheck pytest ## the whole suite: lint, types, every test layer, the image
 
 bench: deps services ## benchmarks, each figure beside the raw limit measured in the same run
 	$(UV) run python -m benchmarks

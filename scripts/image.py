@@ -219,7 +219,7 @@ def apt_install(*packages: str, missing: type[ImageError] = ImageError) -> None:
 def engine(install: bool) -> Engine:
     """:func:`find_engine`, installing Debian's podman first when ``install`` and there is none."""
     found = find_engine()
-    if found is None and install:
+    if found is None and install and os.environ.get("SKYFERRY_ENGINE", "") in {"", "podman"}:
         apt_install("podman", "runc", missing=NoEngine)
         found = find_engine()
     if found is None:

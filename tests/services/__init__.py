@@ -83,8 +83,9 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, timeout: f
     raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
-def owns_port(process: subprocess.Popen[bytes], port: int) -> bool:
-    """Whether ``process`` (or a child of it) is the one listening on ``port`` (Linux /proc)."""
+def owns_port(process: subprocess.Popen[bytes] | int, port: int) -> bool:
+    """Whether ``process`` (a Popen or a PID) or a child of it is the one listening on ``port`` (Linux /proc)."""
+    pid = process if isinstance(process, int) else process.pid
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
@@ -92,8 +93,8 @@ def owns_port(process: subprocess.Popen[bytes], port: int) -> bool:
                 fields = line.split()
                 if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
                     inodes.add(fields[9])
-    pids = [process.pid]
-    with contextlib.suppress(OSError), open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
+    pids = [pid]
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as f:
         pids += [int(p) for p in f.read().split()]
     for pid in pids:
         with contextlib.suppress(OSError):
