@@ -97,7 +97,7 @@ class NoEngine(ImageError):
 
 
 class Unprepared(ImageError):
-    """Something only ``make image`` installs is missing (the tests never run apt-get)."""
+    """A tool the local base images need is missing (mmdebstrap), and apt-get may not install it here."""
 
 
 def log(message: str) -> None:
@@ -203,7 +203,7 @@ def find_engine() -> Engine | None:
     return None
 
 
-def apt_install(*packages: str, missing: type[ImageError] = ImageError) -> None:
+def apt_install(*packages: str, missing: type[ImageError] = Unprepared) -> None:
     """Install Debian packages with apt-get (root only), waiting for another apt-get to finish."""
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise missing(f"{' '.join(packages)} is missing and cannot be installed here (apt-get as root)")
@@ -299,7 +299,7 @@ def make_rootfs(tarball: Path, sources: Sequence[str], cas: Sequence[Path], inst
     """``mmdebstrap`` a minimal bookworm with python3 into ``tarball`` (the host's CAs added)."""
     if not shutil.which("mmdebstrap"):
         if not install:
-            raise Unprepared("mmdebstrap is missing: run `make image` (installs it)")
+            raise Unprepared("mmdebstrap is missing: run `make image` (installs it with apt-get)")
         apt_install("mmdebstrap")
     hooks = []
     if cas:  # mmdebstrap's copy-in: host files into a directory of the new root
@@ -481,12 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--if-possible",
         action="store_true",
-        help="no engine to be had is no error (the image's tests then skip, or fail with SKYFERRY_REQUIRE_SERVICES=1)",
+        help="an engine or tool that cannot be had here is no error (the image's tests then say so)",
     )
     args = parser.parse_args(argv)
     try:
         _, image_id = build(args.target, install=args.install, mode=args.base)
-    except NoEngine as e:
+    except (NoEngine, Unprepared) as e:
         if not args.if_possible:
             print(f"image: error: {e}", file=sys.stderr)
             return 1
