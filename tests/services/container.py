@@ -176,12 +176,6 @@ class Container:
         """Run ``argv`` inside the running container (its user and environment), like an exec probe."""
         return self._run("exec", self.id, *argv, timeout=timeout)
 
-    def signal(self, name: str = "TERM") -> None:
-        """Send the signal ``name`` to the container's main process."""
-        result = self._run("kill", f"--signal={name}", self.id)
-        if result.returncode != 0:
-            raise RuntimeError(f"cannot signal container {self.id[:12]}: {result.stderr.strip()}")
-
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` s (as the platforms stop a task); the exit code."""
         self._run("stop", f"--time={round(timeout)}", self.id, timeout=timeout + 60)
@@ -195,8 +189,8 @@ class Container:
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        if self.running():
-            self.stop()
+        """Stop (SIGTERM, SIGKILL after 10 s) and remove the container."""
+        self._run("stop", "--time=10", self.id, timeout=70)
         self.remove()
 
 
