@@ -9,6 +9,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 PYTEST_ARGS ?=
 TARGET ?= aws
 IMAGE_FLAGS ?=
+export SKYFERRY_IMAGE_TARGET := $(TARGET)
 
 .PHONY: help uv deps deps-app services demo image image-test test lint typecheck pytest bench clean
 
