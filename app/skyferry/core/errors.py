@@ -7,9 +7,24 @@ catch an error.  Every class says whether retrying can help.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class SkyferryError(Exception):
-    """Base of every error skyferry raises on purpose."""
+    """Base of every error skyferry raises on purpose.
+
+    ``exit_code`` is the exit status of the ``skyferry`` command that fails with it
+    (docs/cli.md): a property of the class, 2 (bad input) unless a subclass says otherwise.
+    ``where`` names the input at fault (an option, a setting, a file) and ``hint`` what to
+    do about it, when the code that raises knows; the command prints both.
+    """
+
+    exit_code: ClassVar[int] = 2
+
+    def __init__(self, *args: object, where: str | None = None, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.where = where
+        self.hint = hint
 
 
 class ConcurrencyError(SkyferryError):
@@ -19,6 +34,8 @@ class ConcurrencyError(SkyferryError):
     when an event id is already stored at another version.  ``actual`` is the stream's
     version at the time of the check (0 for a stream that does not exist).
     """
+
+    exit_code: ClassVar[int] = 1
 
     def __init__(self, stream_id: str, expected: object, actual: int, detail: str = "") -> None:
         self.stream_id = stream_id
@@ -52,6 +69,8 @@ class TransientError(SkyferryError):
     Nothing was half-written: the operation either happened whole or not at all, and
     retrying it (appends are idempotent by event id) is safe.
     """
+
+    exit_code: ClassVar[int] = 3
 
 
 class WriteFenced(TransientError):

@@ -7,7 +7,7 @@ that holds other events and a failed verification are their own classes (exit 1)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from skyferry.core.errors import SkyferryError, ValidationError
 
@@ -34,6 +34,8 @@ class WrongKey(ArchiveError):
 class TargetConflict(SkyferryError):
     """The target already holds a different event where the copy would write one."""
 
+    exit_code: ClassVar[int] = 1
+
     def __init__(self, stream_id: str, version: int, detail: str) -> None:
         self.stream_id = stream_id
         self.version = version
@@ -47,6 +49,8 @@ class TargetConflict(SkyferryError):
 
 class VerificationFailed(SkyferryError):
     """Source and target differ; ``differences`` lists each difference in words."""
+
+    exit_code: ClassVar[int] = 1
 
     def __init__(self, differences: list[str]) -> None:
         self.differences = differences
