@@ -1,104 +1,135 @@
-"""The ``skyferry`` command (Typer): ``serve``, ``worker``, ``alive``, ``rebuild``, ``parked``, ``demo``, extensions.
+"""The ``skyferry`` command (Typer): serve, worker, alive, rebuild, parked, demo, plan, and the extensions.
 
-Exit codes (docs/cli.md): 0 ok, 1 a check failed, 2 bad input (a setting, a URL,
-a corrupt or read-only file), 3 a transient failure (safe to run again).
+Every command follows one error policy (:mod:`skyferry.console`, docs/cli.md): a command raises
+a ``SkyferryError`` (its class carries the exit code: 1 a check failed, 2 bad input, 3
+transient) and :func:`run` prints it as ``skyferry: error: <what> (<where>)`` plus a ``hint:``
+line; 130 is an interrupt.  No command prints an error or exits with a code by itself.
 
 Extensions: other packages add commands by defining a ``typer.Typer()`` called ``app``
 in a module listed in :data:`EXTENSIONS`; its commands are mounted at the top level
 (``skyferry export``, not ``skyferry migrate export``).  ``plan`` loads ``providers/``
-only when called, so an app image without the infra dependencies still works.  See
-``docs/cli.md``.
+only when called, so an app image without the infra dependencies still works.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
+import importlib.metadata
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import Annotated, Any, Final, NoReturn
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 import typer
 
-from skyferry.core.errors import (
-    ConcurrencyError,
-    ConfigurationError,
-    SkyferryError,
-    TransientError,
-    ValidationError,
+from skyferry.console import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CheckFailed,
+    configure_logging,
+    count,
+    duration,
+    inputs_of,
+    located,
+    output,
+    plural,
+    report,
 )
+from skyferry.core.errors import ConfigurationError
 from skyferry.core.worker import WorkerThread
 from skyferry.runtime import tune_process
 from skyferry.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-EXIT_OK: Final = 0
-EXIT_CHECK_FAILED: Final = 1
-EXIT_BAD_INPUT: Final = 2
-EXIT_TRANSIENT: Final = 3
-
 EXTENSIONS: Final = ("skyferry.migrate.cli",)
 """Modules whose ``app`` (a ``typer.Typer``) is mounted at the top level."""
+
+CONTEXT: Final = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+"""Click settings of every command: ``-h`` is ``--help``."""
+
+INFRA_INSTALL: Final = "uv sync --all-extras --group infra"
+"""Adds the Pulumi side to the app's environment and keeps the database drivers (the extras)."""
+
+SERVE_HINT: Final = (
+    "set it to a random secret, e.g. "
+    "export SKYFERRY_API_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+)
 
 cli = typer.Typer(
     name="skyferry",
     help="One event-sourced CQRS application on any cloud; move it and its data between clouds.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    rich_markup_mode=None,
+    context_settings=CONTEXT,
+    epilog="Exit codes: 0 ok, 1 a check failed, 2 bad input, 3 transient (safe to run again), 130 interrupted. "
+    "Settings: SKYFERRY_* environment variables. See docs/cli.md.",
 )
 
+
+def setting_default(name: str) -> str:
+    """The help's ``[default: …]`` of an option that overrides the setting ``name``: its effective value."""
+    from skyferry.adapters.registry import redact
+
+    variable = f"SKYFERRY_{name.upper()}"
+    value = os.environ.get(variable)
+    if value is not None:
+        return f"[default: {redact(value)}, from {variable}]"
+    return f"[default: {Settings.model_fields[name].default}, or set {variable}]"
+
+
 StoreOpt = Annotated[
-    str | None, typer.Option("--store", help="Store URL (default: SKYFERRY_STORE_URL or sqlite:///skyferry.db).")
+    str | None,
+    typer.Option(
+        "--store", metavar="URL", help=f"Event and view store.  {setting_default('store_url')}", show_default=False
+    ),
 ]
 BrokerOpt = Annotated[
-    str | None, typer.Option("--broker", help="Broker URL (default: SKYFERRY_BROKER_URL or memory://).")
+    str | None,
+    typer.Option("--broker", metavar="URL", help=f"Broker.  {setting_default('broker_url')}", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of text.")]
 
 
-def exit_code_of(error: BaseException) -> int:
-    """The exit code for an error: 3 transient, 1 concurrency (a check), 2 everything else we raise."""
-    if isinstance(error, TransientError):
-        return EXIT_TRANSIENT
-    if isinstance(error, ConcurrencyError):
-        return EXIT_CHECK_FAILED
-    return EXIT_BAD_INPUT
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"skyferry {importlib.metadata.version('skyferry')}")
+        raise typer.Exit(EXIT_OK)
 
 
-def fail(error: BaseException) -> NoReturn:
-    """Print ``error`` on stderr (one clear line) and exit with its code."""
-    kind = {EXIT_TRANSIENT: "transient failure (safe to retry)", EXIT_CHECK_FAILED: "check failed"}.get(
-        exit_code_of(error), "error"
-    )
-    typer.echo(f"skyferry: {kind}: {error}", err=True)
-    raise typer.Exit(exit_code_of(error))
+@cli.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and debug logs (also SKYFERRY_LOG_LEVEL=debug).")
+    ] = False,
+) -> None:
+    """One event-sourced CQRS application on any cloud; move it and its data between clouds.
+
+    Exit codes: 0 ok, 1 a check failed, 2 bad input, 3 transient failure (safe to run again),
+    130 interrupted.  Settings: SKYFERRY_* environment variables (docs/cli.md).
+    """
+    if debug:
+        output.debug = True
 
 
-@contextlib.contextmanager
-def translated_errors() -> Iterator[None]:
-    """Turn skyferry errors into a message and an exit code (no traceback for expected failures)."""
-    try:
-        yield
-    except SkyferryError as e:
-        fail(e)
-
-
-def _settings(store: str | None = None, broker: str | None = None, **more: Any) -> Settings:
+def load(store: str | None = None, broker: str | None = None, **more: Any) -> Settings:
+    """The settings, with the options given overriding the environment; a bad one is a ConfigurationError."""
     overrides: dict[str, Any] = {k: v for k, v in {"store_url": store, "broker_url": broker, **more}.items() if v}
-    with translated_errors():
-        return load_settings(**overrides)
+    return load_settings(**overrides)
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=False
-    )
+    configure_logging(settings.log_level, debug=output.debug)
 
 
 def _heartbeat(settings: Settings) -> Callable[[], None]:
@@ -109,230 +140,326 @@ def _heartbeat(settings: Settings) -> Callable[[], None]:
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set ``stop``: a command that runs until stopped then ends cleanly (exit 0)."""
+
     def handler(signum: int, _: Any) -> None:
-        log.info("signal %d: stopping", signum)
+        log.info("%s: stopping", signal.Signals(signum).name)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
 
 
-@cli.command()
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: any free one); a taken address is a ConfigurationError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        taken = e.errno == 98 or "in use" in str(e.strerror)
+        hint = (
+            "another process listens there: stop it, or choose another port (--port or SKYFERRY_PORT)"
+            if taken
+            else "choose an address of this machine (--host or SKYFERRY_HOST)"
+        )
+        reason = (e.strerror or str(e)).lower()
+        raise ConfigurationError(f"cannot listen: {reason}", where=f"{host}:{port}", hint=hint) from e
+    return sock
+
+
+@cli.command(context_settings=CONTEXT)
 def serve(
     store: StoreOpt = None,
     broker: BrokerOpt = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default SKYFERRY_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind (default SKYFERRY_PORT).")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(metavar="ADDRESS", help=f"Address to listen on.  {setting_default('host')}", show_default=False),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PORT", min=0, max=65535, help=f"Port to listen on.  {setting_default('port')}", show_default=False
+        ),
+    ] = None,
     worker: Annotated[
         bool | None,
         typer.Option(
             "--worker/--no-worker",
-            help="Run the worker in this process too (default: yes with the in-process memory:// broker).",
+            help="Run the worker in this process too.  [default: --worker with the memory:// broker, else --no-worker]",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
-    """Serve the HTTP API (needs SKYFERRY_API_TOKEN)."""
+    """Serve the HTTP API (needs SKYFERRY_API_TOKEN).
+
+    It checks the store and the port first; SIGINT or SIGTERM stops it (exit 0).
+    """
     import uvicorn
 
     from skyferry.api.app import create_app
     from skyferry.bootstrap import bootstrap
 
-    settings = _settings(store, broker, host=host, port=port)
+    settings = load(store, broker, host=host, port=port)
     _configure_logging(settings)
-    with translated_errors():
+    with located(hint=SERVE_HINT):
         settings.require_token()
-        ledger = bootstrap(settings)
+    listening = listen_socket(settings.host, settings.port)
+    ledger = bootstrap(settings)
     stop = threading.Event()
     thread: WorkerThread | None = None
     try:
-        with translated_errors():
-            ledger.events.last_position()  # fail fast on a corrupt, read-only or unreachable store
-            ledger.views.get_checkpoint("$startup-check")
+        ledger.events.last_position()  # fail fast on a corrupt, read-only or unreachable store
+        ledger.views.get_checkpoint("$startup-check")
         app = create_app(settings, ledger)
         if worker if worker is not None else settings.broker_url.startswith("memory:"):
             thread = ledger.start_worker(stop, settings.worker_interval, beat=_heartbeat(settings))
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        _stop_on_signals(stop)  # uvicorn handles the signals while it serves, then passes them here
+        host, port = listening.getsockname()[:2]
+        log.info("serve: listening on http://%s:%d, store %s (Ctrl-C to stop)", host, port, ledger.events.url)
+        config = uvicorn.Config(app, log_level=settings.log_level, log_config=None)
+        uvicorn.Server(config).run(sockets=[listening])
     finally:
         stop.set()
         if thread is not None:
             thread.join(timeout=30)
         ledger.close()
+        listening.close()
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 def worker(
     store: StoreOpt = None,
     broker: BrokerOpt = None,
     once: Annotated[bool, typer.Option("--once", help="One pass until caught up, then exit.")] = False,
 ) -> None:
-    """Run the relay, the transfer process manager and the projections."""
+    """Run the relay, the transfer process manager and the projections.
+
+    Until SIGINT or SIGTERM (exit 0), backing off while a service is unreachable; --once: until caught up.
+    """
     from skyferry.bootstrap import bootstrap
 
-    settings = _settings(store, broker)
+    settings = load(store, broker)
     _configure_logging(settings)
-    with translated_errors():
-        beat = _heartbeat(settings)
-        beat()  # a fresh start: a file left by an earlier run of this container must not count
-        ledger = bootstrap(settings)
-        try:
-            if once:
-                handled = ledger.run_worker_once()
-                typer.echo(f"worker: handled {handled} event(s); caught up")
-                return
-            stop = threading.Event()
-            _stop_on_signals(stop)
-            log.info("worker: running on %s (Ctrl-C to stop)", ledger.events.url)
-            ledger.run_worker(stop, settings.worker_interval, beat=beat)
-        finally:
-            ledger.close()
+    beat = _heartbeat(settings)
+    beat()  # a fresh start: a file left by an earlier run of this container must not count
+    ledger = bootstrap(settings)
+    try:
+        if once:
+            handled = ledger.run_worker_once()
+            typer.echo(
+                f"worker: caught up ({count(handled)} event handlings by the relay, the transfer process "
+                f"manager and the {len(ledger.projections)} read models)"
+            )
+            return
+        stop = threading.Event()
+        _stop_on_signals(stop)
+        log.info("worker: running on %s (Ctrl-C to stop)", ledger.events.url)
+        ledger.run_worker(stop, settings.worker_interval, beat=beat)
+    finally:
+        ledger.close()
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 def alive(
     max_age: Annotated[
-        float, typer.Option("--max-age", min=1, help="Seconds since the worker's last heartbeat that still count.")
+        float,
+        typer.Option(
+            "--max-age", metavar="SECONDS", min=1, help="Seconds since the worker's last heartbeat that still count."
+        ),
     ] = 120,
 ) -> None:
-    """Liveness check for probes: exit 0 when the worker touched SKYFERRY_HEARTBEAT_FILE within --max-age seconds."""
+    """Liveness probe: exit 0 when the worker's heartbeat is fresh.
+
+    Exit 0 when the worker touched SKYFERRY_HEARTBEAT_FILE within --max-age seconds, 1 when it did not.
+    """
     from skyferry.heartbeat import age_seconds
 
-    settings = _settings()
-    with translated_errors():
-        if not settings.heartbeat_file:
-            raise ConfigurationError("SKYFERRY_HEARTBEAT_FILE is not set: the worker keeps no heartbeat to check")
+    settings = load()
+    if not settings.heartbeat_file:
+        raise ConfigurationError(
+            "the worker keeps no heartbeat to check",
+            where="SKYFERRY_HEARTBEAT_FILE is not set",
+            hint="set SKYFERRY_HEARTBEAT_FILE to the same file for the worker and for this check",
+        )
+    with located(f"SKYFERRY_HEARTBEAT_FILE {settings.heartbeat_file}"):
         age = age_seconds(settings.heartbeat_file)
     if age > max_age:
-        typer.echo(f"not alive: the worker's last heartbeat was {age:.0f} s ago (limit {max_age:g} s)", err=True)
-        raise typer.Exit(EXIT_CHECK_FAILED)
-    typer.echo(f"alive: the worker's last heartbeat was {age:.0f} s ago")
+        raise CheckFailed(
+            f"not alive: the worker's last heartbeat was {duration(age)} ago, over the limit of {duration(max_age)}",
+            where=f"SKYFERRY_HEARTBEAT_FILE {settings.heartbeat_file}",
+            hint="the worker has hung or stopped; restarting it is safe",
+        )
+    typer.echo(f"alive: the worker's last heartbeat was {duration(age)} ago (limit {duration(max_age)})")
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 def rebuild(
-    projection: Annotated[str, typer.Argument(help="Read model: balances, history, daily_totals, transfers.")],
+    projection: Annotated[
+        str, typer.Argument(metavar="READ_MODEL", help="balances, history, daily_totals or transfers.")
+    ],
     store: StoreOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Blue/green rebuild of a read model: build the next version beside the live one, switch, drop the old."""
+    """Blue/green rebuild of a read model.
+
+    It builds the next version beside the live one, switches, and drops the old.
+    """
     from skyferry.bootstrap import bootstrap
 
-    settings = _settings(store, "memory://")
-    with translated_errors():
-        ledger = bootstrap(settings)
-        try:
+    output.json = json_output
+    settings = load(store, "memory://")
+    ledger = bootstrap(settings)
+    try:
+        with located("READ_MODEL"):
             report = ledger.rebuild(projection)
-        finally:
-            ledger.close()
-    if json_output:
-        typer.echo(orjson.dumps(report.to_dict()).decode())
-        return
-    typer.echo(
-        f"rebuilt {report.projection}: generation {report.old_generation} -> {report.new_generation}, "
-        f"{report.events:,} events, {report.documents:,} documents, {report.seconds:.2f} s "
-        f"({report.events_per_second:,.0f} events/s)"
+    finally:
+        ledger.close()
+    output.summary(
+        report.to_dict(),
+        [
+            f"rebuilt {report.projection}: generation {report.old_generation} -> {report.new_generation}, "
+            f"{count(report.events)} events read, {count(report.documents)} documents written, "
+            f"in {duration(report.seconds)}",
+            "the live read model now serves the new generation; the old one is dropped",
+        ],
     )
 
 
 parked_cli = typer.Typer(
     help="Events a handler kept failing on (parked): list them, retry them after a fix, or skip them.",
     no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=CONTEXT,
 )
 cli.add_typer(parked_cli, name="parked")
-KeysArg = Annotated[list[str], typer.Argument(help="Keys of parked events, as `skyferry parked list` shows them.")]
+KeysArg = Annotated[
+    list[str], typer.Argument(metavar="KEY...", help="Keys of parked events, as `skyferry parked list` shows them.")
+]
 
 
-@parked_cli.command("list")
+@parked_cli.command("list", context_settings=CONTEXT)
 def parked_list(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
     """List the parked events, oldest first: which runner, which event, the error."""
     from skyferry.bootstrap import bootstrap
 
-    with translated_errors():
-        ledger = bootstrap(_settings(store, "memory://"))
-        try:
-            found = ledger.parked.list()
-        finally:
-            ledger.close()
-    if json_output:
+    output.json = json_output
+    ledger = bootstrap(load(store, "memory://"))
+    try:
+        found = ledger.parked.list()
+    finally:
+        ledger.close()
+    if output.json:
         typer.echo(orjson.dumps([parked.to_dict() for parked in found]).decode())
         return
     for parked in found:
         typer.echo(
             f"{parked.key}  {parked.stream_id} v{parked.version} {parked.type}  "
-            f"parked {parked.parked_at} after {parked.attempts} attempt(s): {parked.error}"
+            f"parked {parked.parked_at} after {plural(parked.attempts, 'attempt')}: {parked.error}"
         )
-    typer.echo(f"{len(found)} parked event(s)")
+    typer.echo(f"{count(len(found))} parked event(s)")
 
 
-@parked_cli.command("retry")
+@parked_cli.command("retry", context_settings=CONTEXT)
 def parked_retry(keys: KeysArg, store: StoreOpt = None, json_output: JsonOpt = False) -> None:
     """Apply parked events again, one by one (after a fix is deployed); exit 1 if any fails again."""
     from skyferry.bootstrap import bootstrap
 
+    output.json = json_output
     outcomes: dict[str, Any] = {}
-    with translated_errors():
-        ledger = bootstrap(_settings(store, "memory://"))
-        try:
-            for key in keys:
-                again = ledger.parked.retry(key)
-                outcomes[key] = None if again is None else again.error
-        finally:
-            ledger.close()
-    if json_output:
+    ledger = bootstrap(load(store, "memory://"))
+    try:
+        for key in keys:
+            again = ledger.parked.retry(key)
+            outcomes[key] = None if again is None else again.error
+    finally:
+        ledger.close()
+    if output.json:
         typer.echo(orjson.dumps([{"key": k, "applied": e is None, "error": e} for k, e in outcomes.items()]).decode())
     else:
         for key, error in outcomes.items():
             typer.echo(f"{key}: applied" if error is None else f"{key}: failed again, still parked: {error}")
-    if any(error is not None for error in outcomes.values()):
-        raise typer.Exit(EXIT_CHECK_FAILED)
+    failed = [key for key, error in outcomes.items() if error is not None]
+    if failed:
+        raise CheckFailed(
+            f"{plural(len(failed), 'parked event')} failed again: {', '.join(failed)}",
+            hint="fix the handler and retry, or skip them (skyferry parked skip KEY...)",
+        )
 
 
-@parked_cli.command("skip")
+@parked_cli.command("skip", context_settings=CONTEXT)
 def parked_skip(keys: KeysArg, store: StoreOpt = None, json_output: JsonOpt = False) -> None:
     """Release parked events without applying them (the runner never will)."""
     from skyferry.bootstrap import bootstrap
 
-    with translated_errors():
-        ledger = bootstrap(_settings(store, "memory://"))
-        try:
-            skipped = [ledger.parked.skip(key) for key in keys]
-        finally:
-            ledger.close()
-    if json_output:
+    output.json = json_output
+    ledger = bootstrap(load(store, "memory://"))
+    try:
+        skipped = [ledger.parked.skip(key) for key in keys]
+    finally:
+        ledger.close()
+    if output.json:
         typer.echo(orjson.dumps([parked.to_dict() for parked in skipped]).decode())
         return
     for parked in skipped:
         typer.echo(f"{parked.key}: skipped")
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 def demo(
     store: Annotated[
-        str | None, typer.Option("--store", help="Keep the data in this store (default: a fresh SQLite file).")
+        str | None,
+        typer.Option(
+            "--store",
+            metavar="URL",
+            help="Keep the data in this store.  [default: a fresh SQLite file in a temporary directory]",
+            show_default=False,
+        ),
     ] = None,
-    broker: Annotated[str | None, typer.Option("--broker", help="Broker URL (default memory://).")] = None,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary SQLite file and print its path.")] = False,
+    broker: Annotated[
+        str | None, typer.Option("--broker", metavar="URL", help="Broker.  [default: memory://]", show_default=False)
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the temporary SQLite files and print their paths.")
+    ] = False,
 ) -> None:
-    """The main job on the embedded default: API on a free port, a workload through HTTP, checks, a report."""
+    """The main job on the embedded default, checked end to end.
+
+    The API, a workload through HTTP, a live move to a second store; exit 1 if any check fails.
+    """
     from skyferry.demo import run_demo
 
-    with translated_errors():
-        code = run_demo(store=store, broker=broker, keep=keep)
-    raise typer.Exit(code)
+    failed = run_demo(store=store, broker=broker, keep=keep)
+    if failed:
+        raise CheckFailed(f"{len(failed)} demo check(s) failed: {', '.join(failed)}", hint="the report above says why")
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 def plan(
-    stack: Annotated[str, typer.Option("--stack", help="Stack name (stacks/Pulumi.<NAME>.yaml).")],
-    format: Annotated[str, typer.Option("--format", help="table, json or mermaid.")] = "table",
+    stack: Annotated[str, typer.Option("--stack", metavar="NAME", help="Stack name (stacks/Pulumi.<NAME>.yaml).")],
+    format: Annotated[
+        Literal["table", "json", "mermaid"],
+        typer.Option("--format", metavar="FORMAT", help="table, json or mermaid."),
+    ] = "table",
 ) -> None:
-    """Offline: what `pulumi up` would create for a stack, with policy findings (needs the infra group)."""
+    """Offline: what `pulumi up` would create, with policy findings.
+
+    Needs the infra dependency group: uv run --group infra skyferry plan --stack NAME.
+    """
     try:
-        from providers.plan import command
+        from providers.plan import RENDERERS, make_plan
     except ImportError as e:
-        fail(ConfigurationError(f"`skyferry plan` needs the infra dependencies ({e.name}): uv sync --group infra"))
-    with translated_errors():
-        code = command(stack, format)
-    raise typer.Exit(code)
+        raise ConfigurationError(
+            f"`skyferry plan` needs the infra dependency group, which is not installed ({e.name} is missing)",
+            hint=f"{INFRA_INSTALL}  (or run it as: uv run --group infra skyferry plan ...)",
+        ) from e
+    with located("--stack"):
+        the_plan = make_plan(stack)
+    typer.echo(RENDERERS[format](the_plan))
+    if the_plan.findings:
+        raise CheckFailed(f"{len(the_plan.findings)} policy finding(s) in stack {stack!r}", hint="listed above")
 
 
 _mounted: set[tuple[int, str]] = set()
@@ -361,22 +488,32 @@ def mount_extensions(target: typer.Typer, modules: tuple[str, ...] = EXTENSIONS)
     return mounted
 
 
-def run(argv: list[str] | None = None, entry: Callable[..., Any] | None = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+def run(argv: list[str] | None = None, entry: typer.Typer | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) of ``entry`` (default: ``skyferry``).
+
+    Any failure is printed in the one shape (:func:`skyferry.console.report`); returns the exit code.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    output.reset()
     if entry is None:
         mount_extensions(cli)
-        entry = cli
+    command = typer.main.get_command(entry or cli)
     try:
-        entry(args=argv, prog_name="skyferry", standalone_mode=True)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else EXIT_BAD_INPUT)
-    except (ConfigurationError, ValidationError) as e:
-        typer.echo(f"skyferry: error: {e}", err=True)
-        return EXIT_BAD_INPUT
-    except TransientError as e:
-        typer.echo(f"skyferry: transient failure (safe to retry): {e}", err=True)
-        return EXIT_TRANSIENT
-    return EXIT_OK
+        code = command.main(args=argv, prog_name="skyferry", standalone_mode=False)
+    except SystemExit as e:  # shell completion exits by itself
+        return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_BAD_INPUT)
+    except typer.Exit as e:
+        return e.exit_code
+    except BaseException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            typer.echo(command.get_help(e.ctx))  # type: ignore[attr-defined]
+            return EXIT_OK
+        if isinstance(e, typer.TyperException) and "--json" in argv:
+            output.json = True  # a usage error comes before the command could say so
+        return report(e, inputs_of(argv))
+    if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C into this code
+        return report(KeyboardInterrupt(), inputs_of(argv))
+    return int(code) if isinstance(code, int) else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,8 @@ that completes and one that fails and is compensated, a concurrency conflict, a 
 retried with the same idempotency key, and a refused overdraft.  It runs the worker
 passes (relay, transfer process manager, projections), shows the read models, a
 temporal query, a blue/green rebuild of every read model that must give identical views,
-and checks that money is conserved.  Exit status 0 when every check passed, 1 otherwise.
+and checks that money is conserved.  The command exits 0 when every check passed, 1
+otherwise.
 
 Account and transfer ids carry a per-run suffix, so the demo also runs against a store
 that holds earlier data.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
+import sys
 import tempfile
 import threading
 import time
@@ -33,7 +34,10 @@ from pydantic import SecretStr
 
 from skyferry.api.app import create_app
 from skyferry.bootstrap import Ledger, bootstrap
+from skyferry.cli import listen_socket
+from skyferry.console import count, duration, plural
 from skyferry.core.messages import format_timestamp, utc_now
+from skyferry.core.ports import EventStore
 from skyferry.settings import Settings
 
 CURRENCY = "EUR"
@@ -62,9 +66,7 @@ class ApiServer:
     """uvicorn serving ``app`` in a daemon thread on an already-bound loopback socket."""
 
     def __init__(self, app: Any) -> None:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(("127.0.0.1", 0))
+        self.socket = listen_socket("127.0.0.1", 0)
         self.port = int(self.socket.getsockname()[1])
         config = uvicorn.Config(app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
@@ -98,12 +100,10 @@ def _amount(text: str) -> Decimal:
 
 def run_demo(
     *, store: str | None = None, broker: str | None = None, keep: bool = False, out: TextIO | None = None
-) -> int:
-    """Run the demo; return 0 when every check passed, 1 otherwise."""
-    import sys
-
+) -> list[str]:
+    """Run the demo and print its report; return the names of the checks that failed (none: all passed)."""
     out = out or sys.stdout
-    directory = None if store else Path(tempfile.mkdtemp(prefix="skyferry-demo-"))
+    directory = Path(tempfile.mkdtemp(prefix="skyferry-demo-"))
     store_url = store or f"sqlite:///{directory}/skyferry.db"
     broker_url = broker or "memory://"
     token = secrets.token_urlsafe(24)
@@ -115,25 +115,41 @@ def run_demo(
         ledger.events.last_position()  # a corrupt or read-only store fails here, clearly
         with ApiServer(create_app(settings, ledger)) as server:
             out.write(f"skyferry demo: API on {server.url}, store {store_url}, broker {broker_url}\n")
-            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+            with _client(server, token) as client:
                 _workload(client, ledger, checks, out)
     finally:
         ledger.close()
-        if directory is not None:
-            if keep:
-                out.write(f"  data kept in {directory}/skyferry.db\n")
-            else:
-                shutil.rmtree(directory, ignore_errors=True)
+        if keep:
+            out.write(f"  data kept in {directory}\n")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
     seconds = time.perf_counter() - started
     if checks.failed:
-        out.write(f"\n{len(checks.failed)} check(s) FAILED: {', '.join(checks.failed)} ({seconds:.1f} s)\n")
-        return 1
-    out.write(f"\nall {checks.passed} checks passed in {seconds:.1f} s\n")
-    return 0
+        out.write(
+            f"\n{len(checks.failed)} of {checks.passed + len(checks.failed)} checks FAILED "
+            f"in {duration(seconds)}: {', '.join(checks.failed)}\n"
+        )
+    else:
+        out.write(f"\nall {checks.passed} checks passed in {duration(seconds)}\n")
+    return checks.failed
 
 
-def _workload(client: httpx.Client, ledger: Ledger, checks: Checks, out: TextIO) -> None:
+def _client(server: ApiServer, token: str) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _stored(store: EventStore) -> int:
+    """How many events ``store`` holds (the demo's stores are small)."""
+    total, after = 0, None
+    while batch := store.read_all(after=after, limit=1000):
+        total, after = total + len(batch), batch[-1].position
+    return total
+
+
+def _workload(client: httpx.Client, ledger: Ledger, checks: Checks, out: TextIO) -> dict[str, str]:
+    """Steps 1 to 8; the balances this run's accounts must have."""
     run = secrets.token_hex(3)
+    stored_at_start = _stored(ledger.events)
     alice, bob, carol = f"alice-{run}", f"bob-{run}", f"carol-{run}"
     check = checks.check
 
@@ -196,8 +212,15 @@ def _workload(client: httpx.Client, ledger: Ledger, checks: Checks, out: TextIO)
         "/transfers", {"transfer_id": failing_id, "from_account": bob, "to_account": carol, **money("10.00")}
     )
     check("transfer 10.00 bob -> closed carol accepted", accepted.status_code == 202, f"HTTP {accepted.status_code}")
+    before_worker = _stored(ledger.events)
     handled = worker()
-    out.write(f"  worker passes handled {handled} event(s)\n")
+    stored = _stored(ledger.events)
+    out.write(
+        f"  the worker caught up: {plural(stored - stored_at_start, 'new event')} "
+        f"({count(stored - before_worker)} of them written by the transfer process manager on the way), "
+        f"each relayed to the broker and fed to the process manager and the {len(ledger.projections)} "
+        f"read models ({count(handled)} handlings)\n"
+    )
     done = client.get(f"/transfers/{ok_id}").json()
     check("the first transfer completed", done.get("status") == "completed", f"status {done.get('status')}")
     failed = client.get(f"/transfers/{failing_id}").json()
@@ -250,8 +273,8 @@ def _workload(client: httpx.Client, ledger: Ledger, checks: Checks, out: TextIO)
         check(
             f"rebuild {name}: identical views",
             before == after and report.new_generation == report.old_generation + 1,
-            f"generation {report.old_generation} -> {report.new_generation}, {report.events} events, "
-            f"{sum(len(v) for v in after.values())} documents",
+            f"generation {report.old_generation} -> {report.new_generation}, {plural(report.events, 'event')}, "
+            f"{plural(sum(len(v) for v in after.values()), 'document')}",
         )
 
     out.write("\n8. money is conserved\n")
@@ -264,6 +287,7 @@ def _workload(client: httpx.Client, ledger: Ledger, checks: Checks, out: TextIO)
         )
     mine = sum((_amount(client.get(f"/accounts/{a}/balance").json()["balance"]) for a in expected), Decimal(0))
     check("this run's accounts hold 100 + 50 + 5 - 20 = 135.00", mine == Decimal("135.00"), f"{mine}")
+    return expected
 
 
 def _views(ledger: Ledger, projection: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:

@@ -1,13 +1,13 @@
-"""``skyferry export | import | verify | migrate`` as a user runs them: exit codes, JSON, progress."""
+"""``skyferry export | import | verify | migrate`` as a user runs them: exit codes, summaries, JSON lines, progress."""
 
 from __future__ import annotations
 
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -57,10 +57,11 @@ def test_export_import_verify_through_the_cli(tmp_path: Path, source: str) -> No
     again = run("import", "--from", archive, "--to", target, "--json")
     assert summary(again)["written"] == 0
     for left, right in ((source, target), (archive, target)):
-        verified = run("verify", "--source", left, "--target", right)
+        verified = run("verify", "--from", left, "--to", right)
         assert verified.returncode == 0, verified.stdout + verified.stderr
-        assert "compared 5 streams, 40 events" in verified.stdout
-        assert "identical" in verified.stdout
+        assert verified.stdout == f"verified {left} against {right}: identical (5 streams, 40 events)\n"
+    old_spelling = run("verify", "--source", archive, "--target", target)  # kept, hidden from the help
+    assert (old_spelling.returncode, old_spelling.stdout) == (0, verified.stdout)
 
 
 def test_a_large_export_reads_in_a_second_process_from_any_directory(tmp_path: Path) -> None:
@@ -74,9 +75,9 @@ def test_a_large_export_reads_in_a_second_process_from_any_directory(tmp_path: P
     )
     assert exported.returncode == 0, exported.stderr
     assert summary(exported)["events"] == 11_234
-    verified = run("verify", "--source", archive, "--target", url)
+    verified = run("verify", "--from", archive, "--to", url)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert "compared 37 streams, 11234 events" in verified.stdout
+    assert "identical (37 streams, 11,234 events)" in verified.stdout
 
 
 def test_verify_exits_1_with_a_readable_list(tmp_path: Path, source: str) -> None:
@@ -84,13 +85,16 @@ def test_verify_exits_1_with_a_readable_list(tmp_path: Path, source: str) -> Non
     assert run("migrate", "--from", source, "--to", target).returncode == 0
     with opened(target) as (store, _):
         store.append("acct:1", [NewEvent(type="Extra", data={})], ANY)
-    result = run("verify", "--source", source, "--target", target)
+    result = run("verify", "--from", source, "--to", target)
     assert result.returncode == 1
-    assert "1 difference(s):" in result.stdout
-    assert "  - stream 'acct:1': target has extra events from version 9 (source ends at version 8)" in result.stdout
-    as_json = run("verify", "--source", source, "--target", target, "--json")
+    difference = "stream 'acct:1': target has extra events from version 9 (source ends at version 8)"
+    assert result.stdout == f"{source} and {target} differ: 1 difference in 5 streams, 40 events:\n  - {difference}\n"
+    assert result.stderr == f"skyferry: error: 1 difference(s): {difference}\nhint: the differences are listed above\n"
+    as_json = run("verify", "--from", source, "--to", target, "--json")
     assert as_json.returncode == 1
-    assert summary(as_json)["difference_count"] == 1
+    lines = [orjson.loads(line) for line in as_json.stdout.splitlines()]
+    assert [line["kind"] for line in lines][-2:] == ["summary", "error"]
+    assert (lines[-2]["difference_count"], lines[-1]["exit_code"]) == (1, 1)
 
 
 def test_bad_input_exits_2_naming_the_file_or_setting(tmp_path: Path, source: str) -> None:
@@ -109,11 +113,12 @@ def test_bad_input_exits_2_naming_the_file_or_setting(tmp_path: Path, source: st
     assert damaged.returncode == 2
     assert "chunks/000000.jsonl.zst: size is" in damaged.stderr
     assert summary(damaged)["exit_code"] == 2
+    assert summary(damaged)["kind"] == "error"
     assert run("export", "--from", source, "--to", str(archive)).returncode == 2  # already holds an export
     bad_shard = run("migrate", "--from", source, "--to", target, "--shard", "3/3")
     assert (bad_shard.returncode, "--shard '3/3'" in bad_shard.stderr) == (2, True)
     bad_scheme = run("migrate", "--from", source, "--to", "nosuch://x")
-    assert (bad_scheme.returncode, "unknown event store URL scheme 'nosuch'" in bad_scheme.stderr) == (2, True)
+    assert (bad_scheme.returncode, "unknown store URL scheme 'nosuch'" in bad_scheme.stderr) == (2, True)
     bad_transform = run("migrate", "--from", source, "--to", target, "--transform", "nosuch_module:f")
     assert (bad_transform.returncode, "--transform 'nosuch_module:f'" in bad_transform.stderr) == (2, True)
     with opened(target) as (store, _):
@@ -125,7 +130,11 @@ def test_an_unreachable_target_exits_3(tmp_path: Path, source: str) -> None:
     assert run("export", "--from", source, "--to", archive).returncode == 0
     result = run("import", "--from", archive, "--to", "postgresql://postgres@127.0.0.1:1/postgres")
     assert result.returncode == 3, result.stderr
-    assert "rerun to resume" in result.stderr
+    assert result.stderr.startswith("skyferry: error: PostgreSQL is not reachable: ")
+    assert result.stderr.endswith(
+        "Running the same command again is safe once the service answers (nothing was half-written)\n"
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_a_transform_dry_run_shows_a_diff_and_writes_nothing(tmp_path: Path, source: str) -> None:
@@ -150,7 +159,7 @@ def test_a_transform_dry_run_shows_a_diff_and_writes_nothing(tmp_path: Path, sou
         assert store.last_position() is None
 
 
-def test_migrate_follow_tails_until_sigterm(tmp_path: Path, source: str) -> None:
+def test_migrate_follow_json_can_be_monitored_live_until_sigterm(tmp_path: Path, source: str) -> None:
     target = f"sqlite:///{tmp_path}/target.db"
     follower = subprocess.Popen(
         [SKYFERRY, "migrate", "--from", source, "--to", target, "--follow", "--json"],
@@ -158,19 +167,34 @@ def test_migrate_follow_tails_until_sigterm(tmp_path: Path, source: str) -> None
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert follower.stdout is not None
     try:
+        live = orjson.loads(follower.stdout.readline())  # while it runs, not at its end
+        assert live["kind"] == "progress"
+        assert live["command"] == "migrate"
+        while live["lag_seconds"] != 0.0:
+            live = orjson.loads(follower.stdout.readline())
+        assert live["events"] == 40
         with opened(source) as (store, _):
             store.append("late", [NewEvent(type="Late", data={"n": 1})], ANY)
-        deadline = time.monotonic() + 60
-        with opened(target) as (copy, _):
-            while copy.stream_version("late") == 0 and time.monotonic() < deadline and follower.poll() is None:
-                time.sleep(0.1)
-            assert copy.stream_version("late") == 1
+        while live["events"] != 41:
+            live = orjson.loads(follower.stdout.readline())
+        assert set(live) == {
+            "kind",
+            "command",
+            "events",
+            "total",
+            "events_per_second",
+            "eta_seconds",
+            "lag_seconds",
+            "elapsed_seconds",
+        }
     finally:
         follower.send_signal(signal.SIGTERM)
         out, err = follower.communicate(timeout=30)
     assert follower.returncode == 0, err
     report = orjson.loads(out.strip().splitlines()[-1])
+    assert report["kind"] == "summary"
     assert (report["events"], report["caught_up"], report["lag_seconds"]) == (41, True, 0.0)
 
 
@@ -213,8 +237,11 @@ def test_progress_is_drawn_on_a_terminal(tmp_path: Path, source: str) -> None:
     finally:
         os.close(primary)
     assert result.returncode == 0
-    assert b"export: 40 events" in drawn
+    assert b"export" in drawn
+    assert b"\xe2\x94\x81" in drawn  # the bar
+    assert b"40 events, " in drawn
     assert b"events/s" in drawn
+    assert b"\x1b[?25h" in drawn  # the cursor is back
     assert "exported 40 events of 5 streams" in result.stdout
 
 
@@ -260,3 +287,69 @@ def test_a_migrated_ledger_never_repeats_a_side_effect(tmp_path: Path) -> None:
 def moved_events(url: str) -> list[Event]:
     with opened(url) as (store, _):
         return store.read_all(limit=10_000)
+
+
+def _text(result: subprocess.CompletedProcess[str]) -> str:
+    """stdout with the timings (``0.1 s``, ``1,234 events/s``) written as ``T``."""
+    assert result.returncode == 0, result.stderr
+    return re.sub(r"\d[\d,]*(\.\d+)? (s|events/s)\b", "T", result.stdout)
+
+
+def test_summaries_say_what_happened_with_counts_that_add_up_and_what_next(tmp_path: Path, source: str) -> None:
+    target, archive = f"sqlite:///{tmp_path}/target.db", str(tmp_path / "archive")
+    assert _text(run("migrate", "--from", source, "--to", target)) == (
+        f"migrated {source} to {target}: this run 40 read: 40 written, 0 already present "
+        "(write path bulk_append, T, T)\n"
+        f"next: skyferry migrate --from {source} --to {target} --follow to copy new events as they come, "
+        "then --cutover\n"
+    )
+    with opened(source) as (store, _):
+        store.append("late", [NewEvent(type="Late", data={"n": 1})], ANY)
+    assert _text(run("migrate", "--from", source, "--to", target)).startswith(
+        f"migrated {source} to {target}: this run 1 read: 1 written, 0 already present; 41 copied in all "
+    )
+    assert run("export", "--from", source, "--to", archive).returncode == 0
+    assert _text(run("import", "--from", archive, "--to", target)) == (
+        f"imported {archive} into {target} in T: 41 read: 0 written, 41 already present (write path bulk_append)\n"
+        f"next: skyferry verify --from {archive} --to {target}\n"
+    )
+    assert _text(run("import", "--from", archive, "--to", target)) == (
+        f"imported {archive} into {target} in T: 0 read: 0 written, 0 already present (write path bulk_append)\n"
+        "resumed after chunk 1: an earlier run had imported 41 events; 41 in all\n"
+        f"next: skyferry verify --from {archive} --to {target}\n"
+    )
+    sharded = _text(run("migrate", "--from", source, "--to", f"sqlite:///{tmp_path}/half.db", "--shard", "0/2"))
+    found = re.search(r"this run 41 read: (\d+) written, 0 already present, (\d+) in other shards", sharded)
+    assert found, sharded
+    assert int(found[1]) + int(found[2]) == 41
+    assert 0 < int(found[1]) < 41
+
+
+def test_cutover_says_the_source_is_read_only_and_unfence_says_what_it_did(tmp_path: Path, source: str) -> None:
+    target = f"sqlite:///{tmp_path}/target.db"
+    cutover = _text(run("migrate", "--from", source, "--to", target, "--cutover", "--grace", "0.1"))
+    assert cutover.splitlines()[0] == f"verified {source} against {target}: identical (5 streams, 40 events)"
+    assert cutover.splitlines()[2:] == [
+        f"the source {source} is now read-only: the API answers commands with 503",
+        f"next: point the app at {target} (SKYFERRY_STORE_URL) and restart it; "
+        f"to roll back instead: skyferry migrate --from {source} --unfence",
+    ]
+    lifted = run("migrate", "--from", source, "--unfence")
+    assert re.fullmatch(
+        rf"write fence lifted: {re.escape(source)} accepts commands again \(it was fenced since \S+Z: "
+        rf"migration cutover to {re.escape(target)}\)\n",
+        lifted.stdout,
+    ), lifted.stdout
+    again = run("migrate", "--from", source, "--unfence", "--json")
+    assert summary(again) == {"kind": "summary", "command": "unfence", "source": source, "was_fenced": False}
+    assert run("migrate", "--from", source, "--unfence").stdout == (
+        f"{source} is not fenced: nothing to do (it accepts commands)\n"
+    )
+
+
+def test_progress_in_a_log_and_the_summary_on_stdout(tmp_path: Path, source: str) -> None:
+    """Not a terminal: no bar, no escape codes; a command this short prints no progress line at all."""
+    result = run("export", "--from", source, "--to", str(tmp_path / "a"))
+    assert result.stderr == ""
+    assert "\x1b" not in result.stdout
+    assert result.stdout.startswith(f"exported 40 events of 5 streams from {source} to {tmp_path / 'a'} in ")

@@ -8,7 +8,9 @@ serves both the event store and the view store (one database holds both).
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -46,6 +48,21 @@ ARCHIVES: dict[str, str] = {
     "az": "skyferry.adapters.archives.blob:BlobArchive",
     "s3": "skyferry.adapters.archives.s3:S3Archive",
 }
+EXTRAS: dict[str, str] = {
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "nats": "nats",
+    "dynamodb": "aws",
+    "sns+sqs": "aws",
+    "s3": "aws",
+    "cosmos": "azure",
+    "servicebus": "azure",
+    "az": "azure",
+    "firestore": "gcp",
+    "pubsub": "gcp",
+    "gs": "gcp",
+}
+"""The package extra (pyproject's optional dependencies) each scheme's adapter needs."""
 
 T = TypeVar("T")
 
@@ -57,20 +74,51 @@ def scheme_of(url: str) -> str:
     return urlsplit(url).scheme.lower()
 
 
-def load(table: dict[str, str], url: str, what: str) -> type[Any]:
-    """The adapter class serving ``url`` in ``table``, or a ConfigurationError listing the known schemes."""
+def unknown_scheme(url: str, kinds: dict[str, dict[str, str]]) -> ConfigurationError | None:
+    """The error for ``url`` when no adapter of ``kinds`` (``{"event store": EVENT_STORES}``) serves it.
+
+    ``None`` when one does.  The error says what was typed and what would be served: a close
+    scheme (``postgresq`` -> ``postgresql``), the known ones of each kind, or the missing ``//``
+    of ``sqlite:/path`` (which would otherwise read as a local path).
+    """
+    prefix = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):(?!//)", url)
+    every = {name for table in (EVENT_STORES, BROKERS, ARCHIVES) for name in table}
+    if prefix and prefix.group(1).lower() in every and "://" not in url:
+        scheme = prefix.group(1).lower()
+        example = "sqlite:///relative.db or sqlite:////absolute/path.db" if scheme == "sqlite" else f"{scheme}://..."
+        return ConfigurationError(f"{url!r} is not a URL: '//' is missing after '{scheme}:'", hint=example)
     scheme = scheme_of(url)
-    target = table.get(scheme)
-    if target is None:
-        known = ", ".join(f"{name}://" for name in sorted(table))
-        raise ConfigurationError(f"unknown {what} URL scheme {scheme!r} in {redact(url)!r}; known: {known}")
-    module_name, _, class_name = target.partition(":")
+    schemes = sorted({name for table in kinds.values() for name in table})
+    if scheme in schemes:
+        return None
+    close = difflib.get_close_matches(scheme, schemes, n=1) or [  # and s4 -> s3
+        name for name in schemes if len(name) == len(scheme) <= 3 and sum(map(str.__ne__, name, scheme)) == 1
+    ]
+    known = [
+        f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}: "
+        + ("a directory, " if "file" in table else "")
+        + ", ".join(f"{name}://" for name in sorted(table))
+        for kind, table in kinds.items()
+    ]
+    hint = (f"did you mean {close[0]}://? " if close else "") + "; ".join(known)
+    what = " or ".join(kinds)
+    return ConfigurationError(f"unknown {what} URL scheme {scheme!r} in {redact(url)!r}", hint=hint)
+
+
+def load(table: dict[str, str], url: str, what: str) -> type[Any]:
+    """The adapter class serving ``url`` in ``table``, or a ConfigurationError saying what is known."""
+    error = unknown_scheme(url, {what: table})
+    if error is not None:
+        raise error
+    scheme = scheme_of(url)
+    module_name, _, class_name = table[scheme].partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
+        extra = EXTRAS.get(scheme, scheme)
         raise ConfigurationError(
-            f"the {what} adapter for {scheme}:// needs a package that is not installed ({e.name}); "
-            "install skyferry with the extra of that technology"
+            f"the {what} adapter for {scheme}:// needs a package that is not installed ({e.name})",
+            hint=f"install the {extra!r} extra: pip install 'skyferry[{extra}]' (in a checkout: make deps-app)",
         ) from e
     cls: type[Any] = getattr(module, class_name)
     return cls
@@ -101,7 +149,9 @@ def open_archive(url: str) -> Archive:
 
 
 def redact(url: str) -> str:
-    """``url`` with any password or key replaced by ``***``: safe for logs and reports."""
+    """``url`` with any password or key replaced by ``***``: safe for logs and reports (``//`` kept)."""
+    if "://" not in url:
+        return url
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
@@ -112,5 +162,8 @@ def redact(url: str) -> str:
         f"{k}=***" if k.lower() in {"password", "key", "secret", "token", "accountkey", "sig"} else f"{k}={v}"
         for k, _, v in (pair.partition("=") for pair in parts.query.split("&") if pair)
     )
-    rebuilt = parts._replace(netloc=netloc, query=query)
-    return rebuilt.geturl()
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )

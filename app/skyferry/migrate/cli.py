@@ -1,122 +1,99 @@
 """``skyferry export | import | verify | migrate``: the data-portability commands.
 
 A Typer sub-app: ``app/skyferry/cli.py`` mounts it, and ``python -m skyferry.migrate`` runs it alone.
-Every command prints progress on a terminal, a JSON summary with ``--json``, and exits
-with 0 (ok), 1 (a difference: verification failed, or the target holds other events),
-2 (bad input: a setting, a URL, a damaged archive, a wrong key) or 3 (a transient
-failure: rerun the same command to resume).
+Every command reads ``--from`` and writes or compares ``--to``; shows its progress (a bar on a
+terminal, a plain line now and then elsewhere, JSON lines with ``--json``:
+:mod:`skyferry.migrate.progress`); ends with a summary whose counts add up and the next step;
+and fails in the one shape of :mod:`skyferry.console`: exit 1 a difference (verification
+failed, or the target holds other events), 2 bad input (a setting, a URL, a damaged archive,
+a wrong key), 3 a transient failure (rerun the same command to resume), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
-import orjson
 import typer
 
 from skyferry.adapters import registry
-from skyferry.core.errors import (
-    ConcurrencyError,
-    ConfigurationError,
-    EventTooLarge,
-    NotSupported,
-    ObjectNotFound,
-    SkyferryError,
-    TransientError,
-    ValidationError,
+from skyferry.console import (
+    Interrupted,
+    count,
+    duration,
+    located,
+    output,
+    plural,
+    rate,
+    size,
 )
+from skyferry.core.errors import ConfigurationError
 from skyferry.core.messages import Event
 from skyferry.core.ports import Archive, EventStore
 from skyferry.migrate.chunks import CHUNK_EVENTS, read_chunk
 from skyferry.migrate.crypto import ChunkCipher, load_key
-from skyferry.migrate.errors import TargetConflict, VerificationFailed
+from skyferry.migrate.errors import VerificationFailed
 from skyferry.migrate.export import export as run_export
-from skyferry.migrate.fence import lift_fence
+from skyferry.migrate.fence import FENCE_COLLECTION, FENCE_KEY, lift_fence
 from skyferry.migrate.importer import import_archive, read_manifest
-from skyferry.migrate.migrate import Migration
+from skyferry.migrate.migrate import MigrateReport, Migration
 from skyferry.migrate.progress import Progress
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.transforms import Transformer, dry_run_diff, load_transform
 from skyferry.migrate.verify import VerifyReport, verify_archive, verify_stores
 
-EXIT_OK, EXIT_DIFFERENCE, EXIT_BAD_INPUT, EXIT_TRANSIENT = 0, 1, 2, 3
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-app = typer.Typer(help="Move event data between stores and archives, and prove nothing changed.")
+app = typer.Typer(
+    help="Move event data between stores and archives, and prove nothing changed.",
+    rich_markup_mode=None,
+    context_settings=CONTEXT,
+)
 
-KeyFile = Annotated[str | None, typer.Option("--key-file", help="AES-256 key file (64 hex chars or base64).")]
-KeyEnv = Annotated[str | None, typer.Option("--key-env", help="Environment variable holding the AES-256 key.")]
-ShardOpt = Annotated[str | None, typer.Option("--shard", help="Only the streams of shard i/n (0-based).")]
-TransformOpt = Annotated[str | None, typer.Option("--transform", help="module:function applied to each event.")]
+RESUMES = "run the same command again: it resumes from its checkpoint in the target"
+STARTS_OVER = "run the same command again: it starts over (it changes nothing)"
+
+STORE = "store"
+ARCHIVE = "archive"
+
+KeyFile = Annotated[
+    str | None, typer.Option("--key-file", metavar="FILE", help="AES-256 key file (64 hex characters or base64).")
+]
+KeyEnv = Annotated[
+    str | None, typer.Option("--key-env", metavar="VARIABLE", help="Environment variable holding the AES-256 key.")
+]
+ShardOpt = Annotated[
+    str | None, typer.Option("--shard", metavar="I/N", help="Only the streams of shard I of N (0-based).")
+]
+TransformOpt = Annotated[
+    str | None, typer.Option("--transform", metavar="MODULE:FUNCTION", help="A function applied to each event.")
+]
 AllowCount = Annotated[
     bool, typer.Option("--allow-count-change", help="Let the transform drop or split events (renumbers).")
 ]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show a diff of the first changed events; write nothing.")]
-DryRunLimit = Annotated[int, typer.Option("--dry-run-limit", help="How many changed events --dry-run shows.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of progress.")]
+DryRunLimit = Annotated[
+    int, typer.Option("--dry-run-limit", metavar="N", min=1, help="How many changed events --dry-run shows.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout: progress every second, then the summary.")]
 
 
-def exit_code_of(error: BaseException) -> int:
-    """The exit code for an error (docs/cli.md)."""
-    if isinstance(error, VerificationFailed | TargetConflict | ConcurrencyError):
-        return EXIT_DIFFERENCE
-    if isinstance(error, TransientError | OSError):
-        return EXIT_TRANSIENT
-    return EXIT_BAD_INPUT
+def _url(option: str, what: str) -> Any:
+    return typer.Option(option, metavar="URL", help=what)
 
 
-def _fail(error: BaseException, as_json: bool) -> NoReturn:
-    code = exit_code_of(error)
-    message = str(error)
-    if as_json:
-        sys.stdout.write(orjson.dumps({"error": message, "exit_code": code}).decode() + "\n")
-    kind = {1: "difference", 2: "bad input", 3: "transient failure (rerun to resume)"}[code]
-    sys.stderr.write(f"error ({kind}): {message}\n")
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _handled(as_json: bool) -> Iterator[None]:
-    try:
-        yield
-    except (
-        SkyferryError,
-        ConfigurationError,
-        ValidationError,
-        EventTooLarge,
-        NotSupported,
-        ObjectNotFound,
-        OSError,
-    ) as e:
-        _fail(e, as_json)
-
-
-def _emit(summary: dict[str, Any], as_json: bool, text: str) -> None:
-    if as_json:
-        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
-    else:
-        sys.stdout.write(text + "\n")
-
-
-def _progress(label: str, as_json: bool) -> Progress:
-    return Progress(label, enabled=False if as_json else None)
-
-
-def _cipher(key_file: str | None, key_env: str | None) -> ChunkCipher | None:
-    key = load_key(key_file, key_env)
-    return None if key is None else ChunkCipher(key)
-
-
-def _transformer(spec: str | None, allow: bool) -> Transformer | None:
-    if spec is None:
-        if allow:
-            raise ConfigurationError("--allow-count-change needs --transform")
-        return None
-    return Transformer(spec, load_transform(spec), allow_count_change=allow)
+def checked(url: str, *kinds: str) -> str:
+    """``url`` when an adapter of ``kinds`` (store, archive) serves it; else a ConfigurationError saying what would."""
+    error = registry.unknown_scheme(
+        url, {kind: registry.EVENT_STORES if kind == STORE else registry.ARCHIVES for kind in kinds}
+    )
+    if error is not None:
+        raise error
+    return url
 
 
 def is_store_url(url: str) -> bool:
@@ -133,6 +110,40 @@ def _store(url: str) -> Iterator[EventStore]:
         store.close()
 
 
+@contextlib.contextmanager
+def _command(as_json: bool, again: str = RESUMES) -> Iterator[None]:
+    """Every data command's frame: JSON when asked; Ctrl-C is an interrupt whose hint is ``again``."""
+    output.json = as_json
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted (Ctrl-C)", hint=again) from None
+
+
+def _progress(label: str) -> Progress:
+    return Progress(label, mode="json" if output.json else None)
+
+
+def _cipher(key_file: str | None, key_env: str | None) -> ChunkCipher | None:
+    with located("--key-file" if key_file else "--key-env"):
+        key = load_key(key_file, key_env)
+    return None if key is None else ChunkCipher(key)
+
+
+def _transformer(spec: str | None, allow: bool) -> Transformer | None:
+    if spec is None:
+        if allow:
+            raise ConfigurationError("--allow-count-change needs --transform", where="--allow-count-change")
+        return None
+    with located("--transform"):
+        return Transformer(spec, load_transform(spec), allow_count_change=allow)
+
+
+def _shard(text: str | None) -> Shard | None:
+    with located("--shard"):
+        return Shard.parse(text)
+
+
 def _store_events(store: EventStore, shard: Shard | None) -> Iterator[Event]:
     after: str | None = None
     while batch := store.read_all(after=after, limit=1000):
@@ -146,21 +157,41 @@ def _archive_events(archive: Archive, cipher: ChunkCipher | None, shard: Shard |
         yield from (event for event in read_chunk(archive, entry, cipher) if owned(shard, event.stream_id))
 
 
-def _dry_run(transformer: Transformer | None, events: Callable[[], Iterator[Event]], limit: int, as_json: bool) -> None:
+def _dry_run(transformer: Transformer | None, events: Callable[[], Iterator[Event]], limit: int) -> None:
     if transformer is None:
-        raise ConfigurationError("--dry-run shows what --transform changes: give --transform")
+        raise ConfigurationError("--dry-run shows what --transform changes: give --transform", where="--dry-run")
     diff, seen = dry_run_diff(transformer, events(), limit)
-    _emit(
+    output.summary(
         {"command": "dry-run", "transform": transformer.spec, "events_read": seen, "diff": diff},
-        as_json,
-        (diff or "(the transform changes none of these events)") + f"\n-- read {seen} events, wrote nothing",
+        [diff or "(the transform changes none of these events)", f"-- read {plural(seen, 'event')}, wrote nothing"],
     )
 
 
-@app.command("export")
+def counts(read: int, written: int, present: int, shard: Shard | None, transform: dict[str, Any] | None) -> str:
+    """``40 read: 38 written, 2 already present`` -- parts that add up to the events read.
+
+    Events of other shards and what a transform did are named when they apply: the
+    transform's output is what was written or found already present.
+    """
+    if transform is None:
+        others = read - written - present
+        parts = [f"{count(written)} written", f"{count(present)} already present"]
+        if shard is not None or others:
+            parts.append(f"{count(others)} in other shards")
+        return f"{count(read)} read: {', '.join(parts)}"
+    into = int(transform.get("events_in", 0))
+    parts = [f"{count(read - into)} in other shards"] if shard is not None else []
+    return (
+        f"{count(read)} read: {', '.join([*parts, f'{count(into)} transformed'])} "
+        f"({count(int(transform.get('events_changed', 0)))} changed) into {count(written + present)}: "
+        f"{count(written)} written, {count(present)} already present"
+    )
+
+
+@app.command("export", context_settings=CONTEXT)
 def export_command(
-    source: Annotated[str, typer.Option("--from", help="Store URL to export.")],
-    target: Annotated[str, typer.Option("--to", help="Archive URL (a directory, s3://, az://, gs://).")],
+    source: Annotated[str, _url("--from", "The store to export.")],
+    target: Annotated[str, _url("--to", "The archive: a directory, file://, s3://, az:// or gs://.")],
     key_file: KeyFile = None,
     key_env: KeyEnv = None,
     shard: ShardOpt = None,
@@ -169,41 +200,57 @@ def export_command(
     dry_run: DryRun = False,
     dry_run_limit: DryRunLimit = 10,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export.")] = False,
-    chunk_events: Annotated[int, typer.Option("--chunk-events", help="Events per chunk.")] = CHUNK_EVENTS,
+    chunk_events: Annotated[
+        int, typer.Option("--chunk-events", metavar="N", min=1, help="At most this many events per chunk.")
+    ] = CHUNK_EVENTS,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a store's events into an archive (manifest + zstd CloudEvents chunks)."""
-    with _handled(as_json):
-        the_shard = Shard.parse(shard)
+    """Export a store's events into an archive.
+
+    The archive is a manifest and zstd CloudEvents chunks (docs/archive-format.md).
+    """
+    with _command(as_json, "run the same command again: an unfinished export (no manifest.json yet) starts over"):
+        checked(source, STORE)
+        checked(target, ARCHIVE)
+        the_shard = _shard(shard)
         transformer = _transformer(transform, allow_count_change)
+        started = time.monotonic()
         with _store(source) as store:
             if dry_run:
-                _dry_run(transformer, lambda: _store_events(store, the_shard), dry_run_limit, as_json)
+                _dry_run(transformer, lambda: _store_events(store, the_shard), dry_run_limit)
                 return
-            report = run_export(
-                store,
-                registry.open_archive(target),
-                cipher=_cipher(key_file, key_env),
-                shard=the_shard,
-                transformer=transformer,
-                overwrite=overwrite,
-                chunk_events=chunk_events,
-                progress=_progress("export", as_json),
-                # a second process reads on another core; a memory:// store lives only in this one
-                reader_url=None if registry.scheme_of(source) == "memory" else source,
-            )
-        _emit(
-            report.to_json(),
-            as_json,
-            f"exported {report.events} events of {report.streams} streams in {report.chunks} chunks "
-            f"({report.bytes} bytes) to {report.archive}; digest {report.digest}",
+            cipher = _cipher(key_file, key_env)
+            with _progress("export") as progress:
+                report = run_export(
+                    store,
+                    registry.open_archive(target),
+                    cipher=cipher,
+                    shard=the_shard,
+                    transformer=transformer,
+                    overwrite=overwrite,
+                    chunk_events=chunk_events,
+                    progress=progress,
+                    # a second process reads on another core; a memory:// store lives only in this one
+                    reader_url=None if registry.scheme_of(source) == "memory" else source,
+                )
+        seconds = time.monotonic() - started
+        scope = f" (shard {the_shard})" if the_shard is not None else ""
+        output.summary(
+            {**report.to_json(), "seconds": round(seconds, 3)},
+            [
+                f"exported {plural(report.events, 'event')} of {plural(report.streams, 'stream')}{scope} "
+                f"from {report.source} to {report.archive} in {duration(seconds)}: "
+                f"{plural(report.chunks, 'chunk')}, {size(report.bytes)}, digest {report.digest}",
+                f"next: skyferry import --from {report.archive} --to STORE_URL, "
+                f"then skyferry verify --from {report.archive} --to STORE_URL",
+            ],
         )
 
 
-@app.command("import")
+@app.command("import", context_settings=CONTEXT)
 def import_command(
-    source: Annotated[str, typer.Option("--from", help="Archive URL to import.")],
-    target: Annotated[str, typer.Option("--to", help="Store URL to import into.")],
+    source: Annotated[str, _url("--from", "The archive: a directory, file://, s3://, az:// or gs://.")],
+    target: Annotated[str, _url("--to", "The store to import into.")],
     key_file: KeyFile = None,
     key_env: KeyEnv = None,
     shard: ShardOpt = None,
@@ -213,89 +260,137 @@ def import_command(
     dry_run_limit: DryRunLimit = 10,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import an archive into a store: resumable (rerun after a crash), idempotent."""
-    with _handled(as_json):
-        the_shard = Shard.parse(shard)
+    """Import an archive into a store (resumable, idempotent).
+
+    After a crash, run it again: it resumes from its checkpoint in the target.
+    """
+    with _command(as_json):
+        checked(source, ARCHIVE)
+        checked(target, STORE)
+        the_shard = _shard(shard)
         transformer = _transformer(transform, allow_count_change)
         cipher = _cipher(key_file, key_env)
         archive = registry.open_archive(source)
         if dry_run:
-            _dry_run(transformer, lambda: _archive_events(archive, cipher, the_shard), dry_run_limit, as_json)
+            _dry_run(transformer, lambda: _archive_events(archive, cipher, the_shard), dry_run_limit)
             return
+        started = time.monotonic()
         views = registry.open_view_store(target)
         try:
-            with _store(target) as store:
+            with _store(target) as store, _progress("import") as progress:
                 report = import_archive(
-                    archive,
-                    store,
-                    views,
-                    cipher=cipher,
-                    shard=the_shard,
-                    transformer=transformer,
-                    progress=_progress("import", as_json),
+                    archive, store, views, cipher=cipher, shard=the_shard, transformer=transformer, progress=progress
                 )
         finally:
             views.close()
-        _emit(
-            report.to_json(),
-            as_json,
-            f"imported {report.events} events from {report.archive} into {report.target}: {report.written} "
-            f"new, {report.skipped} already there (resumed at chunk {report.resumed_at_chunk}, "
-            f"write path {report.write_path})",
-        )
+        seconds = time.monotonic() - started
+        read = report.events - report.resumed_events
+        lines = [
+            f"imported {report.archive} into {report.target} in {duration(seconds)}: "
+            f"{counts(read, report.written, report.skipped, the_shard, report.transform)} "
+            f"(write path {report.write_path})"
+        ]
+        if report.resumed_events:
+            lines.append(
+                f"resumed after chunk {report.resumed_at_chunk}: an earlier run had imported "
+                f"{plural(report.resumed_events, 'event')}; {count(report.events)} in all"
+            )
+        lines.append(f"next: skyferry verify --from {report.archive} --to {report.target}")
+        output.summary({**report.to_json(), "seconds": round(seconds, 3)}, lines)
 
 
-def _print_verify(report: VerifyReport, as_json: bool) -> None:
-    lines = [f"compared {report.streams} streams, {report.events} events: {report.source} vs {report.target}"]
+def _verify_lines(report: VerifyReport) -> list[str]:
+    compared = f"{plural(report.streams, 'stream')}, {plural(report.events, 'event')}"
     if report.ok:
-        lines.append("identical")
-    else:
-        lines.append(f"{report.difference_count} difference(s):")
-        lines += [f"  - {d}" for d in report.differences]
-    _emit(report.to_json(), as_json, "\n".join(lines))
+        return [f"verified {report.source} against {report.target}: identical ({compared})"]
+    listed = len(report.differences)
+    more = f" (the first {listed} listed)" if listed < report.difference_count else ""
+    return [
+        f"{report.source} and {report.target} differ: {plural(report.difference_count, 'difference')} "
+        f"in {compared}{more}:",
+        *(f"  - {difference}" for difference in report.differences),
+    ]
 
 
-@app.command("verify")
+def _verify_failed(report: VerifyReport, hint: str) -> VerificationFailed:
+    error = VerificationFailed(report.differences)
+    error.hint = hint
+    return error
+
+
+@app.command("verify", context_settings=CONTEXT)
 def verify_command(
-    source: Annotated[str, typer.Option("--source", help="Store or archive URL.")],
-    target: Annotated[str, typer.Option("--target", help="Store URL (or archive, against a store).")],
+    source: Annotated[str | None, _url("--from", "A store or an archive.")] = None,
+    target: Annotated[str | None, _url("--to", "A store (or an archive, when --from is a store).")] = None,
     key_file: KeyFile = None,
     key_env: KeyEnv = None,
     shard: ShardOpt = None,
     as_json: JsonOpt = False,
+    source_alias: Annotated[str | None, typer.Option("--source", hidden=True)] = None,
+    target_alias: Annotated[str | None, typer.Option("--target", hidden=True)] = None,
 ) -> None:
-    """Compare per-stream counts and hash chains; exit 1 listing every difference."""
-    with _handled(as_json):
-        the_shard = Shard.parse(shard)
-        progress = _progress("verify", as_json)
+    """Prove that a copy holds the same events as its source.
+
+    Two stores, or an archive and a store: per-stream counts and hash chains; exit 1 listing every difference.
+    """
+    with _command(as_json, STARTS_OVER):
+        source = _one("--from", source, "--source", source_alias)
+        target = _one("--to", target, "--target", target_alias)
+        checked(source, STORE, ARCHIVE)
+        checked(target, STORE, ARCHIVE)
+        the_shard = _shard(shard)
         cipher = _cipher(key_file, key_env)
-        if is_store_url(source) and is_store_url(target):
-            with _store(source) as left, _store(target) as right:
-                report = verify_stores(left, right, shard=the_shard, progress=progress)
-        elif is_store_url(source) or is_store_url(target):
-            archive_url, store_url = (target, source) if is_store_url(source) else (source, target)
-            with _store(store_url) as store:
-                report = verify_archive(
-                    registry.open_archive(archive_url), store, cipher=cipher, shard=the_shard, progress=progress
+        with _progress("verify") as progress:
+            if is_store_url(source) and is_store_url(target):
+                with _store(source) as left, _store(target) as right:
+                    report = verify_stores(left, right, shard=the_shard, progress=progress)
+            elif is_store_url(source) or is_store_url(target):
+                archive_url, store_url = (target, source) if is_store_url(source) else (source, target)
+                with _store(store_url) as store:
+                    report = verify_archive(
+                        registry.open_archive(archive_url), store, cipher=cipher, shard=the_shard, progress=progress
+                    )
+            else:
+                raise ConfigurationError(
+                    "verify compares a store with a store or with an archive, not two archives",
+                    where="--from and --to",
+                    hint="import one of the archives into a store first",
                 )
-        else:
-            raise ConfigurationError("verify compares a store with a store or an archive: give a store URL")
-        _print_verify(report, as_json)
+        output.summary(report.to_json(), _verify_lines(report))
         if not report.ok:
-            raise typer.Exit(EXIT_DIFFERENCE)
+            raise _verify_failed(report, "the differences are listed above")
 
 
-@app.command("migrate")
+def _one(option: str, value: str | None, alias: str, alias_value: str | None) -> str:
+    """The value of an option that has an old spelling (kept, hidden): one of them, not both."""
+    if value is not None and alias_value is not None:
+        raise ConfigurationError(f"{option} and {alias} are the same option: give one")
+    chosen = value if value is not None else alias_value
+    if chosen is None:
+        raise ConfigurationError(
+            f"missing option {option}", where="skyferry verify", hint="skyferry verify -h shows the options"
+        )
+    return chosen
+
+
+@app.command("migrate", context_settings=CONTEXT)
 def migrate_command(
-    source: Annotated[str, typer.Option("--from", help="Source store URL.")],
-    target: Annotated[str | None, typer.Option("--to", help="Target store URL.")] = None,
-    follow: Annotated[bool, typer.Option("--follow", help="Keep copying new events until stopped.")] = False,
-    cutover: Annotated[
-        bool, typer.Option("--cutover", help="Fence writes on the source, drain, verify, report.")
+    source: Annotated[str, _url("--from", "The source store.")],
+    target: Annotated[str | None, _url("--to", "The target store.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep copying new events until SIGINT or SIGTERM (exit 0).")
     ] = False,
-    unfence: Annotated[bool, typer.Option("--unfence", help="Lift the source's write fence and exit.")] = False,
-    grace: Annotated[float, typer.Option("--grace", help="Cutover: seconds without new events = drained.")] = 2.0,
-    batch: Annotated[int, typer.Option("--batch", help="Events per read and write.")] = 5000,
+    cutover: Annotated[
+        bool, typer.Option("--cutover", help="Make the source read-only, drain it, verify, report.")
+    ] = False,
+    unfence: Annotated[
+        bool, typer.Option("--unfence", help="Make the source writable again (roll back a cutover) and exit.")
+    ] = False,
+    grace: Annotated[
+        float,
+        typer.Option("--grace", metavar="SECONDS", min=0, help="Cutover: this long without new events is drained."),
+    ] = 2.0,
+    batch: Annotated[int, typer.Option("--batch", metavar="N", min=1, help="Events per read and write.")] = 5000,
     shard: ShardOpt = None,
     transform: TransformOpt = None,
     allow_count_change: AllowCount = False,
@@ -303,50 +398,99 @@ def migrate_command(
     dry_run_limit: DryRunLimit = 10,
     as_json: JsonOpt = False,
 ) -> None:
-    """Copy a store into another (fastest write path), optionally follow it and cut over."""
-    with _handled(as_json):
+    """Copy a store into another; follow it live and cut over.
+
+    The copy uses the target's fastest write path and resumes from its checkpoint.
+    """
+    with _command(as_json):
+        checked(source, STORE)
         if unfence:
-            views = registry.open_view_store(source)
-            try:
-                lift_fence(views)
-            finally:
-                views.close()
-            _emit({"command": "unfence", "source": registry.redact(source)}, as_json, "write fence lifted")
+            _unfence(source)
             return
         if target is None:
-            raise ConfigurationError("migrate needs --to (or --unfence)")
-        the_shard = Shard.parse(shard)
+            raise ConfigurationError(
+                "migrate needs --to (or --unfence)", where="--to", hint="skyferry migrate -h shows the options"
+            )
+        checked(target, STORE)
+        the_shard = _shard(shard)
         transformer = _transformer(transform, allow_count_change)
+        started = time.monotonic()
         with _store(source) as left:
             if dry_run:
-                _dry_run(transformer, lambda: _store_events(left, the_shard), dry_run_limit, as_json)
+                _dry_run(transformer, lambda: _store_events(left, the_shard), dry_run_limit)
                 return
-            with _store(target) as right:
+            with _store(target) as right, _progress("migrate") as progress:
                 views = registry.open_view_store(target)
                 try:
                     migration = Migration(
-                        left,
-                        right,
-                        views,
-                        shard=the_shard,
-                        transformer=transformer,
-                        batch=batch,
-                        progress=_progress("migrate", as_json),
+                        left, right, views, shard=the_shard, transformer=transformer, batch=batch, progress=progress
                     )
                     _run_migration(migration, source, follow=follow, cutover=cutover, grace=grace)
                 finally:
                     views.close()
                 report = migration.finish()
-        summary = report.to_json()
-        text = (
-            f"migrated {report.events} events from {report.source} to {report.target}: {report.written} new, "
-            f"{report.skipped} already there (write path {report.write_path})"
+        _migrate_summary(report, the_shard, follow=follow, seconds=time.monotonic() - started)
+
+
+def _migrate_summary(report: MigrateReport, shard: Shard | None, *, follow: bool, seconds: float) -> None:
+    read = report.events - report.resumed_events
+    copied = (
+        f"this run {counts(read, report.written, report.skipped, shard, report.transform)}"
+        + (f"; {count(report.events)} copied in all" if report.resumed_events else "")
+        + f" (write path {report.write_path}, {duration(seconds)}"
+        + (f", {rate(read / seconds)})" if seconds > 0 and read else ")")
+    )
+    lines = [f"migrated {report.source} to {report.target}: {copied}"]
+    verify = report.verify
+    if report.fenced:
+        if verify is not None:
+            lines[:0] = _verify_lines(verify)
+        lines.append(f"the source {report.source} is now read-only: the API answers commands with 503")
+        rollback = f"to roll back instead: skyferry migrate --from {report.source} --unfence"
+        if verify is None:
+            lines.append(
+                "not verified: the transform changes events on purpose; verify the target against an export "
+                "made with the same --transform"
+            )
+        if verify is not None and not verify.ok:
+            output.summary(report.to_json(), lines)
+            raise _verify_failed(verify, f"the differences are listed above; the source stays read-only; {rollback}")
+        lines.append(f"next: point the app at {report.target} (SKYFERRY_STORE_URL) and restart it; {rollback}")
+    elif follow:
+        lines.append(
+            f"stopped following; it was {'caught up' if report.caught_up else 'behind'} "
+            f"(lag {duration(report.lag_seconds or 0.0)})"
         )
-        if report.verify is not None and not as_json:
-            _print_verify(report.verify, as_json=False)
-        _emit(summary, as_json, text)
-        if report.verify is not None and not report.verify.ok:
-            raise typer.Exit(EXIT_DIFFERENCE)
+        lines.append(
+            f"next: run it again to go on, or cut over when the lag stays near 0: "
+            f"skyferry migrate --from {report.source} --to {report.target} --cutover"
+        )
+    else:
+        lines.append(
+            f"next: skyferry migrate --from {report.source} --to {report.target} --follow "
+            "to copy new events as they come, then --cutover"
+        )
+    output.summary(report.to_json(), lines)
+
+
+def _unfence(source: str) -> None:
+    views = registry.open_view_store(source)
+    try:
+        fence = views.get(FENCE_COLLECTION, FENCE_KEY)
+        was = fence is not None and fence.value.get("fenced") is True
+        if was:
+            lift_fence(views)
+    finally:
+        views.close()
+    shown = registry.redact(source)
+    if was and fence is not None:
+        text = (
+            f"write fence lifted: {shown} accepts commands again "
+            f"(it was fenced since {fence.value.get('since')}: {fence.value.get('reason')})"
+        )
+    else:
+        text = f"{shown} is not fenced: nothing to do (it accepts commands)"
+    output.summary({"command": "unfence", "source": shown, "was_fenced": was}, [text])
 
 
 def _run_migration(migration: Migration, source_url: str, *, follow: bool, cutover: bool, grace: float) -> None:
@@ -369,5 +513,9 @@ def _run_migration(migration: Migration, source_url: str, *, follow: bool, cutov
 
 
 def main() -> None:
-    """Run the sub-app alone (``python -m skyferry.migrate``)."""
-    app()
+    """Run the sub-app alone (``python -m skyferry.migrate``), with the error policy of ``skyferry``."""
+    import sys
+
+    from skyferry.cli import run
+
+    sys.exit(run(entry=app))

@@ -40,6 +40,7 @@ class ImportReport:
     target: str
     digest: str
     events: int = 0
+    resumed_events: int = 0
     written: int = 0
     skipped: int = 0
     chunks: int = 0
@@ -56,6 +57,7 @@ class ImportReport:
             "target": self.target,
             "digest": self.digest,
             "events": self.events,
+            "resumed_events": self.resumed_events,
             "written": self.written,
             "skipped": self.skipped,
             "chunks": self.chunks,
@@ -106,10 +108,11 @@ def import_archive(
         resumed_at_chunk=int(done["chunks"]),
         write_path=writer.path,
         events=int(done["events"]),
+        resumed_events=int(done["events"]),
     )
     if progress is not None:
         progress.total = manifest.event_count
-        progress.advance(int(done["events"]))
+        progress.resume(int(done["events"]))
     heads = HeadTracker()
 
     def verified_chunks() -> Iterator[tuple[ChunkEntry, list[Event]]]:

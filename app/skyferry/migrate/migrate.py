@@ -38,6 +38,7 @@ class MigrateReport:
     source: str
     target: str
     events: int = 0
+    resumed_events: int = 0
     written: int = 0
     skipped: int = 0
     batches: int = 0
@@ -57,6 +58,7 @@ class MigrateReport:
             "source": self.source,
             "target": self.target,
             "events": self.events,
+            "resumed_events": self.resumed_events,
             "written": self.written,
             "skipped": self.skipped,
             "write_path": self.write_path,
@@ -104,6 +106,7 @@ class Migration:
             write_path=self.writer.path,
             last_position=self.position,
             events=int(state.get("events", 0)),
+            resumed_events=int(state.get("events", 0)),
         )
 
     def copy_once(self, batch: list[Event] | None = None, limit: int | None = None) -> int:
@@ -134,7 +137,7 @@ class Migration:
         lag = 0.0 if self.report.caught_up else (utc_now() - batch[-1].recorded_at).total_seconds()
         self.report.lag_seconds = max(lag, 0.0)
         if self.progress is not None:
-            self.progress.advance(len(batch), lag=f"{self.report.lag_seconds:.1f}s")
+            self.progress.advance(len(batch), lag=self.report.lag_seconds)
         return len(batch)
 
     def _batches(self) -> Iterator[tuple[list[Event], int]]:
@@ -160,7 +163,7 @@ class Migration:
         while not stop.is_set():
             if not self.copy_once():
                 if self.progress is not None:
-                    self.progress.advance(0, lag="0.0s (caught up)")
+                    self.progress.advance(0, lag=0.0)
                 stop.wait(poll)
 
     def cutover(self, source_views: ViewStore, *, grace: float = 2.0) -> VerifyReport | None:
