@@ -7,8 +7,14 @@ that completes and one that fails and is compensated, a concurrency conflict, a 
 retried with the same idempotency key, and a refused overdraft.  It runs the worker
 passes (relay, transfer process manager, projections), shows the read models, a
 temporal query, a blue/green rebuild of every read model that must give identical views,
-and checks that money is conserved.  The command exits 0 when every check passed, 1
-otherwise.
+and checks that money is conserved.
+
+Then it shows the move: a migration copies the live store into a second SQLite file while
+the API keeps taking writes, cuts over (the source turns read-only: commands get 503),
+verifies the copy, starts the API on the new store and checks that every balance is the
+same there and that the new store takes writes; last, it lifts the fence as a rollback
+would, so that the old store is left writable.  The command exits 0 when every check
+passed, 1 otherwise.
 
 Account and transfer ids carry a per-run suffix, so the demo also runs against a store
 that holds earlier data.
@@ -32,12 +38,15 @@ import httpx
 import uvicorn
 from pydantic import SecretStr
 
+from skyferry.adapters import registry
 from skyferry.api.app import create_app
 from skyferry.bootstrap import Ledger, bootstrap
 from skyferry.cli import listen_socket
 from skyferry.console import count, duration, plural
 from skyferry.core.messages import format_timestamp, utc_now
 from skyferry.core.ports import EventStore
+from skyferry.migrate.fence import lift_fence
+from skyferry.migrate.migrate import Migration
 from skyferry.settings import Settings
 
 CURRENCY = "EUR"
@@ -116,7 +125,15 @@ def run_demo(
         with ApiServer(create_app(settings, ledger)) as server:
             out.write(f"skyferry demo: API on {server.url}, store {store_url}, broker {broker_url}\n")
             with _client(server, token) as client:
-                _workload(client, ledger, checks, out)
+                balances = _workload(client, ledger, checks, out)
+                _move(
+                    client,
+                    ledger,
+                    settings.model_copy(update={"store_url": f"sqlite:///{directory}/moved.db"}),
+                    balances,
+                    checks,
+                    out,
+                )
     finally:
         ledger.close()
         if keep:
@@ -216,10 +233,10 @@ def _workload(client: httpx.Client, ledger: Ledger, checks: Checks, out: TextIO)
     handled = worker()
     stored = _stored(ledger.events)
     out.write(
-        f"  the worker caught up: {plural(stored - stored_at_start, 'new event')} "
-        f"({count(stored - before_worker)} of them written by the transfer process manager on the way), "
-        f"each relayed to the broker and fed to the process manager and the {len(ledger.projections)} "
-        f"read models ({count(handled)} handlings)\n"
+        f"  the worker caught up on {plural(stored - stored_at_start, 'new event')} "
+        f"({count(stored - before_worker)} of them written by the transfer process manager on the way); "
+        f"its tasks ({', '.join(task.name for task in ledger.worker.tasks)}) each read the events they need: "
+        f"{count(handled)} handlings in all\n"
     )
     done = client.get(f"/transfers/{ok_id}").json()
     check("the first transfer completed", done.get("status") == "completed", f"status {done.get('status')}")
@@ -288,6 +305,92 @@ def _workload(client: httpx.Client, ledger: Ledger, checks: Checks, out: TextIO)
     mine = sum((_amount(client.get(f"/accounts/{a}/balance").json()["balance"]) for a in expected), Decimal(0))
     check("this run's accounts hold 100 + 50 + 5 - 20 = 135.00", mine == Decimal("135.00"), f"{mine}")
     return expected
+
+
+def _move(
+    client: httpx.Client, ledger: Ledger, moved: Settings, balances: dict[str, str], checks: Checks, out: TextIO
+) -> None:
+    """Step 9: copy the live store into ``moved.store_url`` while the API takes writes, cut over, switch."""
+    check = checks.check
+    dave = f"dave-{secrets.token_hex(3)}"
+    balances = {**balances, dave: "10.00"}
+    out.write("\n9. the move: a live copy to a second store while the API takes writes, a cutover, the switch\n")
+    out.write(f"  from {ledger.events.url}\n    to {moved.store_url}\n")
+    target, target_views = registry.open_event_store(moved.store_url), registry.open_view_store(moved.store_url)
+    try:
+        migration = Migration(ledger.events, target, target_views)
+        stop = threading.Event()
+        follower = threading.Thread(target=migration.follow, args=(stop,), kwargs={"poll": 0.05}, name="demo-move")
+        follower.start()
+        try:
+            answers = [client.post("/accounts", json={"account_id": dave, "owner": "Dave", "currency": CURRENCY})]
+            answers += [
+                client.post(f"/accounts/{dave}/deposits", json={"amount": "1.00", "currency": CURRENCY})
+                for _ in range(10)
+            ]
+            check(
+                "the API takes writes while the copy follows the live store",
+                all(answer.status_code == 201 for answer in answers),
+                f"{len(answers)} commands: HTTP {', '.join(sorted({str(a.status_code) for a in answers}))}",
+            )
+            deadline = time.monotonic() + 30
+            while migration.position != ledger.events.last_position() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            follower.join(timeout=30)
+        check(
+            "the copy caught up with the live store",
+            migration.position == ledger.events.last_position(),
+            f"{plural(migration.report.events, 'event')} copied, {count(migration.report.written)} written",
+        )
+        verified = migration.cutover(ledger.views, grace=0.2)
+        refused = client.post(f"/accounts/{dave}/deposits", json={"amount": "1.00", "currency": CURRENCY})
+        check(
+            "cutover: the source is read-only, a command gets 503",
+            refused.status_code == 503 and refused.json().get("error") == "read_only",
+            f"HTTP {refused.status_code} {refused.json().get('error')}",
+        )
+        check(
+            "the copy is verified identical to the fenced source",
+            verified is not None and verified.ok,
+            "" if verified is None else f"{plural(verified.streams, 'stream')}, {plural(verified.events, 'event')}",
+        )
+    finally:
+        target.close()
+        target_views.close()
+    ledger.run_worker_once()
+    on_source = {account: client.get(f"/accounts/{account}/balance").json().get("balance") for account in balances}
+    switched = bootstrap(moved)
+    try:
+        switched.run_worker_once()  # the new store's read models, built from the copied events
+        with ApiServer(create_app(moved, switched)) as server, _client(server, moved.require_token()) as new:
+            out.write(f"  the API now runs on the new store: {server.url}\n")
+            for account, want in balances.items():
+                got = new.get(f"/accounts/{account}/balance").json().get("balance", "?")
+                check(
+                    f"balance of {account} is {want} on the new store, as on the old",
+                    got != "?" and _amount(got) == _amount(want) == _amount(on_source[account] or "-1"),
+                    f"new {got}, old {on_source[account]}",
+                )
+            deposit = new.post(f"/accounts/{dave}/deposits", json={"amount": "1.00", "currency": CURRENCY})
+            check("the new store takes writes", deposit.status_code == 201, f"HTTP {deposit.status_code}")
+        switched.run_worker_once()
+        for currency, line in switched.money_check().items():
+            check(
+                f"{currency} on the new store: balances + in transit == deposits - withdrawals",
+                bool(line["conserved"]),
+                f"held {line['held']}, deposited - withdrawn {line['deposited_minus_withdrawn']}",
+            )
+    finally:
+        switched.close()
+    lift_fence(ledger.views)  # what `skyferry migrate --unfence` does: the demo leaves the old store writable
+    again = client.post(f"/accounts/{dave}/deposits", json={"amount": "1.00", "currency": CURRENCY})
+    check(
+        "a rollback (--unfence) makes the old store take commands again",
+        again.status_code == 201,
+        f"HTTP {again.status_code}",
+    )
 
 
 def _views(ledger: Ledger, projection: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
