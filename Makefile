@@ -33,7 +33,7 @@ services: ## make sure PostgreSQL and a JetStream nats-server are up (scripts/en
 	@bash scripts/ensure-services.sh
 
 demo: deps-app ## the main job on the embedded default (SQLite + in-process broker)
-	$(UV) run --no-default-groups skyferry demo
+	$(UV) run skyferry demo
 
 lint: ## ruff
 	$(UV) run ruff check .
