@@ -28,19 +28,16 @@ import orjson
 import typer
 
 from skyferry.console import (
-    EXIT_BAD_INPUT,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     CheckFailed,
     configure_logging,
     count,
     duration,
-    inputs_of,
     located,
     output,
     plural,
-    report,
 )
+from skyferry.console import run as run_command
 from skyferry.core.errors import ConfigurationError
 from skyferry.core.worker import WorkerThread
 from skyferry.runtime import tune_process
@@ -488,32 +485,13 @@ def mount_extensions(target: typer.Typer, modules: tuple[str, ...] = EXTENSIONS)
     return mounted
 
 
-def run(argv: list[str] | None = None, entry: typer.Typer | None = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``) of ``entry`` (default: ``skyferry``).
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) of ``skyferry``, extensions mounted; the exit code.
 
-    Any failure is printed in the one shape (:func:`skyferry.console.report`); returns the exit code.
+    Any failure is printed in the one shape (:func:`skyferry.console.run`).
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    output.reset()
-    if entry is None:
-        mount_extensions(cli)
-    command = typer.main.get_command(entry or cli)
-    try:
-        code = command.main(args=argv, prog_name="skyferry", standalone_mode=False)
-    except SystemExit as e:  # shell completion exits by itself
-        return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_BAD_INPUT)
-    except typer.Exit as e:
-        return e.exit_code
-    except BaseException as e:
-        if type(e).__name__ == "NoArgsIsHelpError":
-            typer.echo(command.get_help(e.ctx))  # type: ignore[attr-defined]
-            return EXIT_OK
-        if isinstance(e, typer.TyperException) and "--json" in argv:
-            output.json = True  # a usage error comes before the command could say so
-        return report(e, inputs_of(argv))
-    if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C into this code
-        return report(KeyboardInterrupt(), inputs_of(argv))
-    return int(code) if isinstance(code, int) else EXIT_OK
+    mount_extensions(cli)
+    return run_command(cli, sys.argv[1:] if argv is None else list(argv))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -166,16 +166,20 @@ def inputs_of(argv: Iterable[str], environ: Mapping[str, str] | None = None) -> 
 
 
 def _locate(what: str, inputs: Iterable[tuple[str, str]]) -> tuple[str, str | None]:
-    """``what`` and the input it names: a message that starts with the input's value moves it to the where."""
-    from skyferry.adapters.registry import redact
+    """``what`` and the input it names; a message that starts with the input (``URL: ...``) moves it to the where.
 
+    A URL is found by its part after any credentials, which messages print redacted, and a
+    ``sqlite:///`` URL by its file's path too.
+    """
+    head, colon, rest = what.partition(": ")
     for name, value in inputs:
+        tail = value.rpartition("@")[2].partition("?")[0] if "://" in value else value
         path = value.partition(":///")[2] if value.startswith("sqlite:///") else ""
-        for shown in dict.fromkeys(text for text in (value, redact(value), path) if len(text) >= 3):
-            if what.startswith(f"{shown}: "):
-                return what[len(shown) + 2 :], f"{name} {shown}"
-            if shown in what:
-                return what, name
+        scheme = value.partition("://")[0] + "://"
+        if colon and (head == value or (tail != value and head.startswith(scheme) and head.endswith(tail))):
+            return rest, f"{name} {head}"
+        if any(len(shown) >= 3 and shown in what for shown in (value, tail, path)):
+            return what, name
     return what, None
 
 
@@ -271,6 +275,32 @@ def located(where: str | None = None, hint: str | None = None) -> Iterator[None]
         if e.hint is None:
             e.hint = hint
         raise
+
+
+def run(command: typer.Typer, argv: list[str]) -> int:
+    """Run ``command`` on ``argv``; print any failure in the one shape; return the exit code.
+
+    Typer's own handling is bypassed (``standalone_mode=False``) so that usage errors, the
+    command's errors and Ctrl-C (which Typer turns into 130) all go through :func:`report`.
+    """
+    output.reset()
+    click_command = typer.main.get_command(command)
+    try:
+        code = click_command.main(args=argv, prog_name="skyferry", standalone_mode=False)
+    except SystemExit as e:  # shell completion exits by itself
+        return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_BAD_INPUT)
+    except typer.Exit as e:
+        return e.exit_code
+    except BaseException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            typer.echo(click_command.get_help(e.ctx))  # type: ignore[attr-defined]
+            return EXIT_OK
+        if isinstance(e, typer.TyperException) and "--json" in argv:
+            output.json = True  # a usage error comes before the command could say so
+        return report(e, inputs_of(argv))
+    if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C into this code
+        return report(KeyboardInterrupt(), inputs_of(argv))
+    return int(code) if isinstance(code, int) else EXIT_OK
 
 
 # -- logs ----------------------------------------------------------------------------------------

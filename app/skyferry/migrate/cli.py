@@ -516,6 +516,6 @@ def main() -> None:
     """Run the sub-app alone (``python -m skyferry.migrate``), with the error policy of ``skyferry``."""
     import sys
 
-    from skyferry.cli import run
+    from skyferry.console import run
 
-    sys.exit(run(entry=app))
+    sys.exit(run(app, sys.argv[1:]))
