@@ -281,7 +281,7 @@ def alive(
             where="SKYFERRY_HEARTBEAT_FILE is not set",
             hint="set SKYFERRY_HEARTBEAT_FILE to the same file for the worker and for this check",
         )
-    with located(f"SKYFERRY_HEARTBEAT_FILE {settings.heartbeat_file}"):
+    with located("SKYFERRY_HEARTBEAT_FILE", "start the worker with the same SKYFERRY_HEARTBEAT_FILE"):
         age = age_seconds(settings.heartbeat_file)
     if age > max_age:
         raise CheckFailed(

@@ -203,9 +203,7 @@ def problem_of(error: BaseException, inputs: Iterable[tuple[str, str]] = ()) -> 
         first, *rest = str(error).strip().splitlines() or [type(error).__name__]
         extra = " ".join(line.strip() for line in rest) or None
         what, where = _locate(first, inputs) if error.where is None else (first, error.where)
-        hint = error.hint or extra
-        if error.exit_code == EXIT_TRANSIENT:
-            hint = _then(hint, TRANSIENT_HINT)
+        hint = error.hint or (_then(extra, TRANSIENT_HINT) if error.exit_code == EXIT_TRANSIENT else extra)
         return Problem(what, where, hint, error.exit_code)
     if isinstance(error, KeyboardInterrupt):
         return Problem("interrupted (Ctrl-C)", None, None, EXIT_INTERRUPTED)

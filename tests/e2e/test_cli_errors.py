@@ -119,6 +119,15 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str, str]] = [
         "hint: set SKYFERRY_HEARTBEAT_FILE to the same file for the worker and for this check\n",
     ),
     (
+        "alive-before-the-worker-started",
+        ["alive"],
+        {"SKYFERRY_HEARTBEAT_FILE": "{tmp}/heartbeat"},
+        3,
+        "",
+        "skyferry: error: no heartbeat at $TMP/heartbeat: the worker has not started (or writes elsewhere) "
+        "(SKYFERRY_HEARTBEAT_FILE)\nhint: start the worker with the same SKYFERRY_HEARTBEAT_FILE\n",
+    ),
+    (
         "alive-max-age-too-small",
         ["alive", "--max-age", "0"],
         {},
@@ -309,7 +318,7 @@ def test_bad_input_prints_one_error_line_and_a_hint(
     workdir: Path, taken_port: int, argv: list[str], env: dict[str, str], code: int, stdout: str, stderr: str
 ) -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SKYFERRY_")}
-    environ.update({"COLUMNS": "100", **env})
+    environ.update({"COLUMNS": "100", **{k: v.format(tmp=workdir) for k, v in env.items()}})
     args = [arg.format(tmp=workdir, port=taken_port) for arg in argv]
     done = subprocess.run([SKYFERRY, *args], capture_output=True, text=True, timeout=120, env=environ, cwd=workdir)
 
