@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -445,6 +446,15 @@ def plan(
 
     Needs the infra dependency group: uv run --group infra skyferry plan --stack NAME.
     """
+    checkout = Path(__file__).resolve().parents[2]  # app/skyferry/cli.py -> the repository
+    if not (checkout / "providers" / "plan.py").is_file():
+        raise ConfigurationError(
+            "`skyferry plan` runs in a checkout of the repository (it reads providers/ and stacks/) "
+            "with the infra dependency group; this skyferry is installed without them",
+            hint="in the checkout: uv run --group infra skyferry plan --stack NAME",
+        )
+    if str(checkout) not in sys.path:
+        sys.path.append(str(checkout))  # providers/ is not part of the installed package
     try:
         from providers.plan import RENDERERS, make_plan
     except ImportError as e:

@@ -7,9 +7,11 @@ nothing beyond the app, which uv's own export of the lock shows.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,18 @@ def test_the_plan_hint_keeps_the_database_drivers() -> None:
     installed = {package.split("==")[0] for package in locked(*args)}
     assert drivers <= installed
     assert "pulumi" in installed
+
+
+def test_plan_runs_as_the_readme_says_from_any_directory(tmp_path: Path) -> None:
+    """providers/ is not in the installed package: `skyferry plan` finds it in the checkout."""
+    pytest.importorskip("pulumi", reason="the infra dependency group is not installed (make deps)")
+    skyferry = str(Path(sys.executable).with_name("skyferry"))
+    done = subprocess.run(
+        [skyferry, "plan", "--stack", "kubernetes", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["stack"] == "kubernetes"
