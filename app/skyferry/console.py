@@ -238,7 +238,7 @@ def _usage_problem(error: typer.TyperException) -> Problem:
             hint = f"did you mean {close[0]}? ({hint})"
         return Problem(f"no such option {option}", path, hint, EXIT_BAD_INPUT)
     if message.startswith("No such command"):
-        what, _, suggestion = message.partition(". ")
+        what, _, suggestion = message.rstrip(".").partition(". ")
         hint = f"{path} -h lists the commands"
         return Problem(
             _first_lower(what), path, f"{_first_lower(suggestion)} ({hint})" if suggestion else hint, EXIT_BAD_INPUT
@@ -335,10 +335,10 @@ class OneLineFormatter(logging.Formatter):
 class OutageFilter(logging.Filter):
     """Logs a retrying loop's failure once per change of state, not once per attempt.
 
-    A record that carries an expected error is let through when it starts an outage or when
-    the error changes; repeats of the same error from the same place are dropped.  A record
-    without an error from the same logger (the loop saying it recovered), or ``quiet``
-    seconds without a repeat, ends the outage, so the next failure is logged again.
+    A warning (or worse) is let through when it starts an outage or when its error (or, for
+    a record without one, its text) changes; repeats from the same place are dropped.  A
+    record below warning from the same logger (the loop saying it recovered), or ``quiet``
+    seconds without a repeat, ends the outage, so that the next failure is logged again.
     """
 
     def __init__(self, quiet: float = 120.0) -> None:
@@ -348,13 +348,18 @@ class OutageFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Whether ``record`` is logged."""
-        error = record.exc_info[1] if record.exc_info else None
-        if not isinstance(error, EXPECTED):
+        if record.levelno < logging.WARNING:
             for key in [key for key in self._outages if key[0] == record.name]:
                 del self._outages[key]
             return True
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and not isinstance(error, EXPECTED):
+            return True  # a bug: every occurrence counts
         key = (record.name, str(record.msg))
-        signature = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        if error is None:
+            signature = record.getMessage()
+        else:
+            signature = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
         now = time.monotonic()
         seen = self._outages.get(key)
         self._outages[key] = (signature, now)

@@ -258,6 +258,27 @@ def test_a_different_failure_is_logged_again() -> None:
     assert decisions == [True, False, True, False, True]
 
 
+def test_a_repeated_warning_without_an_error_is_logged_once_until_the_logger_says_more() -> None:
+    """A client library's reconnect warnings, every half second, make one line per outage."""
+    log_filter = OutageFilter()
+
+    def record(level: int, text: str) -> logging.LogRecord:
+        return logging.LogRecord("nats", level, __file__, 1, "NATS connection: %s", (text,), None)
+
+    refused = "ConnectionRefusedError: [Errno 111] Connect call failed"
+    decisions = [
+        log_filter.filter(record(level, text))
+        for level, text in (
+            (logging.WARNING, refused),
+            (logging.WARNING, refused),
+            (logging.WARNING, refused),
+            (logging.INFO, "connected"),
+            (logging.WARNING, refused),
+        )
+    ]
+    assert decisions == [True, False, False, True, True]
+
+
 # -- progress ----------------------------------------------------------------------------------
 
 
