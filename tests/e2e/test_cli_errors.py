@@ -155,6 +155,23 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str, str]] = [
         "hint: skyferry rebuild -h shows the options\n",
     ),
     (
+        "parked-unknown-key",
+        ["parked", "skip", "nosuch", "--store", "sqlite:///{tmp}/source.db"],
+        {},
+        2,
+        "",
+        "skyferry: error: no parked event 'nosuch' (see skyferry parked list)\n",
+    ),
+    (
+        "parked-retry-without-keys",
+        ["parked", "retry"],
+        {},
+        2,
+        "",
+        "skyferry: error: missing argument KEY... (skyferry parked retry)\n"
+        "hint: skyferry parked retry -h shows the options\n",
+    ),
+    (
         "demo-corrupt-store",
         ["demo", "--store", "sqlite:///{tmp}/corrupt.db"],
         {},
