@@ -208,7 +208,7 @@ def test_worker_once_projects_what_is_there_and_exits(image: str, store: str, ap
     api.open_and_deposit("bob", "7.25")
     result = run_once(image, ["worker", "--once"], env=app_env(store), timeout=120)
     assert result.returncode == 0, result.output
-    handled = re.search(r"handled (\d+) event", result.output)
+    handled = re.search(r"caught up \((\d+) event handlings", result.output)
     assert handled, result.output
     assert int(handled.group(1)) >= 2  # opened, deposited
     balance = api.get("/accounts/bob/balance", headers=AUTH)
