@@ -83,27 +83,34 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, timeout: f
     raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
-def owns_port(process: subprocess.Popen[bytes] | int, port: int) -> bool:
-    """Whether ``process`` (a Popen or a PID) or a child of it is the one listening on ``port`` (Linux /proc)."""
-    pid = process if isinstance(process, int) else process.pid
-    inodes: set[str] = set()
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports that ``pid`` or a descendant of it listens on (Linux /proc)."""
+    pids = {pid}
+    for _ in range(3):  # children, grandchildren, great-grandchildren
+        for parent in list(pids):
+            with contextlib.suppress(OSError), open(f"/proc/{parent}/task/{parent}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    inodes: dict[str, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                    inodes.add(fields[9])
-    pids = [pid]
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as f:
-        pids += [int(p) for p in f.read().split()]
-    for pid in pids:
+                if fields[3] == "0A":
+                    inodes[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
+    ports = set()
+    for owner in pids:
         with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
+            for fd in os.listdir(f"/proc/{owner}/fd"):
                 with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    target = os.readlink(f"/proc/{owner}/fd/{fd}")
                     if target.startswith("socket:[") and target[8:-1] in inodes:
-                        return True
-    return False
+                        ports.add(inodes[target[8:-1]])
+    return ports
+
+
+def owns_port(process: subprocess.Popen[bytes] | int, port: int) -> bool:
+    """Whether ``process`` (a Popen or a PID) or a descendant of it is the one listening on ``port`` (Linux /proc)."""
+    return port in listening_ports(process if isinstance(process, int) else process.pid)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,302 @@
+"""The aws stack rehearsed: moto with IAM enforced, the ECS task definitions run as ECS runs them.
+
+Every workload call is authorized by moto against the role the task definition names,
+with the graph's policies attached; each decision is logged (``aws-decisions.jsonl`` in
+the rehearsal's directory).  See :mod:`tests.rehearsal.aws` for what ECS's part is and
+:mod:`tests.rehearsal.moto_iam` for how moto's IAM check is made to match AWS.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from tests.rehearsal import contracts, known
+from tests.rehearsal.aws import IamMoto, Provisioned, assume, role_name
+from tests.rehearsal.harness import Rehearsal
+from tests.rehearsal.stack import Deployment, deploy
+
+API = "ecs:skyferry-api/api"
+WORKER = "ecs:skyferry-worker/worker"
+ARN = r"arn:aws:[a-z0-9-]+:(eu-west-1)?:(123456789012)?:.+"
+
+
+def _moto(aws: Rehearsal) -> tuple[IamMoto, Provisioned, str]:
+    return aws.extra["moto"], aws.extra["provisioned"], aws.deployment.config["aws:region"]
+
+
+@known.PULUMI_CONFIG
+def test_pulumi_accepts_the_stack_config(aws: Rehearsal) -> None:
+    contracts.pulumi_accepts(aws.deployment)
+
+
+def test_identifiers_are_realistic(aws: Rehearsal) -> None:
+    checked = contracts.identifiers_are_realistic(
+        aws.deployment,
+        {
+            "arn": ARN,
+            "dnsName": r"[a-z0-9-]+\.eu-west-1\.elb\.amazonaws\.com",
+            "url": r"https://sqs\.eu-west-1\.amazonaws\.com/123456789012/.+",
+        },
+    )
+    assert checked >= 20
+
+
+def test_data_resources_are_the_graphs(aws: Rehearsal) -> None:
+    """What moto holds is what the graph declares: table and index, topic, queues, subscriptions, bucket, secret."""
+    moto, provisioned, region = _moto(aws)
+    admin = provisioned.admin
+    deployment = aws.deployment
+    [table] = deployment.nodes("aws:dynamodb/table:Table")
+    described = moto.client("dynamodb", region, admin).describe_table(TableName=table.inputs["name"])["Table"]
+    assert {k["AttributeName"]: k["KeyType"] for k in described["KeySchema"]} == {
+        table.inputs["hashKey"]: "HASH",
+        table.inputs["rangeKey"]: "RANGE",
+    }
+    assert {i["IndexName"] for i in described.get("GlobalSecondaryIndexes", [])} == {
+        i["name"] for i in table.inputs["globalSecondaryIndexes"]
+    }
+    assert described["BillingModeSummary"]["BillingMode"] == table.inputs["billingMode"]
+    sqs = moto.client("sqs", region, admin)
+    queues = deployment.nodes("aws:sqs/queue:Queue")
+    for queue in queues:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=provisioned.queue_urls[queue.inputs["name"]], AttributeNames=["All"]
+        )["Attributes"]
+        assert attributes["FifoQueue"] == "true", queue.name
+        assert int(attributes["MessageRetentionPeriod"]) == queue.inputs["messageRetentionSeconds"], queue.name
+        if "redrivePolicy" in queue.inputs:
+            assert json.loads(attributes["RedrivePolicy"]) == json.loads(queue.inputs["redrivePolicy"]), queue.name
+            assert attributes["DeduplicationScope"] == queue.inputs["deduplicationScope"], queue.name
+            assert int(attributes["VisibilityTimeout"]) == queue.inputs["visibilityTimeoutSeconds"], queue.name
+    [topic] = deployment.nodes("aws:sns/topic:Topic")
+    sns = moto.client("sns", region, admin)
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic.outputs["arn"])["Subscriptions"]
+    declared = {s.inputs["endpoint"] for s in deployment.nodes("aws:sns/topicSubscription:TopicSubscription")}
+    assert {s["Endpoint"] for s in subscriptions} == declared
+    for subscription in subscriptions:
+        raw = sns.get_subscription_attributes(SubscriptionArn=subscription["SubscriptionArn"])["Attributes"]
+        assert raw.get("RawMessageDelivery") == "true", subscription["Endpoint"]
+    [bucket] = deployment.nodes("aws:s3/bucket:Bucket")
+    s3 = moto.client("s3", region, admin)
+    assert s3.get_bucket_versioning(Bucket=bucket.outputs["bucket"])["Status"] == "Enabled"
+    rule = s3.get_bucket_encryption(Bucket=bucket.outputs["bucket"])["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+
+
+def test_roles_trust_ecs_tasks(aws: Rehearsal) -> None:
+    """ECS can assume the task and execution roles only if their trust policy names ecs-tasks.amazonaws.com."""
+    for definition in aws.deployment.nodes("aws:ecs/taskDefinition:TaskDefinition"):
+        for key in ("taskRoleArn", "executionRoleArn"):
+            role = aws.deployment.by_output("arn", definition.inputs[key])
+            assert role is not None, f"{definition.name}.{key} names no role of the graph"
+            trust = json.loads(role.inputs["assumeRolePolicy"])
+            principals = [
+                s.get("Principal", {}).get("Service") for s in trust["Statement"] if s.get("Effect") == "Allow"
+            ]
+            assert "ecs-tasks.amazonaws.com" in principals, f"{role.name} does not trust ECS tasks"
+
+
+def test_workloads_run_the_graphs_command_and_environment(aws: Rehearsal) -> None:
+    assert set(aws.launches) == {API, WORKER}
+    assert aws.launches[API].workload.args == ("serve",)
+    assert aws.launches[WORKER].workload.args == ("worker",)
+    contracts.workloads_get_the_graphs_environment(aws)
+    [version] = aws.deployment.nodes("aws:secretsmanager/secretVersion:SecretVersion")
+    contracts.secrets_resolved(aws, {"SKYFERRY_API_TOKEN": version.inputs["secretString"]})
+
+
+def test_api_passes_the_load_balancer_health_check(aws: Rehearsal) -> None:
+    assert [p.kind for p in aws.workloads[API].probes] == ["http"]
+    contracts.probes_pass(aws, API)
+
+
+def test_worker_keeps_running(aws: Rehearsal) -> None:
+    contracts.keeps_running(aws, WORKER)
+    contracts.probes_pass(aws, WORKER)
+
+
+def test_end_to_end_through_the_api(aws: Rehearsal) -> None:
+    contracts.end_to_end(aws)
+    published = [c for c in aws.calls() if c["action"] == "sns:Publish" and c["allowed"]]
+    assert published, "the relay published nothing to the stack's topic"
+
+
+def test_every_call_is_allowed_to_the_role_the_graph_declares(aws: Rehearsal) -> None:
+    """Each workload call was authorized against its task role; the secret against the execution role."""
+    contracts.end_to_end(aws)
+    calls = [c for c in aws.calls() if c["caller"].endswith("/ecs-task")]
+    assert calls, "moto recorded no call of the workloads"
+    denied = [c for c in calls if not c["allowed"]]
+    assert not denied, "AccessDenied:\n" + "\n".join(json.dumps(c) for c in denied)
+    roles = {role_name(w.identity) for w in aws.workloads.values()}
+    executions = {
+        role_name(n.inputs["executionRoleArn"]) for n in aws.deployment.nodes("aws:ecs/taskDefinition:TaskDefinition")
+    }
+    for call in calls:
+        session_role = call["caller"].split("/")[1]
+        allowed_roles = executions if call["action"].startswith("secretsmanager:") else roles
+        assert session_role in allowed_roles, f"{call['action']} made as {session_role}"
+    actions = Counter(c["action"] for c in calls)
+    assert {"dynamodb:PutItem", "dynamodb:Query", "sns:Publish", "secretsmanager:GetSecretValue"} <= set(actions)
+
+
+def test_moto_denies_what_the_task_role_is_not_granted(aws: Rehearsal) -> None:
+    """The negative proof: the task role's session is refused everything its policy lacks."""
+    from botocore.exceptions import ClientError
+
+    moto, provisioned, region = _moto(aws)
+    task_arn = aws.workloads[API].identity
+    session = assume(moto.client("sts", region, provisioned.admin), task_arn, session="negative-proof")
+    table = aws.deployment.one("aws:dynamodb/table:Table").inputs["name"]
+    bucket = aws.deployment.one("aws:s3/bucket:Bucket").outputs["bucket"]
+    secret = aws.deployment.one("aws:secretsmanager/secret:Secret").outputs["arn"]
+    dynamo = moto.client("dynamodb", region, session)
+    dynamo.get_item(TableName=table, Key={"pk": {"S": "nothing"}, "sk": {"S": "here"}})  # granted
+    refused = {
+        "dynamodb:DeleteTable": lambda: dynamo.delete_table(TableName=table),
+        "dynamodb:Scan": lambda: dynamo.scan(TableName=table),
+        "s3:DeleteBucket": lambda: moto.client("s3", region, session).delete_bucket(Bucket=bucket),
+        "secretsmanager:GetSecretValue": lambda: moto.client("secretsmanager", region, session).get_secret_value(
+            SecretId=secret
+        ),
+        "sns:CreateTopic": lambda: moto.client("sns", region, session).create_topic(Name="intruder"),
+    }
+    for action, call in refused.items():
+        with pytest.raises(ClientError) as refusal:
+            call()
+        assert refusal.value.response["Error"]["Code"] in {"AccessDenied", "AccessDeniedException"}, action
+
+
+def test_a_workload_without_the_graphs_policy_fails(aws: Rehearsal) -> None:
+    """The worker, with the graph's environment but a role without the data policy, stops on AccessDenied."""
+    moto, provisioned, region = _moto(aws)
+    iam = moto.client("iam", region, provisioned.admin)
+    trust = aws.deployment.by_output("arn", aws.workloads[WORKER].identity).inputs["assumeRolePolicy"]
+    bare = iam.create_role(RoleName="rehearsal-bare", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    provisioned.roles["rehearsal-bare"] = assume(moto.client("sts", region, provisioned.admin), bare, "ecs-task")
+    workload = replace(aws.workloads[WORKER], identity=bare, name="ecs:bare-worker")
+    launch = aws.launch(workload)
+    completed = aws.launcher.run(launch, ["skyferry", "worker", "--once"], aws.workdir / "bare-worker.log", timeout=120)
+    assert completed.returncode != 0, completed.stdout
+    assert "AccessDenied" in completed.stdout + completed.stderr
+    denied = [c for c in aws.calls() if "rehearsal-bare" in c["caller"] and not c["allowed"]]
+    assert denied, "moto recorded no refusal of the bare role"
+    assert denied[0]["action"].startswith("dynamodb:")
+
+
+@known.S3_LIST_CONDITION
+def test_export_then_import_as_the_task_role(aws: Rehearsal) -> None:
+    reports = contracts.export_then_import(aws, API)
+    assert reports["export"]["archive"].startswith("s3://")
+
+
+@known.PLAIN_HTTP
+def test_public_api_endpoint_uses_tls(aws: Rehearsal) -> None:
+    assert aws.deployment.graph.outputs["api_url"].value.startswith("https://")
+    plain = [
+        n.name
+        for n in aws.deployment.nodes("aws:lb/listener:Listener")
+        if n.inputs.get("protocol") == "HTTP" and n.inputs["defaultActions"][0]["type"] == "forward"
+    ]
+    assert not plain, f"listeners forwarding plain HTTP: {plain}"
+
+
+@known.API_TOKEN
+def test_an_api_token_is_required_or_optional_for_real() -> None:
+    def references(variant: Deployment) -> dict[str, tuple[set[str], bool]]:
+        filled = {n.inputs["secretId"] for n in variant.nodes("aws:secretsmanager/secretVersion:SecretVersion")}
+        found = {}
+        for definition in variant.nodes("aws:ecs/taskDefinition:TaskDefinition"):
+            for container in json.loads(definition.inputs["containerDefinitions"]):
+                unfilled = {s["name"] for s in container.get("secrets", []) if s["valueFrom"] not in filled}
+                names = {e["name"] for e in container.get("environment", [])} | {
+                    s["name"] for s in container.get("secrets", [])
+                }
+                token = "SKYFERRY_API_TOKEN" in names - unfilled
+                found[definition.inputs["family"]] = (unfilled, container.get("command") == ["serve"] and not token)
+        return found
+
+    contracts.api_token_is_optional_or_refused("aws", references)
+
+
+@known.SQS_MAX_DELIVERIES
+def test_queue_redrive_matches_the_apps_delivery_limit() -> None:
+    from skyferry.adapters.brokers.sns_sqs import SnsSqsBroker
+
+    app_limit = inspect.signature(SnsSqsBroker.subscribe).parameters["max_deliveries"].default
+    variant = deploy("aws", overrides={"skyferry:aws": {"maxDeliveries": 3}})
+    for queue in variant.nodes("aws:sqs/queue:Queue"):
+        if "redrivePolicy" in queue.inputs:
+            count = json.loads(queue.inputs["redrivePolicy"])["maxReceiveCount"]
+            assert count == app_limit, (
+                f"{queue.inputs['name']}: redrive after {count}, the app retries {app_limit} times"
+            )
+
+
+def test_broker_retention_is_bounded(aws: Rehearsal) -> None:
+    """In store-fed mode nobody reads the queues: what the relay publishes must expire (SQS: at most 14 days)."""
+    _, provisioned, region = _moto(aws)
+    moto = aws.extra["moto"]
+    sqs = moto.client("sqs", region, provisioned.admin)
+    for name, url in provisioned.queue_urls.items():
+        retention = int(
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["MessageRetentionPeriod"])["Attributes"][
+                "MessageRetentionPeriod"
+            ]
+        )
+        assert 0 < retention <= 14 * 24 * 3600, name
+
+
+@known.FIFO_REDELIVERY
+def test_transient_failures_dead_letter_no_healthy_message(aws: Rehearsal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack's queues with the app's consumer, as the task role: a message that fails four times
+    before it succeeds must not cost the message behind it its retries (it fails once, transiently).
+
+    ``wait=0&backoff=0`` only make the consumer poll and retry at once (the test's speed);
+    receive counts and the redrive policy are the stack's.
+    """
+    import time
+    import uuid
+
+    from skyferry.adapters.brokers.sns_sqs import SnsSqsBroker
+    from skyferry.core.ports import Message
+
+    moto, provisioned, _ = _moto(aws)
+    task = provisioned.roles[role_name(aws.workloads[WORKER].identity)]
+    for key, value in {**task.env(), "AWS_ENDPOINT_URL": moto.endpoint}.items():
+        monkeypatch.setenv(key, value)
+    broker = SnsSqsBroker.from_url(aws.workload_env(WORKER)["SKYFERRY_BROKER_URL"] + "&wait=0&backoff=0")
+    run = uuid.uuid4().hex[:8]
+    key, ids = f"fifo-{run}", [f"m{i}-{run}" for i in range(3)]
+    failures = {ids[0]: 4, ids[1]: 1}
+    handled: list[str] = []
+    given_up: list[str] = []  # failed at the consumer's last attempt: dead-lettered by it
+    limit = inspect.signature(SnsSqsBroker.subscribe).parameters["max_deliveries"].default
+
+    def handler(message: Message) -> None:
+        if message.key != key:
+            return  # what the relay published during the run
+        if failures.get(message.id, 0) > 0:
+            failures[message.id] -= 1
+            if message.delivery_attempt >= limit:
+                given_up.append(message.id)
+            raise RuntimeError("a transient failure")
+        handled.append(message.id)
+
+    try:
+        broker.publish([Message(id=i, key=key, body=b"{}", attributes={"type": "Test"}) for i in ids])
+        subscription = broker.subscribe("history", handler)
+        deadline = time.monotonic() + 30
+        while len(handled) + len(given_up) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subscription.close()
+        dead = {m.id for m in broker.dead_letters("history")}
+    finally:
+        broker.close()
+    assert not dead & set(ids), f"dead-lettered: {sorted(dead & set(ids))}"
+    assert sorted(handled) == sorted(ids)
