@@ -117,6 +117,14 @@ def end_to_end(rehearsal: Rehearsal) -> None:
     assert result.daily_totals[0]["transferred"] == "30.00"
 
 
+def broker_fed_end_to_end(rehearsal: Rehearsal, worker: str) -> None:
+    """Switched to broker-fed read models, the worker carries a transfer through the stack's broker."""
+    outcome = rehearsal.broker_fed(worker)
+    assert outcome.ok, outcome.error
+    assert outcome.value.transfer_status == "completed"
+    assert sorted(outcome.value.balances.values()) == ["30.00", "70.00"]
+
+
 def export_then_import(rehearsal: Rehearsal, workload: str) -> dict[str, Any]:
     """``skyferry export`` to the stack's archive, then ``import`` from it, run as ``workload``.
 
@@ -141,8 +149,8 @@ def export_then_import(rehearsal: Rehearsal, workload: str) -> dict[str, Any]:
 
 def app_consumer_groups() -> set[str]:
     """The consumer groups the app's worker subscribes in broker-fed mode (the process manager and every projection)."""
+    from skyferry.ledger.process import TransferProcess
     from skyferry.ledger.projections import ledger_projections
-    from skyferry.ledger.transfer import TransferProcess
 
     return {TransferProcess.name, *(p.name for p in ledger_projections())}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,10 +30,13 @@ class Drive:
     seconds: float = 0.0
 
 
-def _wait(client: httpx.Client, path: str, done: Any, timeout: float) -> dict[str, Any]:
+def _wait(client: httpx.Client, path: str, done: Any, timeout: float, abort: Callable[[], str]) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     response = client.get(path)
     while not (response.status_code == 200 and done(response.json())):
+        reason = abort()
+        if reason:
+            raise AssertionError(f"GET {path}: given up: {reason}")
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"GET {path} did not reach the expected state in {timeout:.0f} s: "
@@ -44,8 +48,16 @@ def _wait(client: httpx.Client, path: str, done: Any, timeout: float) -> dict[st
     return body
 
 
-def drive(base_url: str, token: str, timeout: float = 90.0) -> Drive:
-    """Open two accounts, deposit, transfer, and wait for the read models to show it all."""
+def _never() -> str:
+    return ""
+
+
+def drive(base_url: str, token: str, timeout: float = 90.0, abort: Callable[[], str] = _never) -> Drive:
+    """Open two accounts, deposit, transfer, and wait for the read models to show it all.
+
+    ``abort`` is asked while waiting: a non-empty answer (the worker died, a consumer has no
+    subscription) ends the wait at once with that reason.
+    """
     run = uuid.uuid4().hex[:8]
     first, second, transfer = f"a-{run}", f"b-{run}", f"t-{run}"
     started = time.monotonic()
@@ -67,11 +79,11 @@ def drive(base_url: str, token: str, timeout: float = 90.0) -> Drive:
             },
         )
         assert response.status_code == 202, response.text
-        status = _wait(client, f"/transfers/{transfer}", lambda b: b.get("status") == "completed", timeout)
+        status = _wait(client, f"/transfers/{transfer}", lambda b: b.get("status") == "completed", timeout, abort)
         result = Drive(accounts=(first, second), transfer=transfer, transfer_status=status["status"])
         for account, expected in ((first, "70.00"), (second, "30.00")):
             balance = _wait(
-                client, f"/accounts/{account}/balance", lambda b, e=expected: b.get("balance") == e, timeout
+                client, f"/accounts/{account}/balance", lambda b, e=expected: b.get("balance") == e, timeout, abort
             )
             result.balances[account] = balance["balance"]
         history = client.get(f"/accounts/{first}/history")

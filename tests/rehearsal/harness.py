@@ -119,6 +119,44 @@ class Rehearsal:
                 self.drive = Outcome(error=f"{e!r}\n{self.logs()}")
         return self.drive
 
+    def broker_fed(self, worker: str) -> Outcome:
+        """Switch the worker to broker-fed read models and drive the app again (once).
+
+        The stacks run store-fed, where nothing is published; the broker they declare is
+        used only by a switch to ``SKYFERRY_PROJECTIONS_FROM=broker``.  The store-fed worker
+        is stopped first (the two modes keep different checkpoints), then the same workload
+        runs with that one variable more; the drive gives up as soon as the new worker dies
+        or a consumer is refused its subscription.
+        """
+        if "broker_fed" in self.extra:
+            outcome: Outcome = self.extra["broker_fed"]
+            return outcome
+        self.drive_once()  # the store-fed run comes first, with the stack's own worker
+        self.running.pop(worker).stop()
+        launch = self.launch(self.workloads[worker])
+        launch.rehearsal_env["SKYFERRY_PROJECTIONS_FROM"] = "broker"
+        launch.reasons["SKYFERRY_PROJECTIONS_FROM"] = (
+            "the stack runs store-fed (nothing published): its broker is rehearsed as a switch to broker-fed uses it"
+        )
+        self.launches[worker] = launch
+        running = self.launcher.start(launch, self.workdir / "broker-fed-worker.log")
+        self.running[worker] = running
+        seen = len(self.calls())
+
+        def abort() -> str:
+            if not running.alive():
+                return f"the broker-fed worker exited with {running.process.returncode}"
+            refused = [c for c in self.calls()[seen:] if c.get("error")]
+            return f"{refused[0]['kind']} refused: {refused[0]['error']}" if refused else ""
+
+        try:
+            outcome = Outcome(value=drive(self.api_base(), self.token, timeout=60, abort=abort))
+        except Exception as e:  # kept for the contract tests, with the logs
+            outcome = Outcome(error=f"{e!r}\n{self.logs()}")
+        self.extra["broker_fed"] = outcome
+        self.extra["broker_fed_calls"] = seen
+        return outcome
+
     def run_as(self, name: str, argv: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` in workload ``name``'s context: its environment, volumes and identity."""
         launch = self.launches.get(name) or self.launch(self.workloads[name])
@@ -129,6 +167,11 @@ class Rehearsal:
         if not self.calls_log.exists():
             return []
         return [json.loads(line) for line in self.calls_log.read_text().splitlines() if line.strip()]
+
+    def store_fed_calls(self) -> list[dict[str, Any]]:
+        """The calls recorded before the switch to broker-fed read models (all of them, before it)."""
+        calls = self.calls()
+        return calls[: self.extra.get("broker_fed_calls", len(calls))]
 
     def workload_env(self, name: str) -> dict[str, str]:
         """The environment workload ``name`` ran with."""

@@ -55,8 +55,16 @@ def render(deployment: Deployment, workdir: Path) -> list[dict[str, Any]]:
         "-f",
         str(values),
     ]
-    rendered = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120).stdout
+    rendered = _run(command, timeout=300)
     return [m for m in yaml.safe_load_all(rendered) if m]
+
+
+def _run(command: list[str], timeout: float) -> str:
+    """Run ``command``; its output, or a ``RuntimeError`` carrying what it printed."""
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{command[0]} exited with {completed.returncode}: {completed.stderr or completed.stdout}")
+    return completed.stdout
 
 
 def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -211,7 +219,7 @@ def _start_postgres(
     shutil.chown(password, "postgres", "postgres")
     as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
     user = env.get("POSTGRES_USER", "postgres")
-    subprocess.run(
+    _run(
         [
             *as_postgres,
             str(binaries / "initdb"),
@@ -225,9 +233,7 @@ def _start_postgres(
             "-E",
             "UTF8",
         ],
-        check=True,
-        capture_output=True,
-        timeout=120,
+        timeout=300,
     )
     args = [
         *as_postgres,
@@ -242,7 +248,7 @@ def _start_postgres(
     args += ["-c", f"unix_socket_directories={data}", "-c", "fsync=off"]
     process = ServiceProcess(name, args, address, port, workdir / f"{name}.log", data)
     database = env.get("POSTGRES_DB", user)
-    subprocess.run(
+    _run(
         [
             *as_postgres,
             str(binaries / "psql"),
@@ -257,9 +263,7 @@ def _start_postgres(
             "-c",
             f'CREATE DATABASE "{database}"',
         ],
-        check=True,
-        capture_output=True,
-        timeout=60,
+        timeout=300,
     )
     return process
 

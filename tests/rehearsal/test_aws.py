@@ -122,27 +122,101 @@ def test_worker_keeps_running(aws: Rehearsal) -> None:
 
 def test_end_to_end_through_the_api(aws: Rehearsal) -> None:
     contracts.end_to_end(aws)
-    published = [c for c in aws.calls() if c["action"] == "sns:Publish" and c["allowed"]]
-    assert published, "the relay published nothing to the stack's topic"
+
+
+def test_store_fed_worker_publishes_nothing(aws: Rehearsal) -> None:
+    """The stack feeds its read models from the store: nobody reads the queues, so nothing is sent there."""
+    contracts.end_to_end(aws)
+    calls = [c for c in aws.store_fed_calls() if c["caller"].endswith("/ecs-task")]
+    assert calls, "moto recorded no call of the workloads"
+    assert not [c for c in calls if c["action"] == "sns:Publish"]
+
+
+@known.FIFO_REDELIVERY
+def test_transient_failures_dead_letter_no_healthy_message(aws: Rehearsal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack's queues with the app's consumer, as the task role: a message that fails four times
+    before it succeeds must not cost the message behind it its retries (it fails once, transiently).
+
+    ``wait=0&backoff=0`` only make the consumer poll and retry at once (the test's speed);
+    receive counts and the redrive policy are the stack's.  It runs before the broker-fed
+    worker starts (which would compete for the group); the copies the topic fans out to the
+    other groups' queues are the worker's to skip or dead-letter.
+    """
+    import time
+    import uuid
+
+    from skyferry.adapters.brokers.sns_sqs import SnsSqsBroker
+    from skyferry.core.ports import Message
+
+    moto, provisioned, region = _moto(aws)
+    task = assume(moto.client("sts", region, provisioned.admin), aws.workloads[WORKER].identity, session="fifo-check")
+    for key, value in {**task.env(), "AWS_ENDPOINT_URL": moto.endpoint}.items():
+        monkeypatch.setenv(key, value)
+    broker = SnsSqsBroker.from_url(aws.workload_env(WORKER)["SKYFERRY_BROKER_URL"] + "&wait=0&backoff=0")
+    run = uuid.uuid4().hex[:8]
+    key, ids = f"fifo-{run}", [f"m{i}-{run}" for i in range(3)]
+    failures = {ids[0]: 4, ids[1]: 1}
+    handled: list[str] = []
+    given_up: list[str] = []  # failed at the consumer's last attempt: dead-lettered by it
+    limit = inspect.signature(SnsSqsBroker.subscribe).parameters["max_deliveries"].default
+
+    def handler(message: Message) -> None:
+        if message.key != key:
+            return  # what the relay published during the run
+        if failures.get(message.id, 0) > 0:
+            failures[message.id] -= 1
+            if message.delivery_attempt >= limit:
+                given_up.append(message.id)
+            raise RuntimeError("a transient failure")
+        handled.append(message.id)
+
+    try:
+        broker.publish([Message(id=i, key=key, body=b"{}", attributes={"type": "Test"}) for i in ids])
+        subscription = broker.subscribe("history", handler)
+        deadline = time.monotonic() + 30
+        while len(handled) + len(given_up) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subscription.close()
+        dead = {m.id for m in broker.dead_letters("history")}
+    finally:
+        broker.close()
+    assert not dead & set(ids), f"dead-lettered: {sorted(dead & set(ids))}"
+    assert sorted(handled) == sorted(ids)
+
+
+def test_broker_fed_end_to_end_through_the_stacks_queues(aws: Rehearsal) -> None:
+    contracts.broker_fed_end_to_end(aws, WORKER)
+    since = aws.calls()[aws.extra["broker_fed_calls"] :]
+    used = {c["action"] for c in since if c["allowed"]}
+    assert {"sns:Publish", "sqs:ReceiveMessage", "sqs:DeleteMessage"} <= used, used
 
 
 def test_every_call_is_allowed_to_the_role_the_graph_declares(aws: Rehearsal) -> None:
     """Each workload call was authorized against its task role; the secret against the execution role."""
     contracts.end_to_end(aws)
-    calls = [c for c in aws.calls() if c["caller"].endswith("/ecs-task")]
-    assert calls, "moto recorded no call of the workloads"
-    denied = [c for c in calls if not c["allowed"]]
-    assert not denied, "AccessDenied:\n" + "\n".join(json.dumps(c) for c in denied)
+    contracts.broker_fed_end_to_end(aws, WORKER)
     roles = {role_name(w.identity) for w in aws.workloads.values()}
     executions = {
         role_name(n.inputs["executionRoleArn"]) for n in aws.deployment.nodes("aws:ecs/taskDefinition:TaskDefinition")
     }
+    calls = [
+        c for c in aws.calls() if c["caller"].endswith("/ecs-task") and c["caller"].split("/")[1] in roles | executions
+    ]
+    assert calls, "moto recorded no call of the workloads"
+    denied = [c for c in calls if not c["allowed"]]
+    assert not denied, "AccessDenied:\n" + "\n".join(json.dumps(c) for c in denied)
     for call in calls:
         session_role = call["caller"].split("/")[1]
         allowed_roles = executions if call["action"].startswith("secretsmanager:") else roles
         assert session_role in allowed_roles, f"{call['action']} made as {session_role}"
     actions = Counter(c["action"] for c in calls)
-    assert {"dynamodb:PutItem", "dynamodb:Query", "sns:Publish", "secretsmanager:GetSecretValue"} <= set(actions)
+    assert {
+        "dynamodb:PutItem",
+        "dynamodb:Query",
+        "sns:Publish",
+        "sqs:ReceiveMessage",
+        "secretsmanager:GetSecretValue",
+    } <= set(actions)
 
 
 def test_moto_denies_what_the_task_role_is_not_granted(aws: Rehearsal) -> None:
@@ -250,53 +324,3 @@ def test_broker_retention_is_bounded(aws: Rehearsal) -> None:
             ]
         )
         assert 0 < retention <= 14 * 24 * 3600, name
-
-
-@known.FIFO_REDELIVERY
-def test_transient_failures_dead_letter_no_healthy_message(aws: Rehearsal, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stack's queues with the app's consumer, as the task role: a message that fails four times
-    before it succeeds must not cost the message behind it its retries (it fails once, transiently).
-
-    ``wait=0&backoff=0`` only make the consumer poll and retry at once (the test's speed);
-    receive counts and the redrive policy are the stack's.
-    """
-    import time
-    import uuid
-
-    from skyferry.adapters.brokers.sns_sqs import SnsSqsBroker
-    from skyferry.core.ports import Message
-
-    moto, provisioned, _ = _moto(aws)
-    task = provisioned.roles[role_name(aws.workloads[WORKER].identity)]
-    for key, value in {**task.env(), "AWS_ENDPOINT_URL": moto.endpoint}.items():
-        monkeypatch.setenv(key, value)
-    broker = SnsSqsBroker.from_url(aws.workload_env(WORKER)["SKYFERRY_BROKER_URL"] + "&wait=0&backoff=0")
-    run = uuid.uuid4().hex[:8]
-    key, ids = f"fifo-{run}", [f"m{i}-{run}" for i in range(3)]
-    failures = {ids[0]: 4, ids[1]: 1}
-    handled: list[str] = []
-    given_up: list[str] = []  # failed at the consumer's last attempt: dead-lettered by it
-    limit = inspect.signature(SnsSqsBroker.subscribe).parameters["max_deliveries"].default
-
-    def handler(message: Message) -> None:
-        if message.key != key:
-            return  # what the relay published during the run
-        if failures.get(message.id, 0) > 0:
-            failures[message.id] -= 1
-            if message.delivery_attempt >= limit:
-                given_up.append(message.id)
-            raise RuntimeError("a transient failure")
-        handled.append(message.id)
-
-    try:
-        broker.publish([Message(id=i, key=key, body=b"{}", attributes={"type": "Test"}) for i in ids])
-        subscription = broker.subscribe("history", handler)
-        deadline = time.monotonic() + 30
-        while len(handled) + len(given_up) < len(ids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        subscription.close()
-        dead = {m.id for m in broker.dead_letters("history")}
-    finally:
-        broker.close()
-    assert not dead & set(ids), f"dead-lettered: {sorted(dead & set(ids))}"
-    assert sorted(handled) == sorted(ids)

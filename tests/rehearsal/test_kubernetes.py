@@ -12,6 +12,8 @@ import asyncio
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import pytest
+
 from tests.rehearsal import contracts, known
 from tests.rehearsal import kubernetes as target
 from tests.rehearsal.harness import Rehearsal
@@ -67,15 +69,13 @@ def test_the_chart_runs_what_the_release_asks(kubernetes: Rehearsal) -> None:
 
 
 def test_in_chart_services_are_the_charts(kubernetes: Rehearsal) -> None:
-    """PostgreSQL takes the Secret's store URL (user, password, database); JetStream holds the app's stream."""
+    """PostgreSQL takes the Secret's store URL (user, password, database) over its Service's name."""
     import psycopg
 
     store_url = kubernetes.workload_env(API)["SKYFERRY_STORE_URL"]
     postgres = next(s for s in kubernetes.extra["services"].values() if s.port == 5432)
     with psycopg.connect(store_url, hostaddr=postgres.address, connect_timeout=5) as connection:
         assert connection.execute("SELECT current_user").fetchone() == (urlsplit(store_url).username,)
-    contracts.end_to_end(kubernetes)
-    assert _stream_config(kubernetes).state.messages > 0, "the relay published nothing to the stack's stream"
 
 
 def test_workloads_run_the_graphs_command_and_environment(kubernetes: Rehearsal) -> None:
@@ -107,6 +107,17 @@ def test_worker_passes_its_exec_liveness_probe(kubernetes: Rehearsal) -> None:
 
 def test_end_to_end_through_the_api(kubernetes: Rehearsal) -> None:
     contracts.end_to_end(kubernetes)
+
+
+def test_store_fed_worker_publishes_nothing(kubernetes: Rehearsal) -> None:
+    """The stack feeds its read models from the store: nothing is published, so no stream is even made."""
+    import nats.js.errors
+
+    contracts.end_to_end(kubernetes)
+    if "broker_fed" in kubernetes.extra:
+        pytest.skip("the worker was switched to broker-fed already")
+    with pytest.raises(nats.js.errors.NotFoundError):
+        _stream_config(kubernetes)
 
 
 def test_pods_mount_no_token_and_use_the_charts_database_user(kubernetes: Rehearsal) -> None:
@@ -142,13 +153,6 @@ def test_export_then_import_in_the_api_pod(kubernetes: Rehearsal) -> None:
     assert reports["export"]["archive"] == "file:///var/lib/skyferry/archive"
 
 
-@known.BROKER_RETENTION
-def test_broker_retention_is_bounded(kubernetes: Rehearsal) -> None:
-    contracts.end_to_end(kubernetes)
-    config = _stream_config(kubernetes).config
-    assert (config.max_age or 0) > 0 or (config.max_bytes or -1) > 0, f"the stream keeps everything: {config}"
-
-
 @known.POSTGRES_PASSWORD
 def test_a_database_password_with_reserved_characters_survives_the_url() -> None:
     password = "p@ss/w#rd%?x:y"
@@ -177,3 +181,15 @@ def test_public_api_endpoint_uses_tls(kubernetes: Rehearsal) -> None:
         hosts = {r["host"] for r in ingress["spec"]["rules"]}
         covered = {h for t in ingress["spec"].get("tls", []) for h in t.get("hosts", [])}
         assert hosts <= covered, f"{ingress['metadata']['name']}: {hosts - covered} served without TLS"
+
+
+def test_broker_fed_end_to_end_through_the_stacks_stream(kubernetes: Rehearsal) -> None:
+    contracts.broker_fed_end_to_end(kubernetes, WORKER)
+    assert _stream_config(kubernetes).state.messages > 0, "the relay published nothing to the stack's stream"
+
+
+@known.BROKER_RETENTION
+def test_broker_retention_is_bounded(kubernetes: Rehearsal) -> None:
+    kubernetes.broker_fed(WORKER)
+    config = _stream_config(kubernetes).config
+    assert (config.max_age or 0) > 0 or (config.max_bytes or -1) > 0, f"the stream keeps everything: {config}"

@@ -1,10 +1,11 @@
 """One moto server per test session, shared by the DynamoDB, SNS/SQS and S3 services.
 
-Two gaps of moto are closed so that the tests test the adapters: moto's server handles
+The gaps of moto are closed so that the tests test the adapters: moto's server handles
 requests in threads without isolating them, so a DynamoDB
 transaction could interleave with a concurrent write and the concurrency tests would test
 moto instead of the adapters.  This module therefore serves moto's WSGI app behind one
-lock (each request runs alone, as on a real service whose operations are atomic), and its
+lock (each request runs alone, as on a real service whose operations are atomic; an SQS
+long poll lets the others in while it waits, :func:`_long_polls_let_others_in`), and its
 FIFO queues get SQS's 5-minute deduplication window (:func:`_dedupe_like_sqs`).  Run as
 a script it is the server; imported, it starts that script on a free loopback port once.
 """
@@ -82,6 +83,7 @@ def _serve(port: int) -> None:  # pragma: no cover - runs in the server process
     _dedupe_like_sqs()
     app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()
+    _long_polls_let_others_in(lock)
 
     def serialized(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         with lock:
@@ -95,6 +97,28 @@ def _serve(port: int) -> None:  # pragma: no cover - runs in the server process
         return [body]
 
     run_simple("127.0.0.1", port, serialized, threaded=True, request_handler=MotoRequestHandler)
+
+
+def _long_polls_let_others_in(lock: threading.Lock) -> None:  # pragma: no cover - runs in the server process
+    """Release the server's lock while an SQS long poll waits for messages.
+
+    moto's ``ReceiveMessage`` with ``WaitTimeSeconds`` waits inside the request, so behind
+    the one lock a single long poll would stall every other request for up to 20 s; SQS
+    serves other requests meanwhile.  The wait now sleeps briefly without the lock and
+    moto's loop looks at the queue again once it holds the lock back.
+    """
+    import time
+
+    from moto.sqs import models
+
+    def wait_for_messages(self: Any, timeout: int) -> None:
+        lock.release()
+        try:
+            time.sleep(min(timeout, 0.1))
+        finally:
+            lock.acquire()
+
+    models.Queue.wait_for_messages = wait_for_messages  # type: ignore[method-assign]
 
 
 def _dedupe_like_sqs() -> None:  # pragma: no cover - runs in the server process

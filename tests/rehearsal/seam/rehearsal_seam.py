@@ -294,15 +294,15 @@ def _servicebus_hook(module: Any) -> None:
             return self._client.get_topic_sender(topic_name)
 
         def get_subscription_receiver(self, topic_name: str, subscription_name: str, **kwargs: Any) -> Any:
-            record(
-                "servicebus",
-                namespace=self.namespace,
-                operation="receive",
-                topic=topic_name,
-                subscription=subscription_name,
-                dead_letter=kwargs.get("sub_queue") is not None,
-            )
-            return self._client.get_subscription_receiver(topic_name, subscription_name, **kwargs)
+            entry = {"namespace": self.namespace, "operation": "receive", "topic": topic_name}
+            entry.update(subscription=subscription_name, dead_letter=kwargs.get("sub_queue") is not None)
+            try:
+                receiver = self._client.get_subscription_receiver(topic_name, subscription_name, **kwargs)
+            except Exception as e:
+                record("servicebus", **entry, error=repr(e))
+                raise
+            record("servicebus", **entry)
+            return receiver
 
         def close(self) -> None:
             self._client.close()
