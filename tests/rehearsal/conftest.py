@@ -79,7 +79,7 @@ def aws() -> Iterator[Rehearsal]:
         rehearsal = Rehearsal(
             deployment=deployment,
             workdir=workdir,
-            launcher=launcher(workdir),
+            launcher=launcher(workdir, "aws"),
             workloads=workloads,
             rehearsal_env=rehearsal_env,
             token=deployment.secret_values["skyferry:apiToken"],
@@ -128,7 +128,7 @@ def gcp() -> Iterator[Rehearsal]:
         rehearsal = Rehearsal(
             deployment=deployment,
             workdir=workdir,
-            launcher=launcher(workdir),
+            launcher=launcher(workdir, "gcp"),
             workloads=gcp_target.service_workloads(deployment),
             rehearsal_env=rehearsal_env,
             token=deployment.secret_values["skyferry:apiToken"],
@@ -171,7 +171,7 @@ def azure() -> Iterator[Rehearsal]:
         rehearsal = Rehearsal(
             deployment=deployment,
             workdir=workdir,
-            launcher=launcher(workdir),
+            launcher=launcher(workdir, "azure"),
             workloads=azure_target.app_workloads(deployment),
             rehearsal_env=rehearsal_env,
             token=deployment.secret_values["skyferry:apiToken"],
@@ -220,7 +220,7 @@ def kubernetes() -> Iterator[Rehearsal]:
         rehearsal = Rehearsal(
             deployment=deployment,
             workdir=workdir,
-            launcher=launcher(workdir),
+            launcher=launcher(workdir, "kubernetes"),
             workloads=k8s_target.pod_workloads(deployment, manifests),
             rehearsal_env=rehearsal_env,
             token=deployment.secret_values["skyferry:apiToken"],

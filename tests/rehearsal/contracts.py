@@ -102,7 +102,7 @@ def probes_pass(rehearsal: Rehearsal, name: str) -> None:
 def keeps_running(rehearsal: Rehearsal, name: str) -> None:
     """Workload ``name``'s main process is up (a platform restarts or fails a service that exits)."""
     running = rehearsal.running[name]
-    assert stays_up(running), f"{name} exited with {running.process.returncode}:\n{running.output()[-3000:]}"
+    assert stays_up(running), f"{name} exited with {running.returncode()}:\n{running.output()[-3000:]}"
 
 
 def end_to_end(rehearsal: Rehearsal) -> None:

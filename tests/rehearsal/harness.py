@@ -145,7 +145,7 @@ class Rehearsal:
 
         def abort() -> str:
             if not running.alive():
-                return f"the broker-fed worker exited with {running.process.returncode}"
+                return f"the broker-fed worker exited with {running.returncode()}"
             refused = [c for c in self.calls()[seen:] if c.get("error")]
             return f"{refused[0]['kind']} refused: {refused[0]['error']}" if refused else ""
 

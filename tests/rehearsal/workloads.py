@@ -13,15 +13,16 @@ Two launchers, one switch (``SKYFERRY_REHEARSAL_LAUNCHER``):
 
 ``process`` (default)
     ``skyferry`` from the work tree's environment, as a child process with exactly that
-    environment (nothing inherited from the test process).  Volumes whose path does not
-    exist on the machine (``/var/lib/skyferry/archive``) are mounted in a private mount
-    namespace (``unshare --mount``), as the platform mounts them.  uid 10001 and the
+    environment (nothing inherited from the test process).  Volumes are mounted in a private
+    mount namespace (``unshare --mount``), as the platform mounts them: a path the machine
+    lacks (``/var/lib/skyferry/archive``), and a pod's own ``/tmp``.  uid 10001 and the
     read-only root filesystem are not reproduced.
 ``image``
-    The real image (``SKYFERRY_REHEARSAL_IMAGE``, e.g. from ``make image``) in a container
-    as the platforms run it: uid 10001, read-only root, ``/tmp`` a tmpfs, capabilities
-    dropped, host network, the same environment and volumes.  Skipped, with the reason,
-    where no container engine answers.
+    The real image, built from this checkout for the stack's target by
+    :func:`tests.services.container.ensure_image` (what ``make image`` builds), each workload
+    a container as the platforms run it: uid 10001, read-only root, a tmpfs ``/tmp``,
+    capabilities dropped, host network, the same environment and volumes.  Skipped, with
+    the reason, where no container engine answers.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 
@@ -50,7 +51,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "app" / "Dockerfile"
 SEAM_DIR = Path(__file__).resolve().parent / "seam"
 LAUNCHER_VARIABLE = "SKYFERRY_REHEARSAL_LAUNCHER"
-IMAGE_VARIABLE = "SKYFERRY_REHEARSAL_IMAGE"
 #: ``PATH`` of the base image (``python:*-slim``) before the Dockerfile's own ``ENV PATH=…:$PATH``.
 BASE_IMAGE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Where nothing may be mounted over in the process launcher's namespace.
@@ -187,11 +187,10 @@ def port_layer(workload: Workload) -> tuple[dict[int, int], dict[str, str], dict
 
 
 class Running:
-    """A started workload: its process, its host ports and its log."""
+    """A started workload: its main process (or container), its host ports and its log."""
 
-    def __init__(self, launch: Launch, process: subprocess.Popen[bytes], log: Path, launcher: Launcher) -> None:
+    def __init__(self, launch: Launch, log: Path, launcher: Launcher) -> None:
         self.launch = launch
-        self.process = process
         self.log = log
         self.launcher = launcher
 
@@ -202,7 +201,19 @@ class Running:
 
     def alive(self) -> bool:
         """Whether the container's main process still runs."""
-        return self.process.poll() is None
+        raise NotImplementedError
+
+    def pid(self) -> int:
+        """The host PID of the main process."""
+        raise NotImplementedError
+
+    def returncode(self) -> int | None:
+        """The exit code once it stopped (None while it runs)."""
+        raise NotImplementedError
+
+    def output(self) -> str:
+        """What it printed so far (stdout and stderr)."""
+        raise NotImplementedError
 
     def settled(self) -> bool:
         """Whether the app is past its start-up: it listens, or the seam saw it call a service."""
@@ -214,20 +225,41 @@ class Running:
         log = Path(json.loads(Path(seam).read_text())["log"])
         if not log.exists():
             return False
-        marker = f'"pid": {self.process.pid}, '
+        marker = f'"pid": {self.pid()}, '
         return any(marker in line and '"kind": "start"' not in line for line in log.read_text().splitlines())
 
     def listening_ports(self) -> set[int]:
-        """TCP ports the process tree listens on (from ``/proc``)."""
-        return listening_ports(self.process.pid)
-
-    def output(self) -> str:
-        """The log so far (stdout and stderr)."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """TCP ports the process tree listens on (from ``/proc``; containers share the host's network)."""
+        pid = self.pid()
+        return listening_ports(pid) if pid else set()
 
     def stop(self) -> None:
         """Stop as a platform does: SIGTERM, then SIGKILL after 10 s."""
         self.launcher.stop(self)
+
+
+class ProcessRunning(Running):
+    """A workload started by :class:`ProcessLauncher`: a child process of its own session."""
+
+    def __init__(self, launch: Launch, process: subprocess.Popen[bytes], log: Path, launcher: Launcher) -> None:
+        super().__init__(launch, log, launcher)
+        self.process = process
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.process.poll() is None
+
+    def pid(self) -> int:
+        """The process's PID."""
+        return self.process.pid
+
+    def returncode(self) -> int | None:
+        """Its exit code once it stopped."""
+        return self.process.poll()
+
+    def output(self) -> str:
+        """Its log file."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 class Launcher(Protocol):
@@ -329,7 +361,7 @@ class ProcessLauncher:
             start_new_session=True,
         )
         out.close()
-        return Running(launch, process, log, self)
+        return ProcessRunning(launch, process, log, self)
 
     def run(self, launch: Launch, argv: list[str], log: Path, timeout: float) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` with the workload's environment and volumes; the output is appended to ``log``."""
@@ -348,6 +380,7 @@ class ProcessLauncher:
 
     def stop(self, running: Running) -> None:
         """SIGTERM to the process group, SIGKILL after 10 s."""
+        assert isinstance(running, ProcessRunning)
         process = running.process
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -360,77 +393,112 @@ class ProcessLauncher:
                 process.wait()
 
 
+class ContainerRunning(Running):
+    """A workload started by :class:`ImageLauncher`: a container of the real image."""
+
+    def __init__(self, launch: Launch, container: Any, log: Path, launcher: Launcher) -> None:
+        super().__init__(launch, log, launcher)
+        self.container = container
+
+    def alive(self) -> bool:
+        """Whether the container still runs."""
+        return bool(self.container.running())
+
+    def pid(self) -> int:
+        """The host PID of the container's main process (0 once it stopped)."""
+        return int(self.container.pid())
+
+    def returncode(self) -> int | None:
+        """The container's exit code once it stopped."""
+        return None if self.container.running() else int(self.container.exit_code())
+
+    def output(self) -> str:
+        """The container's logs."""
+        return str(self.container.logs())
+
+
 class ImageLauncher:
-    """Workloads as containers of the real image (see the module docstring)."""
+    """Workloads as containers of the real image, started by :mod:`tests.services.container`.
+
+    That module runs the image as every platform does (uid 10001, read-only root with a tmpfs
+    ``/tmp``, all capabilities dropped, no privilege escalation, host network).  The work tree
+    and the rehearsal's directory are mounted at their own paths (read-only, and for the
+    seam's config and log), each other volume from a directory of its own (writable by uid
+    10001); an ``exec`` probe or ``run_as`` runs inside the workload's running container.
+    """
 
     mode = "image"
 
-    def __init__(self, workdir: Path, volumes: Mapping[str, Path]) -> None:
-        engine = shutil.which("docker") or shutil.which("podman")
-        image = os.environ.get(IMAGE_VARIABLE)
-        if engine is None or subprocess.run([engine, "info"], capture_output=True, check=False).returncode != 0:
-            unavailable("image launcher: no container engine answers (docker/podman info failed)", may_skip_in_ci=True)
-        if not image:
-            unavailable(f"image launcher: set {IMAGE_VARIABLE} to the image to run (make image)", may_skip_in_ci=True)
-        self.engine, self.image = engine, image
+    def __init__(self, workdir: Path, target: str, volumes: Mapping[str, Path]) -> None:
+        from tests.services import container
+
+        image = container.ensure_image(target)
+        if image is None:
+            unavailable(
+                "image launcher: no container engine on this machine (podman, or docker whose daemon answers)",
+                may_skip_in_ci=True,
+            )
+        self.container, self.image = container, image
         self.workdir = workdir
         self.volumes = dict(volumes)
+        self.running: dict[str, ContainerRunning] = {}
+        workdir.chmod(0o777)
 
-    def _run_args(self, launch: Launch, name: str) -> list[str]:
-        env_file = self.workdir / f"{name}.env"
+    def _options(self, launch: Launch) -> dict[str, Any]:
         env = {**launch.workload.platform_env, **launch.workload.env, **launch.rehearsal_env}
-        env["PYTHONPATH"] = "/opt/rehearsal/tests/rehearsal/seam"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        args = [self.engine, "run", "--name", name, "--network", "host", "--user", "10001:10001", "--read-only"]
-        args += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--env-file", str(env_file)]
-        args += ["-v", f"{ROOT}:/opt/rehearsal:ro", "-v", f"{self.workdir}:{self.workdir}"]  # the seam and its log
-        if "/tmp" not in launch.workload.volumes:
-            args += ["--tmpfs", "/tmp"]
+        env["PYTHONPATH"] = str(SEAM_DIR)
+        mounts: dict[str | Path, str] = {ROOT: f"{ROOT}:ro", self.workdir: str(self.workdir)}
         for path, volume in sorted(launch.workload.volumes.items()):
+            if path == "/tmp":
+                continue  # the platforms' tmpfs: one per container, as an emptyDir is per pod
             if volume not in self.volumes:
                 self.volumes[volume] = Path(
                     tempfile.mkdtemp(prefix=f"vol-{volume.replace(':', '-')}-", dir=self.workdir)
                 )
-            source = self.volumes[volume]
-            source.chmod(0o777)
-            args += ["-v", f"{source}:{path}"]
-        if launch.workload.entrypoint is not None:
-            args += ["--entrypoint", launch.workload.entrypoint[0]]
-        return args
+                os.chown(self.volumes[volume], 10001, 10001)
+            mounts[self.volumes[volume]] = path
+        entry = launch.workload.entrypoint
+        return {"env": env, "mounts": mounts, "entrypoint": entry[0] if entry else None}
+
+    def _command(self, launch: Launch, argv: list[str]) -> list[str]:
+        entry = launch.workload.entrypoint
+        return [*(entry[1:] if entry else ()), *argv]
 
     def start(self, launch: Launch, log: Path) -> Running:
-        """``docker run`` the image with the workload's command."""
-        name = f"rehearsal-{launch.workload.name.replace(':', '-')}-{os.getpid()}"
-        entry = launch.workload.entrypoint
-        argv = [*self._run_args(launch, name), "--rm", self.image, *(entry[1:] if entry else ()), *launch.workload.args]
-        out = open(log, "wb")  # noqa: SIM115 (closed when the process is stopped)
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        out.close()
-        running = Running(launch, process, log, self)
-        running.container = name  # type: ignore[attr-defined]
+        """Run the image with the workload's command, detached."""
+        options = self._options(launch)
+        started = self.container.run_container(self.image, self._command(launch, list(launch.workload.args)), **options)
+        running = ContainerRunning(launch, started, log, self)
+        self.running[launch.workload.name] = running
         return running
 
     def run(self, launch: Launch, argv: list[str], log: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-        """``docker run --rm`` of ``argv`` with the workload's environment and volumes."""
-        name = f"rehearsal-run-{os.getpid()}-{time.monotonic_ns()}"
-        command = [*self._run_args(launch, name), "--rm", "--entrypoint", argv[0], self.image, *argv[1:]]
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        """``argv`` inside the workload's running container, else in a new one run to its end."""
+        running = self.running.get(launch.workload.name)
+        if running is not None and running.alive():
+            completed = running.container.exec(*argv, timeout=timeout)
+        else:
+            options = self._options(launch)
+            options["entrypoint"] = argv[0]
+            finished = self.container.run_once(self.image, argv[1:], timeout=timeout, **options)
+            completed = subprocess.CompletedProcess(argv, finished.returncode, finished.output, "")
         with open(log, "a") as f:
             f.write(f"$ {shlex.join(argv)}\n{completed.stdout}{completed.stderr}[exit {completed.returncode}]\n")
         return completed
 
     def stop(self, running: Running) -> None:
-        """``docker stop`` (SIGTERM, then SIGKILL after 10 s)."""
-        subprocess.run([self.engine, "stop", "-t", "10", running.container], capture_output=True, check=False)  # type: ignore[attr-defined]
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            running.process.wait(15)
+        """Stop (SIGTERM, SIGKILL after 10 s) and remove the container."""
+        assert isinstance(running, ContainerRunning)
+        running.log.write_text(running.output())
+        running.container.stop()
+        running.container.remove()
 
 
-def launcher(workdir: Path, volumes: Mapping[str, Path] | None = None) -> Launcher:
-    """The launcher ``SKYFERRY_REHEARSAL_LAUNCHER`` chooses (``process`` by default)."""
+def launcher(workdir: Path, target: str, volumes: Mapping[str, Path] | None = None) -> Launcher:
+    """The launcher ``SKYFERRY_REHEARSAL_LAUNCHER`` chooses (``process`` by default) for ``target``'s image."""
     mode = os.environ.get(LAUNCHER_VARIABLE, "process")
     if mode == "image":
-        return ImageLauncher(workdir, volumes or {})
+        return ImageLauncher(workdir, target, volumes or {})
     if mode != "process":
         raise ValueError(f"{LAUNCHER_VARIABLE} must be 'process' or 'image', not {mode!r}")
     return ProcessLauncher(workdir, volumes or {})
@@ -497,5 +565,5 @@ def wait_for_probe(running: Running, probe: Probe, within: float, grace: float =
         time.sleep(0.25)
         result = probe_once(running, probe)
     if not result.ok and not running.alive():
-        result.detail += f"; the process exited with {running.process.returncode}"
+        result.detail += f"; the process exited with {running.returncode()}"
     return result
