@@ -1,7 +1,7 @@
 """What each recorded call needs, and what each role grants: the identity checks of GCP and Azure.
 
 No emulator of Google Cloud or Azure enforces IAM, so the rehearsal records every call at
-the SDK seam (:mod:`tests.rehearsal.seam.rehearsal_seam`) and checks it here against the
+the SDK seam (``tests/rehearsal/seam/rehearsal_seam.py``) and checks it here against the
 roles the graph grants to the workload's identity, on the resource the call touches.
 
 The tables are written from the clouds' official references, by their public names:
