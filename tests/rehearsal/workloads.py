@@ -9,9 +9,10 @@ the platform injects (``PORT`` on Cloud Run, ``AWS_REGION`` and the credentials 
 ECS), and the rehearsal's rewrites, each with its reason (an emulator endpoint where the
 cloud's is implicit, a host port where the container port is taken on a shared machine).
 
-Two launchers, one switch (``SKYFERRY_REHEARSAL_LAUNCHER``):
+Two launchers, one switch (``SKYFERRY_REHEARSAL_LAUNCHER``; ``auto``, the default, takes
+``image`` where a container engine answers and ``process`` elsewhere):
 
-``process`` (default)
+``process``
     ``skyferry`` from the work tree's environment, as a child process with exactly that
     environment (nothing inherited from the test process).  Volumes are mounted in a private
     mount namespace (``unshare --mount``), as the platform mounts them: a path the machine
@@ -495,12 +496,18 @@ class ImageLauncher:
 
 
 def launcher(workdir: Path, target: str, volumes: Mapping[str, Path] | None = None) -> Launcher:
-    """The launcher ``SKYFERRY_REHEARSAL_LAUNCHER`` chooses (``process`` by default) for ``target``'s image."""
-    mode = os.environ.get(LAUNCHER_VARIABLE, "process")
+    """The launcher ``SKYFERRY_REHEARSAL_LAUNCHER`` chooses for ``target``'s image: by default
+    (``auto``) the real image where a container engine answers, so what is rehearsed is what
+    ships, else the work tree."""
+    mode = os.environ.get(LAUNCHER_VARIABLE, "auto")
+    if mode == "auto":
+        from tests.services import container
+
+        mode = "image" if container.engine() is not None else "process"
     if mode == "image":
         return ImageLauncher(workdir, target, volumes or {})
     if mode != "process":
-        raise ValueError(f"{LAUNCHER_VARIABLE} must be 'process' or 'image', not {mode!r}")
+        raise ValueError(f"{LAUNCHER_VARIABLE} must be 'auto', 'process' or 'image', not {mode!r}")
     return ProcessLauncher(workdir, volumes or {})
 
 
