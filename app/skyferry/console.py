@@ -379,6 +379,10 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+CHATTY_SDK_LOGGERS = ("azure", "urllib3", "httpx")
+"""Loggers of SDKs that log each request at INFO: kept at WARNING unless debugging."""
+
+
 def configure_logging(level: str, *, debug: bool = False) -> None:
     """One handler on stderr with :class:`OneLineFormatter` and :class:`OutageFilter` (uvicorn's logs too)."""
     root = logging.getLogger()
@@ -389,3 +393,7 @@ def configure_logging(level: str, *, debug: bool = False) -> None:
     handler.addFilter(OutageFilter())
     root.addHandler(handler)
     root.setLevel("DEBUG" if debug else level.upper())
+    # SDKs that log every request at INFO (Azure's logs each HTTP request with its headers):
+    # at the app's default level that is a log line, and a log bill, per store call.
+    for name in CHATTY_SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)

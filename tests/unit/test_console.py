@@ -13,12 +13,14 @@ import pytest
 
 import skyferry
 from skyferry.console import (
+    CHATTY_SDK_LOGGERS,
     EXIT_INTERNAL,
     CheckFailed,
     Interrupted,
     OneLineFormatter,
     OutageFilter,
     Problem,
+    configure_logging,
     count,
     duration,
     inputs_of,
@@ -322,3 +324,22 @@ def test_the_rate_leaves_out_what_an_earlier_run_did() -> None:
     progress.advance(10)
     assert progress.rate < 10 / 0.05 * 1.5  # not 9,010 events in 50 ms
     assert "9,010 of 10,000 events (90 %)" in progress.figures()
+
+
+def test_sdks_that_log_every_request_are_quiet_unless_debugging() -> None:
+    sdk_request_log = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers), {name: logging.getLogger(name).level for name in CHATTY_SDK_LOGGERS})
+    try:
+        configure_logging("info")
+        assert logging.getLogger("skyferry.worker").isEnabledFor(logging.INFO)
+        assert not sdk_request_log.isEnabledFor(logging.INFO), "one log line per Azure request at the default level"
+        assert sdk_request_log.isEnabledFor(logging.WARNING)
+        configure_logging("info", debug=True)
+        assert sdk_request_log.isEnabledFor(logging.DEBUG)
+    finally:
+        level, handlers, sdk_levels = before
+        root.setLevel(level)
+        root.handlers[:] = handlers
+        for name, sdk_level in sdk_levels.items():
+            logging.getLogger(name).setLevel(sdk_level)
