@@ -184,6 +184,7 @@ class Ledger(LedgerQueries):
         poll_interval: float = 0.2,
         max_backoff: float = 10.0,
         beat: Beat = no_beat,
+        max_idle: float = 2.0,
     ) -> None:
         """Run the worker until ``stop`` is set; back off and retry after a transient failure or a conflict.
 
@@ -192,15 +193,17 @@ class Ledger(LedgerQueries):
         """
         if self.projections_from == "broker":
             self.start_consumers()
-        self.worker.run(stop, poll_interval=poll_interval, max_backoff=max_backoff, beat=beat)
+        self.worker.run(stop, poll_interval=poll_interval, max_idle=max_idle, max_backoff=max_backoff, beat=beat)
 
-    def start_worker(self, stop: threading.Event, poll_interval: float = 0.2, beat: Beat = no_beat) -> WorkerThread:
+    def start_worker(
+        self, stop: threading.Event, poll_interval: float = 0.2, beat: Beat = no_beat, max_idle: float = 2.0
+    ) -> WorkerThread:
         """Run the worker on a thread of this process (``serve --worker``), restarted whenever it dies.
 
         :meth:`worker_status` (and so ``/readyz``) reports it down while it waits to restart.
         """
         self.worker_thread = WorkerThread(
-            lambda halt: self.run_worker(halt, poll_interval, beat=beat), stop, name="worker"
+            lambda halt: self.run_worker(halt, poll_interval, beat=beat, max_idle=max_idle), stop, name="worker"
         ).start()
         return self.worker_thread
 

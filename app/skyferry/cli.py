@@ -213,7 +213,9 @@ def serve(
         ledger.views.get_checkpoint("$startup-check")
         app = create_app(settings, ledger)
         if worker if worker is not None else settings.broker_url.startswith("memory:"):
-            thread = ledger.start_worker(stop, settings.worker_interval, beat=_heartbeat(settings))
+            thread = ledger.start_worker(
+                stop, settings.worker_interval, beat=_heartbeat(settings), max_idle=settings.worker_max_idle
+            )
         _stop_on_signals(stop)  # uvicorn handles the signals while it serves, then passes them here
         host, port = listening.getsockname()[:2]
         log.info("serve: listening on http://%s:%d, store %s (Ctrl-C to stop)", host, port, ledger.events.url)
@@ -255,7 +257,7 @@ def worker(
         stop = threading.Event()
         _stop_on_signals(stop)
         log.info("worker: running on %s (Ctrl-C to stop)", ledger.events.url)
-        ledger.run_worker(stop, settings.worker_interval, beat=beat)
+        ledger.run_worker(stop, settings.worker_interval, beat=beat, max_idle=settings.worker_max_idle)
     finally:
         ledger.close()
 

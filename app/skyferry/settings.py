@@ -13,6 +13,9 @@ SKYFERRY_MAX_BODY_BYTES    ``65536``                   larger request bodies get
 SKYFERRY_HOST              ``127.0.0.1``               address ``serve`` binds
 SKYFERRY_PORT              ``8000``                    port ``serve`` binds
 SKYFERRY_WORKER_INTERVAL   ``0.2``                     seconds a worker sleeps when caught up
+SKYFERRY_WORKER_MAX_IDLE   ``2.0``                     the most it sleeps while it stays idle (the
+                                                       sleep doubles from the interval: fewer
+                                                       reads of an idle cloud store)
 SKYFERRY_PROJECTIONS_FROM  ``store``                   read models fed from ``store`` (read_all) or
                                                        ``broker`` (switching needs a rebuild)
 SKYFERRY_LOG_LEVEL         ``info``                    Python logging level
@@ -49,6 +52,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     worker_interval: float = Field(default=0.2, gt=0)
+    worker_max_idle: float = Field(default=2.0, gt=0)
     projections_from: ProjectionsFrom = "store"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     heartbeat_file: str | None = None

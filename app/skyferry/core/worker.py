@@ -1,14 +1,15 @@
 """The worker loop: the one loop that runs the relay, the process manager and the projections.
 
-A :class:`Worker` runs a list of :class:`Task` s.  A task's ``step`` handles one batch and
-returns how many events it handled (0: nothing to do).  :meth:`Worker.run_once` runs
-passes over every task until none has anything left; :meth:`Worker.run` runs until
-stopped, sleeping ``poll_interval`` when idle.  Tasks are isolated: a task whose step
-fails with an error that retrying can cure (:class:`~skyferry.core.errors.TransientError`,
-or a :class:`~skyferry.core.errors.ConcurrencyError` that kept losing races) backs off on
-its own, doubling up to ``max_backoff``, while the others carry on; so an unreachable
-broker delays the relay only.  Any other error ends :meth:`run`: it is not the kind a
-retry cures, and the process should say so.
+A :class:`Worker` runs a list of :class:`Task` s. A task's ``step`` handles one batch and
+returns how many events it handled (0: nothing to do). :meth:`Worker.run_once` runs passes
+over every task until none has anything left; :meth:`Worker.run` runs until stopped,
+sleeping ``poll_interval`` when idle, longer (up to ``max_idle``) while it stays idle. Tasks
+are isolated: a task whose step fails with an error that retrying can cure
+(:class:`~skyferry.core.errors.TransientError`, or a
+:class:`~skyferry.core.errors.ConcurrencyError` that kept losing races) backs off on its
+own, doubling up to ``max_backoff``, while the others carry on; so an unreachable broker
+delays the relay only. Any other error ends :meth:`run`: it is not the kind a retry cures,
+and the process should say so.
 
 ``beat`` is called before every step, a failing one too, and while backing off (see
 :mod:`skyferry.heartbeat`): a liveness probe then tells a hung worker from a busy or a
@@ -123,16 +124,26 @@ class Worker:
         return total
 
     def run(
-        self, stop: threading.Event, *, poll_interval: float = 0.2, max_backoff: float = 10.0, beat: Beat = no_beat
+        self,
+        stop: threading.Event,
+        *,
+        poll_interval: float = 0.2,
+        max_idle: float = 2.0,
+        max_backoff: float = 10.0,
+        beat: Beat = no_beat,
     ) -> None:
         """Run passes until ``stop`` is set.
 
         Each task backs off on its own (``poll_interval`` doubling up to ``max_backoff``)
         while its step fails with a retryable error, and the other tasks carry on.  Any
-        other error ends the loop: a retry would not cure it.  When every task is idle or
-        backing off, the loop sleeps ``poll_interval`` at most.
+        other error ends the loop: a retry would not cure it.  When a pass handles nothing,
+        the loop sleeps ``poll_interval``, doubling while it stays idle up to ``max_idle``
+        (each pass reads every runner's source: an idle worker polling a cloud store five
+        times a second is a steady bill), and back to ``poll_interval`` once it handles
+        something; never past a backing-off task's next attempt.
         """
         schedules = {task.name: _Schedule(Outage(f"{self.name}: {task.name}"), poll_interval) for task in self.tasks}
+        idle = poll_interval
         while not stop.is_set():
             handled = 0
             with self.lock:
@@ -152,11 +163,14 @@ class Worker:
                     schedule.outage.recovered()
                     schedule.backoff = poll_interval
                     schedule.not_before = 0.0
-            if not handled:
+            if handled:
+                idle = poll_interval
+            else:
                 beat()
                 now = time.monotonic()
                 waits = [s.not_before - now for s in schedules.values() if s.not_before > now]
-                stop.wait(min([poll_interval, *waits]))
+                stop.wait(min([idle, *waits]))
+                idle = min(idle * 2, max(max_idle, poll_interval))
 
 
 class WorkerThread:
