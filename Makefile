@@ -57,7 +57,7 @@ test: IMAGE_FLAGS = --if-possible
 test: deps services image lint typecheck pytest ## the whole suite: lint, types, every test layer, the image
 
 bench: deps services ## benchmarks, each figure beside the raw limit measured in the same run
-	$(UV) run python -m benchmarks
+	$(UV) run --frozen --group bench python -m benchmarks
 
 clean: ## remove caches and local state
 	rm -rf .cache .tools .venv node_modules .pytest_cache .mypy_cache .ruff_cache

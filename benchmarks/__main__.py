@@ -6,7 +6,8 @@ is the parsed ``argparse.Namespace`` below (``args.quick`` asks for a smaller da
 for a smoke run).  Anything a module raises (a missing service, a
 missing optional dependency) is reported as that module's failure and the others still
 run.  Each figure is printed
-beside the raw limit measured in the same run and the ratio, with the goal.
+beside the raw limit measured in the same run and the ratio, with the goal, and each
+module's report names the machine's load averages before and after it ran.
 
 Every module runs under the runtime settings of a ``skyferry`` process
 (``skyferry.runtime.tune_process``: GC and heap), for our code and the raw side alike, so the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pkgutil
 import sys
 import traceback
@@ -41,15 +43,21 @@ def _fmt(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
 
 
-def report(module: str, figures: list[Figure]) -> None:
-    """Print ``figures`` as aligned lines: value, raw limit, ratio, goal."""
-    print(f"\n{module}")
+def load() -> str:
+    """The machine's load averages (1, 5, 15 minutes), as ``uptime`` prints them."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def report(module: str, figures: list[Figure], load_before: str) -> None:
+    """Print ``figures`` as aligned lines: value, raw limit, ratio, goal; and the load around the run."""
+    print(f"\n{module}   (load average {load_before} before, {load()} after)")
     for f in figures:
         line = f"  {f.name:<44} {_fmt(f.value):>12} {f.unit}"
         if f.raw is not None:
-            line += f"   raw {f.raw_name or 'limit'}: {_fmt(f.raw)} {f.unit}   ratio {f.ratio or 0:.0%}"
+            ratio = f"{f.ratio or 0:.2f}x" if f.times else f"{f.ratio or 0:.0%}"
+            line += f"   raw {f.raw_name or 'limit'}: {_fmt(f.raw)} {f.unit}   ratio {ratio}"
         if f.goal is not None:
-            line += f"   goal >= {f.goal:.0%}"
+            line += f"   goal >= {f.goal:.1f}x" if f.times else f"   goal >= {f.goal:.0%}"
         elif f.goal_value is not None:
             line += f"   goal >= {_fmt(f.goal_value)} {f.unit}"
         met = f.met
@@ -73,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in discover():
         if args.only and name.removeprefix("bench_") not in args.only and name not in args.only:
             continue
+        load_before = load()
         try:
             module = importlib.import_module(f"benchmarks.{name}")
             figures: list[Figure] = module.run(args)
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{name}: FAILED", file=sys.stderr)
             traceback.print_exc()
             continue
-        report(name, figures)
+        report(name, figures, load_before)
         results[name] = [
             {"name": f.name, "value": f.value, "unit": f.unit, "raw": f.raw, "ratio": f.ratio, "met": f.met}
             for f in figures

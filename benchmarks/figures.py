@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -24,6 +24,8 @@ class Figure:
     goal: float | None = None
     goal_value: float | None = None
     note: str = ""
+    times: bool = False
+    """Print the ratio and its goal as a multiple (``2.10x``), not a percentage."""
 
     @property
     def ratio(self) -> float | None:
@@ -42,25 +44,32 @@ class Figure:
 
 def rate(count: int, work: Callable[[], object], *, repeat: int = 3) -> float:
     """Best of ``repeat`` runs of ``work`` (which does ``count`` operations), in operations per second."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+    return interleaved(count, [lambda: work], repeat=repeat)[0]
 
 
 def compare(
     count: int, work: Callable[[], object], raw: Callable[[], object], *, repeat: int = 3
 ) -> tuple[float, float]:
     """``(rate of work, rate of raw)``: best of ``repeat`` runs each, interleaved so that
-    both see the same machine load (the raw one runs first in each round)."""
-    best_work = best_raw = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        raw()
-        best_raw = min(best_raw, time.perf_counter() - start)
-        start = time.perf_counter()
-        work()
-        best_work = min(best_work, time.perf_counter() - start)
-    return count / best_work, count / best_raw
+    both see the same machine load (the raw one runs first in the first round)."""
+    raw_rate, work_rate = interleaved(count, [lambda: raw, lambda: work], repeat=repeat)
+    return work_rate, raw_rate
+
+
+def interleaved(count: int, sides: Sequence[Callable[[], Callable[[], object]]], *, repeat: int = 3) -> list[float]:
+    """The best rate of each side over ``repeat`` rounds, in operations per second.
+
+    A side is a factory: called untimed (to set up a fresh database, say), it returns the
+    work that is timed, which does ``count`` operations.  Every round runs every side once,
+    each round starting with the next side, so that all sides see the same machine load
+    and none always runs first.
+    """
+    best = [float("inf")] * len(sides)
+    for round_ in range(repeat):
+        for k in range(len(sides)):
+            index = (round_ + k) % len(sides)
+            work = sides[index]()
+            start = time.perf_counter()
+            work()
+            best[index] = min(best[index], time.perf_counter() - start)
+    return [count / seconds for seconds in best]

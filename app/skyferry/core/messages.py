@@ -13,7 +13,9 @@ every store item once the bounded envelope fields are added.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, FrozenInstanceError, dataclass, field, make_dataclass
@@ -43,6 +45,25 @@ JSONObject = dict[str, Any]
 def utc_now() -> datetime:
     """The current time, UTC, truncated to microseconds (what every store keeps)."""
     return datetime.now(UTC)
+
+
+def new_event_id() -> str:
+    """A new event id: a UUID version 7 (RFC 9562), the default id of a :class:`NewEvent`.
+
+    Its first 48 bits are the Unix time in milliseconds, the rest is random (74 bits), so
+    ids made one after the other sort near each other.  A store's unique index on event
+    ids then grows at its right edge, as an index on positions does, instead of touching a
+    random page of the whole index for every event: inserting 100,000 events into SQLite
+    took 4.3 µs an event with these ids and 10.5 µs with random (version 4) ones
+    (``docs/performance.md``).  It is made from ``os.urandom`` and the clock directly, in
+    half the time of ``str(uuid.uuid4())``.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[0:6] = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    raw[6] = raw[6] & 0x0F | 0x70  # version 7
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC's variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def to_micros(moment: datetime) -> int:
@@ -103,7 +124,8 @@ def encode_json(value: Any) -> bytes:
 class NewEvent:
     """An event a command decided, not yet stored.
 
-    ``id`` defaults to a random UUID; give a deterministic one to make a write idempotent.
+    ``id`` defaults to a new time-ordered UUID (:func:`new_event_id`); give a deterministic
+    one to make a write idempotent.
     ``recorded_at`` is left ``None`` by commands (the store sets it) and carried over by
     imports, which must preserve it.
     """
@@ -111,7 +133,7 @@ class NewEvent:
     type: str
     data: JSONObject
     metadata: JSONObject = field(default_factory=dict)
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=new_event_id)
     schema_version: int = 1
     occurred_at: datetime = field(default_factory=utc_now)
     recorded_at: datetime | None = None

@@ -30,6 +30,7 @@ connection, used under a lock.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import sqlite3
@@ -43,12 +44,11 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from orjson import loads as _loads
 
-from skyferry.adapters.stores._common import PREFIX_END, check_limit, field_equals
+from skyferry.adapters.stores._common import PREFIX_END, check_limit, encode_append, field_equals
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import (
     Event,
     NewEvent,
-    check_append,
     plainly_valid,
     to_micros,
     utc_now,
@@ -266,20 +266,6 @@ class _Conflict(Exception):
     """Internal: an insert hit a unique constraint; the caller decides idempotent vs conflict."""
 
 
-def _event_row(stream_id: str, version: int, event: NewEvent, now: int) -> tuple[Any, ...]:
-    return (
-        event.id,
-        stream_id,
-        version,
-        event.type,
-        event.schema_version,
-        orjson.dumps(event.data).decode(),
-        orjson.dumps(event.metadata).decode(),
-        to_micros(event.occurred_at),
-        now if event.recorded_at is None else to_micros(event.recorded_at),
-    )
-
-
 _new_tuple: Final = tuple.__new__
 
 
@@ -439,15 +425,34 @@ class SQLiteEventStore:
     # -- writing -------------------------------------------------------------------------
 
     def _append_in(
-        self, db: sqlite3.Connection, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion
+        self,
+        db: sqlite3.Connection,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        encoded: list[tuple[bytes, bytes]],
+        expected: ExpectedVersion,
     ) -> AppendResult:
-        """Inside an open transaction: insert, or raise ``_Conflict`` / ``ConcurrencyError``."""
+        """Inside an open transaction: insert ``events`` (``encoded``: their JSON, from
+        :func:`encode_append`), or raise ``_Conflict``."""
         want = expected_as_int(expected)
         actual = _current_version(db, stream_id)
         if want is not None and want != actual:
             raise _Conflict
         now = to_micros(utc_now())
-        rows = [_event_row(stream_id, actual + n, e, now) for n, e in enumerate(events, start=1)]
+        rows = [
+            (
+                e.id,
+                stream_id,
+                version,
+                e.type,
+                e.schema_version,
+                data.decode(),
+                metadata.decode(),
+                to_micros(e.occurred_at),
+                now if e.recorded_at is None else to_micros(e.recorded_at),
+            )
+            for version, e, (data, metadata) in zip(itertools.count(actual + 1), events, encoded)
+        ]
         try:
             if len(rows) == 1:
                 db.execute(_INSERT, rows[0])  # the usual command: one event, no executemany set-up
@@ -475,10 +480,11 @@ class SQLiteEventStore:
 
     def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
         """Append atomically in one transaction (see ``EventStore.append``)."""
-        check_append(stream_id, events if isinstance(events, list | tuple) else list(events))
+        events = events if isinstance(events, list | tuple) else list(events)
+        encoded = encode_append(stream_id, events, sort_keys=False)
         expected_as_int(expected_version)
         try:
-            return self._conn.write(lambda db: self._append_in(db, stream_id, events, expected_version))
+            return self._conn.write(lambda db: self._append_in(db, stream_id, events, encoded, expected_version))
         except _Conflict:
             return self._conn.run(lambda db: self._resolve(db, stream_id, events, expected_version))
 
@@ -490,16 +496,16 @@ class SQLiteEventStore:
         ids = [e.id for _, events, _ in batch for e in events]
         if len(set(ids)) != len(ids):
             raise ValidationError("append_many: an event id appears twice in one batch")
-        for stream_id, events, expected in batch:
-            check_append(stream_id, list(events))
+        encoded = [encode_append(stream_id, events, sort_keys=False) for stream_id, events, _ in batch]
+        for _, _, expected in batch:
             expected_as_int(expected)
 
         def work(db: sqlite3.Connection) -> list[AppendResult]:
             results = []
-            for stream_id, events, expected in batch:
+            for (stream_id, events, expected), stream_encoded in zip(batch, encoded, strict=True):
                 db.execute("SAVEPOINT one_stream")
                 try:
-                    results.append(self._append_in(db, stream_id, events, expected))
+                    results.append(self._append_in(db, stream_id, events, stream_encoded, expected))
                 except _Conflict:
                     db.execute("ROLLBACK TO one_stream")
                     results.append(self._resolve(db, stream_id, events, expected))
