@@ -395,22 +395,20 @@ _COLUMNS: Final = (
 )
 
 
-def _event(row: tuple[Any, ...]) -> Event:
-    """A row of :data:`_COLUMNS` as an Event (sessions run in UTC, so timestamps come back in UTC)."""
-    event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at, recorded_at = row
-    return Event(
-        event_id,
-        stream_id,
-        version,
-        event_type,
-        schema_version,
-        orjson.loads(data),
-        orjson.loads(metadata),
-        occurred_at,
-        recorded_at,
-    )
+def _events(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
+    """Rows of :data:`_COLUMNS` as Events (sessions run in UTC, so timestamps come back in UTC).
+
+    ``Event`` is a tuple: one ``tuple.__new__`` call per row builds it (the hot path of
+    ``read_stream``, and so of loading an aggregate).
+    """
+    new, event_type, loads = _tuple_new, Event, orjson.loads
+    return [
+        new(event_type, (event_id, stream_id, version, kind, schema, loads(data), loads(metadata), occurred, recorded))
+        for event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows
+    ]
 
 
+_tuple_new: Final = tuple.__new__
 _COPY_BLOCK_ROWS: Final = 2000
 _COPY_FROM: Final = 32
 """Appends of this many events or more go by binary COPY (see ``PostgresEventStore.append``)."""
@@ -661,7 +659,7 @@ def _positioned_rows(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
     """
     events: list[Event] = []
     append = events.append
-    loads = orjson.loads
+    new, event_type, loads = _tuple_new, Event, orjson.loads
     last: Any = None
     for row in rows:
         occurred, recorded = row[7], row[8]
@@ -673,17 +671,20 @@ def _positioned_rows(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
             recorded = last
         last = recorded
         append(
-            Event(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                loads(row[5]),
-                loads(row[6]),
-                occurred,
-                recorded,
-                str(row[9]).zfill(_POSITION_DIGITS),
+            new(
+                event_type,
+                (
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4],
+                    loads(row[5]),
+                    loads(row[6]),
+                    occurred,
+                    recorded,
+                    str(row[9]).zfill(_POSITION_DIGITS),
+                ),
             )
         )
     return events
@@ -962,8 +963,8 @@ class PostgresEventStore:
         ).format(self.db.table("events"))
         upper = to_version if to_version is not None else 2**31 - 1
         with self.db.connection(f"reading {stream_id!r}") as conn:
-            rows = conn.execute(query, [stream_id, from_version, upper, limit]).fetchall()
-        return [_event(row) for row in rows]
+            rows = conn.cursor(binary=True).execute(query, [stream_id, from_version, upper, limit]).fetchall()
+        return _events(rows)
 
     def read_stream_as_of(self, stream_id: str, as_of: datetime) -> list[Event]:
         """The stream's events recorded at or before ``as_of`` (feature ``temporal``; index on the stream)."""
@@ -971,8 +972,8 @@ class PostgresEventStore:
             "SELECT " + _COLUMNS + " FROM {} WHERE stream_id = %s AND recorded_at <= %s ORDER BY version"
         ).format(self.db.table("events"))
         with self.db.connection(f"reading {stream_id!r} as of {as_of}") as conn:
-            rows = conn.execute(query, [stream_id, as_of]).fetchall()
-        return [_event(row) for row in rows]
+            rows = conn.cursor(binary=True).execute(query, [stream_id, as_of]).fetchall()
+        return _events(rows)
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's last version, 0 if it does not exist."""

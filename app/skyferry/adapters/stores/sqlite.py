@@ -105,8 +105,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 ) WITHOUT ROWID;
 """
 
+# data and metadata come as bytes (orjson parses them as they are: no str is built first)
 _COLUMNS: Final = (
-    "CAST(position AS TEXT), id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
+    "CAST(position AS TEXT), id, stream_id, version, type, schema_version, CAST(data AS BLOB),"
+    " CAST(metadata AS BLOB), occurred_at, recorded_at"
 )
 _INSERT: Final = (
     "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
