@@ -84,14 +84,15 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, timeout: f
 
 
 def listening_ports(pid: int) -> set[int]:
-    """TCP ports that ``pid`` or a descendant of it listens on (Linux /proc)."""
+    """TCP ports that ``pid`` or a descendant of it listens on (Linux /proc), in the network
+    namespace of ``pid`` (so also for a process inside a namespace of its own)."""
     pids = {pid}
     for _ in range(3):  # children, grandchildren, great-grandchildren
         for parent in list(pids):
             with contextlib.suppress(OSError), open(f"/proc/{parent}/task/{parent}/children") as f:
                 pids.update(int(p) for p in f.read().split())
     inodes: dict[str, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
