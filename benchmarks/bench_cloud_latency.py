@@ -395,6 +395,8 @@ def measure(name: str, emulator: Emulator, jobs: list[dict[str, Any]], directory
                         raise RuntimeError(f"{job['figure']} at {delay} ms failed:\n{done.stderr[-3000:]}")
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                     results.append({**job, **result, "delay": delay, "how": "netem" if kernel else "delay proxy"})
+                    rate = result["events"] / result["seconds"]
+                    print(f"  {job['figure']} at {delay} ms: {rate:,.1f} events/s", file=sys.stderr, flush=True)
     return results
 
 
@@ -404,10 +406,8 @@ def _figures(results: list[dict[str, Any]]) -> list[Figure]:
     for figure, *_ in JOBS:
         best: dict[int, dict[str, Any]] = {}
         for r in results:
-            if r["figure"] == figure and (
-                r["delay"] not in best
-                or r["events"] / r["seconds"] > best[r["delay"]]["events"] / best[r["delay"]]["seconds"]
-            ):
+            r["rate"] = r["events"] / r["seconds"]
+            if r["figure"] == figure and (r["delay"] not in best or r["rate"] > best[r["delay"]]["rate"]):
                 best[r["delay"]] = r
         if 0 not in best or DELAY_MS not in best:
             continue
