@@ -250,9 +250,9 @@ EMULATORS = {
 #: (figure, emulator, job, target, events): the counts keep each round within a minute or two
 #: on the emulators of a loaded 2-core machine (the Cosmos DB emulator is the slowest)
 JOBS = (
-    ("import into DynamoDB", "moto", "import", "dynamodb", 400),
+    ("import into DynamoDB", "moto", "import", "dynamodb", 200),
     ("relay publish to SNS+SQS", "moto", "relay", "sns+sqs", 2000),
-    ("import into Cosmos DB", "cosmos", "import", "cosmos", 100),
+    ("import into Cosmos DB", "cosmos", "import", "cosmos", 50),
     ("import into Firestore", "firestore", "import", "firestore", 400),
     ("relay publish to Pub/Sub", "pubsub", "relay", "pubsub", 2000),
 )
