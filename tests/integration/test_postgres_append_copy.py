@@ -1,4 +1,4 @@
-"""PostgreSQL ``append`` of many events (binary COPY after the version check) against the INSERT path.
+"""PostgreSQL ``append``: many events by binary COPY after the version check, few by one pipelined INSERT.
 
 Appends of ``_COPY_FROM`` events or more go by COPY; every guarantee of ``append`` must hold
 on both paths: the same stored events, the version check, idempotent repeats, an id stored
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from skyferry.adapters.stores.postgres import _COPY_FROM, PostgresEventStore, _appended_rows_binary
@@ -102,3 +103,19 @@ def test_rows_the_binary_format_cannot_hold_exactly_go_by_insert() -> None:
     assert _appended_rows_binary("s", 2**31 - 1, batch, encoded, now) is None  # a version past 32 bits
     wide = [batch[0], NewEvent("Happened", {}, schema_version=2**31)]
     assert _appended_rows_binary("s", 1, wide, encoded, now) is None
+
+
+@pytest.mark.parametrize("count", [1, _COPY_FROM])
+def test_after_a_refused_append_the_connection_is_idle_and_the_next_append_succeeds(
+    store: PostgresEventStore, count: int
+) -> None:
+    batch = events(count)
+    store.append("s-1", batch[:1], NO_STREAM)
+    with pytest.raises(ConcurrencyError):
+        store.append("s-2", batch, NO_STREAM)  # the INSERT (or COPY) fails on the unique id
+    with pytest.raises(ConcurrencyError):
+        store.append("s-1", events(count), 0)  # the version check fails
+    with store.db.connection("checking") as conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert store.append("s-3", events(count), NO_STREAM).last_version == count
+    assert [e.version for e in store.read_stream("s-1")] == [1]

@@ -410,6 +410,8 @@ def _events(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
 
 _tuple_new: Final = tuple.__new__
 _COPY_BLOCK_ROWS: Final = 2000
+_BEGIN: Final = sql.SQL("BEGIN")
+_COMMIT: Final = sql.SQL("COMMIT")
 _COPY_FROM: Final = 32
 """Appends of this many events or more go by binary COPY (see ``PostgresEventStore.append``)."""
 _dumps: Final = orjson.dumps
@@ -760,10 +762,7 @@ class PostgresEventStore:
                     if rows is not None:
                         inserted = self._copy_append(conn, stream_id, base, rows)
                     else:
-                        with conn.pipeline(), conn.transaction():
-                            conn.execute(self._lock_sql)
-                            cur = conn.execute(self._insert_sql, self._params(stream_id, events, encoded, base, now))
-                        inserted = cur.rowcount
+                        inserted = self._insert_append(conn, self._params(stream_id, events, encoded, base, now))
                 except psycopg.errors.UniqueViolation:
                     inserted = 0
                 if inserted == len(events):
@@ -772,6 +771,28 @@ class PostgresEventStore:
                 if result is not None:
                     return result
             raise TransientError(f"stream {stream_id!r}: gave up appending with ANY after {_ANY_RETRIES} races")
+
+    def _insert_append(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> int:
+        """``BEGIN``, the append lock, the ``INSERT`` (which checks the version) and ``COMMIT`` in
+        one round trip; return how many rows were inserted.
+
+        They go as one pipeline with a single sync: ``conn.transaction()`` would sync after
+        ``BEGIN`` and after ``COMMIT`` as well, four round trips for one append.  When a
+        statement fails, the server skips the rest up to the sync and leaves the transaction
+        aborted: it is rolled back here before the error goes on.
+        """
+        try:
+            with conn.pipeline():
+                conn.execute(_BEGIN)
+                conn.execute(self._lock_sql)
+                cur = conn.execute(self._insert_sql, params)
+                conn.execute(_COMMIT)
+        except BaseException:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+            raise
+        return cur.rowcount
 
     def _copy_append(self, conn: psycopg.Connection[Any], stream_id: str, base: int, rows: list[bytes]) -> int:
         """Under the append lock: COPY ``rows`` if the stream is at ``base`` (return how many), else 0."""
