@@ -355,6 +355,13 @@ def translate(url: str, what: str) -> Iterator[None]:
         raise SkyferryError(f"{url}: PostgreSQL error while {what}: {e}") from e
 
 
+def _rendered(query: sql.Composable) -> bytes:
+    """``query`` as the bytes psycopg sends.  Only for statements whose identifiers are
+    schema and table names, which are ASCII (see ``_SCHEMA_NAME``): rendered without a
+    connection, they are the same in every client encoding."""
+    return query.as_bytes(None)
+
+
 def prefix_end(prefix: str) -> str | None:
     """The least string greater than every string starting with ``prefix`` (code point order).
 
@@ -410,8 +417,8 @@ def _events(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
 
 _tuple_new: Final = tuple.__new__
 _COPY_BLOCK_ROWS: Final = 2000
-_BEGIN: Final = sql.SQL("BEGIN")
-_COMMIT: Final = sql.SQL("COMMIT")
+_BEGIN: Final = b"BEGIN"
+_COMMIT: Final = b"COMMIT"
 _COPY_FROM: Final = 32
 """Appends of this many events or more go by binary COPY (see ``PostgresEventStore.append``)."""
 _dumps: Final = orjson.dumps
@@ -702,35 +709,60 @@ class PostgresEventStore:
         self.db = PostgresDatabase(url, client=client)
         self.url = self.db.url
         t = self.db.table("events")
-        self._lock_sql = sql.SQL("SELECT pg_advisory_xact_lock(hashtext('skyferry-append'), hashtext({}))").format(
-            sql.Literal(self.db.schema)
+        # The statements of the hot paths, rendered to bytes once: psycopg would render a
+        # composed statement again on every call (a tenth of a command cycle's client time).
+        self._lock_sql = _rendered(
+            sql.SQL("SELECT pg_advisory_xact_lock(hashtext('skyferry-append'), hashtext({}))").format(
+                sql.Literal(self.db.schema)
+            )
         )
-        self._insert_sql = sql.SQL(
-            "INSERT INTO {t} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
-            " SELECT u.id, %(stream)s, u.version, u.type, u.schema_version, u.data::json, u.metadata::json,"
-            " u.occurred_at, u.recorded_at"
-            " FROM unnest(%(ids)s::uuid[], %(versions)s::int[], %(types)s::text[], %(schema_versions)s::int[],"
-            " %(data)s::text[], %(metadata)s::text[], %(occurred)s::timestamptz[], %(recorded)s::timestamptz[])"
-            " AS u(id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
-            " WHERE (SELECT coalesce(max(e.version), 0) FROM {t} e WHERE e.stream_id = %(stream)s) = %(expected)s"
-            " ORDER BY u.version"
-        ).format(t=t)
+        self._insert_sql = _rendered(
+            sql.SQL(
+                "INSERT INTO {t} (id, stream_id, version, type, schema_version, data, metadata, occurred_at,"
+                " recorded_at) SELECT u.id, %(stream)s, u.version, u.type, u.schema_version, u.data::json,"
+                " u.metadata::json, u.occurred_at, u.recorded_at"
+                " FROM unnest(%(ids)s::uuid[], %(versions)s::int[], %(types)s::text[], %(schema_versions)s::int[],"
+                " %(data)s::text[], %(metadata)s::text[], %(occurred)s::timestamptz[], %(recorded)s::timestamptz[])"
+                " AS u(id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
+                " WHERE (SELECT coalesce(max(e.version), 0) FROM {t} e WHERE e.stream_id = %(stream)s) = %(expected)s"
+                " ORDER BY u.version"
+            ).format(t=t)
+        )
         # One backward index probe per stream (a GROUP BY over ``stream_id = ANY(...)`` is
         # planned as a scan of the whole table once a batch names many streams).
-        self._heads_sql = sql.SQL(
-            "SELECT k.stream_id, h.version FROM unnest(%s::text[]) AS k(stream_id)"
-            " CROSS JOIN LATERAL (SELECT max(e.version) AS version FROM {} e"
-            ' WHERE e.stream_id = k.stream_id COLLATE "C") AS h WHERE h.version IS NOT NULL'
-        ).format(t)
-        self._copy_binary_sql = sql.SQL(
-            "COPY {} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
-            " FROM STDIN (FORMAT BINARY)"
-        ).format(t)
-        self._version_sql = sql.SQL("SELECT coalesce(max(version), 0) FROM {} WHERE stream_id = %s").format(t)
-        self._ids_sql = sql.SQL("SELECT id::text, stream_id, version FROM {} WHERE id = ANY(%s::uuid[])").format(t)
-        self._read_all_sql = sql.SQL(
-            "SELECT " + _COLUMNS + ", position FROM {} WHERE position > %s ORDER BY position LIMIT %s"
-        ).format(t)
+        self._heads_sql = _rendered(
+            sql.SQL(
+                "SELECT k.stream_id, h.version FROM unnest(%s::text[]) AS k(stream_id)"
+                " CROSS JOIN LATERAL (SELECT max(e.version) AS version FROM {} e"
+                ' WHERE e.stream_id = k.stream_id COLLATE "C") AS h WHERE h.version IS NOT NULL'
+            ).format(t)
+        )
+        self._copy_binary_sql = _rendered(
+            sql.SQL(
+                "COPY {} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
+                " FROM STDIN (FORMAT BINARY)"
+            ).format(t)
+        )
+        self._version_sql = _rendered(
+            sql.SQL("SELECT coalesce(max(version), 0) FROM {} WHERE stream_id = %s").format(t)
+        )
+        self._ids_sql = _rendered(
+            sql.SQL("SELECT id::text, stream_id, version FROM {} WHERE id = ANY(%s::uuid[])").format(t)
+        )
+        self._read_stream_sql = {
+            backwards: _rendered(
+                sql.SQL(
+                    "SELECT " + _COLUMNS + " FROM {} WHERE stream_id = %s AND version >= %s AND version <= %s"
+                    " ORDER BY version " + ("DESC" if backwards else "ASC") + " LIMIT %s"
+                ).format(t)
+            )
+            for backwards in (False, True)
+        }
+        self._read_all_sql = _rendered(
+            sql.SQL("SELECT " + _COLUMNS + ", position FROM {} WHERE position > %s ORDER BY position LIMIT %s").format(
+                t
+            )
+        )
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -978,10 +1010,7 @@ class PostgresEventStore:
         limit: int | None = None,
     ) -> list[Event]:
         """The stream's events in a version range, ascending or descending (see the port)."""
-        query = sql.SQL(
-            "SELECT " + _COLUMNS + " FROM {} WHERE stream_id = %s AND version >= %s AND version <= %s"
-            " ORDER BY version " + ("DESC" if backwards else "ASC") + " LIMIT %s"
-        ).format(self.db.table("events"))
+        query = self._read_stream_sql[bool(backwards)]
         upper = to_version if to_version is not None else 2**31 - 1
         with self.db.connection(f"reading {stream_id!r}") as conn:
             rows = conn.cursor(binary=True).execute(query, [stream_id, from_version, upper, limit]).fetchall()
