@@ -257,7 +257,7 @@ JOBS = (
     ("relay publish to Pub/Sub", "pubsub", "relay", "pubsub", 2000),
 )
 ROUNDS = 2
-"""Rounds at each delay, interleaved; the best of each is printed."""
+"""Rounds at each delay, interleaved, after one warm-up round; the best of each is printed."""
 
 
 # --- what runs inside a namespace ------------------------------------------------------------------------
@@ -368,7 +368,9 @@ def measure(name: str, emulator: Emulator, jobs: list[dict[str, Any]], directory
     with namespace(PREFIX + name) as ns, inside(ns, emulator.command(EMULATOR_PORT), log, env) as pid:
         wait_listening(pid, EMULATOR_PORT, f"the {name} emulator", emulator.timeout)
         kernel = netem(ns, 0)
-        for delay in (0, DELAY_MS) * ROUNDS:  # interleaved: both delays see the same machine load
+        # a warm-up round first (a JVM emulator's first requests are its slowest), not counted;
+        # then the delays interleaved, so that both see the same machine load
+        for counted, delay in [(False, 0)] + [(True, d) for d in (0, DELAY_MS) * ROUNDS]:
             port = EMULATOR_PORT
             proxy: contextlib.AbstractContextManager[int] = contextlib.nullcontext(0)
             if kernel:
@@ -394,9 +396,11 @@ def measure(name: str, emulator: Emulator, jobs: list[dict[str, Any]], directory
                     if done.returncode != 0:
                         raise RuntimeError(f"{job['figure']} at {delay} ms failed:\n{done.stderr[-3000:]}")
                     result = json.loads(done.stdout.strip().splitlines()[-1])
-                    results.append({**job, **result, "delay": delay, "how": "netem" if kernel else "delay proxy"})
+                    if counted:
+                        results.append({**job, **result, "delay": delay, "how": "netem" if kernel else "delay proxy"})
                     rate = result["events"] / result["seconds"]
-                    print(f"  {job['figure']} at {delay} ms: {rate:,.1f} events/s", file=sys.stderr, flush=True)
+                    what = "" if counted else " (warm-up, not counted)"
+                    print(f"  {job['figure']} at {delay} ms: {rate:,.1f} events/s{what}", file=sys.stderr, flush=True)
     return results
 
 
