@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, NoReturn
@@ -122,8 +123,9 @@ class CommonConfig(ConfigModel):
     database_password: SecretStr | None = Field(
         default=None, description="PostgreSQL password (secret; required when store=postgres)"
     )
-    api_token: SecretStr | None = Field(
-        default=None, description="bearer token of the API (secret; SKYFERRY_API_TOKEN, required by serve)"
+    api_token: SecretStr = Field(
+        min_length=16,
+        description="bearer token of the API (secret, at least 16 characters: SKYFERRY_API_TOKEN, required by serve)",
     )
     labels: dict[str, str] = Field(default_factory=dict, description="extra labels/tags on every resource")
 
@@ -238,15 +240,21 @@ def _key_of(loc: tuple[int | str, ...], section: str | None) -> str:
     return f"{NAMESPACE}:{path[0]}" + "".join(f".{p}" for p in path[1:])
 
 
-def _raise_first(e: ValidationError, section: str | None) -> NoReturn:
-    """Turn a pydantic error into a StackConfigError naming the key (every problem listed)."""
+def _raise_first(e: ValidationError, section: str | None, model: type[BaseModel]) -> NoReturn:
+    """Turn a pydantic error into a StackConfigError naming the key (every problem listed).
+
+    The value given is quoted, except a secret's.
+    """
     problems: list[tuple[str, str]] = []
+    secret = {to_camel(name) for name in _secret_fields(model)} | set(_secret_fields(model))
     for err in e.errors():
         key = _key_of(tuple(err["loc"]), section)
         if err["type"] == "missing":
             problems.append((key, "required key is missing"))
         elif err["type"] == "extra_forbidden":
             problems.append((key, "unknown key"))
+        elif err["loc"] and err["loc"][0] in secret:
+            problems.append((key, err["msg"].replace("items", "characters")))
         else:
             problems.append((key, f"{err['msg']} (got {err.get('input')!r})"))
     first_key, first_problem = problems[0]
@@ -267,12 +275,36 @@ def _parse(raw: str) -> Any:
         return raw
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _common_value(name: str, raw: str) -> Any:
+    """A common key's text read by Pulumi's rules for its type (``providers.projectconfig``).
+
+    An integer is what ``strconv.Atoi`` parses (``5``, ``+5``; not ``5.0``), a boolean is
+    exactly ``true`` or ``false``, objects are JSON, anything else stays text, so what Pulumi
+    refuses is refused here too (pydantic would take ``yes`` for a boolean).
+    """
+    field = CommonConfig.model_fields.get(name)
+    annotation = field.annotation if field is not None else None
+    if annotation is int:
+        return int(raw) if _INTEGER.fullmatch(raw) else raw
+    if annotation is bool:
+        return {"true": True, "false": False}.get(raw, raw)
+    if annotation is str or "SecretStr" in str(annotation) or "Literal" in str(annotation):
+        return raw
+    return _parse(raw)
+
+
 def load_stack_config(values: Mapping[str, str], secret_keys: set[str] | frozenset[str] = frozenset()) -> StackConfig:
     """Validate a stack's config (``{"skyferry:target": "aws", ...}``, strings as Pulumi gives them).
 
-    Keys of other namespaces (``aws:region``, ``kubernetes:context``) are left to their
-    providers.  Raises :class:`StackConfigError` naming the key on the first bad input;
-    nothing is declared before this returns.
+    ``values`` are what Pulumi hands the program: the stack's values plus ``Pulumi.yaml``'s
+    defaults (an empty ``{}`` section for every target, an empty ``databasePassword``).  An
+    empty section of another target is therefore accepted, a non-empty one refused; an empty
+    optional secret counts as unset.  Keys of other namespaces (``aws:region``,
+    ``kubernetes:context``) are left to their providers.  Raises :class:`StackConfigError`
+    naming the key on the first bad input; nothing is declared before this returns.
     """
     ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{NAMESPACE}:")}
     target = ours.get("target")
@@ -283,20 +315,22 @@ def load_stack_config(values: Mapping[str, str], secret_keys: set[str] | frozens
             f"{NAMESPACE}:target", f"unknown target {target!r}; expected one of {', '.join(TARGETS)}"
         )
     for other in TARGETS:
-        if other != target and other in ours:
+        if other != target and other in ours and _parse(ours.pop(other)) != {}:
             raise StackConfigError(f"{NAMESPACE}:{other}", f"section for target {other!r}, but target is {target!r}")
     section_raw = ours.pop(target, None)
-    common_values = {k: (v if k in {"target", "name", "image"} else _parse(v)) for k, v in ours.items()}
+    common_values = {k: _common_value(_field_name(CommonConfig, k), v) for k, v in ours.items()}
     for name in _secret_fields(CommonConfig):
         alias = to_camel(name)
-        if alias in common_values and f"{NAMESPACE}:{alias}" not in secret_keys:
+        if common_values.get(alias) == "":
+            del common_values[alias]  # Pulumi.yaml's default: not set
+        elif alias in common_values and f"{NAMESPACE}:{alias}" not in secret_keys:
             raise StackConfigError(
                 f"{NAMESPACE}:{alias}", "must be a secret (pulumi config set --secret), not plain text"
             )
     try:
-        common = CommonConfig.model_validate(common_values)
+        common = CommonConfig.model_validate(common_values, strict=True)
     except ValidationError as e:
-        _raise_first(e, None)
+        _raise_first(e, None, CommonConfig)
     if common.store == "postgres" and common.database_password is None:
         raise StackConfigError(f"{NAMESPACE}:databasePassword", "required (as a secret) when store is postgres")
     platform = platform_class(target)
@@ -314,10 +348,15 @@ def load_stack_config(values: Mapping[str, str], secret_keys: set[str] | frozens
     try:
         target_config = model.model_validate(section)
     except ValidationError as e:
-        _raise_first(e, target)
+        _raise_first(e, target, model)
     config = StackConfig(common=common, target=target_config)
     platform.validate(config)
     return config
+
+
+def _field_name(model: type[BaseModel], alias: str) -> str:
+    """The field name of a camelCase key (the key itself when the model has no such field)."""
+    return next((name for name in model.model_fields if to_camel(name) == alias), alias)
 
 
 def current_stack_config() -> StackConfig:

@@ -1,8 +1,11 @@
 """Read a stack's config file (``stacks/Pulumi.<stack>.yaml``) the way Pulumi passes config.
 
-Values become strings (objects and lists as JSON, as ``pulumi config --path`` stores them);
-``{secure: …}`` values are encrypted for the stack's secrets provider and cannot be read
-offline, so they become a placeholder that is marked secret (what ``plan`` and the tests need).
+Pulumi's project rules come first (:mod:`providers.projectconfig`): required keys, secrets,
+types, and ``Pulumi.yaml``'s defaults filled in, so the program sees what ``pulumi up`` would
+hand it and a stack Pulumi refuses is refused here with Pulumi's message.  Values become
+strings (objects and lists as JSON, as ``pulumi config --path`` stores them); ``{secure: …}``
+values are encrypted for the stack's secrets provider and cannot be read offline, so they
+become a placeholder that is marked secret (what ``plan`` and the tests need).
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from typing import Any
 
 import yaml
 
+from providers import projectconfig
 from skyferry.core.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS_DIR = ROOT / "stacks"
-SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 (a placeholder, not a password)
+#: What a ``secure:`` value reads as offline: it stands for a secret of any valid length.
+SECRET_PLACEHOLDER = "[encrypted: set with pulumi config set --secret]"  # noqa: S105 (a placeholder)
 
 
 def stack_names() -> list[str]:
@@ -26,8 +31,11 @@ def stack_names() -> list[str]:
 
 
 def _as_string(value: Any) -> str:
-    if isinstance(value, str):
-        return value
+    """A stack file value as Pulumi holds it: a scalar's text, anything else as JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
     return json.dumps(value)
 
 
@@ -49,19 +57,33 @@ def _unwrap_secure(value: Any) -> Any:
     return value
 
 
-def parse_config(config: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
-    """``config:`` of a stack file → (values as strings, keys whose value is or holds a secret)."""
-    values: dict[str, str] = {}
-    secret: set[str] = set()
+def stack_values(config: dict[str, Any]) -> dict[str, projectconfig.StackValue]:
+    """``config:`` of a stack file as Pulumi holds it: text, secure flag, object flag."""
+    values: dict[str, projectconfig.StackValue] = {}
     for key, value in config.items():
-        if _contains_secure(value):
-            secret.add(key)
-        values[key] = _as_string(_unwrap_secure(value))
-    return values, secret
+        plain = _unwrap_secure(value)
+        values[key] = projectconfig.StackValue(
+            _as_string(plain),
+            secure=_contains_secure(value),
+            object=isinstance(plain, dict | list),
+        )
+    return values
+
+
+def parse_config(
+    config: dict[str, Any], stack: str = "dev", project: projectconfig.Project | None = None
+) -> tuple[dict[str, str], set[str]]:
+    """``config:`` of a stack file → (values as strings, keys whose value is or holds a secret).
+
+    Pulumi's project rules are applied first (``Pulumi.yaml`` unless ``project`` is given):
+    a :class:`~providers.projectconfig.PulumiConfigError` when Pulumi would refuse the stack.
+    """
+    merged = projectconfig.apply(project or projectconfig.load_project(), stack, stack_values(config))
+    return {k: v.text for k, v in merged.items()}, {k for k, v in merged.items() if v.secure}
 
 
 def read_stack(stack: str, stacks_dir: Path = STACKS_DIR) -> tuple[dict[str, str], set[str]]:
-    """The config of ``stack``; ConfigurationError naming the file if it is missing or malformed."""
+    """The config of ``stack`` as Pulumi would pass it; ConfigurationError naming the file or key."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         known = ", ".join(stack_names()) or "none"
@@ -73,4 +95,4 @@ def read_stack(stack: str, stacks_dir: Path = STACKS_DIR) -> tuple[dict[str, str
     config = document.get("config", {}) if isinstance(document, dict) else None
     if not isinstance(config, dict):
         raise ConfigurationError(f"{path.name}: 'config' must be a mapping")
-    return parse_config(config)
+    return parse_config(config, stack)

@@ -48,8 +48,6 @@ class KubernetesPlatform(Platform):
             )
         if kcfg.postgres == "in-chart" and config.common.database_password is None:
             raise StackConfigError("skyferry:databasePassword", "required (as a secret) for the in-chart PostgreSQL")
-        if config.common.api_token is None:
-            raise StackConfigError("skyferry:apiToken", "required (as a secret): the API's bearer token")
         if kcfg.nats == "external" and kcfg.external_broker_url is None:
             raise StackConfigError("skyferry:kubernetes.externalBrokerUrl", "required when nats is external")
         if config.common.store != "native":
@@ -84,7 +82,7 @@ class KubernetesPlatform(Platform):
         )
         archive_url = "file:///var/lib/skyferry/archive"
         secret_name = f"{release}-credentials"
-        token = common.api_token.get_secret_value() if common.api_token else ""
+        token = common.api_token.get_secret_value()
         secret_data: dict[str, Any] = {
             "store-url": store_url_secret,
             "broker-url": broker_url,

@@ -89,6 +89,7 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path: Path) -> None:
     assert "--format" in err
     (tmp_path / "Pulumi.bad.yaml").write_text(
         "config:\n  skyferry:target: kubernetes\n  skyferry:image: a/b:1\n  skyferry:apiReplicas: '0'\n"
+        "  skyferry:apiToken:\n    secure: v1:x\n"
     )
     code, out, err = run("bad", "json", tmp_path)
     assert code == 2
@@ -96,10 +97,15 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path: Path) -> None:
     assert out == ""
     (tmp_path / "Pulumi.plain.yaml").write_text(
         "config:\n  skyferry:target: kubernetes\n  skyferry:image: a/b:1\n  skyferry:databasePassword: hunter2\n"
+        "  skyferry:apiToken:\n    secure: v1:x\n"
     )
     code, _, err = run("plain", "table", tmp_path)
     assert code == 2
     assert "skyferry:databasePassword: must be a secret" in err
+    (tmp_path / "Pulumi.missing.yaml").write_text("config:\n  skyferry:target: kubernetes\n  skyferry:image: a/b:1\n")
+    code, _, err = run("missing", "table", tmp_path)
+    assert code == 2
+    assert "Stack 'missing' is missing configuration value 'skyferry:apiToken'" in err
 
 
 def test_the_cli_mounts_plan() -> None:

@@ -36,3 +36,17 @@ def test_every_key_is_documented_with_the_models_default() -> None:
         assert f"skyferry:{target}" in config, f"the target section skyferry:{target} is not documented"
     known = {f"skyferry:{to_camel(n)}" for n in CommonConfig.model_fields} | {f"skyferry:{t}" for t in TARGETS}
     assert set(config) == known, f"documented keys the model does not have: {set(config) - known}"
+
+
+def test_typed_keys_have_the_models_type_and_optional_keys_a_default() -> None:
+    pulumi_type = {int: "integer", bool: "boolean", str: "string"}
+    for name, field in CommonConfig.model_fields.items():
+        declaration = PROJECT["config"][f"skyferry:{to_camel(name)}"]
+        annotation = field.annotation
+        if "type" in declaration:
+            expected = pulumi_type.get(annotation, "string")  # type: ignore[call-overload]
+            assert declaration["type"] == expected, f"skyferry:{to_camel(name)}: Pulumi type differs from the model"
+        if not field.is_required():
+            assert "default" in declaration, f"skyferry:{to_camel(name)} is optional but Pulumi would require it"
+        if field.is_required():
+            assert "default" not in declaration, f"skyferry:{to_camel(name)} is required but has a default"
