@@ -21,6 +21,11 @@ URL
 ``backoff``
     First retry delay in whole seconds after a handler fails (default 1; doubled per
     attempt up to 300; 0 retries at once).
+``max_deliveries``
+    Handler attempts before a message goes to its group's dead-letter queue (default 5):
+    the default of :meth:`SnsSqsBroker.subscribe`.  ``providers/aws`` puts
+    ``skyferry:aws.maxDeliveries`` here and derives the queues' redrive count from the same
+    number (:func:`redrive_receive_count`), so one setting governs both.
 ``endpoint``
     A custom endpoint (moto server, LocalStack): **for tests and local use**.
 ``provision``
@@ -44,8 +49,16 @@ Mapping of the port
   failed one is hidden for the backoff (``ChangeMessageVisibility``), and so are the later
   messages of its group in the same batch, so the key waits for it.  After
   ``max_deliveries`` failed attempts the message is sent to the dead-letter queue and
-  deleted, and its key moves on; the queue's redrive policy (``maxReceiveCount`` =
-  ``max_deliveries``) does the same for a message whose consumer crashes every time.
+  deleted, and its key moves on.
+* Attempts are the handler's failures, counted by the consumer, not SQS's
+  ``ApproximateReceiveCount``: a FIFO receive hands out the later messages of a group with
+  the first, so every failure of the first raises their receive count too, and a healthy
+  message behind a failing one would be dead-lettered after one failure of its own.  The
+  count is kept in memory (a restarted consumer starts again from 1: a poison message gets
+  more attempts, never fewer).  The queue's redrive policy is the backstop for a consumer
+  that crashes on a message every time; its ``maxReceiveCount``
+  (:func:`redrive_receive_count`) leaves room for the receives a message gets while up to
+  nine messages before it in its batch fail.
 * ``dead_letters`` receives from the DLQ and makes the messages visible again at once, so
   it reads without removing.  A FIFO queue hands out at most 10 messages of one group
   while they are in flight, so it returns at most 10 dead letters per key.
@@ -95,6 +108,12 @@ ENCODING_ATTRIBUTE: Final = "sf-enc"
 ATTEMPTS_ATTRIBUTE: Final = "sf-attempts"
 MAX_BATCH_BYTES: Final = 256 * 1024 - 4 * 1024
 MAX_BACKOFF: Final = 300
+DEFAULT_MAX_DELIVERIES: Final = 5
+RECEIVE_BATCH: Final = 10
+"""Messages one ``ReceiveMessage`` returns at most (SQS's limit)."""
+MAX_RECEIVE_COUNT: Final = 1000
+"""SQS's largest redrive ``maxReceiveCount``."""
+_REMEMBERED_FAILURES: Final = 10_000
 _GROUP_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -113,6 +132,19 @@ def queue_names(topic: str, group: str) -> tuple[str, str]:
     if len(dead) > 80:
         raise ValidationError(f"consumer group {group!r}: queue name {dead!r} is over SQS's 80 characters")
     return queue, dead
+
+
+def redrive_receive_count(max_deliveries: int) -> int:
+    """The redrive ``maxReceiveCount`` of a group's queue for ``max_deliveries`` handler attempts.
+
+    A message is received once per attempt of its own, and once more each time one of the
+    at most nine messages before it in a batch fails; each of those fails at most
+    ``max_deliveries`` times.  So a healthy message is never redriven, and a message whose
+    consumer crashes every time still reaches the dead-letter queue.
+    """
+    if max_deliveries < 1:
+        raise ValidationError("max_deliveries must be at least 1")
+    return min(MAX_RECEIVE_COUNT, RECEIVE_BATCH * max_deliveries)
 
 
 def group_id(key: str) -> str:
@@ -140,6 +172,11 @@ def _encode(message: Message) -> tuple[str, dict[str, Any]]:
     return text, attributes
 
 
+def _message_id(raw: dict[str, Any]) -> str:
+    """The port's message id of a received message (its deduplication id)."""
+    return str(raw.get("Attributes", {}).get("MessageDeduplicationId") or raw["MessageId"])
+
+
 def _decode(raw: dict[str, Any], attempt: int | None = None) -> Message:
     attributes = {name: value.get("StringValue", "") for name, value in raw.get("MessageAttributes", {}).items()}
     encoding = attributes.get(ENCODING_ATTRIBUTE, "utf8")
@@ -148,9 +185,8 @@ def _decode(raw: dict[str, Any], attempt: int | None = None) -> Message:
     system = raw.get("Attributes", {})
     if attempt is None:
         attempt = int(attributes.get(ATTEMPTS_ATTRIBUTE) or system.get("ApproximateReceiveCount", "1"))
-    message_id = system.get("MessageDeduplicationId") or raw["MessageId"]
     return Message(
-        id=message_id,
+        id=_message_id(raw),
         key=attributes.get(KEY_ATTRIBUTE, system.get("MessageGroupId", "")),
         body=body,
         attributes=json.loads(attributes.get(ATTRS_ATTRIBUTE) or "{}"),
@@ -181,6 +217,7 @@ class SnsSqsSubscription:
         self._group = group
         self._handler = handler
         self._max = max_deliveries
+        self._failures: dict[str, int] = {}  # message id -> handler failures seen (insertion order)
         self._queue_url, self._dlq_url = broker._queues(group, max_deliveries)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sns+sqs:{group}", daemon=True)
@@ -227,7 +264,7 @@ class SnsSqsSubscription:
             if group in held:
                 self._hide(raw, held[group])
                 continue
-            message = _decode(raw)
+            message = _decode(raw, attempt=self._failures.get(_message_id(raw), 0) + 1)
             try:
                 self._handler(message)
             except Exception:
@@ -241,12 +278,15 @@ class SnsSqsSubscription:
                 )
                 if message.delivery_attempt >= self._max:
                     self._dead_letter(raw, message)
+                    self._failures.pop(message.id, None)
                     done.append(raw["ReceiptHandle"])
                 else:
+                    self._remember_failure(message.id, message.delivery_attempt)
                     delay = min(MAX_BACKOFF, broker._backoff * 2 ** (message.delivery_attempt - 1))
                     held[group] = delay
                     self._hide(raw, delay)
                 continue
+            self._failures.pop(message.id, None)
             done.append(raw["ReceiptHandle"])
         for start in range(0, len(done), 10):
             broker._call(
@@ -255,6 +295,12 @@ class SnsSqsSubscription:
                 QueueUrl=self._queue_url,
                 Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(done[start : start + 10])],
             )
+
+    def _remember_failure(self, message_id: str, failures: int) -> None:
+        self._failures.pop(message_id, None)
+        self._failures[message_id] = failures
+        while len(self._failures) > _REMEMBERED_FAILURES:
+            del self._failures[next(iter(self._failures))]
 
     def _hide(self, raw: dict[str, Any], seconds: int) -> None:
         broker = self._broker
@@ -308,7 +354,7 @@ class SnsSqsBroker:
         self._topic = topic_name(topic)
         self._options = options or aws.AwsOptions()
         extra = dict(self._options.extra or {})
-        known = {"account", "wait", "visibility", "backoff", "provision"}
+        known = {"account", "wait", "visibility", "backoff", "provision", "max_deliveries"}
         if set(extra) - known:
             raise ConfigurationError(
                 f"sns+sqs:// URL has unknown options {sorted(set(extra) - known)}; known: region, endpoint, "
@@ -320,6 +366,12 @@ class SnsSqsBroker:
             self._backoff = int(extra.get("backoff", "1"))
         except ValueError as e:
             raise ConfigurationError("sns+sqs:// URL options wait, visibility and backoff are whole seconds") from e
+        try:
+            self._max_deliveries = int(extra.get("max_deliveries", str(DEFAULT_MAX_DELIVERIES)))
+        except ValueError as e:
+            raise ConfigurationError("sns+sqs:// URL option max_deliveries is a whole number") from e
+        if self._max_deliveries < 1:
+            raise ConfigurationError("sns+sqs:// URL option max_deliveries must be at least 1")
         self._provision = extra.get("provision", "false").lower() in ("1", "true", "yes")
         self._account = extra.get("account")
         self._sns_client = sns
@@ -423,7 +475,9 @@ class SnsSqsBroker:
             "SetQueueAttributes",
             QueueUrl=queue_url,
             Attributes={
-                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": max_deliveries}),
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": dead_arn, "maxReceiveCount": redrive_receive_count(max_deliveries)}
+                ),
                 "Policy": json.dumps(policy),
             },
         )
@@ -474,9 +528,15 @@ class SnsSqsBroker:
             else:
                 raise TransientError(f"sns+sqs topic {self._topic!r}: PublishBatch kept failing")
 
-    def subscribe(self, group: str, handler: MessageHandler, *, max_deliveries: int = 5) -> SnsSqsSubscription:
-        """Start a consumer thread on the group's queue (provisioned first when asked)."""
-        subscription = SnsSqsSubscription(self, group, handler, max_deliveries)
+    def subscribe(
+        self, group: str, handler: MessageHandler, *, max_deliveries: int | None = None
+    ) -> SnsSqsSubscription:
+        """Start a consumer thread on the group's queue (provisioned first when asked).
+
+        ``max_deliveries`` defaults to the URL's ``max_deliveries`` (5 when absent).
+        """
+        attempts = self._max_deliveries if max_deliveries is None else max_deliveries
+        subscription = SnsSqsSubscription(self, group, handler, attempts)
         with self._lock:
             self._subscriptions.append(subscription)
         return subscription

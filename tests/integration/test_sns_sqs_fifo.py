@@ -1,0 +1,81 @@
+"""SNS FIFO -> SQS FIFO on moto server: attempts are the handler's failures, not SQS's receive count.
+
+A FIFO receive returns the later messages of a group with the first, so each failure of the
+first raises their ``ApproximateReceiveCount`` too.  A healthy message queued behind a
+failing one must still get its full ``max_deliveries`` attempts, and the queue's redrive
+policy must not move it either.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from skyferry.adapters.brokers import sns_sqs
+from skyferry.core.ports import Message
+from tests.services import sns_sqs as sns_sqs_service
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with sns_sqs_service.provide("broker", "sns+sqs") as base:
+        yield base
+
+
+def test_a_message_behind_a_failing_one_keeps_its_own_attempts(url: str) -> None:
+    broker = sns_sqs.SnsSqsBroker.from_url(url)
+    failures_left = {"first": 2, "second": 1}
+    attempts: dict[str, list[int]] = {"first": [], "second": []}
+    handled: list[str] = []
+    done = threading.Event()
+
+    def handler(message: Message) -> None:
+        name = message.body.decode()
+        attempts[name].append(message.delivery_attempt)
+        if failures_left[name]:
+            failures_left[name] -= 1
+            raise RuntimeError(f"{name}: a transient failure")
+        handled.append(name)
+        if len(handled) == 2:
+            done.set()
+
+    subscription = broker.subscribe("projector", handler, max_deliveries=3)
+    broker.publish([Message(id=str(uuid.uuid4()), key="acct-1", body=name.encode()) for name in ("first", "second")])
+    try:
+        assert done.wait(60), f"not both handled: {attempts}, dead letters {broker.dead_letters('projector')}"
+    finally:
+        subscription.close()
+    assert handled == ["first", "second"]
+    assert attempts == {"first": [1, 2, 3], "second": [1, 2]}
+    assert broker.dead_letters("projector") == []
+    broker.close()
+
+
+def test_the_url_sets_the_attempts_and_the_redrive_count_derives_from_them(url: str) -> None:
+    broker = sns_sqs.SnsSqsBroker.from_url(url + "&max_deliveries=3")
+    seen: list[int] = []
+
+    def refuse(message: Message) -> None:
+        seen.append(message.delivery_attempt)
+        raise RuntimeError("poison")
+
+    subscription = broker.subscribe("poison", refuse)
+    broker.publish([Message(id=str(uuid.uuid4()), key="acct-2", body=b"x")])
+    deadline = time.monotonic() + 60
+    while not broker.dead_letters("poison") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    subscription.close()
+    assert seen[:3] == [1, 2, 3]
+    [letter] = broker.dead_letters("poison")
+    assert letter.delivery_attempt == 3
+    queue_url, _ = broker._queues("poison", 3)
+    redrive = broker._sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+    assert json.loads(redrive["Attributes"]["RedrivePolicy"])["maxReceiveCount"] == sns_sqs.redrive_receive_count(3)
+    assert sns_sqs.redrive_receive_count(3) == 30
+    assert sns_sqs.redrive_receive_count(500) == 1000
+    broker.close()
