@@ -148,9 +148,13 @@ def test_bad_urls_are_refused_naming_the_value(url: str, names: str) -> None:
 
 
 async def stream_max_age(server: str, stream: str) -> float | None:
+    return (await stream_config(server, stream)).max_age
+
+
+async def stream_config(server: str, stream: str) -> nats.js.api.StreamConfig:
     nc = await nats.connect(servers=[server])
     try:
-        return (await nc.jetstream().stream_info(stream)).config.max_age
+        return (await nc.jetstream().stream_info(stream)).config
     finally:
         await nc.close()
 
@@ -269,3 +273,26 @@ def test_two_worker_replicas_compete_and_keep_each_keys_order() -> None:
         finally:
             for replica in replicas:
                 replica.close()
+
+
+def test_a_stream_is_bounded_by_default_and_discards_the_oldest() -> None:
+    """A stream nobody reads (projections fed from the store) never fills the server's store."""
+    with nats_service.fresh_stream("") as url:
+        broker = NatsBroker(url)
+        try:
+            broker.publish([message("k")])
+            server, stream = url.split("?")[0].rsplit("/", 1)
+            config = asyncio.run(stream_config(server, stream))
+            assert config.max_age == 7 * 24 * 3600
+            assert config.discard == nats.js.api.DiscardPolicy.OLD
+        finally:
+            broker.close()
+    with nats_service.fresh_stream("max_bytes=1048576") as url:
+        broker = NatsBroker(url)
+        try:
+            # 3 MB into a 1 MiB stream: every publish accepted, the oldest messages dropped
+            broker.publish([Message(id=str(uuid.uuid4()), key=f"k{i}", body=b"x" * 100_000) for i in range(30)])
+            server, stream = url.split("?")[0].rsplit("/", 1)
+            assert asyncio.run(stream_config(server, stream)).max_bytes == 1048576
+        finally:
+            broker.close()

@@ -169,7 +169,11 @@ class S3Archive:
         return body
 
     def exists(self, name: str) -> bool:
-        """``HeadObject``."""
+        """``HeadObject``; a denied one (403) is a ``ConfigurationError`` naming what to grant.
+
+        S3 answers a missing key with 404 only to a caller allowed ``s3:ListBucket`` on the
+        bucket; without it the answer is 403 for a missing key as for a forbidden one.
+        """
         key = self._key(name)
         from botocore.exceptions import ClientError
 
@@ -178,6 +182,12 @@ class S3Archive:
         except ClientError as e:
             if aws.error_code(e) in ("404", "NoSuchKey"):
                 return False
+            if aws.error_code(e) in ("403", "AccessDenied", "Forbidden"):
+                raise ConfigurationError(
+                    f"s3://{self.bucket}/{key}: access denied (HeadObject). The role needs s3:GetObject on the "
+                    f"archive's objects and s3:ListBucket on the bucket {self.bucket!r} (without it S3 answers a "
+                    "missing object with 403 instead of 404)"
+                ) from e
             raise
         except ConfigurationError as e:
             if aws.error_code(e.__cause__ or e) == "NotFound":

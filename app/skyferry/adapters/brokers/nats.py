@@ -14,9 +14,13 @@ URL fields::
 * ``backoff`` (seconds, default 0.1): the first redelivery delay after a handler error,
   doubling per attempt up to 10 s.
 * ``duplicate_window`` (seconds, default 120): JetStream's ``Nats-Msg-Id`` dedup window.
-* ``max_age`` (seconds, default 0 = keep forever): how long the stream keeps messages.
-  The event store stays the source of truth (rebuilds read ``read_all``); a group
+* ``max_age`` (seconds, default 604800 = 7 days; 0 = forever): how long the stream keeps
+  messages.  The event store stays the source of truth (rebuilds read ``read_all``); a group
   created later starts from the oldest message still kept.
+* ``max_bytes`` (bytes, default 0 = no size limit): the most the stream keeps.  Both limits
+  discard the oldest messages (JetStream's ``discard: old``), so a stream nobody reads never
+  fills the server's store and publishing never stops for it.  The kubernetes target sets
+  both from its volume (``providers/kubernetes``).
 * ``publish_timeout`` (seconds, default 10): how long ``publish`` waits for JetStream's
   acknowledgements before raising :class:`TransientError`.
 
@@ -73,7 +77,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 
 from skyferry.adapters.registry import redact
 from skyferry.core.errors import ConfigurationError, SkyferryError, TransientError, ValidationError
@@ -84,6 +88,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_STREAM: Final = "SKYFERRY"
+DEFAULT_MAX_AGE: Final = 7 * 24 * 3600
+"""Seconds a stream keeps a message by default: what no consumer took expires; the store keeps all."""
 MAX_TOKEN: Final = 2400
 """Longest token: a 200-character stream id of 4-byte characters, 3 subject bytes per UTF-8 byte."""
 _STREAM_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -287,10 +293,12 @@ class NatsBroker:
             self.backoff = float(params.get("backoff", "0.1"))
             self.duplicate_window = float(params.get("duplicate_window", "120"))
             self.publish_timeout = float(params.get("publish_timeout", "10"))
-            self.max_age = float(params.get("max_age", "0"))
+            self.max_age = float(params.get("max_age", str(DEFAULT_MAX_AGE)))
+            self.max_bytes = int(params.get("max_bytes", "0"))
         except ValueError as e:
             raise ConfigurationError(
-                f"{self.url}: partitions, ack_wait, backoff, duplicate_window, publish_timeout, max_age must be numbers"
+                f"{self.url}: partitions, ack_wait, backoff, duplicate_window, publish_timeout, max_age, max_bytes "
+                "must be numbers"
             ) from e
         if (
             not 1 <= self.partitions <= 256
@@ -298,10 +306,11 @@ class NatsBroker:
             or self.backoff < 0
             or self.publish_timeout <= 0
             or self.max_age < 0
+            or self.max_bytes < 0
         ):
             raise ConfigurationError(
                 f"{self.url}: need 1 <= partitions <= 256, ack_wait >= 1, backoff >= 0, "
-                "publish_timeout > 0, max_age >= 0"
+                "publish_timeout > 0, max_age >= 0, max_bytes >= 0"
             )
         self.server = f"nats://{parts.netloc or '127.0.0.1:4222'}"
         self.subject_prefix = f"skyferry.{self.stream}"
@@ -393,6 +402,8 @@ class NatsBroker:
             storage=StorageType.FILE,
             duplicate_window=min(self.duplicate_window, self.max_age) if self.max_age else self.duplicate_window,
             max_age=self.max_age or None,
+            max_bytes=self.max_bytes or None,
+            discard=DiscardPolicy.OLD,
         )
         try:
             await js.add_stream(config)
