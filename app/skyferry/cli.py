@@ -240,26 +240,28 @@ def worker(
     Until SIGINT or SIGTERM (exit 0), backing off while a service is unreachable; --once: until caught up.
     """
     from skyferry.bootstrap import bootstrap
+    from skyferry.heartbeat import health_endpoint
 
     settings = load(store, broker)
     _configure_logging(settings)
-    beat = _heartbeat(settings)
-    beat()  # a fresh start: a file left by an earlier run of this container must not count
-    ledger = bootstrap(settings)
-    try:
-        if once:
-            handled = ledger.run_worker_once()
-            typer.echo(
-                f"worker: caught up ({count(handled)} event handlings by the relay, the transfer process "
-                f"manager and the {len(ledger.projections)} read models)"
-            )
-            return
-        stop = threading.Event()
-        _stop_on_signals(stop)
-        log.info("worker: running on %s (Ctrl-C to stop)", ledger.events.url)
-        ledger.run_worker(stop, settings.worker_interval, beat=beat, max_idle=settings.worker_max_idle)
-    finally:
-        ledger.close()
+    with health_endpoint(settings.heartbeat_file, settings.health_port, settings.health_max_age):
+        beat = _heartbeat(settings)
+        beat()  # a fresh start: a file left by an earlier run of this container must not count
+        ledger = bootstrap(settings)
+        try:
+            if once:
+                handled = ledger.run_worker_once()
+                typer.echo(
+                    f"worker: caught up ({count(handled)} event handlings by the relay, the transfer process "
+                    f"manager and the {len(ledger.projections)} read models)"
+                )
+                return
+            stop = threading.Event()
+            _stop_on_signals(stop)
+            log.info("worker: running on %s (Ctrl-C to stop)", ledger.events.url)
+            ledger.run_worker(stop, settings.worker_interval, beat=beat, max_idle=settings.worker_max_idle)
+        finally:
+            ledger.close()
 
 
 @cli.command(context_settings=CONTEXT)

@@ -21,6 +21,10 @@ SKYFERRY_PROJECTIONS_FROM  ``store``                   read models fed from ``st
 SKYFERRY_LOG_LEVEL         ``info``                    Python logging level
 SKYFERRY_HEARTBEAT_FILE    (none: no heartbeat)        a file the worker touches while it makes
                                                        progress, for ``skyferry alive``
+SKYFERRY_HEALTH_PORT       (none: no endpoint)         port where the worker serves ``GET /healthz``
+                                                       from its heartbeat (HTTP-only probes)
+SKYFERRY_HEALTH_MAX_AGE    ``120``                     seconds of heartbeat age that still count
+                                                       as alive on that endpoint
 =========================  ==========================  ===============================================
 """
 
@@ -56,6 +60,8 @@ class Settings(BaseSettings):
     projections_from: ProjectionsFrom = "store"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     heartbeat_file: str | None = None
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    health_max_age: float = Field(default=120, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
