@@ -72,6 +72,10 @@ def test_the_worker_answers_its_probe_while_it_runs_and_not_once_it_hangs(tmp_pa
             _get(port)  # a hung worker answers nothing: the probe fails
         worker.send_signal(signal.SIGCONT)
         assert _get(port)[0] == 200
+        deadline = time.monotonic() + 60  # the endpoint answers from the start; SIGTERM is handled once it runs
+        while "worker: running" not in (tmp_path / "worker.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+            time.sleep(0.1)
     finally:
         worker.send_signal(signal.SIGCONT)
         worker.terminate()
