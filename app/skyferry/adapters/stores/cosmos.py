@@ -152,6 +152,8 @@ VIEWS_PARTITION_KEY_PATH: Final = "/pk"
 """Partition key path of the views container (imported by ``providers/azure``)."""
 LOG_PARTITION: Final = "$log"
 """The partition of the events container holding the global log (not a valid stream id)."""
+LAST_SLOTS: Final = 8
+"""Slots ``last_position`` reads first (newest first): a readiness probe costs the same for any log."""
 VIEWS_PARTITION: Final = "views"
 """The one logical partition of the views container."""
 MAX_BATCH_OPERATIONS: Final = 100
@@ -694,17 +696,23 @@ class CosmosEventStore:
             self._slot_stream(stream_id)
 
     def last_position(self) -> str | None:
-        """The position of the last event of the last slot that counts."""
-        rows = self._query(
-            "reading the global log",
+        """The position of the last event of the last slot that counts.
+
+        Constant cost whatever the log's length (readiness probes call it every few seconds,
+        under an RU cap): the newest :data:`LAST_SLOTS` slots first; the whole log only in
+        the rare case where none of them counts (slots that lost a repair race).
+        """
+        for query in (
+            f"SELECT TOP {LAST_SLOTS} * FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
             "SELECT * FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
-            {},
-            LOG_PARTITION,
-        )
-        for slot in rows:
-            commit = self._commit_for_slot(slot)
-            if commit is not None:
-                return f"{int(slot['n'])}:{int(commit['last'])}"
+        ):
+            rows = self._query("reading the global log", query, {}, LOG_PARTITION)
+            for slot in rows:
+                commit = self._commit_for_slot(slot)
+                if commit is not None:
+                    return f"{int(slot['n'])}:{int(commit['last'])}"
+            if len(rows) < LAST_SLOTS:
+                return None
         return None
 
     def close(self) -> None:
