@@ -119,6 +119,12 @@ class CommonConfig(ConfigModel):
     )
     broker: Literal["native"] = Field(default="native", description="the target's native broker")
     archive_retention_days: int = Field(default=365, ge=1, le=3650, description="days exports are kept")
+    broker_retention_days: int = Field(
+        default=7,
+        ge=1,
+        le=7,
+        description="days the broker keeps an event nobody consumed (7 at most: Pub/Sub's limit); the store keeps all",
+    )
     deletion_protection: bool = Field(default=True, description="protect the event store from deletion")
     database_password: SecretStr | None = Field(
         default=None, description="PostgreSQL password (secret; required when store=postgres)"

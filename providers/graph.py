@@ -25,7 +25,27 @@ _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (Pulumi wire sign
 _RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
 
 #: Fake values a mocked resource returns besides its inputs (ids, ARNs, URLs).
-_STATE_DEFAULTS: dict[str, str] = {"arn": "arn:mock", "url": "https://mock.invalid", "endpoint": "mock.invalid"}
+#: The ARN has an ARN's shape (code reads the account out of it) with an account no one has.
+MOCK_ACCOUNT = "000000000000"
+_STATE_DEFAULTS: dict[str, str] = {
+    "arn": f"arn:aws:mock:mock-region:{MOCK_ACCOUNT}:mock",
+    "url": "https://mock.invalid",
+    "endpoint": "mock.invalid",
+}
+
+#: What the invokes return under mocks (caller identity, client config, regions).
+_INVOKE_RESULT: dict[str, str] = {
+    "accountId": MOCK_ACCOUNT,
+    "arn": f"arn:aws:iam::{MOCK_ACCOUNT}:user/mock",
+    "id": "mock",
+    "name": "mock-region",
+    "region": "mock-region",
+    "project": "mock-project",
+    "subscriptionId": "00000000-0000-0000-0000-000000000000",
+    "tenantId": "00000000-0000-0000-0000-000000000000",
+    "objectId": "00000000-0000-0000-0000-000000000000",
+    "clientId": "00000000-0000-0000-0000-000000000000",
+}
 
 _RUN_LOCK = threading.Lock()
 
@@ -72,11 +92,16 @@ class StackOutput:
 
 @dataclass
 class Graph:
-    """The collected graph of one stack: resources in declaration order and the stack outputs."""
+    """The collected graph of one stack: resources in declaration order and the stack outputs.
+
+    ``fabricated`` holds the values the mocks made up (ids, ARNs, invoke results): what the
+    cloud assigns at deployment, unknown before it (``skyferry plan`` shows them as such).
+    """
 
     stack: str
     nodes: list[Node]
     outputs: dict[str, StackOutput]
+    fabricated: frozenset[str] = frozenset()
 
     def by_type(self, type_: str) -> list[Node]:
         """Every node of a Pulumi type token (``aws:dynamodb/table:Table``)."""
@@ -131,10 +156,17 @@ def _plain(value: Any, path: str, secrets: set[str]) -> Any:
 
 
 class GraphMocks(pulumi.runtime.Mocks):
-    """Mocks that echo inputs back as state, with a fake id and a few common fake attributes."""
+    """Mocks that echo inputs back as state, with a fake id and a few common fake attributes.
+
+    Every value made up here is recorded in ``fabricated``.
+    """
+
+    def __init__(self) -> None:
+        self.fabricated: set[str] = {*_STATE_DEFAULTS.values(), *_INVOKE_RESULT.values(), MOCK_ACCOUNT}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
         """Every resource gets ``<name>-id`` and its inputs as its state."""
+        self.fabricated.add(f"{args.name}-id")
         state: dict[str, Any] = dict(_STATE_DEFAULTS)
         state.update(args.inputs)
         identity = state.get("identity")
@@ -147,21 +179,7 @@ class GraphMocks(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
         """Invokes (get caller identity, regions …) return plausible fake values."""
-        return (
-            {
-                "accountId": "123456789012",
-                "arn": "arn:aws:iam::123456789012:user/mock",
-                "id": "mock",
-                "name": "mock-region",
-                "region": "mock-region",
-                "project": "mock-project",
-                "subscriptionId": "00000000-0000-0000-0000-000000000000",
-                "tenantId": "00000000-0000-0000-0000-000000000000",
-                "objectId": "00000000-0000-0000-0000-000000000000",
-                "clientId": "00000000-0000-0000-0000-000000000000",
-            },
-            [],  # no failures; MockMonitor iterates this, so it must not be None
-        )
+        return dict(_INVOKE_RESULT), []  # no failures; MockMonitor iterates the list, so it must not be None
 
 
 class GraphMonitor(pulumi_mocks.MockMonitor):
@@ -202,6 +220,41 @@ class GraphMonitor(pulumi_mocks.MockMonitor):
         return super().RegisterResourceOutputs(request)  # type: ignore[no-untyped-call]
 
 
+class _Outstanding:
+    """Pulumi's set of outstanding outputs with an O(1) ``remove``.
+
+    The runtime keeps every unresolved output in a deque and removes each when it resolves:
+    a linear search per output, quadratic in a stack's outputs (azure-native makes thousands:
+    a tenth of a plan's time).  This keeps insertion order and the deque's operations.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[Any, None] = {}
+
+    def append(self, item: Any) -> None:
+        self._items[item] = None
+
+    def remove(self, item: Any) -> None:
+        try:
+            del self._items[item]
+        except KeyError:
+            raise ValueError(item) from None
+
+    def popleft(self) -> Any:
+        item = next(iter(self._items))
+        del self._items[item]
+        return item
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._items))
+
+
 @contextlib.contextmanager
 def _fresh_runtime() -> Iterator[None]:
     """Serialize runs (the Pulumi runtime is process-global) and reset it afterwards."""
@@ -235,10 +288,12 @@ def run_program(
     see what was declared before an error.
     """
     with _fresh_runtime():
-        monitor = monitor or GraphMonitor(GraphMocks())
+        mocks = GraphMocks()
+        monitor = monitor or GraphMonitor(mocks)
         pulumi_settings.ROOT.set(None)
         pulumi.runtime.set_all_config(dict(config), sorted(secret_keys))
-        pulumi.runtime.set_mocks(GraphMocks(), project=project, stack=stack, preview=False, monitor=monitor)
+        pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
+        pulumi_settings.SETTINGS.outputs = _Outstanding()
         collected: dict[str, StackOutput] = {}
 
         async def resolve(outputs: dict[str, Any]) -> None:
@@ -253,4 +308,4 @@ def run_program(
             return asyncio.ensure_future(resolve(outputs))
 
         pulumi.runtime.test(body)()  # type: ignore[no-untyped-call]
-        return Graph(stack=stack, nodes=list(monitor.nodes), outputs=collected)
+        return Graph(stack=stack, nodes=list(monitor.nodes), outputs=collected, fabricated=frozenset(mocks.fabricated))

@@ -14,6 +14,10 @@ Rules:
 - ``secret-outputs``: passwords, keys, tokens and credential-bearing URLs only as secrets.
 - ``event-store-protection``: deletion protection and point-in-time recovery on event stores.
 - ``non-root-containers``: containers never run as root.
+- ``tls-in-transit``: a public API endpoint serves TLS (an ALB listener, a Container Apps
+  ingress, a Kubernetes Ingress or the chart's); plain HTTP only where the resource carries
+  the explicit opt-in (the tag or label ``skyferry-plain-http: opt-in``, or the chart's
+  ``ingress.plainHttp: true``).  Cloud Run always serves HTTPS.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ RULES: dict[str, str] = {
     "secret-outputs": "secrets only as secret values and secret outputs",
     "event-store-protection": "deletion protection and point-in-time recovery on event stores",
     "non-root-containers": "containers run as a non-root user",
+    "tls-in-transit": "public API endpoints serve TLS; plain HTTP only by an explicit opt-in",
 }
 
 _CHECKS: list[tuple[str, frozenset[str], Check]] = []
@@ -485,3 +490,60 @@ def _k8s_user(node: Node, graph: Graph) -> list[str]:
         if uid == 0 or (non_root is not True and not uid):
             problems.append(f"container {c.get('name')!r} may run as root (runAsNonRoot)")
     return problems
+
+
+# --- tls-in-transit -------------------------------------------------------------------------------
+
+PLAIN_HTTP_TAG = "skyferry-plain-http"
+PLAIN_HTTP_OPT_IN = "opt-in"
+
+
+def _opted_in(node: Node) -> bool:
+    """Whether the node carries the explicit plain-HTTP opt-in (tag, label or annotation)."""
+    for key in ("tags", "labels", "metadata.labels", "metadata.annotations"):
+        value = node.get(key)
+        if isinstance(value, dict) and value.get(PLAIN_HTTP_TAG) == PLAIN_HTTP_OPT_IN:
+            return True
+    return False
+
+
+@rule("tls-in-transit", "aws:lb/listener:Listener", "aws:alb/listener:Listener")
+def _alb_plain_http(node: Node, graph: Graph) -> list[str]:
+    if node.get("protocol") not in ("HTTP", None) or _opted_in(node):
+        return []
+    actions = [a for a in node.get("defaultActions", []) or [] if isinstance(a, dict)]
+    if actions and all(
+        a.get("type") == "redirect" and a.get("redirect", {}).get("protocol") == "HTTPS" for a in actions
+    ):
+        return []
+    balancers = [b for b in map(graph.node, node.dependencies) if b is not None and "loadBalancer" in b.type]
+    if balancers and all(b.get("internal") is True for b in balancers):
+        return []  # not reachable from the internet
+    return [f"public listener serves plain HTTP on port {node.get('port')} (use HTTPS with a certificate)"]
+
+
+@rule("tls-in-transit", "azure-native:app:ContainerApp")
+def _container_app_plain_http(node: Node, graph: Graph) -> list[str]:
+    ingress = node.get("configuration.ingress") or {}
+    if not ingress.get("external") or _opted_in(node):
+        return []
+    if ingress.get("allowInsecure") is not False:
+        return ["external ingress allows plain HTTP (configuration.ingress.allowInsecure is not false)"]
+    return []
+
+
+@rule("tls-in-transit", "kubernetes:networking.k8s.io/v1:Ingress")
+def _ingress_plain_http(node: Node, graph: Graph) -> list[str]:
+    if node.get("spec.tls") or _opted_in(node):
+        return []
+    return ["Ingress without TLS (spec.tls)"]
+
+
+@rule("tls-in-transit", "kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart")
+def _chart_ingress_plain_http(node: Node, graph: Graph) -> list[str]:
+    ingress = (node.get("values") or {}).get("ingress") or {}
+    if not ingress.get("enabled") or ingress.get("plainHttp") is True:
+        return []
+    if (ingress.get("tls") or {}).get("enabled") is False:
+        return ["the chart's Ingress without TLS (values.ingress.tls.enabled is false)"]
+    return []

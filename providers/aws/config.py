@@ -2,15 +2,19 @@
 
 | key | default | meaning |
 |---|---|---|
-| ``consumerGroups`` | :data:`LEDGER_GROUPS` | broker consumer groups: one SQS FIFO queue + DLQ each |
-| ``maxDeliveries`` | 5 | deliveries before a message goes to its group's DLQ (redrive ``maxReceiveCount``) |
-| ``certificateArn`` | — | ACM certificate of the ALB: HTTPS on 443 (and 80 redirects); none: HTTP on 80 |
+| ``maxDeliveries`` | 5 | handler attempts before a message goes to its group's DLQ (see below) |
+| ``certificateArn`` | required | ACM certificate of the ALB: HTTPS on 443 (TLS 1.2+), 80 redirects to it |
+| ``plainHttp`` | false | the explicit opt-in to serve the API over plain HTTP on 80 instead (no certificate) |
 | ``vpcId`` | — | use this VPC (then ``publicSubnetIds`` and ``privateSubnetIds``); none: create one |
 | ``publicSubnetIds`` | — | subnets of the ALB (at least 2 zones) |
 | ``privateSubnetIds`` | — | subnets of the tasks (at least 2 zones, with a NAT or VPC endpoints) |
 | ``vpcCidr`` | ``10.40.0.0/16`` | CIDR of the VPC created when ``vpcId`` is not given |
 | ``logRetentionDays`` | 30 | CloudWatch log retention, days |
 | ``allowedCidrs`` | ``["0.0.0.0/0"]`` | who may reach the ALB |
+
+``maxDeliveries`` governs both retries: the app's (the broker URL's ``max_deliveries``) and the
+queues' redrive backstop (``sns_sqs.redrive_receive_count``).  The queues are one per consumer
+group the app subscribes (``skyferry.ledger.CONSUMER_GROUPS``).
 """
 
 from __future__ import annotations
@@ -18,10 +22,6 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from providers.base import TargetConfig
-
-#: The groups the ledger's worker subscribes (``Ledger.start_consumers``): the process manager and
-#: every projection; ``tests/infra/test_aws.py`` checks this list against the app.
-LEDGER_GROUPS = ("transfer-process", "balances", "history", "daily_totals", "transfers")
 
 _LOG_RETENTION = (
     1,
@@ -52,17 +52,14 @@ _LOG_RETENTION = (
 class AwsConfig(TargetConfig):
     """The aws target's settings (``skyferry:aws``)."""
 
-    consumer_groups: list[str] = Field(
-        default_factory=lambda: list(LEDGER_GROUPS),
-        min_length=1,
-        max_length=20,
-        description="broker consumer groups (one SQS FIFO queue and DLQ each)",
-    )
-    max_deliveries: int = Field(default=5, ge=1, le=1000, description="deliveries before dead-lettering")
+    max_deliveries: int = Field(default=5, ge=1, le=100, description="handler attempts before dead-lettering")
     certificate_arn: str | None = Field(
         default=None,
         pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$",
         description="ACM certificate ARN of the ALB's HTTPS listener",
+    )
+    plain_http: bool = Field(
+        default=False, description="serve the API over plain HTTP (no certificate): an explicit opt-in"
     )
     vpc_id: str | None = Field(default=None, pattern=r"^vpc-[0-9a-f]{8,17}$", description="existing VPC")
     public_subnet_ids: list[str] = Field(default_factory=list, description="ALB subnets (existing VPC)")
@@ -77,13 +74,6 @@ class AwsConfig(TargetConfig):
 
     @model_validator(mode="after")
     def _check(self) -> AwsConfig:
-        import re
-
-        for group in self.consumer_groups:
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", group):
-                raise ValueError(f"consumerGroups: {group!r} must be 1-40 letters, digits, '-' or '_'")
-        if len(set(self.consumer_groups)) != len(self.consumer_groups):
-            raise ValueError("consumerGroups: a group is listed twice")
         if self.log_retention_days not in _LOG_RETENTION:
             raise ValueError(f"logRetentionDays: {self.log_retention_days} is not one of CloudWatch's {_LOG_RETENTION}")
         if self.vpc_id is not None and (len(self.public_subnet_ids) < 2 or len(self.private_subnet_ids) < 2):

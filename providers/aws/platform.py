@@ -19,13 +19,17 @@ import pulumi
 import pulumi_aws as aws
 
 from providers.aws.config import AwsConfig
-from providers.base import Platform, StackConfigError, StandardOutputs
+from providers.base import Platform, StackConfig, StackConfigError, StandardOutputs
+from providers.policies import PLAIN_HTTP_OPT_IN, PLAIN_HTTP_TAG
 from skyferry.adapters.archives import s3 as s3_adapter
 from skyferry.adapters.brokers import sns_sqs
 from skyferry.adapters.stores import dynamodb
+from skyferry.ledger import CONSUMER_GROUPS
 
 API_PORT = 8000
 ARCHIVE_PREFIX = "exports"
+WORKER_HEARTBEAT_FILE = "/tmp/skyferry-worker.heartbeat"  # noqa: S108 (the task's own /tmp volume)
+
 RUN_AS_USER = "10001"
 _FARGATE_CPU = (256, 512, 1024, 2048, 4096)
 _FARGATE_MEMORY = {256: (512, 2048), 512: (1024, 4096), 1024: (2048, 8192), 2048: (4096, 16384), 4096: (8192, 30720)}
@@ -82,11 +86,14 @@ def task_role_policy(
                 "Resource": [f"{bucket_arn}/{ARCHIVE_PREFIX}/*"],
             },
             {
+                # Listing is limited to the archive's prefix; a request without s3:prefix passes
+                # (IfExists): S3 checks s3:ListBucket for a HeadObject/GetObject of a missing key
+                # with no prefix in the context, and answers 404 (not 403) only when it is allowed.
                 "Sid": "ArchiveList",
                 "Effect": "Allow",
                 "Action": list(s3_adapter.IAM_BUCKET_ACTIONS),
                 "Resource": [bucket_arn],
-                "Condition": {"StringLike": {"s3:prefix": [f"{ARCHIVE_PREFIX}/*", ARCHIVE_PREFIX]}},
+                "Condition": {"StringLikeIfExists": {"s3:prefix": [f"{ARCHIVE_PREFIX}/*", ARCHIVE_PREFIX]}},
             },
             {
                 "Sid": "EncryptedData",
@@ -103,6 +110,20 @@ class AwsPlatform(Platform):
 
     target = "aws"
     config_model = AwsConfig
+
+    @classmethod
+    def validate(cls, config: StackConfig) -> None:
+        """TLS by default: a certificate, unless plain HTTP is chosen explicitly."""
+        section = config.target
+        assert isinstance(section, AwsConfig)
+        if section.certificate_arn is None and not section.plain_http:
+            raise StackConfigError(
+                "skyferry:aws.certificateArn",
+                "required: the ALB serves the API over HTTPS with this ACM certificate "
+                "(or set skyferry:aws.plainHttp to true to serve plain HTTP, not recommended)",
+            )
+        if section.certificate_arn is not None and section.plain_http:
+            raise StackConfigError("skyferry:aws.plainHttp", "true, but certificateArn is given: choose one")
 
     def build(self) -> StandardOutputs:
         """Declare every resource (see the package docstring) and return the standard outputs."""
@@ -137,13 +158,13 @@ class AwsPlatform(Platform):
             tags=self.tags(),
             opts=self.child_opts(),
         )
-        if self.common.api_token is not None:
-            aws.secretsmanager.SecretVersion(
-                f"{name}-api-token",
-                secret_id=secret.id,
-                secret_string=pulumi.Output.secret(self.common.api_token.get_secret_value()),
-                opts=self.child_opts(),
-            )
+        token = aws.secretsmanager.SecretVersion(
+            f"{name}-api-token",
+            secret_id=secret.id,
+            secret_string=pulumi.Output.secret(self.common.api_token.get_secret_value()),
+            opts=self.child_opts(),
+        )
+        self.token_version = token
         logs = {
             role: aws.cloudwatch.LogGroup(
                 f"{name}-{role}",
@@ -157,7 +178,12 @@ class AwsPlatform(Platform):
         }
 
         store_url = pulumi.Output.concat("dynamodb://", table.name, f"?region={region}")
-        broker_url = pulumi.Output.concat("sns+sqs://", topic.name, f"?region={region}&account=", account)
+        broker_url = pulumi.Output.concat(
+            "sns+sqs://",
+            topic.name,
+            f"?region={region}&max_deliveries={section.max_deliveries}&account=",
+            account,
+        )
         # (a name known only after creation is None under mocks: show the logical name there)
         archive_url = bucket.bucket.apply(lambda b: f"s3://{b or name + '-archive'}/{ARCHIVE_PREFIX}?region={region}")
         execution_role, task_role = self._roles(name, key, table, topic, queues, bucket, secret)
@@ -298,7 +324,7 @@ class AwsPlatform(Platform):
         )
         queues: list[aws.sqs.Queue] = []
         self.queues: dict[str, tuple[aws.sqs.Queue, aws.sqs.Queue]] = {}
-        for group in section.consumer_groups:
+        for group in CONSUMER_GROUPS:
             queue_name, dead_name = sns_sqs.queue_names(topic_name, group)
             dead = aws.sqs.Queue(
                 f"{name}-{group}-dlq",
@@ -318,10 +344,15 @@ class AwsPlatform(Platform):
                 deduplication_scope="messageGroup",
                 fifo_throughput_limit="perMessageGroupId",
                 visibility_timeout_seconds=60,
-                message_retention_seconds=14 * 24 * 3600,
+                message_retention_seconds=self.common.broker_retention_days * 24 * 3600,
                 kms_master_key_id=key.arn,
                 redrive_policy=dead.arn.apply(
-                    lambda arn: json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": section.max_deliveries})
+                    lambda arn: json.dumps(
+                        {
+                            "deadLetterTargetArn": arn,
+                            "maxReceiveCount": sns_sqs.redrive_receive_count(section.max_deliveries),
+                        }
+                    )
                 ),
                 tags=self.tags(),
                 opts=self.child_opts(),
@@ -610,7 +641,6 @@ class AwsPlatform(Platform):
     ) -> pulumi.Output[str]:
         section = self.section
         https = section.certificate_arn is not None
-        listen_port = 443 if https else 80
         alb_sg = aws.ec2.SecurityGroup(
             f"{name}-alb",
             vpc_id=vpc_id,
@@ -673,13 +703,14 @@ class AwsPlatform(Platform):
                 ],
                 opts=self.child_opts(),
             )
-        else:
+        else:  # the explicit opt-in skyferry:aws.plainHttp (validate refuses it otherwise)
             listener = aws.lb.Listener(
                 f"{name}-http",
                 load_balancer_arn=alb.arn,
-                port=listen_port,
+                port=80,
                 protocol="HTTP",
                 default_actions=[{"type": "forward", "target_group_arn": target_group.arn}],
+                tags=self.tags(**{PLAIN_HTTP_TAG: PLAIN_HTTP_OPT_IN}),
                 opts=self.child_opts(),
             )
         cluster = aws.ecs.Cluster(
@@ -703,6 +734,8 @@ class AwsPlatform(Platform):
                 network_mode="awsvpc",
                 cpu=str(cpu),
                 memory=str(memory),
+                # the root filesystem is read-only: /tmp (HOME, the worker's heartbeat) is a task volume
+                volumes=[{"name": "tmp"}],
                 execution_role_arn=execution_role.arn,
                 task_role_arn=task_role.arn,
                 runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
@@ -729,7 +762,7 @@ class AwsPlatform(Platform):
                 deployment_circuit_breaker={"enable": True, "rollback": True},
                 propagate_tags="SERVICE",
                 tags=self.tags(),
-                opts=self.child_opts(depends_on=[listener] if role == "api" else []),
+                opts=self.child_opts(depends_on=[listener, self.token_version] if role == "api" else []),
             )
         scaling = aws.appautoscaling.Target(
             f"{name}-api",
@@ -759,24 +792,40 @@ class AwsPlatform(Platform):
 
     def _containers(self, role: str, names: list[str], values: list[str]) -> str:
         """The task's container definitions (JSON): ``values`` = secret ARN, log group, env values."""
+        api = role == "api"
+        environment = [{"name": k, "value": v} for k, v in zip(names, values[2:], strict=True)]
+        if api:
+            environment += [
+                {"name": "SKYFERRY_HOST", "value": "0.0.0.0"},
+                {"name": "SKYFERRY_PORT", "value": str(API_PORT)},
+            ]
+        else:
+            environment += [{"name": "SKYFERRY_HEARTBEAT_FILE", "value": WORKER_HEARTBEAT_FILE}]
         container: dict[str, Any] = {
             "name": role,
             "image": self.common.image,
-            "command": ["serve"] if role == "api" else ["worker"],
+            "command": ["serve"] if api else ["worker"],
             "essential": True,
             "user": RUN_AS_USER,
             "readonlyRootFilesystem": True,
-            "portMappings": [{"containerPort": API_PORT, "protocol": "tcp"}] if role == "api" else [],
-            "environment": [
-                *({"name": k, "value": v} for k, v in zip(names, values[2:], strict=True)),
-                {"name": "SKYFERRY_HOST", "value": "0.0.0.0"},
-                {"name": "SKYFERRY_PORT", "value": str(API_PORT)},
-            ],
-            "secrets": [{"name": "SKYFERRY_API_TOKEN", "valueFrom": values[0]}],
+            "mountPoints": [{"sourceVolume": "tmp", "containerPath": "/tmp"}],  # noqa: S108
+            "portMappings": [{"containerPort": API_PORT, "protocol": "tcp"}] if api else [],
+            "environment": environment,
+            # only the API serves requests: the worker never sees the token
+            "secrets": [{"name": "SKYFERRY_API_TOKEN", "valueFrom": values[0]}] if api else [],
             "logConfiguration": {
                 "logDriver": "awslogs",
                 "options": {"awslogs-group": values[1], "awslogs-region": self.region, "awslogs-stream-prefix": role},
             },
             "linuxParameters": {"capabilities": {"drop": ["ALL"]}, "initProcessEnabled": True},
         }
+        if not api:
+            # a hung worker stops touching its heartbeat: ECS replaces the task
+            container["healthCheck"] = {
+                "command": ["CMD", "skyferry", "alive", "--max-age", "120"],
+                "interval": 30,
+                "timeout": 10,
+                "retries": 3,
+                "startPeriod": 60,
+            }
         return json.dumps([container])

@@ -1,9 +1,10 @@
 """Settings of the azure target: the structured key ``skyferry:azure``.
 
+The region is the provider's own key, ``azure-native:location`` (required): every resource is
+created there.
+
 | key | default | meaning |
 |---|---|---|
-| ``location`` | ``westeurope`` | Azure region of every resource |
-| ``consumerGroups`` | ``["projections"]`` | broker consumer groups: one session subscription each |
 | ``maxDeliveries`` | 10 | subscriptions' ``maxDeliveryCount`` (a backstop: the adapter dead-letters first) |
 | ``serviceBusSku`` | ``Standard`` | ``Standard`` (RBAC only, no network isolation) or ``Premium`` (public access off) |
 | ``customerManagedKey`` | ``true`` | Key Vault key for Cosmos DB and Blob Storage (false: Microsoft-managed) |
@@ -26,13 +27,6 @@ from providers.base import TargetConfig
 class AzureConfig(TargetConfig):
     """The azure target's settings (``skyferry:azure``)."""
 
-    location: str = Field(default="westeurope", pattern=r"^[a-z][a-z0-9]{2,30}$", description="Azure region")
-    consumer_groups: list[str] = Field(
-        default_factory=lambda: ["projections"],
-        min_length=1,
-        max_length=20,
-        description="broker consumer groups (one Service Bus subscription each)",
-    )
     max_deliveries: int = Field(default=10, ge=1, le=2000, description="subscription maxDeliveryCount")
     service_bus_sku: Literal["Standard", "Premium"] = Field(default="Standard", description="Service Bus tier")
     customer_managed_key: bool = Field(default=True, description="Key Vault key for Cosmos DB and Blob Storage")
@@ -42,16 +36,6 @@ class AzureConfig(TargetConfig):
     max_throughput: int = Field(default=1000, ge=1000, le=1_000_000, multiple_of=1000, description="RU/s max")
     vnet_cidr: str = Field(default="10.50.0.0/16", description="VNet address space (at least a /22)")
     log_retention_days: int = Field(default=30, ge=30, le=730, description="Log Analytics retention")
-
-    @field_validator("consumer_groups")
-    @classmethod
-    def _group_names(cls, groups: list[str]) -> list[str]:
-        for group in groups:
-            if not (1 <= len(group) <= 50) or not all(c.isalnum() or c in "-_." for c in group):
-                raise ValueError(f"consumer group {group!r}: 1-50 letters, digits, '-', '_' or '.'")
-        if len(set(groups)) != len(groups):
-            raise ValueError("consumer groups must be unique")
-        return groups
 
     @field_validator("vnet_cidr")
     @classmethod

@@ -46,16 +46,21 @@ from pulumi_azure_native import (
 )
 
 from providers.azure.config import AzureConfig
-from providers.base import Platform, StandardOutputs
+from providers.base import Platform, StackConfigError, StandardOutputs
 from skyferry.adapters.archives import blob as blob_adapter
 from skyferry.adapters.brokers import servicebus as servicebus_adapter
 from skyferry.adapters.stores import cosmos as cosmos_adapter
+from skyferry.ledger import CONSUMER_GROUPS
 
 API_PORT: Final = 8000
+WORKER_HEALTH_PORT: Final = 8080
+WORKER_HEARTBEAT_FILE: Final = "/tmp/skyferry-worker.heartbeat"  # noqa: S108 (the container's own /tmp)
 DATABASE: Final = "skyferry"
 EVENTS_CONTAINER: Final = "events"
 VIEWS_CONTAINER: Final = cosmos_adapter.views_container_name(EVENTS_CONTAINER)
 TOPIC: Final = "skyferry-events"
+TOPIC_MAX_MEGABYTES: Final = 5120
+"""The topic's size quota: the largest of the Standard tier (5 GB; Premium allows more)."""
 ARCHIVE_CONTAINER: Final = "exports"
 CMK_KEY_NAME: Final = "skyferry-data"
 API_TOKEN_SECRET: Final = "api-token"  # noqa: S105 (the secret's name in Key Vault, not a value)
@@ -130,22 +135,29 @@ class AzurePlatform(Platform):
         """Declare every resource and return the standard outputs."""
         cfg = self.cfg
         name = self.common.name
+        location = pulumi.Config("azure-native").get("location")
+        if not location:
+            raise StackConfigError(
+                "azure-native:location",
+                "required: the region to deploy to (pulumi config set azure-native:location ...)",
+            )
+        self.location = location
         suffix = unique_suffix(pulumi.get_project(), pulumi.get_stack(), name)
         compact = name.replace("-", "")[:14] + suffix
         tags = self.tags()
 
-        group = resources.ResourceGroup(f"{name}-rg", location=cfg.location, tags=tags, opts=self.child_opts())
+        group = resources.ResourceGroup(f"{name}-rg", location=self.location, tags=tags, opts=self.child_opts())
         workspace = operationalinsights.Workspace(
             f"{name}-logs",
             resource_group_name=group.name,
-            location=cfg.location,
+            location=self.location,
             sku={"name": "PerGB2018"},
             retention_in_days=cfg.log_retention_days,
             tags=tags,
             opts=self.child_opts(),
         )
         app_identity = managedidentity.UserAssignedIdentity(
-            f"{name}-app", resource_group_name=group.name, location=cfg.location, tags=tags, opts=self.child_opts()
+            f"{name}-app", resource_group_name=group.name, location=self.location, tags=tags, opts=self.child_opts()
         )
         # No invokes: the subscription comes from the group's id, the tenant from the identity.
         client = _Client(subscription_id=group.id.apply(_subscription_of), tenant_id=app_identity.tenant_id)
@@ -196,7 +208,7 @@ class AzurePlatform(Platform):
         vnet = network.VirtualNetwork(
             f"{self.common.name}-vnet",
             resource_group_name=group.name,
-            location=self.cfg.location,
+            location=self.location,
             address_space={"addressPrefixes": [str(block)]},
             tags=tags,
             opts=self.child_opts(ignore_changes=["subnets"]),
@@ -253,7 +265,7 @@ class AzurePlatform(Platform):
         endpoint = network.PrivateEndpoint(
             label,
             resource_group_name=group.name,
-            location=self.cfg.location,
+            location=self.location,
             subnet={"id": subnet.id},
             private_link_service_connections=[
                 {"name": label, "privateLinkServiceId": target.id, "groupIds": [group_id]}
@@ -273,14 +285,12 @@ class AzurePlatform(Platform):
 
     def _key_vault(
         self, group: resources.ResourceGroup, compact: str, client: Any, tags: dict[str, str]
-    ) -> tuple[
-        keyvault.Vault, keyvault.Secret | None, keyvault.Key | None, managedidentity.UserAssignedIdentity | None
-    ]:
+    ) -> tuple[keyvault.Vault, keyvault.Secret, keyvault.Key | None, managedidentity.UserAssignedIdentity | None]:
         vault = keyvault.Vault(
             f"{self.common.name}-kv",
             vault_name=f"kv{compact}"[:24],
             resource_group_name=group.name,
-            location=self.cfg.location,
+            location=self.location,
             properties={
                 "tenantId": client.tenant_id,
                 "sku": {"family": "A", "name": "standard"},
@@ -296,17 +306,15 @@ class AzurePlatform(Platform):
         )
         self._vault = vault
         self._cmk_ready: list[pulumi.Resource] = []
-        secret = None
-        if self.common.api_token is not None:
-            secret = keyvault.Secret(
-                f"{self.common.name}-api-token",
-                resource_group_name=group.name,
-                vault_name=vault.name,
-                secret_name=API_TOKEN_SECRET,
-                properties={"value": pulumi.Output.secret(self.common.api_token.get_secret_value())},
-                tags=tags,
-                opts=self.child_opts(),
-            )
+        secret = keyvault.Secret(
+            f"{self.common.name}-api-token",
+            resource_group_name=group.name,
+            vault_name=vault.name,
+            secret_name=API_TOKEN_SECRET,
+            properties={"value": pulumi.Output.secret(self.common.api_token.get_secret_value())},
+            tags=tags,
+            opts=self.child_opts(),
+        )
         key = key_identity = None
         if self.cfg.customer_managed_key:
             key = keyvault.Key(
@@ -321,7 +329,7 @@ class AzurePlatform(Platform):
             key_identity = managedidentity.UserAssignedIdentity(
                 f"{self.common.name}-cmk",
                 resource_group_name=group.name,
-                location=self.cfg.location,
+                location=self.location,
                 tags=tags,
                 opts=self.child_opts(),
             )
@@ -378,10 +386,10 @@ class AzurePlatform(Platform):
             f"{self.common.name}-cosmos",
             account_name=f"cosmos-{compact}",
             resource_group_name=group.name,
-            location=self.cfg.location,
+            location=self.location,
             kind="GlobalDocumentDB",
             database_account_offer_type="Standard",
-            locations=[{"locationName": self.cfg.location, "failoverPriority": 0, "isZoneRedundant": False}],
+            locations=[{"locationName": self.location, "failoverPriority": 0, "isZoneRedundant": False}],
             consistency_policy={"defaultConsistencyLevel": self.cfg.consistency},
             backup_policy={"type": "Continuous", "continuousModeProperties": {"tier": "Continuous30Days"}},
             disable_local_auth=True,
@@ -432,11 +440,12 @@ class AzurePlatform(Platform):
         self, group: resources.ResourceGroup, compact: str, tags: dict[str, str]
     ) -> tuple[servicebus.Namespace, servicebus.Topic]:
         premium = self.cfg.service_bus_sku == "Premium"
+        retention = f"P{self.common.broker_retention_days}D"
         namespace = servicebus.Namespace(
             f"{self.common.name}-sb",
             namespace_name=f"sb-{compact}",
             resource_group_name=group.name,
-            location=self.cfg.location,
+            location=self.location,
             sku={
                 "name": self.cfg.service_bus_sku,
                 "tier": self.cfg.service_bus_sku,
@@ -457,9 +466,13 @@ class AzurePlatform(Platform):
             duplicate_detection_history_time_window=servicebus_adapter.DUPLICATE_DETECTION_WINDOW,
             support_ordering=True,
             max_message_size_in_kilobytes=1024 if premium else None,
+            # bounded: unconsumed events expire (the store keeps them), and the topic never
+            # grows past what its tier allows before it refuses sends
+            max_size_in_megabytes=TOPIC_MAX_MEGABYTES,
+            default_message_time_to_live=retention,
             opts=self.child_opts(),
         )
-        for consumer_group in self.cfg.consumer_groups:
+        for consumer_group in CONSUMER_GROUPS:
             servicebus.Subscription(
                 f"{self.common.name}-sub-{consumer_group}",
                 namespace_name=namespace.name,
@@ -468,7 +481,10 @@ class AzurePlatform(Platform):
                 subscription_name=consumer_group,
                 requires_session=True,
                 max_delivery_count=self.cfg.max_deliveries,
-                dead_lettering_on_message_expiration=True,
+                default_message_time_to_live=retention,
+                # an expired event is dropped, not moved to the dead-letter queue (which counts
+                # towards the topic's size and nobody reads): the store keeps every event
+                dead_lettering_on_message_expiration=False,
                 dead_lettering_on_filter_evaluation_exceptions=True,
                 lock_duration="PT1M",
                 opts=self.child_opts(),
@@ -502,7 +518,7 @@ class AzurePlatform(Platform):
             f"{self.common.name}-st",
             account_name=f"st{compact}"[:24],
             resource_group_name=group.name,
-            location=self.cfg.location,
+            location=self.location,
             kind="StorageV2",
             sku={"name": "Standard_ZRS"},
             allow_blob_public_access=False,
@@ -572,7 +588,7 @@ class AzurePlatform(Platform):
         database: cosmosdb.SqlResourceSqlDatabase,
         topic: servicebus.Topic,
         archive: storage.BlobContainer,
-        secret: keyvault.Secret | None,
+        secret: keyvault.Secret,
     ) -> list[pulumi.Resource]:
         """Data-plane roles of the app identity, each scoped to one resource (never the group)."""
         assignments: list[pulumi.Resource] = [
@@ -588,9 +604,8 @@ class AzurePlatform(Platform):
             self._assign("sb-send", client, topic.id, identity, servicebus_adapter.SENDER_ROLE),
             self._assign("sb-receive", client, topic.id, identity, servicebus_adapter.RECEIVER_ROLE),
             self._assign("blob-data", client, archive.id, identity, blob_adapter.BLOB_DATA_ROLE),
+            self._assign("kv-secret", client, secret.id, identity, "Key Vault Secrets User"),
         ]
-        if secret is not None:
-            assignments.append(self._assign("kv-secret", client, secret.id, identity, "Key Vault Secrets User"))
         return assignments
 
     # -- Container Apps --------------------------------------------------------------------
@@ -601,7 +616,7 @@ class AzurePlatform(Platform):
         workspace: operationalinsights.Workspace,
         subnet: network.Subnet,
         identity: managedidentity.UserAssignedIdentity,
-        secret: keyvault.Secret | None,
+        secret: keyvault.Secret,
         store_url: pulumi.Output[str],
         broker_url: pulumi.Output[str],
         archive_url: pulumi.Output[str],
@@ -611,7 +626,7 @@ class AzurePlatform(Platform):
         environment = app.ManagedEnvironment(
             f"{self.common.name}-env",
             resource_group_name=group.name,
-            location=self.cfg.location,
+            location=self.location,
             # Logs go to Log Analytics through a diagnostic setting: no workspace key to hold.
             app_logs_configuration={"destination": "azure-monitor"},
             vnet_configuration={"infrastructureSubnetId": subnet.id, "internal": False},
@@ -629,48 +644,59 @@ class AzurePlatform(Platform):
             opts=self.child_opts(),
         )
         cpu, memory = container_resources(self.common.cpu_millicores)
-        env: list[dict[str, Any]] = [
+        common_env: list[dict[str, Any]] = [
             {"name": "SKYFERRY_STORE_URL", "value": store_url},
             {"name": "SKYFERRY_BROKER_URL", "value": broker_url},
             {"name": "SKYFERRY_ARCHIVE_URL", "value": archive_url},
-            {"name": "SKYFERRY_HOST", "value": "0.0.0.0"},
-            {"name": "SKYFERRY_PORT", "value": str(API_PORT)},
             {"name": "AZURE_CLIENT_ID", "value": identity.client_id},
         ]
-        secrets: list[dict[str, Any]] = []
-        if secret is not None:
-            env.append({"name": "SKYFERRY_API_TOKEN", "secretRef": "api-token"})
-            secrets.append(
-                {
-                    "name": "api-token",
-                    "keyVaultUrl": pulumi.Output.concat(_vault_uri(self._vault), "secrets/", API_TOKEN_SECRET),
-                    "identity": identity.id,
-                }
-            )
+        # only the API serves requests: only it reads the token
+        token = {
+            "name": "api-token",
+            "keyVaultUrl": pulumi.Output.concat(_vault_uri(self._vault), "secrets/", API_TOKEN_SECRET),
+            "identity": identity.id,
+        }
+        env = {
+            "api": [
+                *common_env,
+                {"name": "SKYFERRY_HOST", "value": "0.0.0.0"},
+                {"name": "SKYFERRY_PORT", "value": str(API_PORT)},
+                {"name": "SKYFERRY_API_TOKEN", "secretRef": "api-token"},
+            ],
+            # probes are HTTP only: the worker answers them from its heartbeat
+            "worker": [
+                *common_env,
+                {"name": "SKYFERRY_HEARTBEAT_FILE", "value": WORKER_HEARTBEAT_FILE},
+                {"name": "SKYFERRY_HEALTH_PORT", "value": str(WORKER_HEALTH_PORT)},
+            ],
+        }
+        health = {"path": "/healthz", "port": WORKER_HEALTH_PORT}
+        probes = {
+            "api": [
+                {"type": "Liveness", "httpGet": {"path": "/healthz", "port": API_PORT}},
+                {"type": "Readiness", "httpGet": {"path": "/readyz", "port": API_PORT}},
+            ],
+            "worker": [
+                {"type": "Startup", "httpGet": health, "periodSeconds": 5, "failureThreshold": 24},
+                {"type": "Liveness", "httpGet": health, "periodSeconds": 30, "timeoutSeconds": 10},
+            ],
+        }
         apps: dict[str, app.ContainerApp] = {}
         for role, minimum, maximum in (
             ("api", self.common.api_replicas, max(self.common.api_max_replicas, self.common.api_replicas)),
             ("worker", self.common.worker_replicas, self.common.worker_replicas),
         ):
-            probes = (
-                [
-                    {"type": "Liveness", "httpGet": {"path": "/healthz", "port": API_PORT}},
-                    {"type": "Readiness", "httpGet": {"path": "/readyz", "port": API_PORT}},
-                ]
-                if role == "api"
-                else []
-            )
             apps[role] = app.ContainerApp(
                 f"{self.common.name}-{role}",
                 container_app_name=f"{self.common.name}-{role}",
                 resource_group_name=group.name,
-                location=self.cfg.location,
+                location=self.location,
                 managed_environment_id=environment.id,
                 workload_profile_name="Consumption",
                 identity={"type": "UserAssigned", "userAssignedIdentities": [identity.id]},
                 configuration={
                     "activeRevisionsMode": "Single",
-                    "secrets": secrets,
+                    "secrets": [token] if role == "api" else [],
                     **(
                         {
                             "ingress": {
@@ -690,9 +716,9 @@ class AzurePlatform(Platform):
                             "name": role,
                             "image": self.common.image,
                             "args": ["serve"] if role == "api" else ["worker"],
-                            "env": env,
+                            "env": env[role],
                             "resources": {"cpu": cpu, "memory": memory},
-                            "probes": probes,
+                            "probes": probes[role],
                         }
                     ],
                     "scale": {"minReplicas": minimum, "maxReplicas": maximum},

@@ -7,7 +7,6 @@
 | ``region`` | ``gcp:region`` | region of Cloud Run, the bucket, the KMS key ring and Artifact Registry |
 | ``firestoreLocation`` | the region | Firestore location (a region; multi-region: give ``kmsKeyName``) |
 | ``databaseId`` | ``<name>-events`` | Firestore database id |
-| ``consumerGroups`` | ``["projections"]`` | broker consumer groups: one ordered subscription + dead-letter topic each |
 | ``maxDeliveries`` | 5 | deliveries before dead-lettering (5-100: Pub/Sub's range) |
 | ``kmsKeyName`` | — | an existing Cloud KMS key for CMEK; none: a key ring and key are created |
 | ``allowUnauthenticated`` | true | let anyone reach the API URL (the API checks its bearer token) |
@@ -18,9 +17,7 @@ prints; it also gives the API URL before the first deploy.
 
 from __future__ import annotations
 
-import re
-
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from providers.base import TargetConfig
 
@@ -35,9 +32,6 @@ class GcpConfig(TargetConfig):
     database_id: str | None = Field(
         default=None, pattern=r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$", description="Firestore database id"
     )
-    consumer_groups: list[str] = Field(
-        default_factory=lambda: ["projections"], min_length=1, max_length=20, description="consumer groups"
-    )
     max_deliveries: int = Field(default=5, ge=5, le=100, description="deliveries before dead-lettering")
     kms_key_name: str | None = Field(
         default=None,
@@ -45,12 +39,3 @@ class GcpConfig(TargetConfig):
         description="existing Cloud KMS key (projects/…/cryptoKeys/…)",
     )
     allow_unauthenticated: bool = Field(default=True, description="public API URL (token-protected)")
-
-    @model_validator(mode="after")
-    def _check(self) -> GcpConfig:
-        for group in self.consumer_groups:
-            if not re.fullmatch(r"[a-z][a-z0-9-]{0,39}", group):
-                raise ValueError(f"consumerGroups: {group!r} must be 1-40 lower-case letters, digits or '-'")
-        if len(set(self.consumer_groups)) != len(self.consumer_groups):
-            raise ValueError("consumerGroups: a group is listed twice")
-        return self

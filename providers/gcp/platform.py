@@ -24,9 +24,16 @@ from providers.gcp.config import GcpConfig
 from skyferry.adapters.archives import gcs as gcs_adapter
 from skyferry.adapters.brokers import pubsub as pubsub_adapter
 from skyferry.adapters.stores import firestore as firestore_adapter
+from skyferry.ledger import CONSUMER_GROUPS
 
 API_PORT = 8000
+WORKER_HEALTH_PORT = 8080
+WORKER_HEARTBEAT_FILE = "/tmp/skyferry-worker.heartbeat"  # noqa: S108 (Cloud Run's /tmp is the instance's own)
 ARCHIVE_PREFIX = "exports"
+#: CPU counts Cloud Run accepts with CPU always allocated (a worker pool; below 1 CPU a service
+#: must throttle between requests and serve one at a time), and the memory each needs at least.
+CLOUD_RUN_CPUS = (1, 2, 4, 6, 8)
+_CLOUD_RUN_MIN_MEMORY_MIB = {1: 512, 2: 512, 4: 2048, 6: 4096, 8: 4096}
 TOPIC_ID = "events"
 APIS = (
     "firestore.googleapis.com",
@@ -40,6 +47,12 @@ APIS = (
 )
 KMS_ROLE = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 KEY_ROTATION = "7776000s"  # 90 days
+
+
+def cloud_run_size(cpu_millicores: int, memory_mib: int) -> tuple[str, int]:
+    """The smallest Cloud Run CPU count at least as big as asked, and memory raised to its minimum."""
+    cpus = next((c for c in CLOUD_RUN_CPUS if c * 1000 >= cpu_millicores), CLOUD_RUN_CPUS[-1])
+    return str(cpus), max(memory_mib, _CLOUD_RUN_MIN_MEMORY_MIB[cpus])
 
 
 def mark_secret(value: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -155,8 +168,8 @@ class GcpPlatform(Platform):
         broker = topic.name.apply(lambda t: broker_url(project, t))
         archive = bucket.name.apply(lambda b: f"gs://{b}/{ARCHIVE_PREFIX}")
         env = {"SKYFERRY_STORE_URL": store, "SKYFERRY_BROKER_URL": broker, "SKYFERRY_ARCHIVE_URL": archive}
-        api = self._service(name, "api", account, secret, env, apis)
-        self._service(name, "worker", account, secret, env, apis)
+        api = self._api(name, account, secret, env, apis)
+        self._worker(name, account, env, apis)
         if section.allow_unauthenticated:
             gcp.cloudrunv2.ServiceIamMember(
                 f"{name}-api-public",
@@ -322,7 +335,8 @@ class GcpPlatform(Platform):
 
     def _pubsub(self, name: str, key_name: pulumi.Input[str], member: pulumi.Output[str]) -> gcp.pubsub.Topic:
         section = self.section
-        retention = f"{pubsub_adapter.MESSAGE_RETENTION_SECONDS}s"
+        # bounded: what no consumer took expires (the store keeps every event)
+        retention = f"{self.common.broker_retention_days * 24 * 3600}s"
         topic = gcp.pubsub.Topic(
             f"{name}-events",
             project=self.project,
@@ -335,7 +349,7 @@ class GcpPlatform(Platform):
         self._grant(f"{name}-events", topic, member)
         agent = self.agent_members["pubsub"]
         self.subscriptions: dict[str, gcp.pubsub.Subscription] = {}
-        for group in section.consumer_groups:
+        for group in CONSUMER_GROUPS:
             dead_id = pubsub_adapter.dead_letter_topic_id(TOPIC_ID, group)
             dead_topic = gcp.pubsub.Topic(
                 f"{name}-{group}-dead-letter",
@@ -436,58 +450,94 @@ class GcpPlatform(Platform):
 
     # -- compute -------------------------------------------------------------------------------------
 
-    def _service(
+    def _resources(self) -> dict[str, Any]:
+        """CPU and memory limits Cloud Run accepts (see :func:`cloud_run_size`)."""
+        cpu, memory = cloud_run_size(self.common.cpu_millicores, self.common.memory_mib)
+        return {"cpu": cpu, "memory": f"{memory}Mi"}
+
+    def _api(
         self,
         name: str,
-        role: str,
         account: gcp.serviceaccount.Account,
         secret: gcp.secretmanager.Secret,
         env: dict[str, pulumi.Output[str]],
         apis: list[gcp.projects.Service],
     ) -> gcp.cloudrunv2.Service:
-        """A Cloud Run v2 service: ``api`` (autoscaled, HTTP) or ``worker`` (always-on CPU)."""
+        """The API: a Cloud Run v2 service on ``$PORT`` (8000), autoscaled, probed on ``/healthz``."""
         common = self.common
-        api = role == "api"
         envs: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
-        envs.append(
+        envs += [
             {
                 "name": "SKYFERRY_API_TOKEN",
                 "value_source": {"secret_key_ref": {"secret": mark_secret(secret.secret_id), "version": "latest"}},
-            }
-        )
-        if api:
-            envs += [{"name": "SKYFERRY_HOST", "value": "0.0.0.0"}]
+            },
+            {"name": "SKYFERRY_HOST", "value": "0.0.0.0"},
+        ]
         container: dict[str, Any] = {
             "image": common.image,
-            "args": ["serve"] if api else ["worker"],
+            "args": ["serve"],
             "envs": envs,
-            "resources": {
-                "limits": {"cpu": f"{common.cpu_millicores}m", "memory": f"{common.memory_mib}Mi"},
-                # The worker tails the store and holds streaming pulls: its CPU must stay allocated.
-                "cpu_idle": api,
-                "startup_cpu_boost": True,
-            },
+            # Cloud Run sets $PORT to the container port; serve binds SKYFERRY_PORT, 8000 by default
+            "ports": {"container_port": API_PORT},
+            "resources": {"limits": self._resources(), "cpu_idle": True, "startup_cpu_boost": True},
+            "startup_probe": {"http_get": {"path": "/healthz"}, "period_seconds": 5, "failure_threshold": 24},
+            "liveness_probe": {"http_get": {"path": "/healthz"}},
         }
-        if api:
-            container["ports"] = {"container_port": API_PORT}
-            container["startup_probe"] = {"http_get": {"path": "/healthz"}}
-            container["liveness_probe"] = {"http_get": {"path": "/healthz"}}
-        minimum = common.api_replicas if api else max(1, common.worker_replicas)
-        maximum = common.api_max_replicas if api else common.worker_replicas
+        minimum, maximum = common.api_replicas, max(common.api_replicas, common.api_max_replicas)
         template: Any = {
             "service_account": account.email,
-            "scaling": {"min_instance_count": minimum, "max_instance_count": max(minimum, maximum)},
-            "max_instance_request_concurrency": 80 if api else 1,
+            "scaling": {"min_instance_count": minimum, "max_instance_count": maximum},
+            "max_instance_request_concurrency": 80,
             "containers": [container],
         }
         return gcp.cloudrunv2.Service(
-            f"{name}-{role}",
+            f"{name}-api",
             project=self.project,
             location=self.region,
-            name=f"{name}-{role}",
-            ingress="INGRESS_TRAFFIC_ALL" if api else "INGRESS_TRAFFIC_INTERNAL_ONLY",
+            name=f"{name}-api",
+            ingress="INGRESS_TRAFFIC_ALL",
             deletion_protection=False,
-            labels=self.tags(**{"skyferry-role": role}),
+            labels=self.tags(**{"skyferry-role": "api"}),
             template=template,
+            opts=self.child_opts(depends_on=apis),
+        )
+
+    def _worker(
+        self,
+        name: str,
+        account: gcp.serviceaccount.Account,
+        env: dict[str, pulumi.Output[str]],
+        apis: list[gcp.projects.Service],
+    ) -> gcp.cloudrunv2.WorkerPool:
+        """The worker: a Cloud Run worker pool (no port, no request-driven scaling, CPU always on).
+
+        It pulls from the store and the broker and serves no traffic, which is what worker pools
+        are for: a service would have to listen on ``$PORT`` and pass a startup probe.  Its
+        probes ask the worker's heartbeat over HTTP (``SKYFERRY_HEALTH_PORT``), so a hung worker
+        is restarted.  The API token is not given to it: the worker never serves the API.
+        """
+        envs: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+        envs += [
+            {"name": "SKYFERRY_HEARTBEAT_FILE", "value": WORKER_HEARTBEAT_FILE},
+            {"name": "SKYFERRY_HEALTH_PORT", "value": str(WORKER_HEALTH_PORT)},
+        ]
+        probe = {"http_get": {"path": "/healthz", "port": WORKER_HEALTH_PORT}}
+        container: dict[str, Any] = {
+            "image": self.common.image,
+            "args": ["worker"],
+            "envs": envs,
+            "resources": {"limits": self._resources()},
+            "startup_probe": {**probe, "period_seconds": 5, "failure_threshold": 24},
+            "liveness_probe": {**probe, "period_seconds": 30, "timeout_seconds": 10, "failure_threshold": 3},
+        }
+        return gcp.cloudrunv2.WorkerPool(
+            f"{name}-worker",
+            project=self.project,
+            location=self.region,
+            name=f"{name}-worker",
+            deletion_protection=False,
+            labels=self.tags(**{"skyferry-role": "worker"}),
+            scaling={"scaling_mode": "MANUAL", "manual_instance_count": self.common.worker_replicas},
+            template={"service_account": account.email, "containers": [container]},
             opts=self.child_opts(depends_on=apis),
         )

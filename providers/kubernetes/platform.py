@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -69,14 +70,19 @@ class KubernetesPlatform(Platform):
             host = f"{release}-postgresql.{svc}:{POSTGRES_PORT}"
             password = common.database_password.get_secret_value() if common.database_password else ""
             store_url_plain = f"postgresql://skyferry@{host}/skyferry"
-            store_url_secret = pulumi.Output.secret(f"postgresql://skyferry:{password}@{host}/skyferry")
+            # percent-encoded: a password may hold @ / # % ? and still be one URL field
+            store_url_secret = pulumi.Output.secret(f"postgresql://skyferry:{quote(password, safe='')}@{host}/skyferry")
         else:
             external = cfg.external_store_url.get_secret_value() if cfg.external_store_url else ""
             store_url_plain = _without_password(external)
             store_url_secret = pulumi.Output.secret(external)
             password = ""
+        # bounded: the stream keeps brokerRetentionDays and at most 80 % of its volume, the oldest
+        # messages dropped first, so JetStream never fills up and refuses the relay
+        max_age = common.broker_retention_days * 24 * 3600
         broker_url = (
             f"nats://{release}-nats.{svc}:{NATS_PORT}/{STREAM}"
+            f"?max_age={max_age}&max_bytes={cfg.nats_storage_gib * 2**30 * 4 // 5}"
             if cfg.nats == "in-chart"
             else str(cfg.external_broker_url)
         )

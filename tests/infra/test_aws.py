@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from providers import policies
-from providers.aws.config import LEDGER_GROUPS
 from providers.aws.platform import account_of, fargate_size, task_role_policy
-from providers.base import OUTPUT_NAMES
+from providers.base import OUTPUT_NAMES, StackConfigError
 from providers.graph import Graph, Node
 from skyferry.adapters import aws as aws_common
 from skyferry.adapters.archives import s3 as s3_adapter
@@ -28,6 +27,7 @@ from skyferry.adapters.stores import dynamodb
 from skyferry.core.errors import ConfigurationError
 from skyferry.core.messages import NewEvent
 from skyferry.core.ports import NO_STREAM, Message, ViewChange
+from skyferry.ledger import CONSUMER_GROUPS
 from tests.services import dynamodb as dynamodb_service
 from tests.services import moto_server
 
@@ -42,6 +42,7 @@ BASE = {
 }
 SECRETS = {"skyferry:apiToken"}
 CERT = "arn:aws:acm:eu-west-1:123456789012:certificate/abcd-1234"
+HTTPS = {"skyferry:aws": json.dumps({"certificateArn": CERT})}
 
 
 def only(graph: Graph, type_: str) -> Node:
@@ -59,7 +60,7 @@ def policy_document(node: Node) -> dict[str, Any]:
 
 @pytest.fixture
 def aws_graph(run_config: Callable[..., Graph]) -> Graph:
-    section = {"consumerGroups": ["projections", "process-manager"], "maxDeliveries": 7, "certificateArn": CERT}
+    section = {"maxDeliveries": 7, "certificateArn": CERT}
     return run_config({**BASE, "skyferry:aws": json.dumps(section)}, SECRETS)
 
 
@@ -76,7 +77,7 @@ def test_the_table_is_the_adapters_table_with_protection(aws_graph: Graph) -> No
     assert table.get("pointInTimeRecovery.enabled") is True
     assert table.get("serverSideEncryption.enabled") is True
     key = only(aws_graph, "aws:kms/key:Key")
-    assert table.get("serverSideEncryption.kmsKeyArn") == "arn:mock"
+    assert table.get("serverSideEncryption.kmsKeyArn") == "arn:aws:mock:mock-region:000000000000:mock"
     assert key.urn in table.dependencies
     assert table.get("deletionProtectionEnabled") is True
     assert table.protect
@@ -91,7 +92,7 @@ def test_broker_topic_queues_and_dead_letter_queues(aws_graph: Graph) -> None:
     assert topic.get("contentBasedDeduplication") is False
     assert topic.get("kmsMasterKeyId")
     queues = {q.get("name"): q for q in aws_graph.by_type("aws:sqs/queue:Queue")}
-    for group in ("projections", "process-manager"):
+    for group in CONSUMER_GROUPS:
         name, dead = sns_sqs.queue_names("ledger-events.fifo", group)
         assert {name, dead} <= set(queues)
         assert queues[name].get("fifoQueue") is True
@@ -99,10 +100,13 @@ def test_broker_topic_queues_and_dead_letter_queues(aws_graph: Graph) -> None:
         assert queues[name].get("kmsMasterKeyId")
         assert queues[dead].get("kmsMasterKeyId")
         redrive = json.loads(queues[name].get("redrivePolicy"))
-        assert redrive["maxReceiveCount"] == 7
+        # one setting: the app's 7 attempts (the broker URL) and the redrive derived from them
+        assert redrive["maxReceiveCount"] == sns_sqs.redrive_receive_count(7) == 70
+        # bounded: SQS keeps what no consumer took for brokerRetentionDays (7)
+        assert queues[name].get("messageRetentionSeconds") == 7 * 24 * 3600
         assert queues[dead].urn in queues[name].dependencies
     subscriptions = aws_graph.by_type("aws:sns/topicSubscription:TopicSubscription")
-    assert len(subscriptions) == 2
+    assert len(subscriptions) == len(CONSUMER_GROUPS)
     assert all(s.get("protocol") == "sqs" and s.get("rawMessageDelivery") is True for s in subscriptions)
     for queue_policy in aws_graph.by_type("aws:sqs/queuePolicy:QueuePolicy"):
         [statement] = policy_document(queue_policy)["Statement"]
@@ -135,20 +139,41 @@ def test_compute_runs_in_private_subnets_behind_an_https_alb(aws_graph: Graph) -
         [container] = json.loads(definition.get("containerDefinitions"))
         assert container["user"] == "10001"
         assert container["readonlyRootFilesystem"] is True
+        assert container["mountPoints"] == [{"sourceVolume": "tmp", "containerPath": "/tmp"}]
+        assert definition.get("volumes") == [{"name": "tmp"}]
         env = {e["name"]: e["value"] for e in container["environment"]}
         assert env["SKYFERRY_STORE_URL"] == "dynamodb://ledger-events?region=eu-west-1"
-        assert env["SKYFERRY_BROKER_URL"].startswith("sns+sqs://ledger-events.fifo?region=eu-west-1&account=")
-        assert [s["name"] for s in container["secrets"]] == ["SKYFERRY_API_TOKEN"]
+        assert env["SKYFERRY_BROKER_URL"].startswith(
+            "sns+sqs://ledger-events.fifo?region=eu-west-1&max_deliveries=7&account="
+        )
         assert "token-secret-value" not in definition.get("containerDefinitions")
+        if container["name"] == "api":
+            assert [s["name"] for s in container["secrets"]] == ["SKYFERRY_API_TOKEN"]
+        else:  # the worker never serves: no token; ECS restarts it when its heartbeat stops
+            assert container["secrets"] == []
+            assert env["SKYFERRY_HEARTBEAT_FILE"].startswith("/tmp/")
+            assert container["healthCheck"]["command"][:3] == ["CMD", "skyferry", "alive"]
         assert (definition.get("cpu"), definition.get("memory")) == ("512", "1024")
+    api = services["ledger-api"]
+    version = only(aws_graph, "aws:secretsmanager/secretVersion:SecretVersion")
+    assert version.urn in api.dependencies, "the API starts only once its token has a value"
     assert aws_graph.outputs["api_url"].value.startswith("https://")
 
 
-def test_without_a_certificate_the_alb_serves_http_only(run_config: Callable[..., Graph]) -> None:
-    graph = run_config(BASE, SECRETS)
+def test_tls_by_default_plain_http_only_by_explicit_opt_in(run_config: Callable[..., Graph]) -> None:
+    with pytest.raises(StackConfigError) as caught:
+        run_config(BASE, SECRETS)
+    assert caught.value.key == "skyferry:aws.certificateArn"
+    assert "plainHttp" in str(caught.value)
+    graph = run_config({**BASE, "skyferry:aws": json.dumps({"plainHttp": True})}, SECRETS)
     [listener] = graph.by_type("aws:lb/listener:Listener")
     assert (listener.get("port"), listener.get("protocol")) == (80, "HTTP")
+    assert listener.get("tags")["skyferry-plain-http"] == "opt-in"
     assert graph.outputs["api_url"].value.startswith("http://")
+    assert policies.evaluate(graph) == [], "an explicit opt-in is not a finding"
+    with pytest.raises(StackConfigError) as caught:
+        run_config({**BASE, "skyferry:aws": json.dumps({"plainHttp": True, "certificateArn": CERT})}, SECRETS)
+    assert caught.value.key == "skyferry:aws.plainHttp"
 
 
 def test_secret_logs_and_archive_bucket(aws_graph: Graph) -> None:
@@ -182,29 +207,28 @@ def test_outputs_are_the_standard_ones_and_open_with_the_adapters(aws_graph: Gra
 
 def test_every_policy_passes_and_fires_on_a_weakened_stack(aws_graph: Graph, run_config: Callable[..., Graph]) -> None:
     assert policies.evaluate(aws_graph) == []
-    weak = run_config({**BASE, "skyferry:deletionProtection": "false"}, SECRETS)
+    weak = run_config({**BASE, **HTTPS, "skyferry:deletionProtection": "false"}, SECRETS)
     rules = {(f.rule, f.resource_type) for f in policies.evaluate(weak)}
     assert ("event-store-protection", "aws:dynamodb/table:Table") in rules
 
 
 def test_bad_config_names_the_key(run_config: Callable[..., Graph]) -> None:
-    with pytest.raises(ConfigurationError, match=r"skyferry:aws"):
-        run_config({**BASE, "skyferry:aws": json.dumps({"consumerGroups": ["bad group!"]})}, SECRETS)
+    with pytest.raises(ConfigurationError, match=r"skyferry:aws.consumerGroups: unknown key"):
+        run_config({**BASE, "skyferry:aws": json.dumps({"consumerGroups": ["projections"]})}, SECRETS)
     with pytest.raises(ConfigurationError, match=r"skyferry:aws.maxDeliveries"):
         run_config({**BASE, "skyferry:aws": json.dumps({"maxDeliveries": 0})}, SECRETS)
     with pytest.raises(ConfigurationError, match=r"aws:region"):
-        run_config({k: v for k, v in BASE.items() if k != "aws:region"}, SECRETS)
+        run_config({k: v for k, v in {**BASE, **HTTPS}.items() if k != "aws:region"}, SECRETS)
 
 
-def test_default_consumer_groups_are_the_groups_the_ledger_subscribes(run_config: Callable[..., Graph]) -> None:
+def test_the_consumer_groups_are_the_groups_the_ledger_subscribes(aws_graph: Graph) -> None:
     from skyferry.ledger.process import TransferProcess
     from skyferry.ledger.projections import ledger_projections
 
-    assert set(LEDGER_GROUPS) == {TransferProcess.name, *(p.name for p in ledger_projections())}
-    graph = run_config(BASE, SECRETS)
-    names = {q.get("name") for q in graph.by_type("aws:sqs/queue:Queue")}
-    for group in LEDGER_GROUPS:
-        assert set(sns_sqs.queue_names("ledger-events.fifo", group)) <= names
+    assert (TransferProcess.name, *(p.name for p in ledger_projections())) == CONSUMER_GROUPS
+    assert CONSUMER_GROUPS == ("transfer-process", "balances", "history", "daily_totals", "transfers")
+    names = {q.get("name") for q in aws_graph.by_type("aws:sqs/queue:Queue")}
+    assert names == {n for g in CONSUMER_GROUPS for n in sns_sqs.queue_names("ledger-events.fifo", g)}
 
 
 def test_fargate_sizes_are_valid_combinations() -> None:
@@ -350,3 +374,61 @@ def test_each_action_is_granted_on_only_the_arns_it_touches() -> None:
         assert by_action[action] == {f"{bucket}/exports/*"}
     assert by_action["s3:ListBucket"] == {bucket}
     assert by_action["kms:Decrypt"] == by_action["kms:GenerateDataKey"] == {key}
+
+
+def _allows(document: dict[str, Any], action: str, resource: str, context: dict[str, str]) -> bool:
+    """IAM's evaluation of an Allow-only identity policy for one request (String* conditions).
+
+    A condition on a key the request does not carry is false, unless its operator ends in
+    ``IfExists``; ``StringLike`` matches ``*`` and ``?`` wildcards.
+    """
+    import fnmatch
+
+    for statement in document["Statement"]:
+        if action not in statement["Action"] or not any(
+            fnmatch.fnmatchcase(resource, pattern) for pattern in statement["Resource"]
+        ):
+            continue
+        met = True
+        for operator, clauses in statement.get("Condition", {}).items():
+            base = operator.removesuffix("IfExists")
+            assert base in ("StringLike", "StringEquals"), f"no evaluator for {operator}"
+            for key, wanted in clauses.items():
+                wanted = wanted if isinstance(wanted, list) else [wanted]
+                if key not in context:
+                    met = met and operator.endswith("IfExists")
+                elif base == "StringLike":
+                    met = met and any(fnmatch.fnmatchcase(context[key], w) for w in wanted)
+                else:
+                    met = met and context[key] in wanted
+        if met:
+            return True
+    return False
+
+
+def test_a_missing_manifest_reads_as_404_and_listing_stays_in_the_prefix() -> None:
+    bucket = "arn:aws:s3:::b"
+    document = task_role_policy("t", "p", ["q"], bucket, "k")
+    # S3 answers HeadObject of a missing key with 404 only when s3:ListBucket is allowed on the
+    # bucket for a request with no s3:prefix; otherwise 403, and `skyferry export` cannot start
+    assert _allows(document, "s3:ListBucket", bucket, {})
+    assert _allows(document, "s3:ListBucket", bucket, {"s3:prefix": "exports/run-1/"})
+    assert _allows(document, "s3:ListBucket", bucket, {"s3:prefix": "exports"})
+    assert not _allows(document, "s3:ListBucket", bucket, {"s3:prefix": "other/"})
+    assert _allows(document, "s3:GetObject", f"{bucket}/exports/run-1/manifest.json", {})
+    assert not _allows(document, "s3:GetObject", f"{bucket}/other/x", {})
+
+
+def test_a_denied_head_object_is_a_configuration_error_naming_the_grant() -> None:
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client("s3", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y")
+    archive = s3_adapter.S3Archive("b", "exports", client=client)
+    with Stubber(client) as stub:
+        stub.add_client_error("head_object", service_error_code="403", http_status_code=403)
+        with pytest.raises(ConfigurationError, match=r"s3://b/exports/run/manifest.json: access denied") as caught:
+            archive.exists("run/manifest.json")
+        stub.add_client_error("head_object", service_error_code="404", http_status_code=404)
+        assert archive.exists("run/manifest.json") is False
+    assert "s3:ListBucket" in str(caught.value)

@@ -22,6 +22,7 @@ from skyferry.adapters.brokers import servicebus as servicebus_adapter
 from skyferry.adapters.brokers.servicebus import ServiceBusLocation
 from skyferry.adapters.stores import cosmos as cosmos_adapter
 from skyferry.adapters.stores.cosmos import CosmosLocation
+from skyferry.ledger import CONSUMER_GROUPS
 
 BASE = {
     "skyferry:target": "azure",
@@ -30,6 +31,7 @@ BASE = {
     "skyferry:apiToken": "token-secret-value-0123456789",
     "skyferry:apiReplicas": "2",
     "skyferry:apiMaxReplicas": "5",
+    "azure-native:location": "northeurope",
 }
 SECRETS = {"skyferry:apiToken"}
 ROLE_NAME_BY_ID = {guid: name for name, guid in azure_platform.ROLE_IDS.items()}
@@ -43,7 +45,7 @@ def only(graph: Graph, type_: str) -> Node:
 
 @pytest.fixture
 def azure_graph(run_config: Callable[..., Graph]) -> Graph:
-    section = {"consumerGroups": ["projections", "process-manager"], "maxDeliveries": 8, "location": "northeurope"}
+    section = {"maxDeliveries": 8}
     return run_config({**BASE, "skyferry:azure": json.dumps(section)}, SECRETS)
 
 
@@ -96,11 +98,32 @@ def test_service_bus_has_dedup_and_a_session_subscription_per_group(azure_graph:
     assert topic.get("requiresDuplicateDetection") is True
     assert topic.get("duplicateDetectionHistoryTimeWindow") == servicebus_adapter.DUPLICATE_DETECTION_WINDOW
     subscriptions = {n.get("subscriptionName"): n for n in azure_graph.by_type("azure-native:servicebus:Subscription")}
-    assert set(subscriptions) == {"projections", "process-manager"}
+    assert tuple(subscriptions) == CONSUMER_GROUPS
+    # bounded: a topic nobody reads expires its events instead of filling up and refusing sends
+    assert topic.get("maxSizeInMegabytes") == 5120
+    assert topic.get("defaultMessageTimeToLive") == "P7D"
     for sub in subscriptions.values():
         assert sub.get("requiresSession") is True
         assert sub.get("maxDeliveryCount") == 8
-        assert sub.get("deadLetteringOnMessageExpiration") is True
+        assert sub.get("defaultMessageTimeToLive") == "P7D"
+        assert sub.get("deadLetteringOnMessageExpiration") is False
+
+
+def test_every_resource_is_in_the_providers_location(azure_graph: Graph) -> None:
+    located = [n for n in azure_graph.nodes if "location" in n.inputs]
+    assert len(located) > 10
+    assert {n.get("location") for n in located} <= {"northeurope", "global"}, [
+        (n.name, n.get("location")) for n in located if n.get("location") not in ("northeurope", "global")
+    ]
+    account = only(azure_graph, "azure-native:cosmosdb:DatabaseAccount")
+    assert account.get("locations.0.locationName") == "northeurope"
+
+
+def test_a_missing_location_names_the_providers_key(run_config: Callable[..., Graph]) -> None:
+    values = {k: v for k, v in BASE.items() if k != "azure-native:location"}
+    with pytest.raises(StackConfigError) as caught:
+        run_config(values, SECRETS)
+    assert caught.value.key == "azure-native:location"
 
 
 def test_the_archive_account_is_private_tls12_versioned(azure_graph: Graph) -> None:
@@ -135,11 +158,24 @@ def test_the_apps_run_as_the_identity_and_read_the_token_from_key_vault(azure_gr
         assert identity.urn in node.dependencies
         container = node.get("template.containers.0")
         env = {e["name"]: e for e in container["env"]}
-        assert env["SKYFERRY_API_TOKEN"].get("secretRef") == "api-token"
-        assert "value" not in env["SKYFERRY_API_TOKEN"]
         assert env["SKYFERRY_STORE_URL"]["value"].startswith("cosmos://")
         assert container["args"] == (["serve"] if name == "ledger-api" else ["worker"])
+        if name == "ledger-api":
+            assert env["SKYFERRY_API_TOKEN"].get("secretRef") == "api-token"
+            assert "value" not in env["SKYFERRY_API_TOKEN"]
+            assert [s["name"] for s in node.get("configuration.secrets")] == ["api-token"]
+        else:  # the worker serves nothing: no token; its HTTP probes ask its heartbeat
+            assert "SKYFERRY_API_TOKEN" not in env
+            assert node.get("configuration.secrets") == []
+            port = int(env["SKYFERRY_HEALTH_PORT"]["value"])
+            assert env["SKYFERRY_HEARTBEAT_FILE"]["value"].startswith("/tmp/")
+            probes = {p["type"]: p["httpGet"] for p in container["probes"]}
+            assert probes == {
+                "Startup": {"path": "/healthz", "port": port},
+                "Liveness": {"path": "/healthz", "port": port},
+            }
     assert apps["ledger-api"].get("configuration.ingress.external") is True
+    assert apps["ledger-api"].get("configuration.ingress.allowInsecure") is False
     assert apps["ledger-api"].get("template.scale.maxReplicas") == 5
     assert apps["ledger-worker"].get("configuration.ingress") is None
 
@@ -277,7 +313,7 @@ def test_the_broker_never_needs_the_manage_right_without_provision() -> None:
     ("section", "key"),
     [
         ({"vnetCidr": "10.0.0.0/26"}, "skyferry:azure.vnetCidr"),
-        ({"consumerGroups": ["bad group!"]}, "skyferry:azure.consumerGroups"),
+        ({"location": "northeurope"}, "skyferry:azure.location"),
         ({"serviceBusSku": "Basic"}, "skyferry:azure.serviceBusSku"),
         ({"colour": "blue"}, "skyferry:azure.colour"),
     ],

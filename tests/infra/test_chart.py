@@ -194,6 +194,7 @@ def test_inline_secret_values_create_the_secret() -> None:
         ("config.archiveUrl=ftp://x", "/config/archiveUrl"),
         ("unknownKey=1", "unknownKey"),
         ("migration.shards=0", "/migration/shards"),
+        ("ingress.enabled=true,ingress.host=a.example.com,ingress.tls.enabled=false", "plainHttp"),
     ],
 )
 def test_schema_rejects_bad_values(override: str, complaint: str) -> None:
@@ -202,7 +203,48 @@ def test_schema_rejects_bad_values(override: str, complaint: str) -> None:
     assert complaint in result.stderr
 
 
+def test_an_ingress_without_tls_needs_the_explicit_opt_in() -> None:
+    plain = ("--set", "ingress.enabled=true,ingress.host=a.example.com,ingress.tls.enabled=false")
+    result = render("--set", "existingSecret=x", *plain, "--set", "ingress.plainHttp=true")
+    assert result.returncode == 0, result.stderr
+    [ingress] = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "Ingress"]
+    assert "tls" not in ingress["spec"]
+    default = render("--set", "existingSecret=x", "--set", "ingress.enabled=true,ingress.host=a.example.com")
+    [ingress] = [d for d in yaml.safe_load_all(default.stdout) if d and d["kind"] == "Ingress"]
+    assert ingress["spec"]["tls"] == [{"hosts": ["a.example.com"], "secretName": "sf-skyferry-tls"}]
+
+
 def test_missing_secret_values_are_required() -> None:
     result = render()
     assert result.returncode != 0
     assert "secret.storeUrl is required" in result.stderr
+
+
+def test_every_app_workload_gets_the_same_pod_spec() -> None:
+    """api, worker and migration pods come from one helper: pull secrets, annotations, labels alike."""
+    result = render(
+        "-f",
+        str(CHART / "ci" / "migration-values.yaml"),
+        "--set",
+        "imagePullSecrets[0].name=registry,podAnnotations.team=ledger,podLabels.tier=app",
+    )
+    assert result.returncode == 0, result.stderr
+    pods = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]["template"]
+        for d in yaml.safe_load_all(result.stdout)
+        if d and d["kind"] in ("Deployment", "Job") and d["metadata"]["labels"].get("app.kubernetes.io/component")
+    }
+    assert set(pods) == {"api", "worker", "migration"}
+    shared = ("imagePullSecrets", "serviceAccountName", "automountServiceAccountToken", "securityContext", "volumes")
+    for component, pod in pods.items():
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}], component
+        assert pod["metadata"]["annotations"]["team"] == "ledger", component
+        assert pod["metadata"]["labels"]["tier"] == "app", component
+        assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        for key in shared:
+            assert pod["spec"][key] == pods["api"]["spec"][key], f"{component}: {key} differs from the api's"
+        [container] = pod["spec"]["containers"]
+        [api_container] = pods["api"]["spec"]["containers"]
+        for key in ("image", "imagePullPolicy", "securityContext", "envFrom", "volumeMounts"):
+            assert container[key] == api_container[key], f"{component}: container {key} differs"
+    assert pods["migration"]["spec"]["restartPolicy"] == "Never"

@@ -29,6 +29,7 @@ from skyferry.adapters.brokers import pubsub as pubsub_adapter
 from skyferry.adapters.stores import firestore as firestore_adapter
 from skyferry.core.messages import NewEvent, utc_now
 from skyferry.core.ports import ANY, NO_STREAM, ViewChange
+from skyferry.ledger import CONSUMER_GROUPS
 from tests.infra.conftest import require_target
 from tests.services import firestore as firestore_service
 
@@ -37,7 +38,7 @@ BASE = {
     "skyferry:name": "ledger",
     "skyferry:image": "europe-west1-docker.pkg.dev/acme-ledger/ledger/skyferry:1.2.3",
     "skyferry:apiToken": "token-secret-value-0123456789",
-    "skyferry:gcp": '{"projectNumber": "987654321098", "consumerGroups": ["projections", "process-manager"]}',
+    "skyferry:gcp": '{"projectNumber": "987654321098"}',
     "gcp:project": "acme-ledger",
     "gcp:region": "europe-west1",
 }
@@ -135,7 +136,7 @@ def test_pulumi_declares_exactly_the_adapters_indexes_and_exemptions(gcp_graph: 
 def test_pubsub_topic_and_one_ordered_subscription_with_dead_letters_per_group(gcp_graph: Graph) -> None:
     topics = {n.get("name"): n for n in gcp_graph.by_type("gcp:pubsub/topic:Topic")}
     subscriptions = {n.get("name"): n for n in gcp_graph.by_type("gcp:pubsub/subscription:Subscription")}
-    groups = ["projections", "process-manager"]
+    groups = CONSUMER_GROUPS  # daily_totals included: the app's groups, not retyped
     assert set(topics) == {"events", *(pubsub_adapter.dead_letter_topic_id("events", g) for g in groups)}
     for topic in topics.values():
         assert topic.get("kmsKeyName"), f"topic {topic.name} is not CMEK-encrypted"
@@ -147,25 +148,49 @@ def test_pubsub_topic_and_one_ordered_subscription_with_dead_letters_per_group(g
         assert sub.get("deadLetterPolicy.deadLetterTopic") == dead.outputs.get("id", f"{dead.name}-id")
         assert pubsub_adapter.dead_letter_topic_id("events", group) in subscriptions
         assert sub.get("expirationPolicy.ttl") == "", "subscriptions must never expire"
+        assert sub.get("messageRetentionDuration") == f"{7 * 24 * 3600}s", "bounded: 7 days"
+    assert topics["events"].get("messageRetentionDuration") == f"{7 * 24 * 3600}s"
 
 
-def test_cloud_run_worker_keeps_cpu_and_a_minimum_instance(gcp_graph: Graph) -> None:
-    services = {n.get("name"): n for n in gcp_graph.by_type("gcp:cloudrunv2/service:Service")}
-    assert set(services) == {"ledger-api", "ledger-worker"}
-    worker, api = services["ledger-worker"], services["ledger-api"]
-    assert worker.get("template.scaling.minInstanceCount") >= 1
-    assert worker.get("template.containers.0.resources.cpuIdle") is False
-    assert worker.get("template.containers.0.args") == ["worker"]
-    assert worker.get("ingress") == "INGRESS_TRAFFIC_INTERNAL_ONLY"
-    assert api.get("template.containers.0.args") == ["serve"]
+def test_the_worker_is_a_worker_pool_probed_on_its_heartbeat_and_the_api_a_service(gcp_graph: Graph) -> None:
+    [api] = gcp_graph.by_type("gcp:cloudrunv2/service:Service")
+    [worker] = gcp_graph.by_type("gcp:cloudrunv2/workerPool:WorkerPool")
+    assert (api.get("name"), worker.get("name")) == ("ledger-api", "ledger-worker")
+    # a worker pool: no $PORT to listen on, CPU always allocated, a fixed instance count
+    assert worker.get("scaling") == {"scalingMode": "MANUAL", "manualInstanceCount": 1}
+    container = worker.get("template.containers.0")
+    assert container["args"] == ["worker"]
+    envs = {e["name"]: e for e in container["envs"]}
+    port = int(envs["SKYFERRY_HEALTH_PORT"]["value"])
+    assert envs["SKYFERRY_HEARTBEAT_FILE"]["value"].startswith("/tmp/")
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port}, probe
+    assert "SKYFERRY_API_TOKEN" not in envs, "the worker never serves: no token"
+    # the API listens on its container port, which Cloud Run passes as $PORT, and is probed there
+    api_container = api.get("template.containers.0")
+    assert api_container["args"] == ["serve"]
+    assert api_container["ports"] == {"containerPort": 8000}
+    assert api_container["startupProbe"]["httpGet"] == {"path": "/healthz"}
     assert api.get("template.scaling.minInstanceCount") == 2
-    for service in services.values():
-        assert service.get("template.containers.0.image") == BASE["skyferry:image"]
-        assert "serviceAccount" in service.get("template"), "the app's own service account, not the default"
-        envs = {e["name"]: e for e in service.get("template.containers.0.envs")}
-        assert envs["SKYFERRY_STORE_URL"]["value"] == "firestore://acme-ledger/ledger-events"
-        assert "secretKeyRef" in envs["SKYFERRY_API_TOKEN"]["valueSource"]
-        assert "value" not in envs["SKYFERRY_API_TOKEN"], "the token must come from Secret Manager"
+    api_envs = {e["name"]: e for e in api_container["envs"]}
+    assert "secretKeyRef" in api_envs["SKYFERRY_API_TOKEN"]["valueSource"]
+    assert "value" not in api_envs["SKYFERRY_API_TOKEN"], "the token must come from Secret Manager"
+    for workload, env in ((api, api_envs), (worker, envs)):
+        assert workload.get("template.containers.0.image") == BASE["skyferry:image"]
+        assert "serviceAccount" in workload.get("template"), "the app's own service account, not the default"
+        assert env["SKYFERRY_STORE_URL"]["value"] == "firestore://acme-ledger/ledger-events"
+        # Cloud Run: below 1 CPU only with request-based billing; 500 m asked is 1 CPU given
+        assert workload.get("template.containers.0.resources.limits") == {"cpu": "1", "memory": "1024Mi"}
+
+
+@pytest.mark.parametrize(
+    ("millicores", "memory", "expected"),
+    [(250, 512, ("1", 512)), (1000, 512, ("1", 512)), (1500, 1024, ("2", 1024)), (3000, 1024, ("4", 2048))],
+)
+def test_cloud_run_sizes_are_ones_cloud_run_accepts(millicores: int, memory: int, expected: tuple[str, int]) -> None:
+    from providers.gcp.platform import cloud_run_size
+
+    assert cloud_run_size(millicores, memory) == expected
 
 
 def test_archive_bucket_is_private_versioned_and_encrypted(gcp_graph: Graph) -> None:
@@ -206,9 +231,9 @@ def test_a_given_kms_key_is_used_instead_of_a_created_one(run_config: Callable[.
 @pytest.mark.parametrize(
     ("values", "key"),
     [
-        ({"skyferry:gcp": '{"consumerGroups": ["x"]}'}, "skyferry:gcp.projectNumber"),
+        ({"skyferry:gcp": '{"maxDeliveries": 5}'}, "skyferry:gcp.projectNumber"),
         ({"skyferry:gcp": '{"projectNumber": "987654321098", "maxDeliveries": 3}'}, "skyferry:gcp.maxDeliveries"),
-        ({"skyferry:gcp": '{"projectNumber": "987654321098", "consumerGroups": ["Bad_Group"]}'}, "skyferry:gcp"),
+        ({"skyferry:gcp": '{"projectNumber": "987654321098", "consumerGroups": ["x"]}'}, "skyferry:gcp.consumerGroups"),
     ],
 )
 def test_bad_gcp_settings_name_the_key(run_config: Callable[..., Graph], values: dict[str, str], key: str) -> None:

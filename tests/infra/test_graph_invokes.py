@@ -13,7 +13,7 @@ def test_an_invoke_under_mocks_returns_the_fake_identity() -> None:
         pulumi.export("account", aws.get_caller_identity().account_id)
 
     graph = run_program(program, {"aws:region": "eu-west-1"})
-    assert graph.outputs["account"].value == "123456789012"
+    assert graph.outputs["account"].value == "000000000000"
     assert graph.outputs["account"].secret is False
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from providers.graph import Graph
 from providers.kubernetes.platform import CHART, split_image
+from skyferry.adapters.brokers.nats import NatsBroker
 from tests.infra.tools import helm
 
 BASE = {
@@ -72,8 +73,29 @@ def test_in_chart_services_release_and_secret(run_config: Callable[..., Graph]) 
         graph.outputs["store_url"].value
         == "postgresql://skyferry@ledger-postgresql.ledger-ns.svc.cluster.local:5432/skyferry"
     )
-    assert graph.outputs["broker_url"].value == "nats://ledger-nats.ledger-ns.svc.cluster.local:4222/skyferry"
+    # bounded: 7 days and 80 % of the 5 GiB JetStream volume, the oldest messages dropped first
+    assert graph.outputs["broker_url"].value == (
+        f"nats://ledger-nats.ledger-ns.svc.cluster.local:4222/skyferry?max_age={7 * 86400}&max_bytes={4294967296}"
+    )
+    broker = NatsBroker(graph.outputs["broker_url"].value)
+    assert (broker.max_age, broker.max_bytes) == (7 * 86400, 4 * 2**30)
     assert graph.outputs["api_url"].value == "http://ledger-api.ledger-ns.svc.cluster.local:80"
+
+
+@pytest.mark.parametrize("password", ["p@ss/w#rd%?x", "a:b@c", "100%"])
+def test_the_in_chart_store_url_encodes_any_password(run_config: Callable[..., Graph], password: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    graph = run_config({**BASE, "skyferry:databasePassword": password}, SECRETS)
+    url = only(graph, "kubernetes:core/v1:Secret").get("stringData.store-url")
+    parsed = conninfo_to_dict(url)  # libpq's own parser, as the postgres adapter connects
+    assert parsed["password"] == password
+    assert (parsed["host"], parsed["port"], parsed["dbname"], parsed["user"]) == (
+        "ledger-postgresql.skyferry.svc.cluster.local",
+        "5432",
+        "skyferry",
+        "skyferry",
+    )
 
 
 def test_external_endpoints_and_ingress(run_config: Callable[..., Graph]) -> None:

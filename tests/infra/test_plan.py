@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,21 +23,52 @@ def run(stack: str, fmt: str, stacks_dir: Path | None = None) -> tuple[int, str,
     return code, out.getvalue(), err.getvalue()
 
 
-def test_table_lists_every_resource_outputs_and_findings() -> None:
+def test_table_lists_every_resource_by_role_with_outputs_and_findings() -> None:
     code, out, _ = run("kubernetes", "table")
     assert code == 0
-    for type_ in (
-        "skyferry:kubernetes:Platform",
-        "kubernetes:core/v1:Namespace",
-        "kubernetes:core/v1:Secret",
-        "kubernetes:helm.sh/v3:Release",
-    ):
+    for type_ in ("kubernetes:core:Namespace", "kubernetes:core:Secret", "kubernetes:helm.sh:Release"):
         assert type_ in out
-    assert "Stack kubernetes: 5 resources to create" in out
+    assert out.startswith("Stack kubernetes: 5 resources to create, under skyferry:kubernetes:Platform 'skyferry'")
+    for role in ("IDENTITY (1)", "COMPUTE (1)", "NETWORK (1)"):
+        assert role in out
     for name in OUTPUT_NAMES:
         assert f"  {name} = " in out
     assert "POLICY FINDINGS: 0" in out
     assert "stringData=[secret]" in out
+
+
+@pytest.mark.parametrize("stack", ["kubernetes", "aws", "azure", "gcp"])
+def test_every_format_is_byte_identical_across_runs_and_the_table_fits_120_columns(stack: str) -> None:
+    runs = [plan_mod.make_plan(stack) for _ in range(2)]  # two runs of the program, each rendered three ways
+    first, second = ({fmt: render(plan) for fmt, render in plan_mod.RENDERERS.items()} for plan in runs)
+    assert first == second
+    assert runs[0].findings == []
+    too_wide = [line for line in first["table"].splitlines() if len(line) > plan_mod.WIDTH]
+    assert too_wide == []
+
+
+@pytest.mark.parametrize("stack", ["aws", "azure", "gcp"])
+def test_values_the_cloud_assigns_are_shown_as_unknown_not_as_mock_values(stack: str) -> None:
+    plan = plan_mod.make_plan(stack)
+    table, document = plan_mod.as_table(plan), plan_mod.as_json(plan)
+    for made_up in ("arn:aws:mock", "mock.invalid", "000000000000", "-id;", ".invalid"):
+        assert made_up not in table, made_up
+        assert made_up not in document, made_up
+    assert plan_mod.UNKNOWN in table
+    ids = [f"{n.name}-id" for n in plan.graph.nodes if n.custom]
+    referenced = [i for i in ids if f'"{i}"' in json.dumps([n.inputs for n in plan.graph.nodes])]
+    assert referenced, "the graph references made-up ids (the test would prove nothing)"
+    for made_up_id in referenced:
+        assert f'"{made_up_id}"' not in document
+
+
+def test_aws_outputs_show_what_is_known_and_what_is_not() -> None:
+    document = json.loads(run("aws", "json")[1])
+    outputs = {k: v["value"] for k, v in document["outputs"].items()}
+    assert outputs["api_url"] == f"https://{plan_mod.UNKNOWN}"
+    assert outputs["broker_url"].endswith(f"&account={plan_mod.UNKNOWN}")
+    assert outputs["store_url"] == "dynamodb://skyferry-events?region=eu-west-1"
+    assert outputs["image"] == "123456789012.dkr.ecr.eu-west-1.amazonaws.com/skyferry:0.1.0"
 
 
 def test_json_is_complete_and_masks_secrets() -> None:
@@ -48,7 +80,8 @@ def test_json_is_complete_and_masks_secrets() -> None:
     assert types.count("kubernetes:helm.sh/v3:Release") == 1
     release = next(r for r in document["resources"] if r["type"] == "kubernetes:helm.sh/v3:Release")
     assert release["parent"] == "skyferry"
-    assert set(release["dependencies"]) == {"skyferry-ns", "skyferry-credentials"}
+    assert release["role"] == "compute"
+    assert release["dependencies"] == ["skyferry-credentials", "skyferry-ns"]
     assert release["inputs"]["values"]["existingSecret"] == "skyferry-credentials"
     secret = next(r for r in document["resources"] if r["type"] == "kubernetes:core/v1:Secret")
     assert secret["inputs"]["stringData"] == "[secret]"
@@ -57,18 +90,45 @@ def test_json_is_complete_and_masks_secrets() -> None:
     assert document["findings"] == []
 
 
-def test_mermaid_draws_parents_and_dependencies() -> None:
-    code, out, _ = run("kubernetes", "mermaid")
-    assert code == 0
-    lines = out.strip().splitlines()
-    assert lines[0] == "flowchart TD"
-    nodes = [line for line in lines if '["' in line]
-    parent_edges = [line for line in lines if " --> " in line]
-    dependency_edges = [line for line in lines if " -.-> " in line]
-    assert len(nodes) == 5
-    assert len(parent_edges) == 4  # every resource under the component
-    assert len(dependency_edges) == 3  # Secret -> namespace, Release -> namespace and Secret
-    assert '  r0["skyferry<br/><small>skyferry:kubernetes:Platform</small>"]' in lines
+@pytest.mark.parametrize("stack", ["kubernetes", "aws", "azure", "gcp"])
+def test_mermaid_groups_resources_by_role_with_one_edge_per_pair_of_roles(stack: str) -> None:
+    plan = plan_mod.make_plan(stack)
+    lines = plan_mod.as_mermaid(plan).strip().splitlines()
+    assert lines[0] == "flowchart LR"
+    subgraphs = [line.split()[1].split("[")[0] for line in lines if line.strip().startswith("subgraph ")]
+    assert set(subgraphs) <= set(plan_mod.ROLES)
+    assert len(subgraphs) >= 3
+    nodes = [line for line in lines if '["' in line and "subgraph" not in line]
+    assert len(nodes) == sum(1 for n in plan.graph.nodes if n.custom)
+    edges = [line for line in lines if "-->" in line]
+    pairs = [tuple(line.split(" -->")[0].split() + line.split("| ")[-1].split()) for line in edges]
+    assert len(pairs) == len(set(pairs)) <= len(plan_mod.ROLES) ** 2  # not one edge per resource
+    assert all(a in plan_mod.ROLES and b in plan_mod.ROLES and a != b for a, b in pairs)
+
+
+def test_role_of_sorts_the_kinds_of_resources() -> None:
+    from providers.graph import Node
+
+    def role(type_: str) -> str:
+        return plan_mod.role_of(
+            Node(urn="u", type=type_, name="n", custom=True, parent=None, dependencies=[], inputs={})
+        )
+
+    assert role("aws:dynamodb/table:Table") == "store"
+    assert role("azure-native:cosmosdb:SqlResourceSqlContainer") == "store"
+    assert role("gcp:firestore/database:Database") == "store"
+    assert role("aws:sqs/queue:Queue") == "broker"
+    assert role("gcp:pubsub/subscription:Subscription") == "broker"
+    assert role("azure-native:servicebus:Topic") == "broker"
+    assert role("aws:ecs/service:Service") == "compute"
+    assert role("gcp:cloudrunv2/workerPool:WorkerPool") == "compute"
+    assert role("azure-native:app:ContainerApp") == "compute"
+    assert role("aws:ec2/subnet:Subnet") == "network"
+    assert role("aws:lb/listener:Listener") == "network"
+    assert role("aws:iam/rolePolicy:RolePolicy") == "identity"
+    assert role("aws:sqs/queuePolicy:QueuePolicy") == "identity"
+    assert role("gcp:pubsub/topicIAMMember:TopicIAMMember") == "identity"
+    assert role("azure-native:keyvault:Secret") == "identity"
 
 
 def test_findings_make_exit_code_1_and_are_printed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,3 +174,43 @@ def test_the_cli_mounts_plan() -> None:
     result = CliRunner().invoke(cli, ["plan", "--stack", "kubernetes", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["stack"] == "kubernetes"
+
+
+def test_the_install_hint_keeps_the_database_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command `skyferry plan` suggests when providers/ cannot load removes nothing (uv's dry run)."""
+    import builtins
+    import shlex
+    import shutil
+    import subprocess
+
+    from tests.infra.tools import ROOT
+    from tests.services import unavailable
+
+    real_import = builtins.__import__
+
+    def no_providers(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("providers"):
+            raise ModuleNotFoundError("No module named 'pulumi'", name="pulumi")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    from skyferry.cli import cli
+
+    monkeypatch.setattr(builtins, "__import__", no_providers)
+    result = CliRunner().invoke(cli, ["plan", "--stack", "aws"])
+    monkeypatch.undo()
+    assert result.exit_code == 2
+    hint = result.stderr.strip().rsplit(": ", 1)[-1]
+    args = shlex.split(hint)
+    assert args[:2] == ["uv", "sync"], hint
+    uv = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
+    if not Path(uv).is_file():
+        unavailable("uv is not installed: make deps")
+    dry = subprocess.run([uv, *args[1:], "--dry-run", "--frozen"], cwd=ROOT, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    removed = {line[3:].split("==")[0] for line in (dry.stdout + dry.stderr).splitlines() if line.startswith(" - ")}
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    drivers = {re.split(r"[\[<>=]", spec)[0] for specs in extras.values() for spec in specs}
+    assert drivers >= {"psycopg", "nats-py", "boto3", "azure-cosmos", "google-cloud-firestore"}
+    assert removed & drivers == set(), f"`{hint}` would uninstall {sorted(removed & drivers)}"

@@ -209,6 +209,70 @@ def deployment(secure: bool) -> None:
     )
 
 
+def alb_listener(secure: bool, internal: bool = False, opt_in: bool = False) -> Callable[[], None]:
+    def declare() -> None:
+        balancer = aws.lb.LoadBalancer("api", internal=internal, load_balancer_type="application")
+        aws.lb.Listener(
+            "listener",
+            load_balancer_arn=balancer.arn,
+            port=443 if secure else 80,
+            protocol="HTTPS" if secure else "HTTP",
+            certificate_arn="arn:aws:acm:eu-west-1:123456789012:certificate/x" if secure else None,
+            default_actions=[{"type": "forward", "target_group_arn": "arn:aws:elasticloadbalancing:tg"}],
+            tags={"skyferry-plain-http": "opt-in"} if opt_in else None,
+        )
+
+    return declare
+
+
+def http_redirect() -> None:
+    balancer = aws.lb.LoadBalancer("api", load_balancer_type="application")
+    aws.lb.Listener(
+        "listener",
+        load_balancer_arn=balancer.arn,
+        port=80,
+        protocol="HTTP",
+        default_actions=[
+            {"type": "redirect", "redirect": {"port": "443", "protocol": "HTTPS", "status_code": "HTTP_301"}}
+        ],
+    )
+
+
+def container_app(allow_insecure: bool) -> Callable[[], None]:
+    def declare() -> None:
+        azure.app.ContainerApp(
+            "api",
+            resource_group_name="rg",
+            managed_environment_id="env",
+            configuration={"ingress": {"external": True, "target_port": 8000, "allow_insecure": allow_insecure}},
+        )
+
+    return declare
+
+
+def ingress(tls: bool) -> Callable[[], None]:
+    def declare() -> None:
+        k8s.networking.v1.Ingress(
+            "api",
+            spec={
+                "rules": [{"host": "api.example.com"}],
+                **({"tls": [{"hosts": ["api.example.com"], "secret_name": "api-tls"}]} if tls else {}),
+            },
+        )
+
+    return declare
+
+
+def chart_ingress(tls: bool, plain_http: bool = False) -> Callable[[], None]:
+    def declare() -> None:
+        values = {"ingress": {"enabled": True, "host": "a.example.com", "tls": {"enabled": tls}}}
+        if plain_http:
+            values["ingress"]["plainHttp"] = True
+        k8s.helm.v3.Release("app", chart="skyferry", values=values)
+
+    return declare
+
+
 CASES = [
     ("encryption-cmk", dynamodb_bad, dynamodb_good, "events"),
     ("encryption-cmk", s3_bad, s3_good, "archive"),
@@ -234,6 +298,14 @@ CASES = [
     ("non-root-containers", ecs("0"), ecs("10001:10001"), "api"),
     ("non-root-containers", lambda: release(False), lambda: release(True), "app"),
     ("non-root-containers", lambda: deployment(False), lambda: deployment(True), "api"),
+    ("tls-in-transit", alb_listener(False), alb_listener(True), "listener"),
+    ("tls-in-transit", alb_listener(False), alb_listener(False, internal=True), "listener"),
+    ("tls-in-transit", alb_listener(False), alb_listener(False, opt_in=True), "listener"),
+    ("tls-in-transit", alb_listener(False), http_redirect, "listener"),
+    ("tls-in-transit", container_app(True), container_app(False), "api"),
+    ("tls-in-transit", ingress(False), ingress(True), "api"),
+    ("tls-in-transit", chart_ingress(False), chart_ingress(True), "app"),
+    ("tls-in-transit", chart_ingress(False), chart_ingress(False, plain_http=True), "app"),
 ]
 
 

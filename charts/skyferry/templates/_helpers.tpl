@@ -106,3 +106,53 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "skyferry.checkovSkips" -}}
 checkov.io/skip1: CKV_K8S_35=The app reads its settings from SKYFERRY_* environment variables (pydantic-settings); the Secret is referenced, never inlined.
 {{- end }}
+
+{{/*
+The pod template of every app workload (api, worker, migration), so that they cannot drift:
+labels and annotations (podLabels, podAnnotations, the config checksum), imagePullSecrets,
+the ServiceAccount, both security contexts, the image, the ConfigMap, /tmp and the archive.
+Arguments (a dict): root (the chart's context), component (label), name (container name),
+container (YAML of the workload's own container fields: args/command, env, ports, probes,
+resources) and optionally restartPolicy.
+*/}}
+{{- define "skyferry.podTemplate" -}}
+{{- $root := .root -}}
+metadata:
+  annotations:
+    checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    {{- with $root.Values.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  labels:
+    {{- include "skyferry.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+    {{- with $root.Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  {{- with .restartPolicy }}
+  restartPolicy: {{ . }}
+  {{- end }}
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  serviceAccountName: {{ include "skyferry.serviceAccountName" $root }}
+  automountServiceAccountToken: {{ $root.Values.serviceAccount.automount }}
+  securityContext:
+    {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
+  containers:
+    - name: {{ .name }}
+      image: {{ include "skyferry.image" $root | quote }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      envFrom:
+        - configMapRef:
+            name: {{ include "skyferry.fullname" $root }}
+      {{- .container | nindent 6 }}
+      volumeMounts:
+        {{- include "skyferry.volumeMounts" $root | nindent 8 }}
+  volumes:
+    {{- include "skyferry.volumes" $root | nindent 4 }}
+{{- end }}
