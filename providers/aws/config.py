@@ -2,7 +2,6 @@
 
 | key | default | meaning |
 |---|---|---|
-| ``maxDeliveries`` | 5 | handler attempts before a message goes to its group's DLQ (see below) |
 | ``certificateArn`` | required | ACM certificate of the ALB: HTTPS on 443 (TLS 1.2+), 80 redirects to it |
 | ``plainHttp`` | false | the explicit opt-in to serve the API over plain HTTP on 80 instead (no certificate) |
 | ``vpcId`` | — | use this VPC (then ``publicSubnetIds`` and ``privateSubnetIds``); none: create one |
@@ -12,9 +11,10 @@
 | ``logRetentionDays`` | 30 | CloudWatch log retention, days |
 | ``allowedCidrs`` | ``["0.0.0.0/0"]`` | who may reach the ALB |
 
-``maxDeliveries`` governs both retries: the app's (the broker URL's ``max_deliveries``) and the
-queues' redrive backstop (``sns_sqs.redrive_receive_count``).  The queues are one per consumer
-group the app subscribes (``skyferry.ledger.CONSUMER_GROUPS``).
+The queues are one per consumer group the app subscribes (``skyferry.ledger.CONSUMER_GROUPS``);
+their redrive backstop derives from the deliveries the app subscribes with
+(``skyferry.ledger.MAX_DELIVERIES``, through ``sns_sqs.redrive_receive_count``): one number, the
+app's, governs both.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ _LOG_RETENTION = (
 class AwsConfig(TargetConfig):
     """The aws target's settings (``skyferry:aws``)."""
 
-    max_deliveries: int = Field(default=5, ge=1, le=100, description="handler attempts before dead-lettering")
     certificate_arn: str | None = Field(
         default=None,
         pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$",

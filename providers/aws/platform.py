@@ -24,7 +24,7 @@ from providers.policies import PLAIN_HTTP_OPT_IN, PLAIN_HTTP_TAG
 from skyferry.adapters.archives import s3 as s3_adapter
 from skyferry.adapters.brokers import sns_sqs
 from skyferry.adapters.stores import dynamodb
-from skyferry.ledger import CONSUMER_GROUPS
+from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
 
 API_PORT = 8000
 ARCHIVE_PREFIX = "exports"
@@ -181,7 +181,7 @@ class AwsPlatform(Platform):
         broker_url = pulumi.Output.concat(
             "sns+sqs://",
             topic.name,
-            f"?region={region}&max_deliveries={section.max_deliveries}&account=",
+            f"?region={region}&account=",
             account,
         )
         # (a name known only after creation is None under mocks: show the logical name there)
@@ -311,7 +311,6 @@ class AwsPlatform(Platform):
         return table
 
     def _broker(self, name: str, key: aws.kms.Key) -> tuple[aws.sns.Topic, list[aws.sqs.Queue]]:
-        section = self.section
         topic_name = sns_sqs.topic_name(f"{name}-events")
         topic = aws.sns.Topic(
             f"{name}-events",
@@ -350,7 +349,7 @@ class AwsPlatform(Platform):
                     lambda arn: json.dumps(
                         {
                             "deadLetterTargetArn": arn,
-                            "maxReceiveCount": sns_sqs.redrive_receive_count(section.max_deliveries),
+                            "maxReceiveCount": sns_sqs.redrive_receive_count(MAX_DELIVERIES),
                         }
                     )
                 ),

@@ -5,7 +5,6 @@ created there.
 
 | key | default | meaning |
 |---|---|---|
-| ``maxDeliveries`` | 10 | subscriptions' ``maxDeliveryCount`` (a backstop: the adapter dead-letters first) |
 | ``serviceBusSku`` | ``Standard`` | ``Standard`` (RBAC only, no network isolation) or ``Premium`` (public access off) |
 | ``customerManagedKey`` | ``true`` | Key Vault key for Cosmos DB and Blob Storage (false: Microsoft-managed) |
 | ``consistency`` | ``Session`` | Cosmos DB default consistency: ``Session``, ``BoundedStaleness`` or ``Strong`` |
@@ -27,7 +26,6 @@ from providers.base import TargetConfig
 class AzureConfig(TargetConfig):
     """The azure target's settings (``skyferry:azure``)."""
 
-    max_deliveries: int = Field(default=10, ge=1, le=2000, description="subscription maxDeliveryCount")
     service_bus_sku: Literal["Standard", "Premium"] = Field(default="Standard", description="Service Bus tier")
     customer_managed_key: bool = Field(default=True, description="Key Vault key for Cosmos DB and Blob Storage")
     consistency: Literal["Session", "BoundedStaleness", "Strong"] = Field(

@@ -50,7 +50,7 @@ from providers.base import Platform, StackConfigError, StandardOutputs
 from skyferry.adapters.archives import blob as blob_adapter
 from skyferry.adapters.brokers import servicebus as servicebus_adapter
 from skyferry.adapters.stores import cosmos as cosmos_adapter
-from skyferry.ledger import CONSUMER_GROUPS
+from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
 
 API_PORT: Final = 8000
 WORKER_HEALTH_PORT: Final = 8080
@@ -480,7 +480,9 @@ class AzurePlatform(Platform):
                 topic_name=topic.name,
                 subscription_name=consumer_group,
                 requires_session=True,
-                max_delivery_count=self.cfg.max_deliveries,
+                # the backstop for a consumer that crashes on a message: one delivery after the
+                # app's own dead-lettering (skyferry.ledger.MAX_DELIVERIES)
+                max_delivery_count=MAX_DELIVERIES + 1,
                 default_message_time_to_live=retention,
                 # an expired event is dropped, not moved to the dead-letter queue (which counts
                 # towards the topic's size and nobody reads): the store keeps every event

@@ -7,7 +7,6 @@
 | ``region`` | ``gcp:region`` | region of Cloud Run, the bucket, the KMS key ring and Artifact Registry |
 | ``firestoreLocation`` | the region | Firestore location (a region; multi-region: give ``kmsKeyName``) |
 | ``databaseId`` | ``<name>-events`` | Firestore database id |
-| ``maxDeliveries`` | 5 | deliveries before dead-lettering (5-100: Pub/Sub's range) |
 | ``kmsKeyName`` | — | an existing Cloud KMS key for CMEK; none: a key ring and key are created |
 | ``allowUnauthenticated`` | true | let anyone reach the API URL (the API checks its bearer token) |
 
@@ -32,7 +31,6 @@ class GcpConfig(TargetConfig):
     database_id: str | None = Field(
         default=None, pattern=r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$", description="Firestore database id"
     )
-    max_deliveries: int = Field(default=5, ge=5, le=100, description="deliveries before dead-lettering")
     kms_key_name: str | None = Field(
         default=None,
         pattern=r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$",

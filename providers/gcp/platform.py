@@ -24,7 +24,7 @@ from providers.gcp.config import GcpConfig
 from skyferry.adapters.archives import gcs as gcs_adapter
 from skyferry.adapters.brokers import pubsub as pubsub_adapter
 from skyferry.adapters.stores import firestore as firestore_adapter
-from skyferry.ledger import CONSUMER_GROUPS
+from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
 
 API_PORT = 8000
 WORKER_HEALTH_PORT = 8080
@@ -334,7 +334,6 @@ class GcpPlatform(Platform):
             )
 
     def _pubsub(self, name: str, key_name: pulumi.Input[str], member: pulumi.Output[str]) -> gcp.pubsub.Topic:
-        section = self.section
         # bounded: what no consumer took expires (the store keeps every event)
         retention = f"{self.common.broker_retention_days * 24 * 3600}s"
         topic = gcp.pubsub.Topic(
@@ -382,7 +381,7 @@ class GcpPlatform(Platform):
                 expiration_policy={"ttl": ""},
                 dead_letter_policy={
                     "dead_letter_topic": dead_topic.id,
-                    "max_delivery_attempts": pubsub_adapter.server_delivery_attempts(section.max_deliveries),
+                    "max_delivery_attempts": pubsub_adapter.server_delivery_attempts(MAX_DELIVERIES),
                 },
                 retry_policy={"minimum_backoff": "1s", "maximum_backoff": "60s"},
                 labels=self.tags(),

@@ -27,7 +27,7 @@ from skyferry.adapters.stores import dynamodb
 from skyferry.core.errors import ConfigurationError
 from skyferry.core.messages import NewEvent
 from skyferry.core.ports import NO_STREAM, Message, ViewChange
-from skyferry.ledger import CONSUMER_GROUPS
+from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
 from tests.services import dynamodb as dynamodb_service
 from tests.services import moto_server
 
@@ -60,7 +60,7 @@ def policy_document(node: Node) -> dict[str, Any]:
 
 @pytest.fixture
 def aws_graph(run_config: Callable[..., Graph]) -> Graph:
-    section = {"maxDeliveries": 7, "certificateArn": CERT}
+    section = {"certificateArn": CERT}
     return run_config({**BASE, "skyferry:aws": json.dumps(section)}, SECRETS)
 
 
@@ -100,8 +100,8 @@ def test_broker_topic_queues_and_dead_letter_queues(aws_graph: Graph) -> None:
         assert queues[name].get("kmsMasterKeyId")
         assert queues[dead].get("kmsMasterKeyId")
         redrive = json.loads(queues[name].get("redrivePolicy"))
-        # one setting: the app's 7 attempts (the broker URL) and the redrive derived from them
-        assert redrive["maxReceiveCount"] == sns_sqs.redrive_receive_count(7) == 70
+        # one number: the deliveries the app subscribes with, and the redrive derived from them
+        assert redrive["maxReceiveCount"] == sns_sqs.redrive_receive_count(MAX_DELIVERIES) == 50
         # bounded: SQS keeps what no consumer took for brokerRetentionDays (7)
         assert queues[name].get("messageRetentionSeconds") == 7 * 24 * 3600
         assert queues[dead].urn in queues[name].dependencies
@@ -143,9 +143,7 @@ def test_compute_runs_in_private_subnets_behind_an_https_alb(aws_graph: Graph) -
         assert definition.get("volumes") == [{"name": "tmp"}]
         env = {e["name"]: e["value"] for e in container["environment"]}
         assert env["SKYFERRY_STORE_URL"] == "dynamodb://ledger-events?region=eu-west-1"
-        assert env["SKYFERRY_BROKER_URL"].startswith(
-            "sns+sqs://ledger-events.fifo?region=eu-west-1&max_deliveries=7&account="
-        )
+        assert env["SKYFERRY_BROKER_URL"].startswith("sns+sqs://ledger-events.fifo?region=eu-west-1&account=")
         assert "token-secret-value" not in definition.get("containerDefinitions")
         if container["name"] == "api":
             assert [s["name"] for s in container["secrets"]] == ["SKYFERRY_API_TOKEN"]
@@ -215,8 +213,9 @@ def test_every_policy_passes_and_fires_on_a_weakened_stack(aws_graph: Graph, run
 def test_bad_config_names_the_key(run_config: Callable[..., Graph]) -> None:
     with pytest.raises(ConfigurationError, match=r"skyferry:aws.consumerGroups: unknown key"):
         run_config({**BASE, "skyferry:aws": json.dumps({"consumerGroups": ["projections"]})}, SECRETS)
-    with pytest.raises(ConfigurationError, match=r"skyferry:aws.maxDeliveries"):
-        run_config({**BASE, "skyferry:aws": json.dumps({"maxDeliveries": 0})}, SECRETS)
+    # the app's retry policy sets the deliveries: no stack setting can disagree with it
+    with pytest.raises(ConfigurationError, match=r"skyferry:aws.maxDeliveries: unknown key"):
+        run_config({**BASE, "skyferry:aws": json.dumps({"maxDeliveries": 7, "certificateArn": CERT})}, SECRETS)
     with pytest.raises(ConfigurationError, match=r"aws:region"):
         run_config({k: v for k, v in {**BASE, **HTTPS}.items() if k != "aws:region"}, SECRETS)
 

@@ -22,7 +22,7 @@ from skyferry.adapters.brokers import servicebus as servicebus_adapter
 from skyferry.adapters.brokers.servicebus import ServiceBusLocation
 from skyferry.adapters.stores import cosmos as cosmos_adapter
 from skyferry.adapters.stores.cosmos import CosmosLocation
-from skyferry.ledger import CONSUMER_GROUPS
+from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
 
 BASE = {
     "skyferry:target": "azure",
@@ -45,7 +45,7 @@ def only(graph: Graph, type_: str) -> Node:
 
 @pytest.fixture
 def azure_graph(run_config: Callable[..., Graph]) -> Graph:
-    section = {"maxDeliveries": 8}
+    section = {"serviceBusSku": "Standard"}
     return run_config({**BASE, "skyferry:azure": json.dumps(section)}, SECRETS)
 
 
@@ -104,7 +104,8 @@ def test_service_bus_has_dedup_and_a_session_subscription_per_group(azure_graph:
     assert topic.get("defaultMessageTimeToLive") == "P7D"
     for sub in subscriptions.values():
         assert sub.get("requiresSession") is True
-        assert sub.get("maxDeliveryCount") == 8
+        # the backstop: one delivery after the app dead-letters (its retry policy, not a setting)
+        assert sub.get("maxDeliveryCount") == MAX_DELIVERIES + 1 == 6
         assert sub.get("defaultMessageTimeToLive") == "P7D"
         assert sub.get("deadLetteringOnMessageExpiration") is False
 

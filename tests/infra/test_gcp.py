@@ -231,7 +231,7 @@ def test_a_given_kms_key_is_used_instead_of_a_created_one(run_config: Callable[.
 @pytest.mark.parametrize(
     ("values", "key"),
     [
-        ({"skyferry:gcp": '{"maxDeliveries": 5}'}, "skyferry:gcp.projectNumber"),
+        ({"skyferry:gcp": '{"region": "europe-west1"}'}, "skyferry:gcp.projectNumber"),
         ({"skyferry:gcp": '{"projectNumber": "987654321098", "maxDeliveries": 3}'}, "skyferry:gcp.maxDeliveries"),
         ({"skyferry:gcp": '{"projectNumber": "987654321098", "consumerGroups": ["x"]}'}, "skyferry:gcp.consumerGroups"),
     ],

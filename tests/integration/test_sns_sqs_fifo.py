@@ -56,15 +56,15 @@ def test_a_message_behind_a_failing_one_keeps_its_own_attempts(url: str) -> None
     broker.close()
 
 
-def test_the_url_sets_the_attempts_and_the_redrive_count_derives_from_them(url: str) -> None:
-    broker = sns_sqs.SnsSqsBroker.from_url(url + "&max_deliveries=3")
+def test_a_poison_message_is_dead_lettered_at_max_deliveries_and_the_redrive_derives_from_it(url: str) -> None:
+    broker = sns_sqs.SnsSqsBroker.from_url(url)
     seen: list[int] = []
 
     def refuse(message: Message) -> None:
         seen.append(message.delivery_attempt)
         raise RuntimeError("poison")
 
-    subscription = broker.subscribe("poison", refuse)
+    subscription = broker.subscribe("poison", refuse, max_deliveries=3)
     broker.publish([Message(id=str(uuid.uuid4()), key="acct-2", body=b"x")])
     deadline = time.monotonic() + 60
     while not broker.dead_letters("poison") and time.monotonic() < deadline:

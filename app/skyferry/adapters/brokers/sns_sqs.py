@@ -21,11 +21,6 @@ URL
 ``backoff``
     First retry delay in whole seconds after a handler fails (default 1; doubled per
     attempt up to 300; 0 retries at once).
-``max_deliveries``
-    Handler attempts before a message goes to its group's dead-letter queue (default 5):
-    the default of :meth:`SnsSqsBroker.subscribe`.  ``providers/aws`` puts
-    ``skyferry:aws.maxDeliveries`` here and derives the queues' redrive count from the same
-    number (:func:`redrive_receive_count`), so one setting governs both.
 ``endpoint``
     A custom endpoint (moto server, LocalStack): **for tests and local use**.
 ``provision``
@@ -108,7 +103,6 @@ ENCODING_ATTRIBUTE: Final = "sf-enc"
 ATTEMPTS_ATTRIBUTE: Final = "sf-attempts"
 MAX_BATCH_BYTES: Final = 256 * 1024 - 4 * 1024
 MAX_BACKOFF: Final = 300
-DEFAULT_MAX_DELIVERIES: Final = 5
 RECEIVE_BATCH: Final = 10
 """Messages one ``ReceiveMessage`` returns at most (SQS's limit)."""
 MAX_RECEIVE_COUNT: Final = 1000
@@ -354,7 +348,7 @@ class SnsSqsBroker:
         self._topic = topic_name(topic)
         self._options = options or aws.AwsOptions()
         extra = dict(self._options.extra or {})
-        known = {"account", "wait", "visibility", "backoff", "provision", "max_deliveries"}
+        known = {"account", "wait", "visibility", "backoff", "provision"}
         if set(extra) - known:
             raise ConfigurationError(
                 f"sns+sqs:// URL has unknown options {sorted(set(extra) - known)}; known: region, endpoint, "
@@ -366,12 +360,6 @@ class SnsSqsBroker:
             self._backoff = int(extra.get("backoff", "1"))
         except ValueError as e:
             raise ConfigurationError("sns+sqs:// URL options wait, visibility and backoff are whole seconds") from e
-        try:
-            self._max_deliveries = int(extra.get("max_deliveries", str(DEFAULT_MAX_DELIVERIES)))
-        except ValueError as e:
-            raise ConfigurationError("sns+sqs:// URL option max_deliveries is a whole number") from e
-        if self._max_deliveries < 1:
-            raise ConfigurationError("sns+sqs:// URL option max_deliveries must be at least 1")
         self._provision = extra.get("provision", "false").lower() in ("1", "true", "yes")
         self._account = extra.get("account")
         self._sns_client = sns
@@ -528,15 +516,9 @@ class SnsSqsBroker:
             else:
                 raise TransientError(f"sns+sqs topic {self._topic!r}: PublishBatch kept failing")
 
-    def subscribe(
-        self, group: str, handler: MessageHandler, *, max_deliveries: int | None = None
-    ) -> SnsSqsSubscription:
-        """Start a consumer thread on the group's queue (provisioned first when asked).
-
-        ``max_deliveries`` defaults to the URL's ``max_deliveries`` (5 when absent).
-        """
-        attempts = self._max_deliveries if max_deliveries is None else max_deliveries
-        subscription = SnsSqsSubscription(self, group, handler, attempts)
+    def subscribe(self, group: str, handler: MessageHandler, *, max_deliveries: int = 5) -> SnsSqsSubscription:
+        """Start a consumer thread on the group's queue (provisioned first when asked)."""
+        subscription = SnsSqsSubscription(self, group, handler, max_deliveries)
         with self._lock:
             self._subscriptions.append(subscription)
         return subscription
