@@ -189,6 +189,18 @@ class GraphMonitor(pulumi_mocks.MockMonitor):
         super().__init__(mocks)
         self.nodes: list[Node] = []
         self.component_outputs: dict[str, dict[str, Any]] = {}
+        self.project = "project"
+        self.stack = "stack"
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        """The URN ``pulumi up`` gives the resource: the stack's and project's names (the base class
+        reads them from the runtime's context, which its worker threads do not see), and the type
+        qualified by every ancestor's but the stack's (``skyferry:aws:Platform$aws:ecr/…``).
+        """
+        qualified = parent.split("::")[2] if parent else ""
+        if qualified and qualified != "pulumi:pulumi:Stack":  # the stack qualifies no type
+            type_ = f"{qualified}${type_}"
+        return f"urn:pulumi:{self.stack}::{self.project}::{type_}::{name}"
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
         """Record the registration, then let the base class answer it."""
@@ -290,6 +302,7 @@ def run_program(
     with _fresh_runtime():
         mocks = GraphMocks()
         monitor = monitor or GraphMonitor(mocks)
+        monitor.project, monitor.stack = project, stack
         pulumi_settings.ROOT.set(None)
         pulumi.runtime.set_all_config(dict(config), sorted(secret_keys))
         pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)

@@ -61,7 +61,10 @@ _ROLE_PATTERNS: tuple[tuple[str, str], ...] = (
     ("broker", r"sns|sqs|servicebus|pubsub|nats"),
     ("store", r"dynamodb|cosmosdb|documentdb|firestore|s3[:/]|storage|sql|postgres"),
     ("network", r"ec2|lb[:/]|alb|network|privatedns|Namespace"),
-    ("compute", r"ecs|ecr|appautoscaling|cloudwatch|app:|cloudrun|artifactregistry|helm|operationalinsights|monitor"),
+    (
+        "compute",
+        r"ecs|ecr|containerregistry|appautoscaling|cloudwatch|app:|cloudrun|artifactregistry|helm|operationalinsights|monitor",
+    ),
 )
 
 

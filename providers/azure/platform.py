@@ -33,6 +33,7 @@ import pulumi
 from pulumi_azure_native import (
     app,
     authorization,
+    containerregistry,
     cosmosdb,
     keyvault,
     managedidentity,
@@ -72,6 +73,7 @@ ROLE_IDS: Final[dict[str, str]] = {
     blob_adapter.BLOB_DATA_ROLE: blob_adapter.BLOB_DATA_ROLE_ID,
     "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
     "Key Vault Crypto Service Encryption User": "e147488a-f6f5-4113-8e2d-b22465e65bf6",
+    "AcrPull": "7f951dda-4ed3-4680-a7ca-43fe172d538d",
 }
 #: Cosmos DB's built-in data-plane role "Cosmos DB Built-in Data Contributor".
 COSMOS_DATA_CONTRIBUTOR: Final = "00000000-0000-0000-0000-000000000002"
@@ -111,6 +113,11 @@ def _vault_uri(vault: keyvault.Vault) -> pulumi.Output[str]:
     """``https://<vault>.vault.azure.net/`` (known at plan time, unlike the vaultUri output)."""
     uri: pulumi.Output[str] = pulumi.Output.concat("https://", vault.name, ".vault.azure.net/")
     return uri
+
+
+def registry_name(compact: str) -> str:
+    """The container registry's name: ``acr`` + the stack's compact name (5-50 letters and digits)."""
+    return f"acr{compact}"[:50]
 
 
 def unique_suffix(*parts: str) -> str:
@@ -171,6 +178,9 @@ class AzurePlatform(Platform):
             self._private_endpoint(group, subnets["endpoints"], target, group_id, subnets["dns"][group_id], tags)
 
         assignments = self._roles(group, client, app_identity, account, database, topic, archive, secret)
+        registry = self._registry(group, compact, tags)
+        assignments.append(self._assign("acr-pull", client, registry.id, app_identity, "AcrPull"))
+        self._registry_server = registry.login_server
 
         store_url = pulumi.Output.concat("cosmos://", account.name, f"/{DATABASE}/{EVENTS_CONTAINER}")
         broker_url = pulumi.Output.concat("servicebus://", namespace.name, "/", topic.name)
@@ -362,6 +372,26 @@ class AzurePlatform(Platform):
             principal_type="ServicePrincipal",
             role_definition_id=self._role_definition(client, role),
             opts=self.child_opts(depends_on=[identity]),
+        )
+
+    # -- Container Registry ----------------------------------------------------------------
+
+    def _registry(self, group: resources.ResourceGroup, compact: str, tags: dict[str, str]) -> Any:
+        """The image registry ``acr<suffix>.azurecr.io``: no admin user, the apps pull as their identity.
+
+        Its name is in ``skyferry plan`` (``registryName``), so the image can be pushed after
+        ``pulumi up --target`` created the registry alone and before the apps are created.
+        """
+        return containerregistry.Registry(
+            f"{self.common.name}-acr",
+            registry_name=registry_name(compact),
+            resource_group_name=group.name,
+            location=self.location,
+            sku={"name": "Standard"},
+            admin_user_enabled=False,
+            anonymous_pull_enabled=False,
+            tags=tags,
+            opts=self.child_opts(),
         )
 
     # -- Cosmos DB -------------------------------------------------------------------------
@@ -698,6 +728,7 @@ class AzurePlatform(Platform):
                 identity={"type": "UserAssigned", "userAssignedIdentities": [identity.id]},
                 configuration={
                     "activeRevisionsMode": "Single",
+                    "registries": [{"server": self._registry_server, "identity": identity.id}],
                     "secrets": [token] if role == "api" else [],
                     **(
                         {

@@ -103,8 +103,8 @@ class GcpPlatform(Platform):
         database_id = section.database_id or f"{name}-events"
         location = section.firestore_location or region
 
-        apis = [
-            gcp.projects.Service(
+        services = {
+            api: gcp.projects.Service(
                 f"{name}-api-{api.split('.')[0]}",
                 project=project,
                 service=api,
@@ -112,7 +112,8 @@ class GcpPlatform(Platform):
                 opts=self.child_opts(),
             )
             for api in APIS
-        ]
+        }
+        apis = list(services.values())
         self.apis = apis
         account = gcp.serviceaccount.Account(
             f"{name}-app",
@@ -136,7 +137,8 @@ class GcpPlatform(Platform):
             description="skyferry images",
             docker_config={"immutable_tags": True},
             labels=self.tags(),
-            opts=self.child_opts(depends_on=apis),
+            # only its own API: `pulumi up --target` can create the registry alone, before the image
+            opts=self.child_opts(depends_on=[services["artifactregistry.googleapis.com"]]),
         )
         self.repository = repository
         secret = gcp.secretmanager.Secret(

@@ -98,7 +98,7 @@ def test_service_bus_has_dedup_and_a_session_subscription_per_group(azure_graph:
     assert topic.get("requiresDuplicateDetection") is True
     assert topic.get("duplicateDetectionHistoryTimeWindow") == servicebus_adapter.DUPLICATE_DETECTION_WINDOW
     subscriptions = {n.get("subscriptionName"): n for n in azure_graph.by_type("azure-native:servicebus:Subscription")}
-    assert tuple(subscriptions) == CONSUMER_GROUPS
+    assert set(subscriptions) == set(CONSUMER_GROUPS)
     # bounded: a topic nobody reads expires its events instead of filling up and refusing sends
     assert topic.get("maxSizeInMegabytes") == 5120
     assert topic.get("defaultMessageTimeToLive") == "P7D"
@@ -177,6 +177,11 @@ def test_the_apps_run_as_the_identity_and_read_the_token_from_key_vault(azure_gr
             }
     assert apps["ledger-api"].get("configuration.ingress.external") is True
     assert apps["ledger-api"].get("configuration.ingress.allowInsecure") is False
+    registry = only(azure_graph, "azure-native:containerregistry:Registry")
+    assert registry.get("adminUserEnabled") is False
+    for node in apps.values():
+        [pull] = node.get("configuration.registries")
+        assert pull["identity"] == identity.outputs["id"]
     assert apps["ledger-api"].get("template.scale.maxReplicas") == 5
     assert apps["ledger-worker"].get("configuration.ingress") is None
 
@@ -263,6 +268,7 @@ def test_role_assignments_are_scoped_to_single_resources_below_the_group(azure_g
         "azure-native:storage:BlobContainer": {blob_adapter.BLOB_DATA_ROLE},
         "azure-native:keyvault:Secret": {"Key Vault Secrets User"},
         "azure-native:keyvault:Key": {"Key Vault Crypto Service Encryption User"},
+        "azure-native:containerregistry:Registry": {"AcrPull"},  # the apps pull their image as the identity
     }
     cosmos = only(azure_graph, "azure-native:cosmosdb:SqlResourceSqlRoleAssignment")
     account = only(azure_graph, "azure-native:cosmosdb:DatabaseAccount")
