@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -232,6 +233,18 @@ class GraphMonitor(pulumi_mocks.MockMonitor):
         return super().RegisterResourceOutputs(request)  # type: ignore[no-untyped-call]
 
 
+def _without_aliases(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult:
+    """The resource without its aliases (the mock run's only transformation).
+
+    Aliases match a resource with the state an earlier name or type left; a mock run has no
+    state.  azure-native declares a score of them per resource (one per past API version),
+    and resolving them was half of an Azure plan's run.
+    """
+    opts = copy.copy(args.opts)
+    opts.aliases = None
+    return pulumi.ResourceTransformationResult(args.props, opts)
+
+
 class _Outstanding:
     """Pulumi's set of outstanding outputs with an O(1) ``remove``.
 
@@ -315,6 +328,7 @@ def run_program(
                 collected[key] = StackOutput(value=await out.future(), secret=bool(await out.is_secret()))
 
         def body() -> Any:
+            pulumi.runtime.register_stack_transformation(_without_aliases)
             program()
             root = pulumi_settings.get_root_resource()
             outputs = dict(getattr(root, "outputs", {}) or {})

@@ -71,15 +71,19 @@ def stack_values(config: dict[str, Any]) -> dict[str, projectconfig.StackValue]:
 
 
 def parse_config(
-    config: dict[str, Any], stack: str = "dev", project: projectconfig.Project | None = None
+    config: dict[str, Any], stack: str | None = None, project: projectconfig.Project | None = None
 ) -> tuple[dict[str, str], set[str]]:
     """``config:`` of a stack file → (values as strings, keys whose value is or holds a secret).
 
-    Pulumi's project rules are applied first (``Pulumi.yaml`` unless ``project`` is given):
-    a :class:`~providers.projectconfig.PulumiConfigError` when Pulumi would refuse the stack.
+    With the ``stack``'s name, Pulumi's project rules are applied first (``Pulumi.yaml`` unless
+    ``project`` is given): a :class:`~providers.projectconfig.PulumiConfigError` when Pulumi
+    would refuse the stack, and ``Pulumi.yaml``'s defaults filled in.  Without it, the file's
+    values only, as they are.
     """
-    merged = projectconfig.apply(project or projectconfig.load_project(), stack, stack_values(config))
-    return {k: v.text for k, v in merged.items()}, {k for k, v in merged.items() if v.secure}
+    values = stack_values(config)
+    if stack is not None:
+        values = projectconfig.apply(project or projectconfig.load_project(), stack, values)
+    return {k: v.text for k, v in values.items()}, {k for k, v in values.items() if v.secure}
 
 
 def read_stack(stack: str, stacks_dir: Path = STACKS_DIR) -> tuple[dict[str, str], set[str]]:

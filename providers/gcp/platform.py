@@ -473,6 +473,7 @@ class GcpPlatform(Platform):
                 "value_source": {"secret_key_ref": {"secret": mark_secret(secret.secret_id), "version": "latest"}},
             },
             {"name": "SKYFERRY_HOST", "value": "0.0.0.0"},
+            {"name": "SKYFERRY_PORT", "value": str(API_PORT)},  # = $PORT, which Cloud Run sets to the port below
         ]
         container: dict[str, Any] = {
             "image": common.image,

@@ -170,6 +170,8 @@ def test_the_worker_is_a_worker_pool_probed_on_its_heartbeat_and_the_api_a_servi
     api_container = api.get("template.containers.0")
     assert api_container["args"] == ["serve"]
     assert api_container["ports"] == {"containerPort": 8000}
+    api_port = {e["name"]: e.get("value") for e in api_container["envs"]}["SKYFERRY_PORT"]
+    assert api_port == "8000", "serve binds SKYFERRY_PORT: the port Cloud Run passes as $PORT"
     assert api_container["startupProbe"]["httpGet"] == {"path": "/healthz"}
     assert api.get("template.scaling.minInstanceCount") == 2
     api_envs = {e["name"]: e for e in api_container["envs"]}
