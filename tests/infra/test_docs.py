@@ -206,7 +206,7 @@ def check_pulumi(command: Command, target: str, state: dict[str, Any]) -> None:
         return
     assert state.get("login"), f"{command.line}: before pulumi login"
     if argv[1:3] == ["stack", "init"]:
-        assert argv[3] in stack_names(), f"{argv[3]}: no stacks/Pulumi.{argv[3]}.yaml"
+        assert argv[3] in stack_names(), f"{argv[3]}: no such stack file in the stacks folder"
         state["stack"] = argv[3]
         state["config"] = yaml.safe_load((STACKS_DIR / f"Pulumi.{argv[3]}.yaml").read_text())["config"]
         return

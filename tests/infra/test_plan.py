@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -174,43 +173,3 @@ def test_the_cli_mounts_plan() -> None:
     result = CliRunner().invoke(cli, ["plan", "--stack", "kubernetes", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["stack"] == "kubernetes"
-
-
-def test_the_install_hint_keeps_the_database_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The command `skyferry plan` suggests when providers/ cannot load removes nothing (uv's dry run)."""
-    import builtins
-    import shlex
-    import shutil
-    import subprocess
-
-    from tests.infra.tools import ROOT
-    from tests.services import unavailable
-
-    real_import = builtins.__import__
-
-    def no_providers(name: str, *args: object, **kwargs: object) -> object:
-        if name.startswith("providers"):
-            raise ModuleNotFoundError("No module named 'pulumi'", name="pulumi")
-        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
-
-    from skyferry.cli import cli
-
-    monkeypatch.setattr(builtins, "__import__", no_providers)
-    result = CliRunner().invoke(cli, ["plan", "--stack", "aws"])
-    monkeypatch.undo()
-    assert result.exit_code == 2
-    hint = result.stderr.strip().rsplit(": ", 1)[-1]
-    args = shlex.split(hint)
-    assert args[:2] == ["uv", "sync"], hint
-    uv = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
-    if not Path(uv).is_file():
-        unavailable("uv is not installed: make deps")
-    dry = subprocess.run([uv, *args[1:], "--dry-run", "--frozen"], cwd=ROOT, capture_output=True, text=True)
-    assert dry.returncode == 0, dry.stderr
-    removed = {line[3:].split("==")[0] for line in (dry.stdout + dry.stderr).splitlines() if line.startswith(" - ")}
-    import tomllib
-
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    drivers = {re.split(r"[\[<>=]", spec)[0] for specs in extras.values() for spec in specs}
-    assert drivers >= {"psycopg", "nats-py", "boto3", "azure-cosmos", "google-cloud-firestore"}
-    assert removed & drivers == set(), f"`{hint}` would uninstall {sorted(removed & drivers)}"
