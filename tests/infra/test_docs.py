@@ -43,7 +43,7 @@ OTHER_PROGRAMS = {"aws", "az", "gcloud", "docker", "podman", "kubectl", "openssl
 SAMPLES = {
     "ACCOUNT": "123456789012",
     "REGISTRY": "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
-    "CERT": "arn:aws:acm:eu-west-1:123456789012:certificate/00000000-0000-0000-0000-000000000000",
+    "CERT": "arn:aws:acm:eu-west-1:123456789012:certificate/3f1d2c4b-8a7e-4c2d-9b1a-6e5f4d3c2b1a",
     "ACR": "acrskyferry849030",
     "PROJECT": "my-ledger-project",
     "HOME": "/home/me",
