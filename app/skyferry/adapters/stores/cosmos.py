@@ -152,8 +152,8 @@ VIEWS_PARTITION_KEY_PATH: Final = "/pk"
 """Partition key path of the views container (imported by ``providers/azure``)."""
 LOG_PARTITION: Final = "$log"
 """The partition of the events container holding the global log (not a valid stream id)."""
-LAST_SLOTS: Final = 8
-"""Slots ``last_position`` reads first (newest first): a readiness probe costs the same for any log."""
+LAST_SLOTS: Final = 1
+"""Slots ``last_position`` reads first (the newest): a readiness probe reads two documents, whatever the log."""
 VIEWS_PARTITION: Final = "views"
 """The one logical partition of the views container."""
 MAX_BATCH_OPERATIONS: Final = 100
@@ -699,8 +699,8 @@ class CosmosEventStore:
         """The position of the last event of the last slot that counts.
 
         Constant cost whatever the log's length (readiness probes call it every few seconds,
-        under an RU cap): the newest :data:`LAST_SLOTS` slots first; the whole log only in
-        the rare case where none of them counts (slots that lost a repair race).
+        under an RU cap): the newest slot and its commit; the whole log only in the rare case
+        where that slot does not count (it lost a repair race).
         """
         for query in (
             f"SELECT TOP {LAST_SLOTS} * FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
