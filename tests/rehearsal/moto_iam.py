@@ -20,15 +20,25 @@ nothing (or fail for moto's reasons), so this server replaces moto's authorizati
   ``UpdateItem``, ``DeleteItem``, ``ConditionCheckItem``), ``PublishBatch`` as
   ``sns:Publish`` and a batch as its single action (Service Authorization Reference).
 * **Conditions.** moto ignores the conditions of identity policies.  Here they are
-  evaluated (``String*``, ``Arn*``, ``Bool``, ``Null``, ``…IfExists``) with the request's
-  context: ``s3:prefix`` of a ``ListBucket``; an operator not listed fails closed.
+  evaluated as IAM documents them (``String*``, ``Arn*``, ``Bool``, ``Null``, and
+  ``…IfExists``: true when the request carries no such key) with the request's context:
+  ``s3:prefix`` of a ``ListBucket``, and ``aws:SecureTransport`` (:data:`GLOBAL_CONTEXT`);
+  an operator not listed (``ForAnyValue:``, numeric, date) fails closed.
+* **Bucket policies.** moto applies a bucket policy to object requests before any IAM
+  check, blind to its conditions and principals, so a ``Deny`` of plain HTTP
+  (``aws:SecureTransport`` ``false``) refuses every ``GetObject``, ``HeadObject`` and
+  ``PutObject``.  Here that check is off, and the bucket's policy is evaluated with the
+  caller's identity policies as S3 does for a caller of the bucket's own account: an
+  explicit ``Deny`` in either refuses, else an ``Allow`` in either grants; a bucket-policy
+  statement counts only where its ``Principal`` names the caller (``*``, the session's
+  role or user; an account principal only for a ``Deny``).
 * **A missing object.** S3 answers ``GetObject``/``HeadObject`` of a missing key with 404
   only to a caller allowed ``s3:ListBucket`` on the bucket, otherwise 403 (S3's
   ``HeadObject`` reference); moto always answers 404.
 
-Resource policies (bucket policies, queue policies, key policies) are not evaluated, as in
-moto.  Every decision is appended to the JSON-lines log given on the command line: the
-caller, the API operation, each IAM action with its resource, and whether it was allowed.
+Queue and key policies are not evaluated, as in moto.  Every decision is appended to the
+JSON-lines log given on the command line: the caller, the API operation, each IAM action
+with its resource and context, and whether it was allowed.
 
 Run as a script: ``python -m tests.rehearsal.moto_iam PORT LOG``.
 """
@@ -41,7 +51,8 @@ import json
 import sys
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 #: API operation -> the IAM action AWS authorizes it as, where the two differ.
 ACTION_OF_OPERATION: dict[str, str] = {
@@ -57,6 +68,9 @@ TRANSACT_ACTIONS = {
     "Delete": "DeleteItem",
     "ConditionCheck": "ConditionCheckItem",
 }
+#: The context every request carries: each SDK call goes to the service's HTTPS endpoint (the
+#: stacks name no endpoint, ``test_aws`` checks it); moto's plain HTTP is the rehearsal's rewrite.
+GLOBAL_CONTEXT: Mapping[str, str] = {"aws:SecureTransport": "true"}
 #: Condition operators this evaluator implements (the rest fail closed).
 OPERATORS = frozenset(
     {
@@ -108,7 +122,37 @@ def _condition_holds(operator: str, key: str, expected: Any, context: Mapping[st
     return not hit if negated else hit
 
 
-def _statement_applies(statement: Mapping[str, Any], action: str, resource: str, context: Mapping[str, str]) -> bool:
+def _principal_matches(principal: Any, caller: Caller, effect: str) -> bool:
+    """Whether a resource policy's ``Principal`` names ``caller`` (see the module docstring)."""
+    if principal == "*":
+        return True
+    if not isinstance(principal, Mapping):
+        return False
+    for named in _as_list(principal.get("AWS", [])):
+        if named == "*" or named in caller.arns:
+            return True
+        if named in {caller.account, f"arn:aws:iam::{caller.account}:root"} and effect == "Deny":
+            return True  # an account principal grants nothing by itself, but denies all of the account
+    return False
+
+
+def _statement_applies(
+    statement: Mapping[str, Any],
+    action: str,
+    resource: str,
+    context: Mapping[str, str],
+    caller: Caller | None = None,
+) -> bool:
+    if caller is not None:  # a resource policy: the statement must name the caller
+        effect = str(statement.get("Effect"))
+        if "Principal" in statement:
+            if not _principal_matches(statement["Principal"], caller, effect):
+                return False
+        elif "NotPrincipal" in statement:
+            if _principal_matches(statement["NotPrincipal"], caller, effect):
+                return False
+        else:
+            return False
     if "Action" in statement:
         if not any(_matches(a, action, ignore_case=True) for a in _as_list(statement["Action"])):
             return False
@@ -126,17 +170,59 @@ def _statement_applies(statement: Mapping[str, Any], action: str, resource: str,
     return True
 
 
-def evaluate(documents: Iterable[Mapping[str, Any]], action: str, resource: str, context: Mapping[str, str]) -> bool:
-    """Whether identity policies ``documents`` allow ``action`` on ``resource``: an explicit
-    deny wins, then any allow, else the implicit deny."""
-    allowed = False
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a request, as a resource policy's ``Principal`` can name it."""
+
+    account: str
+    arns: frozenset[str]
+
+    @classmethod
+    def of(cls, arn: str) -> Caller:
+        """The caller of ``arn``: an assumed-role session is also named by its role's ARN."""
+        account = arn.split(":")[4]
+        arns = {arn}
+        if ":assumed-role/" in arn:
+            role = arn.split(":assumed-role/", 1)[1].split("/", 1)[0]
+            arns.add(f"arn:aws:iam::{account}:role/{role}")
+        return cls(account, frozenset(arns))
+
+
+def decide(
+    documents: Iterable[Mapping[str, Any]],
+    action: str,
+    resource: str,
+    context: Mapping[str, str],
+    caller: Caller | None = None,
+) -> Literal["Allow", "Deny"] | None:
+    """What ``documents`` say about ``action`` on ``resource``: ``Deny`` if a statement denies
+    it, else ``Allow`` if one allows it, else ``None``.  With ``caller`` they are resource
+    policies, whose statements count only for the principals they name."""
+    decision: Literal["Allow", "Deny"] | None = None
     for document in documents:
         for statement in _as_list(document.get("Statement", [])):
-            if _statement_applies(statement, action, resource, context):
+            if _statement_applies(statement, action, resource, {**GLOBAL_CONTEXT, **context}, caller):
                 if statement.get("Effect") == "Deny":
-                    return False
-                allowed = True
-    return allowed
+                    return "Deny"
+                decision = "Allow"
+    return decision
+
+
+def evaluate(
+    documents: Iterable[Mapping[str, Any]],
+    action: str,
+    resource: str,
+    context: Mapping[str, str],
+    resource_policies: Iterable[Mapping[str, Any]] = (),
+    caller: Caller | None = None,
+) -> bool:
+    """Whether identity policies ``documents`` (and, for a caller of the resource's own
+    account, its ``resource_policies``) allow ``action`` on ``resource``: an explicit deny in
+    either wins, then an allow in either, else the implicit deny."""
+    decisions = {decide(documents, action, resource, context)}
+    if caller is not None:
+        decisions.add(decide(resource_policies, action, resource, context, caller))
+    return "Deny" not in decisions and "Allow" in decisions
 
 
 def required_permissions(
@@ -188,8 +274,8 @@ def _install(log_path: str) -> None:  # pragma: no cover - runs in the server pr
     from moto import settings
     from moto.core.authorization import ActionAuthenticatorMixin
     from moto.core.exceptions import JsonRESTError
-    from moto.iam.access_control import IAMPolicy, S3IAMRequest
-    from moto.s3.models import s3_backends
+    from moto.iam.access_control import IAMPolicy, PermissionResult, S3IAMRequest
+    from moto.s3.models import FakeBucket, s3_backends
     from moto.secretsmanager.models import secretsmanager_backends
     from moto.utilities.utils import get_partition
 
@@ -230,6 +316,7 @@ def _install(log_path: str) -> None:  # pragma: no cover - runs in the server pr
         documents = [IAMPolicy(p)._policy_json for p in request._access_key.collect_policies()]
         service = request._service
         region = request._region
+        bucket_policies: list[dict[str, Any]] = []
         if iam_request_cls is S3IAMRequest:
             context: dict[str, str] = {}
             prefix = self.querystring.get("prefix") if hasattr(self, "querystring") else None
@@ -237,11 +324,14 @@ def _install(log_path: str) -> None:  # pragma: no cover - runs in the server pr
                 context["s3:prefix"] = prefix[0]
             needed = [(f"s3:{operation}", resource, context)]
             bucket, _, key = resource.removeprefix("arn:aws:s3:::").partition("/")
+            backend = s3_backends[self.current_account][get_partition(region)]
+            with contextlib.suppress(Exception):
+                policy = backend.get_bucket(bucket).policy
+                if policy:
+                    bucket_policies.append(json.loads(policy))
             if operation == "GetObject" and key:
-                backend = s3_backends[self.current_account][get_partition(region)]
                 try:
-                    backend.get_object(bucket, key)
-                    missing = False
+                    missing = backend.get_object(bucket, key) is None  # moto: None for a missing key
                 except Exception:
                     missing = True
                 if missing:  # S3: 404 only with s3:ListBucket on the bucket, else 403
@@ -259,15 +349,16 @@ def _install(log_path: str) -> None:  # pragma: no cover - runs in the server pr
             needed = required_permissions(service, operation, params, region, self.current_account)
             if service == "secretsmanager":
                 needed = [(a, secret_arn(self.current_account, region, r), c) for a, r, c in needed]
+        who = Caller.of(caller) if iam_request_cls is S3IAMRequest else None
         for action, target, context in needed:
-            allowed = evaluate(documents, action, target, context)
+            allowed = evaluate(documents, action, target, context, bucket_policies, who)
             log(
                 {
                     "caller": caller,
                     "operation": f"{service}:{operation}",
                     "action": action,
                     "resource": target,
-                    "context": context,
+                    "context": {**GLOBAL_CONTEXT, **context},
                     "allowed": allowed,
                 }
             )
@@ -280,7 +371,11 @@ def _install(log_path: str) -> None:  # pragma: no cover - runs in the server pr
                     )
                 request._raise_access_denied()
 
+    def no_bucket_check(self: Any, action: str, resource: str) -> PermissionResult:
+        return PermissionResult.NEUTRAL  # the bucket policy is evaluated by authorize, conditions included
+
     ActionAuthenticatorMixin._authenticate_and_authorize_action = authorize  # type: ignore[method-assign]
+    FakeBucket.get_permission = no_bucket_check  # type: ignore[method-assign]
 
 
 def _deterministic_secret_arns() -> None:  # pragma: no cover - runs in the server process
