@@ -11,8 +11,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from tests.rehearsal.harness import Rehearsal, probe_failures, stays_up
+from tests.rehearsal.harness import STARTUP_SECONDS, Rehearsal, probe_failures, stays_up
 from tests.rehearsal.stack import Deployment
+from tests.rehearsal.workloads import probe_once, wait_for_probe
 
 #: Values a mock that does not know a resource would produce.
 FAKE_MARKERS = re.compile(
@@ -97,6 +98,43 @@ def probes_pass(rehearsal: Rehearsal, name: str) -> None:
     assert name in rehearsal.running, f"{name} was not started"
     failures = probe_failures(rehearsal, name)
     assert not failures, f"{name}:\n" + "\n".join(failures) + "\n" + rehearsal.running[name].output()[-2000:]
+
+
+def listens_on(rehearsal: Rehearsal, name: str, variable: str) -> None:
+    """Workload ``name`` listens on the port its environment's ``variable`` names (Cloud Run's ``$PORT``).
+
+    In the rehearsal that is the free host port serving the container port the platform
+    puts in ``variable``; the app reaches it only through a variable of the graph that
+    carries that same container port, so this fails when the app is told another port.
+    """
+    port = int(rehearsal.launches[name].env[variable])
+    listening = rehearsal.running[name].listening_ports()
+    assert port in listening, f"{name}: ${variable} is {port}, but it listens on {sorted(listening)}"
+
+
+def liveness_catches_a_hang(rehearsal: Rehearsal, name: str) -> None:
+    """While workload ``name`` hangs its liveness probes fail; once it runs on they pass again.
+
+    The container's main process is stopped (SIGSTOP: every thread, as a deadlock would),
+    so it makes no progress and its heartbeat (``SKYFERRY_HEARTBEAT_FILE``, in the
+    container's own ``/tmp``) ages: it is set an hour back meanwhile, which is what waiting
+    past the probe's limit would do.  An HTTP probe gets no answer from a stopped process;
+    an exec probe (``skyferry alive``) sees the stale heartbeat.
+    """
+    running = rehearsal.running[name]
+    liveness = [p for p in running.workload.probes if p.purpose in {"liveness", "health"}]
+    assert liveness, f"{name}: no liveness probe, so a hung worker would go on unnoticed"
+    heartbeat = rehearsal.workload_env(name)["SKYFERRY_HEARTBEAT_FILE"]
+    age = "import os, sys, time; t = time.time() - 3600; os.utime(sys.argv[1], (t, t))"
+    with running.hung():
+        aged = rehearsal.run_as(name, ["python", "-c", age, heartbeat], timeout=60)
+        assert aged.returncode == 0, f"{name}: could not age {heartbeat}: {aged.stdout}{aged.stderr}"
+        during = [probe_once(running, probe, timeout=3) for probe in liveness]
+    passed = [f"{r.probe.describe()}: {r.detail}" for r in during if r.ok]
+    assert not passed, f"{name}: hung, and still passes:\n" + "\n".join(passed)
+    after = [wait_for_probe(running, probe, STARTUP_SECONDS) for probe in liveness]
+    failed = [f"{r.probe.describe()}: {r.detail}" for r in after if not r.ok]
+    assert not failed, f"{name}: running again, and still fails:\n" + "\n".join(failed)
 
 
 def keeps_running(rehearsal: Rehearsal, name: str) -> None:

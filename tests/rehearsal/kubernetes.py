@@ -34,7 +34,7 @@ import yaml
 
 from tests.infra.tools import helm
 from tests.rehearsal.stack import Deployment
-from tests.rehearsal.workloads import Workload, probe_of
+from tests.rehearsal.workloads import Workload, port_variables, probe_of
 from tests.services import unavailable
 
 CLUSTER_DOMAIN = "svc.cluster.local"
@@ -306,7 +306,7 @@ def pod_workloads(deployment: Deployment, manifests: list[dict[str, Any]]) -> di
                 volumes=volumes,
                 identity=f"serviceaccount {pod.get('serviceAccountName', 'default')}",
                 platform_env={"HOSTNAME": f"{owner}-rhs0001"},
-                port_variables={k: int(v) for k, v in env.items() if v.isdigit() and int(v) in ports},
+                port_variables=port_variables(env, ports, probes),
             )
     return workloads
 

@@ -16,7 +16,8 @@ Two launchers, one switch (``SKYFERRY_REHEARSAL_LAUNCHER``; ``auto``, the defaul
     ``skyferry`` from the work tree's environment, as a child process with exactly that
     environment (nothing inherited from the test process).  Volumes are mounted in a private
     mount namespace (``unshare --mount``), as the platform mounts them: a path the machine
-    lacks (``/var/lib/skyferry/archive``), and a pod's own ``/tmp``.  uid 10001 and the
+    lacks (``/var/lib/skyferry/archive``), and a pod's, task's or container's own ``/tmp``
+    (where the worker keeps its heartbeat).  uid 10001 and the
     read-only root filesystem are not reproduced.
 ``image``
     The real image, built from this checkout for the stack's target by
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -101,6 +102,8 @@ def probe_of(
         target = spec.get(key)
         if isinstance(target, dict):
             port = target.get("port", default_port)
+            if port is None:
+                raise ValueError(f"{source}: a {key} probe names no port and the container has none to default to")
             number = (named or {}).get(port, port) if isinstance(port, str) else port
             path = str(target.get("path", "/")) if kind == "http" else "/"
             return Probe(kind, purpose, port=int(str(number)), path=path, source=source)  # type: ignore[arg-type]
@@ -110,9 +113,27 @@ def probe_of(
     return None
 
 
+def port_variables(env: Mapping[str, str], ports: Iterable[int], probes: Iterable[Probe] = ()) -> dict[str, int]:
+    """The variables of ``env`` that tell the app a port of its container: one of ``ports`` or a probe's.
+
+    ``SKYFERRY_PORT=8000`` beside a container port 8000, ``SKYFERRY_HEALTH_PORT=8080``
+    beside a probe on 8080: the rehearsal serves each such port on a free host port
+    (:func:`port_layer`), and the variable carries that port instead, as ``docker run -p``
+    would leave the container its own.
+    """
+    wanted = {*ports, *(p.port for p in probes if p.port is not None)}
+    return {name: int(value) for name, value in env.items() if value.isdigit() and int(value) in wanted}
+
+
 @dataclass
 class Workload:
-    """One container as the graph declares it (see the module docstring)."""
+    """One container as the graph declares it (see the module docstring).
+
+    ``kind`` is ``service`` for what the platform keeps running (an ECS service, a Cloud
+    Run service or worker pool, a Container App, a Deployment: the rehearsal starts it) and
+    ``job`` for what runs to its end.  ``ports`` are the ports the platform sends requests
+    to; a probe may ask another one (:meth:`container_ports`).
+    """
 
     name: str
     platform: str
@@ -127,6 +148,10 @@ class Workload:
     identity: str = ""
     platform_env: dict[str, str] = field(default_factory=dict)
     port_variables: dict[str, int] = field(default_factory=dict)
+
+    def container_ports(self) -> set[int]:
+        """Every port of the container the platform connects to: its request ports and its probes'."""
+        return {*self.ports, *(p.port for p in self.probes if p.port is not None)}
 
     def argv(self, image_entrypoint: tuple[str, ...]) -> list[str]:
         """The container's command line: the entrypoint (the image's unless replaced) and args."""
@@ -177,7 +202,7 @@ def port_layer(workload: Workload) -> tuple[dict[int, int], dict[str, str], dict
     (``docker run -p`` does the same), and the variable through which the platform tells
     the app its port carries the host port instead.
     """
-    ports = sorted({*workload.ports, *workload.port_variables.values()})
+    ports = sorted({*workload.container_ports(), *workload.port_variables.values()})
     host = {port: free_port() for port in ports}
     env = {name: str(host[port]) for name, port in workload.port_variables.items()}
     reasons = {
@@ -237,6 +262,16 @@ class Running:
     def stop(self) -> None:
         """Stop as a platform does: SIGTERM, then SIGKILL after 10 s."""
         self.launcher.stop(self)
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """The main process stopped (SIGSTOP, every thread of it) for the block: a hung container."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
 
 class ProcessRunning(Running):
