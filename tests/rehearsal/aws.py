@@ -11,9 +11,12 @@
   load balancer, ECS cluster and services, ECR and KMS are not emulated: the rehearsal plays
   ECS itself.
 * ECS's part: the *execution role* resolves each container's ``secrets`` (``GetSecretValue``
-  on moto, so its policy is enforced), and the task gets the *task role*'s credentials from
-  a container-credentials endpoint (ECS serves it at ``169.254.170.2``; here on loopback,
-  through ``AWS_CONTAINER_CREDENTIALS_FULL_URI``, which botocore reads the same way).
+  on moto, so its policy is enforced); the task's volumes are mounted where its
+  containers' ``mountPoints`` say (the worker's ``/tmp``, where its heartbeat is); the
+  container ``healthCheck`` runs in the container, as ECS runs it; and the task gets the
+  *task role*'s credentials from a container-credentials endpoint (ECS serves it at
+  ``169.254.170.2``; here on loopback, through ``AWS_CONTAINER_CREDENTIALS_FULL_URI``,
+  which botocore reads the same way).
   Sessions come from ``sts:AssumeRole`` while auth is still off: moto cannot sign as the
   ``ecs-tasks.amazonaws.com`` service principal, so the trust policy is checked from the
   graph instead (``test_roles_trust_ecs_tasks``).
@@ -38,7 +41,7 @@ from typing import Any
 import httpx
 
 from tests.rehearsal.stack import ROOT, Deployment
-from tests.rehearsal.workloads import Probe, Workload
+from tests.rehearsal.workloads import Probe, Workload, port_variables
 from tests.services import dynamodb as dynamodb_service
 from tests.services import free_port, started
 
@@ -380,7 +383,12 @@ def task_workloads(deployment: Deployment, moto: IamMoto, provisioned: Provision
                 secret_env[secret["name"]] = secret["valueFrom"]
             ports = tuple(int(p["containerPort"]) for p in container.get("portMappings", []))
             probes = _probes(deployment, services, container, ports)
-            name = f"ecs:{definition.inputs['family']}/{container['name']}"
+            family = definition.inputs["family"]
+            name = f"ecs:{family}/{container['name']}"
+            # a task volume is the task's own (bind mounts on Fargate's ephemeral storage)
+            volumes = {
+                m["containerPath"]: f"task:{family}:{m['sourceVolume']}" for m in container.get("mountPoints", [])
+            }
             workloads[name] = Workload(
                 name=name,
                 platform=f"ECS Fargate task definition {definition.inputs['family']}, container {container['name']}",
@@ -391,13 +399,14 @@ def task_workloads(deployment: Deployment, moto: IamMoto, provisioned: Provision
                 secret_env=secret_env,
                 ports=ports,
                 probes=probes,
+                volumes=volumes,
                 identity=definition.inputs["taskRoleArn"],
                 platform_env={
                     "AWS_REGION": region,
                     "AWS_DEFAULT_REGION": region,
                     "AWS_EXECUTION_ENV": "AWS_ECS_FARGATE",
                 },
-                port_variables={k: int(v) for k, v in env.items() if v.isdigit() and int(v) in ports},
+                port_variables=port_variables(env, ports, probes),
             )
     return workloads
 

@@ -8,16 +8,16 @@ the rehearsal's directory).  See :mod:`tests.rehearsal.aws` for what ECS's part 
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections import Counter
 from dataclasses import replace
 
 import pytest
 
-from tests.rehearsal import contracts, known
+from tests.rehearsal import contracts
 from tests.rehearsal.aws import IamMoto, Provisioned, assume, role_name
 from tests.rehearsal.harness import Rehearsal
+from tests.rehearsal.mocks import AWS_ACCOUNT
 from tests.rehearsal.stack import Deployment, deploy
 
 API = "ecs:skyferry-api/api"
@@ -29,7 +29,6 @@ def _moto(aws: Rehearsal) -> tuple[IamMoto, Provisioned, str]:
     return aws.extra["moto"], aws.extra["provisioned"], aws.deployment.config["aws:region"]
 
 
-@known.PULUMI_CONFIG
 def test_pulumi_accepts_the_stack_config(aws: Rehearsal) -> None:
     contracts.pulumi_accepts(aws.deployment)
 
@@ -106,6 +105,10 @@ def test_workloads_run_the_graphs_command_and_environment(aws: Rehearsal) -> Non
     assert aws.launches[API].workload.args == ("serve",)
     assert aws.launches[WORKER].workload.args == ("worker",)
     contracts.workloads_get_the_graphs_environment(aws)
+    for name, workload in aws.workloads.items():
+        # the SDKs use the services' HTTPS endpoints (what moto_iam takes aws:SecureTransport from)
+        assert not [k for k in workload.env if k.startswith("AWS_ENDPOINT_URL")], name
+        assert not [v for v in workload.env.values() if "endpoint" in v.lower() or "http://" in v], name
     [version] = aws.deployment.nodes("aws:secretsmanager/secretVersion:SecretVersion")
     contracts.secrets_resolved(aws, {"SKYFERRY_API_TOKEN": version.inputs["secretString"]})
 
@@ -116,8 +119,17 @@ def test_api_passes_the_load_balancer_health_check(aws: Rehearsal) -> None:
 
 
 def test_worker_keeps_running(aws: Rehearsal) -> None:
+    """The worker's container health check (``skyferry alive`` on its heartbeat, in the task's /tmp) passes."""
+    worker = aws.workloads[WORKER]
+    assert [(p.kind, p.command) for p in worker.probes] == [("exec", ("skyferry", "alive", "--max-age", "120"))]
+    assert worker.volumes == {"/tmp": "task:skyferry-worker:tmp"}
+    assert worker.env["SKYFERRY_HEARTBEAT_FILE"].startswith("/tmp/")
     contracts.keeps_running(aws, WORKER)
     contracts.probes_pass(aws, WORKER)
+
+
+def test_a_hung_worker_fails_its_health_check(aws: Rehearsal) -> None:
+    contracts.liveness_catches_a_hang(aws, WORKER)
 
 
 def test_end_to_end_through_the_api(aws: Rehearsal) -> None:
@@ -132,7 +144,6 @@ def test_store_fed_worker_publishes_nothing(aws: Rehearsal) -> None:
     assert not [c for c in calls if c["action"] == "sns:Publish"]
 
 
-@known.FIFO_REDELIVERY
 def test_transient_failures_dead_letter_no_healthy_message(aws: Rehearsal, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stack's queues with the app's consumer, as the task role: a message that fails four times
     before it succeeds must not cost the message behind it its retries (it fails once, transiently).
@@ -147,6 +158,7 @@ def test_transient_failures_dead_letter_no_healthy_message(aws: Rehearsal, monke
 
     from skyferry.adapters.brokers.sns_sqs import SnsSqsBroker
     from skyferry.core.ports import Message
+    from skyferry.ledger import MAX_DELIVERIES
 
     moto, provisioned, region = _moto(aws)
     task = assume(moto.client("sts", region, provisioned.admin), aws.workloads[WORKER].identity, session="fifo-check")
@@ -158,7 +170,7 @@ def test_transient_failures_dead_letter_no_healthy_message(aws: Rehearsal, monke
     failures = {ids[0]: 4, ids[1]: 1}
     handled: list[str] = []
     given_up: list[str] = []  # failed at the consumer's last attempt: dead-lettered by it
-    limit = inspect.signature(SnsSqsBroker.subscribe).parameters["max_deliveries"].default
+    limit = MAX_DELIVERIES  # what the worker subscribes with
 
     def handler(message: Message) -> None:
         if message.key != key:
@@ -172,7 +184,7 @@ def test_transient_failures_dead_letter_no_healthy_message(aws: Rehearsal, monke
 
     try:
         broker.publish([Message(id=i, key=key, body=b"{}", attributes={"type": "Test"}) for i in ids])
-        subscription = broker.subscribe("history", handler)
+        subscription = broker.subscribe("history", handler, max_deliveries=limit)
         deadline = time.monotonic() + 30
         while len(handled) + len(given_up) < len(ids) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -263,13 +275,74 @@ def test_a_workload_without_the_graphs_policy_fails(aws: Rehearsal) -> None:
     assert denied[0]["action"].startswith("dynamodb:")
 
 
-@known.S3_LIST_CONDITION
 def test_export_then_import_as_the_task_role(aws: Rehearsal) -> None:
     reports = contracts.export_then_import(aws, API)
     assert reports["export"]["archive"].startswith("s3://")
+    task = role_name(aws.workloads[API].identity)
+    decided = [c for c in aws.calls() if c["action"].startswith("s3:") and c["caller"].endswith(f"/{task}/ecs-task")]
+    assert all(c["allowed"] for c in decided), [c for c in decided if not c["allowed"]]
+    # the fresh export's HeadObject of its missing manifest: 404 because s3:ListBucket is granted
+    assert {"s3:PutObject", "s3:GetObject", "s3:ListBucket"} <= {c["action"] for c in decided}
+    assert any(c["operation"] == "s3:GetObject" and c["action"] == "s3:ListBucket" for c in decided)
 
 
-@known.PLAIN_HTTP
+def test_a_missing_object_is_a_403_without_list_bucket(aws: Rehearsal) -> None:
+    """S3's rule as moto_iam plays it: a HeadObject of a missing key is a 404 only for a caller
+    allowed ``s3:ListBucket`` on a request without ``s3:prefix``.  The graph's task policy
+    allows it (``StringLikeIfExists``); the same policy with a plain ``StringLike`` gets 403."""
+    from botocore.exceptions import ClientError
+
+    moto, provisioned, region = _moto(aws)
+    bucket = aws.deployment.one("aws:s3/bucket:Bucket").outputs["bucket"]
+    task = aws.deployment.by_output("arn", aws.workloads[API].identity)
+    assert task is not None
+    [policy] = [
+        n.inputs["policy"]
+        for n in aws.deployment.nodes("aws:iam/rolePolicy:RolePolicy")
+        if n.inputs["role"] == task.outputs["name"]
+    ]
+    assert "StringLikeIfExists" in policy
+    iam = moto.client("iam", region, provisioned.admin)
+    strict = iam.create_role(RoleName="rehearsal-strict-list", AssumeRolePolicyDocument=task.inputs["assumeRolePolicy"])
+    iam.put_role_policy(
+        RoleName="rehearsal-strict-list",
+        PolicyName="task",
+        PolicyDocument=policy.replace("StringLikeIfExists", "StringLike"),
+    )
+    sts = moto.client("sts", region, provisioned.admin)
+    sessions = {
+        "graph": assume(sts, task.outputs["arn"], "head-check"),
+        "strict": assume(sts, strict["Role"]["Arn"], "head-check"),
+    }
+    codes = {}
+    for which, session in sessions.items():
+        with pytest.raises(ClientError) as missing:
+            moto.client("s3", region, session).head_object(Bucket=bucket, Key="exports/no-such-run/manifest.json")
+        codes[which] = missing.value.response["Error"]["Code"]
+    assert codes == {"graph": "404", "strict": "403"}
+
+
+def test_the_bucket_policy_refuses_plain_http(aws: Rehearsal) -> None:
+    """moto_iam evaluates the bucket policy with its conditions: the graph's TLS-only deny
+    refuses the task role's own archive reads over plain HTTP, and lets them through over TLS."""
+    from tests.rehearsal.moto_iam import Caller, evaluate
+
+    [bucket_policy] = [json.loads(n.inputs["policy"]) for n in aws.deployment.nodes("aws:s3/bucketPolicy:BucketPolicy")]
+    bucket = aws.deployment.one("aws:s3/bucket:Bucket").outputs["arn"]
+    task = aws.deployment.by_output("arn", aws.workloads[API].identity)
+    assert task is not None
+    identity = [
+        json.loads(n.inputs["policy"])
+        for n in aws.deployment.nodes("aws:iam/rolePolicy:RolePolicy")
+        if n.inputs["role"] == task.outputs["name"]
+    ]
+    caller = Caller.of(f"arn:aws:sts::{AWS_ACCOUNT}:assumed-role/{task.outputs['name']}/ecs-task")
+    read = ("s3:GetObject", f"{bucket}/exports/run/manifest.json")
+    assert evaluate(identity, *read, {}, [bucket_policy], caller)
+    assert not evaluate(identity, *read, {"aws:SecureTransport": "false"}, [bucket_policy], caller)
+    assert evaluate(identity, *read, {"aws:SecureTransport": "false"}, [], caller), "the identity policy allows it"
+
+
 def test_public_api_endpoint_uses_tls(aws: Rehearsal) -> None:
     assert aws.deployment.graph.outputs["api_url"].value.startswith("https://")
     plain = [
@@ -280,7 +353,6 @@ def test_public_api_endpoint_uses_tls(aws: Rehearsal) -> None:
     assert not plain, f"listeners forwarding plain HTTP: {plain}"
 
 
-@known.API_TOKEN
 def test_an_api_token_is_required_or_optional_for_real() -> None:
     def references(variant: Deployment) -> dict[str, tuple[set[str], bool]]:
         filled = {n.inputs["secretId"] for n in variant.nodes("aws:secretsmanager/secretVersion:SecretVersion")}
@@ -298,18 +370,32 @@ def test_an_api_token_is_required_or_optional_for_real() -> None:
     contracts.api_token_is_optional_or_refused("aws", references)
 
 
-@known.SQS_MAX_DELIVERIES
-def test_queue_redrive_matches_the_apps_delivery_limit() -> None:
-    from skyferry.adapters.brokers.sns_sqs import SnsSqsBroker
+def test_queue_redrive_is_the_backstop_of_the_apps_delivery_limit(aws: Rehearsal) -> None:
+    """The app dead-letters a message after ``MAX_DELIVERIES`` attempts of its handler; the
+    queues' redrive is the backstop for a consumer that crashes on it, derived from that one
+    number (``redrive_receive_count``), and no stack setting can make them disagree."""
+    from providers.base import StackConfigError
+    from skyferry.adapters.brokers.sns_sqs import redrive_receive_count
+    from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
 
-    app_limit = inspect.signature(SnsSqsBroker.subscribe).parameters["max_deliveries"].default
-    variant = deploy("aws", overrides={"skyferry:aws": {"maxDeliveries": 3}})
-    for queue in variant.nodes("aws:sqs/queue:Queue"):
-        if "redrivePolicy" in queue.inputs:
-            count = json.loads(queue.inputs["redrivePolicy"])["maxReceiveCount"]
-            assert count == app_limit, (
-                f"{queue.inputs['name']}: redrive after {count}, the app retries {app_limit} times"
-            )
+    _, provisioned, region = _moto(aws)
+    sqs = aws.extra["moto"].client("sqs", region, provisioned.admin)
+    redriven = 0
+    for queue in aws.deployment.nodes("aws:sqs/queue:Queue"):
+        if "redrivePolicy" not in queue.inputs:
+            continue
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=provisioned.queue_urls[queue.inputs["name"]], AttributeNames=["RedrivePolicy"]
+        )["Attributes"]
+        count = json.loads(attributes["RedrivePolicy"])["maxReceiveCount"]
+        assert count == redrive_receive_count(MAX_DELIVERIES) > MAX_DELIVERIES, (
+            f"{queue.inputs['name']}: redrive after {count} receives, the app's limit is {MAX_DELIVERIES} deliveries"
+        )
+        redriven += 1
+    assert redriven == len(CONSUMER_GROUPS)
+    with pytest.raises(StackConfigError) as refused:
+        deploy("aws", overrides={"skyferry:aws": {"maxDeliveries": 3}})
+    assert refused.value.key == "skyferry:aws.maxDeliveries"
 
 
 def test_broker_retention_is_bounded(aws: Rehearsal) -> None:
