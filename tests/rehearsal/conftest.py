@@ -92,7 +92,7 @@ def aws() -> Iterator[Rehearsal]:
 
 @pytest.fixture(scope="module")
 def gcp() -> Iterator[Rehearsal]:
-    """The gcp stack on Google's emulators, its Cloud Run services running as processes."""
+    """The gcp stack on Google's emulators, its Cloud Run service and worker pool running."""
     from tests.rehearsal import gcp as gcp_target
     from tests.services import gcloud_emulators, gcs
 
@@ -129,7 +129,7 @@ def gcp() -> Iterator[Rehearsal]:
             deployment=deployment,
             workdir=workdir,
             launcher=launcher(workdir, "gcp"),
-            workloads=gcp_target.service_workloads(deployment),
+            workloads=gcp_target.run_workloads(deployment),
             rehearsal_env=rehearsal_env,
             token=deployment.secret_values["skyferry:apiToken"],
             api="run:skyferry-api",

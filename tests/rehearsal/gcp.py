@@ -1,5 +1,6 @@
 """The GCP rehearsal: the graph's Firestore database, Pub/Sub topics and subscriptions and bucket
-on Google's emulators, its Cloud Run services run as Cloud Run runs them, every call checked.
+on Google's emulators, its Cloud Run services and worker pools run as Cloud Run runs them, every
+call checked.
 
 * :func:`provision` creates, from the graph's inputs, every Pub/Sub topic (retention) and
   subscription (ordering, ack deadline, retention, dead-letter policy, retry policy, no
@@ -7,11 +8,12 @@ on Google's emulators, its Cloud Run services run as Cloud Run runs them, every 
   Firestore emulator needs no database or index to be created; the graph's composite
   indexes and field exemptions are checked against every query instead
   (:func:`index_problem`), because the emulator answers queries a real database refuses.
-* Cloud Run's part (:func:`service_workloads`): each service's container with its args and
-  env, ``secretKeyRef`` resolved to the graph's secret version (and the service account
-  must hold ``secretmanager.versions.access`` on it), ``PORT`` set to the container port
-  (8080 when none is declared), the startup probe (Cloud Run's default: TCP on ``PORT``)
-  and the liveness probe.
+* Cloud Run's part (:func:`run_workloads`): each container of a service, worker pool or
+  job with its args and env, ``secretKeyRef`` resolved to the graph's secret version (and
+  the service account must hold ``secretmanager.versions.access`` on it); a service's
+  ``PORT`` set to its container port (8080 when none is declared) and its startup probe
+  (Cloud Run's default: TCP on ``PORT``); a worker pool's declared probes on the port
+  they name (it receives no requests and gets no ``PORT``); the liveness probes.
 * The endpoints are implicit (the URLs name a project only): the Google SDKs' own
   ``FIRESTORE_EMULATOR_HOST``, ``PUBSUB_EMULATOR_HOST`` and ``STORAGE_EMULATOR_HOST`` point
   them at the emulators; the seam records every call with the service account the service
@@ -29,7 +31,7 @@ from typing import Any
 
 from tests.rehearsal.permissions import GcpGrant, Need, firestore_needs, pubsub_needs, storage_needs
 from tests.rehearsal.stack import Deployment
-from tests.rehearsal.workloads import Probe, Workload, probe_of
+from tests.rehearsal.workloads import Probe, Workload, port_variables, probe_of
 
 CLOUD_RUN_DEFAULT_PORT = 8080
 
@@ -135,60 +137,96 @@ def remove(
             httpx.delete(f"http://{firestore_host}/emulator/v1/{database.outputs['id']}/documents", timeout=30)
 
 
-def service_workloads(deployment: Deployment) -> dict[str, Workload]:
-    """Every container of every Cloud Run service (and job), as Cloud Run would start it."""
+#: Cloud Run's resources that run containers: their template (where the containers are) and kind.
+RUN_RESOURCES: dict[str, str] = {
+    "gcp:cloudrunv2/service:Service": "service",
+    "gcp:cloudrunv2/workerPool:WorkerPool": "worker pool",
+    "gcp:cloudrunv2/job:Job": "job",
+}
+
+
+def run_workloads(deployment: Deployment) -> dict[str, Workload]:
+    """Every container of every Cloud Run service, worker pool and job, as Cloud Run would start it.
+
+    A service's container gets ``PORT`` (its container port, 8080 when none is declared) and
+    Cloud Run's default TCP startup probe on it unless it declares one.  A worker pool
+    receives no requests: no port, no ``PORT``, no default probe; the probes it declares
+    name their port.  Each instance's filesystem is its own, in memory: a ``/tmp`` of its own.
+    """
     versions = {
         str(n.inputs["secret"]).rsplit("/", 1)[-1]: n.inputs["secretData"]
         for n in deployment.nodes("gcp:secretmanager/secretVersion:SecretVersion")
     }
     workloads: dict[str, Workload] = {}
-    for node in deployment.nodes("gcp:cloudrunv2/service:Service") + deployment.nodes("gcp:cloudrunv2/job:Job"):
-        service = node.type.endswith(":Service")
-        template = node.inputs["template"] if service else node.inputs["template"]["template"]
-        for index, container in enumerate(template["containers"]):
-            env: dict[str, str] = {}
-            secret_env: dict[str, str] = {}
-            for variable in container.get("envs", []):
-                if "value" in variable:
-                    env[variable["name"]] = str(variable["value"])
-                    continue
-                reference = variable["valueSource"]["secretKeyRef"]
-                secret_env[variable["name"]] = (
-                    f"secret {reference['secret']} version {reference.get('version', 'latest')}"
+    for typ, kind in RUN_RESOURCES.items():
+        for node in deployment.nodes(typ):
+            resource = node.inputs["name"]
+            template = node.inputs["template"]["template"] if kind == "job" else node.inputs["template"]
+            for index, container in enumerate(template["containers"]):
+                env, secret_env = _env(container, versions)
+                port = (
+                    int((container.get("ports") or {}).get("containerPort", CLOUD_RUN_DEFAULT_PORT))
+                    if kind == "service"
+                    else None
                 )
-                if reference["secret"] in versions:  # Cloud Run refuses the revision otherwise
-                    env[variable["name"]] = versions[reference["secret"]]
-            port = int((container.get("ports") or {}).get("containerPort", CLOUD_RUN_DEFAULT_PORT))
-            name = f"run:{node.inputs['name']}" + (f"/{index}" if index else "")
-            workloads[name] = Workload(
-                name=name,
-                platform=f"Cloud Run {'service' if service else 'job'} {node.inputs['name']}",
-                kind="service" if service else "job",
-                entrypoint=tuple(container["commands"]) if container.get("commands") else None,
-                args=tuple(container.get("args") or ()),
-                env=env,
-                secret_env=secret_env,
-                ports=(port,) if service else (),
-                probes=_probes(container, port) if service else [],
-                identity=template.get("serviceAccount", ""),
-                platform_env={
-                    "K_SERVICE": node.inputs["name"],
-                    "K_REVISION": f"{node.inputs['name']}-00001-rhs",
-                    "K_CONFIGURATION": node.inputs["name"],
-                }
-                if service
-                else {"CLOUD_RUN_JOB": node.inputs["name"]},
-                port_variables={"PORT": port} if service else {},
-            )
+                probes = _probes(container, port) if kind != "job" else []
+                name = f"run:{resource}" + (f"/{index}" if index else "")
+                workloads[name] = Workload(
+                    name=name,
+                    platform=f"Cloud Run {kind} {resource}",
+                    kind="job" if kind == "job" else "service",
+                    entrypoint=tuple(container["commands"]) if container.get("commands") else None,
+                    args=tuple(container.get("args") or ()),
+                    env=env,
+                    secret_env=secret_env,
+                    ports=(port,) if port is not None else (),
+                    probes=probes,
+                    volumes={"/tmp": f"run:{resource}:{index}:tmp"},
+                    identity=template.get("serviceAccount", ""),
+                    platform_env=_platform_env(kind, resource, port),
+                    port_variables={
+                        **port_variables(env, [port] if port is not None else [], probes),
+                        **({"PORT": port} if port is not None else {}),
+                    },
+                )
     return workloads
 
 
-def _probes(container: dict[str, Any], port: int) -> list[Probe]:
+def _env(container: dict[str, Any], versions: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A container's environment (``secretKeyRef`` resolved to the graph's version) and its secret references."""
+    env: dict[str, str] = {}
+    secret_env: dict[str, str] = {}
+    for variable in container.get("envs", []):
+        if "value" in variable:
+            env[variable["name"]] = str(variable["value"])
+            continue
+        reference = variable["valueSource"]["secretKeyRef"]
+        secret_env[variable["name"]] = f"secret {reference['secret']} version {reference.get('version', 'latest')}"
+        if reference["secret"] in versions:  # Cloud Run refuses the revision otherwise
+            env[variable["name"]] = versions[reference["secret"]]
+    return env, secret_env
+
+
+def _platform_env(kind: str, resource: str, port: int | None) -> dict[str, str]:
+    """What Cloud Run sets in the container (its runtime contract); a worker pool gets no ``PORT``."""
+    if kind == "service":
+        return {
+            "PORT": str(port),
+            "K_SERVICE": resource,
+            "K_REVISION": f"{resource}-00001-rhs",
+            "K_CONFIGURATION": resource,
+        }
+    if kind == "job":
+        return {"CLOUD_RUN_JOB": resource}
+    return {}
+
+
+def _probes(container: dict[str, Any], port: int | None) -> list[Probe]:
     probes = []
     for purpose in ("startup", "liveness"):
         spec = container.get(f"{purpose}Probe")
         if spec is None:
-            if purpose == "startup":  # Cloud Run's default startup probe
+            if purpose == "startup" and port is not None:  # a service's default startup probe
                 probes.append(
                     Probe("tcp", "startup", port=port, source="Cloud Run's default startup probe (TCP on PORT)")
                 )

@@ -256,6 +256,9 @@ class RealisticMocks(pulumi.runtime.Mocks):
             service = inputs["name"]
             uri = f"https://{service}-{number}.{location}.run.app"
             return f"projects/{project}/locations/{location}/services/{service}", {"uri": uri, "urls": [uri]}
+        if typ == "gcp:cloudrunv2/workerPool:WorkerPool":  # no URI: a worker pool receives no requests
+            pool = f"projects/{project}/locations/{location}/workerPools/{inputs['name']}"
+            return pool, {"uid": guid("worker-pool", pool)}
         if typ == "gcp:projects/service:Service":
             return f"{project}/{inputs['service']}", {}
         return f"projects/{project}/{typ.rsplit(':', 1)[-1].lower()}/{digest(logical)}", {

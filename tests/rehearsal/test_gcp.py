@@ -1,4 +1,4 @@
-"""The gcp stack rehearsed: Google's emulators, the Cloud Run services run as Cloud Run runs them.
+"""The gcp stack rehearsed: Google's emulators, the Cloud Run service and worker pool run as Cloud Run runs them.
 
 No Google emulator enforces IAM: every call the workloads make is recorded at the SDK seam
 with the service account the service runs as, and checked against the roles the graph
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.rehearsal import contracts, known
+from tests.rehearsal import contracts
 from tests.rehearsal import gcp as target
 from tests.rehearsal.harness import Rehearsal
 from tests.rehearsal.permissions import GcpGrant, Need
@@ -25,7 +25,6 @@ def _sdk_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in calls if c["kind"] in {"grpc", "http"}]
 
 
-@known.PULUMI_CONFIG
 def test_pulumi_accepts_the_stack_config(gcp: Rehearsal) -> None:
     contracts.pulumi_accepts(gcp.deployment)
 
@@ -67,23 +66,40 @@ def test_workloads_run_the_graphs_command_and_environment(gcp: Rehearsal) -> Non
     assert set(gcp.launches) == {API, WORKER}
     assert gcp.launches[API].workload.args == ("serve",)
     assert gcp.launches[WORKER].workload.args == ("worker",)
+    assert gcp.workloads[API].platform == "Cloud Run service skyferry-api"
+    assert gcp.workloads[WORKER].platform == "Cloud Run worker pool skyferry-worker"
     contracts.workloads_get_the_graphs_environment(gcp)
     [version] = gcp.deployment.nodes("gcp:secretmanager/secretVersion:SecretVersion")
     contracts.secrets_resolved(gcp, {"SKYFERRY_API_TOKEN": version.inputs["secretData"]})
 
 
-@known.CLOUD_RUN_PORT
 def test_api_listens_on_port_and_passes_its_probes(gcp: Rehearsal) -> None:
+    """A service's container listens on ``$PORT``: ``serve`` binds ``SKYFERRY_PORT``, which the
+    stack sets to the container port Cloud Run puts in ``PORT``."""
+    assert {p.purpose for p in gcp.workloads[API].probes} == {"startup", "liveness"}
+    contracts.listens_on(gcp, API, "PORT")
     contracts.probes_pass(gcp, API)
 
 
-@known.CLOUD_RUN_PORT
-def test_worker_listens_on_port_and_passes_its_startup_probe(gcp: Rehearsal) -> None:
+def test_worker_pool_passes_its_probes(gcp: Rehearsal) -> None:
+    """A worker pool receives no requests (no port, no ``$PORT``); its probes ask the heartbeat's endpoint."""
+    worker = gcp.workloads[WORKER]
+    assert worker.ports == ()
+    assert "PORT" not in gcp.launches[WORKER].env
+    health = int(worker.env["SKYFERRY_HEALTH_PORT"])
+    assert {(p.purpose, p.kind, p.port, p.path) for p in worker.probes} == {
+        ("startup", "http", health, "/healthz"),
+        ("liveness", "http", health, "/healthz"),
+    }
     contracts.probes_pass(gcp, WORKER)
 
 
 def test_worker_keeps_running(gcp: Rehearsal) -> None:
     contracts.keeps_running(gcp, WORKER)
+
+
+def test_a_hung_worker_fails_its_liveness_probe(gcp: Rehearsal) -> None:
+    contracts.liveness_catches_a_hang(gcp, WORKER)
 
 
 def test_end_to_end_through_the_api(gcp: Rehearsal) -> None:
@@ -163,12 +179,11 @@ def test_export_then_import_as_the_service_account(gcp: Rehearsal) -> None:
     )
 
 
-@known.API_TOKEN
 def test_an_api_token_is_required_or_optional_for_real() -> None:
     def references(variant: Deployment) -> dict[str, tuple[set[str], bool]]:
         return {
             name: (set(w.secret_env) - set(w.env), w.args == ("serve",) and "SKYFERRY_API_TOKEN" not in w.env)
-            for name, w in target.service_workloads(variant).items()
+            for name, w in target.run_workloads(variant).items()
         }
 
     contracts.api_token_is_optional_or_refused("gcp", references)
@@ -189,12 +204,11 @@ def test_broker_fed_end_to_end_through_the_stacks_subscriptions(gcp: Rehearsal) 
     contracts.broker_fed_end_to_end(gcp, WORKER)
 
 
-@known.CONSUMER_GROUPS
 def test_every_broker_fed_call_is_granted_to_the_service_account(gcp: Rehearsal) -> None:
     """Broker-fed, the worker publishes and consumes the groups' subscriptions: each call must be granted.
 
-    With the stack's subscriptions not the app's groups, the worker creates its own, and
-    ``pubsub.subscriptions.create`` is granted to nobody.
+    Were the stack's subscriptions not the app's groups, the worker would create its own,
+    and ``pubsub.subscriptions.create`` is granted to nobody.
     """
     gcp.broker_fed(WORKER)
     calls = _sdk_calls(gcp.calls()[gcp.extra["broker_fed_calls"] :])
