@@ -9,8 +9,10 @@ the emulators (and the fake), its Container Apps run as Container Apps runs them
 * Container Apps' part (:func:`app_workloads`): each app's container with its args and env,
   ``secretRef`` resolved through the app's ``configuration.secrets`` (a Key Vault
   reference is read with the named identity, which must hold a role granting
-  ``secrets/getSecret`` on it), the ingress target port, the declared probes and the
-  default TCP startup probe Container Apps adds to an app with ingress.
+  ``secrets/getSecret`` on it), the ingress target port, the declared probes (on any
+  port of the container: the worker's answer on ``SKYFERRY_HEALTH_PORT``), the default
+  TCP startup probe Container Apps adds to an app with ingress, and a ``/tmp`` of the
+  container's own.
 * The endpoints are implicit in the account and namespace names, and no emulator accepts
   Entra ID tokens: the seam points ``CosmosClient`` and ``ContainerClient`` at the
   emulators with their keys, records every HTTP request with the identity
@@ -33,7 +35,7 @@ from typing import Any
 
 from tests.rehearsal.permissions import AzureGrant, AzureNeed, blob_needs, cosmos_needs, servicebus_needs
 from tests.rehearsal.stack import ROOT, Deployment
-from tests.rehearsal.workloads import Probe, Workload, probe_of
+from tests.rehearsal.workloads import Probe, Workload, port_variables, probe_of
 from tests.services import free_port, started, unavailable
 
 
@@ -186,7 +188,8 @@ def app_workloads(deployment: Deployment) -> dict[str, Workload]:
                         source="Container Apps' default startup probe (TCP on the target port)",
                     )
                 )
-            name = f"app:{node.inputs['containerAppName']}/{container['name']}"
+            app_name = node.inputs["containerAppName"]
+            name = f"app:{app_name}/{container['name']}"
             ports = (target_port,) if target_port is not None else ()
             workloads[name] = Workload(
                 name=name,
@@ -198,12 +201,14 @@ def app_workloads(deployment: Deployment) -> dict[str, Workload]:
                 secret_env=secret_env,
                 ports=ports,
                 probes=probes,
+                # the container's own writable filesystem: its /tmp is no other replica's
+                volumes={"/tmp": f"app:{app_name}:{container['name']}:tmp"},
                 identity=env.get("AZURE_CLIENT_ID", ""),
                 platform_env={
-                    "CONTAINER_APP_NAME": node.inputs["containerAppName"],
-                    "CONTAINER_APP_REVISION": f"{node.inputs['containerAppName']}--rhs0001",
+                    "CONTAINER_APP_NAME": app_name,
+                    "CONTAINER_APP_REVISION": f"{app_name}--rhs0001",
                 },
-                port_variables={k: int(v) for k, v in env.items() if v.isdigit() and int(v) in ports},
+                port_variables=port_variables(env, ports, probes),
             )
     return workloads
 

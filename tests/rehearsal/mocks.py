@@ -308,6 +308,8 @@ class RealisticMocks(pulumi.runtime.Mocks):
             state["serviceBusEndpoint"] = f"https://{name}.servicebus.windows.net:443/"
         elif typ == "azure-native:storage:StorageAccount":
             state["primaryEndpoints"] = {"blob": f"https://{name}.blob.core.windows.net/"}
+        elif typ == "azure-native:containerregistry:Registry":
+            state["loginServer"] = f"{name.lower()}.azurecr.io"
         return resource_id, state
 
     # -- Kubernetes ------------------------------------------------------------------------------
@@ -414,6 +416,10 @@ _ARM_PATHS: dict[str, tuple[str, str]] = {
     "azure-native:storage:BlobContainer": (
         "containerName",
         "Microsoft.Storage/storageAccounts/{accountName}/blobServices/default/containers/{containerName}",
+    ),
+    "azure-native:containerregistry:Registry": (
+        "registryName",
+        "Microsoft.ContainerRegistry/registries/{registryName}",
     ),
     "azure-native:app:ManagedEnvironment": ("environmentName", "Microsoft.App/managedEnvironments/{environmentName}"),
     "azure-native:app:ContainerApp": ("containerAppName", "Microsoft.App/containerApps/{containerAppName}"),

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from tests.rehearsal import azure as target
-from tests.rehearsal import contracts, known
+from tests.rehearsal import contracts
 from tests.rehearsal.harness import Rehearsal
 from tests.rehearsal.permissions import AzureNeed
 from tests.rehearsal.stack import Deployment
@@ -28,7 +28,6 @@ def _sdk_calls(azure: Rehearsal) -> list[dict[str, Any]]:
     return [c for c in azure.calls() if c["kind"] in {"azure-http", "servicebus"}]
 
 
-@known.PULUMI_CONFIG
 def test_pulumi_accepts_the_stack_config(azure: Rehearsal) -> None:
     contracts.pulumi_accepts(azure.deployment)
 
@@ -96,8 +95,20 @@ def test_api_passes_its_probes(azure: Rehearsal) -> None:
 
 
 def test_worker_keeps_running(azure: Rehearsal) -> None:
+    """The worker has no ingress; its probes ask the heartbeat's endpoint on ``SKYFERRY_HEALTH_PORT``."""
+    worker = azure.workloads[WORKER]
+    assert worker.ports == ()
+    health = int(worker.env["SKYFERRY_HEALTH_PORT"])
+    assert {(p.purpose, p.kind, p.port, p.path) for p in worker.probes} == {
+        ("startup", "http", health, "/healthz"),
+        ("liveness", "http", health, "/healthz"),
+    }
     contracts.keeps_running(azure, WORKER)
     contracts.probes_pass(azure, WORKER)
+
+
+def test_a_hung_worker_fails_its_liveness_probe(azure: Rehearsal) -> None:
+    contracts.liveness_catches_a_hang(azure, WORKER)
 
 
 def test_end_to_end_through_the_api(azure: Rehearsal) -> None:
@@ -150,7 +161,6 @@ def test_export_then_import_as_the_apps_identity(azure: Rehearsal) -> None:
     assert any(need.operation.endswith("blobs/write") for _, need in checked), "the export wrote no blob"
 
 
-@known.BROKER_RETENTION
 def test_broker_retention_is_bounded(azure: Rehearsal) -> None:
     """In store-fed mode nobody reads the subscriptions: what the relay publishes must expire."""
     for topic in azure.deployment.nodes("azure-native:servicebus:Topic"):
@@ -165,7 +175,6 @@ def test_broker_retention_is_bounded(azure: Rehearsal) -> None:
             assert target.iso_seconds(ttl) <= 14 * 86400, f"{subscription.name}: messages kept {ttl}"
 
 
-@known.READINESS_COST
 def test_a_readiness_probe_reads_a_bounded_number_of_documents(azure: Rehearsal) -> None:
     contracts.end_to_end(azure)
     before = len(azure.calls())
@@ -177,14 +186,12 @@ def test_a_readiness_probe_reads_a_bounded_number_of_documents(azure: Rehearsal)
     assert documents <= 2, f"one readiness probe read {documents} documents in {len(probe)} requests"
 
 
-@known.AZURE_LOCATION
 def test_resources_are_in_the_stacks_location() -> None:
     variant = contracts.deploy_variant("azure", {"azure-native:location": "northeurope"})
     misplaced = [n.name for n in variant.graph.nodes if n.inputs.get("location") not in (None, "global", "northeurope")]
     assert not misplaced, f"not in northeurope: {misplaced}"
 
 
-@known.API_TOKEN
 def test_an_api_token_is_required_or_optional_for_real() -> None:
     def references(variant: Deployment) -> dict[str, tuple[set[str], bool]]:
         return {
@@ -203,7 +210,6 @@ def test_public_api_endpoint_uses_tls(azure: Rehearsal) -> None:
             assert ingress.get("allowInsecure") is False, node.name
 
 
-@known.CONSUMER_GROUPS
 def test_broker_fed_end_to_end_through_the_stacks_subscriptions(azure: Rehearsal) -> None:
     contracts.broker_fed_end_to_end(azure, WORKER)
     checked, problems = target.identity_problems(
