@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tests.rehearsal import contracts, known
+from tests.rehearsal import contracts
 from tests.rehearsal import kubernetes as target
 from tests.rehearsal.harness import Rehearsal
 from tests.rehearsal.stack import Deployment
@@ -41,7 +41,6 @@ def _stream_config(kubernetes: Rehearsal) -> Any:
     return asyncio.run(read())
 
 
-@known.PULUMI_CONFIG
 def test_pulumi_accepts_the_stack_config(kubernetes: Rehearsal) -> None:
     contracts.pulumi_accepts(kubernetes.deployment)
 
@@ -105,6 +104,10 @@ def test_worker_passes_its_exec_liveness_probe(kubernetes: Rehearsal) -> None:
     contracts.probes_pass(kubernetes, WORKER)
 
 
+def test_a_hung_worker_fails_its_liveness_probe(kubernetes: Rehearsal) -> None:
+    contracts.liveness_catches_a_hang(kubernetes, WORKER)
+
+
 def test_end_to_end_through_the_api(kubernetes: Rehearsal) -> None:
     contracts.end_to_end(kubernetes)
 
@@ -153,7 +156,6 @@ def test_export_then_import_in_the_api_pod(kubernetes: Rehearsal) -> None:
     assert reports["export"]["archive"] == "file:///var/lib/skyferry/archive"
 
 
-@known.POSTGRES_PASSWORD
 def test_a_database_password_with_reserved_characters_survives_the_url() -> None:
     password = "p@ss/w#rd%?x:y"
     variant = _with_password(password)
@@ -188,7 +190,6 @@ def test_broker_fed_end_to_end_through_the_stacks_stream(kubernetes: Rehearsal) 
     assert _stream_config(kubernetes).state.messages > 0, "the relay published nothing to the stack's stream"
 
 
-@known.BROKER_RETENTION
 def test_broker_retention_is_bounded(kubernetes: Rehearsal) -> None:
     kubernetes.broker_fed(WORKER)
     config = _stream_config(kubernetes).config
