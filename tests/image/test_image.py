@@ -274,3 +274,24 @@ def test_plan_is_refused_cleanly_in_the_image(image: str) -> None:
     result = run_once(image, ["plan", "--stack", "kubernetes"])
     assert result.returncode == 2, result.output
     assert "infra" in result.output
+
+
+SOURCES = """
+import hashlib, json, pathlib, skyferry
+root = pathlib.Path(skyferry.__file__).parent
+print(json.dumps({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.py")}))
+"""
+
+
+def test_the_image_runs_this_checkouts_code(image: str) -> None:
+    """The image's ``skyferry`` package is ``app/skyferry`` of this checkout, file for file: no
+    earlier build of the app is taken from a cache."""
+    import hashlib
+
+    app = EXTRAS.parent / "skyferry"
+    here = {str(p.relative_to(app)): hashlib.sha256(p.read_bytes()).hexdigest() for p in app.rglob("*.py")}
+    result = run_once(image, ["-c", SOURCES], entrypoint="python")
+    assert result.returncode == 0, result.output
+    shipped = json.loads(result.output.strip().splitlines()[-1])
+    differ = sorted(name for name in here.keys() | shipped.keys() if here.get(name) != shipped.get(name))
+    assert not differ, f"the image's skyferry differs from the checkout's in {differ}"
