@@ -13,7 +13,7 @@ The tables are written from the clouds' official references, by their public nam
   *IAM permissions for JSON methods*.
 * Azure, "Azure built-in roles" (the Actions and DataActions of *Storage Blob Data
   Contributor*, *Azure Service Bus Data Sender*, *Azure Service Bus Data Receiver*,
-  *Key Vault Secrets User*); Azure Cosmos DB for NoSQL *data plane role-based access
+  *AcrPull*, *Key Vault Secrets User*); Azure Cosmos DB for NoSQL *data plane role-based access
   control* (the built-in *Cosmos DB Built-in Data Contributor* and its data actions);
   Azure Storage *Authorize with Microsoft Entra ID* ("Permissions for calling data
   operations").
@@ -278,6 +278,10 @@ AZURE_ROLES: dict[str, tuple[str, AzureRole]] = {
             ),
             data_actions=("Microsoft.ServiceBus/*/receive/action",),
         ),
+    ),
+    "7f951dda-4ed3-4680-a7ca-43fe172d538d": (
+        "AcrPull",
+        AzureRole(actions=("Microsoft.ContainerRegistry/registries/pull/read",)),
     ),
     "4633458b-17de-408a-b874-0445c86b69e6": (
         "Key Vault Secrets User",

@@ -122,13 +122,26 @@ def test_store_fed_worker_publishes_nothing(azure: Rehearsal) -> None:
 
 
 def test_every_call_is_granted_to_the_apps_identity(azure: Rehearsal) -> None:
-    """Each recorded call, and Container Apps' read of each Key Vault secret, is granted by a role assignment."""
+    """Each recorded call, and Container Apps' read of each Key Vault secret and pull from each
+    registry, is granted by a role assignment."""
     contracts.end_to_end(azure)
     granted = target.grants(azure.deployment)
     checked, problems = target.identity_problems(_sdk_calls(azure), azure.deployment, azure.extra["hosts"], granted)
     principals = {i["id"]: i["principal"] for i in target.identities(azure.deployment).values()}
     secret_ids = {s.outputs["name"]: s.outputs["id"] for s in azure.deployment.nodes("azure-native:keyvault:Secret")}
+    registries = {
+        r.outputs["loginServer"]: r.outputs["id"]
+        for r in azure.deployment.nodes("azure-native:containerregistry:Registry")
+    }
     for node in azure.deployment.nodes("azure-native:app:ContainerApp"):
+        for registry in (node.inputs.get("configuration") or {}).get("registries", []):
+            assert "passwordSecretRef" not in registry, f"{node.name}: pulls with a password"
+            assert "identity" in registry, f"{node.name}: pulls from {registry['server']} as nobody"
+            scope = registries.get(registry["server"], registry["server"])
+            need = AzureNeed("Microsoft.ContainerRegistry/registries/pull/read", False, scope, "Container Apps pull")
+            checked.append(({"workload": node.name}, need))
+            if not any(g.principal == principals.get(registry["identity"]) and g.covers(need) for g in granted):
+                problems.append(f"{node.name}: Container Apps cannot pull from {registry['server']}")
         for secret in (node.inputs.get("configuration") or {}).get("secrets", []):
             if "keyVaultUrl" not in secret:
                 continue
@@ -139,7 +152,7 @@ def test_every_call_is_granted_to_the_apps_identity(azure: Rehearsal) -> None:
                 problems.append(f"{node.name}: Container Apps cannot read {secret['name']} as {secret['identity']}")
     assert not problems, "\n".join(problems)
     operations = {need.operation for _, need in checked}
-    for expected in ("containers/executeQuery", "items/create", "secrets/getSecret/action"):
+    for expected in ("containers/executeQuery", "items/create", "secrets/getSecret/action", "pull/read"):
         assert any(o.endswith(expected) for o in operations), f"no {expected} among {sorted(operations)}"
 
 
