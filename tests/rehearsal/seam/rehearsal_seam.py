@@ -33,6 +33,7 @@ nothing.  Each hook appends JSON lines to the config's ``log``: ``workload``, ``
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.abc
 import json
 import os
@@ -40,6 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -254,18 +256,24 @@ def _blob_hook(module: Any) -> None:
 _namespaces: dict[str, Any] = {}
 
 
+def _fake() -> Any:
+    """``tests/services/servicebus_fake.py``, imported as a module of its own (``install`` puts its
+    folder on the path): the image holds no pytest, which the ``tests.services`` package imports,
+    and the fake itself needs only the Service Bus SDK."""
+    return importlib.import_module("servicebus_fake")
+
+
 def _namespace(host: str) -> Any:
     """The fake namespace of ``host`` with the config's topics and subscriptions (built once)."""
     name = host.split(".")[0]
     with _lock:
         if name not in _namespaces:
-            from tests.services.servicebus_fake import FakeAdministrationClient, FakeNamespace
-
+            fake = _fake()
             spec = _config["azure"]["servicebus"].get(name)
             if spec is None:
                 raise RuntimeError(f"the rehearsal has no Service Bus namespace {name!r}")
-            namespace = FakeNamespace()
-            admin = FakeAdministrationClient(namespace)
+            namespace = fake.FakeNamespace()
+            admin = fake.FakeAdministrationClient(namespace)
             for topic, settings in spec["topics"].items():
                 namespace.create_topic(topic, float(settings["duplicate_window"]))
                 for subscription, options in settings["subscriptions"].items():
@@ -284,10 +292,8 @@ def _servicebus_hook(module: Any) -> None:
         """``ServiceBusClient`` on the fake namespace, recording each entity it opens."""
 
         def __init__(self, fully_qualified_namespace: str, credential: Any, **kwargs: Any) -> None:
-            from tests.services.servicebus_fake import FakeServiceBusClient
-
             self.namespace = fully_qualified_namespace.split(".")[0]
-            self._client = FakeServiceBusClient(_namespace(fully_qualified_namespace))
+            self._client = _fake().FakeServiceBusClient(_namespace(fully_qualified_namespace))
 
         def get_topic_sender(self, topic_name: str, **kwargs: Any) -> Any:
             record("servicebus", namespace=self.namespace, operation="send", topic=topic_name)
@@ -315,10 +321,8 @@ def _servicebus_admin_hook(module: Any) -> None:
         """``ServiceBusAdministrationClient`` on the fake namespace, recording each call."""
 
         def __init__(self, fully_qualified_namespace: str, credential: Any, **kwargs: Any) -> None:
-            from tests.services.servicebus_fake import FakeAdministrationClient
-
             self.namespace = fully_qualified_namespace.split(".")[0]
-            self._admin = FakeAdministrationClient(_namespace(fully_qualified_namespace))
+            self._admin = _fake().FakeAdministrationClient(_namespace(fully_qualified_namespace))
 
         def get_subscription(self, topic_name: str, subscription_name: str, **kwargs: Any) -> Any:
             record(
@@ -369,7 +373,7 @@ def install(path: str) -> None:
     if _config.get("http_hosts"):
         hooks["google.auth.transport.requests"] = _google_http_hook
     if _config.get("azure"):
-        sys.path.append(_config["azure"]["repo"])  # for the Service Bus fake (tests/services)
+        sys.path.append(str(Path(_config["azure"]["repo"]) / "tests" / "services"))  # the Service Bus fake
         hooks["azure.core.pipeline.transport._requests_basic"] = _azure_transport_hook
         hooks["azure.cosmos.cosmos_client"] = _cosmos_hook
         hooks["azure.storage.blob._container_client"] = _blob_hook
