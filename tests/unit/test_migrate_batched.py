@@ -179,13 +179,25 @@ def test_head_tracker_add_many_is_chain_next_per_stream_and_names_a_gap() -> Non
         HeadTracker().add_many(gap, lambda e: "chunk-9")
 
 
+def nested_list(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
         ({"id": "not-a-uuid"}, ValidationError, "is not a UUID"),
+        ({"id": "0000000A-0000-0000-0000-000000000001"}, ValidationError, "canonical form"),
         ({"type": ""}, ValidationError, "event type must be"),
+        ({"type": "T\x00"}, ValidationError, "not allowed"),
         ({"data": [1]}, ValidationError, "must be JSON objects"),
-        ({"schema_version": 0}, ValidationError, "schema_version must be >= 1"),
+        ({"schema_version": 0}, ValidationError, "schema_version must be an integer from 1"),
+        ({"schema_version": 2**31}, ValidationError, "schema_version must be an integer from 1"),
+        ({"data": {"x": float("nan")}}, ValidationError, "not a JSON number"),
+        ({"metadata": {"x": nested_list(64)}}, ValidationError, "nested more than"),
         ({"occurred_at": datetime(2026, 1, 1)}, ValidationError, "occurred_at must be timezone-aware"),
         ({"data": {"x": object()}}, ValidationError, "not JSON-serializable"),
         ({"data": {"x": "y" * EVENT_SIZE_LIMIT}}, EventTooLarge, "is over the limit"),

@@ -85,7 +85,7 @@ def test_binary_rows_hold_the_values_of_the_text_rows() -> None:
         (T0.astimezone(paris), T1),
     ]
     events = [_event(i + 1, occurred, recorded) for i, (occurred, recorded) in enumerate(pairs)]
-    events[1] = events[1]._replace(type="tab\there", data={"q": 'a\\b"c'})
+    events[1] = events[1]._replace(type="back\\slash", data={"q": 'a\\b"c'})
     assert _binary_ready(events)
     text_rows = [row.rstrip("\n").split("\t") for row in _copy_rows(events)]
     for event, row, text in zip(events, _copy_rows_binary(events), text_rows, strict=True):

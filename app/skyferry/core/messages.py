@@ -9,6 +9,24 @@ Timestamps are timezone-aware UTC with microsecond precision.  The encoded size 
 event (its ``data`` and ``metadata`` as compact JSON) is limited to
 :data:`EVENT_SIZE_LIMIT` on every store, so that any event fits every broker message and
 every store item once the bounded envelope fields are added.
+
+**Portability.**  :meth:`NewEvent.validate` refuses whatever one of the supported stores
+could not hold exactly, so that an event one store accepts, every store accepts and gives
+back unchanged (the conformance suite proves it for each adapter):
+
+* the id is a UUID in its canonical text (lower case, ``8-4-4-4-12``), the form every
+  store gives back;
+* the type is 1 to :data:`TYPE_MAX` characters without control characters (C0, DEL, C1)
+  or surrogates;
+* ``schema_version`` is an integer from 1 to :data:`SCHEMA_VERSION_MAX` (a 32-bit column);
+* timestamps are timezone-aware ``datetime`` values (year 1 to 9999 in UTC);
+* ``data`` and ``metadata`` are JSON objects of any JSON values, nested at most
+  :data:`MAX_JSON_DEPTH` levels: no NaN or infinity (JSON has none), integers within 64
+  bits, no lone surrogates, string keys.  Other values the JSON encoder knows (a
+  ``datetime``, a ``UUID``, a tuple) are kept as their JSON text, by every store alike.
+
+Each refusal is a :class:`ValidationError` naming the event and the field (for a JSON
+value, its path, such as ``data['items'][3]``).
 """
 
 from __future__ import annotations
@@ -32,12 +50,20 @@ EVENT_SIZE_LIMIT: Final = 192 * 1024
 STREAM_ID_MAX: Final = 200
 TYPE_MAX: Final = 200
 STREAM_ID_PUNCTUATION: Final = frozenset("/:.-_")
+SCHEMA_VERSION_MAX: Final = 2**31 - 1
+"""The largest ``schema_version`` (PostgreSQL keeps it in a 32-bit ``integer``)."""
+MAX_JSON_DEPTH: Final = 64
+"""How deeply ``data`` and ``metadata`` may nest (the object itself is level 1): far below
+every JSON library's limit once the envelopes of archives and broker messages are added
+(orjson stops at 254 levels)."""
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # Fast paths of the checks below: ``\w`` on a str pattern is exactly ``str.isalnum()`` or
 # ``_``; 32 hex digits in the canonical grouping are always a UUID to ``uuid.UUID``.
 _VALID_STREAM_ID: Final = re.compile(rf"[\w/:.\-]{{1,{STREAM_ID_MAX}}}")
 _CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_TYPE_FORBIDDEN: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_INT64: Final = range(-(2**63), 2**64)  # what the JSON encoder writes (signed and unsigned 64-bit)
 
 JSONObject = dict[str, Any]
 
@@ -79,9 +105,15 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+_ZERO: Final = timedelta(0)
+
+
 def format_timestamp(moment: datetime) -> str:
-    """RFC 3339 with microseconds and ``Z``: the one text form of a timestamp."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 with microseconds and ``Z``: the one text form of a timestamp (always four
+    year digits: ``strftime("%Y")`` would write year 999 as ``999``)."""
+    if moment.tzinfo is not UTC and moment.utcoffset() != _ZERO:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -120,6 +152,92 @@ def encode_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def check_type(event_type: object, event_id: object = None) -> str:
+    """Return ``event_type`` if it is a valid event type, else raise :class:`ValidationError` saying why."""
+    where = f"event {event_id}: " if event_id is not None else ""
+    if not isinstance(event_type, str) or not 1 <= len(event_type) <= TYPE_MAX:
+        raise ValidationError(f"{where}event type must be a string of 1 to {TYPE_MAX} characters, got {event_type!r}")
+    bad = _TYPE_FORBIDDEN.search(event_type)
+    if bad is not None:
+        raise ValidationError(
+            f"{where}event type {event_type!r}: character {bad.group()!r} at index {bad.start()} is not allowed "
+            "(no control characters or surrogates)"
+        )
+    return event_type
+
+
+def check_json(value: Any, encoded: bytes, where: str) -> None:
+    """Refuse what the encoder let through but no store keeps: NaN or infinity (written as
+    ``null``) and nesting deeper than :data:`MAX_JSON_DEPTH`.  ``encoded`` is ``value``'s JSON;
+    the value itself is walked only when that text could hide one of them (it holds ``null``,
+    or more brackets than the depth allowed), so the common event costs two byte scans."""
+    if b"null" in encoded or encoded.count(b"{") + encoded.count(b"[") > MAX_JSON_DEPTH:
+        problem = json_problem(value, where)
+        if problem is not None:
+            raise ValidationError(problem)
+
+
+def json_problem(value: Any, where: str) -> str | None:
+    """The first thing in ``value`` that is not a portable JSON value, with its path
+    (``data['items'][3]: ...``), or ``None``: a walk of the whole value, for error messages
+    and for :func:`check_json`'s doubtful cases."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if len(path) > 120:
+            path = f"{path[:60]}...{path[-40:]}"
+        kind = type(item)
+        if kind is str or isinstance(item, str):
+            if _has_surrogate(item):
+                return f"{path}: a string holds a lone surrogate (not valid UTF-8)"
+        elif kind is bool or item is None:
+            continue
+        elif isinstance(item, int):
+            if item not in _INT64:
+                return f"{path}: the integer {item} does not fit in 64 bits"
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return f"{path}: {item!r} is not a JSON number (JSON has no NaN or infinity)"
+        elif isinstance(item, dict | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                return f"{path}: nested more than {MAX_JSON_DEPTH} levels deep"
+            if isinstance(item, dict):
+                for key, inner in item.items():
+                    if not isinstance(key, str):
+                        return f"{path}: the key {key!r} is not a string"
+                    if _has_surrogate(key):
+                        return f"{path}: the key {key!r} holds a lone surrogate (not valid UTF-8)"
+                    stack.append((inner, f"{path}[{key!r}]", depth + 1))
+            else:
+                stack.extend((inner, f"{path}[{index}]", depth + 1) for index, inner in enumerate(item))
+        else:
+            try:
+                orjson.dumps(item)
+            except TypeError as e:
+                return f"{path}: {kind.__name__} is not JSON-serializable ({e})"
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_moment(moment: object, name: str, event_id: object) -> None:
+    """Refuse a timestamp that is not an aware ``datetime`` within years 1 to 9999 in UTC."""
+    if not isinstance(moment, datetime):
+        raise ValidationError(f"event {event_id}: {name} must be a datetime, not {type(moment).__name__}")
+    if moment.utcoffset() is None:
+        raise ValidationError(f"event {event_id}: {name} must be timezone-aware (UTC)")
+    try:
+        moment.astimezone(UTC)
+    except OverflowError as e:
+        raise ValidationError(f"event {event_id}: {name} {moment.isoformat()} is outside years 1 to 9999 in UTC") from e
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event a command decided, not yet stored.
@@ -143,32 +261,45 @@ class NewEvent:
         return len(encode_json(self.data)) + len(encode_json(self.metadata))
 
     def validate(self) -> None:
-        """Raise :class:`ValidationError` or :class:`EventTooLarge` if this event cannot be stored."""
-        if not self.type or len(self.type) > TYPE_MAX:
-            raise ValidationError(f"event type must be 1 to {TYPE_MAX} characters")
+        """Raise :class:`ValidationError` or :class:`EventTooLarge` if this event cannot be
+        stored by every store alike (see the module docstring for the rules)."""
+        event_id = self.id
+        if type(event_id) is not str or not _CANONICAL_UUID.fullmatch(event_id):
+            raise ValidationError(
+                f"event id {event_id!r} is not a UUID in canonical form (lower-case 8-4-4-4-12 hex digits, "
+                "as str(uuid.uuid4()) writes it)"
+            )
+        check_type(self.type, event_id)
         data, metadata = self.data, self.metadata
         # ``type(...) is dict`` first: the ABC check alone costs more than the rest of this.
         if not (type(data) is dict or isinstance(data, Mapping)) or not (
             type(metadata) is dict or isinstance(metadata, Mapping)
         ):
-            raise ValidationError(f"event {self.id}: data and metadata must be JSON objects")
-        if self.schema_version < 1:
-            raise ValidationError(f"event {self.id}: schema_version must be >= 1")
-        try:
-            if type(self.id) is not str or not _CANONICAL_UUID.fullmatch(self.id):
-                uuid.UUID(self.id)
-        except (ValueError, TypeError, AttributeError) as e:
-            raise ValidationError(f"event id {self.id!r} is not a UUID") from e
-        for name in ("occurred_at", "recorded_at"):
-            moment = getattr(self, name)
-            if moment is not None and moment.tzinfo is None:
-                raise ValidationError(f"event {self.id}: {name} must be timezone-aware (UTC)")
-        try:
-            size = self.encoded_size()
-        except TypeError as e:
-            raise ValidationError(f"event {self.id}: data or metadata is not JSON-serializable: {e}") from e
+            raise ValidationError(f"event {event_id}: data and metadata must be JSON objects")
+        schema_version = self.schema_version
+        if type(schema_version) is not int or not 1 <= schema_version <= SCHEMA_VERSION_MAX:
+            raise ValidationError(
+                f"event {event_id}: schema_version must be an integer from 1 to {SCHEMA_VERSION_MAX}, "
+                f"got {schema_version!r}"
+            )
+        check_moment(self.occurred_at, "occurred_at", event_id)
+        if self.recorded_at is not None:
+            check_moment(self.recorded_at, "recorded_at", event_id)
+        encoded: list[bytes] = []
+        for name, value in (("data", data), ("metadata", metadata)):
+            try:
+                text = encode_json(value)
+            except TypeError as e:
+                problem = json_problem(value, name) or f"{name}: not JSON-serializable: {e}"
+                raise ValidationError(f"event {event_id}: {problem}") from e
+            try:
+                check_json(value, text, name)
+            except ValidationError as e:
+                raise ValidationError(f"event {event_id}: {e}") from None
+            encoded.append(text)
+        size = len(encoded[0]) + len(encoded[1])
         if size > EVENT_SIZE_LIMIT:
-            raise EventTooLarge(self.id, size, EVENT_SIZE_LIMIT)
+            raise EventTooLarge(event_id, size, EVENT_SIZE_LIMIT)
 
 
 def plainly_valid(
@@ -191,14 +322,19 @@ def plainly_valid(
     return bool(
         type(event_type) is str
         and 0 < len(event_type) <= TYPE_MAX
+        and event_type.isprintable()  # printable: no control characters, no surrogates
         and type(data) is dict
         and type(metadata) is dict
         and type(schema_version) is int
-        and schema_version >= 1
-        and (type(occurred) is int or (isinstance(occurred, datetime) and occurred.tzinfo is not None))
-        and (type(recorded) is int or (isinstance(recorded, datetime) and recorded.tzinfo is not None))
+        and 1 <= schema_version <= SCHEMA_VERSION_MAX
+        and (type(occurred) is int or (isinstance(occurred, datetime) and occurred.tzinfo is UTC))
+        and (type(recorded) is int or (isinstance(recorded, datetime) and recorded.tzinfo is UTC))
         and data_json
         and len(data_json) + len(metadata_json) <= EVENT_SIZE_LIMIT
+        and b"null" not in data_json
+        and b"null" not in metadata_json
+        and data_json.count(b"{") + data_json.count(b"[") <= MAX_JSON_DEPTH
+        and metadata_json.count(b"{") + metadata_json.count(b"[") <= MAX_JSON_DEPTH
     )
 
 

@@ -33,7 +33,7 @@ from urllib.parse import quote, unquote
 import orjson
 
 from skyferry.core.errors import ValidationError
-from skyferry.core.messages import Event, encode_json, parse_timestamp
+from skyferry.core.messages import Event, encode_json, format_timestamp, parse_timestamp
 from skyferry.migrate.errors import ArchiveError
 
 SPEC_VERSION: Final = "1.0"
@@ -57,15 +57,9 @@ _REQUIRED: Final = (
 
 
 _REQUIRED_SET: Final = frozenset(_REQUIRED)
-_ZERO: Final = timedelta(0)
 
-
-def timestamp(moment: datetime) -> str:
-    """RFC 3339, UTC, always six fraction digits and ``Z``: the text of
-    :func:`skyferry.core.messages.format_timestamp`, computed without ``strftime`` (hot path)."""
-    if moment.tzinfo is not UTC and moment.utcoffset() != _ZERO:
-        moment = moment.astimezone(UTC)
-    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+timestamp: Final = format_timestamp
+"""RFC 3339, UTC, six fraction digits and ``Z`` (:func:`skyferry.core.messages.format_timestamp`)."""
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -286,9 +280,9 @@ def decode_line_canonical(line: bytes, location: str, line_number: int) -> tuple
     return event, _canonical(event, occurred, recorded)
 
 
-def decode_lines(lines: Iterable[bytes], location: str) -> tuple[list[Event], list[bytes]]:
-    """``(events, canonical bytes)``: :func:`decode_line_canonical` of each line (numbered from 1),
-    as two lists in the order of the lines: the same results.
+def decode_lines(lines: Iterable[bytes], location: str, first: int = 1) -> tuple[list[Event], list[bytes]]:
+    """``(events, canonical bytes)``: :func:`decode_line_canonical` of each line (numbered from
+    ``first``), as two lists in the order of the lines: the same results.
 
     The common case is decoded inline, with each distinct timestamp text of the call parsed
     once; a line that fails any check (or that the inline path cannot judge) goes through
@@ -300,7 +294,7 @@ def decode_lines(lines: Iterable[bytes], location: str) -> tuple[list[Event], li
     events: list[Event] = []
     canonicals: list[bytes] = []
     add_event, add_canonical = events.append, canonicals.append
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines, first):
         try:
             raw = loads(line)
             # a missing attribute raises KeyError here: the one-line path names it

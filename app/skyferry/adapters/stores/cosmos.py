@@ -41,6 +41,10 @@ transactional batches, which the emulator does not make atomic):
   ``read_all``'s periodic sweep of unslotted commits (``sweep_after`` seconds old), slots
   it; a failed slotting makes ``append`` raise ``TransientError`` (retrying is an
   idempotent success that finishes the slotting).
+* Each event keeps its ``data`` and ``metadata`` as canonical JSON text (fields ``d`` and
+  ``m``), not as native JSON: Cosmos DB stores every number as a double, which would
+  change ``-0.0``, ``1.0``, ``1e16``, ``2**53 + 1`` or ``2**63 - 1``.  Events written by
+  earlier versions, with native ``data`` / ``metadata``, are still read.
 * The log partition caps the write rate at one logical partition's throughput
   (10,000 RU/s, roughly a thousand appends a second); the change feed would scale
   further, but its order across physical partitions is not one global order and the
@@ -114,6 +118,7 @@ from functools import partial
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError
 from azure.cosmos import ContainerProxy, CosmosClient
@@ -366,15 +371,26 @@ def _slot_id(slot: int) -> str:
 
 
 def _event_body(event: NewEvent, recorded_at: str) -> dict[str, Any]:
+    """One event inside a commit or part document; ``data`` and ``metadata`` as their canonical
+    JSON text (``d``, ``m``): Cosmos DB keeps numbers as doubles, so a native JSON value would
+    come back changed (``-0.0``, ``1.0``, ``1e16``, ``2**53 + 1``, ``2**63 - 1``)."""
     return {
         "id": event.id,
         "type": event.type,
         "schema_version": event.schema_version,
-        "data": event.data,
-        "metadata": event.metadata,
+        "d": encode_json(event.data).decode(),
+        "m": encode_json(event.metadata).decode(),
         "occurred_at": format_timestamp(event.occurred_at),
         "recorded_at": recorded_at,
     }
+
+
+def _event_of(body: Mapping[str, Any], stream_id: str, version: int) -> Event:
+    """The event of a body written by :func:`_event_body` (or, before JSON text, with the
+    native ``data`` / ``metadata`` of earlier versions)."""
+    if "d" in body:
+        body = {**body, "data": orjson.loads(body["d"]), "metadata": orjson.loads(body["m"])}
+    return Event.from_dict({**body, "stream_id": stream_id, "version": version})
 
 
 class CosmosEventStore:
@@ -435,10 +451,7 @@ class CosmosEventStore:
             part = call(f"reading {part_id}", partial(self._c.read_item, part_id, partition_key=commit["stream_id"]))
             bodies.extend(part["events"])
         first = int(commit["first"])
-        return [
-            Event.from_dict({**body, "stream_id": commit["stream_id"], "version": first + i})
-            for i, body in enumerate(bodies)
-        ]
+        return [_event_of(body, commit["stream_id"], first + i) for i, body in enumerate(bodies)]
 
     def read_stream(
         self,

@@ -10,6 +10,12 @@ Nothing is persisted: the data lives as long as the process.  Both stores are
 thread-safe (one lock per instance) and keep every guarantee of the ports.  The global
 order of ``read_all`` is the order of appends under the lock, so it is complete and
 stable by construction; positions are the decimal index of the event in that order.
+
+Like every other store, the event store keeps ``data`` and ``metadata`` as their JSON
+text and decodes them on each read: a caller (or an upcaster) that changes what it read
+changes its own copy, never the history, and values the JSON encoder converts (a tuple, a
+``datetime``) come back as every store gives them back.  View documents are copied in and
+out for the same reason.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
+import orjson
+
 from skyferry.adapters.stores._common import check_limit, field_equals
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, ValidationError
-from skyferry.core.messages import Event, NewEvent, check_append, utc_now
+from skyferry.core.messages import Event, NewEvent, check_append, encode_json, utc_now
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
     FEATURE_TEMPORAL,
@@ -37,6 +45,31 @@ from skyferry.core.ports import (
 )
 
 _registry_lock = threading.Lock()
+_loads = orjson.loads
+_new_tuple = tuple.__new__
+
+
+def _kept(event: Event) -> Event:
+    """``event`` as the store keeps it: ``data`` and ``metadata`` as canonical JSON bytes,
+    timestamps in UTC."""
+    return _new_tuple(
+        Event,
+        (
+            *event[:5],
+            encode_json(event.data),
+            encode_json(event.metadata),
+            event.occurred_at.astimezone(UTC),
+            event.recorded_at.astimezone(UTC),
+            event.position,
+        ),
+    )
+
+
+def _fresh(kept: Event) -> Event:
+    """A stored event as a reader gets it: its own ``data`` and ``metadata``, decoded anew."""
+    data: Any = kept[5]  # the JSON bytes of _kept
+    metadata: Any = kept[6]
+    return _new_tuple(Event, (*kept[:5], _loads(data), _loads(metadata), *kept[7:]))
 
 
 def _instance_name(url: str) -> str:
@@ -119,8 +152,8 @@ class MemoryEventStore(_Named):
                 version=actual + n,
                 type=e.type,
                 schema_version=e.schema_version,
-                data=copy.deepcopy(e.data),
-                metadata=copy.deepcopy(e.metadata),
+                data=e.data,
+                metadata=e.metadata,
                 occurred_at=e.occurred_at,
                 recorded_at=e.recorded_at or now,
             )
@@ -130,7 +163,7 @@ class MemoryEventStore(_Named):
     def _store(self, stored: list[Event]) -> AppendResult:
         stream = self._streams.setdefault(stored[0].stream_id, [])
         for event in stored:
-            positioned = event.with_position(str(len(self._log)))
+            positioned = _kept(event.with_position(str(len(self._log))))
             self._log.append(positioned)
             stream.append(positioned)
             self._ids[event.id] = (event.stream_id, event.version)
@@ -207,12 +240,12 @@ class MemoryEventStore(_Named):
             selected = stream[max(from_version, 1) - 1 : max(last, 0)]
         if backwards:
             selected = selected[::-1]
-        return selected if limit is None else selected[:limit]
+        return [_fresh(e) for e in (selected if limit is None else selected[:limit])]
 
     def read_stream_as_of(self, stream_id: str, as_of: datetime) -> list[Event]:
         """The stream's events recorded at or before ``as_of``."""
         with self._lock:
-            return [e for e in self._streams.get(stream_id, []) if e.recorded_at <= as_of]
+            return [_fresh(e) for e in self._streams.get(stream_id, []) if e.recorded_at <= as_of]
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's last version, 0 when it does not exist."""
@@ -230,7 +263,7 @@ class MemoryEventStore(_Named):
         check_limit(limit, minimum=1)
         start = 0 if after is None else _position(after) + 1
         with self._lock:
-            return self._log[start : start + limit]
+            return [_fresh(e) for e in self._log[start : start + limit]]
 
     def last_position(self) -> str | None:
         """Position of the last stored event, ``None`` when empty."""
