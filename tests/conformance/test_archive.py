@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from skyferry.core.errors import ObjectNotFound, ValidationError
+from skyferry.core.errors import ObjectNotFound, ObjectTooLarge, ValidationError
 from skyferry.core.ports import Archive
 
 
@@ -61,3 +61,23 @@ def test_names_that_could_escape_are_rejected(archive: Archive, bad: str) -> Non
         archive.put(bad, b"x")
     with pytest.raises(ValidationError):
         archive.get(bad)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000])
+def test_a_bounded_get_returns_an_object_at_the_limit(archive: Archive, size: int) -> None:
+    payload = os.urandom(size)
+    archive.put("bounded/at.bin", payload)
+    assert archive.get("bounded/at.bin", limit=size) == payload
+    assert archive.get("bounded/at.bin", limit=size + 10) == payload
+
+
+def test_a_bounded_get_refuses_an_object_one_byte_over_naming_it(archive: Archive) -> None:
+    archive.put("bounded/over.bin", b"x" * 1001)
+    with pytest.raises(ObjectTooLarge) as caught:
+        archive.get("bounded/over.bin", limit=1000)
+    assert "bounded/over.bin" in str(caught.value)
+    assert isinstance(caught.value, ValidationError)
+    with pytest.raises(ObjectTooLarge):
+        archive.get("bounded/over.bin", limit=0)
+    with pytest.raises(ObjectNotFound):
+        archive.get("bounded/missing.bin", limit=10)

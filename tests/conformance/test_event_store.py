@@ -20,8 +20,8 @@ from skyferry.core.ports import (
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     NO_STREAM,
     EventStore,
-    append_limit,
     features_of,
+    write_limits,
 )
 
 
@@ -221,19 +221,43 @@ def test_append_is_all_or_nothing(event_store: EventStore) -> None:
 
 def test_a_batch_of_many_events_lands_whole(event_store: EventStore) -> None:
     sid = stream()
-    count = min(150, append_limit(event_store) or 150)
+    count = min(150, write_limits(event_store).per_append or 150)
     event_store.append(sid, [new(i) for i in range(count)], NO_STREAM)
     assert [e.version for e in event_store.read_stream(sid)] == list(range(1, count + 1))
 
 
 def test_an_append_over_the_adapters_cap_is_refused_whole(event_store: EventStore) -> None:
-    limit = append_limit(event_store)
+    limit = write_limits(event_store).per_append
     if limit is None:
         pytest.skip(f"{type(event_store).__name__} has no cap on events per append")
     sid = stream()
     with pytest.raises(ValidationError):
         event_store.append(sid, [new(i) for i in range(limit + 1)], NO_STREAM)
     assert event_store.stream_version(sid) == 0
+
+
+def test_a_write_over_the_stores_byte_cap_is_refused_whole_before_sending(event_store: EventStore) -> None:
+    limits = write_limits(event_store)
+    if limits.bytes is None:
+        pytest.skip(f"{type(event_store).__name__} has no cap on the bytes of one write")
+    sid = stream()
+    count = limits.bytes // EVENT_SIZE_LIMIT + 1
+    assert limits.per_append is None or count <= limits.per_append
+    events = [sized(EVENT_SIZE_LIMIT) for _ in range(count)]
+    started = time.monotonic()
+    with pytest.raises(ValidationError, match="split the write"):
+        event_store.append(sid, events, NO_STREAM)
+    if FEATURE_BULK_APPEND in features_of(event_store):
+        moment = datetime(2030, 1, 1, tzinfo=UTC)
+        imported = [
+            Event(e.id, sid, v, e.type, 1, e.data, e.metadata, moment, moment) for v, e in enumerate(events, start=1)
+        ]
+        with pytest.raises(ValidationError, match="split the write"):
+            event_store.bulk_append(imported)  # type: ignore[attr-defined]
+    assert time.monotonic() - started < 10, "refused up front, not retried as throttling"
+    assert event_store.stream_version(sid) == 0
+    parts = list(limits.split(exported(sid, range(1, count + 1), data=events)))
+    assert len(parts) > 1
 
 
 def sized(size: int) -> NewEvent:
@@ -481,7 +505,9 @@ def requires(store: EventStore, feature: str) -> None:
         pytest.skip(f"{type(store).__name__} does not declare {feature}")
 
 
-def exported(sid: str, versions: range, ids: list[str] | None = None) -> list[Event]:
+def exported(
+    sid: str, versions: range, ids: list[str] | None = None, data: list[NewEvent] | None = None
+) -> list[Event]:
     moment = datetime(2020, 5, 1, 12, 0, 0, 1, tzinfo=UTC)
     return [
         Event(
@@ -490,8 +516,8 @@ def exported(sid: str, versions: range, ids: list[str] | None = None) -> list[Ev
             version=v,
             type="Imported",
             schema_version=2,
-            data={"v": v},
-            metadata={"source": "test"},
+            data=data[i].data if data else {"v": v},
+            metadata=data[i].metadata if data else {"source": "test"},
             occurred_at=moment + timedelta(seconds=v),
             recorded_at=moment + timedelta(seconds=v, microseconds=7),
         )

@@ -13,6 +13,9 @@ import zstandard
 from skyferry.adapters import registry
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import Archive, EventStore, ViewStore
+from skyferry.migrate.chunks import ChunkWriter
+from skyferry.migrate.export import HeadTracker
+from skyferry.migrate.format import encode_events
 from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
 from skyferry.migrate.writer import TargetWriter
 from tests import services
@@ -108,3 +111,29 @@ def chunk_lines(archive: Archive, *, drop_position: bool = False) -> list[bytes]
                 line = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
             lines.append(line)
     return lines
+
+
+def write_archive(
+    archive: Archive, events: list[Event], chunk_events: int = 10_000, chunk_bytes: int = 16 * 1024 * 1024
+) -> Manifest:
+    """An archive of ``events`` exactly as given (valid or not), as an export would write it:
+    chunks, hash chains and a sealed manifest, for tests of what a reader does with any input."""
+    writer = ChunkWriter(archive, chunk_events=chunk_events, chunk_bytes=chunk_bytes)
+    heads = HeadTracker()
+    lines, canonicals = encode_events(events)
+    heads.add_many(zip(events, canonicals, strict=True), "test")
+    writer.add_many(events, lines)
+    writer.close()
+    manifest = Manifest(
+        source={"url": "test://", "shard": None},
+        created_at="2026-01-01T00:00:00.000000Z",
+        chunks=writer.entries,
+        streams=heads.heads,
+    )
+    archive.put(MANIFEST_NAME, manifest.to_bytes())
+    return manifest
+
+
+def sized_data(size: int) -> dict[str, str]:
+    """``data`` whose canonical JSON is ``size`` bytes (with empty metadata: 2 bytes more)."""
+    return {"pad": "z" * (size - len(orjson.dumps({"pad": ""})))}

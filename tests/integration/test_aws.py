@@ -195,7 +195,7 @@ def test_throttling_is_retried_then_surfaces_as_transient(table: str) -> None:
 def test_a_cancelled_append_writes_nothing_and_an_oversized_one_is_refused(table: str) -> None:
     store = dynamodb.DynamoDBEventStore(table, client=boto("dynamodb"))
     big = [NewEvent("Big", {"pad": "z" * 190_000}) for _ in range(21)]
-    with pytest.raises(ValidationError, match="split the append"):
+    with pytest.raises(ValidationError, match="split the write"):
         store.append("big", big, NO_STREAM)
     assert store.stream_version("big") == 0
     assert store.last_position() is None

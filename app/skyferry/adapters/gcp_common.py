@@ -40,6 +40,20 @@ RETRYABLE: Final[tuple[type[Exception], ...]] = (
 ATTEMPTS: Final = 6
 """Tries before giving up with ``TransientError`` (about 6 s of backoff in all)."""
 
+_TOO_LARGE: Final = ("exceeds maximum size", "larger than max", "payload size exceeds", "too big", "too large")
+"""How Google's services and gRPC say a request is over a size limit (the emulator answers
+429 RESOURCE_EXHAUSTED, like throttling): retrying the same request cannot help."""
+
+
+def too_large(error: BaseException) -> bool:
+    """Whether ``error`` (or the last error of the SDK's own retries) refuses a request's size."""
+    if isinstance(error, gexc.RetryError) and error.cause is not None:
+        error = error.cause
+    if not isinstance(error, gexc.ResourceExhausted | gexc.InvalidArgument | gexc.BadRequest):
+        return False
+    text = str(error).lower()
+    return any(marker in text for marker in _TOO_LARGE)
+
 
 def backoff_delay(attempt: int, base: float = 0.1, cap: float = 3.0) -> float:
     """Full-jitter exponential backoff: a random delay up to ``base * 2**attempt`` (capped)."""
@@ -54,6 +68,8 @@ def translate(error: Exception, what: str) -> SkyferryError:
     """
     if isinstance(error, SkyferryError):
         return error
+    if too_large(error):
+        return ValidationError(f"{what}: the request is over the service's size limit (not retried): {error}")
     if isinstance(error, auth_exc.DefaultCredentialsError):
         return ConfigurationError(
             f"{what}: no Google credentials found (set GOOGLE_APPLICATION_CREDENTIALS, run on a "
@@ -86,7 +102,7 @@ def call(fn: Callable[[], T], what: str, *, attempts: int = ATTEMPTS) -> T:
         try:
             return fn()
         except RETRYABLE as e:
-            if attempt + 1 >= attempts:
+            if attempt + 1 >= attempts or too_large(e):
                 raise translate(e, what) from e
             time.sleep(backoff_delay(attempt))
         except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError) as e:

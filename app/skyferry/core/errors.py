@@ -124,3 +124,16 @@ class TooManyParked(SkyferryError):
             f"{runner}: {limit} events are parked already; resolve them (skyferry parked list / retry / skip) "
             "or fix the handler, then restart the worker"
         )
+
+
+class ObjectTooLarge(ValidationError):
+    """An archive object (a manifest, a chunk) is larger than the reader accepts; it was not read whole."""
+
+    def __init__(self, location: str, limit: int) -> None:
+        self.location = location
+        self.limit = limit
+        super().__init__(f"{location} holds more than {limit} bytes, the most this reader accepts", where=location)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled with its own arguments."""
+        return (type(self), (self.location, self.limit))

@@ -17,10 +17,10 @@ import enum
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from skyferry.core.errors import ConcurrencyError, ValidationError
-from skyferry.core.messages import Event, JSONObject, NewEvent
+from skyferry.core.messages import Event, JSONObject, NewEvent, encode_json
 
 # ---------------------------------------------------------------------------------------
 # Event store
@@ -122,9 +122,11 @@ class EventStore(Protocol):
     features: frozenset[str]
     """The optional features this adapter offers (subset of ``EVENT_STORE_FEATURES``)."""
 
-    # An adapter whose atomic write has a hard cap (DynamoDB: 100 items per transaction)
-    # sets ``max_append_events``; a larger append raises ValidationError, writing nothing.
-    # Read it with :func:`append_limit` (absent means no cap).
+    # An adapter whose atomic write has hard caps (DynamoDB: 100 items and 4 MB per
+    # transaction; Firestore: 500 writes per commit) sets ``write_limits`` (a
+    # :class:`WriteLimits`); a larger write raises ValidationError, writing nothing.  Read
+    # them with :func:`write_limits` (absent means no cap); imports and migrations split
+    # their writes to fit with :meth:`WriteLimits.split`.
 
     def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
         """Append ``events`` to ``stream_id`` atomically.
@@ -404,8 +406,13 @@ class Archive(Protocol):
         """Write the object ``name`` (replacing it) atomically."""
         ...
 
-    def get(self, name: str) -> bytes:
-        """The object's bytes; raises :class:`~skyferry.core.errors.ObjectNotFound` if absent."""
+    def get(self, name: str, limit: int | None = None) -> bytes:
+        """The object's bytes; raises :class:`~skyferry.core.errors.ObjectNotFound` if absent.
+
+        With ``limit``, an object of more than ``limit`` bytes raises
+        :class:`~skyferry.core.errors.ObjectTooLarge` naming it, having read at most
+        ``limit + 1`` bytes: what a reader of untrusted archives bounds its memory with.
+        """
         ...
 
     def exists(self, name: str) -> bool:
@@ -428,10 +435,90 @@ def check_object_name(name: str) -> str:
     return name
 
 
-def append_limit(store: EventStore) -> int | None:
-    """The most events one atomic ``append`` of ``store`` may carry (``None``: no cap)."""
-    limit = getattr(store, "max_append_events", None)
-    return int(limit) if limit is not None else None
+EVENT_OVERHEAD_BYTES: Final = 512
+"""What an event or a stream costs a store's atomic write beyond the text counted by
+:func:`event_bytes` / :func:`stream_bytes`: keys, attribute names, numbers, document names."""
+
+
+def event_bytes(payload: int, event_type: str, stream_id: str) -> int:
+    """The bytes one event adds to an atomic write: ``payload`` (its data and metadata as
+    JSON), its type, its stream id twice (the event and its id guard name it), the overhead."""
+    return payload + len(event_type.encode()) + 2 * len(stream_id.encode()) + EVENT_OVERHEAD_BYTES
+
+
+def stream_bytes(stream_id: str) -> int:
+    """The bytes each stream a write touches adds to it (its head, or its version check)."""
+    return 2 * len(stream_id.encode()) + EVENT_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class WriteLimits:
+    """What one atomic write of a store (``append``, ``append_many``, ``bulk_append``) may carry.
+
+    A write of ``n`` events over ``s`` streams fits when ``n + s * per_stream <= events``
+    and the sum of :func:`event_bytes` and :func:`stream_bytes` is at most ``bytes``
+    (``None``: no such cap).
+    """
+
+    events: int | None = None
+    per_stream: int = 0
+    bytes: int | None = None
+
+    @property
+    def per_append(self) -> int | None:
+        """The most events of one stream's ``append`` (``None``: no cap)."""
+        return None if self.events is None else self.events - self.per_stream
+
+    def check(self, events: int, streams: Sequence[str], size: int, what: str) -> None:
+        """Raise :class:`ValidationError` naming ``what`` unless the write fits."""
+        if self.events is not None and events + len(streams) * self.per_stream > self.events:
+            raise ValidationError(
+                f"{what}: {events} events over {len(streams)} stream(s) in one atomic write; this store takes at "
+                f"most {self.events} (each stream counting {self.per_stream} more): split the write"
+            )
+        if self.bytes is not None and size > self.bytes:
+            raise ValidationError(
+                f"{what}: one atomic write of about {size} bytes; this store takes at most {self.bytes}: "
+                "split the write"
+            )
+
+    def split(self, events: Sequence[Event], fallback: int | None = None) -> Iterator[Sequence[Event]]:
+        """``events`` cut, in order, into the longest runs that fit (at least one event each;
+        ``fallback`` caps the events of a run where the store sets no cap)."""
+        cap = self.events if self.events is not None else fallback
+        if not events:
+            return
+        if cap is None and self.bytes is None:
+            yield events
+            return
+        start = count = size = 0
+        streams: set[str] = set()
+        for index, event in enumerate(events):
+            stream_id = event.stream_id
+            fresh = stream_id not in streams
+            grow = 0
+            if self.bytes is not None:
+                payload = len(encode_json(event.data)) + len(encode_json(event.metadata))
+                grow = event_bytes(payload, event.type, stream_id) + (stream_bytes(stream_id) if fresh else 0)
+            cost = 1 + (self.per_stream if fresh else 0)
+            if index > start and (
+                (cap is not None and count + cost > cap) or (self.bytes is not None and size + grow > self.bytes)
+            ):
+                yield events[start:index]
+                if self.bytes is not None and not fresh:
+                    grow += stream_bytes(stream_id)
+                start, count, size, streams = index, 0, 0, set()
+                cost = 1 + self.per_stream
+            streams.add(stream_id)
+            count += cost
+            size += grow
+        yield events[start:]
+
+
+def write_limits(store: EventStore) -> WriteLimits:
+    """The caps of one atomic write of ``store`` (:class:`WriteLimits`; none when it sets none)."""
+    limits = getattr(store, "write_limits", None)
+    return limits if isinstance(limits, WriteLimits) else WriteLimits()
 
 
 def features_of(adapter: Any) -> frozenset[str]:

@@ -3,18 +3,33 @@
 A chunk is checked whole before any of its events is handed out: its ``sha256`` against
 the manifest, then the AES-256-GCM tag, then zstd, then every line.  That is what lets an
 import promise that nothing past the last verified checkpoint is written.
+
+Reading is bounded whatever the archive holds, since an archive may come from anywhere:
+
+* a chunk's stored size is checked against the manifest and :data:`MAX_CHUNK_BYTES` before
+  it is read, and no more than that is ever read (:meth:`Archive.get` with a limit);
+* decompression is streamed and stops at :data:`MAX_CHUNK_PLAINTEXT`, whatever size the
+  zstd frame header declares, with a window of at most :data:`MAX_WINDOW`;
+* no line may be longer than :data:`MAX_LINE_BYTES` (no valid event comes near it), and
+  lines are decoded a segment of about :data:`SEGMENT_BYTES` at a time;
+* decoded events are kept for the writer only when an upper estimate of their memory
+  (:func:`estimated_memory`) is within :data:`DECODED_BUDGET`; otherwise the chunk is
+  checked in a first pass that keeps nothing, and decoded again segment by segment as it
+  is written.  Every chunk a ``skyferry export`` writes with the default of 10,000 events
+  is kept decoded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import zstandard
 
-from skyferry.core.errors import ObjectNotFound
+from skyferry.core.errors import ObjectNotFound, ObjectTooLarge
 from skyferry.core.messages import Event
 from skyferry.core.ports import Archive
 from skyferry.migrate.crypto import ChunkCipher
@@ -25,8 +40,21 @@ from skyferry.migrate.manifest import ChunkEntry, chunk_name
 ZSTD_LEVEL: Final = 3
 CHUNK_EVENTS: Final = 10_000
 CHUNK_BYTES: Final = 16 * 1024 * 1024
-MAX_CHUNK_PLAINTEXT: Final = 1024 * 1024 * 1024
-"""A decompressed chunk larger than this is refused (a zstd bomb, or not our archive)."""
+MIB: Final = 1024 * 1024
+MAX_CHUNK_PLAINTEXT: Final = 2 * CHUNK_BYTES
+"""A chunk decompressing to more is refused (a zstd bomb, or not our archive): a writer cuts
+a chunk once it reaches :data:`CHUNK_BYTES`, so its plaintext is at most that plus a line."""
+MAX_CHUNK_BYTES: Final = MAX_CHUNK_PLAINTEXT + MIB
+"""The stored size a reader accepts: the plaintext cap, plus zstd's and AES-GCM's overhead."""
+MAX_WINDOW: Final = 16 * MIB
+"""The zstd window a reader allocates at most (level 3 writes 2 MiB or less)."""
+MAX_LINE_BYTES: Final = MIB
+"""The longest line a reader decodes: an event's data and metadata are at most 192 KiB, and
+even escaped twice over no line of a valid event comes near this."""
+SEGMENT_BYTES: Final = MIB
+"""Lines are split and decoded about this many bytes at a time."""
+DECODED_BUDGET: Final = 128 * MIB
+"""The estimated memory of one chunk's decoded events that a reader keeps for the writer."""
 
 
 class ChunkWriter:
@@ -153,19 +181,91 @@ class ChunkWriter:
         self.flush()
 
 
+def estimated_memory(plaintext: bytes) -> int:
+    """An upper estimate of the memory of ``plaintext``'s events once decoded: every JSON value
+    (counted by the separators and brackets that precede it) as an object of 80 bytes, three
+    bytes per byte of text (a string of four-byte characters), 768 bytes per line for the
+    envelope.  Measured at 1 to 7 times the real figure, from arrays of empty arrays to the
+    ledger's events."""
+    values = plaintext.count(b",") + plaintext.count(b":") + plaintext.count(b"{") + plaintext.count(b"[")
+    return 3 * len(plaintext) + 80 * values + 768 * (plaintext.count(b"\n") + 1)
+
+
+@dataclass(slots=True)
+class CheckedChunk:
+    """A chunk that passed every check; its events come out of :meth:`batches`, in order.
+
+    ``whole`` says the events were kept decoded (within :data:`DECODED_BUDGET`) and come as
+    one batch; otherwise they are decoded again a segment at a time.
+    """
+
+    entry: ChunkEntry
+    whole: bool
+    _events: list[Event] | None
+    _plaintext: bytes | None
+
+    def batches(self) -> Iterator[list[Event]]:
+        """The chunk's events: one list when ``whole``, else one per segment."""
+        if self._events is not None:
+            yield self._events
+            return
+        assert self._plaintext is not None
+        for first, lines in segments(self._plaintext, self.entry.name):
+            yield decode_lines(lines, self.entry.name, first)[0]
+
+
+def check_chunk(
+    archive: Archive,
+    entry: ChunkEntry,
+    cipher: ChunkCipher | None,
+    *,
+    on_lines: Callable[[list[Event], list[bytes], bool], None] | None = None,
+    keep: bool = True,
+) -> CheckedChunk:
+    """Read and check one chunk whole: size, sha256, tag, zstd, every line, the count.
+
+    ``on_lines(events, canonical bytes, whole)`` is called for every segment as it is
+    decoded (to extend the hash chains, or validate events); ``whole`` tells whether the
+    events are kept.  ``keep=False`` keeps nothing (a verification).  Raises
+    :class:`ArchiveError` naming the object (and the line) on any problem.
+    """
+    plaintext = open_chunk(archive, entry, cipher)
+    whole = keep and estimated_memory(plaintext) <= DECODED_BUDGET
+    kept: list[Event] = []
+    count = 0
+    for first, lines in segments(plaintext, entry.name):
+        events, canonicals = decode_lines(lines, entry.name, first)
+        count += len(events)
+        if on_lines is not None:
+            on_lines(events, canonicals, whole)
+        if whole:
+            kept += events
+        del events, canonicals
+    if count != entry.events:
+        raise ArchiveError(entry.name, f"holds {count} events, the manifest says {entry.events}")
+    if whole:
+        return CheckedChunk(entry, True, kept, None)
+    return CheckedChunk(entry, False, None, plaintext if keep else b"")
+
+
 def read_chunk(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) -> list[Event]:
     """Every event of one chunk, after checking it whole; raises :class:`ArchiveError` naming the problem."""
-    return read_chunk_canonical(archive, entry, cipher)[0]
+    return [event for batch in check_chunk(archive, entry, cipher).batches() for event in batch]
 
 
-def read_chunk_canonical(
-    archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None
-) -> tuple[list[Event], list[bytes]]:
-    """Like :func:`read_chunk`, with the events' canonical bytes (for the hash chain) in a second list."""
+def open_chunk(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) -> bytes:
+    """The plaintext of one chunk after the checks of its bytes: size (before reading, and
+    never reading more), sha256, tag, and zstd decompressed within :data:`MAX_CHUNK_PLAINTEXT`."""
+    if not 0 <= entry.bytes <= MAX_CHUNK_BYTES:
+        raise ArchiveError(
+            entry.name, f"the manifest says {entry.bytes} bytes; a chunk holds at most {MAX_CHUNK_BYTES} (not read)"
+        )
     try:
-        stored = archive.get(entry.name)
+        stored = archive.get(entry.name, limit=entry.bytes)
     except ObjectNotFound as e:
         raise ArchiveError(entry.name, "the chunk is missing from the archive") from e
+    except ObjectTooLarge as e:
+        raise ArchiveError(entry.name, f"the object is larger than the {entry.bytes} bytes the manifest says") from e
     if len(stored) != entry.bytes:
         raise ArchiveError(entry.name, f"size is {len(stored)} bytes, the manifest says {entry.bytes} (truncated?)")
     digest = hashlib.sha256(stored).hexdigest()
@@ -173,14 +273,44 @@ def read_chunk_canonical(
         raise ArchiveError(entry.name, f"sha256 {digest} does not match the manifest's {entry.sha256}")
     if cipher is not None:
         stored = cipher.open(entry.name, stored)
+    return decompress(stored, entry.name)
+
+
+def decompress(frame: bytes, name: str) -> bytes:
+    """One zstd frame, streamed: at most :data:`MAX_CHUNK_PLAINTEXT` bytes come out whatever the
+    frame's header declares (the one-shot API trusts a declared size and ignores its cap)."""
+    decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    parts: list[bytes] = []
+    total = 0
     try:
-        plaintext = zstandard.ZstdDecompressor().decompress(stored, max_output_size=MAX_CHUNK_PLAINTEXT)
+        with decompressor.stream_reader(frame, read_size=MIB) as reader:
+            while block := reader.read(4 * MIB):
+                total += len(block)
+                if total > MAX_CHUNK_PLAINTEXT:
+                    raise ArchiveError(
+                        name, f"decompresses to more than {MAX_CHUNK_PLAINTEXT} bytes, the most a chunk holds"
+                    )
+                parts.append(block)
     except zstandard.ZstdError as e:
-        raise ArchiveError(entry.name, f"not a valid zstd frame: {e}") from e
-    events, canonicals = decode_lines(chunk_lines(plaintext), entry.name)
-    if len(events) != entry.events:
-        raise ArchiveError(entry.name, f"holds {len(events)} events, the manifest says {entry.events}")
-    return events, canonicals
+        raise ArchiveError(name, f"not a valid zstd frame: {e}") from e
+    return b"".join(parts)
+
+
+def segments(plaintext: bytes, name: str) -> Iterator[tuple[int, list[bytes]]]:
+    """``(number of the first line, lines)``: the non-empty lines of ``plaintext`` about
+    :data:`SEGMENT_BYTES` at a time, numbered from 1; a line over :data:`MAX_LINE_BYTES`
+    raises :class:`ArchiveError` naming it, before it is parsed."""
+    start, number, end = 0, 1, len(plaintext)
+    while start < end:
+        cut = plaintext.find(b"\n", min(start + SEGMENT_BYTES, end) - 1)
+        stop = end if cut < 0 else cut + 1
+        lines = chunk_lines(plaintext[start:stop])
+        if lines and max(map(len, lines)) > MAX_LINE_BYTES:
+            index = next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_BYTES)
+            raise ArchiveError(name, f"the line is longer than {MAX_LINE_BYTES} bytes", number + index)
+        yield number, lines
+        number += len(lines)
+        start = stop
 
 
 def chunk_lines(plaintext: bytes) -> list[bytes]:

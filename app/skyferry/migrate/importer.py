@@ -2,8 +2,12 @@
 
 Before anything is written the manifest's digest (and the encryption key) is checked.
 Each chunk is then checked whole (size, sha256, tag, zstd, every line, per-stream hash
-chain) before any of its events is written, and the number of chunks done is committed
-to the target's view store after each chunk.  A rerun of a killed import skips the done
+chain, and every event against the rules of every store) before any of its events is
+written, and the number of chunks done is committed to the target's view store after
+each chunk.  Memory stays bounded whatever the archive holds: the manifest is read only
+up to :data:`MAX_MANIFEST_BYTES`, each chunk within the caps of
+:mod:`skyferry.migrate.chunks`, and at most two chunks are in memory at once (the one
+being written, the one being checked).  A rerun of a killed import skips the done
 chunks and re-writes the interrupted one, which is harmless: writes are idempotent by
 event id and version.  A target that holds different events stops the import with
 :class:`~skyferry.migrate.errors.TargetConflict` naming the stream and version.
@@ -13,12 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
+from skyferry.core.errors import EventTooLarge, ObjectTooLarge, ValidationError
 from skyferry.core.messages import Event
 from skyferry.core.ports import Archive, EventStore, ViewStore
 from skyferry.migrate import checkpoints
-from skyferry.migrate.chunks import read_chunk_canonical
+from skyferry.migrate.chunks import CheckedChunk, check_chunk
 from skyferry.migrate.crypto import ChunkCipher
 from skyferry.migrate.errors import ArchiveError, WrongKey
 from skyferry.migrate.export import HeadTracker
@@ -27,9 +33,11 @@ from skyferry.migrate.pipeline import ReadAhead
 from skyferry.migrate.progress import Progress
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.transforms import Transformer
-from skyferry.migrate.writer import TargetWriter
+from skyferry.migrate.writer import TargetWriter, validate_all
 
-WRITE_BATCH = 10_000
+MAX_MANIFEST_BYTES: Final = 64 * 1024 * 1024
+"""The largest manifest a reader accepts (about 400,000 streams); a larger store is exported
+in shards (``--shard i/n``), each its own archive."""
 
 
 @dataclass(slots=True)
@@ -72,7 +80,15 @@ def read_manifest(archive: Archive, cipher: ChunkCipher | None) -> Manifest:
     """The archive's manifest, checked (digest, format version, encryption key)."""
     if not archive.exists(MANIFEST_NAME):
         raise ArchiveError(f"{archive.url}/{MANIFEST_NAME}", "missing: not an archive, or an unfinished export")
-    manifest = Manifest.from_bytes(archive.get(MANIFEST_NAME))
+    try:
+        raw = archive.get(MANIFEST_NAME, limit=MAX_MANIFEST_BYTES)
+    except ObjectTooLarge as e:
+        raise ArchiveError(
+            f"{archive.url}/{MANIFEST_NAME}",
+            f"larger than {MAX_MANIFEST_BYTES} bytes, the most a reader accepts (not read); export in shards",
+        ) from e
+    manifest = Manifest.from_bytes(raw)
+    del raw
     if manifest.encryption is not None:
         if cipher is None:
             raise WrongKey(MANIFEST_NAME, "the archive is encrypted: give --key-file or --key-env")
@@ -115,22 +131,35 @@ def import_archive(
         progress.resume(int(done["events"]))
     heads = HeadTracker()
 
-    def verified_chunks() -> Iterator[tuple[ChunkEntry, list[Event]]]:
+    def checked(events: list[Event], canonicals: list[bytes], whole: bool, name: str) -> None:
+        heads.add_many(zip(events, canonicals, strict=True), name)
+        if not whole:  # written in parts: every event must be known valid before the first is
+            validate_all(events)
+
+    def verified_chunks() -> Iterator[tuple[ChunkEntry, CheckedChunk]]:
         # runs in the read-ahead thread: read, check, decode and chain the next chunk
         for entry in manifest.chunks:
-            events, canonicals = read_chunk_canonical(archive, entry, cipher)
-            heads.add_many(zip(events, canonicals, strict=True), entry.name)
-            yield entry, events
+            on_lines = partial(checked, name=entry.name)
+            yield entry, check_chunk(archive, entry, cipher, on_lines=on_lines)
 
-    for index, (entry, events) in enumerate(ReadAhead(verified_chunks())):
+    def write(chunk: CheckedChunk) -> None:
+        for events in chunk.batches():
+            mine = events if shard is None else [event for event in events if owned(shard, event.stream_id)]
+            if transformer is not None:
+                mine = transformer.apply(mine)
+            writer.write(mine, validated=not chunk.whole)
+
+    # depth 1: the chunk being written and the one being checked are all that is in memory
+    for index, (entry, chunk) in enumerate(ReadAhead(verified_chunks(), depth=1)):
         if index < int(done["chunks"]):
             continue
-        mine = events if shard is None else [event for event in events if owned(shard, event.stream_id)]
-        if transformer is not None:
-            mine = transformer.apply(mine)
-        for start in range(0, len(mine), WRITE_BATCH):
-            writer.write(mine[start : start + WRITE_BATCH])
-        report.events += len(events)
+        try:
+            write(chunk)
+        except ArchiveError:
+            raise
+        except (ValidationError, EventTooLarge) as e:  # an event no store may hold: nothing of the chunk written
+            raise ArchiveError(entry.name, f"holds an event no store may hold: {e}") from e
+        report.events += entry.events
         report.chunks += 1
         report.positions.append({"chunk": entry.name, "source": entry.last_position, "target": store.last_position()})
         state: dict[str, Any] = {"chunks": index + 1, "events": report.events}
@@ -138,7 +167,7 @@ def import_archive(
             state["transform"] = transformer.record()
         checkpoints.save(views, key, state)
         if progress is not None:
-            progress.advance(len(events))
+            progress.advance(entry.events)
     for stream_id, head in heads.heads.items():
         recorded = manifest.streams.get(stream_id)
         if recorded is None or recorded.head != head.head or recorded.events != head.events:

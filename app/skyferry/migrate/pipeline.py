@@ -2,8 +2,10 @@
 
 Drivers release the GIL while they wait on a socket or a file, so while the main thread
 writes batch *n* into the target, a reader thread can fetch and decode batch *n + 1*.
-The queue holds at most ``depth`` items, which keeps memory bounded; an error in the
-reader is raised in the consumer, and a consumer that stops early stops the reader.
+At most ``depth`` items are read ahead of the one the consumer holds, counting the one
+being read, which keeps memory bounded: ``depth + 1`` items at most exist at once.  An
+error in the reader is raised in the consumer, and a consumer that stops early stops the
+reader.
 """
 
 from __future__ import annotations
@@ -24,32 +26,34 @@ class _Failure:
 
 
 class ReadAhead(Generic[T]):
-    """Iterate ``source`` in a daemon thread, ``depth`` items ahead of the consumer."""
+    """Iterate ``source`` in a daemon thread, at most ``depth`` items ahead of the consumer."""
 
-    def __init__(self, source: Iterable[T], depth: int = 2) -> None:
+    def __init__(self, source: Iterable[T], depth: int = 3) -> None:
         self._source = source
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._slots = threading.Semaphore(depth + 1)  # the one the consumer holds, and depth ahead
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="skyferry-read-ahead", daemon=True)
 
-    def _put(self, item: object) -> bool:
+    def _slot(self) -> bool:
+        """Wait until fewer than ``depth`` items are read ahead; ``False``: stopped."""
         while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
+            if self._slots.acquire(timeout=0.1):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _run(self) -> None:
         try:
-            for item in self._source:
-                if not self._put(item):
+            iterator = iter(self._source)
+            while self._slot():
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    self._queue.put(_DONE)
                     return
+                self._queue.put(item)
         except BaseException as e:  # handed to the consumer, which re-raises it
-            self._put(_Failure(e))
-            return
-        self._put(_DONE)
+            self._queue.put(_Failure(e))
 
     def __iter__(self) -> Iterator[T]:
         self._thread.start()
@@ -61,6 +65,8 @@ class ReadAhead(Generic[T]):
                 if isinstance(item, _Failure):
                     raise item.error
                 yield item  # type: ignore[misc]
+                del item  # the consumer is done with it: it no longer counts
+                self._slots.release()
         finally:
             self._stop.set()
             self._thread.join(timeout=30)

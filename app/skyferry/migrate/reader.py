@@ -35,8 +35,9 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import IO, Any, Final
 
@@ -50,6 +51,8 @@ from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.transforms import Transformer
 
 READ_BATCH: Final = 5000
+READ_PATIENCE: Final = 10.0
+"""Seconds :func:`batches` waits for ``read_all`` to reach the end it was asked to read to."""
 
 _HEADER: Final = struct.Struct("<cQ")
 _ROWS, _ERROR, _DONE = b"R", b"E", b"D"
@@ -61,15 +64,30 @@ def batches(
     shard: Shard | None,
     transformer: Transformer | None,
     after: str | None = None,
-    limit: int = READ_BATCH,
+    limit: int | Callable[[], int] = READ_BATCH,
 ) -> Iterator[tuple[list[Event], str]]:
     """``(events, position read up to)``: the events to export (of ``shard``, through
-    ``transformer``) in batches of up to ``limit``, after ``after`` and up to position
-    ``end`` (the last when the export started, so that exporting a live store ends)."""
-    while end is not None:
-        batch = store.read_all(after=after, limit=limit)
+    ``transformer``) in batches of up to ``limit`` (or of what ``limit()`` answers before
+    each read), after ``after`` and up to position ``end`` (the last when the export
+    started, so that exporting a live store ends).
+
+    ``read_all`` may answer nothing for a while before ``end`` (an eventually consistent
+    index, as DynamoDB's): it is asked again for up to :data:`READ_PATIENCE` seconds, then
+    :class:`TransientError` is raised: what is read is never silently shorter."""
+    waited_since: float | None = None
+    while end is not None and after != end:
+        batch = store.read_all(after=after, limit=limit() if callable(limit) else limit)
         if not batch:
-            return
+            now = time.monotonic()
+            waited_since = waited_since or now
+            if now - waited_since > READ_PATIENCE:
+                raise TransientError(
+                    f"{store.url}: read_all gave nothing after position {after} for {READ_PATIENCE:g} s, "
+                    f"before the last position {end}; run the command again"
+                )
+            time.sleep(0.1)
+            continue
+        waited_since = None
         positions = [event.position for event in batch]
         cut = positions.index(end) if end in positions else None
         if cut is not None:

@@ -2,27 +2,43 @@
 
 It uses the target's fastest path: ``bulk_append`` when the store declares it, else one
 ``append`` per run of consecutive events of one stream (which keeps the source's global
-order, so that a re-export is byte-identical).  Every write is idempotent by event id and
-version, so a resumed copy re-writes its last batch harmlessly; an event that differs from
-what the target holds raises :class:`TargetConflict` naming the stream and version.
+order, so that a re-export is byte-identical).  Writes are cut to the target's own limits
+(:class:`~skyferry.core.ports.WriteLimits`: DynamoDB's 100 items and 4 MB per transaction,
+Firestore's 500 writes per commit), in order, so each stream's versions stay contiguous;
+no option is needed for that.  When a call is cut, every event of it is validated before
+the first is written: a batch holding one invalid event writes nothing.  Every write is
+idempotent by event id and version, so a resumed copy re-writes its last batch harmlessly;
+an event that differs from what the target holds raises :class:`TargetConflict` naming
+the stream and version.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import groupby
+from typing import Final
 
 from skyferry.core.errors import ConcurrencyError
-from skyferry.core.messages import Event
+from skyferry.core.messages import Event, validate_stream_id
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
     BulkAppendEventStore,
     EventStore,
-    append_limit,
     features_of,
+    write_limits,
 )
 from skyferry.migrate.errors import TargetConflict
 from skyferry.migrate.format import canonical_bytes
+
+APPEND_EVENTS: Final = 1000
+"""Events per ``append`` where the target sets no cap of its own."""
+
+
+def validate_all(events: Sequence[Event]) -> None:
+    """Raise the store's error for the first event of ``events`` no store may hold."""
+    for event in events:
+        validate_stream_id(event.stream_id)
+        event.to_new().validate()
 
 
 class TargetWriter:
@@ -31,7 +47,7 @@ class TargetWriter:
     def __init__(self, store: EventStore, *, use_bulk: bool = True) -> None:
         self.store = store
         self.bulk = use_bulk and FEATURE_BULK_APPEND in features_of(store)
-        self.limit = append_limit(store) or 1000
+        self.limits = write_limits(store)
         self.written = 0
         self.skipped = 0
 
@@ -40,22 +56,29 @@ class TargetWriter:
         """The write path in use, for reports."""
         return "bulk_append" if self.bulk else "append"
 
-    def write(self, events: Sequence[Event]) -> int:
-        """Store ``events`` (each continuing its stream contiguously, or already stored); return new ones."""
+    def write(self, events: Sequence[Event], *, validated: bool = False) -> int:
+        """Store ``events`` (each continuing its stream contiguously, or already stored); return
+        the new ones.  Nothing is written unless every event is valid (``validated``: the
+        caller checked them already)."""
         if not events:
             return 0
+        new = 0
         if self.bulk:
             assert isinstance(self.store, BulkAppendEventStore)
-            try:
-                new = self.store.bulk_append(events)
-            except ConcurrencyError as e:
-                raise self._explain(e, events) from e
+            parts = list(self.limits.split(events))
+            if len(parts) > 1 and not validated:
+                validate_all(events)  # one call validates its own events; several must not write a part
+            for part in parts:
+                try:
+                    new += self.store.bulk_append(part)
+                except ConcurrencyError as e:
+                    raise self._explain(e, part) from e
         else:
-            new = 0
+            if not validated:
+                validate_all(events)
             for stream_id, run in groupby(events, key=lambda event: event.stream_id):
-                whole = list(run)
-                for start in range(0, len(whole), self.limit):
-                    new += self._append_run(stream_id, whole[start : start + self.limit])
+                for part in self.limits.split(list(run), fallback=APPEND_EVENTS):
+                    new += self._append_run(stream_id, list(part))
         self.written += new
         self.skipped += len(events) - new
         return new

@@ -35,7 +35,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient
 
 from skyferry.adapters.registry import redact
-from skyferry.core.errors import ConfigurationError, ObjectNotFound, TransientError
+from skyferry.core.errors import ConfigurationError, ObjectNotFound, ObjectTooLarge, TransientError
 from skyferry.core.ports import check_object_name
 
 BLOB_DATA_ROLE: Final = "Storage Blob Data Contributor"
@@ -124,17 +124,36 @@ class BlobArchive:
         except AzureError as e:
             raise self._translate(e, f"writing {blob}") from e
 
-    def get(self, name: str) -> bytes:
-        """The blob's bytes, or ``ObjectNotFound``."""
+    def get(self, name: str, limit: int | None = None) -> bytes:
+        """The blob's bytes, or ``ObjectNotFound``.  With ``limit``, a ranged download of the
+        first ``limit + 1`` bytes (``ObjectTooLarge`` when the blob is larger)."""
         blob = self._blob(name)
         try:
-            return bytes(self.client.download_blob(blob).readall())
+            if limit is None:
+                return bytes(self.client.download_blob(blob).readall())
+            download = self.client.download_blob(blob, offset=0, length=limit + 1)
+            if download.properties.size > limit:
+                raise ObjectTooLarge(f"{self.url}/{name}", limit)
+            data = bytes(download.readall())
         except ResourceNotFoundError as e:
             if getattr(e, "error_code", None) == "ContainerNotFound":
                 raise self._translate(e, f"reading {blob}") from e
             raise ObjectNotFound(f"{self.url}/{name}") from e
+        except HttpResponseError as e:
+            if getattr(e, "error_code", None) != "InvalidRange" or self._size(blob) != 0:
+                raise self._translate(e, f"reading {blob}") from e
+            return b""  # a range of an empty blob
         except AzureError as e:
             raise self._translate(e, f"reading {blob}") from e
+        if len(data) > limit:
+            raise ObjectTooLarge(f"{self.url}/{name}", limit)
+        return data
+
+    def _size(self, blob: str) -> int:
+        try:
+            return int(self.client.get_blob_client(blob).get_blob_properties().size)
+        except AzureError as e:
+            raise self._translate(e, f"reading the properties of {blob}") from e
 
     def exists(self, name: str) -> bool:
         """Whether the blob exists."""

@@ -30,7 +30,7 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 
 from skyferry.adapters.gcp_common import backoff_delay, call, translate
-from skyferry.core.errors import ConfigurationError, ObjectNotFound, TransientError
+from skyferry.core.errors import ConfigurationError, ObjectNotFound, ObjectTooLarge, TransientError, ValidationError
 from skyferry.core.ports import check_object_name
 
 T = TypeVar("T")
@@ -127,15 +127,24 @@ class GCSArchive:
             lambda: blob.upload_from_string(data, content_type="application/octet-stream", timeout=TIMEOUT_SECONDS)
         )
 
-    def get(self, name: str) -> bytes:
-        """The object's bytes; ``ObjectNotFound`` if absent."""
+    def get(self, name: str, limit: int | None = None) -> bytes:
+        """The object's bytes; ``ObjectNotFound`` if absent.  With ``limit``, a ranged download
+        of the first ``limit + 1`` bytes (``ObjectTooLarge`` when the object is larger)."""
         blob = self._blob(name)
+        location = f"gs://{self.bucket_name}/{self.prefix}{name}"
+        ranged = {} if limit is None else {"start": 0, "end": limit}
         try:
-            data: bytes = self._call(lambda: blob.download_as_bytes(timeout=TIMEOUT_SECONDS))
+            data: bytes = self._call(lambda: blob.download_as_bytes(timeout=TIMEOUT_SECONDS, **ranged))
         except ConfigurationError as e:
             if isinstance(e.__cause__, gexc.NotFound) and self._bucket_exists():
-                raise ObjectNotFound(f"gs://{self.bucket_name}/{self.prefix}{name}") from e
+                raise ObjectNotFound(location) from e
             raise
+        except ValidationError as e:
+            if isinstance(e.__cause__, gexc.RequestRangeNotSatisfiable):  # a range of an empty object
+                return b""
+            raise
+        if limit is not None and len(data) > limit:
+            raise ObjectTooLarge(location, limit)
         return data
 
     def _bucket_exists(self) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final, Self
 from urllib.parse import unquote, urlsplit
 
-from skyferry.core.errors import ConfigurationError, ObjectNotFound, TransientError, ValidationError
+from skyferry.core.errors import ConfigurationError, ObjectNotFound, ObjectTooLarge, TransientError, ValidationError
 
 TEMP_PREFIX: Final = ".tmp-"
 
@@ -87,15 +87,21 @@ class LocalArchive:
         except OSError as e:
             raise _translate(e, path) from e
 
-    def get(self, name: str) -> bytes:
-        """The bytes of ``name``; ``ObjectNotFound`` when absent."""
+    def get(self, name: str, limit: int | None = None) -> bytes:
+        """The bytes of ``name``; ``ObjectNotFound`` when absent, ``ObjectTooLarge`` over ``limit``
+        (read no further than ``limit + 1`` bytes)."""
         path = self._path(name)
+        location = f"{self.url.rstrip('/')}/{name}"
         try:
-            return path.read_bytes()
+            with path.open("rb") as f:
+                data = f.read() if limit is None else f.read(limit + 1)
         except (FileNotFoundError, IsADirectoryError) as e:
-            raise ObjectNotFound(f"{self.url.rstrip('/')}/{name}") from e
+            raise ObjectNotFound(location) from e
         except OSError as e:
             raise _translate(e, path) from e
+        if limit is not None and len(data) > limit:
+            raise ObjectTooLarge(location, limit)
+        return data
 
     def exists(self, name: str) -> bool:
         """Whether the object ``name`` exists."""

@@ -27,7 +27,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from skyferry.adapters import aws
-from skyferry.core.errors import ConfigurationError, ObjectNotFound
+from skyferry.core.errors import ConfigurationError, ObjectNotFound, ObjectTooLarge
 from skyferry.core.ports import check_object_name
 
 #: The API operations the archive calls and the IAM actions each needs.
@@ -150,22 +150,34 @@ class S3Archive:
             self._call("abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload)
             raise
 
-    def get(self, name: str) -> bytes:
-        """``GetObject``; a missing object raises ``ObjectNotFound``."""
+    def get(self, name: str, limit: int | None = None) -> bytes:
+        """``GetObject``; a missing object raises ``ObjectNotFound``.  With ``limit``, a ranged
+        ``GetObject`` of the first ``limit + 1`` bytes (``ObjectTooLarge`` when there are more)."""
         key = self._key(name)
         from botocore.exceptions import ClientError
 
+        ranged = {} if limit is None else {"Range": f"bytes=0-{limit}"}
         try:
-            response = self._call("get_object", Bucket=self.bucket, Key=key)
+            response = self._call("get_object", Bucket=self.bucket, Key=key, **ranged)
         except ClientError as e:
             if aws.error_code(e) in ("NoSuchKey", "404"):
                 raise ObjectNotFound(f"s3://{self.bucket}/{key}") from e
+            if aws.error_code(e) == "InvalidRange":  # a range of an empty object
+                return b""
             raise
         except ConfigurationError as e:
             if aws.error_code(e.__cause__ or e) == "NotFound":
                 raise ObjectNotFound(f"s3://{self.bucket}/{key}") from e
+            if aws.error_code(e.__cause__ or e) == "InvalidRange":
+                return b""
             raise
-        body: bytes = response["Body"].read()
+        total = response.get("ContentRange", "").rpartition("/")[2]
+        if limit is not None and total.isdigit() and int(total) > limit:
+            response["Body"].close()
+            raise ObjectTooLarge(f"s3://{self.bucket}/{key}", limit)
+        body: bytes = response["Body"].read() if limit is None else response["Body"].read(limit + 1)
+        if limit is not None and len(body) > limit:
+            raise ObjectTooLarge(f"s3://{self.bucket}/{key}", limit)
         return body
 
     def exists(self, name: str) -> bool:

@@ -42,10 +42,12 @@ updated from ``n`` to ``n + k`` on condition that it is still ``n``.  The events
 global positions ``n+1 .. n+k``.  The transaction is all-or-nothing, so an append is
 atomic and positions are dense: every position is used by exactly one committed event.
 DynamoDB caps a transaction at 100 items and 4 MB, hence :data:`MAX_APPEND_EVENTS` (49)
-and :data:`MAX_APPEND_BYTES`; a larger append raises ``ValidationError`` and writes
-nothing.  A cancelled transaction is decided from its cancellation reasons: a changed
-counter (another stream appended meanwhile) is retried with backoff; a version or id
-clash is resolved by :func:`skyferry.core.ports.resolve_conflict` (idempotent success or
+and :data:`MAX_APPEND_BYTES` (counted as :func:`skyferry.core.ports.event_bytes` and
+``stream_bytes``), declared as the store's ``write_limits``; a larger append raises
+``ValidationError`` and writes nothing (imports and migrations split their writes to fit).
+A cancelled transaction is decided from its cancellation reasons: a changed counter
+(another stream appended meanwhile) is retried with backoff; a version or id clash is
+resolved by :func:`skyferry.core.ports.resolve_conflict` (idempotent success or
 ``ConcurrencyError``) after reading the id guards.  ``append_many`` (feature ``transactions_across_streams``)
 puts several streams' parts in the same transaction, under the same limits.
 
@@ -125,8 +127,11 @@ from skyferry.core.ports import (
     ExpectedVersion,
     StreamState,
     ViewChange,
+    WriteLimits,
+    event_bytes,
     expected_as_int,
     resolve_conflict,
+    stream_bytes,
 )
 
 # --- the table: imported by providers/aws so that infra and adapter cannot drift ----------
@@ -178,8 +183,11 @@ IAM_ACTIONS: Final = tuple(sorted({a for actions in IAM_ACTIONS_BY_OPERATION.val
 
 MAX_TRANSACTION_ITEMS: Final = 100
 MAX_APPEND_EVENTS: Final = (MAX_TRANSACTION_ITEMS - 2) // 2
-#: Payload bytes of one append (DynamoDB: 4 MB per transaction, keys and envelope included).
+#: Bytes of one append as :func:`event_bytes` / :func:`stream_bytes` count them (DynamoDB:
+#: 4 MB per transaction, keys and attribute names included; the rest is the counter's).
 MAX_APPEND_BYTES: Final = 3_800_000
+#: What the writes of imports and migrations are cut to (one stream's append: 2k + 2 items).
+WRITE_LIMITS: Final = WriteLimits(events=MAX_APPEND_EVENTS + 1, per_stream=1, bytes=MAX_APPEND_BYTES)
 MAX_COMMIT_ITEMS: Final = MAX_TRANSACTION_ITEMS
 
 _VERSION_DIGITS: Final = 10
@@ -353,7 +361,7 @@ class DynamoDBEventStore:
     """
 
     features: frozenset[str] = frozenset({FEATURE_TRANSACTIONS_ACROSS_STREAMS})
-    max_append_events: int = MAX_APPEND_EVENTS
+    write_limits: WriteLimits = WRITE_LIMITS
 
     def __init__(self, table: str, *, client: Any | None = None, options: aws.AwsOptions | None = None) -> None:
         options = options or aws.AwsOptions()
@@ -385,11 +393,15 @@ class DynamoDBEventStore:
     def _append_batch(self, batch: list[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
         recorded = utc_now()
         plans: list[tuple[str, Sequence[NewEvent], ExpectedVersion, int | None, list[tuple[NewEvent, str, str]]]] = []
+        size = 0
         for stream_id, events, expected_version in batch:
             check_append(stream_id, list(events))
-            encoded = [
-                (event, encode_json(event.data).decode(), encode_json(event.metadata).decode()) for event in events
-            ]
+            encoded = []
+            for event in events:
+                data, metadata = encode_json(event.data), encode_json(event.metadata)
+                size += event_bytes(len(data) + len(metadata), event.type, stream_id)
+                encoded.append((event, data.decode(), metadata.decode()))
+            size += stream_bytes(stream_id)
             plans.append((stream_id, events, expected_version, expected_as_int(expected_version), encoded))
         names = [plan[0] for plan in plans]
         if len(set(names)) != len(names):
@@ -398,14 +410,9 @@ class DynamoDBEventStore:
         if 2 * total + len(plans) + 1 > MAX_TRANSACTION_ITEMS:
             raise ValidationError(
                 f"stream {names[0]!r}: {total} events in one append; DynamoDB transactions hold at most "
-                f"{MAX_APPEND_EVENTS} events (max_append_events): split the append"
+                f"{MAX_APPEND_EVENTS} events (write_limits): split the append"
             )
-        size = sum(len(d) + len(m) + 512 for plan in plans for _, d, m in plan[4])
-        if size > MAX_APPEND_BYTES:
-            raise ValidationError(
-                f"stream {names[0]!r}: the append is about {size} bytes; one DynamoDB transaction holds at most "
-                f"{MAX_APPEND_BYTES}: split the append"
-            )
+        WriteLimits(bytes=MAX_APPEND_BYTES).check(total, names, size, f"stream {names[0]!r}")
         results: dict[int, AppendResult] = {}
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             pending = [i for i in range(len(plans)) if i not in results]

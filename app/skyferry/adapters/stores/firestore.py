@@ -101,8 +101,11 @@ from skyferry.core.ports import (
     Doc,
     ExpectedVersion,
     ViewChange,
+    WriteLimits,
+    event_bytes,
     expected_as_int,
     resolve_conflict,
+    stream_bytes,
 )
 
 T = TypeVar("T")
@@ -160,6 +163,11 @@ condition that limits it to the one database (Firestore has no per-database IAM 
 MAX_WRITES_PER_COMMIT: Final = 500
 """Firestore's documented cap on writes in one transaction or batch; an append writes its
 events plus one head per stream plus the global head, all in one commit."""
+MAX_COMMIT_BYTES: Final = 4_000_000
+"""Bytes of one commit as :func:`~skyferry.core.ports.event_bytes` and ``stream_bytes`` count
+them: under the emulator's 4 MiB gRPC message (the service takes 10 MiB per request)."""
+WRITE_LIMITS: Final = WriteLimits(events=MAX_WRITES_PER_COMMIT - 1, per_stream=1, bytes=MAX_COMMIT_BYTES)
+"""Events plus streams (plus the global head) within 500 writes, and the bytes above."""
 
 POSITION_WIDTH: Final = 16
 RPC_TIMEOUT: Final = 30.0
@@ -342,16 +350,17 @@ class FirestoreEventStore(_FirestoreBase):
     ``transactions_across_streams`` (see the module docstring for the design)."""
 
     features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
-    max_append_events: int = MAX_WRITES_PER_COMMIT - 2
-    """One stream head and the global head share the commit with the events."""
+    write_limits: WriteLimits = WRITE_LIMITS
+    """One stream head per stream and the global head share the commit with the events."""
 
     @staticmethod
-    def _check_writes(events: int, streams: int) -> None:
-        if events + streams + 1 > MAX_WRITES_PER_COMMIT:
-            raise ValidationError(
-                f"{events} events over {streams} stream(s) need {events + streams + 1} writes in one "
-                f"commit; Firestore allows {MAX_WRITES_PER_COMMIT}: split the append"
-            )
+    def _check_writes(events: Sequence[tuple[str, NewEvent]]) -> None:
+        """Refuse a commit over :data:`WRITE_LIMITS` before anything is sent."""
+        streams = list(dict.fromkeys(stream_id for stream_id, _ in events))
+        size = sum(event_bytes(event.encoded_size(), event.type, stream_id) for stream_id, event in events) + sum(
+            stream_bytes(stream_id) for stream_id in streams
+        )
+        WRITE_LIMITS.check(len(events), streams, size, f"Firestore commit of stream {streams[0]!r}")
 
     # -- references ------------------------------------------------------------------------
 
@@ -473,7 +482,8 @@ class FirestoreEventStore(_FirestoreBase):
             ids += [e.id for e in events]
         if len(set(ids)) != len(ids):
             raise ValidationError("append_many: an event id appears twice in one batch")
-        self._check_writes(len(ids), len(streams))
+        if ids:
+            self._check_writes([(stream_id, e) for stream_id, events, _ in batch for e in events])
 
         def body(transaction: Any) -> list[AppendResult]:
             versions, stored, head = self._read_state(transaction, streams, ids)
@@ -494,7 +504,7 @@ class FirestoreEventStore(_FirestoreBase):
             by_stream.setdefault(event.stream_id, []).append(event)
         if not by_stream:
             return 0
-        self._check_writes(len(seen), len(by_stream))
+        self._check_writes([(event.stream_id, event.to_new()) for event in events])
 
         def body(transaction: Any) -> int:
             versions, stored, head = self._read_state(transaction, list(by_stream), list(seen))
