@@ -309,10 +309,12 @@ def rebuild(
 
     It builds the next version beside the live one, switches, and drops the old.
     """
+    from skyferry.adapters.registry import open_event_store
     from skyferry.bootstrap import bootstrap
 
     output.json = json_output
     settings = load(store, "memory://")
+    open_event_store(settings.store_url, existing=True).close()  # a rebuild reads: it never creates a store
     ledger = bootstrap(settings)
     try:
         with located("READ_MODEL"):

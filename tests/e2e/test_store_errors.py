@@ -13,6 +13,7 @@ import typer
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from skyferry.adapters.registry import open_event_store
 from skyferry.api.app import create_app
 from skyferry.bootstrap import bootstrap
 from skyferry.cli import cli, mount_extensions, run
@@ -112,6 +113,12 @@ def test_an_unknown_store_scheme_exits_2_listing_the_known_ones(capsys: pytest.C
 
 def test_rebuild_names_the_known_read_models(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/r.db"
+    assert run(["rebuild", "balances", "--store", url]) == 2  # a rebuild reads: the store must exist
+    assert f"SQLite file {tmp_path}/r.db does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r.db").exists()
+    store = open_event_store(url)
+    store.last_position()  # creates it
+    store.close()
     assert run(["rebuild", "nonsense", "--store", url]) == 2
     assert "balances" in capsys.readouterr().err
     assert run(["rebuild", "balances", "--store", url, "--json"]) == 0

@@ -168,10 +168,22 @@ def test_migration_is_an_indexed_job_with_one_shard_per_index() -> None:
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == 8
     assert job["spec"]["parallelism"] == 4
-    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    assert script.startswith("exec skyferry migrate --from")
-    assert '--shard "${JOB_COMPLETION_INDEX}/8"' in script
-    assert "--transform" in script
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["skyferry"]  # no shell expands the arguments
+    assert container["args"] == [
+        "migrate",
+        "--from",
+        "env:MIGRATE_FROM",  # the URLs stay in the environment, out of the process list
+        "--to",
+        "env:MIGRATE_TO",
+        "--shard",
+        "$(JOB_COMPLETION_INDEX)/8",
+        "--json",
+        "--transform",
+        "skyferry.migrate.transforms:identity",
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MIGRATE_FROM"]["valueFrom"]["secretKeyRef"]["key"] == "migration-from"
 
 
 def test_inline_secret_values_create_the_secret() -> None:

@@ -74,6 +74,13 @@ def fill(store: EventStore, *, streams: int = 6, per_stream: int = 7, prefix: st
     return count
 
 
+def filled(url: str, *, streams: int, per_stream: int) -> str:
+    """``url`` after :func:`fill` wrote ``streams * per_stream`` events into its store."""
+    with opened(url) as (store, _):
+        fill(store, streams=streams, per_stream=per_stream)
+    return url
+
+
 def fill_many(store: EventStore, count: int = 11_234, streams: int = 37) -> None:
     """``count`` events over ``streams`` streams, with awkward payloads, written as an import
     writes them (more than two export read batches by default)."""

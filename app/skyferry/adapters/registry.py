@@ -1,8 +1,10 @@
 """Which adapter serves which URL: the one registry, used by the app and by the tests.
 
 Each table maps a URL scheme to ``"module:Class"``; the class has a ``from_url(url)``
-classmethod.  Modules are imported only when their scheme is opened, so an image built
-for one cloud never needs another cloud's SDK.  A store URL names one technology that
+classmethod (an event store's also takes ``existing=True``: open a store to read, creating
+nothing; and it has an ``identity``, which :func:`same_store` compares).  Modules are
+imported only when their scheme is opened, so an image built for one cloud never needs
+another cloud's SDK.  A store URL names one technology that
 serves both the event store and the view store (one database holds both).
 """
 
@@ -11,8 +13,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Final, TypeVar
+from urllib.parse import unquote_plus, urlsplit
 
 from skyferry.core.errors import ConfigurationError
 from skyferry.core.ports import Archive, Broker, EventStore, ViewStore
@@ -124,10 +126,34 @@ def load(table: dict[str, str], url: str, what: str) -> type[Any]:
     return cls
 
 
-def open_event_store(url: str) -> EventStore:
-    """Open the event store at ``url`` (no I/O until first use)."""
-    store: EventStore = load(EVENT_STORES, url, "event store").from_url(url)
+def open_event_store(url: str, *, existing: bool = False) -> EventStore:
+    """Open the event store at ``url`` (no I/O until first use).
+
+    ``existing``: a store opened to be read (a source, a store to verify or rebuild) must
+    already exist.  It is checked at once, with one read, and a missing file, database,
+    schema, table or container raises ``ConfigurationError`` naming it; nothing is
+    created.  Without it, stores that can (SQLite, PostgreSQL) create themselves on first use.
+    """
+    cls = load(EVENT_STORES, url, "event store")
+    if not existing:
+        created: EventStore = cls.from_url(url)
+        return created
+    store: EventStore = cls.from_url(url, existing=True)
+    try:
+        store.last_position()
+    except BaseException:
+        store.close()
+        raise
     return store
+
+
+def same_store(a: EventStore, b: EventStore) -> bool:
+    """Whether two opened event stores are one store (however their URLs are spelled: a
+    relative and an absolute path, another password, other pool options)."""
+    if a is b:
+        return True
+    mine, theirs = getattr(a, "identity", None), getattr(b, "identity", None)
+    return mine is not None and mine == theirs
 
 
 def open_view_store(url: str) -> ViewStore:
@@ -148,8 +174,15 @@ def open_archive(url: str) -> Archive:
     return archive
 
 
+SECRET_PARAMETER: Final = re.compile(r"pass|pwd|secret|token|key|sig|credential|auth|cert", re.IGNORECASE)
+"""A query parameter whose name matches this may hold a secret (``password``, ``sslpassword``,
+``key``, ``accountkey``, ``sig``, ``token``, ``client_secret``, ``sslkey`` ...): :func:`redact`
+hides its value.  A rule, not a list: a parameter added later is covered."""
+
+
 def redact(url: str) -> str:
-    """``url`` with any password or key replaced by ``***``: safe for logs and reports (``//`` kept)."""
+    """``url`` with its password and the value of every query parameter that may hold a
+    secret (:data:`SECRET_PARAMETER`) replaced by ``***``: safe for logs and reports (``//`` kept)."""
     if "://" not in url:
         return url
     parts = urlsplit(url)
@@ -159,8 +192,8 @@ def redact(url: str) -> str:
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
     query = "&".join(
-        f"{k}=***" if k.lower() in {"password", "key", "secret", "token", "accountkey", "sig"} else f"{k}={v}"
-        for k, _, v in (pair.partition("=") for pair in parts.query.split("&") if pair)
+        f"{k}=***" if SECRET_PARAMETER.search(unquote_plus(k)) else f"{k}{sep}{v}"
+        for k, sep, v in (pair.partition("=") for pair in parts.query.split("&") if pair)
     )
     return (
         f"{parts.scheme}://{netloc}{parts.path}"

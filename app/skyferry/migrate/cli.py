@@ -41,6 +41,7 @@ from skyferry.migrate.export import export as run_export
 from skyferry.migrate.fence import FENCE_COLLECTION, FENCE_KEY, lift_fence
 from skyferry.migrate.importer import import_archive, read_manifest
 from skyferry.migrate.migrate import MigrateReport, Migration
+from skyferry.migrate.options import at_least, location
 from skyferry.migrate.progress import Progress
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.transforms import Transformer, dry_run_diff, load_transform
@@ -102,8 +103,8 @@ def is_store_url(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def _store(url: str) -> Iterator[EventStore]:
-    store = registry.open_event_store(url)
+def _store(url: str, *, existing: bool = False) -> Iterator[EventStore]:
+    store = registry.open_event_store(url, existing=existing)
     try:
         yield store
     finally:
@@ -210,12 +211,13 @@ def export_command(
     The archive is a manifest and zstd CloudEvents chunks (docs/archive-format.md).
     """
     with _command(as_json, "run the same command again: an unfinished export (no manifest.json yet) starts over"):
+        source, target = location(source, "--from"), location(target, "--to")
         checked(source, STORE)
         checked(target, ARCHIVE)
         the_shard = _shard(shard)
         transformer = _transformer(transform, allow_count_change)
         started = time.monotonic()
-        with _store(source) as store:
+        with _store(source, existing=True) as store:
             if dry_run:
                 _dry_run(transformer, lambda: _store_events(store, the_shard), dry_run_limit)
                 return
@@ -265,6 +267,7 @@ def import_command(
     After a crash, run it again: it resumes from its checkpoint in the target.
     """
     with _command(as_json):
+        source, target = location(source, "--from"), location(target, "--to")
         checked(source, ARCHIVE)
         checked(target, STORE)
         the_shard = _shard(shard)
@@ -334,19 +337,19 @@ def verify_command(
     Two stores, or an archive and a store: per-stream counts and hash chains; exit 1 listing every difference.
     """
     with _command(as_json, STARTS_OVER):
-        source = _one("--from", source, "--source", source_alias)
-        target = _one("--to", target, "--target", target_alias)
+        source = location(_one("--from", source, "--source", source_alias), "--from")
+        target = location(_one("--to", target, "--target", target_alias), "--to")
         checked(source, STORE, ARCHIVE)
         checked(target, STORE, ARCHIVE)
         the_shard = _shard(shard)
         cipher = _cipher(key_file, key_env)
         with _progress("verify") as progress:
             if is_store_url(source) and is_store_url(target):
-                with _store(source) as left, _store(target) as right:
+                with _store(source, existing=True) as left, _store(target, existing=True) as right:
                     report = verify_stores(left, right, shard=the_shard, progress=progress)
             elif is_store_url(source) or is_store_url(target):
                 archive_url, store_url = (target, source) if is_store_url(source) else (source, target)
-                with _store(store_url) as store:
+                with _store(store_url, existing=True) as store:
                     report = verify_archive(
                         registry.open_archive(archive_url), store, cipher=cipher, shard=the_shard, progress=progress
                     )
@@ -403,6 +406,9 @@ def migrate_command(
     The copy uses the target's fastest write path and resumes from its checkpoint.
     """
     with _command(as_json):
+        source = location(source, "--from")
+        target = None if target is None else location(target, "--to")
+        at_least(grace, 0, "--grace")  # NaN passes the option's own range
         checked(source, STORE)
         if unfence:
             _unfence(source)
@@ -415,7 +421,7 @@ def migrate_command(
         the_shard = _shard(shard)
         transformer = _transformer(transform, allow_count_change)
         started = time.monotonic()
-        with _store(source) as left:
+        with _store(source, existing=True) as left:
             if dry_run:
                 _dry_run(transformer, lambda: _store_events(left, the_shard), dry_run_limit)
                 return
@@ -474,7 +480,8 @@ def _migrate_summary(report: MigrateReport, shard: Shard | None, *, follow: bool
 
 
 def _unfence(source: str) -> None:
-    views = registry.open_view_store(source)
+    with _store(source, existing=True):  # the fence is in the source's view store: it must exist
+        views = registry.open_view_store(source)
     try:
         fence = views.get(FENCE_COLLECTION, FENCE_KEY)
         was = fence is not None and fence.value.get("fenced") is True

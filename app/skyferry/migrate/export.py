@@ -23,6 +23,7 @@ from skyferry.migrate.crypto import ChunkCipher
 from skyferry.migrate.errors import ArchiveError
 from skyferry.migrate.format import CHAIN_START, Prepared, encode_prepared, prepare_events
 from skyferry.migrate.manifest import CHUNK_PREFIX, MANIFEST_NAME, Manifest, StreamHead
+from skyferry.migrate.options import at_least
 from skyferry.migrate.pipeline import ReadAhead
 from skyferry.migrate.progress import Progress
 from skyferry.migrate.reader import READ_BATCH, ReaderProcess, batches
@@ -141,6 +142,9 @@ def export(
     (:mod:`skyferry.migrate.reader`); the archive is the same byte for byte.  ``read_batch`` is
     the ``limit`` of each ``read_all``.
     """
+    at_least(chunk_events, 1, "--chunk-events")
+    at_least(chunk_bytes, 1, "chunk_bytes")
+    at_least(read_batch, 1, "read_batch")
     if archive.exists(MANIFEST_NAME) and not overwrite:
         raise ConfigurationError(
             f"{archive.url} already holds an export (manifest.json); choose another archive or --overwrite"

@@ -19,6 +19,7 @@ from skyferry.core.messages import Event, utc_now
 from skyferry.core.ports import EventStore, ViewStore
 from skyferry.migrate import checkpoints
 from skyferry.migrate.fence import set_fence
+from skyferry.migrate.options import at_least, distinct
 from skyferry.migrate.pipeline import ReadAhead
 from skyferry.migrate.progress import Progress
 from skyferry.migrate.sharding import Shard, owned
@@ -85,6 +86,8 @@ class Migration:
         batch: int = READ_BATCH,
         progress: Progress | None = None,
     ) -> None:
+        at_least(batch, 1, "--batch")
+        distinct(source, target, "migrate")
         self.source = source
         self.target = target
         self.views = target_views

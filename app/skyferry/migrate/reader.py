@@ -219,7 +219,7 @@ def main() -> None:
     if os.getppid() != request["parent"]:  # the parent died before PR_SET_PDEATHSIG was set
         return
     try:
-        store = registry.open_event_store(request["url"])
+        store = registry.open_event_store(request["url"], existing=True)
         try:
             shard = Shard.parse(request["shard"])
             source = batches(store, request["end"], shard, None, after=request["after"], limit=request["limit"])

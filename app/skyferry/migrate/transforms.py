@@ -27,6 +27,7 @@ import orjson
 from skyferry.core.errors import ConfigurationError, ValidationError
 from skyferry.core.messages import Event
 from skyferry.core.ports import EventStore
+from skyferry.migrate.options import at_least
 
 TransformResult = Event | Sequence[Event] | None
 TransformFunction = Callable[[Event], TransformResult]
@@ -153,6 +154,7 @@ def _pretty(events: Sequence[Event]) -> list[str]:
 
 def dry_run_diff(transformer: Transformer, events: Iterable[Event], limit: int) -> tuple[str, int]:
     """A unified diff of the first ``limit`` events the transform changes, and how many it read."""
+    at_least(limit, 1, "--dry-run-limit")
     blocks: list[str] = []
     seen = 0
     for event in events:

@@ -29,6 +29,7 @@ from skyferry.migrate.export import HeadTracker
 from skyferry.migrate.format import CHAIN_START, canonical_bytes
 from skyferry.migrate.importer import read_manifest
 from skyferry.migrate.manifest import MANIFEST_NAME, StreamHead
+from skyferry.migrate.options import distinct
 from skyferry.migrate.pipeline import ReadAhead
 from skyferry.migrate.progress import Progress
 from skyferry.migrate.reader import batches
@@ -222,6 +223,7 @@ def verify_stores(
     source: EventStore, target: EventStore, *, shard: Shard | None = None, progress: Progress | None = None
 ) -> VerifyReport:
     """Compare two stores (of ``shard`` only, if given): each read once in its global order."""
+    distinct(source, target, "verify")
     report = VerifyReport(source=source.url, target=target.url)
     mine = _chains(source, shard, progress)
     theirs = _chains(target, shard)

@@ -401,11 +401,13 @@ class CosmosEventStore:
     def __init__(self, location: CosmosLocation, client: CosmosClient | None = None) -> None:
         self.location = location
         self.url = redact(f"cosmos://{location.account}/{location.database}/{location.container}")
+        self.identity = ("cosmos", location.endpoint, location.database, location.container)
         self._containers = _Containers(location, client)
 
     @classmethod
-    def from_url(cls, url: str, client: CosmosClient | None = None) -> CosmosEventStore:
-        """Parse ``url`` (no I/O)."""
+    def from_url(cls, url: str, client: CosmosClient | None = None, *, existing: bool = False) -> CosmosEventStore:
+        """Parse ``url`` (no I/O).  The adapter never creates a database or a container, so
+        ``existing`` changes nothing: a missing one is a ``ConfigurationError`` naming it."""
         return cls(CosmosLocation.parse(url), client)
 
     @property

@@ -366,11 +366,13 @@ class DynamoDBEventStore:
     def __init__(self, table: str, *, client: Any | None = None, options: aws.AwsOptions | None = None) -> None:
         options = options or aws.AwsOptions()
         self.url = _redacted(table, options)
+        self.identity = ("dynamodb", options.region or "", options.endpoint or "", table)
         self._table = _Table(table, client, options, self.url)
 
     @classmethod
-    def from_url(cls, url: str) -> DynamoDBEventStore:
-        """Open ``dynamodb://TABLE?region=...`` (no I/O)."""
+    def from_url(cls, url: str, *, existing: bool = False) -> DynamoDBEventStore:
+        """Open ``dynamodb://TABLE?region=...`` (no I/O).  The adapter never creates its table,
+        so ``existing`` changes nothing: a missing table is a ``ConfigurationError`` naming it."""
         table, options = _parse(url)
         return cls(table, options=options)
 

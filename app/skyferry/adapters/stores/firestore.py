@@ -349,6 +349,18 @@ class FirestoreEventStore(_FirestoreBase):
     """Event store on Firestore; features ``bulk_append``, ``temporal``,
     ``transactions_across_streams`` (see the module docstring for the design)."""
 
+    @classmethod
+    def from_url(cls, url: str, *, existing: bool = False) -> Self:
+        """Parse ``url``; the client is built on first use.  The adapter never creates a
+        database, so ``existing`` changes nothing: the service answers a read of a missing
+        one with NotFound, a ``ConfigurationError`` naming it (the emulator has every database)."""
+        return cls(url)
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """What tells this store from another: project, database, emulator."""
+        return ("firestore", self._emulator or "", self._project, self._database)
+
     features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
     write_limits: WriteLimits = WRITE_LIMITS
     """One stream head per stream and the global head share the commit with the events."""

@@ -86,13 +86,20 @@ class _Named:
     _instances: ClassVar[dict[str, Any]]
 
     @classmethod
-    def _named(cls, url: str, factory: Any) -> Any:
+    def _named(cls, url: str, factory: Any, *, existing: bool = False) -> Any:
         name = _instance_name(url)
         if not name:
+            if existing:
+                raise ConfigurationError(
+                    "memory:// is a new, empty store each time it is opened: nothing to read; "
+                    "name one this process holds (memory://NAME)"
+                )
             return factory()
         with _registry_lock:
             instance = cls._instances.get(name)
             if instance is None:
+                if existing:
+                    raise ConfigurationError(f"this process holds no store memory://{name}")
                 instance = cls._instances[name] = factory()
             return instance
 
@@ -112,15 +119,17 @@ class MemoryEventStore(_Named):
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
+        self.identity = ("memory", _instance_name(url) or str(id(self)))
         self._lock = threading.RLock()
         self._log: list[Event] = []
         self._streams: dict[str, list[Event]] = {}
         self._ids: dict[str, tuple[str, int]] = {}
 
     @classmethod
-    def from_url(cls, url: str) -> Self:
-        """``memory://`` (fresh) or ``memory://NAME`` (the shared named instance)."""
-        store: Self = cls._named(url, lambda: cls(url))
+    def from_url(cls, url: str, *, existing: bool = False) -> Self:
+        """``memory://`` (fresh) or ``memory://NAME`` (the shared named instance); ``existing``:
+        the named instance must be held already (a fresh one is refused)."""
+        store: Self = cls._named(url, lambda: cls(url), existing=existing)
         return store
 
     # -- writing -------------------------------------------------------------------------

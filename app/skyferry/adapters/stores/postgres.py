@@ -56,7 +56,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -152,8 +152,9 @@ class PostgresDatabase:
     schema is still created or migrated on first use.
     """
 
-    def __init__(self, url: str, *, client: ConnectionPool | None = None) -> None:
+    def __init__(self, url: str, *, client: ConnectionPool | None = None, existing: bool = False) -> None:
         parts = urlsplit(url)
+        self.existing = existing
         if parts.scheme.lower() not in {"postgresql", "postgres"}:
             raise ConfigurationError(f"not a postgresql:// URL: {redact(url)!r}")
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -174,6 +175,13 @@ class PostgresDatabase:
         libpq.setdefault("connect_timeout", "10")
         self.conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(libpq), ""))
         self.url = redact(url)
+        self.identity = (
+            "postgresql",
+            parts.hostname or "",
+            str(parts.port or 5432),
+            parts.path.lstrip("/") or unquote(parts.username or ""),
+            self.schema,
+        )
         self.schema_sql = sql.Identifier(self.schema)
         self._pool = client
         self._given_pool = client is not None
@@ -198,7 +206,7 @@ class PostgresDatabase:
     def _open(self) -> None:
         if self._pool is None:
             with self.connect() as conn:
-                self.migrate(conn)
+                self._prepare(conn)
             pool = ConnectionPool(
                 self.conninfo,
                 min_size=self.pool_min,
@@ -217,7 +225,7 @@ class PostgresDatabase:
             self._pool = pool
         else:
             with self._pool.connection() as conn:
-                self.migrate(conn)
+                self._prepare(conn)
         self._ready = True
 
     def connect(self) -> psycopg.Connection[Any]:
@@ -267,6 +275,30 @@ class PostgresDatabase:
                         [step + 1],
                     )
             return found
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        if self.existing:
+            self.require(conn)
+        else:
+            self.migrate(conn)
+
+    def require(self, conn: psycopg.Connection[Any]) -> None:
+        """Check, creating nothing, that the schema holds a store of this version (``existing``)."""
+        with translate(self.url, f"reading schema {self.schema!r}"):
+            if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema]).fetchone() is None:
+                raise ConfigurationError(
+                    f"{self.url}: the database has no schema {self.schema!r} (a store to read is never created)"
+                )
+            found = self._version(conn)
+        if found == 0:
+            raise ConfigurationError(f"{self.url}: schema {self.schema!r} holds no skyferry store (no schema_version)")
+        if found > SCHEMA_VERSION:
+            raise ConfigurationError(self._too_new(found))
+        if found < SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{self.url}: schema {self.schema!r} is at version {found}, older than {SCHEMA_VERSION}; "
+                "a store opened to be read is never migrated: run skyferry worker (or serve) on it once"
+            )
 
     def _version(self, conn: psycopg.Connection[Any]) -> int:
         exists = conn.execute(
@@ -705,9 +737,10 @@ class PostgresEventStore:
 
     features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
 
-    def __init__(self, url: str, *, client: ConnectionPool | None = None) -> None:
-        self.db = PostgresDatabase(url, client=client)
+    def __init__(self, url: str, *, client: ConnectionPool | None = None, existing: bool = False) -> None:
+        self.db = PostgresDatabase(url, client=client, existing=existing)
         self.url = self.db.url
+        self.identity = self.db.identity
         t = self.db.table("events")
         # The statements of the hot paths, rendered to bytes once: psycopg would render a
         # composed statement again on every call (a tenth of a command cycle's client time).
@@ -765,9 +798,11 @@ class PostgresEventStore:
         )
 
     @classmethod
-    def from_url(cls, url: str) -> Self:
-        """Parse ``url`` (see the module docstring); no I/O."""
-        return cls(url)
+    def from_url(cls, url: str, *, existing: bool = False) -> Self:
+        """Parse ``url`` (see the module docstring); no I/O.  The schema is created (or
+        migrated) on first use, or with ``existing`` must already hold the store: a missing
+        database, schema or table is a ``ConfigurationError`` naming it, and nothing is created."""
+        return cls(url, existing=existing)
 
     # -- append ----------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
+from urllib.request import pathname2url
 
 import orjson
 from orjson import loads as _loads
@@ -156,14 +157,29 @@ def _switch_to_wal(db: sqlite3.Connection) -> str:
 
 
 class _Connection:
-    """One lazily opened connection to the file, used under a lock, with error translation."""
+    """One lazily opened connection to the file, used under a lock, with error translation.
 
-    def __init__(self, url: str, schema: str, connection: sqlite3.Connection | None = None) -> None:
+    ``existing``: the file must already hold the tables ``required`` (a store opened to be
+    read): a missing file or table is a ``ConfigurationError`` naming it, and nothing is
+    created, not even an empty file (the file is opened with ``mode=rw``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        connection: sqlite3.Connection | None = None,
+        *,
+        existing: bool = False,
+        required: str = "",
+    ) -> None:
         self.url = url
         self.path, self.synchronous = parse_url(url)
         self._schema = schema
         self._db = connection
         self._ready = False
+        self._existing = existing
+        self._required = required
         self.lock = threading.RLock()
 
     def describe(self, error: sqlite3.Error) -> SkyferryErrorLike:
@@ -189,24 +205,42 @@ class _Connection:
         if self._db is not None and self._ready:
             return self._db
         self._check_writable()
+        name = os.path.abspath(self.path)
+        if self._existing and not os.path.isfile(self.path):
+            raise ConfigurationError(f"SQLite file {name} does not exist (a store to read is never created)")
         try:
             if self._db is None:
                 self._db = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+                    f"file:{pathname2url(name)}?mode=rw" if self._existing else self.path,
+                    timeout=BUSY_TIMEOUT_SECONDS,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    uri=self._existing,
                 )
             db = self._db
             db.isolation_level = None
+            if self._existing:
+                found = db.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (self._required,)
+                ).fetchone()[0]
+                if not found:
+                    raise ConfigurationError(
+                        f"SQLite file {name} holds no skyferry store (no table {self._required!r})"
+                    )
             mode = _switch_to_wal(db)
             if str(mode).lower() != "wal":
                 raise ConfigurationError(
                     f"SQLite file {os.path.abspath(self.path)}: cannot switch to WAL mode (got {mode})"
                 )
             db.execute(f"PRAGMA synchronous={self.synchronous}")
-            db.executescript(f"BEGIN IMMEDIATE;{self._schema}COMMIT;")
-        except sqlite3.Error as e:
+            if not self._existing:
+                db.executescript(f"BEGIN IMMEDIATE;{self._schema}COMMIT;")
+        except (sqlite3.Error, ConfigurationError) as e:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if isinstance(e, ConfigurationError):
+                raise
             raise self.describe(e) from e
         self._ready = True
         return db
@@ -415,14 +449,17 @@ class SQLiteEventStore:
 
     features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
 
-    def __init__(self, url: str, connection: sqlite3.Connection | None = None) -> None:
+    def __init__(self, url: str, connection: sqlite3.Connection | None = None, *, existing: bool = False) -> None:
         self.url = url
-        self._conn = _Connection(url, EVENTS_SCHEMA, connection)
+        self._conn = _Connection(url, EVENTS_SCHEMA, connection, existing=existing, required="events")
+        self.identity = ("sqlite", os.path.realpath(self._conn.path))
 
     @classmethod
-    def from_url(cls, url: str) -> Self:
-        """Parse ``url``; the file is opened on first use."""
-        return cls(url)
+    def from_url(cls, url: str, *, existing: bool = False) -> Self:
+        """Parse ``url``; the file is opened (and created, with its tables) on first use, or with
+        ``existing`` must already hold the store: a missing file or table is a
+        ``ConfigurationError`` naming it, and nothing is created."""
+        return cls(url, existing=existing)
 
     # -- writing -------------------------------------------------------------------------
 

@@ -1,0 +1,57 @@
+"""What the data-portability commands check of their options before they read or write.
+
+* :func:`at_least` range-checks a number (``--chunk-events 0`` would never end);
+* :func:`location` reads a store or archive URL that holds a secret from the environment
+  (``env:NAME``) or a file (``@PATH``), so that no password appears on a command line,
+  which every user of the machine can read in the process list;
+* :func:`distinct` refuses a source and a target that are one store.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Final
+
+from skyferry.adapters.registry import same_store
+from skyferry.core.errors import ConfigurationError
+from skyferry.core.ports import EventStore
+
+ENV_PREFIX: Final = "env:"
+FILE_PREFIX: Final = "@"
+
+
+def at_least(value: float, minimum: float, option: str) -> None:
+    """Refuse ``value`` below ``minimum`` (or not a finite number), naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
+        raise ConfigurationError(f"{option} must be at least {minimum:g}, not {value!r}")
+
+
+def location(value: str, option: str) -> str:
+    """The URL ``value`` names: itself, the environment variable ``NAME`` of ``env:NAME``, or
+    the content of the file ``PATH`` of ``@PATH`` (surrounding whitespace stripped)."""
+    if value.startswith(ENV_PREFIX):
+        name = value.removeprefix(ENV_PREFIX)
+        found = os.environ.get(name, "").strip()
+        if not name or not found:
+            raise ConfigurationError(f"{option} {value}: the environment variable {name!r} is not set or empty")
+        return found
+    if value.startswith(FILE_PREFIX):
+        path = value.removeprefix(FILE_PREFIX)
+        try:
+            found = Path(path).read_text().strip()
+        except OSError as e:
+            raise ConfigurationError(f"{option} {value}: cannot read the file ({e.strerror})") from e
+        if not found:
+            raise ConfigurationError(f"{option} {value}: the file is empty")
+        return found
+    return value
+
+
+def distinct(source: EventStore, target: EventStore, what: str) -> None:
+    """Refuse a ``source`` and a ``target`` that are one store (``what`` names the command)."""
+    if same_store(source, target):
+        raise ConfigurationError(
+            f"{what}: the source and the target are the same store ({source.url}); name two different stores"
+        )
