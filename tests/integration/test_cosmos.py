@@ -395,3 +395,59 @@ def test_each_thread_calls_through_its_own_client(url: str) -> None:
     assert len(read_everything(store)) == 7
     store.close()
     assert len(store._containers._owned) == 0
+
+
+def test_events_of_earlier_versions_with_native_json_are_read_and_verify_lists_what_changed(url: str) -> None:
+    """Before data and metadata were kept as JSON text, Cosmos DB changed numbers: such a
+    store still reads, and verify lists the change as a difference instead of crashing
+    ("Integer exceeds 64-bit range")."""
+    from datetime import UTC, datetime
+
+    from skyferry.adapters.stores.memory import MemoryEventStore
+    from skyferry.migrate.verify import verify_stores
+
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    data = {"max": 2**64 - 1, "small": 2, "f": 1.0}
+    event = NewEvent(type="Old", data=data, metadata={"m": -0.0}, occurred_at=moment, recorded_at=moment)
+    source = MemoryEventStore()
+    source.append("legacy", [event], NO_STREAM)
+    store = CosmosEventStore.from_url(url)
+    try:
+        native = {  # a commit document as the earlier adapter wrote it
+            "id": "c-000000000001",
+            "kind": "commit",
+            "stream_id": "legacy",
+            "first": 1,
+            "last": 1,
+            "slot": None,
+            "created": "2026-01-02T03:04:05.678901Z",
+            "event_ids": [event.id],
+            "events": [
+                {
+                    "id": event.id,
+                    "type": "Old",
+                    "schema_version": 1,
+                    "data": data,
+                    "metadata": {"m": -0.0},
+                    "occurred_at": "2026-01-02T03:04:05.678901Z",
+                    "recorded_at": "2026-01-02T03:04:05.678901Z",
+                }
+            ],
+        }
+        store._c.create_item(native)
+        store._slot_stream("legacy")  # its place in the global log, as the earlier adapter gave it
+        [stored] = store.read_stream("legacy")
+        assert (stored.id, stored.data["small"], stored.metadata) == (
+            event.id,
+            2,
+            {"m": 0},
+        )  # numbers as Cosmos DB keeps them
+        assert stored.data["max"] != 2**64 - 1
+        report = verify_stores(source, store)
+        assert report.difference_count == 1
+        [difference] = report.differences
+        assert difference.startswith(
+            "stream 'legacy' version 1: the target's event holds a value that is not valid JSON"
+        )
+    finally:
+        store.close()

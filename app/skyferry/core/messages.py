@@ -171,7 +171,7 @@ def check_json(value: Any, encoded: bytes, where: str) -> None:
     ``null``) and nesting deeper than :data:`MAX_JSON_DEPTH`.  ``encoded`` is ``value``'s JSON;
     the value itself is walked only when that text could hide one of them (it holds ``null``,
     or more brackets than the depth allowed), so the common event costs two byte scans."""
-    if b"null" in encoded or encoded.count(b"{") + encoded.count(b"[") > MAX_JSON_DEPTH:
+    if b"null" in encoded or not _shallow(encoded):
         problem = json_problem(value, where)
         if problem is not None:
             raise ValidationError(problem)
@@ -333,9 +333,15 @@ def plainly_valid(
         and len(data_json) + len(metadata_json) <= EVENT_SIZE_LIMIT
         and b"null" not in data_json
         and b"null" not in metadata_json
-        and data_json.count(b"{") + data_json.count(b"[") <= MAX_JSON_DEPTH
-        and metadata_json.count(b"{") + metadata_json.count(b"[") <= MAX_JSON_DEPTH
+        and _shallow(data_json)
+        and _shallow(metadata_json)
     )
+
+
+def _shallow(encoded: bytes) -> bool:
+    """Whether JSON text ``encoded`` surely nests at most :data:`MAX_JSON_DEPTH` levels: each
+    level takes two bytes, so a short text cannot; a longer one has few enough brackets."""
+    return len(encoded) <= 2 * MAX_JSON_DEPTH or encoded.count(b"{") + encoded.count(b"[") <= MAX_JSON_DEPTH
 
 
 class _EventFields(NamedTuple):
