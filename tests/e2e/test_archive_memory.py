@@ -137,7 +137,7 @@ def test_chunks_at_the_caps_of_the_worst_data_import_and_verify_in_bounded_memor
     peak, code, stderr = measured("import", "--from", str(tmp_path / "archive"), "--to", target, "--json")
     assert code == 0, stderr
     assert peak < MEMORY_BOUND_MB
-    peak, code, stderr = measured("verify", "--source", str(tmp_path / "archive"), "--target", target, "--json")
+    peak, code, stderr = measured("verify", "--from", str(tmp_path / "archive"), "--to", target, "--json")
     assert code == 0, stderr
     assert peak < MEMORY_BOUND_MB
 
@@ -150,4 +150,4 @@ def run_reader(command: str, archive: Path, tmp_path: Path) -> tuple[float, int,
     store = registry.open_event_store(target)
     store.last_position()  # creates it: verify reads only stores that exist
     store.close()
-    return measured("verify", "--source", str(archive), "--target", target, "--json")
+    return measured("verify", "--from", str(archive), "--to", target, "--json")

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, FrozenInstanceError, dataclass, field, make_dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,8 +57,8 @@ every JSON library's limit once the envelopes of archives and broker messages ar
 (orjson stops at 254 levels)."""
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-# Fast paths of the checks below: ``\w`` on a str pattern is exactly ``str.isalnum()`` or
-# ``_``; 32 hex digits in the canonical grouping are always a UUID to ``uuid.UUID``.
+# ``\w`` on a str pattern is exactly ``str.isalnum()`` or ``_`` (the fast path of the stream
+# id check); an event id must be a UUID in its canonical text, the form every store gives back.
 _VALID_STREAM_ID: Final = re.compile(rf"[\w/:.\-]{{1,{STREAM_ID_MAX}}}")
 _CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TYPE_FORBIDDEN: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")

@@ -41,7 +41,7 @@ from skyferry.migrate.export import export as run_export
 from skyferry.migrate.fence import FENCE_COLLECTION, FENCE_KEY, lift_fence
 from skyferry.migrate.importer import import_archive, read_manifest
 from skyferry.migrate.migrate import MigrateReport, Migration
-from skyferry.migrate.options import at_least, location
+from skyferry.migrate.options import location
 from skyferry.migrate.progress import Progress
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.transforms import Transformer, dry_run_diff, load_transform
@@ -408,7 +408,6 @@ def migrate_command(
     with _command(as_json):
         source = location(source, "--from")
         target = None if target is None else location(target, "--to")
-        at_least(grace, 0, "--grace")  # NaN passes the option's own range
         checked(source, STORE)
         if unfence:
             _unfence(source)
