@@ -81,6 +81,19 @@ def test_append_then_read_keeps_every_field(event_store: EventStore) -> None:
     assert stored.recorded_at.utcoffset() == timedelta(0)
 
 
+def test_every_read_gives_whole_events(event_store: EventStore) -> None:
+    """Stores build events with one tuple call on their hot paths: every field must be there."""
+    sid = stream()
+    event_store.append(sid, [new(0), new(1)], NO_STREAM)
+    read = [*event_store.read_stream(sid), *event_store.read_stream(sid, backwards=True)]
+    read += [e for e in read_everything(event_store) if e.stream_id == sid]
+    for event in read:
+        assert len(event) == len(Event._fields)
+        assert event.position is None or isinstance(event.position, str)
+        assert repr(event).startswith("Event(id=")
+        assert event.with_position(None) == event.with_position(None)._replace()
+
+
 def test_recorded_at_given_by_an_import_is_preserved(event_store: EventStore) -> None:
     sid = stream()
     recorded = datetime(2001, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

@@ -441,8 +441,11 @@ def _events(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
     ``read_stream``, and so of loading an aggregate).
     """
     new, event_type, loads = _tuple_new, Event, orjson.loads
-    return [
-        new(event_type, (event_id, stream_id, version, kind, schema, loads(data), loads(metadata), occurred, recorded))
+    return [  # all ten fields: tuple.__new__ fills in no default (read_stream gives no position)
+        new(
+            event_type,
+            (event_id, stream_id, version, kind, schema, loads(data), loads(metadata), occurred, recorded, None),
+        )
         for event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows
     ]
 
