@@ -9,6 +9,7 @@ the fallback is printed once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import sys
@@ -63,6 +64,11 @@ def spec_from_table_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
 @functools.cache
 def pulumi_table_spec() -> dict[str, Any] | None:
     """The ``CreateTable`` arguments of the table the AWS stack declares (``None``: no infra group)."""
+    # grpc's asyncio support, imported with pulumi, asks for the thread's event loop at import
+    # time, and a test that ran asyncio.run() before (the NATS adapter does) left the thread
+    # with none: import under a loop of its own.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
         from providers.base import current_stack_config, deploy
         from providers.graph import run_program
@@ -73,6 +79,9 @@ def pulumi_table_spec() -> dict[str, Any] | None:
             file=sys.stderr,
         )
         return None
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
     values, secret = read_stack("aws")
     graph = run_program(lambda: deploy(current_stack_config()), values, secret, stack="aws")
     [table] = graph.by_type("aws:dynamodb/table:Table")
