@@ -8,7 +8,7 @@
 * two API processes append to the same accounts at once: each version is written
   once, and the money the clients were told about is the money the store holds.
 
-(A connection dropped mid-append is in ``test_postgres_store.py``.)
+(A connection dropped mid-append is in ``tests/integration/adapters/test_postgres.py``.)
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ partition key value, which DynamoDB splits by heat on the sort key.  Readers are
 limited by the counter.  A higher write rate needs sharded counters with a merge reader,
 or DynamoDB Streams feeding a sequencer: not needed for the ledger.
 
-Requests (measured by ``tests/integration/test_aws.py``)
---------------------------------------------------------
+Requests (measured by ``tests/integration/adapters/test_dynamodb.py``)
+----------------------------------------------------------------------
 * append with an explicit expected version: 2 requests (``GetItem`` of the counter,
   ``TransactWriteItems``); with ``ANY``: 3 (plus a ``Query`` for the version).
   1,000 events in appends of 10 events: 200 requests; in appends of 49: 42.
