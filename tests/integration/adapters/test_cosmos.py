@@ -3,7 +3,8 @@
 Concurrency, the global log's repair paths (a writer that died between its commit and
 its slot, two helpers that slotted one commit), large appends, view commits of more than
 one batch interrupted at every write (a failure injected at the SDK seam), configuration
-errors and throttling.  Waits are bounded polls; nothing asserts on time.
+errors, throttling, and the readiness probe's cost (``last_position`` reads a bounded number
+of slots, whatever the log's length).  Waits are bounded polls; nothing asserts on time.
 """
 
 from __future__ import annotations
@@ -43,9 +44,16 @@ def read_everything(store: CosmosEventStore) -> list[Event]:
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
+def default_url() -> Iterator[str]:
+    """A fresh database, the adapter's options at their defaults."""
     with service.fresh_database() as name:
-        yield service.url_for(name) + "&sweep_after=0"
+        yield service.url_for(name)
+
+
+@pytest.fixture
+def url(default_url: str) -> str:
+    """A fresh database whose unslotted commits ``read_all`` sweeps at any age (``sweep_after=0``)."""
+    return default_url + "&sweep_after=0"
 
 
 def test_concurrent_appends_at_one_version_have_exactly_one_winner(url: str) -> None:
@@ -449,5 +457,45 @@ def test_events_of_earlier_versions_with_native_json_are_read_and_verify_lists_w
         assert difference.startswith(
             "stream 'legacy' version 1: the target's event holds a value that is not valid JSON"
         )
+    finally:
+        store.close()
+
+
+# --- the readiness probe: ``/readyz`` of the Azure API calls ``last_position`` -----------------
+# Its cost is the same for any log length: the documents its queries return are counted, for
+# a short log and for one ten times longer.
+
+
+def _rows_read(store: CosmosEventStore, monkeypatch: pytest.MonkeyPatch) -> tuple[str | None, int]:
+    read: list[int] = []
+    original = store._query
+
+    def counting(what: str, query: str, params: Any, partition: str | None) -> list[Any]:
+        rows = original(what, query, params, partition)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(store, "_query", counting)
+    try:
+        return store.last_position(), sum(read)
+    finally:
+        monkeypatch.undo()
+
+
+def test_last_position_reads_a_bounded_number_of_slots(default_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = CosmosEventStore.from_url(default_url)
+    try:
+        assert _rows_read(store, monkeypatch) == (None, 0)
+        for i in range(3):
+            store.append(f"s-{i}", [NewEvent("E", {"i": i})], NO_STREAM)
+        short_position, short_cost = _rows_read(store, monkeypatch)
+        for i in range(3, 30):
+            store.append(f"s-{i}", [NewEvent("E", {"i": i})], NO_STREAM)
+        long_position, long_cost = _rows_read(store, monkeypatch)
+        assert short_position is not None
+        assert long_position is not None
+        assert long_position == store.read_all(limit=1000)[-1].position
+        assert short_cost <= cosmos.LAST_SLOTS
+        assert long_cost <= cosmos.LAST_SLOTS, f"read {long_cost} slots of a 30-slot log"
     finally:
         store.close()

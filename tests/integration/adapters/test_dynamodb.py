@@ -1,4 +1,4 @@
-"""The AWS adapters on moto server beyond the conformance suite: request counts, bad input, retries.
+"""The DynamoDB adapters on moto server beyond the conformance suite: request counts, bad input, retries.
 
 Request counts are exact, not timed: they are what the module docstring of
 ``app/skyferry/adapters/stores/dynamodb.py`` reports per 1,000 events.
@@ -6,52 +6,19 @@ Request counts are exact, not timed: they are what the module docstring of
 
 from __future__ import annotations
 
-import collections
-import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from skyferry.adapters import aws
-from skyferry.adapters.archives import s3 as s3_adapter
-from skyferry.adapters.brokers import sns_sqs
 from skyferry.adapters.stores import dynamodb
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, ViewChange
+from tests.integration.adapters.aws_support import Counter, boto
 from tests.services import dynamodb as dynamodb_service
 from tests.services import moto_server
-
-
-class Counter:
-    """Counts the API calls of the clients it is attached to, by operation name."""
-
-    def __init__(self) -> None:
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.lock = threading.Lock()
-
-    def attach(self, client: Any) -> Any:
-        client.meta.events.register("before-call.*.*", self._count)
-        return client
-
-    def _count(self, model: Any, **kwargs: Any) -> None:
-        with self.lock:
-            self.calls[model.name] += 1
-
-    def total(self) -> int:
-        return sum(self.calls.values())
-
-    def reset(self) -> None:
-        self.calls.clear()
-
-
-def boto(service: str) -> Any:
-    import boto3
-
-    make: Any = boto3.client
-    return make(service, region_name=moto_server.REGION, endpoint_url=moto_server.endpoint())
 
 
 @pytest.fixture
@@ -163,17 +130,6 @@ def test_missing_region_and_credentials_are_configuration_errors(monkeypatch: py
         dynamodb.DynamoDBEventStore.from_url("dynamodb://t?regoin=eu-west-1")
 
 
-def test_a_missing_bucket_and_a_missing_queue_are_configuration_errors() -> None:
-    endpoint = moto_server.endpoint()
-    archive = s3_adapter.S3Archive.from_url(f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}?endpoint={endpoint}")
-    with pytest.raises(ConfigurationError, match="no-such-bucket"):
-        archive.put("x", b"1")
-    broker = sns_sqs.SnsSqsBroker.from_url(f"sns+sqs://nothing?endpoint={endpoint}&account=123456789012&wait=0")
-    with pytest.raises(ConfigurationError, match=r"nothing-projections\.fifo"):
-        broker.subscribe("projections", lambda m: None)
-    broker.close()
-
-
 def test_throttling_is_retried_then_surfaces_as_transient(table: str) -> None:
     from botocore.stub import Stubber
 
@@ -199,33 +155,6 @@ def test_a_cancelled_append_writes_nothing_and_an_oversized_one_is_refused(table
         store.append("big", big, NO_STREAM)
     assert store.stream_version("big") == 0
     assert store.last_position() is None
-
-
-def test_large_objects_go_multipart_and_a_failed_upload_is_aborted() -> None:
-    s3 = boto("s3")
-    bucket = f"skyferry-mp-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    counter = Counter()
-    client = counter.attach(boto("s3"))
-    archive = s3_adapter.S3Archive(bucket, "x", client=client, multipart_bytes=5 * 1024 * 1024)
-    data = bytes(range(256)) * (48 * 1024)  # 12 MiB
-    archive.put("big", data)
-    assert counter.calls["CreateMultipartUpload"] == 1
-    assert counter.calls["UploadPart"] == 3
-    assert archive.get("big") == data
-
-    def fail_second_part(params: dict[str, Any], **kwargs: Any) -> None:
-        if params.get("PartNumber") == 2:
-            raise RuntimeError("connection lost")
-
-    client.meta.events.register("provide-client-params.s3.UploadPart", fail_second_part)
-    with pytest.raises(RuntimeError):
-        archive.put("torn", data)
-    assert not archive.exists("torn")
-    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    for name in archive.list():
-        archive.delete(name)
-    s3.delete_bucket(Bucket=bucket)
 
 
 # --- large view commits: the commit-record protocol ---------------------------------------------

@@ -1,6 +1,6 @@
-"""Bad input and faults for the Google adapters: contention and unavailability are
-retried then ``TransientError``; a missing project, topic, bucket or credentials is a
-``ConfigurationError``; nothing is half-written.
+"""Bad input and faults for the firestore:// adapters: contention and unavailability are
+retried then ``TransientError``; a missing project or credentials is a ``ConfigurationError``;
+nothing is half-written.
 
 Faults are injected at the SDK's commit call on Google's Firestore emulator, so the
 transaction machinery and the adapter's retry loop run for real.
@@ -8,8 +8,6 @@ transaction machinery and the adapter's retry loop run for real.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,17 +17,12 @@ from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 from google.cloud.firestore_v1.transaction import Transaction
 
 from skyferry.adapters import gcp_common
-from skyferry.adapters.archives.gcs import GCSArchive
-from skyferry.adapters.brokers import pubsub as pubsub_adapter
-from skyferry.adapters.brokers.pubsub import PubSubBroker
 from skyferry.adapters.stores.firestore import FirestoreEventStore, FirestoreViewStore
 from skyferry.core.errors import ConfigurationError, TransientError
 from skyferry.core.messages import NewEvent
-from skyferry.core.ports import NO_STREAM, Message, ViewChange
+from skyferry.core.ports import NO_STREAM, ViewChange
 from tests import services
 from tests.services import firestore as firestore_service
-from tests.services import gcs as gcs_service
-from tests.services import pubsub as pubsub_service
 
 
 @pytest.fixture
@@ -43,22 +36,10 @@ def store_url() -> Iterator[str]:
         yield url
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "firestore:///(default)",
-        "firestore://p/a/b",
-        "firestore://p/(default)?emulatr=x",
-        "pubsub://p",
-        "pubsub:///topic",
-        "gs:///prefix",
-        "gs://bucket?region=x",
-    ],
-)
+@pytest.mark.parametrize("url", ["firestore:///(default)", "firestore://p/a/b", "firestore://p/(default)?emulatr=x"])
 def test_malformed_urls_are_configuration_errors(url: str) -> None:
-    cls: Any = {"firestore": FirestoreEventStore, "pubsub": PubSubBroker, "gs": GCSArchive}[url.split(":")[0]]
     with pytest.raises(ConfigurationError):
-        cls.from_url(url)
+        FirestoreEventStore.from_url(url)
 
 
 def test_missing_project_is_named() -> None:
@@ -149,58 +130,3 @@ def test_a_view_commit_that_keeps_failing_writes_neither_documents_nor_checkpoin
         assert views.get_checkpoint("balances") is None
     finally:
         views.close()
-
-
-def test_a_missing_bucket_is_a_configuration_error() -> None:
-    endpoint = gcs_service.endpoint()
-    archive = GCSArchive.from_url(f"gs://absent-{uuid.uuid4().hex[:12]}/x?endpoint={endpoint}")
-    with pytest.raises(ConfigurationError, match="does not exist"):
-        archive.get("manifest.json")
-    with pytest.raises(ConfigurationError):
-        archive.put("manifest.json", b"{}")
-
-
-# --- Pub/Sub: what the emulator can show ----------------------------------------------------------
-
-
-@pytest.fixture
-def broker() -> Iterator[PubSubBroker]:
-    with pubsub_service.provide("broker", "pubsub") as url:
-        broker = PubSubBroker.from_url(url)
-        try:
-            yield broker
-        finally:
-            broker.close()
-
-
-def test_a_group_subscription_is_ordered_with_a_dead_letter_policy(broker: PubSubBroker) -> None:
-    path = broker.ensure_group("projections", max_deliveries=7)
-    subscription = broker.subscriber.get_subscription(subscription=path)
-    assert subscription.enable_message_ordering is True
-    assert subscription.dead_letter_policy.max_delivery_attempts == 7
-    assert subscription.dead_letter_policy.dead_letter_topic.endswith(
-        "/topics/" + pubsub_adapter.dead_letter_topic_id("events", "projections")
-    )
-    low = broker.subscriber.get_subscription(subscription=broker.ensure_group("fast", max_deliveries=2))
-    assert low.dead_letter_policy.max_delivery_attempts == pubsub_adapter.MIN_SERVER_DELIVERY_ATTEMPTS
-
-
-def test_dead_lettering_below_the_services_minimum_is_done_by_the_client(broker: PubSubBroker) -> None:
-    attempts: list[int] = []
-    poison = Message(id=str(uuid.uuid4()), key="acct-1", body=b"{}", attributes={"type": "Poison"})
-
-    def refuse(message: Message) -> None:
-        attempts.append(message.delivery_attempt)
-        raise RuntimeError("poison")
-
-    broker.subscribe("fast", refuse, max_deliveries=2)
-    broker.publish([poison])
-    deadline = time.monotonic() + 90
-    dead: list[Message] = []
-    while time.monotonic() < deadline and not dead:
-        dead = [m for m in broker.dead_letters("fast") if m.id == poison.id]
-        time.sleep(0.1)
-    assert dead, "the poison message was not dead-lettered"
-    assert attempts == [1, 2]
-    assert dead[0].key == "acct-1"
-    assert dead[0].attributes["type"] == "Poison"

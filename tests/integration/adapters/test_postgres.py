@@ -1,4 +1,17 @@
-"""PostgreSQL store: schema migrations, bad settings, missing privileges, dropped connections.
+"""PostgreSQL store beyond the conformance suite.
+
+* schema migrations, bad settings, missing privileges, dropped connections;
+* ``append`` by its two paths: many events by binary COPY after the version check, few by
+  one pipelined INSERT.  Appends of ``_COPY_FROM`` events or more go by COPY; every
+  guarantee of ``append`` must hold on both paths: the same stored events, the version
+  check, idempotent repeats, an id stored in another stream refused, ``ANY``, validation
+  before anything is written;
+* the sequence-gap problem: a reader tailing ``read_all`` never skips an event.  Commit
+  delays are injected inside PostgreSQL: a deferred constraint trigger runs at COMMIT,
+  after the row's position was assigned and before it becomes visible, and sleeps for
+  ``data.sleep`` seconds.  That is exactly the window in which a later position can commit
+  first.  The last test removes the adapter's gap protection and checks that the detector
+  used by the others does report the skipped event, so these tests can fail.
 
 Everything runs against the machine's PostgreSQL (see ``tests/services/postgres.py``),
 each test in its own schema (and, where it needs one, its own login role), dropped
@@ -7,9 +20,12 @@ afterwards.
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -17,10 +33,16 @@ import pytest
 from psycopg import sql
 
 from skyferry.adapters.registry import open_event_store, open_view_store
-from skyferry.adapters.stores.postgres import SCHEMA_VERSION, PostgresEventStore, PostgresViewStore
-from skyferry.core.errors import ConfigurationError, TransientError
-from skyferry.core.messages import NewEvent
-from skyferry.core.ports import NO_STREAM, ViewChange
+from skyferry.adapters.stores.postgres import (
+    _COPY_FROM,
+    SCHEMA_VERSION,
+    PostgresEventStore,
+    PostgresViewStore,
+    _appended_rows_binary,
+)
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, EventTooLarge, TransientError
+from skyferry.core.messages import Event, NewEvent
+from skyferry.core.ports import ANY, NO_STREAM, ViewChange
 from tests.services import free_port, postgres
 
 
@@ -391,3 +413,280 @@ def test_bulk_append_rejects_what_validate_rejects_and_stores_nothing(url: str) 
         assert store.read_all() == []
     finally:
         store.close()
+
+
+# --- append: binary COPY and pipelined INSERT ------------------------------------------------
+
+
+TRICKY = {"text": 'tab\there, newline\n, back\\slash, quote", ünïcödé, 🚀', "nested": {"a": [1, 2.5, None, True]}}
+
+
+@pytest.fixture
+def store() -> Iterator[PostgresEventStore]:
+    with postgres.fresh_schema() as url:
+        s = PostgresEventStore(url)
+        yield s
+        s.close()
+
+
+def tricky_events(count: int, **data: object) -> list[NewEvent]:
+    return [NewEvent("Happened", {"n": n, **TRICKY, **data}, {"m": n}) for n in range(count)]
+
+
+@pytest.mark.parametrize("count", [_COPY_FROM - 1, _COPY_FROM, 1000])
+def test_both_paths_store_the_same_events(store: PostgresEventStore, count: int) -> None:
+    first = tricky_events(count)
+    recorded = datetime(2020, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
+    first[0] = NewEvent("Imported", {"x": 1}, recorded_at=recorded, schema_version=3)
+    result = store.append("s-1", first, NO_STREAM)
+    assert (result.first_version, result.last_version, result.idempotent) == (1, count, False)
+    stored = store.read_stream("s-1")
+    assert [e.version for e in stored] == list(range(1, count + 1))
+    for new, old in zip(first, stored, strict=True):
+        assert (old.id, old.type, old.schema_version, old.data, old.metadata, old.occurred_at) == (
+            new.id,
+            new.type,
+            new.schema_version,
+            new.data,
+            new.metadata,
+            new.occurred_at,
+        )
+    assert stored[0].recorded_at == recorded
+    assert len({e.recorded_at for e in stored[1:]}) <= 1  # one append, one time of recording
+
+
+def test_a_stale_expected_version_is_a_conflict_and_stores_nothing(store: PostgresEventStore) -> None:
+    store.append("s-1", tricky_events(3), NO_STREAM)
+    with pytest.raises(ConcurrencyError) as caught:
+        store.append("s-1", tricky_events(_COPY_FROM), 1)
+    assert caught.value.actual == 3
+    assert store.stream_version("s-1") == 3
+
+
+def test_the_same_append_again_is_idempotent(store: PostgresEventStore) -> None:
+    batch = tricky_events(_COPY_FROM * 2)
+    store.append("s-1", batch, NO_STREAM)
+    again = store.append("s-1", batch, NO_STREAM)
+    assert (again.first_version, again.last_version, again.idempotent) == (1, len(batch), True)
+    assert store.stream_version("s-1") == len(batch)
+
+
+def test_an_id_stored_in_another_stream_is_refused_and_nothing_stored(store: PostgresEventStore) -> None:
+    batch = tricky_events(_COPY_FROM)
+    store.append("s-1", batch[:1], NO_STREAM)
+    with pytest.raises(ConcurrencyError, match=r"already stored in stream .s-1."):
+        store.append("s-2", batch, NO_STREAM)
+    assert store.stream_version("s-2") == 0
+
+
+def test_any_appends_after_whatever_is_there(store: PostgresEventStore) -> None:
+    store.append("s-1", tricky_events(2), NO_STREAM)
+    result = store.append("s-1", tricky_events(_COPY_FROM), ANY)
+    assert (result.first_version, result.last_version) == (3, 2 + _COPY_FROM)
+    assert [e.version for e in store.read_stream("s-1")] == list(range(1, 3 + _COPY_FROM))
+
+
+def test_an_invalid_event_anywhere_refuses_the_whole_append_before_writing(store: PostgresEventStore) -> None:
+    batch = tricky_events(_COPY_FROM * 2)
+    batch[-1] = NewEvent("Bad", {"big": "x" * 300_000})
+    with pytest.raises(EventTooLarge):
+        store.append("s-1", batch, NO_STREAM)
+    assert store.stream_version("s-1") == 0
+
+
+def test_rows_the_binary_format_cannot_hold_exactly_go_by_insert() -> None:
+    now = datetime.now(UTC)
+    batch = tricky_events(2)
+    encoded = [(b"{}", b"{}")] * 2
+    assert _appended_rows_binary("s", 1, batch, encoded, now) is not None
+    assert _appended_rows_binary("s", 2**31 - 1, batch, encoded, now) is None  # a version past 32 bits
+    wide = [batch[0], NewEvent("Happened", {}, schema_version=2**31)]
+    assert _appended_rows_binary("s", 1, wide, encoded, now) is None
+
+
+@pytest.mark.parametrize("count", [1, _COPY_FROM])
+def test_after_a_refused_append_the_connection_is_idle_and_the_next_append_succeeds(
+    store: PostgresEventStore, count: int
+) -> None:
+    batch = tricky_events(count)
+    store.append("s-1", batch[:1], NO_STREAM)
+    with pytest.raises(ConcurrencyError):
+        store.append("s-2", batch, NO_STREAM)  # the INSERT (or COPY) fails on the unique id
+    with pytest.raises(ConcurrencyError):
+        store.append("s-1", tricky_events(count), 0)  # the version check fails
+    with store.db.connection("checking") as conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert store.append("s-3", tricky_events(count), NO_STREAM).last_version == count
+    assert [e.version for e in store.read_stream("s-1")] == [1]
+
+
+# --- the sequence gap: a tailing reader never skips an event -----------------------------------
+
+
+def install_commit_delay(url: str, schema: str) -> None:
+    """Make every COMMIT that inserted an event with ``data.sleep`` wait that long."""
+    with psycopg.connect(postgres.admin_dsn(), autocommit=True) as conn:
+        s = sql.Identifier(schema)
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION {}.commit_delay() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN PERFORM pg_sleep(coalesce((NEW.data->>'sleep')::float8, 0)); RETURN NULL; END $$"
+            ).format(s)
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE CONSTRAINT TRIGGER commit_delay AFTER INSERT ON {}.events"
+                " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}.commit_delay()"
+            ).format(s, s)
+        )
+
+
+@pytest.fixture
+def delayed_url() -> Iterator[tuple[str, str]]:
+    """A fresh schema whose commits can be delayed per event."""
+    with postgres.fresh_schema() as url:
+        schema = url.rsplit("schema=", 1)[1].split("&")[0]
+        store = PostgresEventStore(url)
+        try:
+            store.stream_version("warm-up")  # creates the schema
+        finally:
+            store.close()
+        install_commit_delay(url, schema)
+        yield url, schema
+
+
+class Tail:
+    """A reader tailing ``read_all`` the way the relay does, keeping everything it saw."""
+
+    def __init__(self, store: PostgresEventStore) -> None:
+        self.store = store
+        self.seen: list[Event] = []
+        self.after = store.last_position()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while True:
+            done = self.stop.is_set()
+            batch = self.store.read_all(after=self.after, limit=20)
+            self.seen.extend(batch)
+            if batch:
+                self.after = batch[-1].position
+            elif done:
+                return
+            else:
+                time.sleep(0.001)
+
+    def __enter__(self) -> Tail:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+    def skipped(self, prefix: str) -> list[Event]:
+        """Stored events of streams under ``prefix`` that the tail never saw."""
+        seen = {e.id for e in self.seen}
+        stored = [e for sid in self.store.list_streams(prefix) for e in self.store.read_stream(sid)]
+        return [e for e in stored if e.id not in seen]
+
+
+def test_tailing_reader_sees_every_event_under_random_commit_delays(delayed_url: tuple[str, str]) -> None:
+    url, _ = delayed_url
+    store = PostgresEventStore(url + "&pool_max=12")
+    tag = f"gap-{uuid.uuid4().hex[:8]}-"
+    writers, appends = 8, 20
+    errors: list[BaseException] = []
+
+    def write(w: int) -> None:
+        rng = random.Random(w)
+        try:
+            for i in range(appends):
+                sid = f"{tag}{rng.randrange(4)}"
+                batch = [
+                    NewEvent(type="T", data={"w": w, "i": i, "sleep": rng.choice([0, 0, 0.001, 0.004, 0.02])})
+                    for _ in range(rng.choice([1, 1, 2]))
+                ]
+                try:
+                    store.append(sid, batch, store.stream_version(sid) if rng.random() < 0.5 else ANY)
+                except ConcurrencyError:
+                    store.append(sid, batch, ANY)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    try:
+        with Tail(store) as tail:
+            threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert not errors, errors
+        mine = [e for e in tail.seen if e.stream_id.startswith(tag)]
+        assert len(mine) >= writers * appends
+        assert tail.skipped(tag) == [], "the tailing reader skipped events"
+        assert len({e.id for e in mine}) == len(mine), "an event was seen twice"
+        for sid in {e.stream_id for e in mine}:
+            assert [e.version for e in mine if e.stream_id == sid] == list(range(1, store.stream_version(sid) + 1))
+    finally:
+        store.close()
+
+
+def wait_for_sleeping_commit(application_name: str) -> None:
+    """Block until a session of ``application_name`` sleeps inside its COMMIT (bounded poll)."""
+    with psycopg.connect(postgres.admin_dsn(), autocommit=True) as conn:
+        for _ in range(3000):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event = 'PgSleep'",
+                [application_name],
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    pytest.fail(f"the slow writer {application_name} never reached its COMMIT")
+
+
+def slow_then_fast(store_class: type[PostgresEventStore], url: str, tag: str) -> Tail:
+    """Writer A takes a position and commits slowly; writer B takes a later one and commits at once."""
+    slow_name = f"slow-{tag}".rstrip("-")
+    slow_store, fast_store = store_class(f"{url}&application_name={slow_name}"), store_class(url)
+    try:
+        with Tail(fast_store) as tail:
+            slow = threading.Thread(
+                target=slow_store.append, args=(f"{tag}a", [NewEvent(type="T", data={"sleep": 1.0})], 0)
+            )
+            slow.start()
+            wait_for_sleeping_commit(slow_name)
+            fast_store.append(f"{tag}b", [NewEvent(type="T", data={})], 0)
+            slow.join()
+        return tail
+    finally:
+        slow_store.close()
+
+
+def test_a_later_position_never_becomes_visible_before_an_earlier_one(delayed_url: tuple[str, str]) -> None:
+    tag = f"order-{uuid.uuid4().hex[:8]}-"
+    tail = slow_then_fast(PostgresEventStore, delayed_url[0], tag)
+    try:
+        assert tail.skipped(tag) == []
+        assert [e.stream_id for e in tail.seen] == [f"{tag}a", f"{tag}b"]
+    finally:
+        tail.store.close()
+
+
+class UnprotectedStore(PostgresEventStore):
+    """The adapter with its gap protection removed: what the tests above must catch."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._lock_sql = sql.Composed([sql.SQL("SELECT 1")])
+
+
+def test_the_detector_catches_a_gap_when_the_protection_is_removed(delayed_url: tuple[str, str]) -> None:
+    tag = f"teeth-{uuid.uuid4().hex[:8]}-"
+    tail = slow_then_fast(UnprotectedStore, delayed_url[0], tag)
+    try:
+        assert [e.stream_id for e in tail.skipped(tag)] == [f"{tag}a"]
+    finally:
+        tail.store.close()
