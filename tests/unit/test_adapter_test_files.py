@@ -2,7 +2,8 @@
 
 Every adapter module of ``app/skyferry/adapters/registry.py`` has its integration tests in
 ``tests/integration/adapters/test_<module>.py``, or is listed in :data:`WITHOUT_INTEGRATION_TESTS`
-with the reason it has none; every file there is named after a registered adapter module.
+with the reason it has none; every file there is named after a registered adapter module, and
+no file beside that folder is named after an adapter or a cloud.
 """
 
 from __future__ import annotations
@@ -60,3 +61,13 @@ def test_each_listed_reason_is_still_needed() -> None:
         if module not in registered_modules() or file_for(module).is_file()
     )
     assert not stale, f"registered no more, or tested in tests/integration/adapters/ now: {stale}"
+
+
+def test_no_file_beside_the_adapters_folder_is_named_after_an_adapter_or_a_cloud() -> None:
+    names = {module.rsplit(".", 1)[-1] for module in registered_modules()} | {"aws", "azure", "gcp"}
+    misplaced = sorted(
+        p.name
+        for p in ADAPTER_TESTS.parent.glob("test_*.py")
+        if any(p.stem == f"test_{name}" or p.stem.startswith(f"test_{name}_") for name in names)
+    )
+    assert not misplaced, f"one adapter's tests belong in tests/integration/adapters/test_<module>.py: {misplaced}"
