@@ -1,8 +1,4 @@
-"""The s3:// archive on moto server beyond the conformance suite: a missing bucket, multipart uploads.
-
-The missing-bucket test also checks that a missing SNS+SQS queue is a ``ConfigurationError``
-(it was written as one test of the AWS adapters and is kept whole).
-"""
+"""The s3:// archive on moto server beyond the conformance suite: a missing bucket, multipart uploads."""
 
 from __future__ import annotations
 
@@ -12,21 +8,16 @@ from typing import Any
 import pytest
 
 from skyferry.adapters.archives import s3 as s3_adapter
-from skyferry.adapters.brokers import sns_sqs
 from skyferry.core.errors import ConfigurationError
 from tests.integration.adapters.aws_support import Counter, boto
 from tests.services import moto_server
 
 
-def test_a_missing_bucket_and_a_missing_queue_are_configuration_errors() -> None:
+def test_a_missing_bucket_is_a_configuration_error_naming_it() -> None:
     endpoint = moto_server.endpoint()
     archive = s3_adapter.S3Archive.from_url(f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}?endpoint={endpoint}")
     with pytest.raises(ConfigurationError, match="no-such-bucket"):
         archive.put("x", b"1")
-    broker = sns_sqs.SnsSqsBroker.from_url(f"sns+sqs://nothing?endpoint={endpoint}&account=123456789012&wait=0")
-    with pytest.raises(ConfigurationError, match=r"nothing-projections\.fifo"):
-        broker.subscribe("projections", lambda m: None)
-    broker.close()
 
 
 def test_large_objects_go_multipart_and_a_failed_upload_is_aborted() -> None:

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from skyferry.adapters.brokers import sns_sqs
+from skyferry.core.errors import ConfigurationError
 from skyferry.core.ports import Message
+from tests.services import moto_server
 from tests.services import sns_sqs as sns_sqs_service
 
 
@@ -78,4 +80,12 @@ def test_a_poison_message_is_dead_lettered_at_max_deliveries_and_the_redrive_der
     assert json.loads(redrive["Attributes"]["RedrivePolicy"])["maxReceiveCount"] == sns_sqs.redrive_receive_count(3)
     assert sns_sqs.redrive_receive_count(3) == 30
     assert sns_sqs.redrive_receive_count(500) == 1000
+    broker.close()
+
+
+def test_a_missing_queue_is_a_configuration_error_naming_it() -> None:
+    endpoint = moto_server.endpoint()
+    broker = sns_sqs.SnsSqsBroker.from_url(f"sns+sqs://nothing?endpoint={endpoint}&account=123456789012&wait=0")
+    with pytest.raises(ConfigurationError, match=r"nothing-projections\.fifo"):
+        broker.subscribe("projections", lambda m: None)
     broker.close()
