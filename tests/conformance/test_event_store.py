@@ -16,6 +16,7 @@ from skyferry.core.ports import (
     ANY,
     EVENT_STORE_FEATURES,
     FEATURE_BULK_APPEND,
+    FEATURE_COUNT,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     NO_STREAM,
@@ -501,6 +502,7 @@ def test_declared_features_are_known(event_store: EventStore) -> None:
         (FEATURE_BULK_APPEND, "bulk_append", ([],)),
         (FEATURE_TEMPORAL, "read_stream_as_of", ("s-1", datetime.now(UTC))),
         (FEATURE_TRANSACTIONS_ACROSS_STREAMS, "append_many", ([],)),
+        (FEATURE_COUNT, "count_after", (None,)),
     ],
 )
 def test_undeclared_features_are_really_absent(
@@ -607,6 +609,21 @@ def test_temporal_reads_the_stream_as_it_was(event_store: EventStore) -> None:
     exact = event_store.read_stream_as_of(sid, base + timedelta(hours=1))  # type: ignore[attr-defined]
     assert [e.version for e in exact] == [1, 2]
     assert event_store.read_stream_as_of(sid, base - timedelta(seconds=1)) == []  # type: ignore[attr-defined]
+
+
+def test_count_after_counts_what_read_all_would_return(event_store: EventStore) -> None:
+    requires(event_store, FEATURE_COUNT)
+    counting = event_store
+    before, start = counting.count_after(), counting.last_position()  # type: ignore[attr-defined]
+    a, b = stream("c"), stream("c")
+    event_store.append(a, [new(), new(), new()], NO_STREAM)
+    event_store.append(b, [new(), new()], NO_STREAM)
+    fresh = event_store.read_all(after=start, limit=100)
+    assert len(fresh) == 5
+    assert counting.count_after() == before + 5  # type: ignore[attr-defined]
+    assert counting.count_after(start) == 5  # type: ignore[attr-defined]
+    assert counting.count_after(fresh[1].position) == 3  # type: ignore[attr-defined]
+    assert counting.count_after(fresh[-1].position) == 0  # type: ignore[attr-defined]
 
 
 def test_append_many_is_atomic_across_streams(event_store: EventStore) -> None:

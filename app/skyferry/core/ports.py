@@ -43,7 +43,10 @@ ExpectedVersion = int | StreamState
 FEATURE_BULK_APPEND = "bulk_append"
 FEATURE_TEMPORAL = "temporal"
 FEATURE_TRANSACTIONS_ACROSS_STREAMS = "transactions_across_streams"
-EVENT_STORE_FEATURES = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+FEATURE_COUNT = "count"
+EVENT_STORE_FEATURES = frozenset(
+    {FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS, FEATURE_COUNT}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,27 @@ class MultiStreamEventStore(EventStore, Protocol):
     def append_many(self, batch: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
         """Apply every ``(stream_id, events, expected_version)`` append, or none of them."""
         ...
+
+
+@runtime_checkable
+class CountingEventStore(EventStore, Protocol):
+    """Feature ``count``: how many events ``read_all`` has to give, without reading them.
+
+    Long commands use it for a total and an ETA (``export``, ``migrate``, ``verify``,
+    ``rebuild``).  A store declares it only when the count costs a query or two, not a scan
+    of its log.
+    """
+
+    def count_after(self, after: str | None = None) -> int:
+        """How many events ``read_all`` would return now after position ``after`` (all when ``None``)."""
+        ...
+
+
+def count_after(store: EventStore, after: str | None = None) -> int | None:
+    """``store.count_after(after)`` when ``store`` declares ``count``, else ``None`` (no total known)."""
+    if FEATURE_COUNT not in features_of(store) or not isinstance(store, CountingEventStore):
+        return None
+    return store.count_after(after)
 
 
 # ---------------------------------------------------------------------------------------

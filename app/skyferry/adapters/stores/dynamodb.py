@@ -121,6 +121,7 @@ from skyferry.core.messages import (
     validate_stream_id,
 )
 from skyferry.core.ports import (
+    FEATURE_COUNT,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
     Doc,
@@ -360,7 +361,7 @@ class DynamoDBEventStore:
     moto); without it one is built on first use from the URL's options.
     """
 
-    features: frozenset[str] = frozenset({FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    features: frozenset[str] = frozenset({FEATURE_COUNT, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
     write_limits: WriteLimits = WRITE_LIMITS
 
     def __init__(self, table: str, *, client: Any | None = None, options: aws.AwsOptions | None = None) -> None:
@@ -679,6 +680,14 @@ class DynamoDBEventStore:
             if len(events) >= limit:
                 break
         return events
+
+    def count_after(self, after: str | None = None) -> int:
+        """How many events follow ``after`` (feature ``count``: positions are dense, one read of the counter)."""
+        try:
+            last = int(after) if after is not None else 0
+        except ValueError as e:
+            raise ValidationError(f"{after!r} is not a position of {self.url}") from e
+        return max(self._counter() - last, 0)
 
     def last_position(self) -> str | None:
         """The global counter: the position of the last committed event."""

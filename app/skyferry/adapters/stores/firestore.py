@@ -95,6 +95,7 @@ from skyferry.core.messages import (
 )
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
+    FEATURE_COUNT,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
@@ -361,7 +362,9 @@ class FirestoreEventStore(_FirestoreBase):
         """What tells this store from another: project, database, emulator."""
         return ("firestore", self._emulator or "", self._project, self._database)
 
-    features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    features: frozenset[str] = frozenset(
+        {FEATURE_BULK_APPEND, FEATURE_COUNT, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
+    )
     write_limits: WriteLimits = WRITE_LIMITS
     """One stream head per stream and the global head share the commit with the events."""
 
@@ -618,6 +621,12 @@ class FirestoreEventStore(_FirestoreBase):
         start = 0 if after is None else parse_position(after)
         query = self._events().where(filter=FieldFilter("position", ">", start)).order_by("position").limit(limit)
         return self._query_events(query)
+
+    def count_after(self, after: str | None = None) -> int:
+        """How many events follow ``after`` (feature ``count``: positions are dense, one read of the head)."""
+        start = 0 if after is None else parse_position(after)
+        head = self.last_position()
+        return max((0 if head is None else parse_position(head)) - start, 0)
 
     def last_position(self) -> str | None:
         """The counter of ``skyferry_meta/head`` (positions are dense), ``None`` when empty."""

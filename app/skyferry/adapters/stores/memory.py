@@ -34,6 +34,7 @@ from skyferry.core.errors import ConcurrencyError, ConfigurationError, Validatio
 from skyferry.core.messages import Event, NewEvent, check_append, encode_json, utc_now
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
+    FEATURE_COUNT,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
@@ -115,7 +116,9 @@ class MemoryEventStore(_Named):
     ``transactions_across_streams``."""
 
     _instances: ClassVar[dict[str, Any]] = {}
-    features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    features: frozenset[str] = frozenset(
+        {FEATURE_BULK_APPEND, FEATURE_COUNT, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
+    )
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -273,6 +276,12 @@ class MemoryEventStore(_Named):
         start = 0 if after is None else _position(after) + 1
         with self._lock:
             return [_fresh(e) for e in self._log[start : start + limit]]
+
+    def count_after(self, after: str | None = None) -> int:
+        """How many events follow ``after`` (feature ``count``)."""
+        start = 0 if after is None else _position(after) + 1
+        with self._lock:
+            return max(len(self._log) - start, 0)
 
     def last_position(self) -> str | None:
         """Position of the last stored event, ``None`` when empty."""

@@ -85,6 +85,7 @@ from skyferry.core.messages import (
 from skyferry.core.ports import (
     ANY,
     FEATURE_BULK_APPEND,
+    FEATURE_COUNT,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
@@ -738,7 +739,9 @@ class PostgresEventStore:
     """Event store in a PostgreSQL schema; features ``bulk_append`` (COPY), ``temporal``,
     ``transactions_across_streams``.  See the module docstring for the gap-free ``read_all``."""
 
-    features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    features: frozenset[str] = frozenset(
+        {FEATURE_BULK_APPEND, FEATURE_COUNT, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
+    )
 
     def __init__(self, url: str, *, client: ConnectionPool | None = None, existing: bool = False) -> None:
         self.db = PostgresDatabase(url, client=client, existing=existing)
@@ -1091,6 +1094,14 @@ class PostgresEventStore:
         with self.db.connection("reading all events") as conn:
             rows = conn.cursor(binary=True).execute(self._read_all_sql, [decode_position(after), limit]).fetchall()
         return _positioned_rows(rows)
+
+    def count_after(self, after: str | None = None) -> int:
+        """How many visible events follow ``after`` (feature ``count``: the position index;
+        positions come from a sequence, so not a subtraction)."""
+        query = sql.SQL("SELECT count(*) FROM {} WHERE position > %s").format(self.db.table("events"))
+        with self.db.connection("counting events") as conn:
+            row = conn.execute(query, [decode_position(after)]).fetchone()
+        return int(row[0]) if row else 0
 
     def last_position(self) -> str | None:
         """The position of the newest visible event, or ``None`` when the store is empty."""

@@ -57,6 +57,7 @@ from skyferry.core.messages import (
 )
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
+    FEATURE_COUNT,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
@@ -447,7 +448,9 @@ class SQLiteEventStore:
     on ``stream_id, recorded_at``) and ``transactions_across_streams`` (one transaction).
     """
 
-    features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    features: frozenset[str] = frozenset(
+        {FEATURE_BULK_APPEND, FEATURE_COUNT, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
+    )
 
     def __init__(self, url: str, connection: sqlite3.Connection | None = None, *, existing: bool = False) -> None:
         self.url = url
@@ -651,6 +654,13 @@ class SQLiteEventStore:
         sql = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
         rows = self._conn.run(lambda db: db.execute(sql, (start, limit)).fetchall())
         return _decode(rows)
+
+    def count_after(self, after: str | None = None) -> int:
+        """How many events follow ``after`` (feature ``count``: the primary key's index)."""
+        start = -1 if after is None else _position(after)
+        query = "SELECT count(*) FROM events WHERE position > ?"
+        row = self._conn.run(lambda db: db.execute(query, (start,)).fetchone())
+        return int(row[0])
 
     def last_position(self) -> str | None:
         """The highest position, ``None`` when the store is empty."""
