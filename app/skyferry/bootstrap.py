@@ -232,8 +232,10 @@ class Ledger(LedgerQueries):
         waiting = self.events.read_all(after=position, limit=1)
         return max(0.0, (now - waiting[0].recorded_at).total_seconds()) if waiting else 0.0
 
-    def rebuild(self, name: str) -> RebuildReport:
-        """Blue/green rebuild of the read model ``name``; ``ConfigurationError`` for an unknown name."""
+    def rebuild(self, name: str, on_progress: Callable[[int], None] | None = None) -> RebuildReport:
+        """Blue/green rebuild of the read model ``name``; ``ConfigurationError`` for an unknown name.
+
+        ``on_progress`` is called with the number of events read after each batch."""
         projection = self.projections.get(name)
         if projection is None:
             known = ", ".join(sorted(self.projections))
@@ -245,6 +247,7 @@ class Ledger(LedgerQueries):
                 projection,
                 upcasters=self.upcasters,
                 stream_checkpoints=self.projections_from == "broker",
+                on_progress=on_progress,
             )
 
     def outdated_read_models(self) -> list[str]:

@@ -40,6 +40,7 @@ from skyferry.console import (
 )
 from skyferry.console import run as run_command
 from skyferry.core.errors import ConfigurationError
+from skyferry.core.ports import count_after
 from skyferry.core.worker import WorkerThread
 from skyferry.runtime import tune_process
 from skyferry.settings import Settings, load_settings
@@ -311,14 +312,17 @@ def rebuild(
     """
     from skyferry.adapters.registry import open_event_store
     from skyferry.bootstrap import bootstrap
+    from skyferry.migrate.progress import Progress
 
     output.json = json_output
     settings = load(store, "memory://")
     open_event_store(settings.store_url, existing=True).close()  # a rebuild reads: it never creates a store
     ledger = bootstrap(settings)
     try:
-        with located("READ_MODEL"):
-            report = ledger.rebuild(projection)
+        with located("READ_MODEL"), Progress("rebuild", mode="json" if json_output else None) as progress:
+            progress.total = count_after(ledger.events)
+            report = ledger.rebuild(projection, on_progress=progress.advance)
+            progress.finish()
     finally:
         ledger.close()
     output.summary(

@@ -174,11 +174,12 @@ def test_migrate_follow_json_can_be_monitored_live_until_sigterm(tmp_path: Path,
         assert live["command"] == "migrate"
         while live["lag_seconds"] != 0.0:
             live = orjson.loads(follower.stdout.readline())
-        assert live["events"] == 40
+        assert (live["events"], live["total"]) == (40, 40)
         with opened(source) as (store, _):
             store.append("late", [NewEvent(type="Late", data={"n": 1})], ANY)
         while live["events"] != 41:
             live = orjson.loads(follower.stdout.readline())
+        assert live["total"] == 41  # the total follows a source that keeps taking writes
         assert set(live) == {
             "kind",
             "command",
@@ -214,16 +215,11 @@ def test_cutover_fences_the_source_and_unfence_lifts_it(tmp_path: Path, source: 
         views.close()
 
 
-def test_progress_is_drawn_on_a_terminal(tmp_path: Path, source: str) -> None:
+def on_a_terminal(*args: str) -> tuple[subprocess.CompletedProcess[str], bytes]:
+    """Run ``skyferry *args`` with stderr on a pseudo-terminal; return the result and what it drew."""
     primary, secondary = pty.openpty()
     try:
-        result = subprocess.run(
-            [SKYFERRY, "export", "--from", source, "--to", str(tmp_path / "a")],
-            stdout=subprocess.PIPE,
-            stderr=secondary,
-            text=True,
-            timeout=120,
-        )
+        result = subprocess.run([SKYFERRY, *args], stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=120)
         os.close(secondary)
         drawn = b""
         while True:
@@ -236,13 +232,31 @@ def test_progress_is_drawn_on_a_terminal(tmp_path: Path, source: str) -> None:
             drawn += chunk
     finally:
         os.close(primary)
+    return result, drawn
+
+
+def test_progress_is_drawn_on_a_terminal(tmp_path: Path, source: str) -> None:
+    result, drawn = on_a_terminal("export", "--from", source, "--to", str(tmp_path / "a"))
     assert result.returncode == 0
     assert b"export" in drawn
     assert b"\xe2\x94\x81" in drawn  # the bar
-    assert b"40 events, " in drawn
-    assert b"events/s" in drawn
+    assert b"40 of 40 events (100 %), " in drawn  # the store counts its events: a total, so an ETA
+    assert b"events/s, ETA " in drawn
     assert b"\x1b[?25h" in drawn  # the cursor is back
     assert "exported 40 events of 5 streams" in result.stdout
+
+
+def test_rebuild_draws_its_progress_with_a_total(tmp_path: Path) -> None:
+    source = f"sqlite:///{tmp_path}/ledger.db"
+    with opened(source) as (store, _):
+        for n in range(40):  # events no read model handles: the rebuild reads them all, fails on none
+            store.append(f"note-{n % 5}", [NewEvent(type="Noted", data={"n": n})], ANY)
+    result, drawn = on_a_terminal("rebuild", "balances", "--store", source)
+    assert result.returncode == 0, drawn
+    assert b"rebuild" in drawn
+    assert b"40 of 40 events (100 %), " in drawn
+    assert b"\x1b[?25h" in drawn
+    assert "rebuilt balances: generation 1 -> 2, 40 events read" in result.stdout
 
 
 def test_a_migrated_ledger_never_repeats_a_side_effect(tmp_path: Path) -> None:

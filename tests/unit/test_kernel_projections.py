@@ -305,6 +305,16 @@ def test_rebuild_builds_beside_the_live_generation_switches_and_drops_the_old_on
     assert read_models.get("counting", "counts", "counter-0")["sum"] == before["counter-0"]["sum"] + 1000  # type: ignore[index]
 
 
+def test_rebuild_reports_its_progress_after_every_batch() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events)
+    seen: list[int] = []
+    report = rebuild(events, views, CountingProjection(), batch_size=50, on_progress=seen.append)
+    assert report.events == 120
+    assert seen[:3] == [50, 50, 20]  # the first pass, one call per committed batch
+    assert sum(seen) == report.events  # the pass after the switch read nothing new
+
+
 def test_rebuild_drops_leftovers_of_an_interrupted_rebuild() -> None:
     events, views = MemoryEventStore(), MemoryViewStore()
     fill(events)

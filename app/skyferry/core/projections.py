@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -651,6 +651,7 @@ def rebuild(
     upcasters: Upcasters | None = None,
     batch_size: int = 20_000,
     stream_checkpoints: bool = False,
+    on_progress: Callable[[int], None] | None = None,
 ) -> RebuildReport:
     """Build the next generation of ``projection`` from the start, switch to it, drop the old one.
 
@@ -658,7 +659,8 @@ def rebuild(
     write of the alias (two concurrent rebuilds: the second raises ``ConcurrencyError``).
     Leftovers of an interrupted rebuild are dropped first.  Pass ``stream_checkpoints=True``
     when the projection is fed by broker consumers (:class:`ProjectionConsumer`), so that
-    they continue the new generation where the rebuild left each stream.
+    they continue the new generation where the rebuild left each stream.  ``on_progress``
+    is called with the number of events read after each batch of ``batch_size``.
     """
     started = time.perf_counter()
     read_models = ReadModels(views)
@@ -674,13 +676,25 @@ def rebuild(
         generation=new,
         stream_checkpoints=stream_checkpoints,
     )
-    count = runner.run_once()
+    count = _catch_up(runner, batch_size, on_progress)
     alias = {"generation": new, "version": projection.version}
     views.commit(ALIASES, [ViewChange(ALIASES, projection.name, alias, expected_revision=alias_revision)], {})
-    count += runner.run_once()
+    count += _catch_up(runner, batch_size, on_progress)
     _drop_generation(views, projection, old)
     seconds = time.perf_counter() - started
     return RebuildReport(projection.name, old, new, count, runner.docs_written, seconds)
+
+
+def _catch_up(runner: ProjectionRunner, batch_size: int, on_progress: Callable[[int], None] | None) -> int:
+    """Run ``runner`` to the end of the log, one commit of ``batch_size`` events at a time."""
+    count = 0
+    while True:
+        read = runner.run_once(max_events=batch_size)
+        count += read
+        if on_progress is not None:
+            on_progress(read)
+        if read < batch_size:
+            return count
 
 
 def _drop_generation(views: ViewStore, projection: Projection, generation: int) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from skyferry.core.errors import ConfigurationError
 from skyferry.core.messages import Event, format_timestamp, utc_now
-from skyferry.core.ports import Archive, EventStore
+from skyferry.core.ports import Archive, EventStore, count_after
 from skyferry.migrate.chunks import CHUNK_BYTES, CHUNK_EVENTS, ChunkWriter
 from skyferry.migrate.crypto import ChunkCipher
 from skyferry.migrate.errors import ArchiveError
@@ -152,6 +152,8 @@ def export(
     if overwrite:
         archive.delete(MANIFEST_NAME)
     end = store.last_position()
+    if progress is not None and shard is None and transformer is None:
+        progress.total = count_after(store)  # None where the store cannot count cheaply: no ETA
     writer = ChunkWriter(archive, cipher, chunk_events=chunk_events, chunk_bytes=chunk_bytes)
     heads = HeadTracker()
     location = f"source {store.url}"

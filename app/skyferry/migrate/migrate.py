@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from skyferry.core.messages import Event, utc_now
-from skyferry.core.ports import EventStore, ViewStore
+from skyferry.core.ports import EventStore, ViewStore, count_after
 from skyferry.migrate import checkpoints
 from skyferry.migrate.fence import set_fence
 from skyferry.migrate.options import at_least, distinct
@@ -111,6 +111,10 @@ class Migration:
             events=int(state.get("events", 0)),
             resumed_events=int(state.get("events", 0)),
         )
+        if progress is not None:
+            ahead = count_after(source, self.position)
+            progress.resume(self.report.resumed_events)
+            progress.total = None if ahead is None else self.report.resumed_events + ahead
 
     def copy_once(self, batch: list[Event] | None = None, limit: int | None = None) -> int:
         """Copy the next batch (read now, or given: read with ``limit``, default the batch size);

@@ -69,6 +69,8 @@ class Progress:
     def advance(self, events: int, *, lag: float | None = None) -> None:
         """Count ``events`` more (``lag``: seconds the copy is behind its source, 0 when caught up); show if due."""
         self.count += events
+        if self.total is not None and self.count > self.total:
+            self.total = self.count  # a source still taking writes (migrate --follow)
         if lag is not None:
             self.lag = lag
         now = time.monotonic()

@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from skyferry.core.messages import Event
-from skyferry.core.ports import Archive, EventStore
+from skyferry.core.ports import Archive, EventStore, count_after
 from skyferry.migrate.chunks import check_chunk
 from skyferry.migrate.crypto import ChunkCipher
 from skyferry.migrate.errors import ArchiveError
@@ -149,6 +149,8 @@ class Chains:
 def _chains(store: EventStore, shard: Shard | None, progress: Progress | None = None) -> Chains:
     """The chains of ``store`` (of ``shard``) up to its last position when called."""
     chains = Chains()
+    if progress is not None and shard is None:
+        progress.total = count_after(store)
     pages = batches(store, store.last_position(), shard, None, limit=chains.paging.next)
     for events, _ in ReadAhead(pages, depth=1):  # two pages in memory: the one hashed, the one read
         chains.add(events)
