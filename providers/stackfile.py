@@ -10,6 +10,7 @@ become a placeholder that is marked secret (what ``plan`` and the tests need).
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,12 @@ def read_stack(stack: str, stacks_dir: Path = STACKS_DIR) -> tuple[dict[str, str
     """The config of ``stack`` as Pulumi would pass it; ConfigurationError naming the file or key."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
-        known = ", ".join(stack_names()) or "none"
-        raise ConfigurationError(f"no stack {stack!r}: {path.name} not found in stacks/ (known: {known})")
+        names = stack_names()
+        close = difflib.get_close_matches(stack, names, n=1)
+        raise ConfigurationError(
+            f"no stack {stack!r}: {path.name} not found in stacks/ (known: {', '.join(names) or 'none'})",
+            hint=f"did you mean --stack {close[0]}?" if close else None,
+        )
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -181,6 +181,16 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str, str]] = [
         "(--store)\n",
     ),
     (
+        "plan-misspelt-stack",
+        ["plan", "--stack", "awz"],
+        {},
+        2,
+        "",
+        "skyferry: error: no stack 'awz': Pulumi.awz.yaml not found in stacks/ (known: aws, azure, gcp, kubernetes) "
+        "(--stack)\n"
+        "hint: did you mean --stack aws?\n",
+    ),
+    (
         "plan-unknown-format",
         ["plan", "--stack", "kubernetes", "--format", "yaml"],
         {},
