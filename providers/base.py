@@ -12,10 +12,11 @@ A target is a package ``providers/<target>/`` with the same file names in every 
     ``instanceClass``).  Unknown keys are rejected.
 
 ``platform.py``
-    ``class <Target>Platform(Platform)``: a ``pulumi.ComponentResource`` with the class
-    attributes ``target = "<target>"`` and ``config_model = <Target>Config``, and one method
-    ``build(self) -> StandardOutputs`` that declares every child with ``parent=self`` (use
-    :meth:`Platform.child_opts`) and returns the standard outputs.  The base class calls
+    ``class <Target>Platform(Platform[<Target>Config])``: a ``pulumi.ComponentResource`` with
+    the class attributes ``target = "<target>"`` and ``config_model = <Target>Config``, and one
+    method ``build(self) -> StandardOutputs`` that declares every child with ``parent=self``
+    (use :meth:`Platform.child_opts`) and returns the standard outputs.  The target's section
+    is ``self.section`` (typed ``<Target>Config``), the common settings ``self.common``.  The base class calls
     ``build`` and ``register_outputs``; the type token is ``skyferry:<target>:Platform``.
 
 ``__init__.py``
@@ -45,7 +46,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal, NoReturn
+from typing import Any, ClassVar, Generic, Literal, NoReturn, TypeVar
 
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -136,12 +137,20 @@ class CommonConfig(ConfigModel):
     labels: dict[str, str] = Field(default_factory=dict, description="extra labels/tags on every resource")
 
 
+ConfigT = TypeVar("ConfigT", bound=TargetConfig)
+"""A target's config model (``AwsConfig`` …): what :class:`StackConfig` and :class:`Platform` are generic over."""
+
+
 @dataclass(frozen=True)
-class StackConfig:
-    """The validated config of one stack: the common settings and the chosen target's section."""
+class StackConfig(Generic[ConfigT]):
+    """The validated config of one stack: the common settings and the chosen target's section.
+
+    ``StackConfig[AwsConfig]`` is an aws stack's; :func:`load_stack_config` returns a
+    ``StackConfig[TargetConfig]`` whose section was validated by the target's ``config_model``.
+    """
 
     common: CommonConfig
-    target: TargetConfig
+    target: ConfigT
 
 
 @dataclass
@@ -173,24 +182,28 @@ class StandardOutputs:
 OUTPUT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(StandardOutputs))
 
 
-class Platform(pulumi.ComponentResource):
+class Platform(pulumi.ComponentResource, Generic[ConfigT]):
     """Base of every target's ComponentResource (type token ``skyferry:<target>:Platform``).
 
-    Subclasses set ``target`` and ``config_model`` and implement :meth:`build`.
+    Generic over the target's config model: ``class AwsPlatform(Platform[AwsConfig])`` sets
+    ``target`` and ``config_model = AwsConfig`` and implements :meth:`build`, where
+    ``self.section`` is the target's section, typed ``AwsConfig``, and ``self.common`` the
+    common settings.  The section is reached that one way (no ``isinstance``, no cast).
     """
 
     target: ClassVar[str]
     config_model: ClassVar[type[TargetConfig]]
 
-    def __init__(self, name: str, config: StackConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(self, name: str, config: StackConfig[ConfigT], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{NAMESPACE}:{self.target}:Platform", name, None, opts)
         self.config = config
-        self.common = config.common
+        self.common: CommonConfig = config.common
+        self.section: ConfigT = config.target
         self.outputs = self.build()
         self.register_outputs(dict(self.outputs.as_dict()))
 
     @classmethod
-    def validate(cls, config: StackConfig) -> None:
+    def validate(cls, config: StackConfig[ConfigT]) -> None:
         """Cross-checks between the common settings and the target section (override as needed).
 
         Called by :func:`load_stack_config` before anything is declared; raise
@@ -216,7 +229,7 @@ class Platform(pulumi.ComponentResource):
         }
 
 
-def platform_class(target: str) -> type[Platform]:
+def platform_class(target: str) -> type[Platform[Any]]:
     """The Platform class of ``target`` from :data:`TARGETS`; unknown or not installed → StackConfigError."""
     path = TARGETS.get(target)
     if path is None:
@@ -232,7 +245,7 @@ def platform_class(target: str) -> type[Platform]:
                 f"{NAMESPACE}:target", f"target {target!r} is not implemented yet (no module {module_name})"
             ) from e
         raise
-    cls: type[Platform] = getattr(module, class_name)
+    cls: type[Platform[Any]] = getattr(module, class_name)
     return cls
 
 
@@ -302,7 +315,9 @@ def _common_value(name: str, raw: str) -> Any:
     return _parse(raw)
 
 
-def load_stack_config(values: Mapping[str, str], secret_keys: set[str] | frozenset[str] = frozenset()) -> StackConfig:
+def load_stack_config(
+    values: Mapping[str, str], secret_keys: set[str] | frozenset[str] = frozenset()
+) -> StackConfig[TargetConfig]:
     """Validate a stack's config (``{"skyferry:target": "aws", ...}``, strings as Pulumi gives them).
 
     ``values`` are what Pulumi hands the program: the stack's values plus ``Pulumi.yaml``'s
@@ -365,7 +380,7 @@ def _field_name(model: type[BaseModel], alias: str) -> str:
     return next((name for name in model.model_fields if to_camel(name) == alias), alias)
 
 
-def current_stack_config() -> StackConfig:
+def current_stack_config() -> StackConfig[TargetConfig]:
     """The running Pulumi program's config, validated (see :func:`load_stack_config`)."""
     from pulumi.runtime import config as runtime_config
 
@@ -376,7 +391,7 @@ def current_stack_config() -> StackConfig:
     return load_stack_config(values, secret)
 
 
-def deploy(config: StackConfig, name: str | None = None) -> Platform:
+def deploy(config: StackConfig[TargetConfig], name: str | None = None) -> Platform[Any]:
     """Declare the chosen target's Platform and export the standard outputs (the stack program)."""
     cls = platform_class(config.common.target)
     platform = cls(name or config.common.name, config)

@@ -105,17 +105,16 @@ def task_role_policy(
     }
 
 
-class AwsPlatform(Platform):
+class AwsPlatform(Platform[AwsConfig]):
     """DynamoDB + SNS/SQS FIFO + S3 + ECS Fargate behind an ALB, all under one KMS key."""
 
     target = "aws"
     config_model = AwsConfig
 
     @classmethod
-    def validate(cls, config: StackConfig) -> None:
+    def validate(cls, config: StackConfig[AwsConfig]) -> None:
         """TLS by default: a certificate, unless plain HTTP is chosen explicitly."""
         section = config.target
-        assert isinstance(section, AwsConfig)
         if section.certificate_arn is None and not section.plain_http:
             raise StackConfigError(
                 "skyferry:aws.certificateArn",
@@ -127,9 +126,7 @@ class AwsPlatform(Platform):
 
     def build(self) -> StandardOutputs:
         """Declare every resource (see the package docstring) and return the standard outputs."""
-        section = self.config.target
-        assert isinstance(section, AwsConfig)
-        self.section = section
+        section = self.section
         region = pulumi.Config("aws").get("region")
         if not region:
             raise StackConfigError("aws:region", "required: the region to deploy to (pulumi config set aws:region ...)")

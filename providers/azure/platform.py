@@ -125,22 +125,15 @@ def unique_suffix(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:6]
 
 
-class AzurePlatform(Platform):
+class AzurePlatform(Platform[AzureConfig]):
     """skyferry on Azure (see the module docstring)."""
 
     target = "azure"
     config_model = AzureConfig
 
-    @property
-    def cfg(self) -> AzureConfig:
-        """This target's section of the stack config."""
-        config = self.config.target
-        assert isinstance(config, AzureConfig)
-        return config
-
     def build(self) -> StandardOutputs:
         """Declare every resource and return the standard outputs."""
-        cfg = self.cfg
+        cfg = self.section
         name = self.common.name
         location = pulumi.Config("azure-native").get("location")
         if not location:
@@ -212,7 +205,7 @@ class AzurePlatform(Platform):
     # -- network -------------------------------------------------------------------------
 
     def _network(self, group: resources.ResourceGroup, tags: dict[str, str]) -> dict[str, Any]:
-        block = ipaddress.ip_network(self.cfg.vnet_cidr)
+        block = ipaddress.ip_network(self.section.vnet_cidr)
         apps_subnet = next(block.subnets(new_prefix=23))
         endpoints_subnet = list(block.subnets(new_prefix=24))[2]
         vnet = network.VirtualNetwork(
@@ -326,7 +319,7 @@ class AzurePlatform(Platform):
             opts=self.child_opts(),
         )
         key = key_identity = None
-        if self.cfg.customer_managed_key:
+        if self.section.customer_managed_key:
             key = keyvault.Key(
                 f"{self.common.name}-cmk",
                 resource_group_name=group.name,
@@ -420,7 +413,7 @@ class AzurePlatform(Platform):
             kind="GlobalDocumentDB",
             database_account_offer_type="Standard",
             locations=[{"locationName": self.location, "failoverPriority": 0, "isZoneRedundant": False}],
-            consistency_policy={"defaultConsistencyLevel": self.cfg.consistency},
+            consistency_policy={"defaultConsistencyLevel": self.section.consistency},
             backup_policy={"type": "Continuous", "continuousModeProperties": {"tier": "Continuous30Days"}},
             disable_local_auth=True,
             disable_key_based_metadata_write_access=True,
@@ -443,7 +436,7 @@ class AzurePlatform(Platform):
             resource_group_name=group.name,
             database_name=DATABASE,
             resource={"id": DATABASE},
-            options={"autoscaleSettings": {"maxThroughput": self.cfg.max_throughput}},
+            options={"autoscaleSettings": {"maxThroughput": self.section.max_throughput}},
             opts=self.child_opts(),
         )
         for label, container, path in (
@@ -469,7 +462,7 @@ class AzurePlatform(Platform):
     def _service_bus(
         self, group: resources.ResourceGroup, compact: str, tags: dict[str, str]
     ) -> tuple[servicebus.Namespace, servicebus.Topic]:
-        premium = self.cfg.service_bus_sku == "Premium"
+        premium = self.section.service_bus_sku == "Premium"
         retention = f"P{self.common.broker_retention_days}D"
         namespace = servicebus.Namespace(
             f"{self.common.name}-sb",
@@ -477,8 +470,8 @@ class AzurePlatform(Platform):
             resource_group_name=group.name,
             location=self.location,
             sku={
-                "name": self.cfg.service_bus_sku,
-                "tier": self.cfg.service_bus_sku,
+                "name": self.section.service_bus_sku,
+                "tier": self.section.service_bus_sku,
                 **({"capacity": 1} if premium else {}),
             },
             disable_local_auth=True,

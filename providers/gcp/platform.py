@@ -80,7 +80,7 @@ def index_fields(index: firestore_adapter.CompositeIndex) -> list[Any]:
     return fields
 
 
-class GcpPlatform(Platform):
+class GcpPlatform(Platform[GcpConfig]):
     """Firestore + Pub/Sub + Cloud Storage + Cloud Run, under one Cloud KMS key."""
 
     target = "gcp"
@@ -88,9 +88,7 @@ class GcpPlatform(Platform):
 
     def build(self) -> StandardOutputs:
         """Declare every resource (see the package docstring) and return the standard outputs."""
-        section = self.config.target
-        assert isinstance(section, GcpConfig)
-        self.section = section
+        section = self.section
         gcp_config = pulumi.Config("gcp")
         project = section.project or gcp_config.get("project")
         if not project:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 
 import pulumi
@@ -29,7 +29,7 @@ def split_image(image: str) -> dict[str, str]:
     return {"repository": repository, "tag": tag, "digest": digest}
 
 
-class KubernetesPlatform(Platform):
+class KubernetesPlatform(Platform[KubernetesConfig]):
     """skyferry on Kubernetes: one Helm release of ``charts/skyferry`` (type ``skyferry:kubernetes:Platform``).
 
     The store and broker URLs (with credentials) go into a Secret the chart reads through
@@ -40,9 +40,9 @@ class KubernetesPlatform(Platform):
     config_model = KubernetesConfig
 
     @classmethod
-    def validate(cls, config: StackConfig) -> None:
+    def validate(cls, config: StackConfig[KubernetesConfig]) -> None:
         """External endpoints need their URL; the in-chart PostgreSQL needs a secret password."""
-        kcfg = cast(KubernetesConfig, config.target)
+        kcfg = config.target
         if kcfg.postgres == "external" and kcfg.external_store_url is None:
             raise StackConfigError(
                 "skyferry:kubernetes.externalStoreUrl", "required (as a secret) when postgres is external"
@@ -56,7 +56,7 @@ class KubernetesPlatform(Platform):
 
     def build(self) -> StandardOutputs:
         """Namespace, credentials Secret, Helm release; returns the standard outputs."""
-        cfg = cast(KubernetesConfig, self.config.target)
+        cfg = self.section
         common = self.common
         release = common.name
         ns = cfg.namespace
