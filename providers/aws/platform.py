@@ -20,6 +20,7 @@ import pulumi_aws as aws
 
 from providers.aws.config import AwsConfig
 from providers.base import Platform, StackConfig, StackConfigError, StandardOutputs
+from providers.environment import AppUrls, api_environment, worker_environment
 from providers.policies import PLAIN_HTTP_OPT_IN, PLAIN_HTTP_TAG
 from skyferry.adapters.archives import s3 as s3_adapter
 from skyferry.adapters.brokers import sns_sqs
@@ -28,7 +29,6 @@ from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
 
 API_PORT = 8000
 ARCHIVE_PREFIX = "exports"
-WORKER_HEARTBEAT_FILE = "/tmp/skyferry-worker.heartbeat"  # noqa: S108 (the task's own /tmp volume)
 
 RUN_AS_USER = "10001"
 _FARGATE_CPU = (256, 512, 1024, 2048, 4096)
@@ -194,7 +194,7 @@ class AwsPlatform(Platform[AwsConfig]):
             task_role,
             logs,
             secret,
-            {"SKYFERRY_STORE_URL": store_url, "SKYFERRY_BROKER_URL": broker_url, "SKYFERRY_ARCHIVE_URL": archive_url},
+            AppUrls(store=store_url, broker=broker_url, archive=archive_url),
         )
         return StandardOutputs(
             target="aws",
@@ -633,7 +633,7 @@ class AwsPlatform(Platform[AwsConfig]):
         task_role: aws.iam.Role,
         logs: dict[str, aws.cloudwatch.LogGroup],
         secret: aws.secretsmanager.Secret,
-        urls: dict[str, pulumi.Output[str]],
+        urls: AppUrls[pulumi.Output[str]],
     ) -> pulumi.Output[str]:
         section = self.section
         https = section.certificate_arn is not None
@@ -716,12 +716,11 @@ class AwsPlatform(Platform[AwsConfig]):
             opts=self.child_opts(),
         )
         cpu, memory = fargate_size(self.common.cpu_millicores, self.common.memory_mib)
-        environment = dict(urls)
         services: dict[str, aws.ecs.Service] = {}
         for role, replicas in (("api", self.common.api_replicas), ("worker", self.common.worker_replicas)):
             log_group = logs[role]
-            definition = pulumi.Output.all(secret.arn, log_group.name, *environment.values()).apply(
-                functools.partial(self._containers, role, list(environment))
+            definition = pulumi.Output.all(secret.arn, log_group.name, urls.store, urls.broker, urls.archive).apply(
+                functools.partial(self._containers, role)
             )
             task_definition = aws.ecs.TaskDefinition(
                 f"{name}-{role}",
@@ -786,17 +785,12 @@ class AwsPlatform(Platform[AwsConfig]):
         api_url: pulumi.Output[str] = alb.dns_name.apply(lambda host: f"{scheme}://{host or name + '-api.elb.invalid'}")
         return api_url
 
-    def _containers(self, role: str, names: list[str], values: list[str]) -> str:
-        """The task's container definitions (JSON): ``values`` = secret ARN, log group, env values."""
+    def _containers(self, role: str, values: list[str]) -> str:
+        """The task's container definitions (JSON): ``values`` = secret ARN, log group, store, broker, archive URL."""
         api = role == "api"
-        environment = [{"name": k, "value": v} for k, v in zip(names, values[2:], strict=True)]
-        if api:
-            environment += [
-                {"name": "SKYFERRY_HOST", "value": "0.0.0.0"},
-                {"name": "SKYFERRY_PORT", "value": str(API_PORT)},
-            ]
-        else:
-            environment += [{"name": "SKYFERRY_HEARTBEAT_FILE", "value": WORKER_HEARTBEAT_FILE}]
+        urls = AppUrls(store=values[2], broker=values[3], archive=values[4])
+        env = api_environment(urls, port=API_PORT) if api else worker_environment(urls)
+        environment = [{"name": k, "value": v} for k, v in {**env.urls, **env.process}.items()]
         container: dict[str, Any] = {
             "name": role,
             "image": self.common.image,
@@ -808,7 +802,7 @@ class AwsPlatform(Platform[AwsConfig]):
             "portMappings": [{"containerPort": API_PORT, "protocol": "tcp"}] if api else [],
             "environment": environment,
             # only the API serves requests: the worker never sees the token
-            "secrets": [{"name": "SKYFERRY_API_TOKEN", "valueFrom": values[0]}] if api else [],
+            "secrets": [{"name": env.secret, "valueFrom": values[0]}] if env.secret else [],
             "logConfiguration": {
                 "logDriver": "awslogs",
                 "options": {"awslogs-group": values[1], "awslogs-region": self.region, "awslogs-stream-prefix": role},

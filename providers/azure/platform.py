@@ -48,6 +48,7 @@ from pulumi_azure_native import (
 
 from providers.azure.config import AzureConfig
 from providers.base import Platform, StackConfigError, StandardOutputs
+from providers.environment import AppUrls, api_environment, worker_environment
 from skyferry.adapters.archives import blob as blob_adapter
 from skyferry.adapters.brokers import servicebus as servicebus_adapter
 from skyferry.adapters.stores import cosmos as cosmos_adapter
@@ -55,7 +56,6 @@ from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
 
 API_PORT: Final = 8000
 WORKER_HEALTH_PORT: Final = 8080
-WORKER_HEARTBEAT_FILE: Final = "/tmp/skyferry-worker.heartbeat"  # noqa: S108 (the container's own /tmp)
 DATABASE: Final = "skyferry"
 EVENTS_CONTAINER: Final = "events"
 VIEWS_CONTAINER: Final = cosmos_adapter.views_container_name(EVENTS_CONTAINER)
@@ -669,32 +669,24 @@ class AzurePlatform(Platform[AzureConfig]):
             opts=self.child_opts(),
         )
         cpu, memory = container_resources(self.common.cpu_millicores)
-        common_env: list[dict[str, Any]] = [
-            {"name": "SKYFERRY_STORE_URL", "value": store_url},
-            {"name": "SKYFERRY_BROKER_URL", "value": broker_url},
-            {"name": "SKYFERRY_ARCHIVE_URL", "value": archive_url},
-            {"name": "AZURE_CLIENT_ID", "value": identity.client_id},
-        ]
+        urls = AppUrls(store=store_url, broker=broker_url, archive=archive_url)
+        api_env = api_environment(urls, port=API_PORT)
+        # probes are HTTP only: the worker answers them from its heartbeat
+        worker_env = worker_environment(urls, health_port=WORKER_HEALTH_PORT)
         # only the API serves requests: only it reads the token
         token = {
             "name": "api-token",
             "keyVaultUrl": pulumi.Output.concat(_vault_uri(self._vault), "secrets/", API_TOKEN_SECRET),
             "identity": identity.id,
         }
-        env = {
-            "api": [
-                *common_env,
-                {"name": "SKYFERRY_HOST", "value": "0.0.0.0"},
-                {"name": "SKYFERRY_PORT", "value": str(API_PORT)},
-                {"name": "SKYFERRY_API_TOKEN", "secretRef": "api-token"},
-            ],
-            # probes are HTTP only: the worker answers them from its heartbeat
-            "worker": [
-                *common_env,
-                {"name": "SKYFERRY_HEARTBEAT_FILE", "value": WORKER_HEARTBEAT_FILE},
-                {"name": "SKYFERRY_HEALTH_PORT", "value": str(WORKER_HEALTH_PORT)},
-            ],
-        }
+        env: dict[str, list[dict[str, Any]]] = {}
+        for role, container_env in (("api", api_env), ("worker", worker_env)):
+            env[role] = [
+                *({"name": k, "value": v} for k, v in container_env.urls.items()),
+                {"name": "AZURE_CLIENT_ID", "value": identity.client_id},
+                *({"name": k, "value": v} for k, v in container_env.process.items()),
+                *([{"name": container_env.secret, "secretRef": "api-token"}] if container_env.secret else []),
+            ]
         health = {"path": "/healthz", "port": WORKER_HEALTH_PORT}
         probes = {
             "api": [

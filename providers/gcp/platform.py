@@ -20,6 +20,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from providers.base import Platform, StackConfigError, StandardOutputs
+from providers.environment import AppUrls, api_environment, worker_environment
 from providers.gcp.config import GcpConfig
 from skyferry.adapters.archives import gcs as gcs_adapter
 from skyferry.adapters.brokers import pubsub as pubsub_adapter
@@ -28,7 +29,6 @@ from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
 
 API_PORT = 8000
 WORKER_HEALTH_PORT = 8080
-WORKER_HEARTBEAT_FILE = "/tmp/skyferry-worker.heartbeat"  # noqa: S108 (Cloud Run's /tmp is the instance's own)
 ARCHIVE_PREFIX = "exports"
 #: CPU counts Cloud Run accepts with CPU always allocated (a worker pool; below 1 CPU a service
 #: must throttle between requests and serve one at a time), and the memory each needs at least.
@@ -167,7 +167,7 @@ class GcpPlatform(Platform[GcpConfig]):
         store = database.name.apply(lambda db: store_url(project, db))
         broker = topic.name.apply(lambda t: broker_url(project, t))
         archive = bucket.name.apply(lambda b: f"gs://{b}/{ARCHIVE_PREFIX}")
-        env = {"SKYFERRY_STORE_URL": store, "SKYFERRY_BROKER_URL": broker, "SKYFERRY_ARCHIVE_URL": archive}
+        env = AppUrls(store=store, broker=broker, archive=archive)
         api = self._api(name, account, secret, env, apis)
         self._worker(name, account, env, apis)
         if section.allow_unauthenticated:
@@ -459,20 +459,21 @@ class GcpPlatform(Platform[GcpConfig]):
         name: str,
         account: gcp.serviceaccount.Account,
         secret: gcp.secretmanager.Secret,
-        env: dict[str, pulumi.Output[str]],
+        urls: AppUrls[pulumi.Output[str]],
         apis: list[gcp.projects.Service],
     ) -> gcp.cloudrunv2.Service:
         """The API: a Cloud Run v2 service on ``$PORT`` (8000), autoscaled, probed on ``/healthz``."""
         common = self.common
-        envs: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
-        envs += [
-            {
-                "name": "SKYFERRY_API_TOKEN",
-                "value_source": {"secret_key_ref": {"secret": mark_secret(secret.secret_id), "version": "latest"}},
-            },
-            {"name": "SKYFERRY_HOST", "value": "0.0.0.0"},
-            {"name": "SKYFERRY_PORT", "value": str(API_PORT)},  # = $PORT, which Cloud Run sets to the port below
-        ]
+        env = api_environment(urls, port=API_PORT)  # SKYFERRY_PORT = $PORT, which Cloud Run sets to API_PORT
+        envs: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.urls.items()]
+        if env.secret:
+            envs.append(
+                {
+                    "name": env.secret,
+                    "value_source": {"secret_key_ref": {"secret": mark_secret(secret.secret_id), "version": "latest"}},
+                }
+            )
+        envs += [{"name": k, "value": v} for k, v in env.process.items()]
         container: dict[str, Any] = {
             "image": common.image,
             "args": ["serve"],
@@ -506,7 +507,7 @@ class GcpPlatform(Platform[GcpConfig]):
         self,
         name: str,
         account: gcp.serviceaccount.Account,
-        env: dict[str, pulumi.Output[str]],
+        urls: AppUrls[pulumi.Output[str]],
         apis: list[gcp.projects.Service],
     ) -> gcp.cloudrunv2.WorkerPool:
         """The worker: a Cloud Run worker pool (no port, no request-driven scaling, CPU always on).
@@ -516,11 +517,8 @@ class GcpPlatform(Platform[GcpConfig]):
         probes ask the worker's heartbeat over HTTP (``SKYFERRY_HEALTH_PORT``), so a hung worker
         is restarted.  The API token is not given to it: the worker never serves the API.
         """
-        envs: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
-        envs += [
-            {"name": "SKYFERRY_HEARTBEAT_FILE", "value": WORKER_HEARTBEAT_FILE},
-            {"name": "SKYFERRY_HEALTH_PORT", "value": str(WORKER_HEALTH_PORT)},
-        ]
+        env = worker_environment(urls, health_port=WORKER_HEALTH_PORT)
+        envs: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in {**env.urls, **env.process}.items()]
         probe = {"http_get": {"path": "/healthz", "port": WORKER_HEALTH_PORT}}
         container: dict[str, Any] = {
             "image": self.common.image,
