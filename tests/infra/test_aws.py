@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from providers import policies
-from providers.aws.platform import account_of, fargate_size, task_role_policy
+from providers.aws.compute import fargate_size
+from providers.aws.identity import task_role_policy
+from providers.aws.network import account_of
 from providers.base import OUTPUT_NAMES, StackConfigError
 from providers.graph import Graph, Node
 from skyferry.adapters import aws as aws_common

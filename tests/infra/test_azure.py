@@ -13,7 +13,9 @@ from collections.abc import Callable
 import pytest
 
 from providers import policies
-from providers.azure import platform as azure_platform
+from providers.azure import broker as azure_broker
+from providers.azure import identity as azure_identity
+from providers.azure import store as azure_store
 from providers.base import OUTPUT_NAMES, StackConfigError
 from providers.graph import Graph, Node
 from skyferry.adapters.archives import blob as blob_adapter
@@ -34,7 +36,7 @@ BASE = {
     "azure-native:location": "northeurope",
 }
 SECRETS = {"skyferry:apiToken"}
-ROLE_NAME_BY_ID = {guid: name for name, guid in azure_platform.ROLE_IDS.items()}
+ROLE_NAME_BY_ID = {guid: name for name, guid in azure_identity.ROLE_IDS.items()}
 
 
 def only(graph: Graph, type_: str) -> Node:
@@ -63,9 +65,9 @@ def test_the_containers_use_the_adapters_partition_keys(azure_graph: Graph) -> N
     containers = {
         n.get("containerName"): n for n in azure_graph.by_type("azure-native:cosmosdb:SqlResourceSqlContainer")
     }
-    assert set(containers) == {azure_platform.EVENTS_CONTAINER, azure_platform.VIEWS_CONTAINER}
-    events = containers[azure_platform.EVENTS_CONTAINER]
-    views = containers[cosmos_adapter.views_container_name(azure_platform.EVENTS_CONTAINER)]
+    assert set(containers) == {azure_store.EVENTS_CONTAINER, azure_store.VIEWS_CONTAINER}
+    events = containers[azure_store.EVENTS_CONTAINER]
+    views = containers[cosmos_adapter.views_container_name(azure_store.EVENTS_CONTAINER)]
     assert events.get("resource.partitionKey.paths") == [cosmos_adapter.EVENTS_PARTITION_KEY_PATH]
     assert views.get("resource.partitionKey.paths") == [cosmos_adapter.VIEWS_PARTITION_KEY_PATH]
     assert events.protect
@@ -196,8 +198,8 @@ def test_the_outputs_are_the_standard_ones_and_open_with_the_adapters(azure_grap
     assert values["api_url"].startswith("https://")
     store = CosmosLocation.parse(values["store_url"])
     assert (store.database, store.container, store.key) == (
-        azure_platform.DATABASE,
-        azure_platform.EVENTS_CONTAINER,
+        azure_store.DATABASE,
+        azure_store.EVENTS_CONTAINER,
         None,
     )
     broker = ServiceBusLocation.parse(values["broker_url"])
@@ -272,8 +274,8 @@ def test_role_assignments_are_scoped_to_single_resources_below_the_group(azure_g
     }
     cosmos = only(azure_graph, "azure-native:cosmosdb:SqlResourceSqlRoleAssignment")
     account = only(azure_graph, "azure-native:cosmosdb:DatabaseAccount")
-    assert cosmos.get("scope") == f"{account.outputs['id']}/dbs/{azure_platform.DATABASE}"
-    assert str(cosmos.get("roleDefinitionId")).endswith(azure_platform.COSMOS_DATA_CONTRIBUTOR)
+    assert cosmos.get("scope") == f"{account.outputs['id']}/dbs/{azure_store.DATABASE}"
+    assert str(cosmos.get("roleDefinitionId")).endswith(azure_identity.COSMOS_DATA_CONTRIBUTOR)
 
 
 def test_the_app_identity_gets_data_roles_only_and_the_encryption_identity_only_the_key(azure_graph: Graph) -> None:
@@ -294,9 +296,9 @@ def test_the_broker_never_needs_the_manage_right_without_provision() -> None:
             raise AssertionError(f"the administration API ({name}) needs the Manage right")
 
     namespace = FakeNamespace()
-    namespace.create_topic(azure_platform.TOPIC)
-    FakeAdministrationClient(namespace).create_subscription(azure_platform.TOPIC, "projections", requires_session=True)
-    location = ServiceBusLocation.parse(f"servicebus://ns/{azure_platform.TOPIC}?retry_backoff=0")
+    namespace.create_topic(azure_broker.TOPIC)
+    FakeAdministrationClient(namespace).create_subscription(azure_broker.TOPIC, "projections", requires_session=True)
+    location = ServiceBusLocation.parse(f"servicebus://ns/{azure_broker.TOPIC}?retry_backoff=0")
     broker = servicebus_adapter.ServiceBusBroker(location, client=FakeServiceBusClient(namespace), admin=Forbidden())
     handled: list[str] = []
     subscription = broker.subscribe("projections", lambda m: handled.append(m.id))
