@@ -14,10 +14,21 @@ A target is a package ``providers/<target>/`` with the same file names in every 
 ``platform.py``
     ``class <Target>Platform(Platform[<Target>Config])``: a ``pulumi.ComponentResource`` with
     the class attributes ``target = "<target>"`` and ``config_model = <Target>Config``, and one
-    method ``build(self) -> StandardOutputs`` that declares every child with ``parent=self``
-    (use :meth:`Platform.child_opts`) and returns the standard outputs.  The target's section
+    method ``build(self) -> StandardOutputs`` that calls the role steps below, which declare
+    every child with ``parent=self`` (:meth:`Platform.child_opts`), and returns the standard
+    outputs.  The target's section
     is ``self.section`` (typed ``<Target>Config``), the common settings ``self.common``.  The base class calls
     ``build`` and ``register_outputs``; the type token is ``skyferry:<target>:Platform``.
+
+``network.py``, ``identity.py``, ``store.py``, ``broker.py``, ``archive.py``, ``compute.py``
+    One module per role, with the same steps on every target, each taking the platform
+    first (``platform: Platform[<Target>Config]``) and returning a result of the same name
+    (``Store`` …): ``declare_network``; ``declare_identity`` and ``grant_access`` (the grants
+    on the data, after it exists); ``declare_store``; ``declare_broker``; ``declare_archive``;
+    ``declare_compute``.  ``build`` calls them in that order (the grants before compute), so
+    two targets' modules of one role compare like with like.  A role with nothing to declare
+    on a target still has its module (its step returns the URL, or names what the target
+    uses instead).
 
 ``__init__.py``
     A docstring only (no imports with side effects): what the target creates.

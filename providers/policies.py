@@ -3,8 +3,8 @@
 Run by ``skyferry plan`` and by ``tests/infra`` over every stack's graph (see
 :mod:`providers.graph`).  A rule is a function ``(node, graph) -> list[str]`` (problem
 messages) registered for resource types with :func:`rule`; ``"*"`` applies to every node.
-A target adds checks for its own types with the same decorator, in its ``platform.py`` or
-here (one place per rule keeps the rules comparable across clouds).
+A target adds checks for its own types with the same decorator, in its role module
+(``providers/<target>/<role>.py``) or here (one place per rule keeps the rules comparable across clouds).
 
 Rules:
 

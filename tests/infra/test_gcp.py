@@ -190,7 +190,7 @@ def test_the_worker_is_a_worker_pool_probed_on_its_heartbeat_and_the_api_a_servi
     [(250, 512, ("1", 512)), (1000, 512, ("1", 512)), (1500, 1024, ("2", 1024)), (3000, 1024, ("4", 2048))],
 )
 def test_cloud_run_sizes_are_ones_cloud_run_accepts(millicores: int, memory: int, expected: tuple[str, int]) -> None:
-    from providers.gcp.platform import cloud_run_size
+    from providers.gcp.compute import cloud_run_size
 
     assert cloud_run_size(millicores, memory) == expected
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from providers.graph import Graph
-from providers.kubernetes.platform import CHART, split_image
+from providers.kubernetes.compute import CHART, split_image
 from skyferry.adapters.brokers.nats import NatsBroker
 from tests.infra.tools import helm
 
