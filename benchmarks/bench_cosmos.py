@@ -34,7 +34,7 @@ class _Counter:
         self.requests = 0
 
     def __call__(self, request: Any) -> None:
-        from skyferry.adapters.stores.cosmos import _batch_partition_keys
+        from skyferry.adapters.stores.cosmos.client import _batch_partition_keys
 
         self.requests += 1
         _batch_partition_keys(request)

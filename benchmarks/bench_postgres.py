@@ -5,7 +5,7 @@
   stream's rows, ``INSERT`` one event, ``COMMIT``.  Goal >= 70 %.
 * **concurrent appends** -- 4 threads appending one event each to their own streams, vs.
   the same inserts without the gap lock: the price of the advisory lock that keeps
-  ``read_all`` gap-free (see ``app/skyferry/adapters/stores/postgres.py``).  Informational.
+  ``read_all`` gap-free (see ``app/skyferry/adapters/stores/postgres/events.py``).  Informational.
 * **bulk_append (COPY)** vs. raw ``COPY`` of the same rows.
 * **read_all decoded** -- pages of 1,000 decoded into ``Event``s vs. a raw server-side
   cursor with ``orjson`` parsing of data and metadata.  Goal >= 70 %.

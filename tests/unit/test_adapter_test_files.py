@@ -1,9 +1,12 @@
 """An adapter's integration tests are found by its name.
 
-Every adapter module of ``app/skyferry/adapters/registry.py`` has its integration tests in
+Every adapter of ``app/skyferry/adapters/registry.py`` has its integration tests in
 ``tests/integration/adapters/test_<module>.py``, or is listed in :data:`WITHOUT_INTEGRATION_TESTS`
-with the reason it has none; every file there is named after a registered adapter module, and
-no file beside that folder is named after an adapter or a cloud.
+with the reason it has none; every file there is named after a registered adapter, and no file
+beside that folder is named after an adapter or a cloud.  An adapter is a module of
+``app/skyferry/adapters/<kind>/``, or a package there when it is large
+(``stores/postgres/``): its tests are named after the package, whichever of its modules
+the registry names (``skyferry.adapters.stores.postgres.events`` -> ``test_postgres.py``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,18 @@ def registered_modules() -> set[str]:
     return {path.partition(":")[0] for table in tables for path in table.values()}
 
 
+def adapter_of(module: str) -> str:
+    """The adapter a registered module belongs to: the module or package right under
+    ``skyferry.adapters.<kind>`` (``skyferry.adapters.stores.postgres.events`` -> ``postgres``)."""
+    parts = module.split(".")
+    assert parts[:2] == ["skyferry", "adapters"], f"not an adapter module: {module}"
+    assert len(parts) >= 4, f"not an adapter module: {module}"
+    return parts[3]
+
+
 def file_for(module: str) -> Path:
     """Where the integration tests of the adapter ``module`` belong."""
-    return ADAPTER_TESTS / f"test_{module.rsplit('.', 1)[-1]}.py"
+    return ADAPTER_TESTS / f"test_{adapter_of(module)}.py"
 
 
 def test_every_registered_adapter_has_its_integration_tests_or_a_reason() -> None:
@@ -48,7 +60,7 @@ def test_every_registered_adapter_has_its_integration_tests_or_a_reason() -> Non
 
 
 def test_every_adapter_test_file_is_named_after_a_registered_adapter() -> None:
-    names = {module.rsplit(".", 1)[-1] for module in registered_modules()}
+    names = {adapter_of(module) for module in registered_modules()}
     strays = sorted(p.name for p in ADAPTER_TESTS.glob("test_*.py") if p.stem.removeprefix("test_") not in names)
     assert not strays, f"named after no adapter module of the registry: {strays}"
 
@@ -64,7 +76,7 @@ def test_each_listed_reason_is_still_needed() -> None:
 
 
 def test_no_file_beside_the_adapters_folder_is_named_after_an_adapter_or_a_cloud() -> None:
-    names = {module.rsplit(".", 1)[-1] for module in registered_modules()} | {"aws", "azure", "gcp"}
+    names = {adapter_of(module) for module in registered_modules()} | {"aws", "azure", "gcp"}
     misplaced = sorted(
         p.name
         for p in ADAPTER_TESTS.parent.glob("test_*.py")

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 
-from skyferry.adapters.stores.postgres import _binary_ready, _copy_rows, _copy_rows_binary, _positioned_rows
+from skyferry.adapters.stores.postgres.rows import _binary_ready, _copy_rows, _copy_rows_binary, _positioned_rows
 from skyferry.core.messages import Event, to_micros
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

@@ -33,13 +33,8 @@ import pytest
 from psycopg import sql
 
 from skyferry.adapters.registry import open_event_store, open_view_store
-from skyferry.adapters.stores.postgres import (
-    _COPY_FROM,
-    SCHEMA_VERSION,
-    PostgresEventStore,
-    PostgresViewStore,
-    _appended_rows_binary,
-)
+from skyferry.adapters.stores.postgres import SCHEMA_VERSION, PostgresEventStore, PostgresViewStore
+from skyferry.adapters.stores.postgres.rows import _COPY_FROM, _appended_rows_binary
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, EventTooLarge, TransientError
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, ViewChange

@@ -1,0 +1,223 @@
+"""The Cosmos DB client of the ``cosmos://`` stores: the URL, one SDK client per thread,
+retries and error translation.
+
+Throttling (429) is retried after the server's ``x-ms-retry-after-ms``, up to
+``MAX_THROTTLE_RETRIES`` times, then raised as ``TransientError``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError
+from azure.cosmos import ContainerProxy, CosmosClient
+from azure.cosmos.exceptions import (
+    CosmosBatchOperationError,
+    CosmosHttpResponseError,
+    CosmosResourceExistsError,
+    CosmosResourceNotFoundError,
+)
+
+from skyferry.adapters.registry import redact
+from skyferry.adapters.stores.cosmos.layout import (
+    views_container_name,
+)
+from skyferry.core.errors import ConfigurationError, TransientError
+
+MAX_THROTTLE_RETRIES: Final = 8
+DEFAULT_SWEEP_AFTER: Final = 30.0
+DEFAULT_LOCK_TIMEOUT: Final = 120.0
+"""Seconds after which a view commit that locked documents but never reached its commit
+point is presumed dead and rolled back by the next writer that meets one of its locks."""
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class CosmosLocation:
+    """A parsed ``cosmos://`` URL."""
+
+    account: str
+    database: str
+    container: str
+    views: str
+    endpoint: str
+    key: str | None
+    verify: bool
+    sweep_after: float
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+
+    @classmethod
+    def parse(cls, url: str) -> CosmosLocation:
+        """Parse ``url``; raises ``ConfigurationError`` naming what is missing."""
+        parts = urlsplit(url)
+        if parts.scheme != "cosmos":
+            raise ConfigurationError(f"not a cosmos:// URL: {redact(url)!r}")
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        if not parts.hostname:
+            raise ConfigurationError(f"{redact(url)!r} names no Cosmos DB account (cosmos://ACCOUNT/DB/CONTAINER)")
+        if len(path) != 2:
+            raise ConfigurationError(
+                f"{redact(url)!r} must name a database and a container: cosmos://ACCOUNT/DATABASE/CONTAINER"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        account = parts.hostname
+        return cls(
+            account=account,
+            database=path[0],
+            container=path[1],
+            views=query.get("views", views_container_name(path[1])),
+            endpoint=query.get("endpoint", f"https://{account}.documents.azure.com:443/"),
+            key=query.get("key"),
+            verify=query.get("verify", "true").lower() not in {"false", "0", "no"},
+            sweep_after=float(query.get("sweep_after", DEFAULT_SWEEP_AFTER)),
+            lock_timeout=float(query.get("lock_timeout", DEFAULT_LOCK_TIMEOUT)),
+        )
+
+    def client(self) -> CosmosClient:
+        """A client for this account (no I/O until first use)."""
+        credential: Any
+        if self.key is not None:
+            credential = self.key
+        else:
+            try:
+                from azure.identity import DefaultAzureCredential
+            except ImportError as e:  # pragma: no cover - azure-identity is in the azure extra
+                raise ConfigurationError("cosmos:// without key= needs azure-identity (extra 'azure')") from e
+            credential = DefaultAzureCredential()
+        return CosmosClient(
+            self.endpoint,
+            credential=credential,
+            connection_verify=self.verify,
+            raw_request_hook=_batch_partition_keys,
+        )
+
+
+def _batch_partition_keys(request: Any) -> None:
+    """Copy a batch's partition key into each operation, as the JavaScript SDK does.
+
+    The service reads the batch's header; the emulator reads each operation's field.
+    """
+    http = request.http_request
+    header = http.headers.get("x-ms-documentdb-partitionkey")
+    if not header or http.headers.get("x-ms-cosmos-is-batch-request", "").lower() != "true":
+        return
+    operations = json.loads(http.body)
+    for operation in operations:
+        operation.setdefault("partitionKey", header)
+    http.set_json_body(operations)
+
+
+def _retry_after(error: CosmosHttpResponseError) -> float:
+    headers = error.headers or {}
+    raw = headers.get("x-ms-retry-after-ms") or headers.get("x-ms-retry-after")
+    try:
+        return max(0.0, float(raw) / 1000.0) if raw is not None else 1.0
+    except ValueError:
+        return 1.0
+
+
+def call(what: str, fn: Callable[[], _T], *, sleep: Callable[[float], None] = time.sleep) -> _T:
+    """Run one SDK call: retry 429 after the server's retry-after, translate errors.
+
+    Errors the caller handles itself (404, 409, 412) are re-raised unchanged.
+    """
+    for attempt in range(MAX_THROTTLE_RETRIES + 1):
+        try:
+            return fn()
+        except (CosmosResourceNotFoundError, CosmosResourceExistsError):
+            raise
+        except CosmosBatchOperationError:
+            raise
+        except CosmosHttpResponseError as e:
+            if e.status_code == 412:
+                raise
+            if e.status_code == 429:
+                if attempt < MAX_THROTTLE_RETRIES:
+                    sleep(_retry_after(e))
+                    continue
+                raise TransientError(f"Cosmos DB throttled {what} (429) {attempt + 1} times") from e
+            if e.status_code in {401, 403}:
+                raise ConfigurationError(
+                    f"Cosmos DB refused the credentials for {what} ({e.status_code}): grant the identity "
+                    "the 'Cosmos DB Built-in Data Contributor' role on the account"
+                ) from e
+            if e.status_code in {408, 410, 449, 500, 502, 503} or e.status_code is None:
+                raise TransientError(f"Cosmos DB failed {what} ({e.status_code}): {e.message}") from e
+            raise
+        except ClientAuthenticationError as e:
+            raise ConfigurationError(f"no usable Azure credentials for Cosmos DB ({what}): {e}") from e
+        except ServiceRequestError as e:
+            raise TransientError(f"Cosmos DB unreachable during {what}: {e}") from e
+        except AzureError as e:
+            raise TransientError(f"Cosmos DB failed {what}: {e}") from e
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Containers:
+    """The two containers of one URL, checked once on first use, through one client per thread.
+
+    The SDK's client is not safe to share between threads: every call writes the shared
+    ``client_connection.last_response_headers``, which the SDK itself iterates, so
+    concurrent calls fail now and then with "OrderedDict mutated during iteration" (the
+    SDK's maintainers call those headers not thread-safe: azure-sdk-for-python #33496,
+    #35791).  So each thread that uses the store gets its own client, built on its first
+    call; a thread's client goes when the thread does.  A client handed in is used by every
+    thread as it is: the caller's choice.
+    """
+
+    def __init__(self, location: CosmosLocation, client: CosmosClient | None) -> None:
+        self.location = location
+        self._client = client
+        self._owned: weakref.WeakSet[CosmosClient] = weakref.WeakSet()
+        self._local = threading.local()
+        self._checked: set[str] = set()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the clients this instance built (a client handed in stays open)."""
+        with self._lock:
+            for client in list(self._owned):
+                client.close()
+            self._owned.clear()
+            self._checked.clear()
+            self._local = threading.local()
+
+    def get(self, name: str) -> ContainerProxy:
+        local = self._local
+        proxies: dict[str, ContainerProxy] | None = getattr(local, "proxies", None)
+        if proxies is None:
+            proxies = local.proxies = {}
+        container = proxies.get(name)
+        if container is not None:
+            return container
+        client = self._client
+        if client is None:
+            client = getattr(local, "client", None)
+            if client is None:
+                client = local.client = self.location.client()
+                with self._lock:
+                    self._owned.add(client)
+        container = client.get_database_client(self.location.database).get_container_client(name)
+        with self._lock:
+            checked = name in self._checked
+        if not checked:
+            try:
+                call(f"reading container {name}", container.read)
+            except CosmosResourceNotFoundError as e:
+                raise ConfigurationError(
+                    f"Cosmos DB account {self.location.account!r} has no container {name!r} in database "
+                    f"{self.location.database!r} (created by providers/azure)"
+                ) from e
+            with self._lock:
+                self._checked.add(name)
+        proxies[name] = container
+        return container

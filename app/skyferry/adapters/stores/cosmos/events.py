@@ -1,0 +1,444 @@
+"""The Cosmos DB event store (``cosmos://``).
+
+Event store design (every write is one single-document operation, so nothing relies on
+transactional batches, which the emulator does not make atomic):
+
+* **One commit document per append**, in the stream's partition (partition key = stream
+  id), with id ``c-<first version, zero padded>``.  Two appends that saw the same stream
+  version both try to create the same id: Cosmos DB accepts one and answers 409 to the
+  other, which makes the optimistic-concurrency check atomic.  A stream's version only
+  ever moves from one commit boundary to the next, so a writer holding a stale version
+  always collides with the commit that moved it.  Events over ~1.5 MB in one append go
+  to part documents written *before* the commit document that references them; parts
+  of an append that lost the race are unreferenced and invisible (and deleted).
+* **The global order is a dense log** of slot documents in the reserved partition
+  ``$log`` (``$`` cannot occur in a stream id): slot ``n`` (id ``s-<n>``) names one commit.
+  A slot is created with number "highest + 1" and a create that collides retries, so
+  slots are gap-free, and a reader tailing the log from slot ``n`` never skips one (the
+  sequence-gap problem cannot arise: a slot exists before anyone can read past it).
+  After the commit document exists, the writer creates its slot and then records the
+  slot number in the commit (a conditional replace).  The commit's recorded slot is the
+  one that counts: ``read_all`` skips a slot whose commit names another slot (two
+  helpers raced), and fills in a missing record itself.  A commit is only given a slot
+  once every earlier commit of its stream has one, so per-stream order holds in the log.
+  If a writer dies between its commit and its slot, the next append to that stream, or
+  ``read_all``'s periodic sweep of unslotted commits (``sweep_after`` seconds old), slots
+  it; a failed slotting makes ``append`` raise ``TransientError`` (retrying is an
+  idempotent success that finishes the slotting).
+* Each event keeps its ``data`` and ``metadata`` as canonical JSON text (fields ``d`` and
+  ``m``), not as native JSON: Cosmos DB stores every number as a double, which would
+  change ``-0.0``, ``1.0``, ``1e16``, ``2**53 + 1`` or ``2**63 - 1``.  Events written by
+  earlier versions, with native ``data`` / ``metadata``, are still read.
+* The log partition caps the write rate at one logical partition's throughput
+  (10,000 RU/s, roughly a thousand appends a second); the change feed would scale
+  further, but its order across physical partitions is not one global order and the
+  emulator does not implement it, so it could not be tested here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
+from functools import partial
+from typing import Any, Final
+
+from azure.core import MatchConditions
+from azure.cosmos import ContainerProxy, CosmosClient
+from azure.cosmos.exceptions import (
+    CosmosHttpResponseError,
+    CosmosResourceExistsError,
+    CosmosResourceNotFoundError,
+)
+
+from skyferry.adapters.registry import redact
+from skyferry.adapters.stores.cosmos.client import (
+    CosmosLocation,
+    _Containers,
+    call,
+)
+from skyferry.adapters.stores.cosmos.layout import (
+    _VERSION_DIGITS,
+    INLINE_LIMIT,
+    LOG_PARTITION,
+    _commit_id,
+    _event_body,
+    _event_of,
+    _slot_id,
+)
+from skyferry.core.errors import ConfigurationError, TransientError, ValidationError
+from skyferry.core.messages import (
+    Event,
+    NewEvent,
+    check_append,
+    encode_json,
+    format_timestamp,
+    utc_now,
+)
+from skyferry.core.ports import (
+    AppendResult,
+    ExpectedVersion,
+    expected_as_int,
+    resolve_conflict,
+)
+
+LAST_SLOTS: Final = 1
+"""Slots ``last_position`` reads first (the newest): a readiness probe reads two documents, whatever the log."""
+
+
+class CosmosEventStore:
+    """``EventStore`` on one Cosmos DB container (see the module docstring for the design)."""
+
+    features: frozenset[str] = frozenset()
+
+    def __init__(self, location: CosmosLocation, client: CosmosClient | None = None) -> None:
+        self.location = location
+        self.url = redact(f"cosmos://{location.account}/{location.database}/{location.container}")
+        self.identity = ("cosmos", location.endpoint, location.database, location.container)
+        self._containers = _Containers(location, client)
+
+    @classmethod
+    def from_url(cls, url: str, client: CosmosClient | None = None, *, existing: bool = False) -> CosmosEventStore:
+        """Parse ``url`` (no I/O).  The adapter never creates a database or a container, so
+        ``existing`` changes nothing: a missing one is a ``ConfigurationError`` naming it."""
+        return cls(CosmosLocation.parse(url), client)
+
+    @property
+    def _c(self) -> ContainerProxy:
+        return self._containers.get(self.location.container)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _query(self, what: str, query: str, params: Mapping[str, Any], partition: str | None) -> list[Any]:
+        parameters = [{"name": k, "value": v} for k, v in params.items()]
+        if partition is None:
+            return call(
+                what,
+                lambda: list(self._c.query_items(query, parameters=parameters, enable_cross_partition_query=True)),
+            )
+        # The partition filter is also in the text: the emulator demands it there.
+        scoped = query.replace(" WHERE ", " WHERE c.stream_id = @pk AND ", 1)
+        parameters.append({"name": "@pk", "value": partition})
+        return call(what, lambda: list(self._c.query_items(scoped, parameters=parameters, partition_key=partition)))
+
+    def _commits(self, stream_id: str, low: int = 1, high: int | None = None) -> list[dict[str, Any]]:
+        """The stream's commit documents overlapping versions low..high, by first version."""
+        query = "SELECT * FROM c WHERE c.kind = 'commit' AND c.last >= @low"
+        params: dict[str, Any] = {"@low": low}
+        if high is not None:
+            query += " AND c.first <= @high"
+            params["@high"] = high
+        rows = self._query(f"reading stream {stream_id}", query, params, stream_id)
+        return sorted(rows, key=lambda r: int(r["first"]))
+
+    def _head(self, stream_id: str) -> dict[str, Any] | None:
+        rows = self._query(
+            f"reading the version of {stream_id}",
+            "SELECT TOP 1 * FROM c WHERE c.kind = 'commit' ORDER BY c.first DESC",
+            {},
+            stream_id,
+        )
+        return rows[0] if rows else None
+
+    def _events_of(self, commit: Mapping[str, Any], position: str | None = None) -> list[Event]:
+        bodies: list[dict[str, Any]] = list(commit.get("events") or [])
+        for part_id in commit.get("parts") or []:
+            part = call(f"reading {part_id}", partial(self._c.read_item, part_id, partition_key=commit["stream_id"]))
+            bodies.extend(part["events"])
+        first = int(commit["first"])
+        return [_event_of(body, commit["stream_id"], first + i) for i, body in enumerate(bodies)]
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """The stream's events in the range, one single-partition query."""
+        low = max(1, from_version)
+        events = [
+            e
+            for commit in self._commits(stream_id, low, to_version)
+            for e in self._events_of(commit)
+            if e.version >= low and (to_version is None or e.version <= to_version)
+        ]
+        if backwards:
+            events.reverse()
+        return events if limit is None else events[: max(0, limit)]
+
+    def stream_version(self, stream_id: str) -> int:
+        """The last commit's last version, or 0."""
+        head = self._head(stream_id)
+        return int(head["last"]) if head else 0
+
+    def list_streams(self, prefix: str = "") -> Iterator[str]:
+        """Stream ids with ``prefix``: a cross-partition query on the streams' first commits."""
+        rows = self._query(
+            "listing streams",
+            "SELECT c.stream_id FROM c WHERE c.kind = 'commit' AND c.first = 1 AND STARTSWITH(c.stream_id, @prefix)",
+            {"@prefix": prefix},
+            None,
+        )
+        return iter(sorted({row["stream_id"] for row in rows}))
+
+    # -- appending -----------------------------------------------------------------------
+
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
+        """Append atomically: one conditional create of the commit document (see module doc)."""
+        events = list(events)
+        check_append(stream_id, events)
+        want = expected_as_int(expected_version)
+        ids = [e.id for e in events]
+        while True:
+            head = self._head(stream_id)
+            actual = int(head["last"]) if head else 0
+            stored = self._find_ids(stream_id, ids) if head else {}
+            if stored or (want is not None and actual != want):
+                result = resolve_conflict(stream_id, events, expected_version, actual, stored)
+                self._slot_stream(stream_id)  # an idempotent retry finishes a slotting that failed
+                return result
+            first = actual + 1
+            try:
+                self._write_commit(stream_id, first, events)
+            except _Collision:
+                continue  # another append took this version: decide again from the new head
+            self._slot_stream(stream_id)
+            return AppendResult(stream_id, first, first + len(events) - 1)
+
+    def _find_ids(self, stream_id: str, ids: list[str]) -> dict[str, int]:
+        """The versions at which the stream already holds any of ``ids``."""
+        stored: dict[str, int] = {}
+        wanted = set(ids)
+        for start in range(0, len(ids), 50):
+            chunk = ids[start : start + 50]
+            clauses = " OR ".join(f"ARRAY_CONTAINS(c.event_ids, @i{n})" for n in range(len(chunk)))
+            rows = self._query(
+                f"checking event ids in {stream_id}",
+                f"SELECT c.first, c.event_ids FROM c WHERE c.kind = 'commit' AND ({clauses})",
+                {f"@i{n}": i for n, i in enumerate(chunk)},
+                stream_id,
+            )
+            for row in rows:
+                for offset, event_id in enumerate(row["event_ids"]):
+                    if event_id in wanted:
+                        stored[event_id] = int(row["first"]) + offset
+        return stored
+
+    def _write_commit(self, stream_id: str, first: int, events: list[NewEvent]) -> None:
+        now = format_timestamp(utc_now())
+        bodies = [_event_body(e, format_timestamp(e.recorded_at) if e.recorded_at else now) for e in events]
+        commit: dict[str, Any] = {
+            "id": _commit_id(first),
+            "kind": "commit",
+            "stream_id": stream_id,
+            "first": first,
+            "last": first + len(events) - 1,
+            "slot": None,
+            "created": now,
+            "event_ids": [e.id for e in events],
+        }
+        parts: list[str] = []
+        if len(encode_json(bodies)) > INLINE_LIMIT:
+            token = uuid.uuid4().hex[:12]
+            chunk: list[dict[str, Any]] = []
+            size = 0
+            for body in bodies:
+                body_size = len(encode_json(body))
+                if chunk and size + body_size > INLINE_LIMIT:
+                    parts.append(self._write_part(stream_id, first, token, len(parts), chunk))
+                    chunk, size = [], 0
+                chunk.append(body)
+                size += body_size
+            parts.append(self._write_part(stream_id, first, token, len(parts), chunk))
+            commit["parts"] = parts
+        else:
+            commit["events"] = bodies
+        try:
+            call(f"appending to {stream_id}", lambda: self._c.create_item(commit))
+        except CosmosResourceExistsError as e:
+            for part_id in parts:
+                self._delete(part_id, stream_id)
+            raise _Collision from e
+
+    def _write_part(self, stream_id: str, first: int, token: str, n: int, chunk: list[dict[str, Any]]) -> str:
+        part_id = f"p-{first:0{_VERSION_DIGITS}d}-{token}-{n}"
+        body = {"id": part_id, "kind": "part", "stream_id": stream_id, "events": chunk}
+        call(f"appending to {stream_id}", lambda: self._c.create_item(body))
+        return part_id
+
+    def _delete(self, item: str, partition: str) -> None:
+        with contextlib.suppress(CosmosResourceNotFoundError):
+            call(f"deleting {item}", lambda: self._c.delete_item(item, partition_key=partition))
+
+    # -- the global log ------------------------------------------------------------------
+
+    def _slot_stream(self, stream_id: str) -> None:
+        """Give every unslotted commit of the stream a slot, in version order."""
+        rows = self._query(
+            f"positioning {stream_id}",
+            "SELECT * FROM c WHERE c.kind = 'commit' AND IS_NULL(c.slot)",
+            {},
+            stream_id,
+        )
+        try:
+            for commit in sorted(rows, key=lambda r: int(r["first"])):
+                self._slot_commit(commit)
+        except ConfigurationError:
+            raise
+        except Exception as e:
+            raise TransientError(
+                f"stream {stream_id!r}: the events are stored but not yet in the global log; "
+                "retry the append (it is idempotent) or let read_all's sweep position them"
+            ) from e
+
+    def _top_slot(self) -> int:
+        rows = self._query(
+            "reading the global log",
+            "SELECT TOP 1 c.n FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
+            {},
+            LOG_PARTITION,
+        )
+        return int(rows[0]["n"]) if rows else 0
+
+    def _slot_commit(self, commit: dict[str, Any]) -> int:
+        """Create the next slot for ``commit`` and record it there; returns the slot that counts."""
+        while True:
+            n = self._top_slot() + 1
+            slot = {
+                "id": _slot_id(n),
+                "kind": "slot",
+                "stream_id": LOG_PARTITION,
+                "n": n,
+                "stream": commit["stream_id"],
+                "commit": commit["id"],
+            }
+            try:
+                call("appending to the global log", partial(self._c.create_item, slot))
+            except CosmosResourceExistsError:
+                continue
+            return self._record_slot(commit["stream_id"], commit["id"], n)
+
+    def _record_slot(self, stream_id: str, commit_id: str, n: int) -> int:
+        """Set the commit's slot to ``n`` unless it has one; returns the slot that counts."""
+        while True:
+            current = call(f"reading {commit_id}", lambda: self._c.read_item(commit_id, partition_key=stream_id))
+            if current.get("slot") is not None:
+                return int(current["slot"])
+            updated = {k: v for k, v in current.items() if not k.startswith("_")}
+            updated["slot"] = n
+            try:
+                call(
+                    f"positioning {commit_id}",
+                    partial(
+                        self._c.replace_item,
+                        commit_id,
+                        updated,
+                        etag=current["_etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    ),
+                )
+                return n
+            except CosmosHttpResponseError as e:
+                if e.status_code != 412:
+                    raise
+
+    def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        """Events in log order after ``after`` (a position ``"<slot>:<version>"``)."""
+        slot_after, version_after = _parse_position(after)
+        out: list[Event] = []
+        next_slot = max(slot_after, 1)
+        while len(out) < limit:
+            rows = self._query(
+                "reading the global log",
+                f"SELECT TOP {int(limit)} * FROM c WHERE c.kind = 'slot' AND c.n >= @n ORDER BY c.n",
+                {"@n": next_slot},
+                LOG_PARTITION,
+            )
+            if not rows:
+                break
+            for slot in rows:
+                n = int(slot["n"])
+                commit = self._commit_for_slot(slot)
+                if commit is None:
+                    continue
+                for event in self._events_of(commit):
+                    if n == slot_after and event.version <= version_after:
+                        continue
+                    out.append(event.with_position(f"{n}:{event.version}"))
+                    if len(out) >= limit:
+                        return out
+            next_slot = int(rows[-1]["n"]) + 1
+        self._sweep()
+        return out
+
+    def _commit_for_slot(self, slot: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The commit a slot names, if the slot is the one that counts for it."""
+        commit: dict[str, Any] = call(
+            f"reading {slot['commit']}",
+            lambda: self._c.read_item(slot["commit"], partition_key=slot["stream"]),
+        )
+        n = int(slot["n"])
+        recorded = commit.get("slot")
+        if recorded is None:
+            recorded = self._record_slot(slot["stream"], slot["commit"], n)
+        return commit if int(recorded) == n else None
+
+    _last_sweep: float = 0.0
+
+    def _sweep(self) -> None:
+        """Slot commits whose writer died before slotting them (at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._last_sweep < min(5.0, self.location.sweep_after):
+            return
+        self._last_sweep = now
+        cutoff = format_timestamp(utc_now() - timedelta(seconds=self.location.sweep_after))
+        streams = self._query(
+            "sweeping unpositioned commits",
+            "SELECT c.stream_id FROM c WHERE c.kind = 'commit' AND IS_NULL(c.slot) AND c.created <= @cutoff",
+            {"@cutoff": cutoff},
+            None,
+        )
+        for stream_id in sorted({row["stream_id"] for row in streams}):
+            self._slot_stream(stream_id)
+
+    def last_position(self) -> str | None:
+        """The position of the last event of the last slot that counts.
+
+        Constant cost whatever the log's length (readiness probes call it every few seconds,
+        under an RU cap): the newest slot and its commit; the whole log only in the rare case
+        where that slot does not count (it lost a repair race).
+        """
+        for query in (
+            f"SELECT TOP {LAST_SLOTS} * FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
+            "SELECT * FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
+        ):
+            rows = self._query("reading the global log", query, {}, LOG_PARTITION)
+            for slot in rows:
+                commit = self._commit_for_slot(slot)
+                if commit is not None:
+                    return f"{int(slot['n'])}:{int(commit['last'])}"
+            if len(rows) < LAST_SLOTS:
+                return None
+        return None
+
+    def close(self) -> None:
+        """Close the HTTP session of a client this store built."""
+        self._containers.close()
+
+
+class _Collision(Exception):
+    """The commit document already exists: another append won the version."""
+
+
+def _parse_position(position: str | None) -> tuple[int, int]:
+    if position is None:
+        return 0, 0
+    try:
+        slot, _, version = position.partition(":")
+        return int(slot), int(version)
+    except ValueError as e:
+        raise ValidationError(f"{position!r} is not a cosmos:// read_all position") from e

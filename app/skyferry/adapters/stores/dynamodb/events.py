@@ -1,0 +1,450 @@
+"""The DynamoDB event store (``dynamodb://``).
+
+Appends: one conditional ``TransactWriteItems``
+-----------------------------------------------
+An append of ``k`` events to a stream at version ``v`` is one transaction of ``2k + 2``
+items: the ``k`` event items (``attribute_not_exists``: nobody wrote those versions),
+``k`` id guards (``attribute_not_exists``: the ids are new in the whole table), a
+condition that the stream is at ``v`` (the item of version ``v`` exists, or the stream is
+new: its index entry is put with ``attribute_not_exists``), and the global counter,
+updated from ``n`` to ``n + k`` on condition that it is still ``n``.  The events get the
+global positions ``n+1 .. n+k``.  The transaction is all-or-nothing, so an append is
+atomic and positions are dense: every position is used by exactly one committed event.
+DynamoDB caps a transaction at 100 items and 4 MB, hence :data:`MAX_APPEND_EVENTS` (49)
+and :data:`MAX_APPEND_BYTES` (counted as :func:`skyferry.core.ports.event_bytes` and
+``stream_bytes``), declared as the store's ``write_limits``; a larger append raises
+``ValidationError`` and writes nothing (imports and migrations split their writes to fit).
+A cancelled transaction is decided from its cancellation reasons: a changed counter
+(another stream appended meanwhile) is retried with backoff; a version or id clash is
+resolved by :func:`skyferry.core.ports.resolve_conflict` (idempotent success or
+``ConcurrencyError``) after reading the id guards.  ``append_many`` (feature ``transactions_across_streams``)
+puts several streams' parts in the same transaction, under the same limits.
+
+``read_all``: a global sequence plus a gap-aware reader
+------------------------------------------------------
+The global index ``by_position`` (hash ``g`` = ``"all"``, range ``p``, projecting every
+attribute) lists events by global position.  A GSI is eventually consistent: a reader may
+see position 12 before 11.  Because positions are dense, the reader returns only the
+contiguous run after ``after`` and stops before the first hole; the hole is a committed
+event whose index entry has not arrived yet, so the next call returns it.  Hence
+``read_all`` is complete (a tailing reader never skips) and stable (positions and order
+never change).  The position is the decimal global sequence number.
+
+Throughput ceiling
+------------------
+Every append updates the one counter item, so appends are serialized across the table:
+one item takes at most 1,000 WCU/s, and a transactional write costs 2 WCU per KB, so the
+hard ceiling is about 500 appends/s; in practice contention (a read of the counter and a
+conditional transaction per attempt, about two round trips) bounds it near
+``1 / (2 * RTT)`` appends/s per table, roughly 100-250 appends/s in-region.  Events/s
+scale with the events per append (up to 49).  The ``by_position`` index uses one
+partition key value, which DynamoDB splits by heat on the sort key.  Readers are not
+limited by the counter.  A higher write rate needs sharded counters with a merge reader,
+or DynamoDB Streams feeding a sequencer: not needed for the ledger.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from skyferry.adapters import aws
+from skyferry.adapters.stores.dynamodb.client import _CONFLICT_ATTEMPTS, _cancellation_codes, _parse, _redacted, _Table
+from skyferry.adapters.stores.dynamodb.layout import (
+    _COUNTER_SK,
+    _GLOBAL,
+    _MAX_VERSION_KEY,
+    _STREAMS,
+    _VERSION_DIGITS,
+    ALL,
+    MAX_APPEND_BYTES,
+    MAX_APPEND_EVENTS,
+    MAX_TRANSACTION_ITEMS,
+    POSITION_INDEX,
+    POSITION_INDEX_HASH,
+    POSITION_INDEX_RANGE,
+    WRITE_LIMITS,
+    _n,
+    _s,
+    _vkey,
+)
+from skyferry.core.errors import ConcurrencyError, TransientError, ValidationError
+from skyferry.core.messages import (
+    Event,
+    NewEvent,
+    check_append,
+    encode_json,
+    from_micros,
+    to_micros,
+    utc_now,
+    validate_stream_id,
+)
+from skyferry.core.ports import (
+    FEATURE_COUNT,
+    FEATURE_TRANSACTIONS_ACROSS_STREAMS,
+    AppendResult,
+    ExpectedVersion,
+    StreamState,
+    WriteLimits,
+    event_bytes,
+    expected_as_int,
+    resolve_conflict,
+    stream_bytes,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    versions: int
+    counter: int
+
+
+class DynamoDBEventStore:
+    """Event store on one DynamoDB table: conditional transactions, a dense global sequence.
+
+    See the module docstring for the ``read_all`` design and its throughput ceiling, and
+    :mod:`skyferry.adapters.stores.dynamodb.layout` for the item layout.  ``client`` is a
+    boto3 DynamoDB client (tests hand in one pointed at moto); without it one is built on
+    first use from the URL's options.
+    """
+
+    features: frozenset[str] = frozenset({FEATURE_COUNT, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    write_limits: WriteLimits = WRITE_LIMITS
+
+    def __init__(self, table: str, *, client: Any | None = None, options: aws.AwsOptions | None = None) -> None:
+        options = options or aws.AwsOptions()
+        self.url = _redacted(table, options)
+        self.identity = ("dynamodb", options.region or "", options.endpoint or "", table)
+        self._table = _Table(table, client, options, self.url)
+
+    @classmethod
+    def from_url(cls, url: str, *, existing: bool = False) -> DynamoDBEventStore:
+        """Open ``dynamodb://TABLE?region=...`` (no I/O).  The adapter never creates its table,
+        so ``existing`` changes nothing: a missing table is a ``ConfigurationError`` naming it."""
+        table, options = _parse(url)
+        return cls(table, options=options)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> AppendResult:
+        """Append atomically with one conditional ``TransactWriteItems`` (see the module docstring)."""
+        return self._append_batch([(stream_id, events, expected_version)])[0]
+
+    def append_many(self, batch: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
+        """Several streams' appends in one transaction: all of them, or none.
+
+        The same limits as one append hold for the whole batch: ``2 * events + streams + 1``
+        items (at most 100) and :data:`MAX_APPEND_BYTES`.
+        """
+        if not batch:
+            return []
+        return self._append_batch(list(batch))
+
+    def _append_batch(self, batch: list[tuple[str, Sequence[NewEvent], ExpectedVersion]]) -> list[AppendResult]:
+        recorded = utc_now()
+        plans: list[tuple[str, Sequence[NewEvent], ExpectedVersion, int | None, list[tuple[NewEvent, str, str]]]] = []
+        size = 0
+        for stream_id, events, expected_version in batch:
+            check_append(stream_id, list(events))
+            encoded = []
+            for event in events:
+                data, metadata = encode_json(event.data), encode_json(event.metadata)
+                size += event_bytes(len(data) + len(metadata), event.type, stream_id)
+                encoded.append((event, data.decode(), metadata.decode()))
+            size += stream_bytes(stream_id)
+            plans.append((stream_id, events, expected_version, expected_as_int(expected_version), encoded))
+        names = [plan[0] for plan in plans]
+        if len(set(names)) != len(names):
+            raise ValidationError("append_many: a stream appears twice in one batch; merge its events")
+        total = sum(len(plan[1]) for plan in plans)
+        if 2 * total + len(plans) + 1 > MAX_TRANSACTION_ITEMS:
+            raise ValidationError(
+                f"stream {names[0]!r}: {total} events in one append; DynamoDB transactions hold at most "
+                f"{MAX_APPEND_EVENTS} events (write_limits): split the append"
+            )
+        WriteLimits(bytes=MAX_APPEND_BYTES).check(total, names, size, f"stream {names[0]!r}")
+        results: dict[int, AppendResult] = {}
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            pending = [i for i in range(len(plans)) if i not in results]
+            if not pending:
+                break
+            versions: dict[int, int] = {}
+            for i in pending:
+                wanted = plans[i][3]
+                versions[i] = wanted if wanted is not None else self.stream_version(plans[i][0])
+            counter = self._counter()
+            items: list[dict[str, Any]] = []
+            segments: dict[int, tuple[int, int]] = {}
+            position = counter
+            for i in pending:
+                stream_id, _, _, _, encoded = plans[i]
+                segments[i] = (len(items), len(encoded))
+                items += self._stream_items(stream_id, encoded, recorded, versions[i], position)
+                position += len(encoded)
+            items.append(self._counter_item(counter, position))
+            cancelled = self._table.transact(items)
+            if cancelled is None:
+                for i in pending:
+                    results[i] = AppendResult(plans[i][0], versions[i] + 1, versions[i] + len(plans[i][1]))
+                break
+            codes = _cancellation_codes(cancelled)
+            settled = False
+            unexplained = False
+            for i in pending:
+                start, k = segments[i]
+                segment = codes[start : start + 2 * k + 1]
+                guard_clash = any(c == "ConditionalCheckFailed" for c in segment[k : 2 * k])
+                version_clash = any(c == "ConditionalCheckFailed" for c in segment[:k] + segment[2 * k :])
+                if guard_clash or (version_clash and plans[i][3] is not None):
+                    stream_id, events, expected_version, _, _ = plans[i]
+                    # raises ConcurrencyError, or the stream's part is already stored (idempotent)
+                    results[i] = self._resolve(stream_id, events, expected_version, cancelled)
+                    settled = True
+                elif any(c not in ("None", "TransactionConflict", "ConditionalCheckFailed") for c in segment):
+                    unexplained = True
+            if unexplained and not settled:
+                raise TransientError(f"stream {names[0]!r}: DynamoDB cancelled the append for reasons {codes}") from (
+                    cancelled
+                )
+            if not settled:
+                time.sleep(aws.backoff(attempt, base=0.01, cap=0.5))
+        else:
+            raise TransientError(
+                f"stream {names[0]!r}: the append lost the race for the global counter {_CONFLICT_ATTEMPTS} times"
+            )
+        return [results[i] for i in range(len(plans))]
+
+    def _resolve(
+        self, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion, cause: Exception
+    ) -> AppendResult:
+        guards = self._table.batch_get(
+            [{"pk": _s(f"e#{event.id}"), "sk": _s("id")} for event in events], projection="pk, st, v"
+        )
+        stored = {
+            item["pk"]["S"][2:]: int(item["v"]["N"]) for item in guards if item.get("st", {}).get("S") == stream_id
+        }
+        actual = self.stream_version(stream_id)
+        if guards and not stored:
+            raise ConcurrencyError(
+                stream_id,
+                expected.value if isinstance(expected, StreamState) else expected,
+                actual,
+                "an event id is already stored in another stream",
+            ) from cause
+        try:
+            return resolve_conflict(stream_id, events, expected, actual, stored)
+        except ConcurrencyError as e:
+            raise e from cause
+
+    def _stream_items(
+        self, stream_id: str, encoded: list[tuple[NewEvent, str, str]], recorded: datetime, versions: int, counter: int
+    ) -> list[dict[str, Any]]:
+        """One stream's part of an append: events, id guards, then the version check."""
+        plan = _Plan(versions, counter)
+        table = self._table.name
+        pk = _s(f"s#{stream_id}")
+        not_exists = "attribute_not_exists(pk)"
+        events: list[dict[str, Any]] = []
+        guards: list[dict[str, Any]] = []
+        for i, (event, data, metadata) in enumerate(encoded):
+            version = plan.versions + 1 + i
+            events.append(
+                {
+                    "Put": {
+                        "TableName": table,
+                        "Item": {
+                            "pk": pk,
+                            "sk": _s(_vkey(version)),
+                            "id": _s(event.id),
+                            "t": _s(event.type),
+                            "sv": _n(event.schema_version),
+                            "d": _s(data),
+                            "m": _s(metadata),
+                            "oa": _n(to_micros(event.occurred_at)),
+                            "ra": _n(to_micros(event.recorded_at or recorded)),
+                            POSITION_INDEX_HASH: _s(ALL),
+                            POSITION_INDEX_RANGE: _n(plan.counter + 1 + i),
+                        },
+                        "ConditionExpression": not_exists,
+                    }
+                }
+            )
+            guards.append(
+                {
+                    "Put": {
+                        "TableName": table,
+                        "Item": {"pk": _s(f"e#{event.id}"), "sk": _s("id"), "st": _s(stream_id), "v": _n(version)},
+                        "ConditionExpression": not_exists,
+                    }
+                }
+            )
+        if plan.versions == 0:
+            stream_check: dict[str, Any] = {
+                "Put": {
+                    "TableName": table,
+                    "Item": {"pk": _s(_STREAMS), "sk": _s(stream_id)},
+                    "ConditionExpression": not_exists,
+                }
+            }
+        else:
+            stream_check = {
+                "ConditionCheck": {
+                    "TableName": table,
+                    "Key": {"pk": pk, "sk": _s(_vkey(plan.versions))},
+                    "ConditionExpression": "attribute_exists(pk)",
+                }
+            }
+        return [*events, *guards, stream_check]
+
+    def _counter_item(self, old: int, new: int) -> dict[str, Any]:
+        """The global counter moved from ``old`` to ``new``, on condition it is still ``old``."""
+        table = self._table.name
+        not_exists = "attribute_not_exists(pk)"
+        counter_key = {"pk": _s(_GLOBAL), "sk": _s(_COUNTER_SK)}
+        new_counter = _n(new)
+        if old == 0:
+            counter: dict[str, Any] = {
+                "Put": {
+                    "TableName": table,
+                    "Item": {**counter_key, "p": new_counter},
+                    "ConditionExpression": not_exists,
+                }
+            }
+        else:
+            counter = {
+                "Update": {
+                    "TableName": table,
+                    "Key": counter_key,
+                    "UpdateExpression": "SET p = :new",
+                    "ConditionExpression": "p = :old",
+                    "ExpressionAttributeValues": {":new": new_counter, ":old": _n(old)},
+                }
+            }
+        return counter
+
+    def _counter(self) -> int:
+        response = self._table.call("get_item", Key={"pk": _s(_GLOBAL), "sk": _s(_COUNTER_SK)}, ConsistentRead=True)
+        item = response.get("Item")
+        return int(item["p"]["N"]) if item else 0
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _event(item: dict[str, Any], stream_id: str | None = None) -> Event:
+        sid = stream_id if stream_id is not None else item["pk"]["S"][2:]
+        return Event(
+            id=item["id"]["S"],
+            stream_id=sid,
+            version=int(item["sk"]["S"]),
+            type=item["t"]["S"],
+            schema_version=int(item["sv"]["N"]),
+            data=orjson.loads(item["d"]["S"]),
+            metadata=orjson.loads(item["m"]["S"]),
+            occurred_at=from_micros(int(item["oa"]["N"])),
+            recorded_at=from_micros(int(item["ra"]["N"])),
+        )
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """The stream's events in a version range (consistent ``Query`` pages)."""
+        validate_stream_id(stream_id)
+        low = max(from_version, 1)
+        high = to_version if to_version is not None else 10**_VERSION_DIGITS - 1
+        if high < low or (limit is not None and limit <= 0):
+            return []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {
+                ":pk": _s(f"s#{stream_id}"),
+                ":low": _s(_vkey(low)),
+                ":high": _s(_vkey(high)),
+            },
+            "ConsistentRead": True,
+            "ScanIndexForward": not backwards,
+        }
+        if limit is not None:
+            kwargs["Limit"] = limit
+        events: list[Event] = []
+        for item in self._table.query_pages(**kwargs):
+            events.append(self._event(item, stream_id))
+            if limit is not None and len(events) >= limit:
+                break
+        return events
+
+    def stream_version(self, stream_id: str) -> int:
+        """The version of the stream's last event (one consistent ``Query`` of one item)."""
+        validate_stream_id(stream_id)
+        response = self._table.call(
+            "query",
+            KeyConditionExpression="pk = :pk AND sk <= :high",
+            ExpressionAttributeValues={":pk": _s(f"s#{stream_id}"), ":high": _s(_MAX_VERSION_KEY)},
+            ProjectionExpression="sk",
+            ConsistentRead=True,
+            ScanIndexForward=False,
+            Limit=1,
+        )
+        items = response.get("Items", [])
+        return int(items[0]["sk"]["S"]) if items else 0
+
+    def list_streams(self, prefix: str = "") -> Iterator[str]:
+        """Stream ids from the stream index partition, ascending."""
+        values: dict[str, Any] = {":pk": _s(_STREAMS)}
+        condition = "pk = :pk"
+        if prefix:
+            condition += " AND begins_with(sk, :prefix)"
+            values[":prefix"] = _s(prefix)
+        for item in self._table.query_pages(
+            KeyConditionExpression=condition, ExpressionAttributeValues=values, ConsistentRead=True
+        ):
+            yield item["sk"]["S"]
+
+    def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        """The contiguous run of events after ``after`` from the ``by_position`` index."""
+        if limit <= 0:
+            return []
+        try:
+            last = int(after) if after is not None else 0
+        except ValueError as e:
+            raise ValidationError(f"{after!r} is not a position of {self.url}") from e
+        events: list[Event] = []
+        for item in self._table.query_pages(
+            IndexName=POSITION_INDEX,
+            KeyConditionExpression="g = :g AND p > :after",
+            ExpressionAttributeValues={":g": _s(ALL), ":after": _n(last)},
+            Limit=min(limit, 1000),
+        ):
+            position = int(item[POSITION_INDEX_RANGE]["N"])
+            if position != last + 1:
+                break  # a committed event not yet in the index: stop before the hole
+            events.append(self._event(item).with_position(str(position)))
+            last = position
+            if len(events) >= limit:
+                break
+        return events
+
+    def count_after(self, after: str | None = None) -> int:
+        """How many events follow ``after`` (feature ``count``: positions are dense, one read of the counter)."""
+        try:
+            last = int(after) if after is not None else 0
+        except ValueError as e:
+            raise ValidationError(f"{after!r} is not a position of {self.url}") from e
+        return max(self._counter() - last, 0)
+
+    def last_position(self) -> str | None:
+        """The global counter: the position of the last committed event."""
+        counter = self._counter()
+        return str(counter) if counter else None
+
+    def close(self) -> None:
+        """Nothing to release: boto3 clients hold pooled connections only."""

@@ -1,0 +1,328 @@
+"""Events as rows of the ``events`` table: read back from query results, and encoded for
+``COPY`` (text and binary formats), each validated once on the way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import struct
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+
+from skyferry.adapters.stores.postgres.layout import (
+    _POSITION_DIGITS,
+)
+from skyferry.core.messages import (
+    Event,
+    NewEvent,
+    encode_json,
+    plainly_valid,
+)
+
+_COLUMNS: Final = (
+    "id::text, stream_id, version, type, schema_version, data::text, metadata::text, occurred_at, recorded_at"
+)
+
+
+def _events(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
+    """Rows of :data:`_COLUMNS` as Events (sessions run in UTC, so timestamps come back in UTC).
+
+    ``Event`` is a tuple: one ``tuple.__new__`` call per row builds it (the hot path of
+    ``read_stream``, and so of loading an aggregate).
+    """
+    new, event_type, loads = _tuple_new, Event, orjson.loads
+    return [  # all ten fields: tuple.__new__ fills in no default (read_stream gives no position)
+        new(
+            event_type,
+            (event_id, stream_id, version, kind, schema, loads(data), loads(metadata), occurred, recorded, None),
+        )
+        for event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows
+    ]
+
+
+_tuple_new: Final = tuple.__new__
+_COPY_BLOCK_ROWS: Final = 2000
+_BEGIN: Final = b"BEGIN"
+_COMMIT: Final = b"COMMIT"
+_COPY_FROM: Final = 32
+"""Appends of this many events or more go by binary COPY (see ``PostgresEventStore.append``)."""
+_dumps: Final = orjson.dumps
+_SORT_KEYS: Final = orjson.OPT_SORT_KEYS
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_CANONICAL_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_COPY_SPECIAL: Final = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES: Final = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _copy_text(value: str) -> str:
+    """``value`` escaped for COPY's text format (backslash, tab, newline, carriage return)."""
+    return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group()], value)
+
+
+def _copy_moment(moment: Any) -> str:
+    """A timestamp field as COPY text; naive datetimes never get here (validated first)."""
+    if type(moment) is int:  # microseconds since the epoch, UTC (see Event)
+        moment = _EPOCH + timedelta(0, 0, moment)
+    return str(moment.isoformat())
+
+
+def _checked(fields: tuple[Any, ...], e: Event, canonical_id: bool) -> tuple[bytes, bytes]:
+    """Validate one event (``canonical_id``: whether its id is a canonical UUID string); return
+    its data and metadata JSON in the encoding of :func:`encode_json`.
+
+    The checks are those of :meth:`NewEvent.validate`, by its common case
+    (:func:`~skyferry.core.messages.plainly_valid`); an event that fails any of them (or that
+    they cannot judge) goes through
+    ``validate()`` itself, so exactly the same events are rejected with the same errors.
+    """
+    _, _, _, event_type, schema_version, data, metadata, occurred, recorded = fields
+    try:
+        data_json = _dumps(data, option=_SORT_KEYS)  # encode_json, without a call
+        metadata_json = _dumps(metadata, option=_SORT_KEYS)
+    except TypeError:
+        data_json = metadata_json = b""
+    if not (
+        canonical_id
+        and plainly_valid(event_type, schema_version, data, metadata, occurred, recorded, data_json, metadata_json)
+    ):
+        e.to_new().validate()  # raises the port's error for this event
+        data_json, metadata_json = encode_json(data), encode_json(metadata)
+    return data_json, metadata_json
+
+
+def _copy_rows(events: Sequence[Event]) -> list[str]:
+    """Validate every event (see :func:`_checked`) and encode it once as a COPY text row."""
+    rows: list[str] = []
+    append = rows.append
+    fullmatch = _CANONICAL_ID.fullmatch
+    special = _COPY_SPECIAL.search
+    last_occurred: Any = None
+    last_recorded: Any = None
+    occurred_text = recorded_text = ""
+    for e in events:
+        fields: tuple[Any, ...] = e[:9]
+        event_id, stream_id, version, event_type, schema_version, _, _, occurred, recorded = fields
+        canonical_id = type(event_id) is str and fullmatch(event_id) is not None
+        data_json, metadata_json = _checked(fields, e, canonical_id)
+        data_text = data_json.decode()
+        metadata_text = metadata_json.decode()
+        # Decoders hand back one object for equal timestamps (and often the same one for
+        # both fields): format each object once, not twice per event.
+        if occurred is not last_occurred:
+            last_occurred = occurred
+            occurred_text = occurred.isoformat() if type(occurred) is not int else _copy_moment(occurred)
+        if recorded is occurred:
+            last_recorded, recorded_text = recorded, occurred_text  # the pair stays consistent
+        elif recorded is not last_recorded:
+            last_recorded = recorded
+            recorded_text = recorded.isoformat() if type(recorded) is not int else _copy_moment(recorded)
+        append(
+            "\t".join(
+                (
+                    event_id if canonical_id else _copy_text(str(event_id)),
+                    stream_id,
+                    str(version),
+                    _copy_text(event_type) if special(event_type) else event_type,
+                    str(schema_version),
+                    _copy_text(data_text) if "\\" in data_text else data_text,
+                    _copy_text(metadata_text) if "\\" in metadata_text else metadata_text,
+                    occurred_text,
+                    recorded_text,
+                )
+            )
+            + "\n"
+        )
+    return rows
+
+
+_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_MICROS: Final = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
+_MICROSECOND: Final = timedelta(microseconds=1)
+_INT4: Final = range(-(2**31), 2**31)
+_COPY_BINARY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_COPY_BINARY_TRAILER: Final = b"\xff\xff"
+_PACK_HEAD: Final = struct.Struct("!hi16si").pack  # field count; id; length of stream_id
+_PACK_INT_LEN: Final = struct.Struct("!iii").pack  # int4 field; length of the next field
+_PACK_LEN: Final = struct.Struct("!i").pack
+_PACK_MOMENTS: Final = struct.Struct("!iqiq").pack  # occurred_at, recorded_at (timestamptz)
+
+
+def _binary_ready(events: Sequence[Event]) -> bool:
+    """Whether COPY's binary format stores ``events`` exactly as the text format would.
+
+    Ids must be canonical (the server parses other spellings of a UUID in text) and
+    versions int4 values (text lets the server reject the others); everything else is
+    validated per event by :func:`_checked` on either path.
+    """
+    fullmatch = _CANONICAL_ID.fullmatch
+    for e in events:
+        event_id, version, schema_version = e[0], e[2], e[4]
+        if not (
+            type(event_id) is str
+            and fullmatch(event_id) is not None
+            and type(version) is int
+            and version in _INT4
+            and type(schema_version) is int
+            and schema_version in _INT4
+        ):
+            return False
+    return True
+
+
+def _pg_micros(moment: Any) -> int:
+    """A timestamp field as microseconds since 2000-01-01 UTC (binary ``timestamptz``)."""
+    if type(moment) is int:  # microseconds since the epoch, UTC (see Event)
+        return int(moment) - _PG_EPOCH_MICROS
+    return (moment - _PG_EPOCH) // _MICROSECOND  # type: ignore[no-any-return]
+
+
+def _copy_rows_binary(events: Sequence[Event]) -> list[bytes]:
+    """Validate every event (see :func:`_checked`) and encode it as a binary COPY tuple.
+
+    Only for events that pass :func:`_binary_ready` (which checked that every id is
+    canonical: this function relies on it).  Data and metadata go as their JSON
+    text (the binary form of ``json``), so nothing needs escaping.
+    """
+    rows: list[bytes] = []
+    append = rows.append
+    fromhex = bytes.fromhex
+    last_occurred: Any = None
+    last_recorded: Any = None
+    occurred_micros = recorded_micros = 0
+    for e in events:
+        fields: tuple[Any, ...] = e[:9]
+        event_id, stream_id, version, event_type, schema_version, _, _, occurred, recorded = fields
+        data_json, metadata_json = _checked(fields, e, True)  # ids checked by _binary_ready
+        if occurred is not last_occurred:
+            last_occurred = occurred
+            occurred_micros = _pg_micros(occurred)
+        if recorded is occurred:
+            last_recorded, recorded_micros = recorded, occurred_micros  # the pair stays consistent
+        elif recorded is not last_recorded:
+            last_recorded = recorded
+            recorded_micros = _pg_micros(recorded)
+        append(
+            _binary_row(
+                fromhex(event_id.replace("-", "")),
+                stream_id.encode(),
+                version,
+                event_type,
+                schema_version,
+                data_json,
+                metadata_json,
+                occurred_micros,
+                recorded_micros,
+            )
+        )
+    return rows
+
+
+def _binary_row(
+    uuid_bytes: bytes,
+    stream_bytes: bytes,
+    version: int,
+    event_type: str,
+    schema_version: int,
+    data_json: bytes,
+    metadata_json: bytes,
+    occurred_micros: int,
+    recorded_micros: int,
+) -> bytes:
+    """One tuple of a binary COPY into ``events`` (timestamps in microseconds since 2000)."""
+    type_bytes = event_type.encode()
+    return b"".join(
+        (
+            _PACK_HEAD(9, 16, uuid_bytes, len(stream_bytes)),
+            stream_bytes,
+            _PACK_INT_LEN(4, version, len(type_bytes)),
+            type_bytes,
+            _PACK_INT_LEN(4, schema_version, len(data_json)),
+            data_json,
+            _PACK_LEN(len(metadata_json)),
+            metadata_json,
+            _PACK_MOMENTS(8, occurred_micros, 8, recorded_micros),
+        )
+    )
+
+
+def _appended_rows_binary(
+    stream_id: str,
+    first_version: int,
+    events: Sequence[NewEvent],
+    encoded: Sequence[tuple[bytes, bytes]],
+    now: datetime,
+) -> list[bytes] | None:
+    """The binary COPY tuples of an append (``encoded``: the events' JSON from
+    :func:`encode_append`, which checked them), or ``None`` when the binary format would
+    not store them exactly as the ``INSERT`` would (an id not canonical, a version or
+    schema version outside 32 bits): then the ``INSERT`` stores them."""
+    if first_version + len(events) > 2**31:
+        return None
+    stream_bytes = stream_id.encode()
+    now_micros = _pg_micros(now)
+    fromhex, fullmatch = bytes.fromhex, _CANONICAL_ID.fullmatch
+    rows: list[bytes] = []
+    append = rows.append
+    for version, e, (data_json, metadata_json) in zip(itertools.count(first_version), events, encoded):
+        event_id, schema_version, recorded = e.id, e.schema_version, e.recorded_at
+        if fullmatch(event_id) is None or schema_version not in _INT4:
+            return None
+        append(
+            _binary_row(
+                fromhex(event_id.replace("-", "")),
+                stream_bytes,
+                version,
+                e.type,
+                schema_version,
+                data_json,
+                metadata_json,
+                _pg_micros(e.occurred_at),
+                now_micros if recorded is None else _pg_micros(recorded),
+            )
+        )
+    return rows
+
+
+def _positioned_rows(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
+    """Rows of :data:`_COLUMNS` plus ``position`` as Events carrying their positions.
+
+    Equal timestamps share one ``datetime``.
+
+    Events appended together carry equal timestamps (often the same in both fields);
+    sharing the object lets :func:`_copy_rows` format it once when the page is copied on.
+    """
+    events: list[Event] = []
+    append = events.append
+    new, event_type, loads = _tuple_new, Event, orjson.loads
+    last: Any = None
+    for row in rows:
+        occurred, recorded = row[7], row[8]
+        if occurred == last:
+            occurred = last
+        if recorded == occurred:
+            recorded = occurred
+        elif recorded == last:
+            recorded = last
+        last = recorded
+        append(
+            new(
+                event_type,
+                (
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4],
+                    loads(row[5]),
+                    loads(row[6]),
+                    occurred,
+                    recorded,
+                    str(row[9]).zfill(_POSITION_DIGITS),
+                ),
+            )
+        )
+    return events
