@@ -229,7 +229,7 @@ def test_a_large_commit_that_died_before_its_commit_point_is_rolled_back(
     assert old.value == {"v": 1}
     with pytest.raises(ConcurrencyError):  # the lock is young: the committer may still be alive
         views.commit("p", [put("k0000", 5, expected=1)], {})
-    monkeypatch.setattr(dynamodb.views, "STALE_LOCK_SECONDS", -1)
+    monkeypatch.setattr(views, "lock_timeout", -1)
     views.commit("p", [put("k0000", 5, expected=1)], {})
     now = views.get("c", "k0000")
     assert now is not None

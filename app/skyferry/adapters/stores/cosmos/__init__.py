@@ -29,8 +29,8 @@ and the tests use; names with a leading underscore are the package's own.
 
 from __future__ import annotations
 
+from skyferry.adapters.stores._commit import LOCK_TIMEOUT_SECONDS
 from skyferry.adapters.stores.cosmos.client import (
-    DEFAULT_LOCK_TIMEOUT,
     DEFAULT_SWEEP_AFTER,
     MAX_THROTTLE_RETRIES,
     CosmosLocation,
@@ -51,11 +51,11 @@ from skyferry.core.ports import StreamState
 
 __all__ = [
     "ABORTED_RECORD_SECONDS",
-    "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_SWEEP_AFTER",
     "EVENTS_PARTITION_KEY_PATH",
     "INLINE_LIMIT",
     "LAST_SLOTS",
+    "LOCK_TIMEOUT_SECONDS",
     "LOG_PARTITION",
     "MAX_BATCH_OPERATIONS",
     "MAX_THROTTLE_RETRIES",

@@ -26,6 +26,7 @@ from azure.cosmos.exceptions import (
 )
 
 from skyferry.adapters.registry import redact
+from skyferry.adapters.stores._commit import LOCK_TIMEOUT_SECONDS
 from skyferry.adapters.stores.cosmos.layout import (
     views_container_name,
 )
@@ -33,9 +34,6 @@ from skyferry.core.errors import ConfigurationError, TransientError
 
 MAX_THROTTLE_RETRIES: Final = 8
 DEFAULT_SWEEP_AFTER: Final = 30.0
-DEFAULT_LOCK_TIMEOUT: Final = 120.0
-"""Seconds after which a view commit that locked documents but never reached its commit
-point is presumed dead and rolled back by the next writer that meets one of its locks."""
 
 
 _T = TypeVar("_T")
@@ -53,7 +51,7 @@ class CosmosLocation:
     key: str | None
     verify: bool
     sweep_after: float
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS
 
     @classmethod
     def parse(cls, url: str) -> CosmosLocation:
@@ -79,7 +77,7 @@ class CosmosLocation:
             key=query.get("key"),
             verify=query.get("verify", "true").lower() not in {"false", "0", "no"},
             sweep_after=float(query.get("sweep_after", DEFAULT_SWEEP_AFTER)),
-            lock_timeout=float(query.get("lock_timeout", DEFAULT_LOCK_TIMEOUT)),
+            lock_timeout=float(query.get("lock_timeout", LOCK_TIMEOUT_SECONDS)),
         )
 
     def client(self) -> CosmosClient:

@@ -4,7 +4,8 @@ View store design: every document and checkpoint of a view store lives in one lo
 partition of the views container.  ``commit`` is atomic whatever its size, without relying
 on transactional batches (a batch holds at most 100 operations, and the emulator applies
 a batch's operations one by one, keeping those before a failure), using a **commit
-record** as the commit point, as the DynamoDB view store does:
+record** as the commit point: the protocol of :mod:`skyferry.adapters.stores._commit`,
+shared with the DynamoDB view store, which Cosmos DB runs so:
 
 1. One query reads every document and checkpoint the commit writes (``ARRAY_CONTAINS``
    on their ids), together with any commit record left in the partition.  Locks of other
@@ -30,7 +31,7 @@ record** as the commit point, as the DynamoDB view store does:
    record lists, so it never mixes a commit's old and new values).  A writer meeting a
    lock whose record is ``committed`` rolls that whole commit forward and deletes the
    record; one meeting a lock without a record leaves it alone for ``lock_timeout``
-   seconds (URL parameter, default :data:`DEFAULT_LOCK_TIMEOUT`; raises
+   seconds (URL parameter, default :data:`~skyferry.adapters.stores._commit.LOCK_TIMEOUT_SECONDS`; raises
    ``ConcurrencyError`` meanwhile), then creates the record as ``aborted`` (the same
    single-document create, so the slow writer's own create then fails with 409 and it
    aborts) and restores the old values.  Aborted records are kept a day
@@ -55,7 +56,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, TypeVar
 
@@ -70,6 +71,7 @@ from azure.cosmos.exceptions import (
 )
 
 from skyferry.adapters.registry import redact
+from skyferry.adapters.stores._commit import ABORTED, COMMITTED, PENDING, Record, settle, write
 from skyferry.adapters.stores.cosmos.client import (
     MAX_THROTTLE_RETRIES,
     CosmosLocation,
@@ -368,52 +370,7 @@ class CosmosViewStore:
 
     def _write_locked(self, projection: str, writes: list[_Write]) -> None:
         """Lock every document with its pending value, create the commit record, roll forward."""
-        tx = uuid.uuid4().hex
-        at = time.time()
-        locks: dict[str, dict[str, Any]] = {}
-        operations: list[tuple[Any, ...]] = []
-        for write in writes:
-            lock = {**write.body, "value": None, "rev": 0} if write.original is None else _clean(write.original)
-            lock.update(tx=tx, tx_at=at, next=write.value, next_rev=write.revision)
-            locks[write.item] = lock
-            if write.original is None:
-                operations.append(("create", (lock,)))
-            else:
-                operations.append(("replace", (write.item, lock), {"if_match_etag": write.original["_etag"]}))
-        etags: dict[str, str] = {}
-        try:
-            for chunk in _chunks(operations, MAX_BATCH_OPERATIONS):
-                results = call(
-                    f"committing projection {projection} (locking)",
-                    partial(self._c.execute_item_batch, list(chunk), partition_key=VIEWS_PARTITION),
-                )
-                for operation, result in zip(chunk, results, strict=True):
-                    etags[_operation_item(operation)] = result["eTag"]
-        except CosmosBatchOperationError as e:
-            self._roll_back_own(tx, list(locks))
-            raise _changed(projection, e) from e
-        except Exception:
-            with contextlib.suppress(Exception):
-                self._roll_back_own(tx, list(locks))
-            raise
-        record = {
-            "id": _record_id(tx),
-            "pk": VIEWS_PARTITION,
-            "kind": "tx",
-            "tx": tx,
-            "status": "committed",
-            "projection": projection,
-            "items": list(locks),
-        }
-        try:
-            call(f"committing projection {projection}", partial(self._c.create_item, record))
-        except CosmosResourceExistsError as e:
-            # Another writer presumed this commit dead and aborted it first.
-            self._roll_back_own(tx, list(locks))
-            raise ConcurrencyError(
-                projection, "no abort", 0, f"commit {tx} was aborted as stale before its commit point"
-            ) from e
-        self._roll_forward(tx, locks, etags)
+        write(_LargeCommit(self, projection, writes))
 
     def _roll_forward(self, tx: str, locks: Mapping[str, dict[str, Any]], etags: Mapping[str, str]) -> None:
         """Replace each lock by its pending value (batches, each write ETag-conditioned), drop the record.
@@ -482,43 +439,8 @@ class CosmosViewStore:
         Raises :class:`_Locked` if the commit is neither committed nor stale: its writer
         may still be locking.
         """
-        record = self._read(_record_id(tx))
-        if record is None and not seen:
-            return  # finished and deleted since its record was listed
-        if record is None:
-            # It may have finished (rolled forward, record deleted) since ``seen`` was read.
-            seen = [row for row in self._read_many([row["id"] for row in seen]).values() if row.get("tx") == tx]
-            if not seen:
-                return
-            record = self._read(_record_id(tx))
-        if record is None:
-            if any(time.time() - float(row.get("tx_at", 0)) < self.location.lock_timeout for row in seen):
-                raise _Locked(tx)
-            abort: dict[str, Any] = {
-                "id": _record_id(tx),
-                "pk": VIEWS_PARTITION,
-                "kind": "tx",
-                "tx": tx,
-                "status": "aborted",
-                "at": time.time(),
-            }
-            try:
-                call(f"aborting view commit {tx}", partial(self._c.create_item, abort))
-                record = abort
-            except CosmosResourceExistsError:
-                record = self._read(_record_id(tx))
-                if record is None:  # committed, rolled forward and deleted meanwhile
-                    return
-        if record.get("status") == "committed":
-            rows = self._read_many(list(record.get("items", ())))
-            for row in rows.values():
-                if row.get("tx") == tx:
-                    self._roll_forward_row(row)
-            self._delete(_record_id(tx))
-        else:
-            # Aborted records stay: a late writer must still find its commit point taken.
-            for row in seen:
-                self._roll_back_row(row)
+        if not settle(_MetLock(self, tx, seen), self.location.lock_timeout):
+            raise _Locked(tx)
 
     def drop(self, collection: str) -> None:
         """Delete every document of the collection, one by one (idempotent)."""
@@ -539,6 +461,131 @@ class CosmosViewStore:
     def close(self) -> None:
         """Close the HTTP session of a client this store built."""
         self._containers.close()
+
+
+@dataclass(slots=True)
+class _LargeCommit:
+    """A commit of several writes, in the steps of :func:`~skyferry.adapters.stores._commit.write`."""
+
+    store: CosmosViewStore
+    projection: str
+    writes: list[_Write]
+    tx: str = field(default_factory=lambda: uuid.uuid4().hex)
+    locks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    etags: dict[str, str] = field(default_factory=dict)
+
+    def begin(self) -> None:
+        """Nothing: a Cosmos DB commit has no record before its commit point."""
+
+    def lock(self) -> None:
+        """Lock every document (ETag preconditions, batches of 100); a failed one is a ``ConcurrencyError``."""
+        tx, at = self.tx, time.time()
+        operations: list[tuple[Any, ...]] = []
+        for change in self.writes:
+            lock = {**change.body, "value": None, "rev": 0} if change.original is None else _clean(change.original)
+            lock.update(tx=tx, tx_at=at, next=change.value, next_rev=change.revision)
+            self.locks[change.item] = lock
+            if change.original is None:
+                operations.append(("create", (lock,)))
+            else:
+                operations.append(("replace", (change.item, lock), {"if_match_etag": change.original["_etag"]}))
+        try:
+            for chunk in _chunks(operations, MAX_BATCH_OPERATIONS):
+                results = call(
+                    f"committing projection {self.projection} (locking)",
+                    partial(self.store._c.execute_item_batch, list(chunk), partition_key=VIEWS_PARTITION),
+                )
+                for operation, result in zip(chunk, results, strict=True):
+                    self.etags[_operation_item(operation)] = result["eTag"]
+        except CosmosBatchOperationError as e:
+            raise _changed(self.projection, e) from e
+
+    def commit_point(self) -> None:
+        """Create the record ``committed``; a ``ConcurrencyError`` when another writer aborted the commit first."""
+        record = {
+            "id": _record_id(self.tx),
+            "pk": VIEWS_PARTITION,
+            "kind": "tx",
+            "tx": self.tx,
+            "status": COMMITTED,
+            "projection": self.projection,
+            "items": list(self.locks),
+        }
+        try:
+            call(f"committing projection {self.projection}", partial(self.store._c.create_item, record))
+        except CosmosResourceExistsError as e:
+            # Another writer presumed this commit dead and aborted it first.
+            raise ConcurrencyError(
+                self.projection, "no abort", 0, f"commit {self.tx} was aborted as stale before its commit point"
+            ) from e
+
+    def roll_forward(self) -> None:
+        """Roll every lock forward; the record goes with the last batch."""
+        self.store._roll_forward(self.tx, self.locks, self.etags)
+
+    def roll_back(self) -> None:
+        """Remove this commit's own locks."""
+        self.store._roll_back_own(self.tx, list(self.locks))
+
+
+@dataclass(slots=True)
+class _MetLock:
+    """Locks of another commit that a writer met (``seen``), as :func:`~skyferry.adapters.stores._commit.settle`
+    settles them."""
+
+    store: CosmosViewStore
+    tx: str
+    seen: list[dict[str, Any]]
+    found: dict[str, Any] | None = None
+
+    def record(self) -> Record | None:
+        """The record; without one the commit is pending since its newest lock, or settled when no lock is left."""
+        store, record_id = self.store, _record_id(self.tx)
+        record = store._read(record_id)
+        if record is None and not self.seen:
+            return None  # finished and deleted since its record was listed
+        if record is None:
+            # It may have finished (rolled forward, record deleted) since ``seen`` was read.
+            rows = store._read_many([row["id"] for row in self.seen]).values()
+            self.seen = [row for row in rows if row.get("tx") == self.tx]
+            if not self.seen:
+                return None
+            record = store._read(record_id)
+        if record is None:
+            return Record(PENDING, max(float(row.get("tx_at", 0)) for row in self.seen))
+        self.found = record
+        return Record(COMMITTED if record.get("status") == COMMITTED else ABORTED, float(record.get("at", 0)))
+
+    def abort(self) -> bool:
+        """Create the record ``aborted``; ``False`` when the commit point (or another abort) created it first."""
+        abort: dict[str, Any] = {
+            "id": _record_id(self.tx),
+            "pk": VIEWS_PARTITION,
+            "kind": "tx",
+            "tx": self.tx,
+            "status": ABORTED,
+            "at": time.time(),
+        }
+        try:
+            call(f"aborting view commit {self.tx}", partial(self.store._c.create_item, abort))
+        except CosmosResourceExistsError:
+            return False
+        return True
+
+    def roll_forward(self) -> None:
+        """Roll every lock the committed record lists forward, then delete the record."""
+        assert self.found is not None  # read by record(), which found it committed
+        rows = self.store._read_many(list(self.found.get("items", ())))
+        for row in rows.values():
+            if row.get("tx") == self.tx:
+                self.store._roll_forward_row(row)
+        self.store._delete(_record_id(self.tx))
+
+    def roll_back(self) -> None:
+        """Restore the locked documents met.  Aborted records stay: a late writer must still
+        find its commit point taken."""
+        for row in self.seen:
+            self.store._roll_back_row(row)
 
 
 def _if(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ and the tests use; names with a leading underscore are the package's own.
 
 from __future__ import annotations
 
+from skyferry.adapters.stores._commit import LOCK_TIMEOUT_SECONDS
 from skyferry.adapters.stores.dynamodb.events import DynamoDBEventStore
 from skyferry.adapters.stores.dynamodb.layout import (
     ALL,
@@ -52,7 +53,7 @@ from skyferry.adapters.stores.dynamodb.layout import (
     create_table,
     table_spec,
 )
-from skyferry.adapters.stores.dynamodb.views import STALE_LOCK_SECONDS, DynamoDBViewStore
+from skyferry.adapters.stores.dynamodb.views import DynamoDBViewStore
 
 __all__ = [
     "ALL",
@@ -61,6 +62,7 @@ __all__ = [
     "IAM_ACTIONS",
     "IAM_ACTIONS_BY_OPERATION",
     "KEY_SCHEMA",
+    "LOCK_TIMEOUT_SECONDS",
     "MAX_APPEND_BYTES",
     "MAX_APPEND_EVENTS",
     "MAX_COMMIT_ITEMS",
@@ -70,7 +72,6 @@ __all__ = [
     "POSITION_INDEX_HASH",
     "POSITION_INDEX_RANGE",
     "SORT_KEY",
-    "STALE_LOCK_SECONDS",
     "WRITE_LIMITS",
     "DynamoDBEventStore",
     "DynamoDBViewStore",

@@ -6,12 +6,13 @@ Documents live in ``v#<collection>``; ``query`` reads that partition in key orde
 (``begins_with`` on the key for a prefix) and filters on ``where`` as it reads, the same
 cost as a DynamoDB filter expression.  ``commit`` is one ``TransactWriteItems`` with every
 document change (conditional on ``expected_revision``) and every checkpoint entry when
-they fit DynamoDB's 100 items; a larger commit goes through a commit record
-(``t#<id>``): lock every document in transactions of 100 (the lock holds the new value and
-checks the revision), flip the record to ``committed`` together with the checkpoint (the
-commit point), roll the values forward, delete the record.  Readers resolve a locked
-document through its record, so a commit is seen whole or not at all, and a crash at any
-step leaves either nothing or a committed record that the next writer rolls forward.
+they fit DynamoDB's 100 items; a larger commit follows the commit-record protocol of
+:mod:`skyferry.adapters.stores._commit`, with the record ``t#<id>``: put it ``pending``,
+lock every document in transactions of 100 (the lock holds the new value and checks the
+revision), flip the record to ``committed`` together with the checkpoint (the commit
+point), roll the values forward, delete the record.  Readers resolve a locked document
+through its record, so a commit is seen whole or not at all, and a crash at any step
+leaves either nothing or a committed record that the next writer rolls forward.
 """
 
 from __future__ import annotations
@@ -19,11 +20,21 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from skyferry.adapters import aws
+from skyferry.adapters.stores._commit import (
+    ABORTED,
+    COMMITTED,
+    LOCK_TIMEOUT_SECONDS,
+    PENDING,
+    Record,
+    settle,
+    write,
+)
 from skyferry.adapters.stores.dynamodb.client import _CONFLICT_ATTEMPTS, _cancellation_codes, _parse, _redacted, _Table
 from skyferry.adapters.stores.dynamodb.layout import (
     MAX_COMMIT_ITEMS,
@@ -40,9 +51,6 @@ from skyferry.core.ports import (
     Doc,
     ViewChange,
 )
-
-#: A large view commit whose record stays pending this long is presumed dead and rolled back.
-STALE_LOCK_SECONDS: Final = 120
 
 
 def _matches(value: Mapping[str, Any], where: tuple[str, str | int | bool] | None) -> bool:
@@ -65,11 +73,13 @@ class DynamoDBViewStore:
     writes the checkpoint (the commit point), then the new values are rolled forward and the
     record deleted.  Readers resolve a locked document through its record, so they see the
     commit whole or not at all; a writer meeting a lock rolls a committed one forward, rolls
-    back one whose committer died (record missing, or pending for :data:`STALE_LOCK_SECONDS`),
+    back one whose committer died (record missing, or pending for :data:`LOCK_TIMEOUT_SECONDS`),
     and otherwise conflicts.  ``client`` as for the event store.
     """
 
     max_commit_items: int = MAX_COMMIT_ITEMS
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS
+    """Seconds after which a pending large commit is presumed dead (see :mod:`~skyferry.adapters.stores._commit`)."""
 
     def __init__(self, table: str, *, client: Any | None = None, options: aws.AwsOptions | None = None) -> None:
         options = options or aws.AwsOptions()
@@ -95,7 +105,7 @@ class DynamoDBViewStore:
         return found
 
     def _visible(self, item: dict[str, Any], cache: dict[str, tuple[str, int]]) -> Doc | None:
-        if "tx" in item and self._status(item["tx"]["S"], cache)[0] == "committed":
+        if "tx" in item and self._status(item["tx"]["S"], cache)[0] == COMMITTED:
             if "ndel" in item:
                 return None
             return Doc(value=orjson.loads(item["nd"]["S"]), revision=int(item["nr"]["N"]))
@@ -268,51 +278,7 @@ class DynamoDBViewStore:
     def _commit_large(
         self, projection: str, changes: list[tuple[ViewChange, int]], checkpoint_items: list[dict[str, Any]]
     ) -> None:
-        txid = uuid.uuid4().hex
-        self._table.call("put_item", Item={**_tx_key(txid), "status": _s("pending"), "at": _n(int(time.time()))})
-        locked: list[ViewChange] = []
-        try:
-            for start in range(0, len(changes), MAX_COMMIT_ITEMS):
-                chunk = changes[start : start + MAX_COMMIT_ITEMS]
-                items = [self._lock_item(change, writes, txid) for change, writes in chunk]
-                for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
-                    cancelled = self._table.transact(items)
-                    if cancelled is None:
-                        break
-                    codes = _cancellation_codes(cancelled)
-                    failed = [i for i, code in enumerate(codes) if code == "ConditionalCheckFailed"]
-                    if failed:
-                        change = chunk[failed[0]][0]
-                        if self._settle(change.collection, change.key):
-                            continue
-                        raise self._conflict(change, cancelled)
-                    if any(code not in ("None", "TransactionConflict") for code in codes):
-                        raise TransientError(f"projection {projection!r}: DynamoDB cancelled a lock: {codes}")
-                    time.sleep(aws.backoff(attempt, base=0.01, cap=0.5))
-                else:
-                    raise TransientError(f"projection {projection!r}: locking kept conflicting")
-                locked.extend(change for change, _ in chunk)
-            flip = {
-                "Update": {
-                    "TableName": self._table.name,
-                    "Key": _tx_key(txid),
-                    "UpdateExpression": "SET #s = :committed",
-                    "ConditionExpression": "#s = :pending",
-                    "ExpressionAttributeNames": {"#s": "status"},
-                    "ExpressionAttributeValues": {":committed": _s("committed"), ":pending": _s("pending")},
-                }
-            }
-            cancelled = self._table.transact([flip, *checkpoint_items])
-            if cancelled is not None:
-                raise TransientError(
-                    f"projection {projection!r}: the commit record was aborted as stale before the commit point"
-                ) from cancelled
-        except BaseException:
-            self._roll_back(txid, locked)
-            self._table.call("delete_item", Key=_tx_key(txid))
-            raise
-        self._roll_forward(txid, [change for change, _ in changes])
-        self._table.call("delete_item", Key=_tx_key(txid))
+        write(_LargeCommit(self, projection, changes, checkpoint_items))
 
     def _apply_one(self, txid: str, collection: str, key: str, forward: bool) -> None:
         """Roll one locked document forward or back; a lock already gone is fine."""
@@ -386,32 +352,7 @@ class DynamoDBViewStore:
         item = self._table.call("get_item", Key=_doc_key(collection, key), ConsistentRead=True).get("Item")
         if not item or "tx" not in item:
             return False  # not a lock: a genuine revision conflict
-        txid = item["tx"]["S"]
-        status, started = self._status(txid)
-        if status == "committed":
-            self._apply_one(txid, collection, key, forward=True)
-            return True
-        if status == "pending" and time.time() - started > STALE_LOCK_SECONDS:
-            from botocore.exceptions import ClientError
-
-            try:
-                self._table.call(
-                    "update_item",
-                    Key=_tx_key(txid),
-                    UpdateExpression="SET #s = :aborted",
-                    ConditionExpression="#s = :pending",
-                    ExpressionAttributeNames={"#s": "status"},
-                    ExpressionAttributeValues={":aborted": _s("aborted"), ":pending": _s("pending")},
-                )
-            except ClientError as e:
-                if aws.error_code(e) != "ConditionalCheckFailedException":
-                    raise
-                return False  # it committed meanwhile: the next attempt rolls it forward
-            status = "aborted"
-        if status in ("missing", "aborted"):
-            self._apply_one(txid, collection, key, forward=False)
-            return True
-        return False
+        return settle(_MetLock(self, item["tx"]["S"], collection, key), self.lock_timeout)
 
     def get_checkpoint(self, projection: str, key: str = "$all") -> str | None:
         """One consistent ``GetItem``."""
@@ -442,3 +383,114 @@ class DynamoDBViewStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+@dataclass(slots=True)
+class _LargeCommit:
+    """A commit larger than one transaction, in the steps of :func:`~skyferry.adapters.stores._commit.write`."""
+
+    store: DynamoDBViewStore
+    projection: str
+    changes: list[tuple[ViewChange, int]]
+    checkpoint_items: list[dict[str, Any]]
+    txid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    locked: list[ViewChange] = field(default_factory=list)
+
+    def begin(self) -> None:
+        """Put the record, ``pending`` since now."""
+        item = {**_tx_key(self.txid), "status": _s(PENDING), "at": _n(int(time.time()))}
+        self.store._table.call("put_item", Item=item)
+
+    def lock(self) -> None:
+        """Lock the documents in transactions of :data:`MAX_COMMIT_ITEMS`, settling locks met."""
+        store, projection = self.store, self.projection
+        for start in range(0, len(self.changes), MAX_COMMIT_ITEMS):
+            chunk = self.changes[start : start + MAX_COMMIT_ITEMS]
+            items = [store._lock_item(change, writes, self.txid) for change, writes in chunk]
+            for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+                cancelled = store._table.transact(items)
+                if cancelled is None:
+                    break
+                codes = _cancellation_codes(cancelled)
+                failed = [i for i, code in enumerate(codes) if code == "ConditionalCheckFailed"]
+                if failed:
+                    change = chunk[failed[0]][0]
+                    if store._settle(change.collection, change.key):
+                        continue
+                    raise store._conflict(change, cancelled)
+                if any(code not in ("None", "TransactionConflict") for code in codes):
+                    raise TransientError(f"projection {projection!r}: DynamoDB cancelled a lock: {codes}")
+                time.sleep(aws.backoff(attempt, base=0.01, cap=0.5))
+            else:
+                raise TransientError(f"projection {projection!r}: locking kept conflicting")
+            self.locked.extend(change for change, _ in chunk)
+
+    def commit_point(self) -> None:
+        """Flip the record to ``committed`` (if still ``pending``) and write the checkpoint, in one transaction."""
+        flip = {
+            "Update": {
+                "TableName": self.store._table.name,
+                "Key": _tx_key(self.txid),
+                "UpdateExpression": "SET #s = :committed",
+                "ConditionExpression": "#s = :pending",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":committed": _s(COMMITTED), ":pending": _s(PENDING)},
+            }
+        }
+        cancelled = self.store._table.transact([flip, *self.checkpoint_items])
+        if cancelled is not None:
+            raise TransientError(
+                f"projection {self.projection!r}: the commit record was aborted as stale before the commit point"
+            ) from cancelled
+
+    def roll_forward(self) -> None:
+        """Roll every document forward, then delete the record."""
+        self.store._roll_forward(self.txid, [change for change, _ in self.changes])
+        self.store._table.call("delete_item", Key=_tx_key(self.txid))
+
+    def roll_back(self) -> None:
+        """Roll back the documents this commit locked, then delete its record."""
+        self.store._roll_back(self.txid, self.locked)
+        self.store._table.call("delete_item", Key=_tx_key(self.txid))
+
+
+@dataclass(slots=True)
+class _MetLock:
+    """The lock of another commit on one document, as :func:`~skyferry.adapters.stores._commit.settle` settles it."""
+
+    store: DynamoDBViewStore
+    txid: str
+    collection: str
+    key: str
+
+    def record(self) -> Record:
+        """The record; a missing one is ``aborted`` (its writer rolled back and deleted it)."""
+        status, started = self.store._status(self.txid)
+        return Record(ABORTED if status == "missing" else status, started)
+
+    def abort(self) -> bool:
+        """Flip the record from ``pending`` to ``aborted``; ``False`` when it was no longer pending."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.store._table.call(
+                "update_item",
+                Key=_tx_key(self.txid),
+                UpdateExpression="SET #s = :aborted",
+                ConditionExpression="#s = :pending",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":aborted": _s(ABORTED), ":pending": _s(PENDING)},
+            )
+        except ClientError as e:
+            if aws.error_code(e) != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
+
+    def roll_forward(self) -> None:
+        """Roll this document forward (the others when they are met, or by their writer)."""
+        self.store._apply_one(self.txid, self.collection, self.key, forward=True)
+
+    def roll_back(self) -> None:
+        """Roll this document back."""
+        self.store._apply_one(self.txid, self.collection, self.key, forward=False)
