@@ -21,27 +21,22 @@ SDK's exponential retry policy, then raised as ``TransientError``.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
+from skyferry.adapters import azure
 from skyferry.adapters.registry import redact
-from skyferry.core.errors import ConfigurationError, ObjectNotFound, ObjectTooLarge, TransientError
+from skyferry.core.errors import ConfigurationError, ObjectNotFound, ObjectTooLarge
 from skyferry.core.ports import check_object_name
 
 BLOB_DATA_ROLE: Final = "Storage Blob Data Contributor"
 """The data-plane role the archive needs, on its container (imported by ``providers/azure``)."""
 BLOB_DATA_ROLE_ID: Final = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 """Built-in role definition id of :data:`BLOB_DATA_ROLE`."""
+SERVICE: Final = "blob storage"
 
 
 class BlobArchive:
@@ -86,13 +81,8 @@ class BlobArchive:
     def client(self) -> ContainerClient:
         """The container client (built on first use)."""
         if self._client is None:
-            credential: Any
-            if self._key is not None:
-                credential = {"account_name": self.account, "account_key": self._key}
-            else:
-                from azure.identity import DefaultAzureCredential
-
-                credential = DefaultAzureCredential()
+            key = None if self._key is None else {"account_name": self.account, "account_key": self._key}
+            credential = azure.credential(key, scheme="az")
             self._client = ContainerClient(self.endpoint, self.container, credential=credential)
         return self._client
 
@@ -103,18 +93,13 @@ class BlobArchive:
     def _translate(self, e: Exception, what: str) -> Exception:
         code = getattr(e, "error_code", None)
         if code == "ContainerNotFound":
-            return ConfigurationError(
-                f"storage account {self.account!r} has no container {self.container!r} (created by providers/azure)"
-            )
-        if isinstance(e, ClientAuthenticationError) or getattr(e, "status_code", None) in {401, 403}:
-            return ConfigurationError(
-                f"no access to blob container {self.container!r} ({what}): grant the identity {BLOB_DATA_ROLE!r} on it"
-            )
-        if isinstance(e, (ServiceRequestError, ServiceResponseError)):
-            return TransientError(f"blob storage unreachable ({what}): {e}")
+            return azure.missing(f"storage account {self.account!r}", f"container {self.container!r}")
+        translated = azure.translate(e, SERVICE, what, f"{BLOB_DATA_ROLE!r} on container {self.container!r}")
+        if translated is not None:
+            return translated
         if isinstance(e, HttpResponseError) and (e.status_code or 0) < 500 and e.status_code != 429:
             return ConfigurationError(f"blob storage refused {what}: {e.message}")
-        return TransientError(f"blob storage failed {what}: {e}")
+        return azure.failed(SERVICE, what, e)
 
     def put(self, name: str, data: bytes) -> None:
         """Upload ``name`` (replacing it); visible whole or not at all."""

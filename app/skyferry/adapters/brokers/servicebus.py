@@ -61,8 +61,9 @@ from azure.servicebus.exceptions import (
     SessionCannotBeLockedError,
 )
 
+from skyferry.adapters import azure
 from skyferry.adapters.registry import redact
-from skyferry.core.errors import ConfigurationError, TransientError, ValidationError
+from skyferry.core.errors import ConfigurationError, ValidationError
 from skyferry.core.ports import Message, MessageHandler
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ DUPLICATE_DETECTION_WINDOW: Final = "PT10M"
 """The topic's duplicate-detection window (ISO 8601), set by ``providers/azure``."""
 SENDER_ROLE: Final = "Azure Service Bus Data Sender"
 RECEIVER_ROLE: Final = "Azure Service Bus Data Receiver"
+SERVICE: Final = "Service Bus"
 
 ClientFactory = Callable[["ServiceBusLocation"], tuple[Any, Any]]
 """Builds ``(ServiceBusClient, ServiceBusAdministrationClient)`` for a location."""
@@ -161,11 +163,10 @@ class ServiceBusLocation:
             if factory is None:
                 raise ConfigurationError(f"servicebus:// client={self.client_name!r} is not registered")
             return factory(self)
-        from azure.identity import DefaultAzureCredential
         from azure.servicebus import ServiceBusClient
         from azure.servicebus.management import ServiceBusAdministrationClient
 
-        credential = DefaultAzureCredential()
+        credential = azure.credential(None, scheme="servicebus")
         return ServiceBusClient(self.host, credential), ServiceBusAdministrationClient(self.host, credential)
 
 
@@ -214,13 +215,10 @@ def from_servicebus(raw: Any) -> Message:
 
 def _translate(e: Exception, what: str) -> Exception:
     if isinstance(e, MessagingEntityNotFoundError):
-        return ConfigurationError(f"Service Bus has no {what} (created by providers/azure): {e}")
+        return azure.missing(SERVICE, what, e)
     if isinstance(e, ServiceBusAuthenticationError | ServiceBusAuthorizationError):
-        return ConfigurationError(
-            f"Service Bus refused the credentials for {what}: grant the identity "
-            f"{SENDER_ROLE!r} / {RECEIVER_ROLE!r} on the topic ({e})"
-        )
-    return TransientError(f"Service Bus failed {what}: {e}")
+        return azure.refused(SERVICE, what, f"{SENDER_ROLE!r} / {RECEIVER_ROLE!r} on the topic", e)
+    return azure.failed(SERVICE, what, e)
 
 
 class _Consumer:

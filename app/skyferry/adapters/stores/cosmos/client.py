@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError
+from azure.core.exceptions import AzureError
 from azure.cosmos import ContainerProxy, CosmosClient
 from azure.cosmos.exceptions import (
     CosmosBatchOperationError,
@@ -25,6 +25,7 @@ from azure.cosmos.exceptions import (
     CosmosResourceNotFoundError,
 )
 
+from skyferry.adapters import azure
 from skyferry.adapters.registry import redact
 from skyferry.adapters.stores._commit import LOCK_TIMEOUT_SECONDS
 from skyferry.adapters.stores.cosmos.layout import (
@@ -33,6 +34,9 @@ from skyferry.adapters.stores.cosmos.layout import (
 from skyferry.core.errors import ConfigurationError, TransientError
 
 MAX_THROTTLE_RETRIES: Final = 8
+SERVICE: Final = "Cosmos DB"
+DATA_ROLE: Final = "Cosmos DB Built-in Data Contributor"
+"""The data-plane role the stores need on the account (``providers/azure`` assigns it by id)."""
 DEFAULT_SWEEP_AFTER: Final = 30.0
 
 
@@ -82,18 +86,9 @@ class CosmosLocation:
 
     def client(self) -> CosmosClient:
         """A client for this account (no I/O until first use)."""
-        credential: Any
-        if self.key is not None:
-            credential = self.key
-        else:
-            try:
-                from azure.identity import DefaultAzureCredential
-            except ImportError as e:  # pragma: no cover - azure-identity is in the azure extra
-                raise ConfigurationError("cosmos:// without key= needs azure-identity (extra 'azure')") from e
-            credential = DefaultAzureCredential()
         return CosmosClient(
             self.endpoint,
-            credential=credential,
+            credential=azure.credential(self.key, scheme="cosmos"),
             connection_verify=self.verify,
             raw_request_hook=_batch_partition_keys,
         )
@@ -123,6 +118,9 @@ def _retry_after(error: CosmosHttpResponseError) -> float:
         return 1.0
 
 
+_GRANT: Final = f"the {DATA_ROLE!r} role on the account"
+
+
 def call(what: str, fn: Callable[[], _T], *, sleep: Callable[[float], None] = time.sleep) -> _T:
     """Run one SDK call: retry 429 after the server's retry-after, translate errors.
 
@@ -143,20 +141,14 @@ def call(what: str, fn: Callable[[], _T], *, sleep: Callable[[float], None] = ti
                     sleep(_retry_after(e))
                     continue
                 raise TransientError(f"Cosmos DB throttled {what} (429) {attempt + 1} times") from e
-            if e.status_code in {401, 403}:
-                raise ConfigurationError(
-                    f"Cosmos DB refused the credentials for {what} ({e.status_code}): grant the identity "
-                    "the 'Cosmos DB Built-in Data Contributor' role on the account"
-                ) from e
             if e.status_code in {408, 410, 449, 500, 502, 503} or e.status_code is None:
                 raise TransientError(f"Cosmos DB failed {what} ({e.status_code}): {e.message}") from e
+            translated = azure.translate(e, SERVICE, what, _GRANT)  # 401, 403
+            if translated is not None:
+                raise translated from e
             raise
-        except ClientAuthenticationError as e:
-            raise ConfigurationError(f"no usable Azure credentials for Cosmos DB ({what}): {e}") from e
-        except ServiceRequestError as e:
-            raise TransientError(f"Cosmos DB unreachable during {what}: {e}") from e
         except AzureError as e:
-            raise TransientError(f"Cosmos DB failed {what}: {e}") from e
+            raise (azure.translate(e, SERVICE, what, _GRANT) or azure.failed(SERVICE, what, e)) from e
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -211,9 +203,9 @@ class _Containers:
             try:
                 call(f"reading container {name}", container.read)
             except CosmosResourceNotFoundError as e:
-                raise ConfigurationError(
-                    f"Cosmos DB account {self.location.account!r} has no container {name!r} in database "
-                    f"{self.location.database!r} (created by providers/azure)"
+                raise azure.missing(
+                    f"Cosmos DB account {self.location.account!r}",
+                    f"container {name!r} in database {self.location.database!r}",
                 ) from e
             with self._lock:
                 self._checked.add(name)
