@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from google.api_core import exceptions as gexc
 
-from skyferry.adapters import gcp_common
+from skyferry.adapters import gcp
 from skyferry.adapters.stores.dynamodb import WRITE_LIMITS as DYNAMODB
 from skyferry.adapters.stores.firestore import WRITE_LIMITS as FIRESTORE
 from skyferry.core.errors import TransientError, ValidationError
@@ -85,12 +85,12 @@ def test_a_request_over_a_size_limit_is_refused_not_retried_as_throttling(error:
         raise error
 
     with pytest.raises(ValidationError, match="size limit"):
-        gcp_common.call(refused, "Firestore database projects/p/databases/d")
+        gcp.call(refused, "Firestore database projects/p/databases/d")
     assert len(calls) == 1
 
 
 def test_throttling_is_still_retried_then_transient(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gcp_common.time, "sleep", lambda _: None)
+    monkeypatch.setattr(gcp.time, "sleep", lambda _: None)
     calls = []
 
     def throttled() -> None:
@@ -98,5 +98,5 @@ def test_throttling_is_still_retried_then_transient(monkeypatch: pytest.MonkeyPa
         raise gexc.ResourceExhausted("Quota exceeded")
 
     with pytest.raises(TransientError):
-        gcp_common.call(throttled, "Firestore")
-    assert len(calls) == gcp_common.ATTEMPTS
+        gcp.call(throttled, "Firestore")
+    assert len(calls) == gcp.ATTEMPTS

@@ -16,7 +16,7 @@ from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 from google.cloud.firestore_v1.transaction import Transaction
 
-from skyferry.adapters import gcp_common
+from skyferry.adapters import gcp
 from skyferry.adapters.stores.firestore import FirestoreEventStore, FirestoreViewStore
 from skyferry.core.errors import ConfigurationError, TransientError
 from skyferry.core.messages import NewEvent
@@ -27,7 +27,7 @@ from tests.services import firestore as firestore_service
 
 @pytest.fixture
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gcp_common, "backoff_delay", lambda *args, **kwargs: 0.0)
+    monkeypatch.setattr(gcp, "backoff_delay", lambda *args, **kwargs: 0.0)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 
-from skyferry.adapters.gcp_common import backoff_delay, call, translate
+from skyferry.adapters.gcp import backoff_delay, call, translate
 from skyferry.core.errors import ConfigurationError, ObjectNotFound, ObjectTooLarge, TransientError, ValidationError
 from skyferry.core.ports import check_object_name
 

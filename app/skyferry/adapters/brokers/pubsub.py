@@ -66,7 +66,7 @@ from google.api_core import exceptions as gexc
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
-from skyferry.adapters.gcp_common import backoff_delay, call, translate
+from skyferry.adapters.gcp import backoff_delay, call, translate
 from skyferry.core.errors import ConfigurationError, TransientError
 from skyferry.core.ports import Message, MessageHandler
 

@@ -81,7 +81,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1 import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from skyferry.adapters.gcp_common import RETRYABLE, call, translate
+from skyferry.adapters.gcp import RETRYABLE, call, translate
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, ValidationError
 from skyferry.core.messages import (
     Event,
@@ -173,7 +173,7 @@ WRITE_LIMITS: Final = WriteLimits(events=MAX_WRITES_PER_COMMIT - 1, per_stream=1
 POSITION_WIDTH: Final = 16
 RPC_TIMEOUT: Final = 30.0
 """Seconds one read may take before it counts as deadline-exceeded.  Reads are sent with the
-SDK's own retry off: :func:`~skyferry.adapters.gcp_common.call` owns retrying, with a bounded
+SDK's own retry off: :func:`~skyferry.adapters.gcp.call` owns retrying, with a bounded
 number of attempts, so an outage becomes a ``TransientError`` in seconds, not minutes."""
 TRANSACTION_ATTEMPTS: Final = 10
 """Rounds of (up to 3) transaction attempts, with backoff between rounds, before TransientError."""
