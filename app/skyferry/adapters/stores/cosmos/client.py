@@ -158,8 +158,9 @@ class _Containers:
     The SDK's client is not safe to share between threads: every call writes the shared
     ``client_connection.last_response_headers``, which the SDK itself iterates, so
     concurrent calls fail now and then with "OrderedDict mutated during iteration" (the
-    SDK's maintainers say those headers are not thread-safe).  So each thread that uses the store gets its own client, built on its first
-    call; a thread's client goes when the thread does.  A client handed in is used by every
+    SDK's maintainers say those headers are not thread-safe).  So each thread that uses the
+    store gets its own client, built on its first call; a thread's client goes when the
+    thread does.  A client handed in is used by every
     thread as it is: the caller's choice.
     """
 
