@@ -46,6 +46,7 @@ from skyferry.migrate.progress import Progress
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.transforms import Transformer, dry_run_diff, load_transform
 from skyferry.migrate.verify import VerifyReport, verify_archive, verify_stores
+from skyferry.migrate.writer import CONCURRENCY, MAX_CONCURRENCY
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -79,6 +80,16 @@ AllowCount = Annotated[
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show a diff of the first changed events; write nothing.")]
 DryRunLimit = Annotated[
     int, typer.Option("--dry-run-limit", metavar="N", min=1, help="How many changed events --dry-run shows.")
+]
+ConcurrencyOpt = Annotated[
+    int,
+    typer.Option(
+        "--concurrency",
+        metavar="N",
+        min=1,
+        max=MAX_CONCURRENCY,
+        help="Writes in flight into the target (different streams side by side, each stream in order).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout: progress every second, then the summary.")]
 
@@ -260,6 +271,7 @@ def import_command(
     allow_count_change: AllowCount = False,
     dry_run: DryRun = False,
     dry_run_limit: DryRunLimit = 10,
+    concurrency: ConcurrencyOpt = CONCURRENCY,
     as_json: JsonOpt = False,
 ) -> None:
     """Import an archive into a store (resumable, idempotent).
@@ -282,7 +294,14 @@ def import_command(
         try:
             with _store(target) as store, _progress("import") as progress:
                 report = import_archive(
-                    archive, store, views, cipher=cipher, shard=the_shard, transformer=transformer, progress=progress
+                    archive,
+                    store,
+                    views,
+                    cipher=cipher,
+                    shard=the_shard,
+                    transformer=transformer,
+                    progress=progress,
+                    concurrency=concurrency,
                 )
         finally:
             views.close()
@@ -399,6 +418,7 @@ def migrate_command(
     allow_count_change: AllowCount = False,
     dry_run: DryRun = False,
     dry_run_limit: DryRunLimit = 10,
+    concurrency: ConcurrencyOpt = CONCURRENCY,
     as_json: JsonOpt = False,
 ) -> None:
     """Copy a store into another; follow it live and cut over.
@@ -428,9 +448,19 @@ def migrate_command(
                 views = registry.open_view_store(target)
                 try:
                     migration = Migration(
-                        left, right, views, shard=the_shard, transformer=transformer, batch=batch, progress=progress
+                        left,
+                        right,
+                        views,
+                        shard=the_shard,
+                        transformer=transformer,
+                        batch=batch,
+                        progress=progress,
+                        concurrency=concurrency,
                     )
-                    _run_migration(migration, source, follow=follow, cutover=cutover, grace=grace)
+                    try:
+                        _run_migration(migration, source, follow=follow, cutover=cutover, grace=grace)
+                    finally:
+                        migration.close()
                 finally:
                     views.close()
                 report = migration.finish()

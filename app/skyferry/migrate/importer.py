@@ -4,7 +4,8 @@ Before anything is written the manifest's digest (and the encryption key) is che
 Each chunk is then checked whole (size, sha256, tag, zstd, every line, per-stream hash
 chain, and every event against the rules of every store) before any of its events is
 written, and the number of chunks done is committed to the target's view store after
-each chunk.  Memory stays bounded whatever the archive holds: the manifest is read only
+each chunk (a chunk's writes, many in flight, all stored before that).  Memory stays
+bounded whatever the archive holds: the manifest is read only
 up to :data:`MAX_MANIFEST_BYTES`, each chunk within the caps of
 :mod:`skyferry.migrate.chunks`, and at most two chunks are in memory at once (the one
 being written, the one being checked).  A rerun of a killed import skips the done
@@ -33,7 +34,7 @@ from skyferry.migrate.pipeline import ReadAhead
 from skyferry.migrate.progress import Progress
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.transforms import Transformer
-from skyferry.migrate.writer import TargetWriter, validate_all
+from skyferry.migrate.writer import CONCURRENCY, TargetWriter, check_concurrency, validate_all
 
 MAX_MANIFEST_BYTES: Final = 64 * 1024 * 1024
 """The largest manifest a reader accepts (about 400,000 streams); a larger store is exported
@@ -107,14 +108,36 @@ def import_archive(
     shard: Shard | None = None,
     transformer: Transformer | None = None,
     progress: Progress | None = None,
+    concurrency: int = CONCURRENCY,
 ) -> ImportReport:
-    """Import ``archive`` into ``store``, keeping the checkpoint in ``views`` (the target's)."""
+    """Import ``archive`` into ``store``, keeping the checkpoint in ``views`` (the target's);
+    ``concurrency`` writes in flight (:class:`~skyferry.migrate.writer.TargetWriter`)."""
+    check_concurrency(concurrency)
     manifest = read_manifest(archive, cipher)
     key = checkpoints.job_key(
         "import", manifest.digest, None if shard is None else str(shard), transformer.spec if transformer else None
     )
     done = checkpoints.load(views, key) or {"chunks": 0, "events": 0}
-    writer = TargetWriter(store)
+    writer = TargetWriter(store, concurrency=concurrency)
+    try:
+        return _import(archive, store, views, manifest, key, done, writer, cipher, shard, transformer, progress)
+    finally:
+        writer.close()
+
+
+def _import(
+    archive: Archive,
+    store: EventStore,
+    views: ViewStore,
+    manifest: Manifest,
+    key: str,
+    done: dict[str, Any],
+    writer: TargetWriter,
+    cipher: ChunkCipher | None,
+    shard: Shard | None,
+    transformer: Transformer | None,
+    progress: Progress | None,
+) -> ImportReport:
     if transformer is not None and transformer.allow_count_change:
         transformer = Transformer(transformer.spec, transformer.function, allow_count_change=True, target=store)
     report = ImportReport(

@@ -2,7 +2,8 @@
 
 The copy tails the source's ``read_all`` from the checkpoint kept in the target's view
 store, writes through :class:`~skyferry.migrate.writer.TargetWriter` (``bulk_append`` when the
-target has it) and commits the source position after each batch, so a killed migration
+target has it, ``concurrency`` writes in flight) and commits the source position after each
+batch, once every write of it is stored, so a killed migration
 resumes where it stopped.  With ``follow`` it keeps polling once caught up, reporting the
 lag; a cutover fences writes on the source, drains what is left, verifies, and reports.
 """
@@ -25,7 +26,7 @@ from skyferry.migrate.progress import Progress
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.transforms import Transformer
 from skyferry.migrate.verify import VerifyReport, verify_stores
-from skyferry.migrate.writer import TargetWriter
+from skyferry.migrate.writer import CONCURRENCY, TargetWriter, check_concurrency
 
 READ_BATCH = 5000
 FIRST_BATCH = 1000
@@ -85,8 +86,10 @@ class Migration:
         transformer: Transformer | None = None,
         batch: int = READ_BATCH,
         progress: Progress | None = None,
+        concurrency: int = CONCURRENCY,
     ) -> None:
         at_least(batch, 1, "--batch")
+        check_concurrency(concurrency)
         distinct(source, target, "migrate")
         self.source = source
         self.target = target
@@ -97,7 +100,7 @@ class Migration:
         if transformer is not None and transformer.allow_count_change:
             transformer = Transformer(transformer.spec, transformer.function, allow_count_change=True, target=target)
         self.transformer = transformer
-        self.writer = TargetWriter(target)
+        self.writer = TargetWriter(target, concurrency=concurrency)
         self.key = checkpoints.job_key(
             "migrate", source.url, None if shard is None else str(shard), transformer.spec if transformer else None
         )
@@ -193,8 +196,13 @@ class Migration:
         self.report.verify = verify_stores(self.source, self.target, shard=self.shard)
         return self.report.verify
 
+    def close(self) -> None:
+        """Stop the writer's threads (idempotent)."""
+        self.writer.close()
+
     def finish(self) -> MigrateReport:
-        """The report, with the transform's counts."""
+        """The report, with the transform's counts; the writer's threads stopped."""
+        self.close()
         if self.transformer is not None:
             self.report.transform = self.transformer.record()
         if self.progress is not None:

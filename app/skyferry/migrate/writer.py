@@ -10,15 +10,31 @@ the first is written: a batch holding one invalid event writes nothing.  Every w
 idempotent by event id and version, so a resumed copy re-writes its last batch harmlessly;
 an event that differs from what the target holds raises :class:`TargetConflict` naming
 the stream and version.
+
+Many writes in flight (``concurrency``, the ``--concurrency`` option of ``import`` and
+``migrate``): the cut parts go through an :class:`~skyferry.core.inflight.OrderedPool`, in
+which the parts of one stream run one at a time, in order, and parts of different streams
+run side by side; :meth:`TargetWriter.write` returns once every part of its call is
+stored, so the callers' checkpoints (after each chunk, after each batch) still never pass
+an unwritten event, and a failure leaves each stream written up to a point, never with a
+gap.  On the ``append`` path (a store without ``bulk_append``: Cosmos DB) each stream's
+events of one call are then merged into as few appends as its limits allow, so the target's
+log interleaves the streams differently from the source (each stream's order is kept);
+``concurrency=1`` keeps the source's global order there.  ``bulk_append`` keeps positions in
+the order given, so its parts stay in order, one at a time: every store with it takes its
+positions from one global head anyway (SQLite, PostgreSQL, Firestore, DynamoDB), where
+concurrent writes would only queue behind each other or collide.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from itertools import groupby
 from typing import Final
 
-from skyferry.core.errors import ConcurrencyError
+from skyferry.core.errors import ConcurrencyError, ConfigurationError
+from skyferry.core.inflight import OrderedPool
 from skyferry.core.messages import Event, validate_stream_id
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
@@ -32,6 +48,19 @@ from skyferry.migrate.format import canonical_bytes
 
 APPEND_EVENTS: Final = 1000
 """Events per ``append`` where the target sets no cap of its own."""
+CONCURRENCY: Final = 8
+"""Writes in flight by default (``--concurrency``)."""
+MAX_CONCURRENCY: Final = 64
+"""The most writes in flight ``--concurrency`` accepts (each is a thread and a connection)."""
+_IN_ORDER: Final = "\x00in order"
+"""The key every ``bulk_append`` part shares: they run one at a time, in order."""
+
+
+def check_concurrency(value: int) -> int:
+    """``value`` if it is a valid ``--concurrency`` (1 to :data:`MAX_CONCURRENCY`), else ``ConfigurationError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        raise ConfigurationError(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, not {value!r}")
+    return value
 
 
 def validate_all(events: Sequence[Event]) -> None:
@@ -42,14 +71,23 @@ def validate_all(events: Sequence[Event]) -> None:
 
 
 class TargetWriter:
-    """Writes versioned events into ``store``; counts what was new."""
+    """Writes versioned events into ``store``, ``concurrency`` writes in flight; counts what was new.
 
-    def __init__(self, store: EventStore, *, use_bulk: bool = True) -> None:
+    :meth:`close` stops the writer's threads (there are none with ``concurrency=1``).
+    """
+
+    def __init__(self, store: EventStore, *, use_bulk: bool = True, concurrency: int = CONCURRENCY) -> None:
         self.store = store
         self.bulk = use_bulk and FEATURE_BULK_APPEND in features_of(store)
         self.limits = write_limits(store)
+        self.concurrency = check_concurrency(concurrency)
+        self.pool: OrderedPool[int] = OrderedPool(self.concurrency, name="skyferry-writer")
         self.written = 0
         self.skipped = 0
+
+    def close(self) -> None:
+        """Stop the writer's threads (idempotent)."""
+        self.pool.close()
 
     @property
     def path(self) -> str:
@@ -62,26 +100,36 @@ class TargetWriter:
         caller checked them already)."""
         if not events:
             return 0
-        new = 0
         if self.bulk:
-            assert isinstance(self.store, BulkAppendEventStore)
             parts = list(self.limits.split(events))
             if len(parts) > 1 and not validated:
                 validate_all(events)  # one call validates its own events; several must not write a part
             for part in parts:
-                try:
-                    new += self.store.bulk_append(part)
-                except ConcurrencyError as e:
-                    raise self._explain(e, part) from e
+                self.pool.submit((_IN_ORDER,), partial(self._bulk_part, part))
         else:
             if not validated:
                 validate_all(events)
-            for stream_id, run in groupby(events, key=lambda event: event.stream_id):
-                for part in self.limits.split(list(run), fallback=APPEND_EVENTS):
-                    new += self._append_run(stream_id, list(part))
+            if self.concurrency == 1:  # runs of consecutive events: the source's global order
+                runs = [(stream_id, list(run)) for stream_id, run in groupby(events, key=lambda e: e.stream_id)]
+            else:  # each stream's events together: fewer appends, run side by side
+                grouped: dict[str, list[Event]] = {}
+                for event in events:
+                    grouped.setdefault(event.stream_id, []).append(event)
+                runs = list(grouped.items())
+            for stream_id, run in runs:
+                for part in self.limits.split(run, fallback=APPEND_EVENTS):
+                    self.pool.submit((stream_id,), partial(self._append_run, stream_id, list(part)))
+        new = sum(self.pool.drain())
         self.written += new
         self.skipped += len(events) - new
         return new
+
+    def _bulk_part(self, part: Sequence[Event]) -> int:
+        assert isinstance(self.store, BulkAppendEventStore)
+        try:
+            return self.store.bulk_append(part)
+        except ConcurrencyError as e:
+            raise self._explain(e, part) from e
 
     def _append_run(self, stream_id: str, run: list[Event]) -> int:
         first = run[0].version
