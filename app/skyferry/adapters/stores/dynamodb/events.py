@@ -18,7 +18,10 @@ A cancelled transaction is decided from its cancellation reasons: a changed coun
 (another stream appended meanwhile) is retried with backoff; a version or id clash is
 resolved by :func:`skyferry.core.ports.resolve_conflict` (idempotent success or
 ``ConcurrencyError``) after reading the id guards.  ``append_many`` (feature ``transactions_across_streams``)
-puts several streams' parts in the same transaction, under the same limits.
+puts several streams' parts in the same transaction, under the same limits; so does
+``bulk_append`` (feature ``bulk_append``: imports and migrations) with already-versioned
+events, positions in the order given, assuming the counter its own last call left (one
+round trip a call while nobody else writes; a wrong guess fails the counter's condition).
 
 ``read_all``: a global sequence plus a gap-aware reader
 ------------------------------------------------------
@@ -85,6 +88,7 @@ from skyferry.core.messages import (
     validate_stream_id,
 )
 from skyferry.core.ports import (
+    FEATURE_BULK_APPEND,
     FEATURE_COUNT,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
@@ -113,7 +117,7 @@ class DynamoDBEventStore:
     first use from the URL's options.
     """
 
-    features: frozenset[str] = frozenset({FEATURE_COUNT, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_COUNT, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
     write_limits: WriteLimits = WRITE_LIMITS
 
     def __init__(self, table: str, *, client: Any | None = None, options: aws.AwsOptions | None = None) -> None:
@@ -121,6 +125,7 @@ class DynamoDBEventStore:
         self.url = _redacted(table, options)
         self.identity = ("dynamodb", options.region or "", options.endpoint or "", table)
         self._table = _Table(table, client, options, self.url)
+        self._bulk_counter: int | None = None  # the counter after this instance's last bulk_append
 
     @classmethod
     def from_url(cls, url: str, *, existing: bool = False) -> DynamoDBEventStore:
@@ -219,6 +224,108 @@ class DynamoDBEventStore:
             )
         return [results[i] for i in range(len(plans))]
 
+    def bulk_append(self, events: Sequence[Event]) -> int:
+        """Store already-versioned events of several streams in one transaction; return the new ones.
+
+        Positions follow the order given (an import keeps its archive's global order).  Events
+        already stored with the same ids at the same versions are skipped (a resumed import).
+        The counter this instance left is assumed still current (one round trip per call
+        instead of two, when nobody else writes, as during an import); a wrong guess fails the
+        transaction's counter condition, which re-reads it.  Same limits as :meth:`append_many`.
+        """
+        ids: set[str] = set()
+        for event in events:
+            check_append(event.stream_id, [event.to_new()])
+            if event.id in ids:
+                raise ValidationError(f"bulk_append: event id {event.id} appears twice")
+            ids.add(event.id)
+        pending = list(events)
+        if not pending:
+            return 0
+        streams = list(dict.fromkeys(event.stream_id for event in pending))
+        if 2 * len(pending) + len(streams) + 1 > MAX_TRANSACTION_ITEMS:
+            raise ValidationError(
+                f"bulk_append: {len(pending)} events over {len(streams)} stream(s) exceed one DynamoDB transaction "
+                f"({MAX_TRANSACTION_ITEMS} items; write_limits): split the write"
+            )
+        size = sum(
+            event_bytes(len(encode_json(e.data)) + len(encode_json(e.metadata)), e.type, e.stream_id) for e in pending
+        ) + sum(stream_bytes(stream_id) for stream_id in streams)
+        WriteLimits(bytes=MAX_APPEND_BYTES).check(len(pending), streams, size, f"stream {streams[0]!r}")
+        recorded = utc_now()
+        total = len(pending)
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            by_stream: dict[str, list[Event]] = {}
+            for event in pending:
+                by_stream.setdefault(event.stream_id, []).append(event)
+            for stream_id, run in by_stream.items():
+                if [e.version for e in run] != list(range(run[0].version, run[0].version + len(run))):
+                    raise ConcurrencyError(
+                        stream_id, run[0].version - 1, self.stream_version(stream_id), "the versions are not contiguous"
+                    )
+            counter = self._bulk_counter if self._bulk_counter is not None else self._counter()
+            position = {event.id: counter + 1 + i for i, event in enumerate(pending)}
+            items: list[dict[str, Any]] = []
+            for stream_id, run in by_stream.items():
+                encoded = [(e.to_new(), encode_json(e.data).decode(), encode_json(e.metadata).decode()) for e in run]
+                positions = [position[e.id] for e in run]
+                items += self._stream_items(stream_id, encoded, recorded, run[0].version - 1, counter, positions)
+            items.append(self._counter_item(counter, counter + len(pending)))
+            cancelled = self._table.transact(items)
+            if cancelled is None:
+                self._bulk_counter = counter + len(pending)
+                return len(pending)
+            codes = _cancellation_codes(cancelled)
+            if "ConditionalCheckFailed" in codes[:-1]:  # an event, an id or a version is taken
+                pending = self._bulk_unstored(pending, cancelled)
+                if not pending:
+                    return 0
+                total = len(pending)
+                continue
+            if any(c not in ("None", "TransactionConflict", "ConditionalCheckFailed") for c in codes):
+                raise TransientError(f"stream {streams[0]!r}: DynamoDB cancelled the write for reasons {codes}") from (
+                    cancelled
+                )
+            self._bulk_counter = None  # the counter moved (another writer): read it again
+            if codes and codes[-1] != "ConditionalCheckFailed":
+                time.sleep(aws.backoff(attempt, base=0.01, cap=0.5))
+        raise TransientError(
+            f"stream {streams[0]!r}: the write lost the race for the global counter {_CONFLICT_ATTEMPTS} times "
+            f"({total} events)"
+        )
+
+    def _bulk_unstored(self, events: list[Event], cause: Exception) -> list[Event]:
+        """``events`` less those already stored as they are; ``ConcurrencyError`` when one clashes."""
+        guards = self._table.batch_get(
+            [{"pk": _s(f"e#{event.id}"), "sk": _s("id")} for event in events], projection="pk, st, v"
+        )
+        stored = {item["pk"]["S"][2:]: (item["st"]["S"], int(item["v"]["N"])) for item in guards}
+        left: list[Event] = []
+        for event in events:
+            at = stored.get(event.id)
+            if at is None:
+                left.append(event)
+            elif at != (event.stream_id, event.version):
+                raise ConcurrencyError(
+                    event.stream_id,
+                    event.version - 1,
+                    self.stream_version(event.stream_id),
+                    f"event id {event.id} is already stored in stream {at[0]!r} at version {at[1]}",
+                ) from cause
+        if len(left) == len(events):  # nothing of it stored: a stream is not where the events continue it
+            firsts = {event.stream_id: event for event in reversed(events)}
+            for stream_id, first in reversed(firsts.items()):
+                actual = self.stream_version(stream_id)
+                if actual != first.version - 1:
+                    raise ConcurrencyError(
+                        stream_id,
+                        first.version - 1,
+                        actual,
+                        f"event {first.id} at version {first.version} does not continue the stream",
+                    ) from cause
+            raise TransientError(f"stream {events[0].stream_id!r}: DynamoDB refused the write; retry it") from cause
+        return left
+
     def _resolve(
         self, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion, cause: Exception
     ) -> AppendResult:
@@ -242,9 +349,16 @@ class DynamoDBEventStore:
             raise e from cause
 
     def _stream_items(
-        self, stream_id: str, encoded: list[tuple[NewEvent, str, str]], recorded: datetime, versions: int, counter: int
+        self,
+        stream_id: str,
+        encoded: list[tuple[NewEvent, str, str]],
+        recorded: datetime,
+        versions: int,
+        counter: int,
+        positions: Sequence[int] | None = None,
     ) -> list[dict[str, Any]]:
-        """One stream's part of an append: events, id guards, then the version check."""
+        """One stream's part of an append: events, id guards, then the version check (the
+        events take the positions after ``counter``, or ``positions`` when given)."""
         plan = _Plan(versions, counter)
         table = self._table.name
         pk = _s(f"s#{stream_id}")
@@ -268,7 +382,7 @@ class DynamoDBEventStore:
                             "oa": _n(to_micros(event.occurred_at)),
                             "ra": _n(to_micros(event.recorded_at or recorded)),
                             POSITION_INDEX_HASH: _s(ALL),
-                            POSITION_INDEX_RANGE: _n(plan.counter + 1 + i),
+                            POSITION_INDEX_RANGE: _n(plan.counter + 1 + i if positions is None else positions[i]),
                         },
                         "ConditionExpression": not_exists,
                     }
