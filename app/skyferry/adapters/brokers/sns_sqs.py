@@ -21,6 +21,9 @@ URL
 ``backoff``
     First retry delay in whole seconds after a handler fails (default 1; doubled per
     attempt up to 300; 0 retries at once).
+``inflight``
+    ``PublishBatch`` requests in flight at once (default :data:`PUBLISH_IN_FLIGHT`, 1 to
+    :data:`MAX_PUBLISH_IN_FLIGHT`; see ``publish`` below).
 ``endpoint``
     A custom endpoint (moto server, LocalStack): **for tests and local use**.
 ``provision``
@@ -37,7 +40,12 @@ Mapping of the port
 * The body goes as UTF-8 text when it is valid UTF-8 (a 192 KiB event fits SNS's 256 KB),
   else base64 (attribute ``sf-enc``).  The port's attributes travel as one JSON attribute
   (``sf-attrs``), because SNS allows only 10 message attributes.
-* ``publish`` uses ``PublishBatch`` (10 messages or 256 KB per request).
+* ``publish`` uses ``PublishBatch`` (10 messages or 256 KB per request), ``inflight``
+  requests at once: the messages are dealt into that many lanes by message group (a
+  group always to the same lane, in publish order), each lane sends its batches one after
+  another, and the lanes run side by side.  SNS FIFO orders a group by the order it
+  receives its messages, and no two requests holding one group are ever in flight
+  together, so each key keeps its order; ``publish`` returns once every lane is done.
 * ``subscribe`` polls the group's queue (``ReceiveMessage``, 10 at a time) from a thread.
   FIFO queues hand out a message group to one consumer at a time, which gives order per
   key and competing consumers.  A handled message is deleted (``DeleteMessageBatch``); a
@@ -68,12 +76,15 @@ import logging
 import re
 import threading
 import time
+import zlib
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
 from skyferry.adapters import aws
 from skyferry.core.errors import ConfigurationError, TransientError, ValidationError
+from skyferry.core.inflight import OrderedPool
 from skyferry.core.ports import Message, MessageHandler
 
 log = logging.getLogger(__name__)
@@ -186,6 +197,23 @@ def _decode(raw: dict[str, Any], attempt: int | None = None) -> Message:
         attributes=json.loads(attributes.get(ATTRS_ATTRIBUTE) or "{}"),
         delivery_attempt=attempt,
     )
+
+
+PUBLISH_IN_FLIGHT: Final = 16
+"""``PublishBatch`` requests in flight by default (URL option ``inflight``)."""
+MAX_PUBLISH_IN_FLIGHT: Final = 32
+"""The most ``inflight`` accepts: the HTTP connections of one boto3 client (``aws.make_client``)."""
+
+
+def _lanes(entries: list[dict[str, Any]], lanes: int) -> list[list[dict[str, Any]]]:
+    """``entries`` dealt into at most ``lanes`` lists by message group, each in publish order."""
+    if lanes == 1:
+        return [entries]
+    dealt: dict[int, list[dict[str, Any]]] = {}
+    for entry in entries:
+        lane = zlib.crc32(entry["MessageGroupId"].encode()) % lanes
+        dealt.setdefault(lane, []).append(entry)
+    return list(dealt.values())
 
 
 def _batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -348,7 +376,7 @@ class SnsSqsBroker:
         self._topic = topic_name(topic)
         self._options = options or aws.AwsOptions()
         extra = dict(self._options.extra or {})
-        known = {"account", "wait", "visibility", "backoff", "provision"}
+        known = {"account", "wait", "visibility", "backoff", "provision", "inflight"}
         if set(extra) - known:
             raise ConfigurationError(
                 f"sns+sqs:// URL has unknown options {sorted(set(extra) - known)}; known: region, endpoint, "
@@ -360,6 +388,13 @@ class SnsSqsBroker:
             self._backoff = int(extra.get("backoff", "1"))
         except ValueError as e:
             raise ConfigurationError("sns+sqs:// URL options wait, visibility and backoff are whole seconds") from e
+        inflight = extra.get("inflight", str(PUBLISH_IN_FLIGHT))
+        if not inflight.isdigit() or not 1 <= int(inflight) <= MAX_PUBLISH_IN_FLIGHT:
+            raise ConfigurationError(
+                f"sns+sqs:// URL option inflight must be a whole number from 1 to {MAX_PUBLISH_IN_FLIGHT}, "
+                f"not {inflight!r}"
+            )
+        self._inflight = int(inflight)
         self._provision = extra.get("provision", "false").lower() in ("1", "true", "yes")
         self._account = extra.get("account")
         self._sns_client = sns
@@ -481,7 +516,8 @@ class SnsSqsBroker:
         return queue_url, dead_url
 
     def publish(self, messages: Sequence[Message]) -> None:
-        """``PublishBatch`` requests of up to 10 messages, in order; failed entries retried."""
+        """``PublishBatch`` requests of up to 10 messages, ``inflight`` at once, in order per group
+        (see the module docstring); failed entries retried."""
         if not messages:
             return
         entries = []
@@ -497,24 +533,38 @@ class SnsSqsBroker:
                 }
             )
         topic_arn = self._arn()
-        for batch in _batches(entries):
-            pending = batch
-            for attempt in range(1, self._options.attempts + 1):
-                response = self._call(
-                    self._sns.publish_batch, "PublishBatch", TopicArn=topic_arn, PublishBatchRequestEntries=pending
-                )
-                failed = {f["Id"]: f for f in response.get("Failed", [])}
-                if not failed:
-                    break
-                senders = [f for f in failed.values() if f.get("SenderFault")]
-                if senders:
-                    raise ValidationError(f"sns+sqs topic {self._topic!r} refused messages: {senders}")
-                # keep order: resend from the first failed entry on
-                first = min(i for i, e in enumerate(pending) if e["Id"] in failed)
-                pending = pending[first:]
-                time.sleep(aws.backoff(attempt))
-            else:
-                raise TransientError(f"sns+sqs topic {self._topic!r}: PublishBatch kept failing")
+        lanes = _lanes(entries, self._inflight)
+        if len(lanes) == 1:
+            for batch in _batches(lanes[0]):
+                self._publish_batch(topic_arn, batch)
+            return
+        pool: OrderedPool[None] = OrderedPool(len(lanes), name="skyferry-sns-publish")
+        try:
+            for n, lane in enumerate(lanes):
+                for batch in _batches(lane):
+                    pool.submit((str(n),), partial(self._publish_batch, topic_arn, batch))
+            pool.drain()
+        finally:
+            pool.close()
+
+    def _publish_batch(self, topic_arn: str, batch: list[dict[str, Any]]) -> None:
+        """One ``PublishBatch`` request; failed entries resent (from the first failed one on, in order)."""
+        pending = batch
+        for attempt in range(1, self._options.attempts + 1):
+            response = self._call(
+                self._sns.publish_batch, "PublishBatch", TopicArn=topic_arn, PublishBatchRequestEntries=pending
+            )
+            failed = {f["Id"]: f for f in response.get("Failed", [])}
+            if not failed:
+                return
+            senders = [f for f in failed.values() if f.get("SenderFault")]
+            if senders:
+                raise ValidationError(f"sns+sqs topic {self._topic!r} refused messages: {senders}")
+            # keep order: resend from the first failed entry on
+            first = min(i for i, e in enumerate(pending) if e["Id"] in failed)
+            pending = pending[first:]
+            time.sleep(aws.backoff(attempt))
+        raise TransientError(f"sns+sqs topic {self._topic!r}: PublishBatch kept failing")
 
     def subscribe(self, group: str, handler: MessageHandler, *, max_deliveries: int = 5) -> SnsSqsSubscription:
         """Start a consumer thread on the group's queue (provisioned first when asked)."""
