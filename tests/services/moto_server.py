@@ -5,8 +5,10 @@ requests in threads without isolating them, so a DynamoDB
 transaction could interleave with a concurrent write and the concurrency tests would test
 moto instead of the adapters.  This module therefore serves moto's WSGI app behind one
 lock (each request runs alone, as on a real service whose operations are atomic; an SQS
-long poll lets the others in while it waits, :func:`_long_polls_let_others_in`), and its
-FIFO queues get SQS's 5-minute deduplication window (:func:`_dedupe_like_sqs`).  Run as
+long poll lets the others in while it waits, :func:`_long_polls_let_others_in`), its
+FIFO queues get SQS's 5-minute deduplication window (:func:`_dedupe_like_sqs`), and a
+DynamoDB transaction backs its table up once, not once per item
+(:func:`_transactions_back_up_once`).  Run as
 a script it is the server; imported, it starts that script on a free loopback port once.
 """
 
@@ -81,6 +83,7 @@ def _serve(port: int) -> None:  # pragma: no cover - runs in the server process
     from werkzeug.serving import run_simple
 
     _dedupe_like_sqs()
+    _transactions_back_up_once()
     app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()
     _long_polls_let_others_in(lock)
@@ -149,6 +152,47 @@ def _dedupe_like_sqs() -> None:  # pragma: no cover - runs in the server process
         original(self, message)
 
     models.Queue.add_message = add_message  # type: ignore[method-assign]
+
+
+def _transactions_back_up_once() -> None:  # pragma: no cover - runs in the server process
+    """Make a DynamoDB transaction copy each table it touches once, as a backup, not once per item.
+
+    moto's ``TransactWriteItems`` deep-copies the whole table for every item of the
+    transaction before it runs (to restore it if one fails), so a transaction cost its
+    items times the table's size: a 50-item transaction on a table of a few thousand
+    items took seconds, and a benchmark measured moto instead of the round trips.  The
+    copies are all made before anything changes, so one copy per table is the same backup.
+    Requests run one at a time behind the server's lock, so the module's ``copy`` can be
+    swapped for the length of one call.
+    """
+    import copy
+
+    from moto.dynamodb import models
+    from moto.dynamodb.models.table import Table
+
+    original = models.DynamoDBBackend.transact_write_items
+
+    class _Once:
+        """``copy`` for one call: a table deep-copied once (held, so its id is not reused)."""
+
+        def __init__(self) -> None:
+            self.made: dict[int, tuple[Any, Any]] = {}
+
+        def deepcopy(self, value: Any, memo: Any = None) -> Any:
+            if not isinstance(value, Table):
+                return copy.deepcopy(value, memo)
+            if id(value) not in self.made:
+                self.made[id(value)] = (value, copy.deepcopy(value))
+            return self.made[id(value)][1]
+
+    def transact_write_items(self: Any, transact_items: Any) -> Any:
+        models.copy = _Once()  # type: ignore[assignment]
+        try:
+            return original(self, transact_items)
+        finally:
+            models.copy = copy
+
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":  # pragma: no cover
