@@ -23,6 +23,10 @@ How the port's guarantees are kept
 ----------------------------------
 * **Order per key**: messages are published with ``ordering_key`` = the stream id, on a
   publisher with message ordering on, to subscriptions with ``enable_message_ordering``.
+  ``publish`` hands the client each key's messages together (keys in order of first
+  appearance, each key's in publish order): the client sends one batch per key at a time,
+  and all keys side by side, so a key whose messages straddled the client's 10 ms batch
+  timer no longer waits a round trip for each of its batches in turn.
   The client library hands a key's messages to the handler one at a time.  A failed
   handler is retried *in place* (same thread, exponential backoff, ack deadline kept
   alive by the client's lease management) so the key waits for it: nacking would let the
@@ -299,6 +303,12 @@ class PubSubBroker:
     # -- publishing -----------------------------------------------------------------------------
 
     def _publish_to(self, topic_path: str, messages: Sequence[Message], ordered: bool) -> None:
+        if ordered:  # each key's messages together, in order: one batch per key, all keys in flight at once
+            grouped: dict[str, list[Message]] = {}
+            for m in messages:
+                grouped.setdefault(m.key, []).append(m)
+            messages = [m for group in grouped.values() for m in group]
+
         def once() -> None:
             pending = [
                 (
