@@ -89,3 +89,48 @@ def test_a_missing_queue_is_a_configuration_error_naming_it() -> None:
     with pytest.raises(ConfigurationError, match=r"nothing-projections\.fifo"):
         broker.subscribe("projections", lambda m: None)
     broker.close()
+
+
+def test_publishing_keeps_inflight_requests_and_never_two_of_one_group(url: str) -> None:
+    broker = sns_sqs.SnsSqsBroker.from_url(f"{url}&inflight=4")
+    client = broker._sns
+    original = client.publish_batch
+    lock = threading.Lock()
+    in_flight: list[set[str]] = []
+    most = [0]
+    sent: dict[str, list[str]] = {}
+    shared: list[str] = []
+
+    def publish_batch(**kwargs: object) -> object:
+        entries = kwargs["PublishBatchRequestEntries"]
+        assert isinstance(entries, list)
+        groups = {entry["MessageGroupId"] for entry in entries}
+        with lock:
+            shared.extend(sorted(groups & set().union(*in_flight)))
+            in_flight.append(groups)
+            most[0] = max(most[0], len(in_flight))
+            for entry in entries:
+                sent.setdefault(entry["MessageGroupId"], []).append(entry["MessageDeduplicationId"])
+        try:
+            time.sleep(0.02)  # a round trip: the other lanes get to send meanwhile
+            return original(**kwargs)
+        finally:
+            with lock:
+                in_flight.remove(groups)
+
+    client.publish_batch = publish_batch
+    messages = [Message(id=str(uuid.uuid4()), key=f"acct-{n % 13}", body=b"{}") for n in range(300)]
+    try:
+        broker.publish(messages)
+    finally:
+        broker.close()
+    assert 1 < most[0] <= 4
+    assert shared == []  # no group was ever in two requests in flight at once
+    for key in {m.key for m in messages}:  # and each group went out in publish order
+        assert sent[sns_sqs.group_id(key)] == [sns_sqs.dedup_id(m.id) for m in messages if m.key == key]
+
+
+@pytest.mark.parametrize("inflight", ["0", "33", "x"])
+def test_inflight_is_range_checked(inflight: str) -> None:
+    with pytest.raises(ConfigurationError, match="inflight must be a whole number from 1 to 32"):
+        sns_sqs.SnsSqsBroker.from_url(f"sns+sqs://t?region=us-east-1&inflight={inflight}")
