@@ -226,6 +226,24 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str, str]] = [
         "hint: skyferry export -h shows the options\n",
     ),
     (
+        "import-concurrency-zero",
+        ["import", "--from", "{tmp}/archive", "--to", "sqlite:///{tmp}/target.db", "--concurrency", "0"],
+        {},
+        2,
+        "",
+        "skyferry: error: input should be greater than or equal to 1 (--concurrency)\n"
+        "hint: skyferry import -h shows the options\n",
+    ),
+    (
+        "migrate-concurrency-too-many",
+        ["migrate", "--from", "sqlite:///{tmp}/source.db", "--to", "sqlite:///{tmp}/target.db", "--concurrency", "65"],
+        {},
+        2,
+        "",
+        "skyferry: error: input should be less than or equal to 64 (--concurrency)\n"
+        "hint: skyferry migrate -h shows the options\n",
+    ),
+    (
         "import-not-an-archive",
         ["import", "--from", "{tmp}/nothing", "--to", "sqlite:///{tmp}/target.db"],
         {},

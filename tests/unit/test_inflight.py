@@ -10,15 +10,20 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from skyferry.adapters.stores.memory import MemoryEventStore
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.core.errors import ConfigurationError, TransientError
 from skyferry.core.inflight import OrderedPool
 from skyferry.core.messages import Event, NewEvent, new_event_id
 from skyferry.core.ports import AppendResult, ExpectedVersion, WriteLimits
+from skyferry.migrate.export import export
+from skyferry.migrate.importer import import_archive
+from skyferry.migrate.verify import verify_archive
 from skyferry.migrate.writer import MAX_CONCURRENCY, TargetWriter, check_concurrency
 
 
@@ -188,3 +193,21 @@ def test_a_failure_mid_flight_leaves_no_gap_and_a_rerun_completes() -> None:
     for n in range(8):
         assert _versions(store, f"s-{n}") == list(range(1, 9))
     assert len(store.read_all(limit=1000)) == len(events)
+
+
+def test_an_import_failing_mid_flight_resumes_and_verifies(tmp_path: Path) -> None:
+    source = MemoryEventStore()
+    source.bulk_append(_events(streams=10, per_stream=12))
+    archive = LocalArchive(tmp_path / "archive")
+    export(source, archive, chunk_events=40)  # three chunks
+    target, views = CountingStore(fail_at=("s-7", 10)), MemoryViewStore()  # version 10: the third chunk
+    with pytest.raises(TransientError, match="the service is away"):
+        import_archive(archive, target, views, concurrency=4)
+    assert 1 < target.most <= 4
+    for n in range(10):  # no stream has a gap
+        versions = _versions(target, f"s-{n}")
+        assert versions == list(range(1, len(versions) + 1))
+    report = import_archive(archive, target, views, concurrency=4)
+    assert report.resumed_at_chunk == 2  # the first two chunks were checkpointed, not the third
+    assert verify_archive(archive, target).ok
+    assert len(target.read_all(limit=1000)) == 120
