@@ -221,7 +221,8 @@ class Emulator:
 
 
 def _moto(port: int) -> list[str]:
-    return [sys.executable, str(ROOT / "tests" / "services" / "moto_server.py"), str(port)]
+    # connections kept alive, as the service's are (werkzeug closes each after one request)
+    return [sys.executable, str(ROOT / "tests" / "services" / "moto_server.py"), str(port), "--keep-alive"]
 
 
 def _cosmos(port: int) -> list[str]:

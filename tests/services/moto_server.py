@@ -74,7 +74,11 @@ def endpoint() -> str:
         return _endpoint
 
 
-def _serve(port: int) -> None:  # pragma: no cover - runs in the server process
+def _serve(port: int, keep_alive: bool = False) -> None:  # pragma: no cover - runs in the server process
+    """Serve moto on ``port``.  ``keep_alive``: through uvicorn, which keeps connections open
+    (werkzeug's server closes every one after its response, so each request is a new TCP
+    connection; a benchmark that puts a round trip in front of moto needs the service's
+    kept-alive connections, or it charges every request a connect too)."""
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
@@ -99,6 +103,12 @@ def _serve(port: int) -> None:  # pragma: no cover - runs in the server process
                     close()
         return [body]
 
+    if keep_alive:
+        import uvicorn
+        from uvicorn.middleware.wsgi import WSGIMiddleware
+
+        uvicorn.run(WSGIMiddleware(serialized), host="127.0.0.1", port=port, log_level="warning")  # type: ignore[arg-type]
+        return
     run_simple("127.0.0.1", port, serialized, threaded=True, request_handler=MotoRequestHandler)
 
 
@@ -196,4 +206,4 @@ def _transactions_back_up_once() -> None:  # pragma: no cover - runs in the serv
 
 
 if __name__ == "__main__":  # pragma: no cover
-    _serve(int(sys.argv[1]))
+    _serve(int(sys.argv[1]), keep_alive="--keep-alive" in sys.argv[2:])
