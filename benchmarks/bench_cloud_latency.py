@@ -260,7 +260,7 @@ EMULATORS = {
 JOBS = (
     ("import into DynamoDB", "moto", "import", "dynamodb", 1000),
     ("relay publish to SNS+SQS", "moto", "relay", "sns+sqs", 5000),
-    ("import into Cosmos DB", "cosmos", "import", "cosmos", 100),
+    ("import into Cosmos DB", "cosmos", "import", "cosmos", 50),
     ("import into Firestore", "firestore", "import", "firestore", 2000),
     ("relay publish to Pub/Sub", "pubsub", "relay", "pubsub", 5000),
 )
