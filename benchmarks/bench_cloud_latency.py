@@ -323,6 +323,7 @@ def _stores(url: str, target: str) -> tuple[Any, Any]:
     from azure.cosmos import CosmosClient
 
     from skyferry.adapters.stores import cosmos
+    from skyferry.adapters.stores.cosmos.client import _batch_partition_keys
 
     class Undiscovered(cosmos.CosmosLocation):
         def client(self) -> CosmosClient:
@@ -331,7 +332,7 @@ def _stores(url: str, target: str) -> tuple[Any, Any]:
                 credential=self.key,
                 connection_verify=False,
                 enable_endpoint_discovery=False,
-                raw_request_hook=cosmos._batch_partition_keys,
+                raw_request_hook=_batch_partition_keys,
             )
 
     parsed = cosmos.CosmosLocation.parse(url)
