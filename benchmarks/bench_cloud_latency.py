@@ -285,7 +285,11 @@ def _target_url(target: str, endpoint: str) -> tuple[str, Callable[[], None]]:
         client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
         dynamodb.create_table(client, f"bench-{tag}")
         url = f"dynamodb://bench-{tag}?region={REGION}&endpoint={quote(endpoint, safe=':/')}"
-        return url, lambda: client.delete_table(TableName=f"bench-{tag}")
+
+        def drop() -> None:
+            client.delete_table(TableName=f"bench-{tag}")
+
+        return url, drop
     if target == "cosmos":
         from azure.cosmos import CosmosClient, PartitionKey
 
@@ -329,7 +333,7 @@ def _stores(url: str, target: str) -> tuple[Any, Any]:
         def client(self) -> CosmosClient:
             return CosmosClient(
                 self.endpoint,
-                credential=self.key,
+                credential=self.key or "",
                 connection_verify=False,
                 enable_endpoint_discovery=False,
                 raw_request_hook=_batch_partition_keys,

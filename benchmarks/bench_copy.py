@@ -30,7 +30,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import psycopg
@@ -38,6 +37,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import sql
 
+from benchmarks.bench_peer import postgres_peer
 from benchmarks.bench_postgres import DSN
 from benchmarks.figures import Figure, interleaved
 from skyferry.adapters.stores.postgres import PostgresEventStore, PostgresViewStore
@@ -108,21 +108,7 @@ def skyferry_source(schemas: Schemas, count: int) -> tuple[str, str]:
 
 def peer_recorder(schemas: Schemas) -> tuple[PostgresApplicationRecorder, PostgresDatastore]:
     """The peer's recorder in a fresh schema."""
-    schema = schemas.new()
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    parts = urlsplit(DSN)
-    datastore = PostgresDatastore(
-        dbname=parts.path.lstrip("/") or "postgres",
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 5432,
-        user=parts.username or "postgres",
-        password=parts.password or "",
-        schema=schema,
-    )
-    recorder = PostgresApplicationRecorder(datastore)
-    recorder.create_table()
-    return recorder, datastore
+    return postgres_peer(schemas.new())
 
 
 def peer_source(schemas: Schemas, count: int) -> tuple[PostgresApplicationRecorder, PostgresDatastore]:

@@ -242,21 +242,8 @@ class PostgresBackend:
         return store
 
     def peer(self, level: str) -> ApplicationRecorder:
-        schema = self._schema()
-        with psycopg.connect(DSN, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        parts = urlsplit(DSN)
         with pg_options(level):
-            datastore = PostgresDatastore(
-                dbname=parts.path.lstrip("/") or "postgres",
-                host=parts.hostname or "127.0.0.1",
-                port=parts.port or 5432,
-                user=parts.username or "postgres",
-                password=parts.password or "",
-                schema=schema,
-            )
-            recorder = PostgresApplicationRecorder(datastore)
-            recorder.create_table()
+            recorder, datastore = postgres_peer(self._schema())
         self._closers.append(datastore.close)
         return recorder
 
@@ -597,3 +584,21 @@ def run(args: argparse.Namespace, backends: Sequence[str] = ("sqlite", "postgres
             finally:
                 backend.close()
     return figures
+
+
+def postgres_peer(schema: str) -> tuple[PostgresApplicationRecorder, PostgresDatastore]:
+    """The peer's PostgreSQL recorder in ``schema``, created on the benchmark server, its table made."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    parts = urlsplit(DSN)
+    datastore = PostgresDatastore(
+        dbname=parts.path.lstrip("/") or "postgres",
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password or "",
+        schema=schema,
+    )
+    recorder = PostgresApplicationRecorder(datastore)
+    recorder.create_table()
+    return recorder, datastore
