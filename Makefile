@@ -43,7 +43,7 @@ typecheck: ## mypy (strict)
 	$(UV) run mypy
 
 pytest: ## the test suite alone
-	$(UV) run pytest $(PYTEST_ARGS)
+	$(UV) run pytest --durations=20 $(PYTEST_ARGS)
 
 image: ## build app/Dockerfile for TARGET=aws|azure|gcp|kubernetes with podman or docker (docs/image.md)
 	python3 scripts/image.py --install --target $(TARGET) $(IMAGE_FLAGS) >/dev/null
