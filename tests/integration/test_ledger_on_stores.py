@@ -20,7 +20,7 @@ from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.bootstrap import Ledger, bootstrap
 from skyferry.core.application import SNAPSHOTS, Application, CommandResult, IdempotencyKeyReused
 from skyferry.core.codec import encode
-from skyferry.core.errors import ConcurrencyError, ValidationError
+from skyferry.core.errors import ConcurrencyError, TransientError, ValidationError
 from skyferry.core.messages import Event
 from skyferry.core.parking import ParkedEvents, RetryPolicy
 from skyferry.core.projections import (
@@ -207,6 +207,20 @@ def test_a_nul_in_a_document_is_isolated_on_postgresql() -> None:
 # --- idempotency under real concurrency, on every store ---------------------------------------
 
 
+def as_a_client_would(request: Callable[[], CommandResult]) -> CommandResult:
+    """``request()``, sent again with the same key after a ``TransientError``, as the API tells clients.
+
+    An emulator on a loaded machine may time a request out now and then; the outcome of
+    that request is unknown, and the contract is: retry with the same idempotency key.
+    """
+    for _ in range(3):
+        try:
+            return request()
+        except TransientError:
+            continue
+    return request()
+
+
 def test_one_idempotency_key_binds_one_request_under_concurrency(store_url: str) -> None:
     events = registry.open_event_store(store_url)
     views = registry.open_view_store(store_url)
@@ -217,13 +231,16 @@ def test_one_idempotency_key_binds_one_request_under_concurrency(store_url: str)
         # 20 parallel deposits with one key and amounts 1..20: one is stored, 19 refused.
         results = at_once(
             20,
-            lambda i: ledger.execute(
-                Deposit(account_id="acc-0", amount=str(i + 1), currency="EUR"), idempotency_key="race-1"
+            lambda i: as_a_client_would(
+                lambda: ledger.execute(
+                    Deposit(account_id="acc-0", amount=str(i + 1), currency="EUR"), idempotency_key="race-1"
+                )
             ),
         )
         stored = [r for r in results if isinstance(r, CommandResult)]
         assert len(stored) == 1, results
-        assert all(isinstance(r, IdempotencyKeyReused) for r in results if r is not stored[0]), results
+        others = [r for r in results if r is not stored[0] and not isinstance(r, IdempotencyKeyReused)]
+        assert not others, [repr(r) for r in others]
         assert events.stream_version("account-acc-0") == 2
         amount = stored[0].events[0].data["amount"]
         retry = ledger.execute(Deposit(account_id="acc-0", amount=amount, currency="EUR"), idempotency_key="race-1")
@@ -233,8 +250,10 @@ def test_one_idempotency_key_binds_one_request_under_concurrency(store_url: str)
         # 10 parallel deposits to 10 accounts with one key: one is stored.
         results = at_once(
             10,
-            lambda i: ledger.execute(
-                Deposit(account_id=f"acc-{i}", amount="5", currency="EUR"), idempotency_key="race-2"
+            lambda i: as_a_client_would(
+                lambda: ledger.execute(
+                    Deposit(account_id=f"acc-{i}", amount="5", currency="EUR"), idempotency_key="race-2"
+                )
             ),
         )
         assert sum(isinstance(r, CommandResult) for r in results) == 1, results
@@ -244,7 +263,11 @@ def test_one_idempotency_key_binds_one_request_under_concurrency(store_url: str)
         # True retries racing each other all get the one result.
         results = at_once(
             8,
-            lambda i: ledger.execute(Deposit(account_id="acc-9", amount="3", currency="EUR"), idempotency_key="race-3"),
+            lambda i: as_a_client_would(
+                lambda: ledger.execute(
+                    Deposit(account_id="acc-9", amount="3", currency="EUR"), idempotency_key="race-3"
+                )
+            ),
         )
         assert all(isinstance(r, CommandResult) for r in results), results
         assert len({tuple(e.id for e in r.events) for r in results if isinstance(r, CommandResult)}) == 1

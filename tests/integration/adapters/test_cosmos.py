@@ -22,6 +22,7 @@ from skyferry.adapters.stores.cosmos import CosmosEventStore, CosmosViewStore
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, Doc, ViewChange
+from tests import services
 from tests.services import cosmos as service
 
 
@@ -499,3 +500,16 @@ def test_last_position_reads_a_bounded_number_of_slots(default_url: str, monkeyp
         assert long_cost <= cosmos.LAST_SLOTS, f"read {long_cost} slots of a 30-slot log"
     finally:
         store.close()
+
+
+def test_an_unreachable_account_is_a_transient_error_naming_it() -> None:
+    """Building the SDK's client reads the account: a failure there is translated too."""
+    port = services.free_port()
+    url = f"cosmos://localhost/db/events?endpoint=https://127.0.0.1:{port}/&key={service.EMULATOR_KEY}&verify=false"
+    for store in (CosmosEventStore.from_url(url), CosmosViewStore.from_url(url)):
+        try:
+            with pytest.raises(TransientError, match="unreachable") as caught:
+                store.last_position() if isinstance(store, CosmosEventStore) else store.get("c", "k")
+            assert "localhost" in str(caught.value)
+        finally:
+            store.close()

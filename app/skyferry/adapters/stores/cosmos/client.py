@@ -85,7 +85,7 @@ class CosmosLocation:
         )
 
     def client(self) -> CosmosClient:
-        """A client for this account (no I/O until first use)."""
+        """A client for this account: building one reads the account (one request)."""
         return CosmosClient(
             self.endpoint,
             credential=azure.credential(self.key, scheme="cosmos"),
@@ -193,7 +193,7 @@ class _Containers:
         if client is None:
             client = getattr(local, "client", None)
             if client is None:
-                client = local.client = self.location.client()
+                client = local.client = call(f"connecting to account {self.location.account}", self.location.client)
                 with self._lock:
                     self._owned.add(client)
         container = client.get_database_client(self.location.database).get_container_client(name)
