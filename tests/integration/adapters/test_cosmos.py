@@ -202,6 +202,9 @@ def test_urls_name_what_is_missing() -> None:
         CosmosEventStore.from_url("cosmos:///db/c")
     store = CosmosEventStore.from_url("cosmos://acct/db/c?key=secret&endpoint=https://127.0.0.1:1/")
     assert "secret" not in store.url
+    for option, value in [("sweep_after", "soon"), ("lock_timeout", "-1"), ("lock_timeout", "nan")]:
+        with pytest.raises(ConfigurationError, match=f"option {option} must be a number of seconds.*{value}"):
+            CosmosViewStore.from_url(f"cosmos://acct/db/c?{option}={value}")
 
 
 # -- view commits larger than one batch, interrupted ------------------------------------

@@ -3,6 +3,7 @@
 URL::
 
     cosmos://ACCOUNT/DATABASE/CONTAINER[?views=NAME][&endpoint=URL][&key=KEY][&verify=false]
+        [&sweep_after=SECONDS][&lock_timeout=SECONDS]
 
 * ``ACCOUNT`` -- the Cosmos DB account; the endpoint is ``https://ACCOUNT.documents.azure.com:443/``.
 * ``DATABASE`` / ``CONTAINER`` -- the database and the events container (partition key
@@ -15,6 +16,10 @@ URL::
   with ``DefaultAzureCredential`` (the managed identity on Azure), as the account has
   local (key) auth disabled.
 * ``verify=false`` -- accept the emulator's self-signed certificate, *for tests only*.
+* ``sweep_after`` -- how old a commit without its slot in the global log must be before
+  ``read_all`` slots it itself (its writer presumed dead), default :data:`DEFAULT_SWEEP_AFTER`.
+* ``lock_timeout`` -- how old a view commit's locks must be before another writer presumes
+  that commit dead and rolls it back, default :data:`LOCK_TIMEOUT_SECONDS`.
 
 Throttling (429) is retried after the server's ``x-ms-retry-after-ms``, up to
 ``MAX_THROTTLE_RETRIES`` times, then raised as ``TransientError``.

@@ -80,8 +80,8 @@ class CosmosLocation:
             endpoint=query.get("endpoint", f"https://{account}.documents.azure.com:443/"),
             key=query.get("key"),
             verify=query.get("verify", "true").lower() not in {"false", "0", "no"},
-            sweep_after=float(query.get("sweep_after", DEFAULT_SWEEP_AFTER)),
-            lock_timeout=float(query.get("lock_timeout", LOCK_TIMEOUT_SECONDS)),
+            sweep_after=_seconds(query, "sweep_after", DEFAULT_SWEEP_AFTER),
+            lock_timeout=_seconds(query, "lock_timeout", LOCK_TIMEOUT_SECONDS),
         )
 
     def client(self) -> CosmosClient:
@@ -92,6 +92,20 @@ class CosmosLocation:
             connection_verify=self.verify,
             raw_request_hook=_batch_partition_keys,
         )
+
+
+def _seconds(query: dict[str, str], name: str, default: float) -> float:
+    """The URL option ``name``: a number of seconds, 0 or more."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigurationError(f"cosmos:// URL option {name} must be a number of seconds, 0 or more, not {raw!r}")
+    return seconds
 
 
 def _batch_partition_keys(request: Any) -> None:
