@@ -81,18 +81,28 @@ def declare_compute(
     secret = identity.secret
     section = platform.section
     https = section.certificate_arn is not None
+    # The ALB's rules are resources of their own: its egress names the tasks' group, whose
+    # ingress names the ALB's (inline, the two groups would refer to each other), so the
+    # ALB reaches the API port of the tasks and nothing else, in a created VPC or a given one.
     alb_sg = aws.ec2.SecurityGroup(
         f"{name}-alb",
         vpc_id=vpc_id,
         description="skyferry ALB: HTTP(S) from the allowed CIDRs",
-        ingress=[
-            {"protocol": "tcp", "from_port": port, "to_port": port, "cidr_blocks": section.allowed_cidrs}
-            for port in ([443, 80] if https else [80])
-        ],
-        egress=[{"protocol": "tcp", "from_port": API_PORT, "to_port": API_PORT, "cidr_blocks": [section.vpc_cidr]}],
         tags=platform.tags(),
         opts=platform.child_opts(),
     )
+    for port in [443, 80] if https else [80]:
+        aws.ec2.SecurityGroupRule(
+            f"{name}-alb-in-{port}",
+            type="ingress",
+            security_group_id=alb_sg.id,
+            protocol="tcp",
+            from_port=port,
+            to_port=port,
+            cidr_blocks=section.allowed_cidrs,
+            description=f"port {port} from the allowed CIDRs",
+            opts=platform.child_opts(),
+        )
     tasks_sg = aws.ec2.SecurityGroup(
         f"{name}-tasks",
         vpc_id=vpc_id,
@@ -100,6 +110,17 @@ def declare_compute(
         ingress=[{"protocol": "tcp", "from_port": API_PORT, "to_port": API_PORT, "security_groups": [alb_sg.id]}],
         egress=[{"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"]}],
         tags=platform.tags(),
+        opts=platform.child_opts(),
+    )
+    aws.ec2.SecurityGroupRule(
+        f"{name}-alb-out",
+        type="egress",
+        security_group_id=alb_sg.id,
+        protocol="tcp",
+        from_port=API_PORT,
+        to_port=API_PORT,
+        source_security_group_id=tasks_sg.id,
+        description="the API port of the tasks",
         opts=platform.child_opts(),
     )
     alb = aws.lb.LoadBalancer(

@@ -117,6 +117,34 @@ def test_broker_topic_queues_and_dead_letter_queues(aws_graph: Graph) -> None:
         assert "aws:SourceArn" in statement["Condition"]["ArnEquals"]
 
 
+@pytest.mark.parametrize("vpc", ["created", "given"])
+def test_the_alb_reaches_only_the_tasks_api_port_by_their_group(run_config: Callable[..., Graph], vpc: str) -> None:
+    section: dict[str, Any] = {"certificateArn": CERT}
+    if vpc == "given":  # another CIDR than vpcCidr's default: the rules must not depend on it
+        section |= {
+            "vpcId": "vpc-0a1b2c3d4e5f60718",
+            "publicSubnetIds": ["subnet-0a", "subnet-0b"],
+            "privateSubnetIds": ["subnet-1a", "subnet-1b"],
+        }
+    graph = run_config({**BASE, "skyferry:aws": json.dumps(section)}, SECRETS)
+    groups = {n.name: n for n in graph.by_type("aws:ec2/securityGroup:SecurityGroup")}
+    assert set(groups) == {"ledger-alb", "ledger-tasks"}
+    assert not groups["ledger-alb"].get("egress")
+    assert not groups["ledger-alb"].get("ingress")
+    rules = {n.name: n for n in graph.by_type("aws:ec2/securityGroupRule:SecurityGroupRule")}
+    assert set(rules) == {"ledger-alb-in-443", "ledger-alb-in-80", "ledger-alb-out"}
+    out = rules["ledger-alb-out"]
+    assert (out.get("type"), out.get("fromPort"), out.get("toPort")) == ("egress", 8000, 8000)
+    assert out.get("cidrBlocks") is None
+    assert groups["ledger-tasks"].urn in out.dependencies, "the egress names the tasks' group"
+    assert groups["ledger-alb"].urn in out.dependencies
+    for port in (443, 80):
+        assert rules[f"ledger-alb-in-{port}"].get("cidrBlocks") == ["0.0.0.0/0"]
+        assert rules[f"ledger-alb-in-{port}"].get("type") == "ingress"
+    assert groups["ledger-alb"].urn in groups["ledger-tasks"].dependencies, "tasks admit the ALB's group"
+    assert policies.evaluate(graph) == []
+
+
 def test_compute_runs_in_private_subnets_behind_an_https_alb(aws_graph: Graph) -> None:
     repository = only(aws_graph, "aws:ecr/repository:Repository")
     assert repository.get("imageTagMutability") == "IMMUTABLE"
