@@ -83,7 +83,11 @@ def workloads_get_the_graphs_environment(rehearsal: Rehearsal) -> None:
 
 
 def secrets_resolved(rehearsal: Rehearsal, values: dict[str, str]) -> None:
-    """Every secret reference a workload has resolves to the value the graph stores (``values`` by env name)."""
+    """Every secret reference a workload has resolves to the value the graph stores (``values`` by env name),
+    and only a workload that serves the API is given the API's token."""
+    for name, workload in rehearsal.workloads.items():
+        token = "SKYFERRY_API_TOKEN" in workload.secret_env or "SKYFERRY_API_TOKEN" in workload.env
+        assert token == (workload.args[:1] == ("serve",)), f"{name} ({workload.args}): API token given: {token}"
     seen = 0
     for name, launch in rehearsal.launches.items():
         for variable in launch.workload.secret_env:

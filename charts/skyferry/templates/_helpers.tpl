@@ -61,7 +61,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ include "skyferry.imageRef" (list .Values.image .Chart.AppVersion) }}
 {{- end }}
 
-{{/* Environment of every app container: settings from the ConfigMap, credentials from the Secret. */}}
+{{/* Environment of every app container: the URLs, from the Secret (the api adds its token). */}}
 {{- define "skyferry.env" -}}
 - name: SKYFERRY_STORE_URL
   valueFrom:
@@ -73,11 +73,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     secretKeyRef:
       name: {{ include "skyferry.secretName" . }}
       key: broker-url
-- name: SKYFERRY_API_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "skyferry.secretName" . }}
-      key: api-token
 {{- end }}
 
 {{/* Volumes every app pod mounts: /tmp (the root filesystem is read-only) and the archive. */}}
