@@ -32,7 +32,8 @@ How the port's guarantees are kept
   alive by the client's lease management) so the key waits for it: nacking would let the
   client dispatch the key's next message before the redelivery, breaking order.
 * **At-least-once, ack after success**: the message is acked only after the handler
-  returns; a crash redelivers it (and, with ordering, everything after it on that key).
+  returns; a crash redelivers it (and, with ordering, everything after it on that key),
+  within :data:`LEASE_EXTENSION_SECONDS`.
 * **Dead letters**: after ``max_deliveries`` attempts in all (the server's delivery count
   from earlier processes plus this one's retries) the message is published to the
   group's dead-letter topic and acked, and the key moves on.  The subscription also
@@ -85,6 +86,11 @@ MIN_SERVER_DELIVERY_ATTEMPTS: Final = 5
 """The service accepts ``max_delivery_attempts`` from 5 to 100."""
 MAX_SERVER_DELIVERY_ATTEMPTS: Final = 100
 ACK_DEADLINE_SECONDS: Final = 60
+LEASE_EXTENSION_SECONDS: Final = 10
+"""How long each of the client's lease extensions lasts (``max_duration_per_lease_extension``,
+the service's minimum).  A message that a stream received but no handler will ack (the stream
+closed or its process died) comes back after at most this long, instead of after the client's
+default stream deadline of 60 s; a handler that runs longer keeps its message leased."""
 MESSAGE_RETENTION_SECONDS: Final = 7 * 24 * 3600
 DEDUP_WINDOW: Final = 100_000
 RETRY_BASE_SECONDS: Final = 0.05
@@ -409,7 +415,9 @@ class PubSubBroker:
         future = self.subscriber.subscribe(
             path,
             callback=on_message,
-            flow_control=pubsub_v1.types.FlowControl(max_messages=100),
+            flow_control=pubsub_v1.types.FlowControl(
+                max_messages=100, max_duration_per_lease_extension=LEASE_EXTENSION_SECONDS
+            ),
         )
         subscription = PubSubSubscription(future)
         with self._lock:
