@@ -226,10 +226,13 @@ def _moto(port: int) -> list[str]:
 
 
 def _cosmos(port: int) -> list[str]:
-    binary = ROOT / "node_modules" / ".bin" / "cosmosdb-server"
-    if not binary.exists():
+    from tests.services import cosmos
+
+    # connections kept alive, as the service's are (the emulator's own CLI closes each)
+    command = cosmos.emulator_command(port)
+    if command is None:
         raise LookupError("cosmosdb-server (npm @vercel/cosmosdb-server) is not installed: run `make deps`")
-    return [str(binary), "-p", str(port), "--host", "127.0.0.1"]
+    return command
 
 
 def _google(name: str) -> Callable[[int], list[str]]:

@@ -1,7 +1,8 @@
 """The Cosmos DB (NoSQL) emulator for ``cosmos://`` stores: npm ``@vercel/cosmosdb-server``.
 
-Started once per session on a free loopback port (HTTPS with a self-signed certificate,
-hence ``verify=false`` in the URLs it hands out, for tests only).  Each test gets its own
+Started once per session on a free loopback port by ``cosmos_server.js``, with keep-alive
+on as the service has it (HTTPS with a self-signed certificate, hence ``verify=false`` in
+the URLs it hands out, for tests only).  Each test gets its own
 database holding the events and views containers, created here through the SDK the
 way the Pulumi component creates them (same partition key paths), and deleted after.
 """
@@ -24,12 +25,15 @@ _ROOT = Path(__file__).resolve().parents[2]
 _endpoint: str | None = None
 
 
-def emulator_binary() -> str | None:
-    """The cosmosdb-server launcher from ``node_modules/.bin`` (``make deps``), or ``None``."""
-    local = _ROOT / "node_modules" / ".bin" / "cosmosdb-server"
-    if local.exists():
-        return str(local)
-    return shutil.which("cosmosdb-server")
+def emulator_command(port: int) -> list[str] | None:
+    """The command that serves the emulator on ``127.0.0.1:port``; ``None`` when it is not installed.
+
+    ``cosmos_server.js`` starts the package ``make deps`` installs, with keep-alive on.
+    """
+    node = shutil.which("node")
+    if node is None or not (_ROOT / "node_modules" / "@vercel" / "cosmosdb-server").is_dir():
+        return None
+    return [node, str(Path(__file__).with_name("cosmos_server.js")), str(port), "127.0.0.1"]
 
 
 def endpoint() -> str:
@@ -37,11 +41,11 @@ def endpoint() -> str:
     global _endpoint
     if _endpoint is not None:
         return _endpoint
-    binary = emulator_binary()
-    if binary is None or shutil.which("node") is None:
-        services.unavailable("cosmosdb-server (npm @vercel/cosmosdb-server) is not installed: run `make deps`")
     port = services.free_port()
-    cm = services.started([binary, "-p", str(port), "--host", "127.0.0.1"], port, env=dict(os.environ))
+    command = emulator_command(port)
+    if command is None:
+        services.unavailable("cosmosdb-server (npm @vercel/cosmosdb-server) or node is not installed: run `make deps`")
+    cm = services.started(command, port, env=dict(os.environ))
     cm.__enter__()
 
     def stop() -> None:
