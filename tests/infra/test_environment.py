@@ -88,6 +88,8 @@ def test_the_chart_sets_the_builders_variables(values: str) -> None:
     assert worker[variable("heartbeat_file")] == WORKER_HEARTBEAT_FILE
     assert required_api.secret is not None
     assert "secretKeyRef" in api[required_api.secret], "the token comes from the Secret"
+    assert required_api.secret not in worker, "the worker never sees the token"
     for job in (d for d in docs if d["kind"] == "Job"):
         env = _chart_env(docs, "Job", job["metadata"]["name"])
         assert set(env) <= known, sorted(set(env) - known)
+        assert required_api.secret not in env, "a migration never sees the token"
