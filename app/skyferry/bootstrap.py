@@ -298,8 +298,9 @@ class Ledger(LedgerQueries):
             self._subscriptions.pop().close()
 
     def close(self) -> None:
-        """Stop the consumers; close the broker and both stores."""
+        """Stop the consumers; settle the relay's publishes in flight; close the broker and both stores."""
         self.stop_consumers()
+        self.relay.close()
         self.broker.close()
         self.views.close()
         self.events.close()

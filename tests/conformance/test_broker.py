@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from skyferry.core.ports import Broker, Message
+from skyferry.core.ports import BROKER_FEATURES, FEATURE_PUBLISH_BEGIN, Broker, Message, PipelinedBroker, features_of
 
 WAIT = 90.0
 
@@ -200,3 +200,23 @@ def test_a_group_resumes_after_its_consumer_closes(broker: Broker) -> None:
     time.sleep(0.5)
     assert not (second.ids() & {m.id for m in early}), "acknowledged messages came back"
     assert second.first_success_order("k") == [3, 4, 5]
+
+
+def test_declared_features_are_known(broker: Broker) -> None:
+    assert features_of(broker) <= BROKER_FEATURES
+
+
+def test_publishes_in_flight_keep_each_keys_order_across_calls(broker: Broker) -> None:
+    if FEATURE_PUBLISH_BEGIN not in features_of(broker):
+        pytest.skip(f"{type(broker).__name__} does not declare publish_begin")
+    assert isinstance(broker, PipelinedBroker)
+    rec = Recorder()
+    broker.subscribe(group(), rec)
+    calls = [[msg(key, 3 * n + i) for key in ("k", "j") for i in range(3)] for n in range(4)]
+    waiters = [broker.publish_begin(call) for call in calls]  # all four in flight before any is waited for
+    for wait in waiters:
+        wait()
+    sent = {m.id for call in calls for m in call}
+    wait_until(lambda: rec.ids() >= sent, "every message of the four calls")
+    assert rec.first_success_order("k") == list(range(12))
+    assert rec.first_success_order("j") == list(range(12))

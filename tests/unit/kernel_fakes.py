@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from skyferry.core.aggregate import Aggregate, applies
 from skyferry.core.errors import DomainError, TransientError, ValidationError
 from skyferry.core.messages import Event, JSONObject, NewEvent
-from skyferry.core.ports import ANY, AppendResult, ExpectedVersion, Message, ViewChange
+from skyferry.core.ports import ANY, FEATURE_PUBLISH_BEGIN, AppendResult, ExpectedVersion, Message, ViewChange
 from skyferry.core.projections import Projection, ViewBatch
 
 
@@ -187,3 +187,50 @@ class FlakyBroker:
 
     def close(self) -> None:
         pass
+
+
+class PipelinedFakeBroker(FlakyBroker):
+    """Takes publishes in flight (``publish_begin``): a call's messages are accepted when its
+    waiter is called.  ``fail_call`` makes that call (0-based) fail, and every call begun after
+    it too until :meth:`heal` (as a broker ordering keys across calls must: nothing of a key
+    after a failed call is accepted)."""
+
+    url = "pipelined://"
+    features = frozenset({FEATURE_PUBLISH_BEGIN})
+
+    def __init__(self, fail_call: int | None = None) -> None:
+        super().__init__()
+        self.fail_call = fail_call
+        self.begun = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.waited: list[int] = []
+        self._failing_since: int | None = None
+
+    def publish_begin(self, messages: Sequence[Message]) -> Callable[[], None]:
+        call = self.begun
+        self.begun += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        if call == self.fail_call:
+            self._failing_since = call
+        failing = self._failing_since is not None
+        batch = list(messages)
+
+        def wait() -> None:
+            if call in self.waited:
+                if failing:
+                    raise TransientError(f"call {call} failed")
+                return
+            self.waited.append(call)
+            self.in_flight -= 1
+            if failing:
+                raise TransientError(f"call {call} failed")
+            self.accepted.extend(batch)
+
+        return wait
+
+    def heal(self) -> None:
+        """Calls begun from now on succeed."""
+        self.fail_call = None
+        self._failing_since = None

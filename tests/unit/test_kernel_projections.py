@@ -11,7 +11,14 @@ import pytest
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.core.codec import decode, encode
-from skyferry.core.errors import ConcurrencyError, StreamNotFound, TooManyParked, TransientError, ValidationError
+from skyferry.core.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    StreamNotFound,
+    TooManyParked,
+    TransientError,
+    ValidationError,
+)
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.parking import ParkedEvents, RetryPolicy, parked_in
 from skyferry.core.ports import ANY, Message
@@ -29,7 +36,13 @@ from skyferry.core.projections import (
 )
 from skyferry.core.relay import Relay
 from skyferry.core.upcasting import Upcasters
-from tests.unit.kernel_fakes import CountingProjection, FailingCommitViews, FlakyBroker, RefusingViews
+from tests.unit.kernel_fakes import (
+    CountingProjection,
+    FailingCommitViews,
+    FlakyBroker,
+    PipelinedFakeBroker,
+    RefusingViews,
+)
 
 NO_WAIT = RetryPolicy(sleep=lambda _: None)
 
@@ -442,6 +455,56 @@ def test_relay_never_loses_an_event_when_the_broker_fails_mid_batch() -> None:
     for message in broker.accepted:
         consumer.handle(message)
     assert counts(consumer_views) == clean_counts(events)
+
+
+def test_relay_keeps_batches_in_flight_and_checkpoints_only_confirmed_ones() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=2, per_stream=20)  # 60 events: 10 batches of 6
+    positions = [e.position for e in events.read_all(limit=1000)]
+    broker = PipelinedFakeBroker()
+    relay = Relay(events, views, broker, "full", batch_size=6, in_flight=4)
+    # One batch a step, as the worker runs it: the checkpoint trails by the batches in flight.
+    assert relay.run_once(max_batches=1) == 6
+    assert relay.position() is None
+    assert relay.run_once(max_batches=3) == 18
+    assert broker.most_in_flight == 4
+    assert relay.position() == positions[5], "only the first batch is confirmed"
+    assert [m.id for m in broker.accepted] == [e.id for e in events.read_all(limit=6)]
+    # A call that reads everything returns with everything confirmed, in order.
+    assert relay.run_once() == 36
+    assert relay.position() == positions[-1]
+    assert broker.in_flight == 0
+    assert broker.waited == list(range(10))
+    assert [m.id for m in broker.accepted] == [e.id for e in events.read_all(limit=1000)]
+    assert relay.run_once() == 0
+
+
+def test_relay_forgets_the_batches_in_flight_after_a_failure_and_publishes_them_again() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=2, per_stream=20)  # 60 events: 10 batches of 6
+    positions = [e.position for e in events.read_all(limit=1000)]
+    broker = PipelinedFakeBroker(fail_call=2)
+    relay = Relay(events, views, broker, "full", batch_size=6, in_flight=4)
+    with pytest.raises(TransientError, match="call 2 failed"):
+        relay.run_once()
+    assert relay.position() == positions[11], "the two batches before the failed one are confirmed"
+    assert broker.in_flight == 0, "every batch in flight was waited out"
+    assert len(broker.accepted) == 12
+    broker.heal()
+    assert relay.run_once() == 48, "published again from the checkpoint"
+    assert relay.position() == positions[-1]
+    assert [m.id for m in broker.accepted] == [e.id for e in events.read_all(limit=1000)]
+
+
+def test_a_synchronous_broker_has_one_batch_in_flight() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=2, per_stream=6)
+    relay = Relay(events, views, FlakyBroker(), "full", batch_size=4, in_flight=8)
+    assert relay.in_flight == 1
+    assert relay.run_once(max_batches=1) == 4
+    assert relay.position() == events.read_all(limit=4)[-1].position, "checkpointed at once"
+    with pytest.raises(ConfigurationError, match="in_flight"):
+        Relay(events, views, FlakyBroker(), in_flight=0)
 
 
 @pytest.mark.parametrize("mode", ["full", "thin"])

@@ -5,9 +5,10 @@ protocols, and an adapter lists the ones it offers in ``features``; the conforma
 runs the optional cases for declared features only and checks that undeclared ones are
 really absent (calling them raises :class:`~skyferry.core.errors.NotSupported`).
 
-All ports are synchronous and thread-safe: one instance may be shared by the threads of
-a process.  Adapters translate their SDK's errors into :mod:`skyferry.core.errors`, chaining
-the original, and never swallow an error from a constructor.  Constructors do no I/O;
+All ports are synchronous (``publish_begin`` hands messages over and returns a waiter) and
+thread-safe: one instance may be shared by the threads of a process.  Adapters translate
+their SDK's errors into :mod:`skyferry.core.errors`, chaining the original, and never
+swallow an error from a constructor.  Constructors do no I/O;
 ``from_url`` parses a URL and may build (but not connect) a client.
 """
 
@@ -47,6 +48,8 @@ FEATURE_COUNT = "count"
 EVENT_STORE_FEATURES = frozenset(
     {FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS, FEATURE_COUNT}
 )
+FEATURE_PUBLISH_BEGIN = "publish_begin"
+BROKER_FEATURES = frozenset({FEATURE_PUBLISH_BEGIN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +408,34 @@ class Broker(Protocol):
     def close(self) -> None:
         """Stop every subscription and release connections."""
         ...
+
+
+@runtime_checkable
+class PipelinedBroker(Broker, Protocol):
+    """A broker that takes publishes in flight (feature ``publish_begin``)."""
+
+    def publish_begin(self, messages: Sequence[Message]) -> Callable[[], None]:
+        """Hand ``messages`` to the broker and return without waiting for it; calling the
+        result waits until the broker accepted all of them, raising as ``publish`` would.
+
+        Calls keep their order per key: a key's messages of a later call are delivered after
+        those of an earlier one, and once a call fails for a key, that key's messages of the
+        calls begun after it fail too (they are never delivered out of order).  Every waiter
+        must be called, failed calls' included, for the broker to take that key again.
+        """
+        ...
+
+
+def publish_begin(broker: Broker, messages: Sequence[Message]) -> Callable[[], None]:
+    """``broker.publish_begin(messages)`` when the broker declares it; else ``publish`` now and a no-op waiter."""
+    if FEATURE_PUBLISH_BEGIN in features_of(broker) and isinstance(broker, PipelinedBroker):
+        return broker.publish_begin(messages)
+    broker.publish(messages)
+    return _published
+
+
+def _published() -> None:
+    """The waiter of a publish that already returned."""
 
 
 # ---------------------------------------------------------------------------------------

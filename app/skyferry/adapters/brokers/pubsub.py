@@ -31,6 +31,9 @@ How the port's guarantees are kept
   handler is retried *in place* (same thread, exponential backoff, ack deadline kept
   alive by the client's lease management) so the key waits for it: nacking would let the
   client dispatch the key's next message before the redelivery, breaking order.
+* **Publishes in flight** (``publish_begin``): the client orders each key's messages across
+  calls and, when a call fails for a key, fails the key's messages queued behind it and
+  pauses the key; each waiter resumes its call's keys after a failure.
 * **At-least-once, ack after success**: the message is acked only after the handler
   returns; a crash redelivers it (and, with ordering, everything after it on that key),
   within :data:`LEASE_EXTENSION_SECONDS`.
@@ -60,7 +63,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any, Final, Self
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -68,12 +71,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import google.cloud.pubsub_v1 as pubsub_v1
 import grpc
 from google.api_core import exceptions as gexc
+from google.cloud.pubsub_v1.publisher.exceptions import PublishToPausedOrderingKeyException
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
 from skyferry.adapters.gcp import backoff_delay, call, translate
 from skyferry.core.errors import ConfigurationError, TransientError
-from skyferry.core.ports import Message, MessageHandler
+from skyferry.core.ports import FEATURE_PUBLISH_BEGIN, Message, MessageHandler
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +169,14 @@ class _Seen:
                 self._ids.popitem(last=False)
 
 
+def _confirmed(what: str, wait: Callable[[], None]) -> None:
+    """``wait()``, a confirmation that does not come in time being a ``TransientError``."""
+    try:
+        wait()
+    except futures.TimeoutError as e:
+        raise TransientError(f"{what}: publish not confirmed in time") from e
+
+
 class PubSubSubscription:
     """One streaming pull of a group; ``close`` stops it (unacked messages come back)."""
 
@@ -184,6 +196,8 @@ class PubSubSubscription:
 
 class PubSubBroker:
     """The ``pubsub://`` broker (see the module docstring for how each guarantee is kept)."""
+
+    features = frozenset({FEATURE_PUBLISH_BEGIN})
 
     def __init__(
         self,
@@ -309,39 +323,50 @@ class PubSubBroker:
     # -- publishing -----------------------------------------------------------------------------
 
     def _publish_to(self, topic_path: str, messages: Sequence[Message], ordered: bool) -> None:
+        """Publish and wait, again from the start after a retryable error."""
+        what = f"Pub/Sub topic {topic_path}"
+        _confirmed(what, lambda: call(lambda: self._begin(topic_path, messages, ordered)(), what))
+
+    def _begin(self, topic_path: str, messages: Sequence[Message], ordered: bool) -> Callable[[], None]:
+        """Hand ``messages`` to the client; the waiter raises the first failure (its keys resumed)."""
+        keys: list[str] = []
         if ordered:  # each key's messages together, in order: one batch per key, all keys in flight at once
             grouped: dict[str, list[Message]] = {}
             for m in messages:
                 grouped.setdefault(m.key, []).append(m)
             messages = [m for group in grouped.values() for m in group]
+            keys = list(grouped)
 
-        def once() -> None:
-            pending = [
-                (
-                    m,
+        def resume() -> None:
+            # A failed ordered publish pauses its key in the client; resume so a retry can go.
+            for key in keys:
+                self.publisher.resume_publish(topic_path, key)
+
+        pending = []
+        try:
+            for m in messages:
+                pending.append(
                     self.publisher.publish(
                         topic_path,
                         m.body,
                         ordering_key=m.key if ordered else "",
                         **{**m.attributes, ID_ATTRIBUTE: m.id, KEY_ATTRIBUTE: m.key},
-                    ),
+                    )
                 )
-                for m in messages
-            ]
+        except PublishToPausedOrderingKeyException as e:  # a call begun before this one failed
+            resume()
+            earlier = f"an earlier publish of key {e.ordering_key!r} failed"
+            raise TransientError(f"Pub/Sub topic {topic_path}: {earlier}") from e
+
+        def wait() -> None:
             try:
-                for _, future in pending:
+                for future in pending:
                     future.result(timeout=PUBLISH_TIMEOUT_SECONDS)
             except Exception:
-                # A failed ordered publish pauses its key in the client; resume so a retry can go.
-                for m in {m.key: m for m, _ in pending}.values():
-                    if ordered:
-                        self.publisher.resume_publish(topic_path, m.key)
+                resume()
                 raise
 
-        try:
-            call(once, f"Pub/Sub topic {topic_path}")
-        except futures.TimeoutError as e:
-            raise TransientError(f"Pub/Sub topic {topic_path}: publish not confirmed in time") from e
+        return wait
 
     def publish(self, messages: Sequence[Message]) -> None:
         """Publish ``messages`` in order per key; returns once Pub/Sub accepted all of them."""
@@ -349,6 +374,16 @@ class PubSubBroker:
             return
         self._ensure_topic(self.topic_path)
         self._publish_to(self.topic_path, messages, ordered=True)
+
+    def publish_begin(self, messages: Sequence[Message]) -> Callable[[], None]:
+        """Hand ``messages`` to the client, which orders each key's messages across calls; the
+        result waits for Pub/Sub's confirmation (no retry: a failed call is begun again)."""
+        if not messages:
+            return lambda: None
+        self._ensure_topic(self.topic_path)
+        wait = self._begin(self.topic_path, messages, ordered=True)
+        what = f"Pub/Sub topic {self.topic_path}"
+        return lambda: _confirmed(what, lambda: call(wait, what, attempts=1))
 
     # -- consuming --------------------------------------------------------------------------------
 
