@@ -18,7 +18,7 @@ import pytest
 from skyferry.adapters.archives.local import LocalArchive
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.core.errors import ConfigurationError, TransientError
-from skyferry.core.inflight import OrderedPool
+from skyferry.core.inflight import NotRun, OrderedPool
 from skyferry.core.messages import Event, NewEvent, new_event_id
 from skyferry.core.ports import AppendResult, ExpectedVersion, WriteLimits
 from skyferry.migrate.export import export
@@ -171,6 +171,44 @@ def test_the_writer_keeps_each_stream_in_order_within_its_bound() -> None:
         assert _versions(store, f"s-{n}") == list(range(1, 10))
         firsts = [first for stream, first in store.order if stream == f"s-{n}"]
         assert firsts == [1, 4, 7]  # each stream's appends in version order
+
+
+def test_a_pool_across_calls_waits_per_call_and_takes_tasks_again_after_restart() -> None:
+    pool: OrderedPool[int] = OrderedPool(4, name="test-calls")
+    release = threading.Event()
+    order: list[int] = []
+
+    def task(n: int, fail: bool = False) -> int:
+        if n == 0:
+            release.wait(10)
+        order.append(n)
+        if fail:
+            raise TransientError(f"task {n} failed")
+        return n
+
+    try:
+        first = [pool.submit(("k",), lambda: task(0)), pool.submit(("j",), lambda: task(1))]
+        second = [pool.submit(("k",), lambda: task(2)), pool.submit(("i",), lambda: task(3))]
+        assert pool.wait([second[1]]) == [3], "a call's own tasks, whatever the others do"
+        release.set()
+        assert pool.wait(second[:1]) == [2]
+        assert order.index(2) > order.index(0), "key k in submission order across calls"
+        assert pool.wait(first) == [0, 1]
+        assert pool._tasks == {}, "waited tasks are forgotten"
+        assert pool._last == {}
+
+        failing = [pool.submit(("k",), lambda: task(4, fail=True))]
+        with pytest.raises(TransientError, match="task 4"):
+            pool.wait(failing)
+        later = [pool.submit(("k",), lambda: task(5))]
+        with pytest.raises(NotRun):
+            pool.wait(later)
+        assert 5 not in order, "nothing runs after a failure until restart"
+        pool.restart()
+        assert pool.wait([pool.submit(("k",), lambda: task(6))]) == [6]
+    finally:
+        release.set()
+        pool.close()
 
 
 def test_a_failure_mid_flight_leaves_no_gap_and_a_rerun_completes() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from skyferry.adapters.brokers import sns_sqs
-from skyferry.core.errors import ConfigurationError
+from skyferry.core.errors import ConfigurationError, TransientError, ValidationError
 from skyferry.core.ports import Message
 from tests.services import moto_server
 from tests.services import sns_sqs as sns_sqs_service
@@ -128,6 +128,54 @@ def test_publishing_keeps_inflight_requests_and_never_two_of_one_group(url: str)
     assert shared == []  # no group was ever in two requests in flight at once
     for key in {m.key for m in messages}:  # and each group went out in publish order
         assert sent[sns_sqs.group_id(key)] == [sns_sqs.dedup_id(m.id) for m in messages if m.key == key]
+
+
+def test_publishes_begun_together_keep_each_group_in_order_and_stop_after_a_failure(url: str) -> None:
+    broker = sns_sqs.SnsSqsBroker.from_url(f"{url}&inflight=4")
+    client = broker._sns
+    original = client.publish_batch
+    lock = threading.Lock()
+    sent: dict[str, list[str]] = {}
+    refuse: set[str] = set()
+
+    def publish_batch(**kwargs: object) -> object:
+        entries = kwargs["PublishBatchRequestEntries"]
+        assert isinstance(entries, list)
+        if any(entry["MessageDeduplicationId"] in refuse for entry in entries):
+            raise ValidationError("refused")  # a sender fault: not retried
+        time.sleep(0.02)  # a round trip
+        with lock:
+            for entry in entries:
+                sent.setdefault(entry["MessageGroupId"], []).append(entry["MessageDeduplicationId"])
+        return original(**kwargs)
+
+    client.publish_batch = publish_batch
+    calls = [[Message(id=str(uuid.uuid4()), key=f"acct-{n % 7}", body=b"{}") for n in range(60)] for _ in range(4)]
+    try:
+        waiters = [broker.publish_begin(call) for call in calls]
+        for wait in waiters:
+            wait()
+        everything = [m for call in calls for m in call]
+        for key in {m.key for m in everything}:  # each group in order across the four calls
+            assert sent[sns_sqs.group_id(key)] == [sns_sqs.dedup_id(m.id) for m in everything if m.key == key]
+
+        # A call that fails: the call begun after it sends nothing of that group until every
+        # waiter was called; then the broker takes publishes again.
+        sent.clear()
+        failing = [Message(id=str(uuid.uuid4()), key="acct-0", body=b"{}") for _ in range(30)]
+        refuse.add(sns_sqs.dedup_id(failing[0].id))
+        after = [Message(id=str(uuid.uuid4()), key="acct-0", body=b"{}") for _ in range(30)]
+        first, second = broker.publish_begin(failing), broker.publish_begin(after)
+        with pytest.raises(ValidationError, match="refused"):
+            first()
+        with pytest.raises(TransientError, match="an earlier publish failed"):
+            second()
+        assert sns_sqs.group_id("acct-0") not in sent, "nothing of the group went out after the failure"
+        refuse.clear()
+        broker.publish_begin(failing)()
+        assert len(sent[sns_sqs.group_id("acct-0")]) == 30
+    finally:
+        broker.close()
 
 
 @pytest.mark.parametrize("inflight", ["0", "33", "x"])

@@ -46,6 +46,8 @@ Mapping of the port
   another, and the lanes run side by side.  SNS FIFO orders a group by the order it
   receives its messages, and no two requests holding one group are ever in flight
   together, so each key keeps its order; ``publish`` returns once every lane is done.
+  ``publish_begin`` (the relay's batches in flight) sends through one pool per broker in
+  which a request waits for the earlier ones holding any of its groups, from any call.
 * ``subscribe`` polls the group's queue (``ReceiveMessage``, 10 at a time) from a thread.
   FIFO queues hand out a message group to one consumer at a time, which gives order per
   key and competing consumers.  A handled message is deleted (``DeleteMessageBatch``); a
@@ -77,15 +79,15 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
 from skyferry.adapters import aws
 from skyferry.core.errors import ConfigurationError, TransientError, ValidationError
-from skyferry.core.inflight import OrderedPool
-from skyferry.core.ports import Message, MessageHandler
+from skyferry.core.inflight import NotRun, OrderedPool
+from skyferry.core.ports import FEATURE_PUBLISH_BEGIN, Message, MessageHandler
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,10 @@ PUBLISH_IN_FLIGHT: Final = 16
 """``PublishBatch`` requests in flight by default (URL option ``inflight``)."""
 MAX_PUBLISH_IN_FLIGHT: Final = 32
 """The most ``inflight`` accepts: the HTTP connections of one boto3 client (``aws.make_client``)."""
+
+
+def _nothing() -> None:
+    """The waiter of a publish of no messages."""
 
 
 def _lanes(entries: list[dict[str, Any]], lanes: int) -> list[list[dict[str, Any]]]:
@@ -363,6 +369,8 @@ class SnsSqsBroker:
     are built on first use from the URL's options.
     """
 
+    features = frozenset({FEATURE_PUBLISH_BEGIN})
+
     def __init__(
         self,
         topic: str,
@@ -395,6 +403,8 @@ class SnsSqsBroker:
                 f"not {inflight!r}"
             )
         self._inflight = int(inflight)
+        self._pipeline: OrderedPool[None] | None = None  # publish_begin's pool, built on first use
+        self._begun = 0  # calls of publish_begin whose waiter has not been called yet
         self._provision = extra.get("provision", "false").lower() in ("1", "true", "yes")
         self._account = extra.get("account")
         self._sns_client = sns
@@ -520,20 +530,8 @@ class SnsSqsBroker:
         (see the module docstring); failed entries retried."""
         if not messages:
             return
-        entries = []
-        for i, message in enumerate(messages):
-            text, attributes = _encode(message)
-            entries.append(
-                {
-                    "Id": str(i),
-                    "Message": text,
-                    "MessageGroupId": group_id(message.key),
-                    "MessageDeduplicationId": dedup_id(message.id),
-                    "MessageAttributes": attributes,
-                }
-            )
         topic_arn = self._arn()
-        lanes = _lanes(entries, self._inflight)
+        lanes = _lanes(self._entries(messages), self._inflight)
         if len(lanes) == 1:
             for batch in _batches(lanes[0]):
                 self._publish_batch(topic_arn, batch)
@@ -546,6 +544,69 @@ class SnsSqsBroker:
             pool.drain()
         finally:
             pool.close()
+
+    def publish_begin(self, messages: Sequence[Message]) -> Callable[[], None]:
+        """Hand ``messages`` to the broker's pool of ``inflight`` requests and return at once.
+
+        Each ``PublishBatch`` waits for the earlier ones holding one of its message groups,
+        whichever call they came from, so each group keeps its order across calls.  After a
+        failure the pool sends nothing more until every call begun so far has been waited
+        for (its waiter raises :class:`~skyferry.core.inflight.NotRun` as a
+        ``TransientError``): nothing of a group goes out ahead of a failed earlier batch.
+        """
+        if not messages:
+            return _nothing
+        topic_arn = self._arn()
+        entries = self._entries(messages)
+        with self._lock:
+            if self._pipeline is None:
+                self._pipeline = OrderedPool(self._inflight, name="skyferry-sns-pipeline")
+            pool = self._pipeline
+            if self._begun == 0:
+                pool.restart()
+            self._begun += 1
+        waited = threading.Event()
+
+        def done() -> None:
+            if not waited.is_set():
+                waited.set()
+                with self._lock:
+                    self._begun -= 1
+
+        try:
+            tasks = [
+                pool.submit({e["MessageGroupId"] for e in batch}, partial(self._publish_batch, topic_arn, batch))
+                for lane in _lanes(entries, self._inflight)
+                for batch in _batches(lane)
+            ]
+        except BaseException:  # inflight=1 publishes as it submits: its failure is raised here
+            done()
+            raise
+
+        def wait() -> None:
+            try:
+                pool.wait(tasks)
+            except NotRun as e:
+                raise TransientError(f"sns+sqs topic {self._topic!r}: not sent, an earlier publish failed") from e
+            finally:
+                done()
+
+        return wait
+
+    def _entries(self, messages: Sequence[Message]) -> list[dict[str, Any]]:
+        entries = []
+        for i, message in enumerate(messages):
+            text, attributes = _encode(message)
+            entries.append(
+                {
+                    "Id": str(i),
+                    "Message": text,
+                    "MessageGroupId": group_id(message.key),
+                    "MessageDeduplicationId": dedup_id(message.id),
+                    "MessageAttributes": attributes,
+                }
+            )
+        return entries
 
     def _publish_batch(self, topic_arn: str, batch: list[dict[str, Any]]) -> None:
         """One ``PublishBatch`` request; failed entries resent (from the first failed one on, in order)."""
@@ -616,8 +677,11 @@ class SnsSqsBroker:
         return [message for message, _ in found.values()]
 
     def close(self) -> None:
-        """Stop every subscription."""
+        """Stop every subscription and the publishing pool."""
         with self._lock:
             subscriptions, self._subscriptions = self._subscriptions, []
+            pipeline, self._pipeline = self._pipeline, None
         for subscription in subscriptions:
             subscription.close()
+        if pipeline is not None:
+            pipeline.close()
