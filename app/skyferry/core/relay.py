@@ -7,11 +7,11 @@ where it was and the whole batch is published again on the next pass: the broker
 deduplicates by message id (the event id) and consumers' checkpoints absorb any
 duplicate that gets through.  Losing the relay process loses nothing for the same reason.
 
-With a broker that takes publishes in flight (the ``publish_begin`` feature: Pub/Sub), up to
-``in_flight`` batches are handed over before the oldest must be confirmed, so a round trip
-to the broker is paid once per ``in_flight`` batches, not once per batch; the checkpoint
-still only moves past batches the broker confirmed, in order, and a failure forgets the
-batches in flight (they are published again from the checkpoint).
+With a broker that takes publishes in flight (the ``publish_begin`` feature: Pub/Sub,
+SNS+SQS), up to ``in_flight`` batches are handed over before the oldest must be confirmed,
+so a round trip to the broker is paid once per ``in_flight`` batches, not once per batch;
+the checkpoint still only moves past batches the broker confirmed, in order, and a failure
+forgets the batches in flight (they are published again from the checkpoint).
 
 When nobody consumes from the broker (the read models and the process manager are fed from
 the store), the application does not publish at all: it only keeps the relay's checkpoint
