@@ -91,18 +91,23 @@ def declare_compute(
         tags=platform.tags(),
         opts=platform.child_opts(),
     )
-    for port in [443, 80] if https else [80]:
+
+    def alb_rule(suffix: str, direction: str, port: int, description: str, **peer: Any) -> None:
         aws.ec2.SecurityGroupRule(
-            f"{name}-alb-in-{port}",
-            type="ingress",
+            f"{name}-alb-{suffix}",
+            type=direction,
             security_group_id=alb_sg.id,
             protocol="tcp",
             from_port=port,
             to_port=port,
-            cidr_blocks=section.allowed_cidrs,
-            description=f"port {port} from the allowed CIDRs",
+            description=description,
             opts=platform.child_opts(),
+            **peer,
         )
+
+    for port in [443, 80] if https else [80]:
+        allowed = {"cidr_blocks": section.allowed_cidrs}
+        alb_rule(f"in-{port}", "ingress", port, f"port {port} from the allowed CIDRs", **allowed)
     tasks_sg = aws.ec2.SecurityGroup(
         f"{name}-tasks",
         vpc_id=vpc_id,
@@ -112,17 +117,7 @@ def declare_compute(
         tags=platform.tags(),
         opts=platform.child_opts(),
     )
-    aws.ec2.SecurityGroupRule(
-        f"{name}-alb-out",
-        type="egress",
-        security_group_id=alb_sg.id,
-        protocol="tcp",
-        from_port=API_PORT,
-        to_port=API_PORT,
-        source_security_group_id=tasks_sg.id,
-        description="the API port of the tasks",
-        opts=platform.child_opts(),
-    )
+    alb_rule("out", "egress", API_PORT, "the API port of the tasks", source_security_group_id=tasks_sg.id)
     alb = aws.lb.LoadBalancer(
         f"{name}-api",
         load_balancer_type="application",
