@@ -496,6 +496,23 @@ def test_relay_forgets_the_batches_in_flight_after_a_failure_and_publishes_them_
     assert [m.id for m in broker.accepted] == [e.id for e in events.read_all(limit=1000)]
 
 
+def test_closing_the_relay_settles_what_is_in_flight_or_leaves_it_to_the_next_run() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=2, per_stream=20)
+    relay = Relay(events, views, PipelinedFakeBroker(), "full", batch_size=6, in_flight=4)
+    relay.run_once(max_batches=3)
+    assert relay.position() is None, "three batches in flight, none confirmed yet"
+    relay.close()
+    assert relay.position() == events.read_all(limit=18)[-1].position
+
+    more = MemoryEventStore()
+    fill(more, streams=2, per_stream=20)
+    failing = Relay(more, MemoryViewStore(), PipelinedFakeBroker(fail_call=0), batch_size=6)
+    failing.run_once(max_batches=2)
+    failing.close()  # logs, forgets: the next run publishes from the checkpoint
+    assert failing.position() is None
+
+
 def test_a_synchronous_broker_has_one_batch_in_flight() -> None:
     events, views = MemoryEventStore(), MemoryViewStore()
     fill(events, streams=2, per_stream=6)
