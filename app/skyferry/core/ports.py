@@ -431,11 +431,11 @@ def publish_begin(broker: Broker, messages: Sequence[Message]) -> Callable[[], N
     if FEATURE_PUBLISH_BEGIN in features_of(broker) and isinstance(broker, PipelinedBroker):
         return broker.publish_begin(messages)
     broker.publish(messages)
-    return _published
+    return nothing_to_wait_for
 
 
-def _published() -> None:
-    """The waiter of a publish that already returned."""
+def nothing_to_wait_for() -> None:
+    """The waiter of a publish that already returned, or that had no messages."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcT
 
 from skyferry.adapters.gcp import backoff_delay, call, translate
 from skyferry.core.errors import ConfigurationError, TransientError
-from skyferry.core.ports import FEATURE_PUBLISH_BEGIN, Message, MessageHandler
+from skyferry.core.ports import FEATURE_PUBLISH_BEGIN, Message, MessageHandler, nothing_to_wait_for
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ class PubSubBroker:
         """Hand ``messages`` to the client, which orders each key's messages across calls; the
         result waits for Pub/Sub's confirmation (no retry: a failed call is begun again)."""
         if not messages:
-            return lambda: None
+            return nothing_to_wait_for
         self._ensure_topic(self.topic_path)
         wait = self._begin(self.topic_path, messages, ordered=True)
         what = f"Pub/Sub topic {self.topic_path}"

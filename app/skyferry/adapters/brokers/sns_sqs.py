@@ -87,7 +87,7 @@ from urllib.parse import quote
 from skyferry.adapters import aws
 from skyferry.core.errors import ConfigurationError, TransientError, ValidationError
 from skyferry.core.inflight import NotRun, OrderedPool
-from skyferry.core.ports import FEATURE_PUBLISH_BEGIN, Message, MessageHandler
+from skyferry.core.ports import FEATURE_PUBLISH_BEGIN, Message, MessageHandler, nothing_to_wait_for
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +205,6 @@ PUBLISH_IN_FLIGHT: Final = 16
 """``PublishBatch`` requests in flight by default (URL option ``inflight``)."""
 MAX_PUBLISH_IN_FLIGHT: Final = 32
 """The most ``inflight`` accepts: the HTTP connections of one boto3 client (``aws.make_client``)."""
-
-
-def _nothing() -> None:
-    """The waiter of a publish of no messages."""
 
 
 def _lanes(entries: list[dict[str, Any]], lanes: int) -> list[list[dict[str, Any]]]:
@@ -555,7 +551,7 @@ class SnsSqsBroker:
         ``TransientError``): nothing of a group goes out ahead of a failed earlier batch.
         """
         if not messages:
-            return _nothing
+            return nothing_to_wait_for
         topic_arn = self._arn()
         entries = self._entries(messages)
         with self._lock:
