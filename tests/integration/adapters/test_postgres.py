@@ -35,7 +35,7 @@ from psycopg import sql
 from skyferry.adapters.registry import open_event_store, open_view_store
 from skyferry.adapters.stores.postgres import SCHEMA_VERSION, PostgresEventStore, PostgresViewStore
 from skyferry.adapters.stores.postgres.rows import _COPY_FROM, _appended_rows_binary
-from skyferry.core.errors import ConcurrencyError, ConfigurationError, EventTooLarge, TransientError
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, EventTooLarge, TransientError, ValidationError
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, ViewChange
 from tests.services import free_port, postgres
@@ -330,6 +330,37 @@ def test_bulk_append_of_an_id_stored_in_another_stream_is_refused_whole(url: str
         assert [e.id for e in store.read_all()] == [taken]
     finally:
         store.close()
+
+
+def test_bulk_append_reads_heads_again_only_after_another_write(url: str) -> None:
+    """A batch after this instance's own reads no heads (the heads query is made to fail to
+    show it); once another writer has written, the heads are read again, and a batch that
+    no longer continues its stream is refused by its version, not by the unique index."""
+    now = datetime.now(UTC)
+
+    def event(stream: str, version: int) -> Event:
+        return Event(str(uuid.uuid4()), stream, version, "T", 1, {}, {}, now, now)
+
+    importer, other = PostgresEventStore(url), PostgresEventStore(url)
+    try:
+        assert importer.bulk_append([event("a", 1), event("b", 1), event("a", 2)]) == 3
+        heads_sql = importer._heads_sql
+        importer._heads_sql = b"SELECT 'x', 1 / 0 FROM unnest(%s::text[])"  # what follows must not read the heads of "a" or "b"
+        assert importer.bulk_append([event("b", 2), event("a", 3)]) == 2
+        with pytest.raises(ValidationError, match="division by zero"):  # a stream it has not written: read
+            importer.bulk_append([event("c", 1)])
+        other.append("a", [NewEvent("T", {})], ANY)  # a write of another instance: read again
+        with pytest.raises(ValidationError, match="division by zero"):
+            importer.bulk_append([event("a", 4)])
+        importer._heads_sql = heads_sql
+        with pytest.raises(ConcurrencyError, match="version 4 holds another event"):
+            importer.bulk_append([event("b", 3), event("a", 4)])
+        assert importer.bulk_append([event("b", 3), event("a", 5)]) == 2
+        assert [(e.stream_id, e.version) for e in importer.read_all()][-2:] == [("b", 3), ("a", 5)]
+        assert importer.stream_version("a") == 5
+    finally:
+        importer.close()
+        other.close()
 
 
 def test_after_every_pooled_connection_is_killed_one_call_fails_and_the_next_succeeds(url: str) -> None:
