@@ -8,7 +8,9 @@ transaction machinery and the adapter's retry loop run for real.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,8 +20,8 @@ from google.cloud.firestore_v1.transaction import Transaction
 
 from skyferry.adapters import gcp
 from skyferry.adapters.stores.firestore import FirestoreEventStore, FirestoreViewStore
-from skyferry.core.errors import ConfigurationError, TransientError
-from skyferry.core.messages import NewEvent
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError
+from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import NO_STREAM, ViewChange
 from tests import services
 from tests.services import firestore as firestore_service
@@ -130,3 +132,84 @@ def test_a_view_commit_that_keeps_failing_writes_neither_documents_nor_checkpoin
         assert views.get_checkpoint("balances") is None
     finally:
         views.close()
+
+
+def test_bulk_append_after_its_own_is_one_commit_until_another_writer_writes(store_url: str) -> None:
+    """A ``bulk_append`` continuing what this instance's last one left is one batched write
+    on condition of the global head, without reading first; after another writer's append, or
+    with an id already stored, the condition fails, the state is read again and decides."""
+    now = datetime.now(UTC)
+
+    def event(stream: str, version: int, event_id: str | None = None) -> Event:
+        return Event(event_id or str(uuid.uuid4()), stream, version, "T", 1, {"n": version}, {}, now, now)
+
+    importer, other = FirestoreEventStore.from_url(store_url), FirestoreEventStore.from_url(store_url)
+    reads: list[int] = []
+    read_state = importer._bulk_state
+
+    def counted(*args: Any) -> Any:
+        reads.append(1)
+        return read_state(*args)
+
+    importer._bulk_state = counted  # type: ignore[method-assign]
+    try:
+        assert importer.bulk_append([event("a", 1), event("b", 1), event("a", 2)]) == 3
+        assert importer.bulk_append([event("b", 2), event("a", 3), event("c", 1)]) == 3
+        assert len(reads) == 1  # the second call: one batched write, no read
+        other.append("a", [NewEvent("T", {})], 3)  # another writer: its state is read again
+        with pytest.raises(ConcurrencyError, match="version 4 holds another event"):
+            importer.bulk_append([event("b", 3), event("a", 4)])
+        assert len(reads) == 2
+        assert importer.bulk_append([event("b", 3), event("a", 5)]) == 2
+        assert len(reads) == 3
+        taken = importer.read_stream("a")[0].id  # an id already stored: the batched write is refused whole
+        with pytest.raises(ConcurrencyError, match="does not continue"):
+            importer.bulk_append([event("b", 4), event("c", 2, taken)])
+        assert len(reads) == 4
+        assert importer.bulk_append([event("b", 4), event("c", 2)]) == 2
+        assert len(reads) == 5
+        assert importer.bulk_append([event("b", 5)]) == 1
+        assert len(reads) == 5
+        stored = importer.read_all()
+        assert [(e.stream_id, e.version) for e in stored] == [
+            ("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("c", 1), ("a", 4),
+            ("b", 3), ("a", 5), ("b", 4), ("c", 2), ("b", 5),
+        ]  # fmt: skip
+        assert [int(e.position or 0) for e in stored] == list(range(1, 13))
+        assert importer.stream_version("b") == 5
+        assert importer.stream_version("c") == 2
+    finally:
+        importer.close()
+        other.close()
+
+
+def test_a_batched_bulk_append_whose_reply_was_lost_is_not_stored_twice(
+    store_url: str, no_backoff: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batched write was applied but its reply lost: the retry fails the head's condition
+    (the write itself moved the head), the transaction then finds every event stored."""
+    now = datetime.now(UTC)
+    store = FirestoreEventStore.from_url(store_url)
+    original = FirestoreClient.commit
+    lost: list[int] = []
+
+    def commit_then_lose_the_reply(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        request = kwargs.get("request") or args[0]
+        if not lost and not request.get("transaction"):  # the batched write, not a transaction's commit
+            lost.append(1)
+            raise gexc.DeadlineExceeded("deadline exceeded after the commit was applied")  # type: ignore[no-untyped-call]
+        return result
+
+    try:
+        first = [Event(str(uuid.uuid4()), "s", v, "T", 1, {}, {}, now, now) for v in (1, 2)]
+        assert store.bulk_append(first) == 2
+        monkeypatch.setattr(FirestoreClient, "commit", commit_then_lose_the_reply)
+        second = [Event(str(uuid.uuid4()), "s", v, "T", 1, {}, {}, now, now) for v in (3, 4)]
+        assert store.bulk_append(second) == 0  # stored by the batched write whose reply was lost
+        assert lost == [1]
+        assert [e.id for e in store.read_all()] == [e.id for e in first + second]
+        assert store.last_position() == store.read_all()[-1].position
+        assert store.bulk_append([Event(str(uuid.uuid4()), "s", 5, "T", 1, {}, {}, now, now)]) == 1
+    finally:
+        store.close()

@@ -345,7 +345,8 @@ def test_bulk_append_reads_heads_again_only_after_another_write(url: str) -> Non
     try:
         assert importer.bulk_append([event("a", 1), event("b", 1), event("a", 2)]) == 3
         heads_sql = importer._heads_sql
-        importer._heads_sql = b"SELECT 'x', 1 / 0 FROM unnest(%s::text[])"  # what follows must not read the heads of "a" or "b"
+        # What follows must not read the heads of "a" or "b": reading them fails.
+        importer._heads_sql = b"SELECT 'x', 1 / 0 FROM unnest(%s::text[])"
         assert importer.bulk_append([event("b", 2), event("a", 3)]) == 2
         with pytest.raises(ValidationError, match="division by zero"):  # a stream it has not written: read
             importer.bulk_append([event("c", 1)])

@@ -35,8 +35,16 @@ already stored, is decided by :func:`~skyferry.core.ports.resolve_conflict`: ide
 success or ``ConcurrencyError``); then ``create``\\ s the event documents, sets the stream
 head and advances the global head.  Server-side transactions are serializable, so two
 racing appends at one version cannot both commit; the loser is retried by the SDK and
-then sees the conflict.  ``append_many`` and ``bulk_append`` are the same transaction
-over several streams (features ``transactions_across_streams`` and ``bulk_append``).
+then sees the conflict.  ``append_many`` is the same transaction over several streams
+(feature ``transactions_across_streams``).
+
+``bulk_append`` (imports and migrations) is optimistic instead, one round trip a call: a
+single atomic batched write that ``create``\ s the events and sets the stream heads, on
+condition that the global head's update time is still the one its decision rests on.  Every
+write of events moves the global head, so while it is unchanged nothing else is.  The
+first call reads that state (the heads and the events' ids, one batched read); later calls
+that continue the streams the last one left assume what it wrote, without reading.  A
+failed condition (another writer, an id stored meanwhile) reads again and retries.
 
 ``read_all``: complete and stable, and the write-rate ceiling it costs
 ---------------------------------------------------------------------
@@ -68,6 +76,7 @@ transaction or one atomic commit.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,8 +90,9 @@ from google.cloud import firestore
 from google.cloud.firestore_v1 import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from skyferry.adapters import gcp
 from skyferry.adapters.gcp import RETRYABLE, call, translate
-from skyferry.core.errors import ConcurrencyError, ConfigurationError, ValidationError
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import (
     Event,
     NewEvent,
@@ -178,6 +188,8 @@ number of attempts, so an outage becomes a ``TransientError`` in seconds, not mi
 TRANSACTION_ATTEMPTS: Final = 10
 """Rounds of (up to 3) transaction attempts, with backoff between rounds, before TransientError."""
 _MAX_CHAR: Final = "\U0010ffff"
+_KNOWN_STREAMS: Final = 10_000
+"""Stream heads a ``bulk_append`` remembers from the calls before (beyond, only its own call's)."""
 
 
 def parse_url(url: str) -> tuple[str, str, str | None]:
@@ -338,6 +350,26 @@ def _event_of(fields: Mapping[str, Any], event_id: str) -> Event:
 
 
 @dataclass
+class _BulkState:
+    """What a ``bulk_append`` decides on: the global head (its update time, ``None`` before
+    the first event, and position), stream heads, and which of its ids are stored where."""
+
+    update_time: Any
+    head: int
+    versions: dict[str, int]
+    stored: dict[str, tuple[str, int]]
+
+    def continued_by(self, by_stream: Mapping[str, list[Event]]) -> bool:
+        """Whether every run of ``by_stream`` continues its stream as this state has it (a
+        stream not in it must be new), so that no stored event needs to be looked up."""
+        for stream_id, run in by_stream.items():
+            first = self.versions.get(stream_id, 0) + 1
+            if [e.version for e in run] != list(range(first, first + len(run))):
+                return False
+        return True
+
+
+@dataclass
 class _StreamPlan:
     """What one stream contributes to a transaction: events to create, or a result."""
 
@@ -349,6 +381,11 @@ class _StreamPlan:
 class FirestoreEventStore(_FirestoreBase):
     """Event store on Firestore; features ``bulk_append``, ``temporal``,
     ``transactions_across_streams`` (see the module docstring for the design)."""
+
+    def __init__(self, url: str, client: firestore.Client | None = None) -> None:
+        super().__init__(url, client)
+        self._bulk_known: _BulkState | None = None
+        """What this instance's last ``bulk_append`` left (see :meth:`bulk_append`)."""
 
     @classmethod
     def from_url(cls, url: str, *, existing: bool = False) -> Self:
@@ -413,21 +450,12 @@ class FirestoreEventStore(_FirestoreBase):
                 head = int(snap.get("position"))
         return versions, stored, head
 
-    def _write(
-        self, transaction: Any, plans: Sequence[_StreamPlan], head: int, order: Sequence[Event] | None = None
-    ) -> list[AppendResult]:
-        """In ``transaction``: create the planned events, move stream heads and the global head.
-
-        New events take global positions plan by plan, or in ``order`` when given (a bulk
-        import keeps its source's global order, so export -> import -> export is identical).
-        """
+    def _write(self, transaction: Any, plans: Sequence[_StreamPlan], head: int) -> list[AppendResult]:
+        """In ``transaction``: create the planned events (global positions plan by plan), move
+        stream heads and the global head."""
         results: list[AppendResult] = []
         position = head
-        planned = [event for plan in plans for event in plan.new]
-        if order is not None:
-            new_ids = {event.id for event in planned}
-            planned = [event for event in order if event.id in new_ids]
-        for event in planned:
+        for event in (event for plan in plans for event in plan.new):
             position += 1
             transaction.create(self._events().document(event.id), _event_fields(event, position))
         for plan in plans:
@@ -508,7 +536,15 @@ class FirestoreEventStore(_FirestoreBase):
         return self._transact(body)
 
     def bulk_append(self, events: Sequence[Event]) -> int:
-        """Store already-versioned events in one transaction; already-stored ones are skipped."""
+        """Store already-versioned events in one atomic batched write; already-stored ones are skipped.
+
+        Optimistic, without a transaction: the stream heads, the events' ids and the global
+        head are read in one batched read, and the write is on condition that the global
+        head is still as read (every write of events moves it, so nothing the decision rests
+        on has changed) and that every event id is new.  A failed condition reads again and
+        retries.  What the write leaves is remembered: the next call that continues those
+        streams (an import writes part after part) skips the read, one round trip in all.
+        """
         by_stream: dict[str, list[Event]] = {}
         seen: set[str] = set()
         for event in events:
@@ -520,39 +556,110 @@ class FirestoreEventStore(_FirestoreBase):
         if not by_stream:
             return 0
         self._check_writes([(event.stream_id, event.to_new()) for event in events])
+        with self._write_lock:
+            for attempt in range(TRANSACTION_ATTEMPTS):
+                state, read = self._bulk_known, False
+                if state is None or not state.continued_by(by_stream):
+                    state, read = self._bulk_state(by_stream, list(seen)), True
+                written = self._bulk_write(events, by_stream, state)
+                if written is not None:
+                    return written
+                if read and attempt + 1 < TRANSACTION_ATTEMPTS:  # lost a race: back off
+                    time.sleep(gcp.backoff_delay(attempt))
+        raise TransientError(
+            f"{self._what}: a bulk write of {len(events)} events lost the race for the global head "
+            f"{TRANSACTION_ATTEMPTS} times; retry it"
+        )
 
-        def body(transaction: Any) -> int:
-            versions, stored, head = self._read_state(transaction, list(by_stream), list(seen))
-            plans: list[_StreamPlan] = []
-            for stream_id, stream_events in by_stream.items():
-                current = versions[stream_id]
-                new: list[Event] = []
-                for event in stream_events:
-                    at = stored.get(event.id)
-                    if event.version <= current and not new:
-                        if at != (stream_id, event.version):
-                            raise ConcurrencyError(
-                                stream_id,
-                                event.version - 1,
-                                versions[stream_id],
-                                f"version {event.version} holds another event than {event.id}",
-                            )
-                        continue
-                    if event.version != current + 1 or at is not None:
+    def _bulk_state(self, by_stream: Mapping[str, list[Event]], event_ids: list[str]) -> _BulkState:
+        """One batched read of the global head, the streams' heads and the events' ids."""
+        head_ref = self._head_ref()
+        refs = [head_ref, *(self._stream_ref(s) for s in by_stream)]
+        refs += [self._events().document(i) for i in event_ids]
+        state = _BulkState(None, 0, dict.fromkeys(by_stream, 0), {})
+        for snap in self._call(lambda: list(self.client.get_all(refs, retry=None, timeout=RPC_TIMEOUT))):
+            if not snap.exists:
+                continue
+            parent = snap.reference.parent.id
+            if parent == EVENTS_COLLECTION:
+                state.stored[snap.id] = (snap.get("stream_id"), int(snap.get("version")))
+            elif parent == STREAMS_COLLECTION:
+                state.versions[snap.get("stream_id")] = int(snap.get("version"))
+            elif snap.reference.path == head_ref.path:
+                state.update_time, state.head = snap.update_time, int(snap.get("position"))
+        return state
+
+    def _bulk_write(
+        self, events: Sequence[Event], by_stream: Mapping[str, list[Event]], state: _BulkState
+    ) -> int | None:
+        """Write what ``state`` says is new; ``None`` when the global head or an id has changed
+        since ``state`` (nothing written).  ``ConcurrencyError`` for an event that neither
+        continues its stream nor is stored as it is."""
+        self._bulk_known = None
+        new_ids: set[str] = set()
+        after = dict(state.versions) if len(state.versions) < _KNOWN_STREAMS else {}
+        for stream_id, run in by_stream.items():
+            current = state.versions.get(stream_id, 0)
+            fresh = False
+            for event in run:
+                at = state.stored.get(event.id)
+                if event.version <= current and not fresh:
+                    if at != (stream_id, event.version):
                         raise ConcurrencyError(
                             stream_id,
                             event.version - 1,
-                            versions[stream_id],
-                            f"event {event.id} at version {event.version} does not continue the stream",
+                            state.versions.get(stream_id, 0),
+                            f"version {event.version} holds another event than {event.id}",
                         )
-                    current = event.version
-                    new.append(event)
-                if new:
-                    plans.append(_StreamPlan(stream_id, new))
-            self._write(transaction, plans, head, order=events)
-            return sum(len(p.new) for p in plans)
+                    continue
+                if event.version != current + 1 or at is not None:
+                    raise ConcurrencyError(
+                        stream_id,
+                        event.version - 1,
+                        state.versions.get(stream_id, 0),
+                        f"event {event.id} at version {event.version} does not continue the stream",
+                    )
+                current, fresh = event.version, True
+                new_ids.add(event.id)
+            after[stream_id] = current
+        if not new_ids:
+            if state.update_time is not None:
+                self._bulk_known = _BulkState(state.update_time, state.head, after, {})
+            return 0
+        batch = self.client.batch()
+        position = state.head
+        for event in events:
+            if event.id in new_ids:
+                position += 1
+                batch.create(self._events().document(event.id), _event_fields(event, position))
+        for stream_id in by_stream:
+            if after[stream_id] == state.versions.get(stream_id, 0):
+                continue
+            fields = {"stream_id": stream_id, "version": after[stream_id]}
+            if state.versions.get(stream_id, 0):
+                batch.set(self._stream_ref(stream_id), fields)
+            else:  # a new stream: its head must not exist yet
+                batch.create(self._stream_ref(stream_id), fields)
+        if state.update_time is None:  # the first events of the store
+            batch.create(self._head_ref(), {"position": position})
+        else:
+            batch.update(
+                self._head_ref(),
+                {"position": position},
+                option=self.client.write_option(last_update_time=state.update_time),
+            )
 
-        return self._transact(body)
+        def commit() -> list[Any] | None:
+            try:
+                return list(batch.commit(retry=None, timeout=RPC_TIMEOUT))
+            except (gexc.FailedPrecondition, gexc.Conflict):  # another writer, or an id stored meanwhile
+                return None
+
+        results = self._call(commit)
+        if results is None:
+            return None
+        self._bulk_known = _BulkState(results[-1].update_time, position, after, {})
+        return len(new_ids)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -714,9 +821,16 @@ class FirestoreViewStore(_FirestoreBase):
         return result
 
     def commit(self, projection: str, changes: Sequence[ViewChange], checkpoint: Mapping[str, str]) -> None:
-        """Apply every change and checkpoint entry in one transaction, or none."""
+        """Apply every change and checkpoint entry in one transaction, or none (checkpoint
+        entries alone: one atomic batched write, as there is nothing to read)."""
         slots = list(dict.fromkeys((c.collection, c.key) for c in changes))
         if not slots and not checkpoint:
+            return
+        if not slots:
+            batch = self.client.batch()
+            for key, value in checkpoint.items():
+                batch.set(self._checkpoint_ref(projection, key), {"projection": projection, "key": key, "value": value})
+            self._call(lambda: batch.commit(retry=None, timeout=RPC_TIMEOUT))
             return
 
         def body(transaction: Any) -> None:
