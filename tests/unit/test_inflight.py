@@ -158,7 +158,7 @@ def _versions(store: MemoryEventStore, stream_id: str) -> list[int]:
 
 def test_the_writer_keeps_each_stream_in_order_within_its_bound() -> None:
     store = CountingStore()
-    store.write_limits = WriteLimits(events=3)  # several appends per stream
+    store.write_limits = WriteLimits(units=3)  # several appends per stream
     events = _events(streams=12, per_stream=9)
     writer = TargetWriter(store, concurrency=5)
     try:
@@ -213,7 +213,7 @@ def test_a_pool_across_calls_waits_per_call_and_takes_tasks_again_after_restart(
 
 def test_a_failure_mid_flight_leaves_no_gap_and_a_rerun_completes() -> None:
     store = CountingStore(fail_at=("s-3", 5))
-    store.write_limits = WriteLimits(events=2)
+    store.write_limits = WriteLimits(units=2)
     events = _events(streams=8, per_stream=8)
     writer = TargetWriter(store, concurrency=4)
     try:

@@ -39,7 +39,7 @@ def cost(part: list[Event]) -> tuple[int, list[str], int]:
     return len(part), streams, size
 
 
-@pytest.mark.parametrize("limits", [DYNAMODB, FIRESTORE, WriteLimits(events=7, per_stream=2, bytes=200_000)])
+@pytest.mark.parametrize("limits", [DYNAMODB, FIRESTORE, WriteLimits(units=7, per_stream=2, bytes=200_000)])
 @pytest.mark.parametrize("streams", [1, 3, 600])
 def test_every_part_fits_and_the_parts_are_the_events_in_order(limits: WriteLimits, streams: int) -> None:
     rng = random.Random(streams)

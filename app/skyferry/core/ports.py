@@ -510,26 +510,29 @@ def stream_bytes(stream_id: str) -> int:
 class WriteLimits:
     """What one atomic write of a store (``append``, ``append_many``, ``bulk_append``) may carry.
 
-    A write of ``n`` events over ``s`` streams fits when ``n + s * per_stream <= events``
-    and the sum of :func:`event_bytes` and :func:`stream_bytes` is at most ``bytes``
-    (``None``: no such cap).
+    A write of ``n`` events over ``s`` streams fits when ``n * per_event + s * per_stream <=
+    units`` (the store's own unit: Firestore's writes of a commit, DynamoDB's items of a
+    transaction) and the sum of :func:`event_bytes` and :func:`stream_bytes` is at most
+    ``bytes`` (``None``: no such cap).
     """
 
-    events: int | None = None
+    units: int | None = None
+    per_event: int = 1
     per_stream: int = 0
     bytes: int | None = None
 
     @property
     def per_append(self) -> int | None:
         """The most events of one stream's ``append`` (``None``: no cap)."""
-        return None if self.events is None else self.events - self.per_stream
+        return None if self.units is None else (self.units - self.per_stream) // self.per_event
 
     def check(self, events: int, streams: Sequence[str], size: int, what: str) -> None:
         """Raise :class:`ValidationError` naming ``what`` unless the write fits."""
-        if self.events is not None and events + len(streams) * self.per_stream > self.events:
+        if self.units is not None and events * self.per_event + len(streams) * self.per_stream > self.units:
             raise ValidationError(
                 f"{what}: {events} events over {len(streams)} stream(s) in one atomic write; this store takes at "
-                f"most {self.events} (each stream counting {self.per_stream} more): split the write"
+                f"most {self.units} units (each event counting {self.per_event}, each stream {self.per_stream}): "
+                "split the write"
             )
         if self.bytes is not None and size > self.bytes:
             raise ValidationError(
@@ -540,7 +543,8 @@ class WriteLimits:
     def split(self, events: Sequence[Event], fallback: int | None = None) -> Iterator[Sequence[Event]]:
         """``events`` cut, in order, into the longest runs that fit (at least one event each;
         ``fallback`` caps the events of a run where the store sets no cap)."""
-        cap = self.events if self.events is not None else fallback
+        cap = self.units if self.units is not None else fallback
+        per_event = self.per_event if self.units is not None else 1
         if not events:
             return
         if cap is None and self.bytes is None:
@@ -555,7 +559,7 @@ class WriteLimits:
             if self.bytes is not None:
                 payload = len(encode_json(event.data)) + len(encode_json(event.metadata))
                 grow = event_bytes(payload, event.type, stream_id) + (stream_bytes(stream_id) if fresh else 0)
-            cost = 1 + (self.per_stream if fresh else 0)
+            cost = per_event + (self.per_stream if fresh else 0)
             if index > start and (
                 (cap is not None and count + cost > cap) or (self.bytes is not None and size + grow > self.bytes)
             ):
@@ -563,7 +567,7 @@ class WriteLimits:
                 if self.bytes is not None and not fresh:
                     grow += stream_bytes(stream_id)
                 start, count, size, streams = index, 0, 0, set()
-                cost = 1 + self.per_stream
+                cost = per_event + self.per_stream
             streams.add(stream_id)
             count += cost
             size += grow

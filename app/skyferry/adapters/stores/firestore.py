@@ -39,7 +39,7 @@ then sees the conflict.  ``append_many`` is the same transaction over several st
 (feature ``transactions_across_streams``).
 
 ``bulk_append`` (imports and migrations) is optimistic instead, one round trip a call: a
-single atomic batched write that ``create``\ s the events and sets the stream heads, on
+single atomic batched write that ``create``\\ s the events and sets the stream heads, on
 condition that the global head's update time is still the one its decision rests on.  Every
 write of events moves the global head, so while it is unchanged nothing else is.  The
 first call reads that state (the heads and the events' ids, one batched read); later calls
@@ -177,7 +177,7 @@ events plus one head per stream plus the global head, all in one commit."""
 MAX_COMMIT_BYTES: Final = 4_000_000
 """Bytes of one commit as :func:`~skyferry.core.ports.event_bytes` and ``stream_bytes`` count
 them: under the emulator's 4 MiB gRPC message (the service takes 10 MiB per request)."""
-WRITE_LIMITS: Final = WriteLimits(events=MAX_WRITES_PER_COMMIT - 1, per_stream=1, bytes=MAX_COMMIT_BYTES)
+WRITE_LIMITS: Final = WriteLimits(units=MAX_WRITES_PER_COMMIT - 1, per_stream=1, bytes=MAX_COMMIT_BYTES)
 """Events plus streams (plus the global head) within 500 writes, and the bytes above."""
 
 POSITION_WIDTH: Final = 16

@@ -82,8 +82,9 @@ MAX_APPEND_EVENTS: Final = (MAX_TRANSACTION_ITEMS - 2) // 2
 #: Bytes of one append as :func:`event_bytes` / :func:`stream_bytes` count them (DynamoDB:
 #: 4 MB per transaction, keys and attribute names included; the rest is the counter's).
 MAX_APPEND_BYTES: Final = 3_800_000
-#: What the writes of imports and migrations are cut to (one stream's append: 2k + 2 items).
-WRITE_LIMITS: Final = WriteLimits(events=MAX_APPEND_EVENTS + 1, per_stream=1, bytes=MAX_APPEND_BYTES)
+#: What the writes of imports and migrations are cut to: the items of one transaction, two
+#: an event (the event and its id guard), one a stream (its version check), one the counter.
+WRITE_LIMITS: Final = WriteLimits(units=MAX_TRANSACTION_ITEMS - 1, per_event=2, per_stream=1, bytes=MAX_APPEND_BYTES)
 MAX_COMMIT_ITEMS: Final = MAX_TRANSACTION_ITEMS
 
 
