@@ -251,21 +251,24 @@ EMULATORS = {
     "pubsub": Emulator("pubsub", _google("pubsub"), lambda port: f"127.0.0.1:{port}"),
 }
 
-#: (figure, emulator, job, target, events): the counts keep each round within a minute or two
-#: on the emulators of a loaded 2-core machine (the Cosmos DB emulator is the slowest), and
-#: each import several writes long, so that its throughput, not its fixed start (a connection,
-#: the checkpoint read and written once), is what is measured.  Not more for DynamoDB: moto
-#: deep-copies the whole table on every TransactWriteItems (as a backup; once per item before
-#: ``tests/services/moto_server.py`` made it once per call), so its time per write grows with
-#: the table and would hide the round trip.  The
-#: relay is a long-lived process: 10 batches of 500, so that its start (a connection, the
-#: topic looked up) is not most of what a round measures
+#: (figure, emulator, job, target, events, streams): the counts keep each round within a
+#: minute or two on the emulators of a loaded 2-core machine, and each import many writes
+#: long, so that its throughput, not its fixed start (connections, the checkpoint read and
+#: written once), is what is measured.  The events interleave their streams as an export's
+#: do.  Not more for DynamoDB: moto deep-copies the whole table on every TransactWriteItems
+#: (as a backup; once per item before ``tests/services/moto_server.py`` made it once per
+#: call), so its time per write grows with the table and would hide the round trip.  Cosmos
+#: DB has no ``bulk_append``: an import makes one append per stream and chunk, so its events
+#: are 500 streams of one event each, 500 appends (with 50 streams, the import was 50
+#: appends, and three client connections took half of a round at 20 ms).  The relay is a
+#: long-lived process: 10 batches of 500, so that its start (a connection, the topic looked
+#: up) is not most of what a round measures.
 JOBS = (
-    ("import into DynamoDB", "moto", "import", "dynamodb", 1000),
-    ("relay publish to SNS+SQS", "moto", "relay", "sns+sqs", 5000),
-    ("import into Cosmos DB", "cosmos", "import", "cosmos", 50),
-    ("import into Firestore", "firestore", "import", "firestore", 2000),
-    ("relay publish to Pub/Sub", "pubsub", "relay", "pubsub", 5000),
+    ("import into DynamoDB", "moto", "import", "dynamodb", 1000, 50),
+    ("relay publish to SNS+SQS", "moto", "relay", "sns+sqs", 5000, 50),
+    ("import into Cosmos DB", "cosmos", "import", "cosmos", 500, 500),
+    ("import into Firestore", "firestore", "import", "firestore", 2000, 50),
+    ("relay publish to Pub/Sub", "pubsub", "relay", "pubsub", 5000, 50),
 )
 ROUNDS = 2
 """Rounds at each delay, interleaved, after one warm-up round; the best of each is printed."""
@@ -382,8 +385,9 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
 # --- the orchestration ---------------------------------------------------------------------------------
 
 
-def _source(directory: Path, count: int) -> tuple[str, str]:
-    """A SQLite store of ``count`` events in 50 streams and its export (an archive directory)."""
+def _source(directory: Path, count: int, streams: int) -> tuple[str, str]:
+    """A SQLite store of ``count`` events in ``streams`` streams, interleaved, and its export (an
+    archive directory)."""
     from skyferry.adapters.archives.local import LocalArchive
     from skyferry.adapters.stores.sqlite import SQLiteEventStore
     from skyferry.migrate.export import export
@@ -393,7 +397,6 @@ def _source(directory: Path, count: int) -> tuple[str, str]:
     store = SQLiteEventStore(url)
     now = datetime.now(UTC)
     data = {"amount": "12.50", "currency": "EUR", "account_id": "acc-0001", "note": "benchmark payload"}
-    streams = 50
     store.bulk_append(
         [
             Event(new_event_id(), f"acct-{i % streams}", i // streams + 1, "MoneyDeposited", 1, data, {}, now, now)
@@ -486,7 +489,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="skyferry-bench-latency-") as name:
         directory = Path(name)
-        sources: dict[int, tuple[str, str]] = {}
+        sources: dict[tuple[int, int], tuple[str, str]] = {}
         missing: list[str] = []
         for emulator_name, emulator in EMULATORS.items():
             try:
@@ -495,13 +498,13 @@ def run(args: argparse.Namespace) -> list[Figure]:
                 missing.append(f"{emulator_name}: {e}")
                 continue
             jobs = []
-            for figure, owner, job, target, count in JOBS:
+            for figure, owner, job, target, count, streams in JOBS:
                 if owner != emulator_name:
                     continue
                 count = count // 4 if quick else count
-                if count not in sources:
-                    sources[count] = _source(directory / str(count), count)
-                source, archive = sources[count]
+                if (count, streams) not in sources:
+                    sources[count, streams] = _source(directory / f"{count}-{streams}", count, streams)
+                source, archive = sources[count, streams]
                 jobs.append({"figure": figure, "job": job, "target": target, "archive": archive, "source": source})
             figures += _figures(measure(emulator_name, emulator, jobs, directory))
         for reason in missing:

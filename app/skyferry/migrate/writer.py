@@ -48,8 +48,9 @@ from skyferry.migrate.format import canonical_bytes
 
 APPEND_EVENTS: Final = 1000
 """Events per ``append`` where the target sets no cap of its own."""
-CONCURRENCY: Final = 8
-"""Writes in flight by default (``--concurrency``)."""
+CONCURRENCY: Final = 32
+"""Writes in flight by default (``--concurrency``): enough to hide a cloud store's round trips
+on the ``append`` path (Cosmos DB: three requests an append, one after another)."""
 MAX_CONCURRENCY: Final = 64
 """The most writes in flight ``--concurrency`` accepts (each is a thread and a connection)."""
 _IN_ORDER: Final = "\x00in order"

@@ -10,6 +10,7 @@ of slots, whatever the log's length).  Waits are bounded polls; nothing asserts 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +20,7 @@ from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from skyferry.adapters.stores import cosmos
 from skyferry.adapters.stores.cosmos import CosmosEventStore, CosmosViewStore
-from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, Doc, ViewChange
 from tests import services
@@ -103,6 +104,92 @@ def test_concurrent_any_appends_all_land_once_in_order(url: str) -> None:
         versions = [e.version for e in everything if e.stream_id == stream]
         assert versions == list(range(1, 7)), "per-stream order in the global log"
     assert read_everything(store) == everything, "reading again gives the same events in the same order"
+
+
+def slots_of(store: CosmosEventStore) -> list[dict[str, Any]]:
+    return store._query("test", "SELECT * FROM c WHERE c.kind = 'slot' ORDER BY c.n", {}, cosmos.LOG_PARTITION)
+
+
+def test_threads_of_one_store_share_slots_and_keep_each_streams_order(url: str) -> None:
+    """Group commit: commits slotted at the same moment share one slot (the first slot's
+    creation is held back so that the others queue behind it); every event is read once,
+    each stream in version order, the same when read again one event at a time."""
+    store = CosmosEventStore.from_url(url)
+    create_slot = store._create_slot
+    first = threading.Event()
+
+    def held_back(commits: list[dict[str, Any]]) -> int:
+        if not first.is_set():
+            first.set()
+            time.sleep(0.3)
+        return create_slot(commits)
+
+    store._create_slot = held_back  # type: ignore[method-assign]
+    streams = [f"g{i}-{uuid.uuid4().hex[:4]}" for i in range(3)]
+
+    def writer(w: int) -> None:
+        for i in range(4):
+            store.append(streams[(w + i) % 3], [new(w * 100 + i)], ANY)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = read_everything(store)
+    assert len({e.id for e in everything}) == len(everything) == 24
+    for stream in streams:
+        assert [e.version for e in everything if e.stream_id == stream] == list(range(1, 9))
+    slots = slots_of(store)
+    assert any("commits" in slot for slot in slots), "no slot was shared"
+    one_by_one: list[Event] = []
+    position = None
+    while page := store.read_all(position, limit=1):
+        one_by_one += page
+        position = page[-1].position
+    assert one_by_one == everything
+    assert store.last_position() == everything[-1].position
+
+
+def test_a_shared_slot_whose_writer_died_before_recording_it_is_read_in_its_order(url: str) -> None:
+    """The slot names two commits that do not record it yet (their writer died): a reader
+    records it in both and reads them in the slot's order; a member that a helper slotted
+    elsewhere first is read there, once."""
+    store = CosmosEventStore.from_url(url)
+    store.append("before", [new(0)], NO_STREAM)
+    second = store._write_commit("second", 1, [new(1)])
+    first = store._write_commit("first", 1, [new(2), new(3)])
+    helped = store._write_commit("helped", 1, [new(4)])
+    store._record_slot("helped", helped["id"], store._create_slot([helped]))  # a helper got there first
+    store._create_slot([first, second, helped])  # the writer dies here
+    everything = read_everything(CosmosEventStore.from_url(url))
+    assert [(e.stream_id, e.version) for e in everything] == [
+        ("before", 1),
+        ("helped", 1),
+        ("first", 1),
+        ("first", 2),
+        ("second", 1),
+    ]
+    assert [e.position for e in everything] == ["1:1", "2:1", "3:1", "3:2", "3.1:1"]
+    assert [e.id for e in store.read_all("3:1")] == [e.id for e in everything[3:]]
+    assert [e.id for e in store.read_all("3.1:1")] == []
+    assert store.last_position() == "3.1:1"
+    assert all(c["slot"] is not None for c in store._commits("first") + store._commits("second"))
+
+
+@pytest.mark.parametrize("position", ["3.x:1", "3:", "a.1:2", "3.1"])
+def test_a_malformed_position_is_refused(url: str, position: str) -> None:
+    with pytest.raises(ValidationError, match="read_all position"):
+        CosmosEventStore.from_url(url).read_all(position)
+
+
+def test_the_next_append_slots_an_orphaned_commit_first(default_url: str) -> None:
+    """A commit whose writer died before its slot (not swept yet: default ``sweep_after``) is
+    slotted by the next append to its stream, before that append's own commit."""
+    store = CosmosEventStore.from_url(default_url)
+    store._write_commit("orphan", 1, [new(1)])  # the writer dies here: no slot
+    store.append("orphan", [new(2)], 1)
+    assert [(e.stream_id, e.version) for e in read_everything(store)] == [("orphan", 1), ("orphan", 2)]
 
 
 def test_an_append_over_the_item_limit_goes_to_parts_and_reads_back_whole(url: str) -> None:

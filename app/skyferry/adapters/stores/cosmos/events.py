@@ -25,6 +25,20 @@ transactional batches, which the emulator does not make atomic):
   ``read_all``'s periodic sweep of unslotted commits (``sweep_after`` seconds old), slots
   it; a failed slotting makes ``append`` raise ``TransientError`` (retrying is an
   idempotent success that finishes the slotting).
+* **Group commit.**  Creating slots is sequential (each is "highest + 1"), one round trip
+  each, so the commits an instance's threads slot at the same moment share one slot: it
+  names them all (``commits``, in order; a slot of one commit names it as ``stream`` and
+  ``commit``), and each commit records it.  A commit waits for a slot only once every
+  earlier commit of its stream has recorded one, so per-stream order holds across slots.
+  Positions are ``"<slot>:<version>"``, or ``"<slot>.<member>:<version>"`` for the second
+  and later commits a slot names.  An instance tries the slot number after the one it
+  created last (a collision with another process reads the highest again).  A reader of
+  a version before group commit cannot read a shared slot (it fails on it, it does not
+  skip it): deploy readers and writers of one store at the same version.
+* **An append is three requests** in the common case: the commit, the (shared) slot, the
+  record.  An append to a new stream (expected version 0) reads nothing first (its commit
+  of version 1 collides if the stream exists), and the query for earlier unslotted commits
+  is skipped when the stream's last commit has its slot.
 * Each event keeps its ``data`` and ``metadata`` as canonical JSON text (fields ``d`` and
   ``m``), not as native JSON: Cosmos DB stores every number as a double, which would
   change ``-0.0``, ``1.0``, ``1e16``, ``2**53 + 1`` or ``2**63 - 1``.  Events written by
@@ -38,6 +52,7 @@ transactional batches, which the emulator does not make atomic):
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -98,6 +113,10 @@ class CosmosEventStore:
         self.url = redact(f"cosmos://{location.account}/{location.database}/{location.container}")
         self.identity = ("cosmos", location.endpoint, location.database, location.container)
         self._containers = _Containers(location, client)
+        self._slotting = threading.Condition()
+        self._leading = False
+        self._waiting: list[_Waiting] = []
+        self._next_slot: int | None = None
 
     @classmethod
     def from_url(cls, url: str, client: CosmosClient | None = None, *, existing: bool = False) -> CosmosEventStore:
@@ -193,8 +212,9 @@ class CosmosEventStore:
         check_append(stream_id, events)
         want = expected_as_int(expected_version)
         ids = [e.id for e in events]
+        new_stream = want == 0  # nothing to read first: the commit of version 1 collides if it exists
         while True:
-            head = self._head(stream_id)
+            head = None if new_stream else self._head(stream_id)
             actual = int(head["last"]) if head else 0
             stored = self._find_ids(stream_id, ids) if head else {}
             if stored or (want is not None and actual != want):
@@ -203,10 +223,16 @@ class CosmosEventStore:
                 return result
             first = actual + 1
             try:
-                self._write_commit(stream_id, first, events)
+                commit = self._write_commit(stream_id, first, events)
             except _Collision:
+                new_stream = False
                 continue  # another append took this version: decide again from the new head
-            self._slot_stream(stream_id)
+            if head is None or head.get("slot") is not None:
+                # Every earlier commit has its slot (a commit gets one only after those before
+                # it): this one is the stream's only commit without, no query needed.
+                self._slot_only(stream_id, commit)
+            else:
+                self._slot_stream(stream_id)
             return AppendResult(stream_id, first, first + len(events) - 1)
 
     def _find_ids(self, stream_id: str, ids: list[str]) -> dict[str, int]:
@@ -228,7 +254,7 @@ class CosmosEventStore:
                         stored[event_id] = int(row["first"]) + offset
         return stored
 
-    def _write_commit(self, stream_id: str, first: int, events: list[NewEvent]) -> None:
+    def _write_commit(self, stream_id: str, first: int, events: list[NewEvent]) -> dict[str, Any]:
         now = format_timestamp(utc_now())
         bodies = [_event_body(e, format_timestamp(e.recorded_at) if e.recorded_at else now) for e in events]
         commit: dict[str, Any] = {
@@ -258,11 +284,12 @@ class CosmosEventStore:
         else:
             commit["events"] = bodies
         try:
-            call(f"appending to {stream_id}", lambda: self._c.create_item(commit))
+            created: dict[str, Any] = call(f"appending to {stream_id}", lambda: self._c.create_item(commit))
         except CosmosResourceExistsError as e:
             for part_id in parts:
                 self._delete(part_id, stream_id)
             raise _Collision from e
+        return created
 
     def _write_part(self, stream_id: str, first: int, token: str, n: int, chunk: list[dict[str, Any]]) -> str:
         part_id = f"p-{first:0{_VERSION_DIGITS}d}-{token}-{n}"
@@ -284,8 +311,15 @@ class CosmosEventStore:
             {},
             stream_id,
         )
+        self._slot_in_order(stream_id, sorted(rows, key=lambda r: int(r["first"])))
+
+    def _slot_only(self, stream_id: str, commit: dict[str, Any]) -> None:
+        """Give ``commit``, the stream's only commit without a slot, its slot."""
+        self._slot_in_order(stream_id, [commit])
+
+    def _slot_in_order(self, stream_id: str, commits: list[dict[str, Any]]) -> None:
         try:
-            for commit in sorted(rows, key=lambda r: int(r["first"])):
+            for commit in commits:
                 self._slot_commit(commit)
         except ConfigurationError:
             raise
@@ -305,27 +339,74 @@ class CosmosEventStore:
         return int(rows[0]["n"]) if rows else 0
 
     def _slot_commit(self, commit: dict[str, Any]) -> int:
-        """Create the next slot for ``commit`` and record it there; returns the slot that counts."""
+        """Give ``commit`` a slot and record it there; returns the slot that counts.
+
+        Group commit: the commits this instance's threads are slotting at the same moment
+        share one slot, in the order they arrived.  One thread at a time creates a slot for
+        every commit waiting (the others wait for it), then each thread records the slot in
+        its own commit.  Each waiting commit's earlier commits are recorded already (its
+        thread slots its stream's commits one after another), so per-stream order holds.
+        A slot is created one round trip after the one before, so without sharing, one
+        appending process could give out only one slot per round trip."""
+        ticket = _Waiting(commit)
+        with self._slotting:
+            self._waiting.append(ticket)
+            while not ticket.done and self._leading:
+                self._slotting.wait()
+            batch: list[_Waiting] = []
+            if not ticket.done:
+                self._leading = True
+                batch, self._waiting = self._waiting, []
+        if batch:
+            try:
+                n = self._create_slot([waiting.commit for waiting in batch])
+                for waiting in batch:
+                    waiting.slot = n
+            except BaseException as e:
+                for waiting in batch:
+                    waiting.error = e
+                raise
+            finally:
+                with self._slotting:
+                    for waiting in batch:
+                        waiting.done = True
+                    self._leading = False
+                    self._slotting.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+        assert ticket.slot is not None
+        return self._record_slot(commit["stream_id"], commit["id"], ticket.slot, commit)
+
+    def _create_slot(self, commits: list[dict[str, Any]]) -> int:
+        """Create the next slot of the log naming ``commits`` (in that order); returns its number.
+
+        Tried first: the number after the one this instance created last (one request, no
+        query); a collision (another process) reads the highest slot again."""
+        members = list({c["id"] + "\x00" + c["stream_id"]: [c["stream_id"], c["id"]] for c in commits}.values())
+        n = self._next_slot if self._next_slot is not None else self._top_slot() + 1
+        self._next_slot = None
         while True:
-            n = self._top_slot() + 1
-            slot = {
-                "id": _slot_id(n),
-                "kind": "slot",
-                "stream_id": LOG_PARTITION,
-                "n": n,
-                "stream": commit["stream_id"],
-                "commit": commit["id"],
-            }
+            slot: dict[str, Any] = {"id": _slot_id(n), "kind": "slot", "stream_id": LOG_PARTITION, "n": n}
+            if len(members) == 1:
+                slot["stream"], slot["commit"] = members[0]
+            else:
+                slot["commits"] = members
             try:
                 call("appending to the global log", partial(self._c.create_item, slot))
             except CosmosResourceExistsError:
+                n = self._top_slot() + 1
                 continue
-            return self._record_slot(commit["stream_id"], commit["id"], n)
+            self._next_slot = n + 1
+            return n
 
-    def _record_slot(self, stream_id: str, commit_id: str, n: int) -> int:
-        """Set the commit's slot to ``n`` unless it has one; returns the slot that counts."""
+    def _record_slot(self, stream_id: str, commit_id: str, n: int, known: dict[str, Any] | None = None) -> int:
+        """Set the commit's slot to ``n`` unless it has one; returns the slot that counts.
+
+        ``known``: the commit as last read (its etag is tried first, saving a read)."""
+        current = known
         while True:
-            current = call(f"reading {commit_id}", lambda: self._c.read_item(commit_id, partition_key=stream_id))
+            if current is None:
+                current = call(f"reading {commit_id}", lambda: self._c.read_item(commit_id, partition_key=stream_id))
             if current.get("slot") is not None:
                 return int(current["slot"])
             updated = {k: v for k, v in current.items() if not k.startswith("_")}
@@ -345,10 +426,12 @@ class CosmosEventStore:
             except CosmosHttpResponseError as e:
                 if e.status_code != 412:
                     raise
+                current = None  # changed since it was read: read it again
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
-        """Events in log order after ``after`` (a position ``"<slot>:<version>"``)."""
-        slot_after, version_after = _parse_position(after)
+        """Events in log order after ``after`` (a position ``"<slot>:<version>"``, or
+        ``"<slot>.<member>:<version>"`` for a slot shared by several commits)."""
+        slot_after, member_after, version_after = _parse_position(after)
         out: list[Event] = []
         next_slot = max(slot_after, 1)
         while len(out) < limit:
@@ -362,29 +445,31 @@ class CosmosEventStore:
                 break
             for slot in rows:
                 n = int(slot["n"])
-                commit = self._commit_for_slot(slot)
-                if commit is None:
-                    continue
-                for event in self._events_of(commit):
-                    if n == slot_after and event.version <= version_after:
+                for member, (stream_id, commit_id) in enumerate(_members(slot)):
+                    if (n, member) < (slot_after, member_after):
                         continue
-                    out.append(event.with_position(f"{n}:{event.version}"))
-                    if len(out) >= limit:
-                        return out
+                    commit = self._counting_commit(n, stream_id, commit_id)
+                    if commit is None:
+                        continue
+                    for event in self._events_of(commit):
+                        if (n, member) == (slot_after, member_after) and event.version <= version_after:
+                            continue
+                        out.append(event.with_position(_position(n, member, event.version)))
+                        if len(out) >= limit:
+                            return out
             next_slot = int(rows[-1]["n"]) + 1
         self._sweep()
         return out
 
-    def _commit_for_slot(self, slot: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The commit a slot names, if the slot is the one that counts for it."""
+    def _counting_commit(self, n: int, stream_id: str, commit_id: str) -> dict[str, Any] | None:
+        """The commit slot ``n`` names, if ``n`` is the slot that counts for it (recorded
+        there now when its writer has not yet)."""
         commit: dict[str, Any] = call(
-            f"reading {slot['commit']}",
-            lambda: self._c.read_item(slot["commit"], partition_key=slot["stream"]),
+            f"reading {commit_id}", lambda: self._c.read_item(commit_id, partition_key=stream_id)
         )
-        n = int(slot["n"])
         recorded = commit.get("slot")
         if recorded is None:
-            recorded = self._record_slot(slot["stream"], slot["commit"], n)
+            recorded = self._record_slot(stream_id, commit_id, n, commit)
         return commit if int(recorded) == n else None
 
     _last_sweep: float = 0.0
@@ -418,9 +503,11 @@ class CosmosEventStore:
         ):
             rows = self._query("reading the global log", query, {}, LOG_PARTITION)
             for slot in rows:
-                commit = self._commit_for_slot(slot)
-                if commit is not None:
-                    return f"{int(slot['n'])}:{int(commit['last'])}"
+                n = int(slot["n"])
+                for member, (stream_id, commit_id) in reversed(list(enumerate(_members(slot)))):
+                    commit = self._counting_commit(n, stream_id, commit_id)
+                    if commit is not None:
+                        return _position(n, member, int(commit["last"]))
             if len(rows) < LAST_SLOTS:
                 return None
         return None
@@ -434,11 +521,33 @@ class _Collision(Exception):
     """The commit document already exists: another append won the version."""
 
 
-def _parse_position(position: str | None) -> tuple[int, int]:
+class _Waiting:
+    """A commit waiting for its slot (see ``CosmosEventStore._slot_commit``)."""
+
+    def __init__(self, commit: dict[str, Any]) -> None:
+        self.commit = commit
+        self.done = False
+        self.slot: int | None = None
+        self.error: BaseException | None = None
+
+
+def _members(slot: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``(stream, commit id)`` pairs a slot names, in log order."""
+    if "commits" in slot:
+        return [(str(stream_id), str(commit_id)) for stream_id, commit_id in slot["commits"]]
+    return [(str(slot["stream"]), str(slot["commit"]))]
+
+
+def _position(slot: int, member: int, version: int) -> str:
+    return f"{slot}.{member}:{version}" if member else f"{slot}:{version}"
+
+
+def _parse_position(position: str | None) -> tuple[int, int, int]:
     if position is None:
-        return 0, 0
+        return 0, 0, 0
     try:
-        slot, _, version = position.partition(":")
-        return int(slot), int(version)
+        where, _, version = position.partition(":")
+        slot, _, member = where.partition(".")
+        return int(slot), int(member or 0), int(version)
     except ValueError as e:
         raise ValidationError(f"{position!r} is not a cosmos:// read_all position") from e
