@@ -267,7 +267,7 @@ JOBS = (
     ("import into DynamoDB", "moto", "import", "dynamodb", 1000, 50),
     ("relay publish to SNS+SQS", "moto", "relay", "sns+sqs", 5000, 50),
     ("import into Cosmos DB", "cosmos", "import", "cosmos", 500, 500),
-    ("import into Firestore", "firestore", "import", "firestore", 2000, 50),
+    ("import into Firestore", "firestore", "import", "firestore", 10000, 50),
     ("relay publish to Pub/Sub", "pubsub", "relay", "pubsub", 5000, 50),
 )
 ROUNDS = 2
