@@ -82,7 +82,9 @@ class TargetWriter:
         self.bulk = use_bulk and FEATURE_BULK_APPEND in features_of(store)
         self.limits = write_limits(store)
         self.concurrency = check_concurrency(concurrency)
-        self.pool: OrderedPool[int] = OrderedPool(self.concurrency, name="skyferry-writer")
+        # bulk_append parts run one at a time, in order: in the caller's thread (a pool of one),
+        # not beside idle threads that every submission would wake.
+        self.pool: OrderedPool[int] = OrderedPool(1 if self.bulk else self.concurrency, name="skyferry-writer")
         self.written = 0
         self.skipped = 0
 
