@@ -333,17 +333,10 @@ def _stores(url: str, target: str) -> tuple[Any, Any]:
     from azure.cosmos import CosmosClient
 
     from skyferry.adapters.stores import cosmos
-    from skyferry.adapters.stores.cosmos.client import _batch_partition_keys
 
     class Undiscovered(cosmos.CosmosLocation):
-        def client(self) -> CosmosClient:
-            return CosmosClient(
-                self.endpoint,
-                credential=self.key or "",
-                connection_verify=False,
-                enable_endpoint_discovery=False,
-                raw_request_hook=_batch_partition_keys,
-            )
+        def client(self, **options: Any) -> CosmosClient:
+            return super().client(enable_endpoint_discovery=False, **options)
 
     parsed = cosmos.CosmosLocation.parse(url)
     location = Undiscovered(**{name: getattr(parsed, name) for name in parsed.__dataclass_fields__})

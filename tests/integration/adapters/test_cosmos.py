@@ -9,11 +9,14 @@ of slots, whatever the log's length).  Waits are bounded polls; nothing asserts 
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from azure.cosmos.exceptions import CosmosHttpResponseError
@@ -227,6 +230,78 @@ def test_a_commit_slotted_twice_is_read_once(url: str) -> None:
     everything = read_everything(store)
     assert [(e.stream_id, e.version) for e in everything] == [("dup", 1), ("dup", 2)]
     assert store.last_position() == everything[-1].position
+
+
+class ConnectProxy:
+    """An HTTPS proxy on a free loopback port: tunnels each ``CONNECT`` and notes its target."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.targets: list[str] = []
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        target = head.split(b"\r\n")[0].split()[1].decode()
+        self.targets.append(target)
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        self.sockets += [client, upstream]
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.server.close()
+        for open_socket in self.sockets:
+            open_socket.close()
+
+
+def test_the_environments_proxy_settings_are_followed(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read once per client (not per request), ``HTTPS_PROXY`` and ``NO_PROXY`` still decide."""
+    proxy = ConnectProxy()
+    emulator = urlsplit(service.endpoint()).netloc
+    try:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("NO_PROXY", "example.invalid")
+        store = CosmosEventStore.from_url(url)
+        store.append("proxied", [new(1)], NO_STREAM)
+        assert store.stream_version("proxied") == 1
+        assert proxy.targets
+        assert set(proxy.targets) == {emulator}
+        store.close()
+        seen = len(proxy.targets)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = CosmosEventStore.from_url(url)
+        assert direct.stream_version("proxied") == 1
+        direct.close()
+        assert len(proxy.targets) == seen
+    finally:
+        proxy.close()
 
 
 def test_a_missing_container_is_a_configuration_error_naming_it() -> None:
