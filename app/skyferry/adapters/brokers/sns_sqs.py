@@ -201,8 +201,10 @@ def _decode(raw: dict[str, Any], attempt: int | None = None) -> Message:
     )
 
 
-PUBLISH_IN_FLIGHT: Final = 16
-"""``PublishBatch`` requests in flight by default (URL option ``inflight``)."""
+PUBLISH_IN_FLIGHT: Final = 32
+"""``PublishBatch`` requests in flight by default (URL option ``inflight``): all the client's
+connections, since a relay keeps several batches in flight (16 left a 20 ms round trip showing:
+``docs/performance.md``)."""
 MAX_PUBLISH_IN_FLIGHT: Final = 32
 """The most ``inflight`` accepts: the HTTP connections of one boto3 client (``aws.make_client``)."""
 
