@@ -351,8 +351,8 @@ def _event_of(fields: Mapping[str, Any], event_id: str) -> Event:
 
 @dataclass
 class _BulkState:
-    """What a ``bulk_append`` decides on: the global head (its update time, ``None`` before
-    the first event, and position), stream heads, and which of its ids are stored where."""
+    """What a write decides on: the global head (its update time, ``None`` before the first
+    event, and position), stream heads, and which of its ids are stored where."""
 
     update_time: Any
     head: int
@@ -427,28 +427,24 @@ class FirestoreEventStore(_FirestoreBase):
 
     # -- the one write path ------------------------------------------------------------------
 
-    def _read_state(
-        self, transaction: Any, stream_ids: Sequence[str], event_ids: Sequence[str]
-    ) -> tuple[dict[str, int], dict[str, tuple[str, int]], int]:
-        """In ``transaction``: stream versions, stored ``id -> (stream, version)``, global head."""
-        versions = dict.fromkeys(stream_ids, 0)
-        stored: dict[str, tuple[str, int]] = {}
-        head = 0
+    def _read_state(self, reader: Any, stream_ids: Sequence[str], event_ids: Sequence[str]) -> _BulkState:
+        """One batched read, through ``reader`` (a transaction, which locks what it reads until
+        its commit, or the client): the global head, the streams' heads, the stored ids."""
         head_ref = self._head_ref()
         refs = [head_ref, *(self._stream_ref(s) for s in stream_ids)]
         refs += [self._events().document(i) for i in event_ids]
-        # One batched read: every document the decision depends on, locked until commit.
-        for snap in transaction.get_all(refs, retry=None, timeout=RPC_TIMEOUT):
+        state = _BulkState(None, 0, dict.fromkeys(stream_ids, 0), {})
+        for snap in reader.get_all(refs, retry=None, timeout=RPC_TIMEOUT):
             if not snap.exists:
                 continue
             parent = snap.reference.parent.id
             if parent == EVENTS_COLLECTION:
-                stored[snap.id] = (snap.get("stream_id"), int(snap.get("version")))
+                state.stored[snap.id] = (snap.get("stream_id"), int(snap.get("version")))
             elif parent == STREAMS_COLLECTION:
-                versions[snap.get("stream_id")] = int(snap.get("version"))
+                state.versions[snap.get("stream_id")] = int(snap.get("version"))
             elif snap.reference.path == head_ref.path:
-                head = int(snap.get("position"))
-        return versions, stored, head
+                state.update_time, state.head = snap.update_time, int(snap.get("position"))
+        return state
 
     def _write(self, transaction: Any, plans: Sequence[_StreamPlan], head: int) -> list[AppendResult]:
         """In ``transaction``: create the planned events (global positions plan by plan), move
@@ -529,9 +525,9 @@ class FirestoreEventStore(_FirestoreBase):
             self._check_writes([(stream_id, e) for stream_id, events, _ in batch for e in events])
 
         def body(transaction: Any) -> list[AppendResult]:
-            versions, stored, head = self._read_state(transaction, streams, ids)
-            plans = [self._plan_append(s, e, v, versions[s], stored) for s, e, v in batch]
-            return self._write(transaction, plans, head)
+            state = self._read_state(transaction, streams, ids)
+            plans = [self._plan_append(s, e, v, state.versions[s], state.stored) for s, e, v in batch]
+            return self._write(transaction, plans, state.head)
 
         return self._transact(body)
 
@@ -572,22 +568,8 @@ class FirestoreEventStore(_FirestoreBase):
         )
 
     def _bulk_state(self, by_stream: Mapping[str, list[Event]], event_ids: list[str]) -> _BulkState:
-        """One batched read of the global head, the streams' heads and the events' ids."""
-        head_ref = self._head_ref()
-        refs = [head_ref, *(self._stream_ref(s) for s in by_stream)]
-        refs += [self._events().document(i) for i in event_ids]
-        state = _BulkState(None, 0, dict.fromkeys(by_stream, 0), {})
-        for snap in self._call(lambda: list(self.client.get_all(refs, retry=None, timeout=RPC_TIMEOUT))):
-            if not snap.exists:
-                continue
-            parent = snap.reference.parent.id
-            if parent == EVENTS_COLLECTION:
-                state.stored[snap.id] = (snap.get("stream_id"), int(snap.get("version")))
-            elif parent == STREAMS_COLLECTION:
-                state.versions[snap.get("stream_id")] = int(snap.get("version"))
-            elif snap.reference.path == head_ref.path:
-                state.update_time, state.head = snap.update_time, int(snap.get("position"))
-        return state
+        """What ``bulk_append`` decides on, read now (outside any transaction)."""
+        return self._call(lambda: self._read_state(self.client, list(by_stream), event_ids))
 
     def _bulk_write(
         self, events: Sequence[Event], by_stream: Mapping[str, list[Event]], state: _BulkState

@@ -230,7 +230,7 @@ class CosmosEventStore:
             if head is None or head.get("slot") is not None:
                 # Every earlier commit has its slot (a commit gets one only after those before
                 # it): this one is the stream's only commit without, no query needed.
-                self._slot_only(stream_id, commit)
+                self._slot_in_order(stream_id, [commit])
             else:
                 self._slot_stream(stream_id)
             return AppendResult(stream_id, first, first + len(events) - 1)
@@ -313,11 +313,8 @@ class CosmosEventStore:
         )
         self._slot_in_order(stream_id, sorted(rows, key=lambda r: int(r["first"])))
 
-    def _slot_only(self, stream_id: str, commit: dict[str, Any]) -> None:
-        """Give ``commit``, the stream's only commit without a slot, its slot."""
-        self._slot_in_order(stream_id, [commit])
-
     def _slot_in_order(self, stream_id: str, commits: list[dict[str, Any]]) -> None:
+        """Slot the stream's ``commits`` one after another, in version order."""
         try:
             for commit in commits:
                 self._slot_commit(commit)
@@ -382,7 +379,7 @@ class CosmosEventStore:
 
         Tried first: the number after the one this instance created last (one request, no
         query); a collision (another process) reads the highest slot again."""
-        members = list({c["id"] + "\x00" + c["stream_id"]: [c["stream_id"], c["id"]] for c in commits}.values())
+        members = [list(member) for member in dict.fromkeys((c["stream_id"], c["id"]) for c in commits)]
         n = self._next_slot if self._next_slot is not None else self._top_slot() + 1
         self._next_slot = None
         while True:
