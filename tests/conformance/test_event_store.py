@@ -16,6 +16,7 @@ from skyferry.core.ports import (
     ANY,
     EVENT_STORE_FEATURES,
     FEATURE_BULK_APPEND,
+    FEATURE_BULK_IN_FLIGHT,
     FEATURE_COUNT,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
@@ -261,17 +262,20 @@ def test_a_write_over_the_stores_byte_cap_is_refused_whole_before_sending(event_
     started = time.monotonic()
     with pytest.raises(ValidationError, match="split the write"):
         event_store.append(sid, events, NO_STREAM)
-    if FEATURE_BULK_APPEND in features_of(event_store):
-        moment = datetime(2030, 1, 1, tzinfo=UTC)
-        imported = [
-            Event(e.id, sid, v, e.type, 1, e.data, e.metadata, moment, moment) for v, e in enumerate(events, start=1)
-        ]
+    moment = datetime(2030, 1, 1, tzinfo=UTC)
+    imported = [
+        Event(e.id, sid, v, e.type, 1, e.data, e.metadata, moment, moment) for v, e in enumerate(events, start=1)
+    ]
+    if FEATURE_BULK_APPEND in features_of(event_store) and FEATURE_BULK_IN_FLIGHT not in features_of(event_store):
         with pytest.raises(ValidationError, match="split the write"):
             event_store.bulk_append(imported)  # type: ignore[attr-defined]
     assert time.monotonic() - started < 10, "refused up front, not retried as throttling"
     assert event_store.stream_version(sid) == 0
     parts = list(limits.split(exported(sid, range(1, count + 1), data=events)))
     assert len(parts) > 1
+    if FEATURE_BULK_IN_FLIGHT in features_of(event_store):  # it cuts the call itself
+        assert event_store.bulk_append(imported, in_flight=4) == count  # type: ignore[attr-defined]
+        assert [e.id for e in event_store.read_stream(sid)] == [e.id for e in imported]
 
 
 def sized(size: int) -> NewEvent:
@@ -597,6 +601,68 @@ def test_bulk_append_takes_each_stream_in_version_order(event_store: EventStore)
         event_store.bulk_append([*exported(other, range(1, 2)), second, first])  # type: ignore[attr-defined]
     assert sid in str(caught.value)
     assert (event_store.stream_version(sid), event_store.stream_version(other)) == (0, 0)
+
+
+def interleaved(streams: list[str], per_stream: int) -> list[Event]:
+    """``per_stream`` exported events of each stream, taking turns: every part holds several streams."""
+    runs = [exported(sid, range(1, per_stream + 1)) for sid in streams]
+    return [run[i] for i in range(per_stream) for run in runs]
+
+
+def test_bulk_append_in_flight_keeps_the_order_given_across_its_parts(event_store: EventStore) -> None:
+    requires(event_store, FEATURE_BULK_IN_FLIGHT)
+    streams = [stream("fly") for _ in range(7)]
+    events = interleaved(streams, 40)
+    assert len(list(write_limits(event_store).split(events))) > 4, "the call must be cut into several parts"
+    assert event_store.bulk_append(events, in_flight=8) == len(events)  # type: ignore[attr-defined]
+    mine = [e for e in read_everything(event_store) if e.stream_id in streams]
+    assert [e.id for e in mine] == [e.id for e in events]
+    for sid in streams:
+        assert [e.version for e in event_store.read_stream(sid)] == list(range(1, 41))
+    assert event_store.bulk_append(events, in_flight=8) == 0  # type: ignore[attr-defined]
+    assert [e.id for e in read_everything(event_store) if e.stream_id in streams] == [e.id for e in events]
+
+
+def test_bulk_append_in_flight_resumed_stores_the_rest_once(event_store: EventStore) -> None:
+    """A call again after a part of it was stored: the rest is stored, nothing twice, and
+    ``read_all`` passes over the positions the stored part no longer needs."""
+    requires(event_store, FEATURE_BULK_IN_FLIGHT)
+    streams = [stream("again") for _ in range(5)]
+    events = interleaved(streams, 40)
+    assert event_store.bulk_append(events[:90], in_flight=4) == 90  # type: ignore[attr-defined]
+    assert event_store.bulk_append(events, in_flight=4) == len(events) - 90  # type: ignore[attr-defined]
+    after = stream("after")
+    event_store.append(after, [new(0)], NO_STREAM)
+    everything = [e for e in read_everything(event_store) if e.stream_id in [*streams, after]]
+    ids = [e.id for e in everything]
+    assert len(ids) == len(set(ids)) == len(events) + 1
+    assert set(ids) == {e.id for e in events} | {event_store.read_stream(after)[0].id}
+    assert everything[-1].stream_id == after
+    assert event_store.last_position() == everything[-1].position
+
+
+def test_bulk_append_in_flight_failing_leaves_each_stream_a_prefix(event_store: EventStore) -> None:
+    """An event that clashes stops the call: every stream holds a prefix of its events, and
+    ``read_all`` goes past the positions that were not used to what is appended next."""
+    requires(event_store, FEATURE_BULK_IN_FLIGHT)
+    streams = [stream("clash") for _ in range(6)]
+    events = interleaved(streams, 40)
+    clash = next(e for e in events if e.stream_id == streams[2] and e.version == 20)
+    event_store.append(stream("holder"), [NewEvent("Thing", {}, {}, id=clash.id)], NO_STREAM)
+    with pytest.raises(ConcurrencyError) as caught:
+        event_store.bulk_append(events, in_flight=4)  # type: ignore[attr-defined]
+    assert streams[2] in str(caught.value)
+    stored = 0
+    for sid in streams:
+        versions = [e.version for e in event_store.read_stream(sid)]
+        assert versions == list(range(1, len(versions) + 1)), f"{sid} holds a gap"
+        stored += len(versions)
+    assert event_store.stream_version(streams[2]) < 20
+    after = stream("after")
+    event_store.append(after, [new(0)], NO_STREAM)
+    mine = [e for e in read_everything(event_store) if e.stream_id in [*streams, after]]
+    assert len(mine) == stored + 1
+    assert mine[-1].stream_id == after
 
 
 def test_temporal_reads_the_stream_as_it_was(event_store: EventStore) -> None:

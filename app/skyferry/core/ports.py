@@ -45,8 +45,9 @@ FEATURE_BULK_APPEND = "bulk_append"
 FEATURE_TEMPORAL = "temporal"
 FEATURE_TRANSACTIONS_ACROSS_STREAMS = "transactions_across_streams"
 FEATURE_COUNT = "count"
+FEATURE_BULK_IN_FLIGHT = "bulk_in_flight"
 EVENT_STORE_FEATURES = frozenset(
-    {FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS, FEATURE_COUNT}
+    {FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS, FEATURE_COUNT, FEATURE_BULK_IN_FLIGHT}
 )
 FEATURE_PUBLISH_BEGIN = "publish_begin"
 BROKER_FEATURES = frozenset({FEATURE_PUBLISH_BEGIN})
@@ -207,6 +208,25 @@ class BulkAppendEventStore(EventStore, Protocol):
         of the target follows the export's order: export -> import -> export is
         byte-identical.
         """
+        ...
+
+
+@runtime_checkable
+class InFlightBulkEventStore(BulkAppendEventStore, Protocol):
+    """Feature ``bulk_in_flight``: ``bulk_append`` of any size, its writes many in flight.
+
+    For a store whose atomic write is small and far away (DynamoDB: 100 items a transaction,
+    a round trip each).  The store cuts the call to its :class:`WriteLimits` itself, takes
+    the positions of all the parts at once, in the order given, and writes up to
+    ``in_flight`` parts side by side, each stream's parts in order.  Each part is atomic,
+    the call is not: after a failure each stream is stored up to a point, never with a gap,
+    and the positions of the parts not stored are passed over by ``read_all`` (positions
+    stay ascending, not dense).  Calling it again stores the rest.
+    """
+
+    def bulk_append(self, events: Sequence[Event], in_flight: int = 1) -> int:
+        """Store already-versioned events as :meth:`BulkAppendEventStore.bulk_append` does,
+        ``in_flight`` writes at a time; return how many were new."""
         ...
 
 

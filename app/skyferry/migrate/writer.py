@@ -21,9 +21,11 @@ gap.  On the ``append`` path (a store without ``bulk_append``: Cosmos DB) each s
 events of one call are then merged into as few appends as its limits allow, so the target's
 log interleaves the streams differently from the source (each stream's order is kept);
 ``concurrency=1`` keeps the source's global order there.  ``bulk_append`` keeps positions in
-the order given, so its parts stay in order, one at a time: every store with it takes its
-positions from one global head anyway (SQLite, PostgreSQL, Firestore, DynamoDB), where
-concurrent writes would only queue behind each other or collide.
+the order given, so its parts stay in order, one at a time: those stores take their
+positions from one global head (SQLite, PostgreSQL, Firestore), where concurrent writes
+would only queue behind each other or collide.  A store with ``bulk_in_flight`` (DynamoDB)
+takes the whole call and ``concurrency``, and keeps its own parts in flight on positions
+it took ahead (:class:`~skyferry.core.ports.InFlightBulkEventStore`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from skyferry.core.inflight import OrderedPool
 from skyferry.core.messages import Event, validate_stream_id
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
+    FEATURE_BULK_IN_FLIGHT,
     BulkAppendEventStore,
     EventStore,
+    InFlightBulkEventStore,
     features_of,
     write_limits,
 )
@@ -80,10 +84,12 @@ class TargetWriter:
     def __init__(self, store: EventStore, *, use_bulk: bool = True, concurrency: int = CONCURRENCY) -> None:
         self.store = store
         self.bulk = use_bulk and FEATURE_BULK_APPEND in features_of(store)
+        self.bulk_in_flight = self.bulk and FEATURE_BULK_IN_FLIGHT in features_of(store)
         self.limits = write_limits(store)
         self.concurrency = check_concurrency(concurrency)
         # bulk_append parts run one at a time, in order: in the caller's thread (a pool of one),
-        # not beside idle threads that every submission would wake.
+        # not beside idle threads that every submission would wake.  (A store with
+        # bulk_in_flight keeps its own parts in flight: the whole call goes to it.)
         self.pool: OrderedPool[int] = OrderedPool(1 if self.bulk else self.concurrency, name="skyferry-writer")
         self.written = 0
         self.skipped = 0
@@ -104,7 +110,7 @@ class TargetWriter:
         if not events:
             return 0
         if self.bulk:
-            parts = list(self.limits.split(events))
+            parts = [events] if self.bulk_in_flight else list(self.limits.split(events))
             if len(parts) > 1 and not validated:
                 validate_all(events)  # one call validates its own events; several must not write a part
             for part in parts:
@@ -128,8 +134,11 @@ class TargetWriter:
         return new
 
     def _bulk_part(self, part: Sequence[Event]) -> int:
-        assert isinstance(self.store, BulkAppendEventStore)
         try:
+            if self.bulk_in_flight:
+                assert isinstance(self.store, InFlightBulkEventStore)
+                return self.store.bulk_append(part, in_flight=self.concurrency)
+            assert isinstance(self.store, BulkAppendEventStore)
             return self.store.bulk_append(part)
         except ConcurrencyError as e:
             raise self._explain(e, part) from e

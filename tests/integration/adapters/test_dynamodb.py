@@ -6,15 +6,20 @@ Request counts are exact, not timed: they are what the docstring of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from skyferry.adapters import aws
 from skyferry.adapters.stores import dynamodb
+from skyferry.adapters.stores.dynamodb import events as dynamodb_events
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
-from skyferry.core.messages import NewEvent
+from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, ViewChange
 from tests.integration.adapters.aws_support import Counter, boto
 from tests.services import dynamodb as dynamodb_service
@@ -265,3 +270,95 @@ def test_append_many_is_one_transaction_with_contiguous_positions_and_idempotent
     with pytest.raises(ValidationError):
         store.append_many([("m-d", events(1), NO_STREAM), ("m-d", events(1), 1)])
     assert store.stream_version("m-d") == 0
+
+
+# --- bulk_append in flight: positions taken ahead ---------------------------------------------------
+
+
+def exported(streams: int, per_stream: int, prefix: str) -> list[Event]:
+    """``per_stream`` exported events of each of ``streams`` streams, taking turns."""
+    moment = datetime(2021, 6, 1, tzinfo=UTC)
+    return [
+        Event(str(uuid.uuid4()), f"{prefix}-{s}", v, "Thing", 1, {"v": v}, {}, moment, moment)
+        for v in range(1, per_stream + 1)
+        for s in range(streams)
+    ]
+
+
+class InFlight:
+    """Counts ``TransactWriteItems`` calls and the most that were in flight at once."""
+
+    def __init__(self, client: Any) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = self.calls = 0
+        self._call = client.transact_write_items
+        client.transact_write_items = self
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with self.lock:
+            self.now += 1
+            self.calls += 1
+            self.most = max(self.most, self.now)
+        try:
+            return self._call(**kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_a_bulk_append_in_flight_is_one_reservation_then_its_parts_side_by_side(table: str) -> None:
+    """1,000 events over 50 streams: one transaction takes the positions, 21 write the parts
+    (each stream's events together, cut at 99 items), up to ``in_flight`` at once, and no
+    claim is left behind."""
+    client = boto("dynamodb")
+    counter = Counter()
+    counter.attach(client)
+    flight = InFlight(client)
+    store = dynamodb.DynamoDBEventStore(table, client=client)
+    events = exported(50, 20, "fly")
+    assert store.bulk_append(events, in_flight=8) == 1000
+    assert counter.calls == {"GetItem": 1, "TransactWriteItems": 22}
+    assert 1 < flight.most <= 8
+    assert [e.id for e in store.read_all(limit=2000)] == [e.id for e in events]
+    claims = client.query(
+        TableName=table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": "x#claims"}}
+    )
+    assert claims["Items"] == []
+    store.close()
+
+
+def test_positions_a_dead_writer_took_are_passed_over_once_they_expire(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that dies mid-block leaves holes: readers stop there while its claims live,
+    settle them as gaps once they expire, and the writer's late part is then refused."""
+    monkeypatch.setattr(dynamodb_events, "CLAIM_SECONDS", 1.0)
+    store = dynamodb.DynamoDBEventStore(table, client=boto("dynamodb"))
+    events = exported(6, 20, "dead")  # 3 parts of two streams each
+    written: list[tuple[Sequence[Event], Any, Any]] = []
+    real = store._write_part
+
+    def dies_after_the_first_part(part: Sequence[Event], claim: Any, recorded: Any) -> int:
+        written.append((part, claim, recorded))
+        if len(written) > 1:
+            raise TransientError("the process died")
+        return real(part, claim, recorded)
+
+    monkeypatch.setattr(store, "_write_part", dies_after_the_first_part)
+    monkeypatch.setattr(store, "_release", lambda claims: None)  # it died before releasing anything
+    with pytest.raises(TransientError, match="died"):
+        store.bulk_append(events, in_flight=1)
+    first = {e.id for e in written[0][0]}
+    assert {e.id for e in store.read_all(limit=200)} < first, "the reader stops at the first hole"
+    store.append("dead-after", [NewEvent("Thing", {})], NO_STREAM)
+    assert "dead-after" not in {e.stream_id for e in store.read_all(limit=200)}
+    time.sleep(1.5)
+    everything = store.read_all(limit=200)
+    assert {e.id for e in everything} == first | {store.read_stream("dead-after")[0].id}
+    assert everything[-1].stream_id == "dead-after"
+    assert store.last_position() == everything[-1].position
+    late_part, late_claim, recorded = written[1]
+    with pytest.raises(TransientError, match="expired"):
+        real(late_part, late_claim, recorded)
+    stored = {e.id for sid in {e.stream_id for e in events} for e in store.read_stream(sid)}
+    assert stored == first

@@ -9,7 +9,7 @@ condition that the stream is at ``v`` (the item of version ``v`` exists, or the 
 new: its index entry is put with ``attribute_not_exists``), and the global counter,
 updated from ``n`` to ``n + k`` on condition that it is still ``n``.  The events get the
 global positions ``n+1 .. n+k``.  The transaction is all-or-nothing, so an append is
-atomic and positions are dense: every position is used by exactly one committed event.
+atomic, and every position it takes is used by exactly one of its events.
 DynamoDB caps a transaction at 100 items and 4 MB, hence :data:`MAX_APPEND_EVENTS` (49)
 and :data:`MAX_APPEND_BYTES` (counted as :func:`skyferry.core.ports.event_bytes` and
 ``stream_bytes``), declared as the store's ``write_limits``; a larger append raises
@@ -23,15 +23,39 @@ puts several streams' parts in the same transaction, under the same limits; so d
 events, positions in the order given, assuming the counter its own last call left (one
 round trip a call while nobody else writes; a wrong guess fails the counter's condition).
 
+Bulk writes in flight: positions taken ahead
+--------------------------------------------
+Every transaction that moves the one counter waits for the one before it (DynamoDB refuses
+a transaction on an item another one holds), so a ``bulk_append`` larger than one
+transaction (feature ``bulk_in_flight``: imports and migrations) takes its positions ahead
+instead.  Per block of up to :data:`BLOCK_EVENTS` events, one transaction moves the
+counter past all of them and puts one *claim* per part (partition ``x#claims``: the
+part's positions and an expiry, :data:`CLAIM_SECONDS`).  The parts (each stream's events
+together, cut to :data:`WRITE_LIMITS`) then go ``in_flight`` at a time, each stream's in
+order; a part is one transaction of its events, id guards and version checks that deletes
+its claim on condition it is still there.  Parts share no item, so they do not conflict,
+and a block costs one round trip plus its parts side by side instead of one after another.
+
+Positions a part does not use become *gaps* (partition ``x#gaps``: an index entry with no
+event): those of events already stored (a resumed import) in the part's own transaction;
+those of parts not stored when the block fails, released by the writer.  A writer that
+dies mid-block leaves holes in the index; a reader that stops at a hole settles every
+expired claim (gaps and the claim's delete, in one transaction conditioned on the claim),
+so a dead writer stalls readers for :data:`CLAIM_SECONDS` at most, and its late part, if
+it ever arrives, is refused with its claim gone.  Positions therefore stay unique and
+ascending, but are no longer dense after a failed or resumed bulk write.
+
 ``read_all``: a global sequence plus a gap-aware reader
 ------------------------------------------------------
 The global index ``by_position`` (hash ``g`` = ``"all"``, range ``p``, projecting every
 attribute) lists events by global position.  A GSI is eventually consistent: a reader may
-see position 12 before 11.  Because positions are dense, the reader returns only the
-contiguous run after ``after`` and stops before the first hole; the hole is a committed
-event whose index entry has not arrived yet, so the next call returns it.  Hence
+see position 12 before 11.  Every position up to the counter is taken by an event, a gap
+or a live claim, so the reader returns only the contiguous run after ``after`` (passing
+over gaps) and stops before the first hole; the hole is a committed event whose index
+entry has not arrived yet, or a part still in flight, so a later call returns it.  Hence
 ``read_all`` is complete (a tailing reader never skips) and stable (positions and order
-never change).  The position is the decimal global sequence number.
+never change).  The position is the decimal global sequence number.  ``count_after``
+reads the counter, so after gaps it counts them too (a progress bar's total, no more).
 
 Throughput ceiling
 ------------------
@@ -48,18 +72,23 @@ or DynamoDB Streams feeding a sequencer: not needed for the ledger.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
 import orjson
 
 from skyferry.adapters import aws
+from skyferry.adapters.stores._commit import LOCK_TIMEOUT_SECONDS
 from skyferry.adapters.stores.dynamodb.client import _CONFLICT_ATTEMPTS, _cancellation_codes, _parse, _redacted, _Table
 from skyferry.adapters.stores.dynamodb.layout import (
+    _CLAIMS,
     _COUNTER_SK,
+    _GAPS,
     _GLOBAL,
     _MAX_VERSION_KEY,
     _STREAMS,
@@ -76,7 +105,8 @@ from skyferry.adapters.stores.dynamodb.layout import (
     _s,
     _vkey,
 )
-from skyferry.core.errors import ConcurrencyError, TransientError, ValidationError
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
+from skyferry.core.inflight import OrderedPool
 from skyferry.core.messages import (
     Event,
     NewEvent,
@@ -89,6 +119,7 @@ from skyferry.core.messages import (
 )
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
+    FEATURE_BULK_IN_FLIGHT,
     FEATURE_COUNT,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
@@ -101,6 +132,15 @@ from skyferry.core.ports import (
     stream_bytes,
 )
 
+_log = logging.getLogger(__name__)
+
+BLOCK_EVENTS: Final = 1000
+"""Events whose positions one reservation takes (fewer when their parts would not fit it)."""
+MAX_BLOCK_PARTS: Final = MAX_TRANSACTION_ITEMS - 1
+"""Parts of one block: the reservation holds the counter and one claim per part."""
+CLAIM_SECONDS: Final = LOCK_TIMEOUT_SECONDS
+"""How long reserved positions wait for their part before a reader settles them as gaps."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
@@ -108,8 +148,42 @@ class _Plan:
     counter: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """The positions a block reserved for one part, until that part (or a settler) deletes it."""
+
+    key: dict[str, Any]
+    positions: tuple[int, ...]
+    expires: int  # Unix seconds
+
+    def item(self) -> dict[str, Any]:
+        return {**self.key, "ps": {"NS": [str(p) for p in self.positions]}, "exp": _n(self.expires)}
+
+    def delete(self, table: str) -> dict[str, Any]:
+        """Delete the claim, on condition that it is still there (nobody settled it)."""
+        return {"Delete": {"TableName": table, "Key": self.key, "ConditionExpression": "attribute_exists(pk)"}}
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> _Claim:
+        positions = tuple(sorted(int(p) for p in item["ps"]["NS"]))
+        return cls({"pk": item["pk"], "sk": item["sk"]}, positions, int(item["exp"]["N"]))
+
+
+def _by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:
+    by_stream: dict[str, list[Event]] = {}
+    for event in events:
+        by_stream.setdefault(event.stream_id, []).append(event)
+    return by_stream
+
+
+def _grouped(events: Sequence[Event]) -> list[Event]:
+    """``events`` with each stream's together (first seen first): fewer streams a part, fewer
+    parts that must wait for another."""
+    return [event for run in _by_stream(events).values() for event in run]
+
+
 class DynamoDBEventStore:
-    """Event store on one DynamoDB table: conditional transactions, a dense global sequence.
+    """Event store on one DynamoDB table: conditional transactions, one global sequence.
 
     See the module docstring for the ``read_all`` design and its throughput ceiling, and
     :mod:`skyferry.adapters.stores.dynamodb.layout` for the item layout.  ``client`` is a
@@ -117,7 +191,9 @@ class DynamoDBEventStore:
     first use from the URL's options.
     """
 
-    features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_COUNT, FEATURE_TRANSACTIONS_ACROSS_STREAMS})
+    features: frozenset[str] = frozenset(
+        {FEATURE_BULK_APPEND, FEATURE_BULK_IN_FLIGHT, FEATURE_COUNT, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
+    )
     write_limits: WriteLimits = WRITE_LIMITS
 
     def __init__(self, table: str, *, client: Any | None = None, options: aws.AwsOptions | None = None) -> None:
@@ -126,6 +202,7 @@ class DynamoDBEventStore:
         self.identity = ("dynamodb", options.region or "", options.endpoint or "", table)
         self._table = _Table(table, client, options, self.url)
         self._bulk_counter: int | None = None  # the counter after this instance's last bulk_append
+        self._pool: OrderedPool[int] | None = None  # bulk_append's parts in flight
 
     @classmethod
     def from_url(cls, url: str, *, existing: bool = False) -> DynamoDBEventStore:
@@ -224,14 +301,16 @@ class DynamoDBEventStore:
             )
         return [results[i] for i in range(len(plans))]
 
-    def bulk_append(self, events: Sequence[Event]) -> int:
-        """Store already-versioned events of several streams in one transaction; return the new ones.
+    def bulk_append(self, events: Sequence[Event], in_flight: int = 1) -> int:
+        """Store already-versioned events of several streams; return how many were new.
 
         Positions follow the order given (an import keeps its archive's global order).  Events
         already stored with the same ids at the same versions are skipped (a resumed import).
-        The counter this instance left is assumed still current (one round trip per call
-        instead of two, when nobody else writes, as during an import); a wrong guess fails the
-        transaction's counter condition, which re-reads it.  Same limits as :meth:`append_many`.
+        A call that fits one transaction (:data:`WRITE_LIMITS`) is one transaction, atomic,
+        that moves the counter itself; the counter this instance left is assumed still current
+        (one round trip per call while nobody else writes; a wrong guess fails the counter's
+        condition, which re-reads it).  A larger call is cut into blocks of positions taken
+        ahead, whose parts go ``in_flight`` at a time (see the module docstring).
         """
         ids: set[str] = set()
         for event in events:
@@ -239,15 +318,25 @@ class DynamoDBEventStore:
             if event.id in ids:
                 raise ValidationError(f"bulk_append: event id {event.id} appears twice")
             ids.add(event.id)
-        pending = list(events)
-        if not pending:
+        if not events:
             return 0
+        if len(list(WRITE_LIMITS.split(_grouped(events)))) == 1:
+            return self._bulk_transaction(list(events))
+        recorded = utc_now()
+        new = 0
+        start = 0
+        while start < len(events):
+            size = BLOCK_EVENTS
+            while len(parts := list(WRITE_LIMITS.split(_grouped(events[start : start + size])))) > MAX_BLOCK_PARTS:
+                size //= 2  # payloads so large that a block's parts would not fit one reservation
+            new += self._bulk_block(events[start : start + size], parts, in_flight, recorded)
+            start += size
+        return new
+
+    def _bulk_transaction(self, events: list[Event]) -> int:
+        """``events`` (one transaction's worth) in one transaction that moves the counter too."""
+        pending = events
         streams = list(dict.fromkeys(event.stream_id for event in pending))
-        if 2 * len(pending) + len(streams) + 1 > MAX_TRANSACTION_ITEMS:
-            raise ValidationError(
-                f"bulk_append: {len(pending)} events over {len(streams)} stream(s) exceed one DynamoDB transaction "
-                f"({MAX_TRANSACTION_ITEMS} items; write_limits): split the write"
-            )
         size = sum(
             event_bytes(len(encode_json(e.data)) + len(encode_json(e.metadata)), e.type, e.stream_id) for e in pending
         ) + sum(stream_bytes(stream_id) for stream_id in streams)
@@ -255,9 +344,7 @@ class DynamoDBEventStore:
         recorded = utc_now()
         total = len(pending)
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
-            by_stream: dict[str, list[Event]] = {}
-            for event in pending:
-                by_stream.setdefault(event.stream_id, []).append(event)
+            by_stream = _by_stream(pending)
             for stream_id, run in by_stream.items():
                 if [e.version for e in run] != list(range(run[0].version, run[0].version + len(run))):
                     raise ConcurrencyError(
@@ -265,11 +352,7 @@ class DynamoDBEventStore:
                     )
             counter = self._bulk_counter if self._bulk_counter is not None else self._counter()
             position = {event.id: counter + 1 + i for i, event in enumerate(pending)}
-            items: list[dict[str, Any]] = []
-            for stream_id, run in by_stream.items():
-                encoded = [(e.to_new(), encode_json(e.data).decode(), encode_json(e.metadata).decode()) for e in run]
-                positions = [position[e.id] for e in run]
-                items += self._stream_items(stream_id, encoded, recorded, run[0].version - 1, counter, positions)
+            items = self._runs_items(by_stream, position, recorded)
             items.append(self._counter_item(counter, counter + len(pending)))
             cancelled = self._table.transact(items)
             if cancelled is None:
@@ -293,6 +376,163 @@ class DynamoDBEventStore:
             f"stream {streams[0]!r}: the write lost the race for the global counter {_CONFLICT_ATTEMPTS} times "
             f"({total} events)"
         )
+
+    def _runs_items(
+        self, by_stream: dict[str, list[Event]], position: dict[str, int], recorded: datetime
+    ) -> list[dict[str, Any]]:
+        """The items of each stream's run: its events at ``position``, their id guards, its version check."""
+        items: list[dict[str, Any]] = []
+        for stream_id, run in by_stream.items():
+            encoded = [(e.to_new(), encode_json(e.data).decode(), encode_json(e.metadata).decode()) for e in run]
+            positions = [position[e.id] for e in run]
+            items += self._stream_items(stream_id, encoded, recorded, run[0].version - 1, 0, positions)
+        return items
+
+    # --- blocks: positions taken ahead, parts in flight --------------------------------------
+
+    def _bulk_block(
+        self, events: Sequence[Event], parts: list[Sequence[Event]], in_flight: int, recorded: datetime
+    ) -> int:
+        """Take the positions of ``events`` (one reservation), then write ``parts`` ``in_flight`` at a time."""
+        for stream_id, run in _by_stream(events).items():
+            if [e.version for e in run] != list(range(run[0].version, run[0].version + len(run))):
+                raise ConcurrencyError(
+                    stream_id, run[0].version - 1, self.stream_version(stream_id), "the versions are not contiguous"
+                )
+        claims = self._reserve(events, parts)
+        pool = self._pool_of(in_flight)
+        try:
+            for part, claim in zip(parts, claims, strict=True):
+                streams = tuple(dict.fromkeys(event.stream_id for event in part))
+                pool.submit(streams, partial(self._write_part, part, claim, recorded))
+            return sum(pool.drain())
+        except Exception:
+            self._release(claims)
+            raise
+
+    def _pool_of(self, in_flight: int) -> OrderedPool[int]:
+        if self._pool is None or self._pool.size != in_flight:
+            if self._pool is not None:
+                self._pool.close()
+            self._pool = OrderedPool(in_flight, name="skyferry-dynamodb")
+        return self._pool
+
+    def _reserve(self, events: Sequence[Event], parts: list[Sequence[Event]]) -> list[_Claim]:
+        """Move the counter past ``events`` and put one claim per part, in one transaction.
+
+        The events take the positions after the counter in the order given; each part's
+        claim names its positions and when they expire (:data:`CLAIM_SECONDS`)."""
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            counter = self._bulk_counter if self._bulk_counter is not None else self._counter()
+            position = {event.id: counter + 1 + i for i, event in enumerate(events)}
+            expires = int(time.time() + CLAIM_SECONDS)
+            claims = [
+                _Claim(
+                    {"pk": _s(_CLAIMS), "sk": _s(f"{counter + 1:020d}.{n:03d}")},
+                    tuple(position[event.id] for event in part),
+                    expires,
+                )
+                for n, part in enumerate(parts)
+            ]
+            items = [self._counter_item(counter, counter + len(events))]
+            items += [{"Put": {"TableName": self._table.name, "Item": claim.item()}} for claim in claims]
+            cancelled = self._table.transact(items)
+            if cancelled is None:
+                self._bulk_counter = counter + len(events)
+                return claims
+            codes = _cancellation_codes(cancelled)
+            if any(c not in ("None", "TransactionConflict", "ConditionalCheckFailed") for c in codes):
+                raise TransientError(
+                    f"{self.url}: DynamoDB cancelled the reservation of {len(events)} positions for reasons {codes}"
+                ) from cancelled
+            self._bulk_counter = None  # the counter moved (another writer): read it again
+            if codes[0] != "ConditionalCheckFailed":
+                time.sleep(aws.backoff(attempt, base=0.01, cap=0.5))
+        raise TransientError(
+            f"{self.url}: the reservation of {len(events)} positions lost the race for the global counter "
+            f"{_CONFLICT_ATTEMPTS} times"
+        )
+
+    def _write_part(self, part: Sequence[Event], claim: _Claim, recorded: datetime) -> int:
+        """One part at its reserved positions, in one transaction that deletes its claim.
+
+        Events already stored as they are (a resumed import) leave their positions as gaps.
+        A claim already gone means a reader settled it after it expired: the part is not
+        stored, and :class:`TransientError` says to run the command again."""
+        position = dict(zip((event.id for event in part), claim.positions, strict=True))
+        pending = list(part)
+        gaps: list[int] = []
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            items = self._runs_items(_by_stream(pending), position, recorded)
+            items += [self._gap_item(p) for p in gaps]
+            items.append(claim.delete(self._table.name))
+            cancelled = self._table.transact(items)
+            if cancelled is None:
+                return len(pending)
+            codes = _cancellation_codes(cancelled)
+            if codes[-1] == "ConditionalCheckFailed":
+                raise TransientError(
+                    f"stream {part[0].stream_id!r}: the positions taken for this write expired before it was "
+                    f"stored ({CLAIM_SECONDS:g} s) and a reader passed over them; run the command again"
+                ) from cancelled
+            if "ConditionalCheckFailed" in codes[:-1]:  # an event, an id or a version is taken
+                left = self._bulk_unstored(pending, cancelled)
+                kept = {event.id for event in left}
+                gaps += [position[event.id] for event in pending if event.id not in kept]
+                pending = left
+                continue
+            if any(c not in ("None", "TransactionConflict") for c in codes):
+                raise TransientError(
+                    f"stream {part[0].stream_id!r}: DynamoDB cancelled the write for reasons {codes}"
+                ) from cancelled
+            time.sleep(aws.backoff(attempt, base=0.01, cap=0.5))
+        raise TransientError(f"stream {part[0].stream_id!r}: DynamoDB kept cancelling the write ({codes})")
+
+    def _gap_item(self, position: int) -> dict[str, Any]:
+        """A position that holds no event, in the ``by_position`` index (``read_all`` passes it)."""
+        return {
+            "Put": {
+                "TableName": self._table.name,
+                "Item": {
+                    "pk": _s(_GAPS),
+                    "sk": _s(f"{position:020d}"),
+                    POSITION_INDEX_HASH: _s(ALL),
+                    POSITION_INDEX_RANGE: _n(position),
+                },
+            }
+        }
+
+    def _settle(self, claim: _Claim) -> bool:
+        """Make ``claim``'s positions gaps and delete it, in one transaction; ``False`` when
+        its part was stored first (or it was settled already)."""
+        items = [self._gap_item(p) for p in claim.positions]
+        items.append(claim.delete(self._table.name))
+        return self._table.transact(items) is None
+
+    def _release(self, claims: list[_Claim]) -> None:
+        """Settle what a failed block did not store (readers settle the rest once it expires)."""
+        for claim in claims:
+            try:
+                self._settle(claim)
+            except Exception as e:  # the claim stays: readers settle it once it expires
+                _log.warning("%s: could not release the positions %s: %s", self.url, claim.positions, e)
+
+    def _settle_expired(self) -> bool:
+        """Settle every expired claim (a writer that died mid-block); whether any was."""
+        now = time.time()
+        settled = False
+        try:
+            for item in self._table.query_pages(
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": _s(_CLAIMS)},
+                ConsistentRead=True,
+            ):
+                claim = _Claim.of(item)
+                if claim.expires < now:
+                    settled = self._settle(claim) or settled
+        except (ConfigurationError, TransientError) as e:  # a read-only identity: the hole waits for a writer
+            _log.warning("%s: could not settle expired positions: %s", self.url, e)
+        return settled
 
     def _bulk_unstored(self, events: list[Event], cause: Exception) -> list[Event]:
         """``events`` less those already stored as they are; ``ConcurrencyError`` when one clashes."""
@@ -524,7 +764,10 @@ class DynamoDBEventStore:
             yield item["sk"]["S"]
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
-        """The contiguous run of events after ``after`` from the ``by_position`` index."""
+        """The contiguous run of events after ``after`` from the ``by_position`` index.
+
+        Gaps (positions a failed bulk write did not use) are passed over.  At a hole, expired
+        claims are settled once (a writer died mid-block) and the index is read again."""
         if limit <= 0:
             return []
         try:
@@ -532,23 +775,31 @@ class DynamoDBEventStore:
         except ValueError as e:
             raise ValidationError(f"{after!r} is not a position of {self.url}") from e
         events: list[Event] = []
-        for item in self._table.query_pages(
-            IndexName=POSITION_INDEX,
-            KeyConditionExpression="g = :g AND p > :after",
-            ExpressionAttributeValues={":g": _s(ALL), ":after": _n(last)},
-            Limit=min(limit, 1000),
-        ):
-            position = int(item[POSITION_INDEX_RANGE]["N"])
-            if position != last + 1:
-                break  # a committed event not yet in the index: stop before the hole
-            events.append(self._event(item).with_position(str(position)))
-            last = position
-            if len(events) >= limit:
-                break
-        return events
+        settled = False
+        while True:
+            hole = False
+            for item in self._table.query_pages(
+                IndexName=POSITION_INDEX,
+                KeyConditionExpression="g = :g AND p > :after",
+                ExpressionAttributeValues={":g": _s(ALL), ":after": _n(last)},
+                Limit=min(limit, 1000),
+            ):
+                position = int(item[POSITION_INDEX_RANGE]["N"])
+                if position != last + 1:
+                    hole = True  # a committed event not yet in the index, or a part still in flight
+                    break
+                last = position
+                if "id" not in item:
+                    continue  # a gap
+                events.append(self._event(item).with_position(str(position)))
+                if len(events) >= limit:
+                    break
+            if not hole or settled or not self._settle_expired():
+                return events
+            settled = True
 
     def count_after(self, after: str | None = None) -> int:
-        """How many events follow ``after`` (feature ``count``: positions are dense, one read of the counter)."""
+        """How many positions follow ``after`` (feature ``count``: one read of the counter; gaps count too)."""
         try:
             last = int(after) if after is not None else 0
         except ValueError as e:
@@ -556,9 +807,21 @@ class DynamoDBEventStore:
         return max(self._counter() - last, 0)
 
     def last_position(self) -> str | None:
-        """The global counter: the position of the last committed event."""
-        counter = self._counter()
-        return str(counter) if counter else None
+        """The position of the last event in the ``by_position`` index (gaps passed over)."""
+        for item in self._table.query_pages(
+            IndexName=POSITION_INDEX,
+            KeyConditionExpression="g = :g",
+            ExpressionAttributeValues={":g": _s(ALL)},
+            ProjectionExpression="#p, #id",
+            ExpressionAttributeNames={"#p": POSITION_INDEX_RANGE, "#id": "id"},
+            ScanIndexForward=False,
+            Limit=100,
+        ):
+            if "id" in item:
+                return str(item[POSITION_INDEX_RANGE]["N"])
+        return None
 
     def close(self) -> None:
-        """Nothing to release: boto3 clients hold pooled connections only."""
+        """Stop the threads of ``bulk_append``'s parts in flight (boto3 clients hold pooled connections only)."""
+        if self._pool is not None:
+            self._pool.close()

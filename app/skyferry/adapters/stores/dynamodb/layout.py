@@ -12,6 +12,9 @@ pk                     sk                     what
 ``e#<event id>``       ``id``                 id guard: where the event id is stored
 ``x#streams``          stream id              the stream index (``list_streams``)
 ``x#global``           ``position``           the global counter ``p`` (last position used)
+``x#claims``           block and part number  positions a bulk write took ahead for one part
+                                              (``ps``), until ``exp`` (Unix seconds)
+``x#gaps``             position, 20 digits    a position no event took (``g``, ``p`` only)
 ``v#<collection>``     document key           a read-model document ``d`` with revision ``r``
 ``c#<projection>``     checkpoint key         a projection checkpoint ``val``
 =====================  =====================  =================================================
@@ -93,6 +96,8 @@ _MAX_VERSION_KEY: Final = "9" * _VERSION_DIGITS
 _STREAMS: Final = "x#streams"
 _GLOBAL: Final = "x#global"
 _COUNTER_SK: Final = "position"
+_CLAIMS: Final = "x#claims"
+_GAPS: Final = "x#gaps"
 
 
 def table_spec(name: str) -> dict[str, Any]:
