@@ -603,22 +603,26 @@ def test_bulk_append_takes_each_stream_in_version_order(event_store: EventStore)
     assert (event_store.stream_version(sid), event_store.stream_version(other)) == (0, 0)
 
 
-def interleaved(streams: list[str], per_stream: int) -> list[Event]:
-    """``per_stream`` exported events of each stream, taking turns: every part holds several streams."""
-    runs = [exported(sid, range(1, per_stream + 1)) for sid in streams]
-    return [run[i] for i in range(per_stream) for run in runs]
+def in_parts(store: EventStore, streams: list[str]) -> list[Event]:
+    """Exported events of ``streams``, taking turns, enough for ``bulk_append`` to cut them
+    (each stream's together) into more than four parts."""
+    per_stream = 40
+    while True:
+        runs = [exported(sid, range(1, per_stream + 1)) for sid in streams]
+        if len(list(write_limits(store).split([e for run in runs for e in run]))) > 4:
+            return [run[i] for i in range(per_stream) for run in runs]
+        per_stream *= 2
 
 
 def test_bulk_append_in_flight_keeps_the_order_given_across_its_parts(event_store: EventStore) -> None:
     requires(event_store, FEATURE_BULK_IN_FLIGHT)
     streams = [stream("fly") for _ in range(7)]
-    events = interleaved(streams, 40)
-    assert len(list(write_limits(event_store).split(events))) > 4, "the call must be cut into several parts"
+    events = in_parts(event_store, streams)
     assert event_store.bulk_append(events, in_flight=8) == len(events)  # type: ignore[attr-defined]
     mine = [e for e in read_everything(event_store) if e.stream_id in streams]
     assert [e.id for e in mine] == [e.id for e in events]
     for sid in streams:
-        assert [e.version for e in event_store.read_stream(sid)] == list(range(1, 41))
+        assert [e.version for e in event_store.read_stream(sid)] == list(range(1, len(events) // 7 + 1))
     assert event_store.bulk_append(events, in_flight=8) == 0  # type: ignore[attr-defined]
     assert [e.id for e in read_everything(event_store) if e.stream_id in streams] == [e.id for e in events]
 
@@ -628,9 +632,10 @@ def test_bulk_append_in_flight_resumed_stores_the_rest_once(event_store: EventSt
     ``read_all`` passes over the positions the stored part no longer needs."""
     requires(event_store, FEATURE_BULK_IN_FLIGHT)
     streams = [stream("again") for _ in range(5)]
-    events = interleaved(streams, 40)
-    assert event_store.bulk_append(events[:90], in_flight=4) == 90  # type: ignore[attr-defined]
-    assert event_store.bulk_append(events, in_flight=4) == len(events) - 90  # type: ignore[attr-defined]
+    events = in_parts(event_store, streams)
+    first = len(events) // 3
+    assert event_store.bulk_append(events[:first], in_flight=4) == first  # type: ignore[attr-defined]
+    assert event_store.bulk_append(events, in_flight=4) == len(events) - first  # type: ignore[attr-defined]
     after = stream("after")
     event_store.append(after, [new(0)], NO_STREAM)
     everything = [e for e in read_everything(event_store) if e.stream_id in [*streams, after]]
@@ -646,8 +651,9 @@ def test_bulk_append_in_flight_failing_leaves_each_stream_a_prefix(event_store: 
     ``read_all`` goes past the positions that were not used to what is appended next."""
     requires(event_store, FEATURE_BULK_IN_FLIGHT)
     streams = [stream("clash") for _ in range(6)]
-    events = interleaved(streams, 40)
-    clash = next(e for e in events if e.stream_id == streams[2] and e.version == 20)
+    events = in_parts(event_store, streams)
+    middle = len(events) // 12
+    clash = next(e for e in events if e.stream_id == streams[2] and e.version == middle)
     event_store.append(stream("holder"), [NewEvent("Thing", {}, {}, id=clash.id)], NO_STREAM)
     with pytest.raises(ConcurrencyError) as caught:
         event_store.bulk_append(events, in_flight=4)  # type: ignore[attr-defined]
@@ -657,7 +663,7 @@ def test_bulk_append_in_flight_failing_leaves_each_stream_a_prefix(event_store: 
         versions = [e.version for e in event_store.read_stream(sid)]
         assert versions == list(range(1, len(versions) + 1)), f"{sid} holds a gap"
         stored += len(versions)
-    assert event_store.stream_version(streams[2]) < 20
+    assert event_store.stream_version(streams[2]) < middle
     after = stream("after")
     event_store.append(after, [new(0)], NO_STREAM)
     mine = [e for e in read_everything(event_store) if e.stream_id in [*streams, after]]

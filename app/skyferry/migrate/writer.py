@@ -22,8 +22,8 @@ events of one call are then merged into as few appends as its limits allow, so t
 log interleaves the streams differently from the source (each stream's order is kept);
 ``concurrency=1`` keeps the source's global order there.  ``bulk_append`` keeps positions in
 the order given, so its parts stay in order, one at a time: those stores take their
-positions from one global head (SQLite, PostgreSQL, Firestore), where concurrent writes
-would only queue behind each other or collide.  A store with ``bulk_in_flight`` (DynamoDB)
+positions from one global head (SQLite, PostgreSQL), where concurrent writes would only
+queue behind each other or collide.  A store with ``bulk_in_flight`` (DynamoDB, Firestore)
 takes the whole call and ``concurrency``, and keeps its own parts in flight on positions
 it took ahead (:class:`~skyferry.core.ports.InFlightBulkEventStore`).
 """

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from skyferry.adapters import aws
-from skyferry.adapters.stores import dynamodb
-from skyferry.adapters.stores.dynamodb import events as dynamodb_events
+from skyferry.adapters.stores import _blocks, dynamodb
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, ViewChange
@@ -327,12 +326,15 @@ def test_a_bulk_append_in_flight_is_one_reservation_then_its_parts_side_by_side(
     store.close()
 
 
+class Died(BaseException):
+    """The writer's process dies."""
+
+
 def test_positions_a_dead_writer_took_are_passed_over_once_they_expire(
     table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A writer that dies mid-block leaves holes: readers stop there while its claims live,
     settle them as gaps once they expire, and the writer's late part is then refused."""
-    monkeypatch.setattr(dynamodb_events, "CLAIM_SECONDS", 1.0)
     store = dynamodb.DynamoDBEventStore(table, client=boto("dynamodb"))
     events = exported(6, 20, "dead")  # 3 parts of two streams each
     written: list[tuple[Sequence[Event], Any, Any]] = []
@@ -341,24 +343,23 @@ def test_positions_a_dead_writer_took_are_passed_over_once_they_expire(
     def dies_after_the_first_part(part: Sequence[Event], claim: Any, recorded: Any) -> int:
         written.append((part, claim, recorded))
         if len(written) > 1:
-            raise TransientError("the process died")
+            raise Died  # not an Exception: nothing is released, as when the process is killed
         return real(part, claim, recorded)
 
     monkeypatch.setattr(store, "_write_part", dies_after_the_first_part)
-    monkeypatch.setattr(store, "_release", lambda claims: None)  # it died before releasing anything
-    with pytest.raises(TransientError, match="died"):
+    with pytest.raises(Died):
         store.bulk_append(events, in_flight=1)
     first = {e.id for e in written[0][0]}
     assert {e.id for e in store.read_all(limit=200)} < first, "the reader stops at the first hole"
     store.append("dead-after", [NewEvent("Thing", {})], NO_STREAM)
     assert "dead-after" not in {e.stream_id for e in store.read_all(limit=200)}
-    time.sleep(1.5)
+    monkeypatch.setattr(_blocks, "now", lambda: time.time() + _blocks.CLAIM_SECONDS + 1)  # time passes
     everything = store.read_all(limit=200)
     assert {e.id for e in everything} == first | {store.read_stream("dead-after")[0].id}
     assert everything[-1].stream_id == "dead-after"
     assert store.last_position() == everything[-1].position
     late_part, late_claim, recorded = written[1]
     with pytest.raises(TransientError, match="expired"):
-        real(late_part, late_claim, recorded)
+        real(late_part, late_claim, recorded=recorded)
     stored = {e.id for sid in {e.stream_id for e in events} for e in store.read_stream(sid)}
     assert stored == first

@@ -8,6 +8,7 @@ transaction machinery and the adapter's retry loop run for real.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 from google.cloud.firestore_v1.transaction import Transaction
 
 from skyferry.adapters import gcp
+from skyferry.adapters.stores import _blocks
 from skyferry.adapters.stores.firestore import FirestoreEventStore, FirestoreViewStore
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError
 from skyferry.core.messages import Event, NewEvent
@@ -213,3 +215,121 @@ def test_a_batched_bulk_append_whose_reply_was_lost_is_not_stored_twice(
         assert store.bulk_append([Event(str(uuid.uuid4()), "s", 5, "T", 1, {}, {}, now, now)]) == 1
     finally:
         store.close()
+
+
+# --- bulk_append in flight: positions taken ahead ---------------------------------------------------
+
+
+def exported(streams: int, per_stream: int, prefix: str) -> list[Event]:
+    """``per_stream`` exported events of each of ``streams`` streams, taking turns."""
+    now = datetime.now(UTC)
+    return [
+        Event(str(uuid.uuid4()), f"{prefix}-{s}", v, "T", 1, {"v": v}, {}, now, now)
+        for v in range(1, per_stream + 1)
+        for s in range(streams)
+    ]
+
+
+class Died(BaseException):
+    """The writer's process dies."""
+
+
+def test_positions_a_dead_writer_took_are_passed_over_once_they_expire(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that dies mid-block leaves holes: readers stop there while its claims live,
+    settle them as gaps once they expire, and the writer's late part is then refused."""
+    store = FirestoreEventStore.from_url(store_url)
+    events = exported(4, 300, "dead")  # 1,200 events of 4 streams: 3 parts
+    written: list[tuple[Any, Any, Any]] = []
+    real = store._write_part
+
+    def dies_after_the_first_part(part: Any, claim: Any, heads: Any) -> int:
+        written.append((part, claim, dict(heads)))
+        if len(written) > 1:
+            raise Died  # not an Exception: nothing is released, as when the process is killed
+        return real(part, claim, heads)
+
+    monkeypatch.setattr(store, "_write_part", dies_after_the_first_part)
+    try:
+        with pytest.raises(Died):
+            store.bulk_append(events, in_flight=1)
+        first = {e.id for e in written[0][0]}
+        assert {e.id for e in store.read_all(limit=2000)} < first, "the reader stops at the first hole"
+        store.append("dead-after", [NewEvent("T", {})], NO_STREAM)
+        assert "dead-after" not in {e.stream_id for e in store.read_all(limit=2000)}
+        monkeypatch.setattr(_blocks, "now", lambda: time.time() + _blocks.CLAIM_SECONDS + 1)  # time passes
+        everything = store.read_all(limit=2000)
+        assert {e.id for e in everything} == first | {store.read_stream("dead-after")[0].id}
+        assert everything[-1].stream_id == "dead-after"
+        assert store.last_position() == everything[-1].position
+        late_part, late_claim, heads = written[1]
+        with pytest.raises(TransientError, match="expired"):
+            real(late_part, late_claim, heads)
+        stored = {e.id for sid in {e.stream_id for e in events} for e in store.read_stream(sid)}
+        assert stored == first
+    finally:
+        store.close()
+
+
+def test_a_part_whose_reply_was_lost_is_not_stored_twice(
+    store_url: str, no_backoff: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part's write was applied but its reply lost: the retry fails (its claim is gone, its
+    events are there), the state read finds every event stored, and the call goes on."""
+    store = FirestoreEventStore.from_url(store_url)
+    original = FirestoreClient.commit
+    lost: list[int] = []
+
+    def commit_then_lose_the_reply(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        request = kwargs.get("request") or args[0]
+        deletes = [w for w in request.get("writes", []) if "delete" in w]
+        if not lost and deletes and "skyferry_claims" in str(deletes[-1]):  # a part: it deletes its claim
+            lost.append(1)
+            raise gexc.DeadlineExceeded("deadline exceeded after the commit was applied")  # type: ignore[no-untyped-call]
+        return result
+
+    monkeypatch.setattr(FirestoreClient, "commit", commit_then_lose_the_reply)
+    try:
+        events = exported(4, 300, "lost")
+        written = store.bulk_append(events, in_flight=2)
+        assert lost == [1]
+        assert written < len(events)  # the lost part counts as stored before, by its own write
+        assert [e.id for e in store.read_all(limit=2000)] == [e.id for e in events]
+        assert store.last_position() == store.read_all(limit=2000)[-1].position
+    finally:
+        store.close()
+
+
+def test_another_writer_on_a_stream_mid_block_is_a_conflict_not_a_fork(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the reservation and a part, another writer appends to one of the part's
+    streams: the part's condition on that stream's head fails, and the call raises
+    ``ConcurrencyError`` instead of storing a second event at a version."""
+    store, other = FirestoreEventStore.from_url(store_url), FirestoreEventStore.from_url(store_url)
+    real = store._write_part
+    meddled: list[str] = []
+
+    def another_writer_first(part: Any, claim: Any, heads: Any) -> int:
+        if not meddled:
+            stream_id = part[-1].stream_id
+            meddled.append(stream_id)
+            other.append(stream_id, [NewEvent("T", {"by": "other"})], heads[stream_id][0])
+        return real(part, claim, heads)
+
+    monkeypatch.setattr(store, "_write_part", another_writer_first)
+    try:
+        events = exported(4, 300, "fork")
+        with pytest.raises(ConcurrencyError):
+            store.bulk_append(events, in_flight=1)
+        for stream_id in {e.stream_id for e in events}:
+            versions = [e.version for e in store.read_stream(stream_id)]
+            assert versions == list(range(1, len(versions) + 1)), f"{stream_id}: {versions}"
+        assert [e.data for e in store.read_stream(meddled[0])] == [{"by": "other"}]
+        after = store.read_all(limit=2000)
+        assert len({e.id for e in after}) == len(after)
+    finally:
+        store.close()
+        other.close()

@@ -21,6 +21,9 @@ field settings Pulumi declares are the ones these queries need)
   since the epoch).
 * ``skyferry_streams/{encoded stream id}``: the stream head (``stream_id``, ``version``).
 * ``skyferry_meta/head``: ``position``, the global position of the last event stored.
+* ``skyferry_events/gap-{position}``: a position no event took (``position`` only; see
+  "Appends" below); ``skyferry_claims/{block}.{part}``: positions a bulk write took ahead
+  for one part (``positions``, ``expires``).
 * ``skyferry_views/{hex collection}/skyferry_view_docs/{hex key}``: read models
   (``key``, ``revision``, ``json``, and ``fields``: the top-level scalars, for
   ``query(where=...)``).  Hex document ids sort exactly like the keys' UTF-8 bytes, so a
@@ -46,6 +49,18 @@ first call reads that state (the heads and the events' ids, one batched read); l
 that continue the streams the last one left assume what it wrote, without reading.  A
 failed condition (another writer, an id stored meanwhile) reads again and retries.
 
+A ``bulk_append`` larger than one commit (feature ``bulk_in_flight``) takes positions
+ahead (:mod:`skyferry.adapters.stores._blocks`): per block of up to :data:`BLOCK_EVENTS`
+events, one batched write moves the global head past the new ones, on the same
+condition, and creates one claim per part in ``skyferry_claims/{block}.{part}``
+(``positions``, ``expires``).  The parts (each stream's events together, cut to
+:data:`WRITE_LIMITS`) then go ``in_flight`` at a time, each a batched write that creates
+its events, updates each stream head on condition of the update time it was read or
+last written with (``create`` for a new stream), and deletes its claim on condition it
+exists.  Parts share no document.  A failed condition reads the heads and ids again:
+events stored as they are leave their positions as gaps (``skyferry_events/gap-{position}``:
+a ``position`` and no stream), anything else is a ``ConcurrencyError``.
+
 ``read_all``: complete and stable, and the write-rate ceiling it costs
 ---------------------------------------------------------------------
 Firestore has no global commit sequence that a query could follow: document update
@@ -55,9 +70,13 @@ Instead every append takes the next positions from one counter document,
 ``skyferry_meta/head``, *inside its transaction*.  Because each append reads and writes
 that document, appends are serialized on it: the append holding positions ``n+1..m``
 commits strictly after the one that wrote ``n``, atomically with its events.  A
-strongly-consistent query ``position > after ORDER BY position`` therefore always sees
-a gap-free prefix of the global order (complete), and positions never change (stable).
-Positions are dense, so ``last_position`` reads the counter.
+strongly-consistent query ``position > after ORDER BY position`` therefore sees a
+prefix of the global order, and positions never change (stable).  Parts of a bulk write
+in flight commit out of order, so the reader follows the run of positions after
+``after`` only while it is contiguous, passing over gaps, and stops at a hole: it is
+complete.  At a hole it settles expired claims (a writer that died) once and reads on.
+``last_position`` is the last event's position (a query, gaps passed over);
+``count_after`` reads the counter, so gaps count too.
 
 The price is a write-rate ceiling: Google documents a sustained rate of about **one
 write per second per document** (a soft limit: bursts go higher, and contended
@@ -75,11 +94,13 @@ transaction or one atomic commit.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Final, Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -92,6 +113,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from skyferry.adapters import gcp
 from skyferry.adapters.gcp import RETRYABLE, call, translate
+from skyferry.adapters.stores import _blocks
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import (
     Event,
@@ -105,6 +127,7 @@ from skyferry.core.messages import (
 )
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
+    FEATURE_BULK_IN_FLIGHT,
     FEATURE_COUNT,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
@@ -120,6 +143,7 @@ from skyferry.core.ports import (
 )
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 # -- what the infrastructure must match ---------------------------------------------------
 
@@ -130,6 +154,7 @@ HEAD_DOCUMENT: Final = "head"
 VIEWS_COLLECTION: Final = "skyferry_views"
 VIEW_DOCS_COLLECTION: Final = "skyferry_view_docs"
 CHECKPOINTS_COLLECTION: Final = "skyferry_checkpoints"
+CLAIMS_COLLECTION: Final = "skyferry_claims"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +215,10 @@ TRANSACTION_ATTEMPTS: Final = 10
 _MAX_CHAR: Final = "\U0010ffff"
 _KNOWN_STREAMS: Final = 10_000
 """Stream heads a ``bulk_append`` remembers from the calls before (beyond, only its own call's)."""
+BLOCK_EVENTS: Final = 5000
+"""Events whose positions one reservation takes (``bulk_append`` in flight)."""
+_GAP_PREFIX: Final = "gap-"
+"""Document ids of gaps in the events collection (event ids are UUIDs: they never start so)."""
 
 
 def parse_url(url: str) -> tuple[str, str, str | None]:
@@ -358,13 +387,17 @@ class _BulkState:
     head: int
     versions: dict[str, int]
     stored: dict[str, tuple[str, int]]
+    times: dict[str, Any] = field(default_factory=dict)
+    """The update time of each stream head in ``versions`` that exists."""
 
     def continued_by(self, by_stream: Mapping[str, list[Event]]) -> bool:
         """Whether every run of ``by_stream`` continues its stream as this state has it (a
         stream not in it must be new), so that no stored event needs to be looked up."""
         for stream_id, run in by_stream.items():
-            first = self.versions.get(stream_id, 0) + 1
-            if [e.version for e in run] != list(range(first, first + len(run))):
+            version = self.versions.get(stream_id, 0)
+            if version and stream_id not in self.times:
+                return False
+            if [e.version for e in run] != list(range(version + 1, version + 1 + len(run))):
                 return False
         return True
 
@@ -386,6 +419,8 @@ class FirestoreEventStore(_FirestoreBase):
         super().__init__(url, client)
         self._bulk_known: _BulkState | None = None
         """What this instance's last ``bulk_append`` left (see :meth:`bulk_append`)."""
+        self._parts = _blocks.PartPool("skyferry-firestore")
+        """The threads of ``bulk_append``'s parts in flight."""
 
     @classmethod
     def from_url(cls, url: str, *, existing: bool = False) -> Self:
@@ -400,7 +435,13 @@ class FirestoreEventStore(_FirestoreBase):
         return ("firestore", self._emulator or "", self._project, self._database)
 
     features: frozenset[str] = frozenset(
-        {FEATURE_BULK_APPEND, FEATURE_COUNT, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
+        {
+            FEATURE_BULK_APPEND,
+            FEATURE_BULK_IN_FLIGHT,
+            FEATURE_COUNT,
+            FEATURE_TEMPORAL,
+            FEATURE_TRANSACTIONS_ACROSS_STREAMS,
+        }
     )
     write_limits: WriteLimits = WRITE_LIMITS
     """One stream head per stream and the global head share the commit with the events."""
@@ -425,6 +466,12 @@ class FirestoreEventStore(_FirestoreBase):
     def _head_ref(self) -> Any:
         return self.client.collection(META_COLLECTION).document(HEAD_DOCUMENT)
 
+    def _claim_ref(self, claim: _blocks.Claim) -> Any:
+        return self.client.collection(CLAIMS_COLLECTION).document(claim.name)
+
+    def _gap_ref(self, position: int) -> Any:
+        return self._events().document(_GAP_PREFIX + format_position(position))
+
     # -- the one write path ------------------------------------------------------------------
 
     def _read_state(self, reader: Any, stream_ids: Sequence[str], event_ids: Sequence[str]) -> _BulkState:
@@ -442,6 +489,7 @@ class FirestoreEventStore(_FirestoreBase):
                 state.stored[snap.id] = (snap.get("stream_id"), int(snap.get("version")))
             elif parent == STREAMS_COLLECTION:
                 state.versions[snap.get("stream_id")] = int(snap.get("version"))
+                state.times[snap.get("stream_id")] = snap.update_time
             elif snap.reference.path == head_ref.path:
                 state.update_time, state.head = snap.update_time, int(snap.get("position"))
         return state
@@ -531,15 +579,18 @@ class FirestoreEventStore(_FirestoreBase):
 
         return self._transact(body)
 
-    def bulk_append(self, events: Sequence[Event]) -> int:
-        """Store already-versioned events in one atomic batched write; already-stored ones are skipped.
+    def bulk_append(self, events: Sequence[Event], in_flight: int = 1) -> int:
+        """Store already-versioned events; already-stored ones are skipped.
 
-        Optimistic, without a transaction: the stream heads, the events' ids and the global
+        A call that fits one commit (:data:`WRITE_LIMITS`) is one atomic batched write,
+        optimistic, without a transaction: the stream heads, the events' ids and the global
         head are read in one batched read, and the write is on condition that the global
         head is still as read (every write of events moves it, so nothing the decision rests
         on has changed) and that every event id is new.  A failed condition reads again and
         retries.  What the write leaves is remembered: the next call that continues those
         streams (an import writes part after part) skips the read, one round trip in all.
+        A larger call takes the positions of up to :data:`BLOCK_EVENTS` events ahead and
+        writes their parts ``in_flight`` at a time (see the module docstring).
         """
         by_stream: dict[str, list[Event]] = {}
         seen: set[str] = set()
@@ -551,8 +602,13 @@ class FirestoreEventStore(_FirestoreBase):
             by_stream.setdefault(event.stream_id, []).append(event)
         if not by_stream:
             return 0
-        self._check_writes([(event.stream_id, event.to_new()) for event in events])
         with self._write_lock:
+            if len(list(WRITE_LIMITS.split(_blocks.grouped(events)))) > 1:
+                return sum(
+                    self._bulk_block(events[start : start + BLOCK_EVENTS], in_flight)
+                    for start in range(0, len(events), BLOCK_EVENTS)
+                )
+            self._check_writes([(event.stream_id, event.to_new()) for event in events])
             for attempt in range(TRANSACTION_ATTEMPTS):
                 state, read = self._bulk_known, False
                 if state is None or not state.continued_by(by_stream):
@@ -571,13 +627,10 @@ class FirestoreEventStore(_FirestoreBase):
         """What ``bulk_append`` decides on, read now (outside any transaction)."""
         return self._call(lambda: self._read_state(self.client, list(by_stream), event_ids))
 
-    def _bulk_write(
-        self, events: Sequence[Event], by_stream: Mapping[str, list[Event]], state: _BulkState
-    ) -> int | None:
-        """Write what ``state`` says is new; ``None`` when the global head or an id has changed
-        since ``state`` (nothing written).  ``ConcurrencyError`` for an event that neither
-        continues its stream nor is stored as it is."""
-        self._bulk_known = None
+    @staticmethod
+    def _decide(by_stream: Mapping[str, list[Event]], state: _BulkState) -> tuple[set[str], dict[str, int]]:
+        """The ids of the events ``state`` says are new, and each stream's version after them;
+        ``ConcurrencyError`` for an event that neither continues its stream nor is stored as it is."""
         new_ids: set[str] = set()
         after = dict(state.versions) if len(state.versions) < _KNOWN_STREAMS else {}
         for stream_id, run in by_stream.items():
@@ -604,9 +657,28 @@ class FirestoreEventStore(_FirestoreBase):
                 current, fresh = event.version, True
                 new_ids.add(event.id)
             after[stream_id] = current
+        return new_ids, after
+
+    @staticmethod
+    def _commit(batch: Any) -> list[Any] | None:
+        """Commit ``batch``; its write results, or ``None`` when a precondition failed."""
+        try:
+            return list(batch.commit(retry=None, timeout=RPC_TIMEOUT))
+        except (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound):  # another writer, or a claim settled
+            return None
+
+    def _bulk_write(
+        self, events: Sequence[Event], by_stream: Mapping[str, list[Event]], state: _BulkState
+    ) -> int | None:
+        """Write what ``state`` says is new; ``None`` when the global head or an id has changed
+        since ``state`` (nothing written).  ``ConcurrencyError`` for an event that neither
+        continues its stream nor is stored as it is."""
+        self._bulk_known = None
+        new_ids, after = self._decide(by_stream, state)
+        times = dict(state.times) if len(state.times) < _KNOWN_STREAMS else {}
         if not new_ids:
             if state.update_time is not None:
-                self._bulk_known = _BulkState(state.update_time, state.head, after, {})
+                self._bulk_known = _BulkState(state.update_time, state.head, after, {}, times)
             return 0
         batch = self.client.batch()
         position = state.head
@@ -614,9 +686,8 @@ class FirestoreEventStore(_FirestoreBase):
             if event.id in new_ids:
                 position += 1
                 batch.create(self._events().document(event.id), _event_fields(event, position))
-        for stream_id in by_stream:
-            if after[stream_id] == state.versions.get(stream_id, 0):
-                continue
+        moved = [stream_id for stream_id in by_stream if after[stream_id] != state.versions.get(stream_id, 0)]
+        for stream_id in moved:
             fields = {"stream_id": stream_id, "version": after[stream_id]}
             if state.versions.get(stream_id, 0):
                 batch.set(self._stream_ref(stream_id), fields)
@@ -630,18 +701,141 @@ class FirestoreEventStore(_FirestoreBase):
                 {"position": position},
                 option=self.client.write_option(last_update_time=state.update_time),
             )
-
-        def commit() -> list[Any] | None:
-            try:
-                return list(batch.commit(retry=None, timeout=RPC_TIMEOUT))
-            except (gexc.FailedPrecondition, gexc.Conflict):  # another writer, or an id stored meanwhile
-                return None
-
-        results = self._call(commit)
+        results = self._call(partial(self._commit, batch))
         if results is None:
             return None
-        self._bulk_known = _BulkState(results[-1].update_time, position, after, {})
+        for stream_id, result in zip(moved, results[len(new_ids) :], strict=False):
+            times[stream_id] = result.update_time
+        self._bulk_known = _BulkState(results[-1].update_time, position, after, {}, times)
         return len(new_ids)
+
+    # -- blocks: positions taken ahead, parts in flight --------------------------------------
+
+    def _bulk_block(self, events: Sequence[Event], in_flight: int) -> int:
+        """The new ones of ``events``: their positions taken in one write, then their parts
+        ``in_flight`` at a time (see :mod:`skyferry.adapters.stores._blocks`)."""
+        by_stream = _blocks.by_stream(events)
+        for attempt in range(TRANSACTION_ATTEMPTS):
+            state, read = self._bulk_known, False
+            if state is None or not state.continued_by(by_stream):
+                state, read = self._bulk_state(by_stream, [event.id for event in events]), True
+            self._bulk_known = None
+            new_ids, after = self._decide(by_stream, state)
+            new = [event for event in events if event.id in new_ids]
+            if not new:
+                return 0
+            parts = list(WRITE_LIMITS.split(_blocks.grouped(new)))
+            reserved = self._reserve(new, parts, state)
+            if reserved is not None:
+                break
+            if read and attempt + 1 < TRANSACTION_ATTEMPTS:  # lost a race for the global head: back off
+                time.sleep(gcp.backoff_delay(attempt))
+        else:
+            raise TransientError(
+                f"{self._what}: taking the positions of {len(events)} events lost the race for the global head "
+                f"{TRANSACTION_ATTEMPTS} times; retry it"
+            )
+        claims, head_time = reserved
+        heads = {stream_id: (state.versions.get(stream_id, 0), state.times.get(stream_id)) for stream_id in by_stream}
+        written = self._parts.run(parts, claims, in_flight, partial(self._write_part, heads=heads), self._settle)
+        times = dict(state.times) if len(state.times) < _KNOWN_STREAMS else {}
+        times.update({stream_id: at for stream_id, (_, at) in heads.items() if at is not None})
+        after.update({stream_id: version for stream_id, (version, _) in heads.items()})
+        self._bulk_known = _BulkState(head_time, state.head + len(new), after, {}, times)
+        return written
+
+    def _reserve(
+        self, new: list[Event], parts: list[Sequence[Event]], state: _BulkState
+    ) -> tuple[list[_blocks.Claim], Any] | None:
+        """Move the global head past ``new`` and create one claim per part, in one write on
+        condition the head is as ``state`` has it: the claims and the head's new update time,
+        or ``None`` when it moved."""
+        position = {event.id: state.head + 1 + i for i, event in enumerate(new)}
+        claims = _blocks.claims(state.head + 1, parts, position)
+        batch = self.client.batch()
+        head = {"position": state.head + len(new)}
+        if state.update_time is None:
+            batch.create(self._head_ref(), head)
+        else:
+            batch.update(self._head_ref(), head, option=self.client.write_option(last_update_time=state.update_time))
+        for claim in claims:
+            batch.create(self._claim_ref(claim), {"positions": list(claim.positions), "expires": claim.expires})
+        results = self._call(partial(self._commit, batch))
+        return None if results is None else (claims, results[0].update_time)
+
+    def _write_part(self, part: Sequence[Event], claim: _blocks.Claim, heads: dict[str, tuple[int, Any]]) -> int:
+        """One part at its reserved positions, in one batched write that deletes its claim.
+
+        Each stream head is written on condition of its update time in ``heads`` (or that it
+        does not exist), which this part then updates for the stream's next part.  A failed
+        condition reads the heads and ids again: events stored as they are leave their
+        positions as gaps, anything else is a ``ConcurrencyError``; a claim already gone
+        means a reader settled it after it expired (:class:`TransientError`: run again)."""
+        position = dict(zip((event.id for event in part), claim.positions, strict=True))
+        pending = list(part)
+        gaps: list[int] = []
+        for attempt in range(TRANSACTION_ATTEMPTS):
+            runs = _blocks.by_stream(pending)
+            batch = self.client.batch()
+            for event in pending:
+                batch.create(self._events().document(event.id), _event_fields(event, position[event.id]))
+            for stream_id, run in runs.items():
+                fields = {"stream_id": stream_id, "version": run[-1].version}
+                at = heads[stream_id][1]
+                if at is None:
+                    batch.create(self._stream_ref(stream_id), fields)
+                else:
+                    batch.update(
+                        self._stream_ref(stream_id), fields, option=self.client.write_option(last_update_time=at)
+                    )
+            for gap in gaps:
+                batch.set(self._gap_ref(gap), {"position": gap})
+            batch.delete(self._claim_ref(claim), option=self.client.write_option(exists=True))
+            results = self._call(partial(self._commit, batch))
+            if results is not None:
+                for (stream_id, run), result in zip(runs.items(), results[len(pending) :], strict=False):
+                    heads[stream_id] = (run[-1].version, result.update_time)
+                return len(pending)
+            state = self._bulk_state(runs, [event.id for event in pending])
+            new_ids, _ = self._decide(runs, state)
+            if not self._call(lambda: self._claim_ref(claim).get(retry=None, timeout=RPC_TIMEOUT).exists):
+                if not new_ids:
+                    return 0  # stored, claim deleted: by this very write, whose reply was lost
+                raise TransientError(
+                    f"stream {part[0].stream_id!r}: the positions taken for this write expired before it was "
+                    "stored and a reader passed over them; run the command again"
+                )
+            gaps += [position[event.id] for event in pending if event.id not in new_ids]
+            pending = [event for event in pending if event.id in new_ids]
+            for stream_id in runs:
+                heads[stream_id] = (state.versions.get(stream_id, 0), state.times.get(stream_id))
+            if attempt + 1 < TRANSACTION_ATTEMPTS:
+                time.sleep(gcp.backoff_delay(attempt))
+        raise TransientError(f"stream {part[0].stream_id!r}: the write kept failing its conditions; retry it")
+
+    def _settle(self, claim: _blocks.Claim) -> bool:
+        """Make ``claim``'s positions gaps and delete it, in one write conditioned on the
+        claim; ``False`` when its part was stored first (or it was settled already)."""
+        batch = self.client.batch()
+        for gap in claim.positions:
+            batch.set(self._gap_ref(gap), {"position": gap})
+        batch.delete(self._claim_ref(claim), option=self.client.write_option(exists=True))
+        return self._call(partial(self._commit, batch)) is not None
+
+    def _settle_expired(self) -> bool:
+        """Settle every expired claim (a writer that died mid-block); whether any was."""
+        settled = False
+        try:
+            snaps = self._call(
+                lambda: list(self.client.collection(CLAIMS_COLLECTION).stream(retry=None, timeout=RPC_TIMEOUT))
+            )
+            for snap in snaps:
+                claim = _blocks.Claim(snap.id, tuple(snap.get("positions")), int(snap.get("expires")))
+                if claim.expired():
+                    settled = self._settle(claim) or settled
+        except (ConfigurationError, TransientError) as e:  # a read-only identity: the hole waits for a writer
+            _log.warning("%s: could not settle expired positions: %s", self._what, e)
+        return settled
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -704,23 +898,61 @@ class FirestoreEventStore(_FirestoreBase):
         return iter(names)
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
-        """Events after ``after`` in global position order (complete and stable, see above)."""
+        """Events after ``after`` in global position order (complete and stable, see above).
+
+        The run of positions after ``after`` is followed while it is contiguous, gaps passed
+        over; at a hole (a part of a bulk write still in flight) it stops, after settling
+        expired claims once (a writer that died) and reading on."""
         if limit <= 0:
             return []
-        start = 0 if after is None else parse_position(after)
-        query = self._events().where(filter=FieldFilter("position", ">", start)).order_by("position").limit(limit)
-        return self._query_events(query)
+        last = 0 if after is None else parse_position(after)
+        events: list[Event] = []
+        settled = False
+        while len(events) < limit:
+            want = limit - len(events)
+            query = self._events().where(filter=FieldFilter("position", ">", last)).order_by("position").limit(want)
+            snaps = self._call(partial(self._snapshots, query))
+            hole = False
+            for snap in snaps:
+                fields = snap.to_dict()
+                if int(fields["position"]) != last + 1:
+                    hole = True
+                    break
+                last += 1
+                if not snap.id.startswith(_GAP_PREFIX):
+                    events.append(_event_of(fields, snap.id))
+            if hole:
+                if settled or not self._settle_expired():
+                    break
+                settled = True
+            elif len(snaps) < want:
+                break
+        return events
+
+    @staticmethod
+    def _snapshots(query: Any) -> list[Any]:
+        return list(query.stream(retry=None, timeout=RPC_TIMEOUT))
 
     def count_after(self, after: str | None = None) -> int:
-        """How many events follow ``after`` (feature ``count``: positions are dense, one read of the head)."""
+        """How many positions follow ``after`` (feature ``count``: one read of the head; gaps count too)."""
         start = 0 if after is None else parse_position(after)
-        head = self.last_position()
-        return max((0 if head is None else parse_position(head)) - start, 0)
+        snap = self._call(lambda: self._head_ref().get(retry=None, timeout=RPC_TIMEOUT))
+        return max((int(snap.get("position")) if snap.exists else 0) - start, 0)
 
     def last_position(self) -> str | None:
-        """The counter of ``skyferry_meta/head`` (positions are dense), ``None`` when empty."""
-        snap = self._call(lambda: self._head_ref().get(retry=None, timeout=RPC_TIMEOUT))
-        return format_position(int(snap.get("position"))) if snap.exists else None
+        """The position of the last event (gaps passed over), ``None`` when empty."""
+        query = self._events().order_by("position", direction=firestore.Query.DESCENDING).limit(100)
+        while snaps := self._call(partial(self._snapshots, query)):
+            for snap in snaps:
+                if not snap.id.startswith(_GAP_PREFIX):
+                    return format_position(int(snap.get("position")))
+            query = query.start_after(snaps[-1])
+        return None
+
+    def close(self) -> None:
+        """Stop the threads of ``bulk_append``'s parts in flight and close the client's channel."""
+        self._parts.close()
+        super().close()
 
 
 # -- view store -------------------------------------------------------------------------------

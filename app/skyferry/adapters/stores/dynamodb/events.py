@@ -30,7 +30,7 @@ a transaction on an item another one holds), so a ``bulk_append`` larger than on
 transaction (feature ``bulk_in_flight``: imports and migrations) takes its positions ahead
 instead.  Per block of up to :data:`BLOCK_EVENTS` events, one transaction moves the
 counter past all of them and puts one *claim* per part (partition ``x#claims``: the
-part's positions and an expiry, :data:`CLAIM_SECONDS`).  The parts (each stream's events
+part's positions and an expiry, ``CLAIM_SECONDS``).  The parts (each stream's events
 together, cut to :data:`WRITE_LIMITS`) then go ``in_flight`` at a time, each stream's in
 order; a part is one transaction of its events, id guards and version checks that deletes
 its claim on condition it is still there.  Parts share no item, so they do not conflict,
@@ -41,7 +41,7 @@ event): those of events already stored (a resumed import) in the part's own tran
 those of parts not stored when the block fails, released by the writer.  A writer that
 dies mid-block leaves holes in the index; a reader that stops at a hole settles every
 expired claim (gaps and the claim's delete, in one transaction conditioned on the claim),
-so a dead writer stalls readers for :data:`CLAIM_SECONDS` at most, and its late part, if
+so a dead writer stalls readers for ``CLAIM_SECONDS`` at most, and its late part, if
 it ever arrives, is refused with its claim gone.  Positions therefore stay unique and
 ascending, but are no longer dense after a failed or resumed bulk write.
 
@@ -83,7 +83,7 @@ from typing import Any, Final
 import orjson
 
 from skyferry.adapters import aws
-from skyferry.adapters.stores._commit import LOCK_TIMEOUT_SECONDS
+from skyferry.adapters.stores import _blocks
 from skyferry.adapters.stores.dynamodb.client import _CONFLICT_ATTEMPTS, _cancellation_codes, _parse, _redacted, _Table
 from skyferry.adapters.stores.dynamodb.layout import (
     _CLAIMS,
@@ -106,7 +106,6 @@ from skyferry.adapters.stores.dynamodb.layout import (
     _vkey,
 )
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
-from skyferry.core.inflight import OrderedPool
 from skyferry.core.messages import (
     Event,
     NewEvent,
@@ -138,48 +137,12 @@ BLOCK_EVENTS: Final = 1000
 """Events whose positions one reservation takes (fewer when their parts would not fit it)."""
 MAX_BLOCK_PARTS: Final = MAX_TRANSACTION_ITEMS - 1
 """Parts of one block: the reservation holds the counter and one claim per part."""
-CLAIM_SECONDS: Final = LOCK_TIMEOUT_SECONDS
-"""How long reserved positions wait for their part before a reader settles them as gaps."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
     versions: int
     counter: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    """The positions a block reserved for one part, until that part (or a settler) deletes it."""
-
-    key: dict[str, Any]
-    positions: tuple[int, ...]
-    expires: int  # Unix seconds
-
-    def item(self) -> dict[str, Any]:
-        return {**self.key, "ps": {"NS": [str(p) for p in self.positions]}, "exp": _n(self.expires)}
-
-    def delete(self, table: str) -> dict[str, Any]:
-        """Delete the claim, on condition that it is still there (nobody settled it)."""
-        return {"Delete": {"TableName": table, "Key": self.key, "ConditionExpression": "attribute_exists(pk)"}}
-
-    @classmethod
-    def of(cls, item: dict[str, Any]) -> _Claim:
-        positions = tuple(sorted(int(p) for p in item["ps"]["NS"]))
-        return cls({"pk": item["pk"], "sk": item["sk"]}, positions, int(item["exp"]["N"]))
-
-
-def _by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:
-    by_stream: dict[str, list[Event]] = {}
-    for event in events:
-        by_stream.setdefault(event.stream_id, []).append(event)
-    return by_stream
-
-
-def _grouped(events: Sequence[Event]) -> list[Event]:
-    """``events`` with each stream's together (first seen first): fewer streams a part, fewer
-    parts that must wait for another."""
-    return [event for run in _by_stream(events).values() for event in run]
 
 
 class DynamoDBEventStore:
@@ -202,7 +165,7 @@ class DynamoDBEventStore:
         self.identity = ("dynamodb", options.region or "", options.endpoint or "", table)
         self._table = _Table(table, client, options, self.url)
         self._bulk_counter: int | None = None  # the counter after this instance's last bulk_append
-        self._pool: OrderedPool[int] | None = None  # bulk_append's parts in flight
+        self._parts = _blocks.PartPool("skyferry-dynamodb")  # bulk_append's parts in flight
 
     @classmethod
     def from_url(cls, url: str, *, existing: bool = False) -> DynamoDBEventStore:
@@ -320,14 +283,16 @@ class DynamoDBEventStore:
             ids.add(event.id)
         if not events:
             return 0
-        if len(list(WRITE_LIMITS.split(_grouped(events)))) == 1:
+        if len(list(WRITE_LIMITS.split(_blocks.grouped(events)))) == 1:
             return self._bulk_transaction(list(events))
         recorded = utc_now()
         new = 0
         start = 0
         while start < len(events):
             size = BLOCK_EVENTS
-            while len(parts := list(WRITE_LIMITS.split(_grouped(events[start : start + size])))) > MAX_BLOCK_PARTS:
+            while (
+                len(parts := list(WRITE_LIMITS.split(_blocks.grouped(events[start : start + size])))) > MAX_BLOCK_PARTS
+            ):
                 size //= 2  # payloads so large that a block's parts would not fit one reservation
             new += self._bulk_block(events[start : start + size], parts, in_flight, recorded)
             start += size
@@ -344,12 +309,8 @@ class DynamoDBEventStore:
         recorded = utc_now()
         total = len(pending)
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
-            by_stream = _by_stream(pending)
-            for stream_id, run in by_stream.items():
-                if [e.version for e in run] != list(range(run[0].version, run[0].version + len(run))):
-                    raise ConcurrencyError(
-                        stream_id, run[0].version - 1, self.stream_version(stream_id), "the versions are not contiguous"
-                    )
+            _blocks.check_contiguous(pending, self.stream_version)
+            by_stream = _blocks.by_stream(pending)
             counter = self._bulk_counter if self._bulk_counter is not None else self._counter()
             position = {event.id: counter + 1 + i for i, event in enumerate(pending)}
             items = self._runs_items(by_stream, position, recorded)
@@ -394,48 +355,24 @@ class DynamoDBEventStore:
         self, events: Sequence[Event], parts: list[Sequence[Event]], in_flight: int, recorded: datetime
     ) -> int:
         """Take the positions of ``events`` (one reservation), then write ``parts`` ``in_flight`` at a time."""
-        for stream_id, run in _by_stream(events).items():
-            if [e.version for e in run] != list(range(run[0].version, run[0].version + len(run))):
-                raise ConcurrencyError(
-                    stream_id, run[0].version - 1, self.stream_version(stream_id), "the versions are not contiguous"
-                )
+        _blocks.check_contiguous(events, self.stream_version)
         claims = self._reserve(events, parts)
-        pool = self._pool_of(in_flight)
-        try:
-            for part, claim in zip(parts, claims, strict=True):
-                streams = tuple(dict.fromkeys(event.stream_id for event in part))
-                pool.submit(streams, partial(self._write_part, part, claim, recorded))
-            return sum(pool.drain())
-        except Exception:
-            self._release(claims)
-            raise
+        return self._parts.run(parts, claims, in_flight, partial(self._write_part, recorded=recorded), self._settle)
 
-    def _pool_of(self, in_flight: int) -> OrderedPool[int]:
-        if self._pool is None or self._pool.size != in_flight:
-            if self._pool is not None:
-                self._pool.close()
-            self._pool = OrderedPool(in_flight, name="skyferry-dynamodb")
-        return self._pool
-
-    def _reserve(self, events: Sequence[Event], parts: list[Sequence[Event]]) -> list[_Claim]:
-        """Move the counter past ``events`` and put one claim per part, in one transaction.
-
-        The events take the positions after the counter in the order given; each part's
-        claim names its positions and when they expire (:data:`CLAIM_SECONDS`)."""
+    def _reserve(self, events: Sequence[Event], parts: list[Sequence[Event]]) -> list[_blocks.Claim]:
+        """Move the counter past ``events`` and put one claim per part, in one transaction."""
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             counter = self._bulk_counter if self._bulk_counter is not None else self._counter()
             position = {event.id: counter + 1 + i for i, event in enumerate(events)}
-            expires = int(time.time() + CLAIM_SECONDS)
-            claims = [
-                _Claim(
-                    {"pk": _s(_CLAIMS), "sk": _s(f"{counter + 1:020d}.{n:03d}")},
-                    tuple(position[event.id] for event in part),
-                    expires,
-                )
-                for n, part in enumerate(parts)
-            ]
+            claims = _blocks.claims(counter + 1, parts, position)
             items = [self._counter_item(counter, counter + len(events))]
-            items += [{"Put": {"TableName": self._table.name, "Item": claim.item()}} for claim in claims]
+            for claim in claims:
+                item = {
+                    **self._claim_key(claim),
+                    "ps": {"NS": [str(p) for p in claim.positions]},
+                    "exp": _n(claim.expires),
+                }
+                items.append({"Put": {"TableName": self._table.name, "Item": item}})
             cancelled = self._table.transact(items)
             if cancelled is None:
                 self._bulk_counter = counter + len(events)
@@ -453,7 +390,7 @@ class DynamoDBEventStore:
             f"{_CONFLICT_ATTEMPTS} times"
         )
 
-    def _write_part(self, part: Sequence[Event], claim: _Claim, recorded: datetime) -> int:
+    def _write_part(self, part: Sequence[Event], claim: _blocks.Claim, recorded: datetime) -> int:
         """One part at its reserved positions, in one transaction that deletes its claim.
 
         Events already stored as they are (a resumed import) leave their positions as gaps.
@@ -462,31 +399,54 @@ class DynamoDBEventStore:
         position = dict(zip((event.id for event in part), claim.positions, strict=True))
         pending = list(part)
         gaps: list[int] = []
+        codes: list[str] = []
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
-            items = self._runs_items(_by_stream(pending), position, recorded)
+            items = self._runs_items(_blocks.by_stream(pending), position, recorded)
             items += [self._gap_item(p) for p in gaps]
-            items.append(claim.delete(self._table.name))
+            items.append(self._claim_delete(claim))
             cancelled = self._table.transact(items)
             if cancelled is None:
                 return len(pending)
             codes = _cancellation_codes(cancelled)
-            if codes[-1] == "ConditionalCheckFailed":
-                raise TransientError(
-                    f"stream {part[0].stream_id!r}: the positions taken for this write expired before it was "
-                    f"stored ({CLAIM_SECONDS:g} s) and a reader passed over them; run the command again"
-                ) from cancelled
             if "ConditionalCheckFailed" in codes[:-1]:  # an event, an id or a version is taken
                 left = self._bulk_unstored(pending, cancelled)
+                if codes[-1] == "ConditionalCheckFailed" and not left:
+                    return 0  # stored, claim deleted: by this very write, whose reply was lost
+                if codes[-1] == "ConditionalCheckFailed":
+                    raise self._expired(part) from cancelled
                 kept = {event.id for event in left}
                 gaps += [position[event.id] for event in pending if event.id not in kept]
                 pending = left
                 continue
+            if codes[-1] == "ConditionalCheckFailed":
+                raise self._expired(part) from cancelled
             if any(c not in ("None", "TransactionConflict") for c in codes):
                 raise TransientError(
                     f"stream {part[0].stream_id!r}: DynamoDB cancelled the write for reasons {codes}"
                 ) from cancelled
             time.sleep(aws.backoff(attempt, base=0.01, cap=0.5))
         raise TransientError(f"stream {part[0].stream_id!r}: DynamoDB kept cancelling the write ({codes})")
+
+    @staticmethod
+    def _expired(part: Sequence[Event]) -> TransientError:
+        return TransientError(
+            f"stream {part[0].stream_id!r}: the positions taken for this write expired before it was stored "
+            "and a reader passed over them; run the command again"
+        )
+
+    @staticmethod
+    def _claim_key(claim: _blocks.Claim) -> dict[str, Any]:
+        return {"pk": _s(_CLAIMS), "sk": _s(claim.name)}
+
+    def _claim_delete(self, claim: _blocks.Claim) -> dict[str, Any]:
+        """Delete ``claim``, on condition that it is still there (nobody settled it)."""
+        return {
+            "Delete": {
+                "TableName": self._table.name,
+                "Key": self._claim_key(claim),
+                "ConditionExpression": "attribute_exists(pk)",
+            }
+        }
 
     def _gap_item(self, position: int) -> dict[str, Any]:
         """A position that holds no event, in the ``by_position`` index (``read_all`` passes it)."""
@@ -502,24 +462,13 @@ class DynamoDBEventStore:
             }
         }
 
-    def _settle(self, claim: _Claim) -> bool:
+    def _settle(self, claim: _blocks.Claim) -> bool:
         """Make ``claim``'s positions gaps and delete it, in one transaction; ``False`` when
         its part was stored first (or it was settled already)."""
-        items = [self._gap_item(p) for p in claim.positions]
-        items.append(claim.delete(self._table.name))
-        return self._table.transact(items) is None
-
-    def _release(self, claims: list[_Claim]) -> None:
-        """Settle what a failed block did not store (readers settle the rest once it expires)."""
-        for claim in claims:
-            try:
-                self._settle(claim)
-            except Exception as e:  # the claim stays: readers settle it once it expires
-                _log.warning("%s: could not release the positions %s: %s", self.url, claim.positions, e)
+        return self._table.transact([*(self._gap_item(p) for p in claim.positions), self._claim_delete(claim)]) is None
 
     def _settle_expired(self) -> bool:
         """Settle every expired claim (a writer that died mid-block); whether any was."""
-        now = time.time()
         settled = False
         try:
             for item in self._table.query_pages(
@@ -527,8 +476,9 @@ class DynamoDBEventStore:
                 ExpressionAttributeValues={":pk": _s(_CLAIMS)},
                 ConsistentRead=True,
             ):
-                claim = _Claim.of(item)
-                if claim.expires < now:
+                positions = tuple(sorted(int(p) for p in item["ps"]["NS"]))
+                claim = _blocks.Claim(item["sk"]["S"], positions, int(item["exp"]["N"]))
+                if claim.expired():
                     settled = self._settle(claim) or settled
         except (ConfigurationError, TransientError) as e:  # a read-only identity: the hole waits for a writer
             _log.warning("%s: could not settle expired positions: %s", self.url, e)
@@ -823,5 +773,4 @@ class DynamoDBEventStore:
 
     def close(self) -> None:
         """Stop the threads of ``bulk_append``'s parts in flight (boto3 clients hold pooled connections only)."""
-        if self._pool is not None:
-            self._pool.close()
+        self._parts.close()

@@ -1,0 +1,144 @@
+"""Bulk writes on positions taken ahead (feature ``bulk_in_flight``): what the stores share.
+
+A store that numbers its events from one global head (DynamoDB's counter item, Firestore's
+head document) can only commit one write after another if each write moves that head: a
+round trip each, one after the other.  An import into such a store, far away, waits on
+the network most of the time.  So ``bulk_append`` takes positions ahead instead:
+
+1. **Reserve.**  One conditional write moves the head past a *block* of events and
+   creates one :class:`Claim` per *part* of the block (the part's positions and an expiry,
+   :data:`CLAIM_SECONDS` from now).  The block's events take the positions in the order
+   given, so the global order is the order of the call.
+2. **Write the parts side by side.**  The parts (each stream's events together, cut to the
+   store's write limits) are written ``in_flight`` at a time, each stream's parts in order
+   (:class:`PartPool`).  A part is one atomic write of its events and stream heads, that
+   also deletes its claim, on condition that the claim is still there.  Parts share no
+   document, so they do not conflict.
+3. **Gaps.**  A position no event took (its event was already stored: a resumed import;
+   its part was not written: a failed block) becomes a *gap*: an entry in the position
+   order that holds no event, which ``read_all`` passes over.  A failed block's writer
+   turns the claims of its unwritten parts into gaps (*settles* them: the gaps and the
+   claim's delete, one atomic write conditioned on the claim).
+
+A reader tailing the log stops at a hole, as it does for an event still committing.  A
+writer that died mid-block leaves claims behind; a reader that stops at a hole settles
+every expired claim and reads on, so a dead writer stalls readers for
+:data:`CLAIM_SECONDS` at most, and its late part, if it ever arrives, finds its claim gone
+and is refused.  Positions stay unique and ascending, and each event's position never
+changes; they are dense only until a bulk write fails or is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Final
+
+from skyferry.adapters.stores._commit import LOCK_TIMEOUT_SECONDS
+from skyferry.core.errors import ConcurrencyError
+from skyferry.core.inflight import OrderedPool
+from skyferry.core.messages import Event
+
+_log = logging.getLogger(__name__)
+
+CLAIM_SECONDS: Final = LOCK_TIMEOUT_SECONDS
+"""How long reserved positions wait for their part before a reader settles them as gaps."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The positions a block took for one part, until that part (or a settler) deletes it.
+
+    ``name`` (``<block's first position>.<part>``, zero-padded) is unique: blocks never
+    share a position.  ``expires`` is in Unix seconds.
+    """
+
+    name: str
+    positions: tuple[int, ...]
+    expires: int
+
+    def expired(self) -> bool:
+        """Whether a reader may settle it (its writer had :data:`CLAIM_SECONDS` to write the part)."""
+        return self.expires < now()
+
+
+def now() -> float:
+    """Unix seconds, as claims count them."""
+    return time.time()
+
+
+def claims(first: int, parts: Sequence[Sequence[Event]], position: dict[str, int]) -> list[Claim]:
+    """One claim per part of the block that starts at position ``first``, expiring
+    :data:`CLAIM_SECONDS` from now."""
+    expires = int(now() + CLAIM_SECONDS)
+    return [
+        Claim(f"{first:020d}.{n:03d}", tuple(position[event.id] for event in part), expires)
+        for n, part in enumerate(parts)
+    ]
+
+
+def by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:
+    """``events`` by stream, each stream's in the order given (streams first seen first)."""
+    runs: dict[str, list[Event]] = {}
+    for event in events:
+        runs.setdefault(event.stream_id, []).append(event)
+    return runs
+
+
+def grouped(events: Sequence[Event]) -> list[Event]:
+    """``events`` with each stream's together: fewer streams a part, fewer parts that wait
+    for another."""
+    return [event for run in by_stream(events).values() for event in run]
+
+
+def check_contiguous(events: Sequence[Event], actual: Callable[[str], int]) -> None:
+    """``ConcurrencyError`` for a stream whose events in ``events`` skip or repeat a version."""
+    for stream_id, run in by_stream(events).items():
+        if [e.version for e in run] != list(range(run[0].version, run[0].version + len(run))):
+            raise ConcurrencyError(stream_id, run[0].version - 1, actual(stream_id), "the versions are not contiguous")
+
+
+class PartPool:
+    """The threads a store writes a block's parts on (built on first use, resized on demand)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._pool: OrderedPool[int] | None = None
+
+    def run(
+        self,
+        parts: Sequence[Sequence[Event]],
+        block: Sequence[Claim],
+        in_flight: int,
+        write: Callable[[Sequence[Event], Claim], int],
+        settle: Callable[[Claim], object],
+    ) -> int:
+        """``write(part, claim)`` for every part, ``in_flight`` at a time, each stream's parts
+        in order; the sum of what they return.  After a failure no part starts, the running
+        ones finish, every claim is settled (those of written parts are gone already: their
+        settle fails its condition and does nothing), and the error is raised."""
+        if self._pool is None or self._pool.size != in_flight:
+            self.close()
+            self._pool = OrderedPool(in_flight, name=self._name)
+        pool = self._pool
+        try:
+            for part, claim in zip(parts, block, strict=True):
+                streams = tuple(dict.fromkeys(event.stream_id for event in part))
+                pool.submit(streams, partial(write, part, claim))
+            return sum(pool.drain())
+        except Exception:  # drain() raises once nothing runs; a pool of one, as the part fails
+            for claim in block:
+                try:
+                    settle(claim)
+                except Exception as e:  # it stays: readers settle it once it expires
+                    _log.warning("could not release the positions %s: %s", claim.positions, e)
+            raise
+
+    def close(self) -> None:
+        """Stop the threads (idempotent)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
