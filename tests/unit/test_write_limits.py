@@ -56,6 +56,39 @@ def test_every_part_fits_and_the_parts_are_the_events_in_order(limits: WriteLimi
             limits.check(count, names, size, "one more")
 
 
+@pytest.mark.parametrize("limits", [DYNAMODB, FIRESTORE, WriteLimits(units=7, per_stream=2, bytes=200_000)])
+@pytest.mark.parametrize("streams", [1, 3, 50, 600])
+def test_pack_fits_every_write_and_keeps_each_streams_events_together_in_order(
+    limits: WriteLimits, streams: int
+) -> None:
+    rng = random.Random(streams)
+    sizes = [rng.choice([20, 500, 5_000, EVENT_SIZE_LIMIT // 4]) for _ in range(1500)]
+    given = events(sizes, streams)
+    writes = limits.pack(given)
+    assert sorted(e.id for w in writes for e in w) == sorted(e.id for e in given)
+    for write in writes:
+        count, names, size = cost(write)
+        limits.check(count, names, size, "a write")  # raises if it does not fit
+    for stream_id in {e.stream_id for e in given}:
+        mine = [e.version for w in writes for e in w if e.stream_id == stream_id]
+        assert mine == sorted(mine), "each stream's events in order"
+        holding = [i for i, w in enumerate(writes) if any(e.stream_id == stream_id for e in w)]
+        assert holding == list(range(holding[0], holding[-1] + 1)), "a stream's writes are consecutive"
+
+
+def test_pack_cuts_only_the_streams_that_do_not_fit_one_write() -> None:
+    """50 streams of 20 interleaved events, DynamoDB's 99 units (two an event, one a stream):
+    two whole streams a write and no stream cut, where split cuts nearly every one."""
+    given = events([20] * 1000, 50)
+    writes = DYNAMODB.pack(given)
+    assert [len({e.stream_id for e in w}) for w in writes] == [2] * 25
+    split = [{e.stream_id for e in part} for part in DYNAMODB.split(sorted(given, key=lambda e: e.stream_id))]
+    assert sum(1 for a, b in itertools.pairwise(split) if a & b) > 15
+    big = events([20] * 120, 1) + events([20] * 3, 3)[1:]  # one stream of 120 events, then two small ones
+    sizes = [(len(w), sorted({e.stream_id for e in w})) for w in DYNAMODB.pack(big)]
+    assert sizes == [(49, ["s-0"]), (49, ["s-0"]), (24, ["s-0", "s-1", "s-2"])]
+
+
 def test_an_event_larger_than_the_byte_cap_is_a_part_of_its_own() -> None:
     limits = WriteLimits(bytes=1000)
     given = events([10, 5000, 10], 1)

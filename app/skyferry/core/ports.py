@@ -593,6 +593,50 @@ class WriteLimits:
             size += grow
         yield events[start:]
 
+    def pack(self, events: Sequence[Event]) -> list[list[Event]]:
+        """``events`` cut into writes that fit, each stream's events together and in order.
+
+        Streams are taken whole, in the order they first appear, each into the current
+        write if it fits there, else into a new one; only a stream too large for one write
+        is cut, into writes of its own (its last one shared with the streams after it).  So
+        writes that may run side by side seldom share a stream, where :meth:`split` of
+        interleaved events would cut nearly every stream across two writes.
+        """
+        runs: dict[str, list[Event]] = {}
+        for event in events:
+            runs.setdefault(event.stream_id, []).append(event)
+        sizes = {id(e): self._bytes(e) for e in events} if self.bytes is not None else {}
+        writes: list[list[Event]] = []
+        current: list[Event] = []
+        units = size = 0
+        for stream_id, run in runs.items():
+            whole_units = len(run) * self.per_event + self.per_stream
+            whole_size = sum(sizes.get(id(e), 0) for e in run) + (stream_bytes(stream_id) if sizes else 0)
+            if current and not self._fits(units + whole_units, size + whole_size):
+                writes.append(current)
+                current, units, size = [], 0, 0
+            fresh = True
+            for event in run:
+                cost = self.per_event + (self.per_stream if fresh else 0)
+                grow = sizes.get(id(event), 0) + (stream_bytes(stream_id) if fresh and sizes else 0)
+                if current and not self._fits(units + cost, size + grow):
+                    writes.append(current)
+                    current, units, size, fresh = [], 0, 0, True
+                    cost = self.per_event + self.per_stream
+                    grow = sizes.get(id(event), 0) + (stream_bytes(stream_id) if sizes else 0)
+                current.append(event)
+                units, size, fresh = units + cost, size + grow, False
+        if current:
+            writes.append(current)
+        return writes
+
+    def _fits(self, units: int, size: int) -> bool:
+        return (self.units is None or units <= self.units) and (self.bytes is None or size <= self.bytes)
+
+    @staticmethod
+    def _bytes(event: Event) -> int:
+        return event_bytes(len(encode_json(event.data)) + len(encode_json(event.metadata)), event.type, event.stream_id)
+
 
 def write_limits(store: EventStore) -> WriteLimits:
     """The caps of one atomic write of ``store`` (:class:`WriteLimits`; none when it sets none)."""

@@ -240,7 +240,7 @@ def test_positions_a_dead_writer_took_are_passed_over_once_they_expire(
     """A writer that dies mid-block leaves holes: readers stop there while its claims live,
     settle them as gaps once they expire, and the writer's late part is then refused."""
     store = FirestoreEventStore.from_url(store_url)
-    events = exported(4, 300, "dead")  # 1,200 events of 4 streams: 3 parts
+    events = exported(4, 300, "dead")  # 1,200 events of 4 streams: 4 parts, a stream each
     written: list[tuple[Any, Any, Any]] = []
     real = store._write_part
 

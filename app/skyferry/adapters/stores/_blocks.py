@@ -9,8 +9,8 @@ the network most of the time.  So ``bulk_append`` takes positions ahead instead:
    creates one :class:`Claim` per *part* of the block (the part's positions and an expiry,
    :data:`CLAIM_SECONDS` from now).  The block's events take the positions in the order
    given, so the global order is the order of the call.
-2. **Write the parts side by side.**  The parts (each stream's events together, cut to the
-   store's write limits) are written ``in_flight`` at a time, each stream's parts in order
+2. **Write the parts side by side.**  The parts (each stream's events together,
+   :meth:`~skyferry.core.ports.WriteLimits.pack`) are written ``in_flight`` at a time, each stream's parts in order
    (:class:`PartPool`).  A part is one atomic write of its events and stream heads, that
    also deletes its claim, on condition that the claim is still there.  Parts share no
    document, so they do not conflict.
@@ -86,12 +86,6 @@ def by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:
     for event in events:
         runs.setdefault(event.stream_id, []).append(event)
     return runs
-
-
-def grouped(events: Sequence[Event]) -> list[Event]:
-    """``events`` with each stream's together: fewer streams a part, fewer parts that wait
-    for another."""
-    return [event for run in by_stream(events).values() for event in run]
 
 
 def check_contiguous(events: Sequence[Event], actual: Callable[[str], int]) -> None:

@@ -187,9 +187,11 @@ UNINDEXED_FIELDS: Final = (
     (EVENTS_COLLECTION, "data"),
     (EVENTS_COLLECTION, "metadata"),
     (VIEW_DOCS_COLLECTION, "json"),
+    (CLAIMS_COLLECTION, "positions"),
 )
 """Fields never queried: exempt them from automatic indexing (cheaper writes, and no
-1500-byte index-entry truncation on large payloads)."""
+1500-byte index-entry truncation on large payloads; a claim's up to 499 positions would
+otherwise be as many index entries)."""
 
 IAM_ROLES: Final = ("roles/datastore.user",)
 """What the app's service account needs: read, query, create, update and delete documents
@@ -215,7 +217,7 @@ TRANSACTION_ATTEMPTS: Final = 10
 _MAX_CHAR: Final = "\U0010ffff"
 _KNOWN_STREAMS: Final = 10_000
 """Stream heads a ``bulk_append`` remembers from the calls before (beyond, only its own call's)."""
-BLOCK_EVENTS: Final = 5000
+BLOCK_EVENTS: Final = 10_000
 """Events whose positions one reservation takes (``bulk_append`` in flight)."""
 _GAP_PREFIX: Final = "gap-"
 """Document ids of gaps in the events collection (event ids are UUIDs: they never start so)."""
@@ -603,7 +605,7 @@ class FirestoreEventStore(_FirestoreBase):
         if not by_stream:
             return 0
         with self._write_lock:
-            if len(list(WRITE_LIMITS.split(_blocks.grouped(events)))) > 1:
+            if len(WRITE_LIMITS.pack(events)) > 1:
                 return sum(
                     self._bulk_block(events[start : start + BLOCK_EVENTS], in_flight)
                     for start in range(0, len(events), BLOCK_EVENTS)
@@ -724,7 +726,7 @@ class FirestoreEventStore(_FirestoreBase):
             new = [event for event in events if event.id in new_ids]
             if not new:
                 return 0
-            parts = list(WRITE_LIMITS.split(_blocks.grouped(new)))
+            parts = WRITE_LIMITS.pack(new)
             reserved = self._reserve(new, parts, state)
             if reserved is not None:
                 break
@@ -745,7 +747,7 @@ class FirestoreEventStore(_FirestoreBase):
         return written
 
     def _reserve(
-        self, new: list[Event], parts: list[Sequence[Event]], state: _BulkState
+        self, new: list[Event], parts: list[list[Event]], state: _BulkState
     ) -> tuple[list[_blocks.Claim], Any] | None:
         """Move the global head past ``new`` and create one claim per part, in one write on
         condition the head is as ``state`` has it: the claims and the head's new update time,

@@ -18,8 +18,8 @@ Requests (measured by ``tests/integration/adapters/test_dynamodb.py``)
   ``TransactWriteItems``); with ``ANY``: 3 (plus a ``Query`` for the version).
   1,000 events in appends of 10 events: 200 requests; in appends of 49: 42.
 * ``bulk_append`` in flight, 1,000 events over 50 streams: 1 ``GetItem`` (the counter, on
-  the first call only), 1 ``TransactWriteItems`` taking the positions and 21 writing the
-  parts, up to ``in_flight`` at once.
+  the first call only), 1 ``TransactWriteItems`` taking the positions and 25 writing the
+  parts (two whole streams each), up to ``in_flight`` at once.
 * ``read_stream`` and ``read_all``: one ``Query`` per 1 MB page (or per ``limit``).
 * views: ``get_many`` one ``BatchGetItem`` per 100 keys; ``commit`` one
   ``TransactWriteItems``; ``drop`` one ``Query`` page plus one ``BatchWriteItem`` per 25.

@@ -73,6 +73,7 @@ or DynamoDB Streams feeding a sequencer: not needed for the ledger.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ class DynamoDBEventStore:
         self._table = _Table(table, client, options, self.url)
         self._bulk_counter: int | None = None  # the counter after this instance's last bulk_append
         self._parts = _blocks.PartPool("skyferry-dynamodb")  # bulk_append's parts in flight
+        self._bulk_lock = threading.Lock()  # one bulk_append at a time: its counter guess, its pool
 
     @classmethod
     def from_url(cls, url: str, *, existing: bool = False) -> DynamoDBEventStore:
@@ -283,16 +285,18 @@ class DynamoDBEventStore:
             ids.add(event.id)
         if not events:
             return 0
-        if len(list(WRITE_LIMITS.split(_blocks.grouped(events)))) == 1:
+        with self._bulk_lock:
+            return self._bulk_append(events, in_flight)
+
+    def _bulk_append(self, events: Sequence[Event], in_flight: int) -> int:
+        if len(WRITE_LIMITS.pack(events)) == 1:
             return self._bulk_transaction(list(events))
         recorded = utc_now()
         new = 0
         start = 0
         while start < len(events):
             size = BLOCK_EVENTS
-            while (
-                len(parts := list(WRITE_LIMITS.split(_blocks.grouped(events[start : start + size])))) > MAX_BLOCK_PARTS
-            ):
+            while len(parts := WRITE_LIMITS.pack(events[start : start + size])) > MAX_BLOCK_PARTS:
                 size //= 2  # payloads so large that a block's parts would not fit one reservation
             new += self._bulk_block(events[start : start + size], parts, in_flight, recorded)
             start += size
@@ -351,15 +355,13 @@ class DynamoDBEventStore:
 
     # --- blocks: positions taken ahead, parts in flight --------------------------------------
 
-    def _bulk_block(
-        self, events: Sequence[Event], parts: list[Sequence[Event]], in_flight: int, recorded: datetime
-    ) -> int:
+    def _bulk_block(self, events: Sequence[Event], parts: list[list[Event]], in_flight: int, recorded: datetime) -> int:
         """Take the positions of ``events`` (one reservation), then write ``parts`` ``in_flight`` at a time."""
         _blocks.check_contiguous(events, self.stream_version)
         claims = self._reserve(events, parts)
         return self._parts.run(parts, claims, in_flight, partial(self._write_part, recorded=recorded), self._settle)
 
-    def _reserve(self, events: Sequence[Event], parts: list[Sequence[Event]]) -> list[_blocks.Claim]:
+    def _reserve(self, events: Sequence[Event], parts: list[list[Event]]) -> list[_blocks.Claim]:
         """Move the counter past ``events`` and put one claim per part, in one transaction."""
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             counter = self._bulk_counter if self._bulk_counter is not None else self._counter()
