@@ -11,6 +11,7 @@ import pytest
 from google.api_core import exceptions as gexc
 
 from skyferry.adapters import gcp
+from skyferry.adapters.stores import _blocks
 from skyferry.adapters.stores.dynamodb import WRITE_LIMITS as DYNAMODB
 from skyferry.adapters.stores.firestore import WRITE_LIMITS as FIRESTORE
 from skyferry.core.errors import TransientError, ValidationError
@@ -87,6 +88,16 @@ def test_pack_cuts_only_the_streams_that_do_not_fit_one_write() -> None:
     big = events([20] * 120, 1) + events([20] * 3, 3)[1:]  # one stream of 120 events, then two small ones
     sizes = [(len(w), sorted({e.stream_id for e in w})) for w in DYNAMODB.pack(big)]
     assert sizes == [(49, ["s-0"]), (49, ["s-0"]), (24, ["s-0", "s-1", "s-2"])]
+
+
+@pytest.mark.parametrize(("most_events", "most_parts"), [(1000, 99), (1000, 4), (10_000, 128), (7, 1)])
+def test_blocks_keep_the_order_and_fit_their_parts(most_events: int, most_parts: int) -> None:
+    given = events([20, 500, 5_000] * 400, 50)
+    cut = list(_blocks.blocks(given, DYNAMODB, most_events, most_parts))
+    assert [e.id for block in cut for e in block] == [e.id for e in given]
+    for block in cut:
+        assert len(block) <= most_events
+        assert len(DYNAMODB.pack(block)) <= most_parts or len(block) == 1
 
 
 def test_an_event_larger_than_the_byte_cap_is_a_part_of_its_own() -> None:

@@ -32,20 +32,40 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
-from skyferry.adapters.stores._commit import LOCK_TIMEOUT_SECONDS
 from skyferry.core.errors import ConcurrencyError
 from skyferry.core.inflight import OrderedPool
 from skyferry.core.messages import Event
+from skyferry.core.ports import WriteLimits
 
 _log = logging.getLogger(__name__)
 
-CLAIM_SECONDS: Final = LOCK_TIMEOUT_SECONDS
-"""How long reserved positions wait for their part before a reader settles them as gaps."""
+CLAIM_SECONDS: Final = 30.0
+"""How long reserved positions wait for their part before a reader settles them as gaps:
+how long readers wait at the holes of a writer that died.  A live writer's block lasts a
+few of its parts' round trips (:data:`PARTS_PER_IN_FLIGHT`); a part that still arrives
+after its claim was settled is refused, and the command says to run it again."""
+PARTS_PER_IN_FLIGHT: Final = 4
+"""The most parts a block holds per write in flight: a block is written in about this many
+rounds, however small ``in_flight`` is, so it ends long before its claims expire."""
+
+
+def blocks(
+    events: Sequence[Event], limits: WriteLimits, most_events: int, most_parts: int
+) -> Iterator[Sequence[Event]]:
+    """``events`` cut, in order, into blocks of at most ``most_events`` whose parts
+    (:meth:`~skyferry.core.ports.WriteLimits.pack`) number at most ``most_parts``."""
+    start = 0
+    while start < len(events):
+        size = most_events
+        while size > 1 and len(limits.pack(events[start : start + size])) > most_parts:
+            size //= 2
+        yield events[start : start + size]
+        start += size
 
 
 @dataclass(frozen=True, slots=True)

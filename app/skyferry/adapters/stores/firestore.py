@@ -218,7 +218,8 @@ _MAX_CHAR: Final = "\U0010ffff"
 _KNOWN_STREAMS: Final = 10_000
 """Stream heads a ``bulk_append`` remembers from the calls before (beyond, only its own call's)."""
 BLOCK_EVENTS: Final = 10_000
-"""Events whose positions one reservation takes (``bulk_append`` in flight)."""
+"""Events whose positions one reservation takes (``bulk_append`` in flight; fewer when their
+parts would be more than ``PARTS_PER_IN_FLIGHT`` per write in flight)."""
 _GAP_PREFIX: Final = "gap-"
 """Document ids of gaps in the events collection (event ids are UUIDs: they never start so)."""
 
@@ -606,9 +607,10 @@ class FirestoreEventStore(_FirestoreBase):
             return 0
         with self._write_lock:
             if len(WRITE_LIMITS.pack(events)) > 1:
+                most_parts = min(MAX_WRITES_PER_COMMIT - 1, _blocks.PARTS_PER_IN_FLIGHT * in_flight)
                 return sum(
-                    self._bulk_block(events[start : start + BLOCK_EVENTS], in_flight)
-                    for start in range(0, len(events), BLOCK_EVENTS)
+                    self._bulk_block(block, in_flight)
+                    for block in _blocks.blocks(events, WRITE_LIMITS, BLOCK_EVENTS, most_parts)
                 )
             self._check_writes([(event.stream_id, event.to_new()) for event in events])
             for attempt in range(TRANSACTION_ATTEMPTS):

@@ -30,7 +30,7 @@ a transaction on an item another one holds), so a ``bulk_append`` larger than on
 transaction (feature ``bulk_in_flight``: imports and migrations) takes its positions ahead
 instead.  Per block of up to :data:`BLOCK_EVENTS` events, one transaction moves the
 counter past all of them and puts one *claim* per part (partition ``x#claims``: the
-part's positions and an expiry, ``CLAIM_SECONDS``).  The parts (each stream's events
+part's positions and an expiry, ``CLAIM_SECONDS``: 30 s).  The parts (each stream's events
 together, cut to :data:`WRITE_LIMITS`) then go ``in_flight`` at a time, each stream's in
 order; a part is one transaction of its events, id guards and version checks that deletes
 its claim on condition it is still there.  Parts share no item, so they do not conflict,
@@ -135,7 +135,8 @@ from skyferry.core.ports import (
 _log = logging.getLogger(__name__)
 
 BLOCK_EVENTS: Final = 1000
-"""Events whose positions one reservation takes (fewer when their parts would not fit it)."""
+"""Events whose positions one reservation takes (fewer when their parts would be more than
+:data:`MAX_BLOCK_PARTS`, or more than ``PARTS_PER_IN_FLIGHT`` per write in flight)."""
 MAX_BLOCK_PARTS: Final = MAX_TRANSACTION_ITEMS - 1
 """Parts of one block: the reservation holds the counter and one claim per part."""
 
@@ -292,15 +293,11 @@ class DynamoDBEventStore:
         if len(WRITE_LIMITS.pack(events)) == 1:
             return self._bulk_transaction(list(events))
         recorded = utc_now()
-        new = 0
-        start = 0
-        while start < len(events):
-            size = BLOCK_EVENTS
-            while len(parts := WRITE_LIMITS.pack(events[start : start + size])) > MAX_BLOCK_PARTS:
-                size //= 2  # payloads so large that a block's parts would not fit one reservation
-            new += self._bulk_block(events[start : start + size], parts, in_flight, recorded)
-            start += size
-        return new
+        most_parts = min(MAX_BLOCK_PARTS, _blocks.PARTS_PER_IN_FLIGHT * in_flight)
+        return sum(
+            self._bulk_block(block, WRITE_LIMITS.pack(block), in_flight, recorded)
+            for block in _blocks.blocks(events, WRITE_LIMITS, BLOCK_EVENTS, most_parts)
+        )
 
     def _bulk_transaction(self, events: list[Event]) -> int:
         """``events`` (one transaction's worth) in one transaction that moves the counter too."""
