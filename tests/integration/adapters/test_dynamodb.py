@@ -7,20 +7,18 @@ Request counts are exact, not timed: they are what the docstring of
 from __future__ import annotations
 
 import threading
-import time
-import uuid
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from skyferry.adapters import aws
-from skyferry.adapters.stores import _blocks, dynamodb
+from skyferry.adapters.stores import dynamodb
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
-from skyferry.core.messages import Event, NewEvent
+from skyferry.core.messages import NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, ViewChange
 from tests.integration.adapters.aws_support import Counter, boto
+from tests.integration.adapters.blocks_support import check_a_dead_writers_holes, exported
 from tests.services import dynamodb as dynamodb_service
 from tests.services import moto_server
 
@@ -274,16 +272,6 @@ def test_append_many_is_one_transaction_with_contiguous_positions_and_idempotent
 # --- bulk_append in flight: positions taken ahead ---------------------------------------------------
 
 
-def exported(streams: int, per_stream: int, prefix: str) -> list[Event]:
-    """``per_stream`` exported events of each of ``streams`` streams, taking turns."""
-    moment = datetime(2021, 6, 1, tzinfo=UTC)
-    return [
-        Event(str(uuid.uuid4()), f"{prefix}-{s}", v, "Thing", 1, {"v": v}, {}, moment, moment)
-        for v in range(1, per_stream + 1)
-        for s in range(streams)
-    ]
-
-
 class InFlight:
     """Counts ``TransactWriteItems`` calls and the most that were in flight at once."""
 
@@ -325,40 +313,8 @@ def test_a_bulk_append_in_flight_is_one_reservation_then_its_parts_side_by_side(
     store.close()
 
 
-class Died(BaseException):
-    """The writer's process dies."""
-
-
 def test_positions_a_dead_writer_took_are_passed_over_once_they_expire(
     table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A writer that dies mid-block leaves holes: readers stop there while its claims live,
-    settle them as gaps once they expire, and the writer's late part is then refused."""
     store = dynamodb.DynamoDBEventStore(table, client=boto("dynamodb"))
-    events = exported(6, 20, "dead")  # 3 parts of two streams each
-    written: list[tuple[Sequence[Event], Any, Any]] = []
-    real = store._write_part
-
-    def dies_after_the_first_part(part: Sequence[Event], claim: Any, recorded: Any) -> int:
-        written.append((part, claim, recorded))
-        if len(written) > 1:
-            raise Died  # not an Exception: nothing is released, as when the process is killed
-        return real(part, claim, recorded)
-
-    monkeypatch.setattr(store, "_write_part", dies_after_the_first_part)
-    with pytest.raises(Died):
-        store.bulk_append(events, in_flight=1)
-    first = {e.id for e in written[0][0]}
-    assert {e.id for e in store.read_all(limit=200)} < first, "the reader stops at the first hole"
-    store.append("dead-after", [NewEvent("Thing", {})], NO_STREAM)
-    assert "dead-after" not in {e.stream_id for e in store.read_all(limit=200)}
-    monkeypatch.setattr(_blocks, "now", lambda: time.time() + _blocks.CLAIM_SECONDS + 1)  # time passes
-    everything = store.read_all(limit=200)
-    assert {e.id for e in everything} == first | {store.read_stream("dead-after")[0].id}
-    assert everything[-1].stream_id == "dead-after"
-    assert store.last_position() == everything[-1].position
-    late_part, late_claim, recorded = written[1]
-    with pytest.raises(TransientError, match="expired"):
-        real(late_part, late_claim, recorded=recorded)
-    stored = {e.id for sid in {e.stream_id for e in events} for e in store.read_stream(sid)}
-    assert stored == first
+    check_a_dead_writers_holes(store, exported(6, 20, "dead"), monkeypatch)  # 3 parts of two streams

@@ -8,9 +8,8 @@ transaction machinery and the adapter's retry loop run for real.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,12 +19,12 @@ from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 from google.cloud.firestore_v1.transaction import Transaction
 
 from skyferry.adapters import gcp
-from skyferry.adapters.stores import _blocks
 from skyferry.adapters.stores.firestore import FirestoreEventStore, FirestoreViewStore
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import NO_STREAM, ViewChange
 from tests import services
+from tests.integration.adapters.blocks_support import check_a_dead_writers_holes, exported
 from tests.services import firestore as firestore_service
 
 
@@ -38,6 +37,23 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 def store_url() -> Iterator[str]:
     with firestore_service.provide("event_store", "firestore") as url:
         yield url
+
+
+def lose_one_reply(monkeypatch: pytest.MonkeyPatch, which: Callable[[Any], bool]) -> list[int]:
+    """Make the first commit whose request ``which`` picks be applied but answered with a
+    deadline error (as when the reply is lost); the list records that it happened."""
+    original = FirestoreClient.commit
+    lost: list[int] = []
+
+    def commit_then_lose_the_reply(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        if not lost and which(kwargs.get("request") or args[0]):
+            lost.append(1)
+            raise gexc.DeadlineExceeded("deadline exceeded after the commit was applied")  # type: ignore[no-untyped-call]
+        return result
+
+    monkeypatch.setattr(FirestoreClient, "commit", commit_then_lose_the_reply)
+    return lost
 
 
 @pytest.mark.parametrize("url", ["firestore:///(default)", "firestore://p/a/b", "firestore://p/(default)?emulatr=x"])
@@ -95,17 +111,7 @@ def test_an_append_whose_commit_outcome_was_lost_is_retried_idempotently(
     store_url: str, no_backoff: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = FirestoreEventStore.from_url(store_url)
-    original = FirestoreClient.commit
-    failures: list[int] = []
-
-    def commit_then_lose_the_reply(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        if not failures:
-            failures.append(1)
-            raise gexc.DeadlineExceeded("deadline exceeded after the commit was applied")  # type: ignore[no-untyped-call]
-        return result
-
-    monkeypatch.setattr(FirestoreClient, "commit", commit_then_lose_the_reply)
+    failures = lose_one_reply(monkeypatch, lambda request: True)
     try:
         events = [NewEvent("Opened", {"n": 1}), NewEvent("Deposited", {"n": 2})]
         result = store.append("acct-1", events, NO_STREAM)
@@ -192,21 +198,11 @@ def test_a_batched_bulk_append_whose_reply_was_lost_is_not_stored_twice(
     (the write itself moved the head), the transaction then finds every event stored."""
     now = datetime.now(UTC)
     store = FirestoreEventStore.from_url(store_url)
-    original = FirestoreClient.commit
-    lost: list[int] = []
-
-    def commit_then_lose_the_reply(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        request = kwargs.get("request") or args[0]
-        if not lost and not request.get("transaction"):  # the batched write, not a transaction's commit
-            lost.append(1)
-            raise gexc.DeadlineExceeded("deadline exceeded after the commit was applied")  # type: ignore[no-untyped-call]
-        return result
-
     try:
         first = [Event(str(uuid.uuid4()), "s", v, "T", 1, {}, {}, now, now) for v in (1, 2)]
         assert store.bulk_append(first) == 2
-        monkeypatch.setattr(FirestoreClient, "commit", commit_then_lose_the_reply)
+        # the batched write, not a transaction's commit
+        lost = lose_one_reply(monkeypatch, lambda request: not request.get("transaction"))
         second = [Event(str(uuid.uuid4()), "s", v, "T", 1, {}, {}, now, now) for v in (3, 4)]
         assert store.bulk_append(second) == 0  # stored by the batched write whose reply was lost
         assert lost == [1]
@@ -220,54 +216,12 @@ def test_a_batched_bulk_append_whose_reply_was_lost_is_not_stored_twice(
 # --- bulk_append in flight: positions taken ahead ---------------------------------------------------
 
 
-def exported(streams: int, per_stream: int, prefix: str) -> list[Event]:
-    """``per_stream`` exported events of each of ``streams`` streams, taking turns."""
-    now = datetime.now(UTC)
-    return [
-        Event(str(uuid.uuid4()), f"{prefix}-{s}", v, "T", 1, {"v": v}, {}, now, now)
-        for v in range(1, per_stream + 1)
-        for s in range(streams)
-    ]
-
-
-class Died(BaseException):
-    """The writer's process dies."""
-
-
 def test_positions_a_dead_writer_took_are_passed_over_once_they_expire(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A writer that dies mid-block leaves holes: readers stop there while its claims live,
-    settle them as gaps once they expire, and the writer's late part is then refused."""
     store = FirestoreEventStore.from_url(store_url)
-    events = exported(4, 300, "dead")  # 1,200 events of 4 streams: 4 parts, a stream each
-    written: list[tuple[Any, Any, Any]] = []
-    real = store._write_part
-
-    def dies_after_the_first_part(part: Any, claim: Any, heads: Any) -> int:
-        written.append((part, claim, dict(heads)))
-        if len(written) > 1:
-            raise Died  # not an Exception: nothing is released, as when the process is killed
-        return real(part, claim, heads)
-
-    monkeypatch.setattr(store, "_write_part", dies_after_the_first_part)
     try:
-        with pytest.raises(Died):
-            store.bulk_append(events, in_flight=1)
-        first = {e.id for e in written[0][0]}
-        assert {e.id for e in store.read_all(limit=2000)} < first, "the reader stops at the first hole"
-        store.append("dead-after", [NewEvent("T", {})], NO_STREAM)
-        assert "dead-after" not in {e.stream_id for e in store.read_all(limit=2000)}
-        monkeypatch.setattr(_blocks, "now", lambda: time.time() + _blocks.CLAIM_SECONDS + 1)  # time passes
-        everything = store.read_all(limit=2000)
-        assert {e.id for e in everything} == first | {store.read_stream("dead-after")[0].id}
-        assert everything[-1].stream_id == "dead-after"
-        assert store.last_position() == everything[-1].position
-        late_part, late_claim, heads = written[1]
-        with pytest.raises(TransientError, match="expired"):
-            real(late_part, late_claim, heads)
-        stored = {e.id for sid in {e.stream_id for e in events} for e in store.read_stream(sid)}
-        assert stored == first
+        check_a_dead_writers_holes(store, exported(4, 300, "dead"), monkeypatch)  # 4 parts, a stream each
     finally:
         store.close()
 
@@ -278,19 +232,12 @@ def test_a_part_whose_reply_was_lost_is_not_stored_twice(
     """A part's write was applied but its reply lost: the retry fails (its claim is gone, its
     events are there), the state read finds every event stored, and the call goes on."""
     store = FirestoreEventStore.from_url(store_url)
-    original = FirestoreClient.commit
-    lost: list[int] = []
 
-    def commit_then_lose_the_reply(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        request = kwargs.get("request") or args[0]
+    def a_part(request: Any) -> bool:  # a part's write deletes its claim
         deletes = [w for w in request.get("writes", []) if "delete" in w]
-        if not lost and deletes and "skyferry_claims" in str(deletes[-1]):  # a part: it deletes its claim
-            lost.append(1)
-            raise gexc.DeadlineExceeded("deadline exceeded after the commit was applied")  # type: ignore[no-untyped-call]
-        return result
+        return bool(deletes) and "skyferry_claims" in str(deletes[-1])
 
-    monkeypatch.setattr(FirestoreClient, "commit", commit_then_lose_the_reply)
+    lost = lose_one_reply(monkeypatch, a_part)
     try:
         events = exported(4, 300, "lost")
         written = store.bulk_append(events, in_flight=2)
