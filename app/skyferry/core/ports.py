@@ -254,7 +254,8 @@ class CountingEventStore(EventStore, Protocol):
 
     Long commands use it for a total and an ETA (``export``, ``migrate``, ``verify``,
     ``rebuild``).  A store declares it only when the count costs a query or two, not a scan
-    of its log.
+    of its log.  It is a total for progress, not a check: a store whose bulk writes leave
+    gaps in its positions (``bulk_in_flight``) counts them too.
     """
 
     def count_after(self, after: str | None = None) -> int:
