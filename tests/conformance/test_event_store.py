@@ -664,6 +664,7 @@ def test_bulk_append_in_flight_failing_leaves_each_stream_a_prefix(event_store: 
         assert versions == list(range(1, len(versions) + 1)), f"{sid} holds a gap"
         stored += len(versions)
     assert event_store.stream_version(streams[2]) < middle
+    assert event_store.last_position() == read_everything(event_store)[-1].position  # past the gaps at the end
     after = stream("after")
     event_store.append(after, [new(0)], NO_STREAM)
     mine = [e for e in read_everything(event_store) if e.stream_id in [*streams, after]]

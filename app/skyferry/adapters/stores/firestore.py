@@ -944,13 +944,17 @@ class FirestoreEventStore(_FirestoreBase):
         return max((int(snap.get("position")) if snap.exists else 0) - start, 0)
 
     def last_position(self) -> str | None:
-        """The position of the last event (gaps passed over), ``None`` when empty."""
-        query = self._events().order_by("position", direction=firestore.Query.DESCENDING).limit(100)
-        while snaps := self._call(partial(self._snapshots, query)):
+        """The position of the last event (gaps passed over), ``None`` when empty.
+
+        One document read while the last position holds an event (readiness probes call this
+        every few seconds); gaps at the end are read past in pages of 100."""
+        query = self._events().select(["position"]).order_by("position", direction=firestore.Query.DESCENDING)
+        size = 1
+        while snaps := self._call(partial(self._snapshots, query.limit(size))):
             for snap in snaps:
                 if not snap.id.startswith(_GAP_PREFIX):
                     return format_position(int(snap.get("position")))
-            query = query.start_after(snaps[-1])
+            query, size = query.start_after(snaps[-1]), 100
         return None
 
     def close(self) -> None:

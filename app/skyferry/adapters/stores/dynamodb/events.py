@@ -756,19 +756,27 @@ class DynamoDBEventStore:
         return max(self._counter() - last, 0)
 
     def last_position(self) -> str | None:
-        """The position of the last event in the ``by_position`` index (gaps passed over)."""
-        for item in self._table.query_pages(
-            IndexName=POSITION_INDEX,
-            KeyConditionExpression="g = :g",
-            ExpressionAttributeValues={":g": _s(ALL)},
-            ProjectionExpression="#p, #id",
-            ExpressionAttributeNames={"#p": POSITION_INDEX_RANGE, "#id": "id"},
-            ScanIndexForward=False,
-            Limit=100,
-        ):
-            if "id" in item:
-                return str(item[POSITION_INDEX_RANGE]["N"])
-        return None
+        """The position of the last event in the ``by_position`` index (gaps passed over).
+
+        One item read while the last position holds an event (readiness probes call this
+        every few seconds); gaps at the end are read past in pages of 100."""
+        kwargs: dict[str, Any] = {
+            "IndexName": POSITION_INDEX,
+            "KeyConditionExpression": "g = :g",
+            "ExpressionAttributeValues": {":g": _s(ALL)},
+            "ProjectionExpression": "#p, #id",
+            "ExpressionAttributeNames": {"#p": POSITION_INDEX_RANGE, "#id": "id"},
+            "ScanIndexForward": False,
+            "Limit": 1,
+        }
+        while True:
+            page = self._table.call("query", **kwargs)
+            for item in page.get("Items", []):
+                if "id" in item:
+                    return str(item[POSITION_INDEX_RANGE]["N"])
+            if not page.get("LastEvaluatedKey"):
+                return None
+            kwargs.update(ExclusiveStartKey=page["LastEvaluatedKey"], Limit=100)
 
     def close(self) -> None:
         """Stop the threads of ``bulk_append``'s parts in flight (boto3 clients hold pooled connections only)."""
