@@ -9,11 +9,13 @@ the network most of the time.  So ``bulk_append`` takes positions ahead instead:
    creates one :class:`Claim` per *part* of the block (the part's positions and an expiry,
    :data:`CLAIM_SECONDS` from now).  The block's events take the positions in the order
    given, so the global order is the order of the call.
-2. **Write the parts side by side.**  The parts (each stream's events together,
-   :meth:`~skyferry.core.ports.WriteLimits.pack`) are written ``in_flight`` at a time, each stream's parts in order
-   (:class:`PartPool`).  A part is one atomic write of its events and stream heads, that
-   also deletes its claim, on condition that the claim is still there.  Parts share no
-   document, so they do not conflict.
+2. **Write the parts side by side.**  The parts (each stream's events together:
+   :meth:`~skyferry.core.ports.WriteLimits.pack`) are written ``in_flight`` at a time,
+   each stream's parts in order (:class:`PartPool`).  A part is one atomic write of its
+   events and stream heads, that also deletes its claim, on condition that the claim is
+   still there.  Parts share no document, so they do not conflict.  A block holds at
+   most :data:`PARTS_PER_IN_FLIGHT` parts per write in flight, so it is written in a few
+   rounds, long before its claims expire.
 3. **Gaps.**  A position no event took (its event was already stored: a resumed import;
    its part was not written: a failed block) becomes a *gap*: an entry in the position
    order that holds no event, which ``read_all`` passes over.  A failed block's writer
