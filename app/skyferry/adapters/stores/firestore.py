@@ -54,10 +54,10 @@ ahead (:mod:`skyferry.adapters.stores._blocks`): per block of up to :data:`BLOCK
 events, one batched write moves the global head past the new ones, on the same
 condition, and creates one claim per part in ``skyferry_claims/{block}.{part}``
 (``positions``, ``expires``).  The parts (each stream's events together, cut to
-:data:`WRITE_LIMITS`) then go ``in_flight`` at a time, each a batched write that creates
-its events, updates each stream head on condition of the update time it was read or
-last written with (``create`` for a new stream), and deletes its claim on condition it
-exists.  Parts share no document.  A failed condition reads the heads and ids again:
+:data:`WRITE_LIMITS`) then go ``in_flight`` at a time (at most :data:`PARTS_IN_FLIGHT`),
+each a batched write that creates its events, updates each stream head on condition of
+the update time it was read or last written with (``create`` for a new stream), and
+deletes its claim on condition it exists.  Parts share no document.  A failed condition reads the heads and ids again:
 events stored as they are leave their positions as gaps (``skyferry_events/gap-{position}``:
 a ``position`` and no stream), anything else is a ``ConcurrencyError``.
 
@@ -220,6 +220,12 @@ _KNOWN_STREAMS: Final = 10_000
 BLOCK_EVENTS: Final = 10_000
 """Events whose positions one reservation takes (``bulk_append`` in flight; fewer when their
 parts would be more than ``PARTS_PER_IN_FLIGHT`` per write in flight)."""
+PARTS_IN_FLIGHT: Final = 4
+"""The most parts of a bulk write in flight, whatever ``in_flight`` asks: each part is up to
+499 writes, and the events' ``position`` index grows at one end, which Firestore serves at
+a bounded rate (its guidance: about 500 writes a second to a collection with a
+sequentially increasing indexed field).  Measured on the emulator at 20 ms: 4 in flight
+gave 3,400-3,800 events/s, 32 gave 2,500-3,200."""
 _GAP_PREFIX: Final = "gap-"
 """Document ids of gaps in the events collection (event ids are UUIDs: they never start so)."""
 
@@ -607,6 +613,7 @@ class FirestoreEventStore(_FirestoreBase):
             return 0
         with self._write_lock:
             if len(WRITE_LIMITS.pack(events)) > 1:
+                in_flight = min(in_flight, PARTS_IN_FLIGHT)
                 most_parts = min(MAX_WRITES_PER_COMMIT - 1, _blocks.PARTS_PER_IN_FLIGHT * in_flight)
                 return sum(
                     self._bulk_block(block, in_flight)
