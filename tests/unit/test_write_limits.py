@@ -94,8 +94,9 @@ def test_pack_cuts_only_the_streams_that_do_not_fit_one_write() -> None:
 def test_blocks_keep_the_order_and_fit_their_parts(most_events: int, most_parts: int) -> None:
     given = events([20, 500, 5_000] * 400, 50)
     cut = list(_blocks.blocks(given, DYNAMODB, most_events, most_parts))
-    assert [e.id for block in cut for e in block] == [e.id for e in given]
-    for block in cut:
+    assert [e.id for block, _ in cut for e in block] == [e.id for e in given]
+    for block, parts in cut:
+        assert parts == DYNAMODB.pack(block)
         assert len(block) <= most_events
         assert len(DYNAMODB.pack(block)) <= most_parts or len(block) == 1
 

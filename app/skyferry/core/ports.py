@@ -578,8 +578,7 @@ class WriteLimits:
             fresh = stream_id not in streams
             grow = 0
             if self.bytes is not None:
-                payload = len(encode_json(event.data)) + len(encode_json(event.metadata))
-                grow = event_bytes(payload, event.type, stream_id) + (stream_bytes(stream_id) if fresh else 0)
+                grow = self._bytes(event) + (stream_bytes(stream_id) if fresh else 0)
             cost = per_event + (self.per_stream if fresh else 0)
             if index > start and (
                 (cap is not None and count + cost > cap) or (self.bytes is not None and size + grow > self.bytes)

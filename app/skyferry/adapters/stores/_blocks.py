@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
-from skyferry.core.errors import ConcurrencyError
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError
 from skyferry.core.inflight import OrderedPool
 from skyferry.core.messages import Event
 from skyferry.core.ports import WriteLimits
@@ -58,16 +58,32 @@ rounds, however small ``in_flight`` is, so it ends long before its claims expire
 
 def blocks(
     events: Sequence[Event], limits: WriteLimits, most_events: int, most_parts: int
-) -> Iterator[Sequence[Event]]:
+) -> Iterator[tuple[Sequence[Event], list[list[Event]]]]:
     """``events`` cut, in order, into blocks of at most ``most_events`` whose parts
-    (:meth:`~skyferry.core.ports.WriteLimits.pack`) number at most ``most_parts``."""
+    (:meth:`~skyferry.core.ports.WriteLimits.pack`) number at most ``most_parts``: each
+    block with its parts."""
     start = 0
     while start < len(events):
         size = most_events
-        while size > 1 and len(limits.pack(events[start : start + size])) > most_parts:
+        while len(parts := limits.pack(events[start : start + size])) > most_parts and size > 1:
             size //= 2
-        yield events[start : start + size]
+        yield events[start : start + size], parts
         start += size
+
+
+def settle_expired(listed: Callable[[], Iterable[Claim]], settle: Callable[[Claim], bool], what: str) -> bool:
+    """Settle every expired claim of ``listed()`` (a writer that died mid-block); whether any was.
+
+    A store that cannot (a read-only identity) logs why: its readers wait at the hole for a
+    writer to settle it."""
+    settled = False
+    try:
+        for claim in listed():
+            if claim.expired():
+                settled = settle(claim) or settled
+    except (ConfigurationError, TransientError) as e:
+        _log.warning("%s: could not settle expired positions: %s", what, e)
+    return settled
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,9 +57,10 @@ condition, and creates one claim per part in ``skyferry_claims/{block}.{part}``
 :data:`WRITE_LIMITS`) then go ``in_flight`` at a time (at most :data:`PARTS_IN_FLIGHT`),
 each a batched write that creates its events, updates each stream head on condition of
 the update time it was read or last written with (``create`` for a new stream), and
-deletes its claim on condition it exists.  Parts share no document.  A failed condition reads the heads and ids again:
-events stored as they are leave their positions as gaps (``skyferry_events/gap-{position}``:
-a ``position`` and no stream), anything else is a ``ConcurrencyError``.
+deletes its claim on condition it exists.  Parts share no document.  A failed condition
+reads the heads and ids again: events stored as they are leave their positions as gaps
+(``skyferry_events/gap-{position}``: a ``position`` and no stream), anything else is a
+``ConcurrencyError``.
 
 ``read_all``: complete and stable, and the write-rate ceiling it costs
 ---------------------------------------------------------------------
@@ -94,7 +95,6 @@ transaction or one atomic commit.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -143,8 +143,6 @@ from skyferry.core.ports import (
 )
 
 T = TypeVar("T")
-_log = logging.getLogger(__name__)
-
 # -- what the infrastructure must match ---------------------------------------------------
 
 EVENTS_COLLECTION: Final = "skyferry_events"
@@ -612,13 +610,11 @@ class FirestoreEventStore(_FirestoreBase):
         if not by_stream:
             return 0
         with self._write_lock:
-            if len(WRITE_LIMITS.pack(events)) > 1:
-                in_flight = min(in_flight, PARTS_IN_FLIGHT)
-                most_parts = min(MAX_WRITES_PER_COMMIT - 1, _blocks.PARTS_PER_IN_FLIGHT * in_flight)
-                return sum(
-                    self._bulk_block(block, in_flight)
-                    for block in _blocks.blocks(events, WRITE_LIMITS, BLOCK_EVENTS, most_parts)
-                )
+            in_flight = min(in_flight, PARTS_IN_FLIGHT)
+            most_parts = min(MAX_WRITES_PER_COMMIT - 1, _blocks.PARTS_PER_IN_FLIGHT * in_flight)
+            blocks = list(_blocks.blocks(events, WRITE_LIMITS, BLOCK_EVENTS, most_parts))
+            if len(blocks) > 1 or len(blocks[0][1]) > 1:
+                return sum(self._bulk_block(block, parts, in_flight) for block, parts in blocks)
             self._check_writes([(event.stream_id, event.to_new()) for event in events])
             for attempt in range(TRANSACTION_ATTEMPTS):
                 state, read = self._bulk_known, False
@@ -722,7 +718,7 @@ class FirestoreEventStore(_FirestoreBase):
 
     # -- blocks: positions taken ahead, parts in flight --------------------------------------
 
-    def _bulk_block(self, events: Sequence[Event], in_flight: int) -> int:
+    def _bulk_block(self, events: Sequence[Event], parts: list[list[Event]], in_flight: int) -> int:
         """The new ones of ``events``: their positions taken in one write, then their parts
         ``in_flight`` at a time (see :mod:`skyferry.adapters.stores._blocks`)."""
         by_stream = _blocks.by_stream(events)
@@ -735,7 +731,8 @@ class FirestoreEventStore(_FirestoreBase):
             new = [event for event in events if event.id in new_ids]
             if not new:
                 return 0
-            parts = WRITE_LIMITS.pack(new)
+            if len(new) < len(events):  # some are stored already: cut what is left
+                parts = WRITE_LIMITS.pack(new)
             reserved = self._reserve(new, parts, state)
             if reserved is not None:
                 break
@@ -751,7 +748,6 @@ class FirestoreEventStore(_FirestoreBase):
         written = self._parts.run(parts, claims, in_flight, partial(self._write_part, heads=heads), self._settle)
         times = dict(state.times) if len(state.times) < _KNOWN_STREAMS else {}
         times.update({stream_id: at for stream_id, (_, at) in heads.items() if at is not None})
-        after.update({stream_id: version for stream_id, (version, _) in heads.items()})
         self._bulk_known = _BulkState(head_time, state.head + len(new), after, {}, times)
         return written
 
@@ -835,20 +831,14 @@ class FirestoreEventStore(_FirestoreBase):
 
     def _settle_expired(self) -> bool:
         """Settle every expired claim (a writer that died mid-block); whether any was."""
-        settled = False
-        try:
+
+        def listed() -> list[_blocks.Claim]:
             snaps = self._call(
                 lambda: list(self.client.collection(CLAIMS_COLLECTION).stream(retry=None, timeout=RPC_TIMEOUT))
             )
-            for snap in snaps:
-                claim = _blocks.Claim(snap.id, tuple(snap.get("positions")), int(snap.get("expires")))
-                if claim.expired():
-                    settled = self._settle(claim) or settled
-        except (ConfigurationError, TransientError) as e:  # a read-only identity: the hole waits for a writer
-            _log.warning("%s: could not settle expired positions: %s", self._what, e)
-        return settled
+            return [_blocks.Claim(snap.id, tuple(snap.get("positions")), int(snap.get("expires"))) for snap in snaps]
 
-    # -- reading -----------------------------------------------------------------------------
+        return _blocks.settle_expired(listed, self._settle, self._what)
 
     def _query_events(self, query: Any) -> list[Event]:
         return self._call(

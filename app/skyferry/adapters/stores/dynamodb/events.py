@@ -72,7 +72,6 @@ or DynamoDB Streams feeding a sequencer: not needed for the ledger.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -106,7 +105,7 @@ from skyferry.adapters.stores.dynamodb.layout import (
     _s,
     _vkey,
 )
-from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
+from skyferry.core.errors import ConcurrencyError, TransientError, ValidationError
 from skyferry.core.messages import (
     Event,
     NewEvent,
@@ -131,8 +130,6 @@ from skyferry.core.ports import (
     resolve_conflict,
     stream_bytes,
 )
-
-_log = logging.getLogger(__name__)
 
 BLOCK_EVENTS: Final = 1000
 """Events whose positions one reservation takes (fewer when their parts would be more than
@@ -290,14 +287,12 @@ class DynamoDBEventStore:
             return self._bulk_append(events, in_flight)
 
     def _bulk_append(self, events: Sequence[Event], in_flight: int) -> int:
-        if len(WRITE_LIMITS.pack(events)) == 1:
+        most_parts = min(MAX_BLOCK_PARTS, _blocks.PARTS_PER_IN_FLIGHT * in_flight)
+        blocks = list(_blocks.blocks(events, WRITE_LIMITS, BLOCK_EVENTS, most_parts))
+        if len(blocks) == 1 and len(blocks[0][1]) == 1:
             return self._bulk_transaction(list(events))
         recorded = utc_now()
-        most_parts = min(MAX_BLOCK_PARTS, _blocks.PARTS_PER_IN_FLIGHT * in_flight)
-        return sum(
-            self._bulk_block(block, WRITE_LIMITS.pack(block), in_flight, recorded)
-            for block in _blocks.blocks(events, WRITE_LIMITS, BLOCK_EVENTS, most_parts)
-        )
+        return sum(self._bulk_block(block, parts, in_flight, recorded) for block, parts in blocks)
 
     def _bulk_transaction(self, events: list[Event]) -> int:
         """``events`` (one transaction's worth) in one transaction that moves the counter too."""
@@ -409,9 +404,9 @@ class DynamoDBEventStore:
             codes = _cancellation_codes(cancelled)
             if "ConditionalCheckFailed" in codes[:-1]:  # an event, an id or a version is taken
                 left = self._bulk_unstored(pending, cancelled)
-                if codes[-1] == "ConditionalCheckFailed" and not left:
-                    return 0  # stored, claim deleted: by this very write, whose reply was lost
-                if codes[-1] == "ConditionalCheckFailed":
+                if codes[-1] == "ConditionalCheckFailed":  # the claim is gone
+                    if not left:
+                        return 0  # stored, claim deleted: by this very write, whose reply was lost
                     raise self._expired(part) from cancelled
                 kept = {event.id for event in left}
                 gaps += [position[event.id] for event in pending if event.id not in kept]
@@ -468,20 +463,17 @@ class DynamoDBEventStore:
 
     def _settle_expired(self) -> bool:
         """Settle every expired claim (a writer that died mid-block); whether any was."""
-        settled = False
-        try:
+
+        def listed() -> Iterator[_blocks.Claim]:
             for item in self._table.query_pages(
                 KeyConditionExpression="pk = :pk",
                 ExpressionAttributeValues={":pk": _s(_CLAIMS)},
                 ConsistentRead=True,
             ):
                 positions = tuple(sorted(int(p) for p in item["ps"]["NS"]))
-                claim = _blocks.Claim(item["sk"]["S"], positions, int(item["exp"]["N"]))
-                if claim.expired():
-                    settled = self._settle(claim) or settled
-        except (ConfigurationError, TransientError) as e:  # a read-only identity: the hole waits for a writer
-            _log.warning("%s: could not settle expired positions: %s", self.url, e)
-        return settled
+                yield _blocks.Claim(item["sk"]["S"], positions, int(item["exp"]["N"]))
+
+        return _blocks.settle_expired(listed, self._settle, self.url)
 
     def _bulk_unstored(self, events: list[Event], cause: Exception) -> list[Event]:
         """``events`` less those already stored as they are; ``ConcurrencyError`` when one clashes."""
