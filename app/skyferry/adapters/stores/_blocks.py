@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
@@ -131,6 +131,46 @@ def check_contiguous(events: Sequence[Event], actual: Callable[[str], int]) -> N
     for stream_id, run in by_stream(events).items():
         if [e.version for e in run] != list(range(run[0].version, run[0].version + len(run))):
             raise ConcurrencyError(stream_id, run[0].version - 1, actual(stream_id), "the versions are not contiguous")
+
+
+def decide(
+    by_stream: Mapping[str, Sequence[Event]],
+    versions: Mapping[str, int],
+    stored: Mapping[str, tuple[str, int]],
+) -> tuple[set[str], dict[str, int]]:
+    """Which events of a bulk write are new, and each stream's version after them.
+
+    ``versions``: each stream's current version (0 when absent); ``stored``: where the ids
+    already stored are (``(stream, version)``).  An event at or below its stream's version
+    must be stored there as it is (a resumed import skips it); the others must continue
+    the stream.  Anything else is a ``ConcurrencyError`` naming the stream and version."""
+    new_ids: set[str] = set()
+    after: dict[str, int] = {}
+    for stream_id, run in by_stream.items():
+        current = versions.get(stream_id, 0)
+        fresh = False
+        for event in run:
+            at = stored.get(event.id)
+            if event.version <= current and not fresh:
+                if at != (stream_id, event.version):
+                    raise ConcurrencyError(
+                        stream_id,
+                        event.version - 1,
+                        versions.get(stream_id, 0),
+                        f"version {event.version} holds another event than {event.id}",
+                    )
+                continue
+            if event.version != current + 1 or at is not None:
+                raise ConcurrencyError(
+                    stream_id,
+                    event.version - 1,
+                    versions.get(stream_id, 0),
+                    f"event {event.id} at version {event.version} does not continue the stream",
+                )
+            current, fresh = event.version, True
+            new_ids.add(event.id)
+        after[stream_id] = current
+    return new_ids, after
 
 
 class PartPool:

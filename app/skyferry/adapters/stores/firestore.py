@@ -636,34 +636,11 @@ class FirestoreEventStore(_FirestoreBase):
 
     @staticmethod
     def _decide(by_stream: Mapping[str, list[Event]], state: _BulkState) -> tuple[set[str], dict[str, int]]:
-        """The ids of the events ``state`` says are new, and each stream's version after them;
-        ``ConcurrencyError`` for an event that neither continues its stream nor is stored as it is."""
-        new_ids: set[str] = set()
+        """The ids of the events ``state`` says are new, and each known stream's version after
+        them (:func:`_blocks.decide`)."""
+        new_ids, decided = _blocks.decide(by_stream, state.versions, state.stored)
         after = dict(state.versions) if len(state.versions) < _KNOWN_STREAMS else {}
-        for stream_id, run in by_stream.items():
-            current = state.versions.get(stream_id, 0)
-            fresh = False
-            for event in run:
-                at = state.stored.get(event.id)
-                if event.version <= current and not fresh:
-                    if at != (stream_id, event.version):
-                        raise ConcurrencyError(
-                            stream_id,
-                            event.version - 1,
-                            state.versions.get(stream_id, 0),
-                            f"version {event.version} holds another event than {event.id}",
-                        )
-                    continue
-                if event.version != current + 1 or at is not None:
-                    raise ConcurrencyError(
-                        stream_id,
-                        event.version - 1,
-                        state.versions.get(stream_id, 0),
-                        f"event {event.id} at version {event.version} does not continue the stream",
-                    )
-                current, fresh = event.version, True
-                new_ids.add(event.id)
-            after[stream_id] = current
+        after.update(decided)
         return new_ids, after
 
     @staticmethod
