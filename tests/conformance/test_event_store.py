@@ -607,9 +607,11 @@ def in_parts(store: EventStore, streams: list[str]) -> list[Event]:
     """Exported events of ``streams``, taking turns, enough for ``bulk_append`` to cut them
     (each stream's together) into more than four parts."""
     per_stream = 40
+    limits = write_limits(store)
     while True:
         runs = [exported(sid, range(1, per_stream + 1)) for sid in streams]
-        if len(list(write_limits(store).split([e for run in runs for e in run]))) > 4:
+        uncapped = limits.units is None and limits.bytes is None  # the store's parts are its streams
+        if uncapped or len(list(limits.split([e for run in runs for e in run]))) > 4:
             return [run[i] for i in range(per_stream) for run in runs]
         per_stream *= 2
 
@@ -655,6 +657,15 @@ def test_bulk_append_in_flight_failing_leaves_each_stream_a_prefix(event_store: 
     middle = len(events) // 12
     clash = next(e for e in events if e.stream_id == streams[2] and e.version == middle)
     event_store.append(stream("holder"), [NewEvent("Thing", {}, {}, id=clash.id)], NO_STREAM)
+    try:
+        event_store.append(stream("holder"), [NewEvent("Thing", {}, {}, id=clash.id)], NO_STREAM)
+    except (ConcurrencyError, ValidationError):
+        pass
+    else:
+        pytest.skip(
+            f"{type(event_store).__name__} keeps event ids unique per stream only, so an id stored in another "
+            "stream is no clash; its own tests fail a part of the call instead"
+        )
     with pytest.raises(ConcurrencyError) as caught:
         event_store.bulk_append(events, in_flight=4)  # type: ignore[attr-defined]
     assert streams[2] in str(caught.value)

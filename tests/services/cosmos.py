@@ -2,7 +2,8 @@
 
 Started once per session on a free loopback port by ``cosmos_server.js``, with keep-alive
 on as the service has it (HTTPS with a self-signed certificate, hence ``verify=false`` in
-the URLs it hands out, for tests only).  Each test gets its own
+the URLs it hands out, for tests only), and answering a point read of a missing document
+404 as the service does (the emulator's own handler fails it with 500).  Each test gets its own
 database holding the events and views containers, created here through the SDK the
 way the Pulumi component creates them (same partition key paths), and deleted after.
 """

@@ -17,14 +17,15 @@ which the parts of one stream run one at a time, in order, and parts of differen
 run side by side; :meth:`TargetWriter.write` returns once every part of its call is
 stored, so the callers' checkpoints (after each chunk, after each batch) still never pass
 an unwritten event, and a failure leaves each stream written up to a point, never with a
-gap.  On the ``append`` path (a store without ``bulk_append``: Cosmos DB) each stream's
+gap.  On the ``append`` path (a store without ``bulk_append``; every store of skyferry's
+own has it) each stream's
 events of one call are then merged into as few appends as its limits allow, so the target's
 log interleaves the streams differently from the source (each stream's order is kept);
 ``concurrency=1`` keeps the source's global order there.  ``bulk_append`` keeps positions in
 the order given, so its parts stay in order, one at a time: those stores take their
 positions from one global head (SQLite, PostgreSQL), where concurrent writes would only
-queue behind each other or collide.  A store with ``bulk_in_flight`` (DynamoDB, Firestore)
-takes the whole call and ``concurrency``, and keeps its own parts in flight on positions
+queue behind each other or collide.  A store with ``bulk_in_flight`` (DynamoDB, Firestore,
+Cosmos DB) takes the whole call and ``concurrency``, and keeps its own parts in flight on positions
 it took ahead (:class:`~skyferry.core.ports.InFlightBulkEventStore`).
 """
 

@@ -19,14 +19,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from azure.core.exceptions import ServiceResponseError
+from azure.cosmos import ContainerProxy
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from skyferry.adapters.stores import cosmos
 from skyferry.adapters.stores.cosmos import CosmosEventStore, CosmosViewStore
+from skyferry.adapters.stores.cosmos.layout import _commit_id
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, Doc, ViewChange
 from tests import services
+from tests.integration.adapters.blocks_support import check_a_dead_writers_holes, exported
 from tests.services import cosmos as service
 
 
@@ -121,11 +125,11 @@ def test_threads_of_one_store_share_slots_and_keep_each_streams_order(url: str) 
     create_slot = store._create_slot
     first = threading.Event()
 
-    def held_back(commits: list[dict[str, Any]]) -> int:
+    def held_back(members: list[list[str]], expires: int | None = None) -> int:
         if not first.is_set():
             first.set()
             time.sleep(0.3)
-        return create_slot(commits)
+        return create_slot(members, expires)
 
     store._create_slot = held_back  # type: ignore[method-assign]
     streams = [f"g{i}-{uuid.uuid4().hex[:4]}" for i in range(3)]
@@ -154,6 +158,11 @@ def test_threads_of_one_store_share_slots_and_keep_each_streams_order(url: str) 
     assert store.last_position() == everything[-1].position
 
 
+def members(*commits: dict[str, Any]) -> list[list[str]]:
+    """The ``[stream, commit id]`` members of a slot naming ``commits``."""
+    return [[commit["stream_id"], commit["id"]] for commit in commits]
+
+
 def test_a_shared_slot_whose_writer_died_before_recording_it_is_read_in_its_order(url: str) -> None:
     """The slot names two commits that do not record it yet (their writer died): a reader
     records it in both and reads them in the slot's order; a member that a helper slotted
@@ -163,8 +172,8 @@ def test_a_shared_slot_whose_writer_died_before_recording_it_is_read_in_its_orde
     second = store._write_commit("second", 1, [new(1)])
     first = store._write_commit("first", 1, [new(2), new(3)])
     helped = store._write_commit("helped", 1, [new(4)])
-    store._record_slot("helped", helped["id"], store._create_slot([helped]))  # a helper got there first
-    store._create_slot([first, second, helped])  # the writer dies here
+    store._record_slot("helped", helped["id"], store._create_slot(members(helped)))  # a helper got there first
+    store._create_slot(members(first, second, helped))  # the writer dies here
     everything = read_everything(CosmosEventStore.from_url(url))
     assert [(e.stream_id, e.version) for e in everything] == [
         ("before", 1),
@@ -678,3 +687,141 @@ def test_an_unreachable_account_is_a_transient_error_naming_it() -> None:
             assert "localhost" in str(caught.value)
         finally:
             store.close()
+
+
+# --- bulk writes: the block slot first (feature bulk_in_flight) ---------------------------------
+
+
+class _Requests:
+    """Counts the container's requests by kind of document, and the most in flight at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counts: dict[str, int] = {}
+        self.in_flight = self.most = 0
+        self._lock = threading.Lock()
+        for name in ("create_item", "replace_item", "read_item", "query_items"):
+            monkeypatch.setattr(ContainerProxy, name, self._wrap(name, getattr(ContainerProxy, name)))
+
+    def _wrap(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(proxy: ContainerProxy, *args: Any, **kwargs: Any) -> Any:
+            body = kwargs.get("body", args[0] if args else None)
+            kind = f"{name} {body.get('kind')}" if isinstance(body, dict) and name == "create_item" else name
+            with self._lock:
+                self.counts[kind] = self.counts.get(kind, 0) + 1
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+            try:
+                result = original(proxy, *args, **kwargs)
+                return list(result) if name == "query_items" else result
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+
+        return counted
+
+
+def test_a_bulk_write_is_one_create_a_commit_and_keeps_the_order_given(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CosmosEventStore.from_url(url)
+    try:
+        events = exported(50, 2, "bulk")  # 100 events, 50 streams taking turns: 100 one-event runs
+        requests = _Requests(monkeypatch)
+        assert store.bulk_append(events, in_flight=8) == 100
+        monkeypatch.undo()
+        # At most 32 streams (4 per write in flight) a block: four blocks, each a slot, then
+        # one create per run; no replace, no slot recorded later.  Three queries: the top of
+        # the log once, and the streams of the two blocks holding streams not written before.
+        assert requests.counts == {"query_items": 3, "create_item slot": 4, "create_item commit": 100}
+        assert requests.most > 1
+        assert [e.id for e in read_everything(store)] == [e.id for e in events]
+        assert store.last_position() == read_everything(store)[-1].position
+        again = _Requests(monkeypatch)
+        assert store.bulk_append(events, in_flight=8) == 0  # all stored: nothing written
+        assert again.counts == {"query_items": 4}  # a stream's second run reads it again: not where it was left
+    finally:
+        store.close()
+
+
+def test_a_bulk_writer_that_dies_leaves_holes_readers_settle_once_they_expire(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CosmosEventStore.from_url(url)
+    try:
+        check_a_dead_writers_holes(store, exported(3, 5, "dead"), monkeypatch)  # 3 parts: one a stream
+        voided = store._read(_commit_id(1), "dead-1")
+        assert voided is not None
+        assert voided["kind"] == "void"
+        store.append("dead-1", [NewEvent("T", {})], NO_STREAM)  # a void gives way to the stream's next append
+        assert [e.version for e in store.read_stream("dead-1")] == [1]
+        assert read_everything(store)[-1].stream_id == "dead-1"
+    finally:
+        store.close()
+
+
+def test_a_failed_bulk_write_leaves_each_stream_a_prefix_and_readers_pass_its_gaps(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CosmosEventStore.from_url(url)
+    events = exported(4, 6, "fail")
+    real = store._write_commit
+
+    def refused_at_fail_2_v4(stream_id: str, first: int, run: Any, slot: int | None = None) -> Any:
+        if stream_id == "fail-2" and first == 4:
+            raise ConcurrencyError(stream_id, 3, 3, "injected")
+        return real(stream_id, first, run, slot)
+
+    monkeypatch.setattr(store, "_write_commit", refused_at_fail_2_v4)
+    try:
+        with pytest.raises(ConcurrencyError, match="fail-2"):
+            store.bulk_append(events, in_flight=4)
+        monkeypatch.undo()
+        for s in range(4):
+            versions = [e.version for e in store.read_stream(f"fail-{s}")]
+            assert versions == list(range(1, len(versions) + 1))
+        assert store.stream_version("fail-2") == 3
+        everything = read_everything(store)
+        assert store.last_position() == everything[-1].position
+        assert {e.id for e in everything} == {e.id for s in range(4) for e in store.read_stream(f"fail-{s}")}
+        assert store.bulk_append(events, in_flight=4) == len(events) - len(everything)  # the rest, once
+        assert sorted(e.id for e in read_everything(store)) == sorted(e.id for e in events)
+    finally:
+        store.close()
+
+
+def test_a_bulk_commit_whose_reply_was_lost_is_recognised_as_stored(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = CosmosEventStore.from_url(url)
+    events = exported(3, 2, "lost")
+    original = ContainerProxy.create_item
+    lost: list[str] = []
+
+    def create_then_lose_the_reply(proxy: ContainerProxy, body: dict[str, Any], **kwargs: Any) -> Any:
+        created = original(proxy, body, **kwargs)
+        if not lost and body.get("kind") == "commit" and body["stream_id"] == "lost-1":
+            lost.append(body["id"])
+            raise ServiceResponseError("the connection closed after the write")
+        return created
+
+    monkeypatch.setattr(ContainerProxy, "create_item", create_then_lose_the_reply)
+    try:
+        assert store.bulk_append(events, in_flight=2) == len(events)
+        assert lost == [_commit_id(1)]
+        assert [e.id for e in read_everything(store)] == [e.id for e in events]
+    finally:
+        store.close()
+
+
+def test_a_commit_appended_meanwhile_stops_a_bulk_write_without_a_second_event_at_a_version(url: str) -> None:
+    store = CosmosEventStore.from_url(url)
+    other = CosmosEventStore.from_url(url)
+    try:
+        assert store.bulk_append(exported(2, 2, "mid"), in_flight=2) == 4  # the store now knows both heads
+        other.append("mid-1", [NewEvent("T", {})], 2)
+        with pytest.raises(ConcurrencyError, match="mid-1"):
+            store.bulk_append([e for e in exported(2, 4, "mid") if e.version > 2], in_flight=2)
+        assert [e.version for e in store.read_stream("mid-1")] == [1, 2, 3]
+        ids = [e.id for e in read_everything(store)]
+        assert len(ids) == len(set(ids)) == 4 + 1 + len(store.read_stream("mid-0")) - 2
+    finally:
+        other.close()
+        store.close()

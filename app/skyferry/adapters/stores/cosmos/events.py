@@ -39,6 +39,22 @@ transactional batches, which the emulator does not make atomic):
   record.  An append to a new stream (expected version 0) reads nothing first (its commit
   of version 1 collides if the stream exists), and the query for earlier unslotted commits
   is skipped when the stream's last commit has its slot.
+* **Bulk writes take their slot first** (feature ``bulk_in_flight``: imports and
+  migrations).  Per block of a ``bulk_append``, one read of the block's streams (none for
+  streams this instance's bulk writes left where the block continues them), then one
+  *block slot*, created before its commits: it names every commit the block will create
+  (each run of one stream's consecutive events is one commit, so the log keeps the order
+  given) and carries an expiry (``expires``, Unix seconds, ``_blocks.CLAIM_SECONDS`` ahead).
+  Each commit is then created with its slot already recorded, one request an event run,
+  ``in_flight`` streams at a time: one request an append instead of three.  A block
+  slot's member counts only if the commit at its id records that slot.  ``read_all``
+  stops at a member not yet created while the slot has not expired, as it would at a
+  commit still being written; once it has, the reader creates a *void* document at the
+  commit's id (kind ``void``, naming the slot), so the dead writer's late commit collides
+  and is refused, and reads on.  A failed block voids its own unwritten members.  Voids
+  hold no event and no query of commits sees them; an append that collides with one
+  replaces it.  Positions stay unique and ascending; a voided member is a position no
+  event took.
 * Each event keeps its ``data`` and ``metadata`` as canonical JSON text (fields ``d`` and
   ``m``), not as native JSON: Cosmos DB stores every number as a double, which would
   change ``-0.0``, ``1.0``, ``1e16``, ``2**53 + 1`` or ``2**63 - 1``.  Events written by
@@ -52,6 +68,7 @@ transactional batches, which the emulator does not make atomic):
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -69,6 +86,7 @@ from azure.cosmos.exceptions import (
 )
 
 from skyferry.adapters.registry import redact
+from skyferry.adapters.stores import _blocks
 from skyferry.adapters.stores.cosmos.client import (
     CosmosLocation,
     _Containers,
@@ -83,7 +101,7 @@ from skyferry.adapters.stores.cosmos.layout import (
     _event_of,
     _slot_id,
 )
-from skyferry.core.errors import ConfigurationError, TransientError, ValidationError
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import (
     Event,
     NewEvent,
@@ -93,20 +111,35 @@ from skyferry.core.messages import (
     utc_now,
 )
 from skyferry.core.ports import (
+    FEATURE_BULK_APPEND,
+    FEATURE_BULK_IN_FLIGHT,
     AppendResult,
     ExpectedVersion,
     expected_as_int,
     resolve_conflict,
 )
 
+_log = logging.getLogger(__name__)
+
 LAST_SLOTS: Final = 1
 """Slots ``last_position`` reads first (the newest): a readiness probe reads two documents, whatever the log."""
+BLOCK_EVENTS: Final = 10_000
+"""The most events of one block of a ``bulk_append`` (one block slot)."""
+BLOCK_MEMBERS: Final = 1_000
+"""The most commits one block slot names (each member is a stream id and a commit id: a
+slot stays far below Cosmos DB's 2 MB item limit)."""
+RUN_EVENTS: Final = 1_000
+"""The most events of one commit of a bulk write (a commit also lists its event ids)."""
+PART_ATTEMPTS: Final = 3
+"""Tries of one commit of a bulk write before its block fails."""
+_KNOWN_STREAMS: Final = 100_000
+"""The most streams whose version an instance's bulk writes remember (then it forgets them all)."""
 
 
 class CosmosEventStore:
     """``EventStore`` on one Cosmos DB container (see the module docstring for the design)."""
 
-    features: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset({FEATURE_BULK_APPEND, FEATURE_BULK_IN_FLIGHT})
 
     def __init__(self, location: CosmosLocation, client: CosmosClient | None = None) -> None:
         self.location = location
@@ -117,6 +150,9 @@ class CosmosEventStore:
         self._leading = False
         self._waiting: list[_Waiting] = []
         self._next_slot: int | None = None
+        self._bulk_lock = threading.Lock()
+        self._bulk_versions: dict[str, int] = {}  # streams this instance's bulk writes left, and their versions
+        self._parts = _blocks.PartPool("skyferry-cosmos-bulk")
 
     @classmethod
     def from_url(cls, url: str, client: CosmosClient | None = None, *, existing: bool = False) -> CosmosEventStore:
@@ -254,7 +290,12 @@ class CosmosEventStore:
                         stored[event_id] = int(row["first"]) + offset
         return stored
 
-    def _write_commit(self, stream_id: str, first: int, events: list[NewEvent]) -> dict[str, Any]:
+    def _write_commit(
+        self, stream_id: str, first: int, events: Sequence[NewEvent | Event], slot: int | None = None
+    ) -> dict[str, Any]:
+        """Create the commit of ``events`` at version ``first`` (with its ``slot`` when the
+        slot came first: a bulk write); a void at its id is replaced.  ``_Collision`` when
+        another document holds the id."""
         now = format_timestamp(utc_now())
         bodies = [_event_body(e, format_timestamp(e.recorded_at) if e.recorded_at else now) for e in events]
         commit: dict[str, Any] = {
@@ -263,7 +304,7 @@ class CosmosEventStore:
             "stream_id": stream_id,
             "first": first,
             "last": first + len(events) - 1,
-            "slot": None,
+            "slot": slot,
             "created": now,
             "event_ids": [e.id for e in events],
         }
@@ -275,23 +316,52 @@ class CosmosEventStore:
             for body in bodies:
                 body_size = len(encode_json(body))
                 if chunk and size + body_size > INLINE_LIMIT:
-                    parts.append(self._write_part(stream_id, first, token, len(parts), chunk))
+                    parts.append(self._write_chunk(stream_id, first, token, len(parts), chunk))
                     chunk, size = [], 0
                 chunk.append(body)
                 size += body_size
-            parts.append(self._write_part(stream_id, first, token, len(parts), chunk))
+            parts.append(self._write_chunk(stream_id, first, token, len(parts), chunk))
             commit["parts"] = parts
         else:
             commit["events"] = bodies
-        try:
-            created: dict[str, Any] = call(f"appending to {stream_id}", lambda: self._c.create_item(commit))
-        except CosmosResourceExistsError as e:
+        while True:
+            try:
+                created: dict[str, Any] = call(f"appending to {stream_id}", lambda: self._c.create_item(commit))
+                return created
+            except CosmosResourceExistsError:
+                held = self._read(commit["id"], stream_id)
+            if held is not None and held.get("kind") == "void" and (slot is None or held.get("slot") != slot):
+                try:  # a position no event took: the id is free
+                    replaced: dict[str, Any] = call(
+                        f"appending to {stream_id}",
+                        partial(
+                            self._c.replace_item,
+                            commit["id"],
+                            commit,
+                            etag=held["_etag"],
+                            match_condition=MatchConditions.IfNotModified,
+                        ),
+                    )
+                    return replaced
+                except CosmosHttpResponseError as e:
+                    if e.status_code != 412:
+                        raise
+                continue  # changed since it was read
+            if held is None:
+                continue  # deleted since: try again
             for part_id in parts:
                 self._delete(part_id, stream_id)
-            raise _Collision from e
-        return created
+            raise _Collision(held)
 
-    def _write_part(self, stream_id: str, first: int, token: str, n: int, chunk: list[dict[str, Any]]) -> str:
+    def _read(self, item: str, partition: str) -> dict[str, Any] | None:
+        """The document ``item`` of ``partition``, or ``None``."""
+        try:
+            found: dict[str, Any] = call(f"reading {item}", lambda: self._c.read_item(item, partition_key=partition))
+        except CosmosResourceNotFoundError:
+            return None
+        return found
+
+    def _write_chunk(self, stream_id: str, first: int, token: str, n: int, chunk: list[dict[str, Any]]) -> str:
         part_id = f"p-{first:0{_VERSION_DIGITS}d}-{token}-{n}"
         body = {"id": part_id, "kind": "part", "stream_id": stream_id, "events": chunk}
         call(f"appending to {stream_id}", lambda: self._c.create_item(body))
@@ -300,6 +370,159 @@ class CosmosEventStore:
     def _delete(self, item: str, partition: str) -> None:
         with contextlib.suppress(CosmosResourceNotFoundError):
             call(f"deleting {item}", lambda: self._c.delete_item(item, partition_key=partition))
+
+    # -- bulk writes: the slot first ------------------------------------------------------
+
+    def bulk_append(self, events: Sequence[Event], in_flight: int = 1) -> int:
+        """Store already-versioned events of several streams; return how many were new.
+
+        Positions follow the order given (an import keeps its archive's global order).
+        Events already stored with the same ids at the same versions are skipped (a resumed
+        import).  Per block (:data:`BLOCK_EVENTS`, at most ``_blocks.PARTS_PER_IN_FLIGHT``
+        streams per write in flight): one read of the streams it does not know, one block
+        slot, then one commit per run of a stream's consecutive events, ``in_flight``
+        streams at a time (see the module docstring).  A conflict found by the read writes
+        nothing; after a failure while writing, each stream holds a prefix of its events.
+        """
+        ids: set[str] = set()
+        for event in events:
+            check_append(event.stream_id, [event.to_new()])
+            if event.id in ids:
+                raise ValidationError(f"bulk_append: event id {event.id} appears twice")
+            ids.add(event.id)
+        if not events:
+            return 0
+        _blocks.check_contiguous(events, self.stream_version)
+        most_streams = _blocks.PARTS_PER_IN_FLIGHT * in_flight
+        with self._bulk_lock:
+            try:
+                return sum(self._bulk_block(block, in_flight) for block in _bulk_blocks(events, most_streams))
+            except BaseException:
+                self._bulk_versions.clear()
+                raise
+
+    def _bulk_block(self, block: Sequence[Event], in_flight: int) -> int:
+        """Write one block: decide what is new, create its slot, then its commits."""
+        by_stream = _blocks.by_stream(block)
+        versions, stored = self._bulk_state(by_stream)
+        new_ids, after = _blocks.decide(by_stream, versions, stored)
+        fresh = [event for event in block if event.id in new_ids]
+        if not fresh:
+            return 0
+        runs = _runs(fresh)
+        members = [[run[0].stream_id, _commit_id(run[0].version)] for run in runs]
+        expires = int(_blocks.now() + _blocks.CLAIM_SECONDS)
+        with self._leadership():
+            n = self._create_slot(members, expires)
+        mine: dict[str, list[int]] = {}
+        for member, run in enumerate(runs):
+            mine.setdefault(run[0].stream_id, []).append(member)
+        parts = [[event for member in part for event in runs[member]] for part in mine.values()]
+        claims = [_blocks.Claim(f"{n:020d}.{i:04d}", tuple(part), expires) for i, part in enumerate(mine.values())]
+        written: set[int] = set()
+        count = self._parts.run(
+            parts,
+            claims,
+            in_flight,
+            partial(self._write_part, n=n, runs=runs, written=written),
+            partial(self._settle, n=n, runs=runs, written=written),
+        )
+        if len(self._bulk_versions) + len(after) > _KNOWN_STREAMS:
+            self._bulk_versions.clear()
+        self._bulk_versions.update(after)
+        return count
+
+    def _bulk_state(self, by_stream: Mapping[str, list[Event]]) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
+        """Each stream's version and where the ids already stored are: read (one query) for
+        the streams whose block does not continue what this instance's bulk writes left."""
+        versions: dict[str, int] = {}
+        unknown: list[str] = []
+        for stream_id, run in by_stream.items():
+            known = self._bulk_versions.get(stream_id)
+            if known is not None and run[0].version == known + 1:
+                versions[stream_id] = known
+            else:
+                unknown.append(stream_id)
+        stored: dict[str, tuple[str, int]] = {}
+        if not unknown:
+            return versions, stored
+        low = min(by_stream[stream_id][0].version for stream_id in unknown)
+        rows = self._query(
+            "reading the streams of a bulk write",
+            "SELECT c.stream_id, c.first, c.last, c.slot, c.event_ids FROM c "
+            "WHERE c.kind = 'commit' AND ARRAY_CONTAINS(@streams, c.stream_id) AND c.last >= @low",
+            {"@streams": unknown, "@low": low},
+            None,
+        )
+        heads = {stream_id: 0 for stream_id in unknown}
+        unslotted: set[str] = set()
+        for row in rows:
+            stream_id = row["stream_id"]
+            heads[stream_id] = max(heads[stream_id], int(row["last"]))
+            if row.get("slot") is None:
+                unslotted.add(stream_id)
+            for offset, event_id in enumerate(row["event_ids"]):
+                stored[event_id] = (stream_id, int(row["first"]) + offset)
+        for stream_id in sorted(unslotted):  # a writer died before slotting them: earlier in the log than ours
+            self._slot_stream(stream_id)
+        versions.update(heads)
+        return versions, stored
+
+    def _write_part(
+        self, part: Sequence[Event], claim: _blocks.Claim, *, n: int, runs: list[list[Event]], written: set[int]
+    ) -> int:
+        """Create one stream's commits of block slot ``n`` (``claim.positions``: their members), in order."""
+        for member in claim.positions:
+            run = runs[member]
+            stream_id, first = run[0].stream_id, run[0].version
+            try:
+                self._write_commit_retried(stream_id, first, run, n)
+            except _Collision as e:
+                held = e.held
+                ours = held.get("slot") == n
+                if held.get("kind") == "void" and ours:
+                    raise TransientError(
+                        f"stream {stream_id!r}: the positions this import took (slot {n}) expired before its "
+                        "events were written, and were passed over; run the command again"
+                    ) from e
+                if not (ours and held.get("event_ids") == [event.id for event in run]):  # else: our reply was lost
+                    raise ConcurrencyError(
+                        stream_id, first - 1, int(held.get("last", first)), "another writer appended meanwhile"
+                    ) from e
+            written.add(member)
+        return len(part)
+
+    def _write_commit_retried(self, stream_id: str, first: int, run: Sequence[Event], n: int) -> None:
+        """``_write_commit`` with its slot, tried again after a transient failure: a commit
+        whose reply was lost then collides with itself, which ``_write_part`` recognises."""
+        for attempt in range(1, PART_ATTEMPTS + 1):
+            try:
+                self._write_commit(stream_id, first, run, slot=n)
+                return
+            except TransientError:
+                if attempt == PART_ATTEMPTS:
+                    raise
+                time.sleep(0.2 * attempt)
+
+    def _settle(self, claim: _blocks.Claim, *, n: int, runs: list[list[Event]], written: set[int]) -> None:
+        """Void the commits of ``claim`` not written (a failed block: readers pass over them)."""
+        for member in claim.positions:
+            if member not in written:
+                self._void(runs[member][0].stream_id, _commit_id(runs[member][0].version), n)
+
+    @contextlib.contextmanager
+    def _leadership(self) -> Iterator[None]:
+        """Lead the slotting (see ``_slot_commit``): nobody else creates a slot meanwhile."""
+        with self._slotting:
+            while self._leading:
+                self._slotting.wait()
+            self._leading = True
+        try:
+            yield
+        finally:
+            with self._slotting:
+                self._leading = False
+                self._slotting.notify_all()
 
     # -- the global log ------------------------------------------------------------------
 
@@ -356,7 +579,8 @@ class CosmosEventStore:
                 batch, self._waiting = self._waiting, []
         if batch:
             try:
-                n = self._create_slot([waiting.commit for waiting in batch])
+                members = dict.fromkeys((w.commit["stream_id"], w.commit["id"]) for w in batch)
+                n = self._create_slot([list(member) for member in members])
                 for waiting in batch:
                     waiting.slot = n
             except BaseException as e:
@@ -374,20 +598,23 @@ class CosmosEventStore:
         assert ticket.slot is not None
         return self._record_slot(commit["stream_id"], commit["id"], ticket.slot, commit)
 
-    def _create_slot(self, commits: list[dict[str, Any]]) -> int:
-        """Create the next slot of the log naming ``commits`` (in that order); returns its number.
+    def _create_slot(self, members: list[list[str]], expires: int | None = None) -> int:
+        """Create the next slot of the log naming ``members`` (``[stream, commit id]``, in
+        that order); returns its number.  ``expires``: a block slot, created before its
+        commits (see the module docstring).  Only the thread leading the slotting calls it.
 
         Tried first: the number after the one this instance created last (one request, no
         query); a collision (another process) reads the highest slot again."""
-        members = [list(member) for member in dict.fromkeys((c["stream_id"], c["id"]) for c in commits)]
         n = self._next_slot if self._next_slot is not None else self._top_slot() + 1
         self._next_slot = None
         while True:
             slot: dict[str, Any] = {"id": _slot_id(n), "kind": "slot", "stream_id": LOG_PARTITION, "n": n}
-            if len(members) == 1:
+            if len(members) == 1 and expires is None:
                 slot["stream"], slot["commit"] = members[0]
             else:
                 slot["commits"] = members
+            if expires is not None:
+                slot["expires"] = expires
             try:
                 call("appending to the global log", partial(self._c.create_item, slot))
             except CosmosResourceExistsError:
@@ -445,7 +672,9 @@ class CosmosEventStore:
                 for member, (stream_id, commit_id) in enumerate(_members(slot)):
                     if (n, member) < (slot_after, member_after):
                         continue
-                    commit = self._counting_commit(n, stream_id, commit_id)
+                    commit = self._counting_commit(slot, stream_id, commit_id)
+                    if isinstance(commit, _Hole):
+                        return out  # a block's commit still being written: caught up for now
                     if commit is None:
                         continue
                     for event in self._events_of(commit):
@@ -458,16 +687,46 @@ class CosmosEventStore:
         self._sweep()
         return out
 
-    def _counting_commit(self, n: int, stream_id: str, commit_id: str) -> dict[str, Any] | None:
-        """The commit slot ``n`` names, if ``n`` is the slot that counts for it (recorded
-        there now when its writer has not yet)."""
-        commit: dict[str, Any] = call(
-            f"reading {commit_id}", lambda: self._c.read_item(commit_id, partition_key=stream_id)
-        )
-        recorded = commit.get("slot")
-        if recorded is None:
-            recorded = self._record_slot(stream_id, commit_id, n, commit)
-        return commit if int(recorded) == n else None
+    def _counting_commit(
+        self, slot: Mapping[str, Any], stream_id: str, commit_id: str, *, settle: bool = True
+    ) -> dict[str, Any] | _Hole | None:
+        """The commit ``slot`` names, if ``slot`` is the one that counts for it (recorded
+        there now when its writer has not yet); ``None`` when it does not count.
+
+        A block slot's member counts only if its commit was created with the slot.  A
+        member not yet created is ``_HOLE`` while the slot has not expired; after, it is
+        voided (its late commit will collide) and does not count (unless ``settle`` is
+        false: then it stays ``_HOLE``)."""
+        n = int(slot["n"])
+        commit = self._read(commit_id, stream_id)
+        expires = slot.get("expires")
+        if expires is None:  # created after its commit
+            if commit is None:
+                raise TransientError(f"slot {n} of the global log names {stream_id}/{commit_id}, which is missing")
+            recorded = commit.get("slot")
+            if recorded is None:
+                recorded = self._record_slot(stream_id, commit_id, n, commit)
+            return commit if int(recorded) == n else None
+        if commit is None:
+            if not settle or int(expires) >= _blocks.now():
+                return _HOLE
+            commit = self._void(stream_id, commit_id, n)
+        counts = commit.get("kind") == "commit" and commit.get("slot") == n
+        return commit if counts else None
+
+    def _void(self, stream_id: str, commit_id: str, n: int) -> dict[str, Any]:
+        """Mark the commit id ``commit_id`` a position of block slot ``n`` no event took,
+        unless a document holds it already; the document that holds it now."""
+        void = {"id": commit_id, "kind": "void", "stream_id": stream_id, "slot": n}
+        while True:
+            try:
+                created: dict[str, Any] = call(f"settling {commit_id}", partial(self._c.create_item, void))
+                _log.info("slot %d: %s/%s was not written in time; passed over", n, stream_id, commit_id)
+                return created
+            except CosmosResourceExistsError:
+                held = self._read(commit_id, stream_id)
+                if held is not None:
+                    return held
 
     _last_sweep: float = 0.0
 
@@ -491,31 +750,47 @@ class CosmosEventStore:
         """The position of the last event of the last slot that counts.
 
         Constant cost whatever the log's length (readiness probes call it every few seconds,
-        under an RU cap): the newest slot and its commit; the whole log only in the rare case
-        where that slot does not count (it lost a repair race).
+        under an RU cap): the newest slot and its commit; older slots, a page at a time, only
+        when none of its commits counts (it lost a repair race, or a block's commits are
+        still being written).
         """
-        for query in (
-            f"SELECT TOP {LAST_SLOTS} * FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
-            "SELECT * FROM c WHERE c.kind = 'slot' ORDER BY c.n DESC",
-        ):
-            rows = self._query("reading the global log", query, {}, LOG_PARTITION)
+        size, below = LAST_SLOTS, None
+        while True:
+            query = f"SELECT TOP {size} * FROM c WHERE c.kind = 'slot'"
+            params: dict[str, Any] = {}
+            if below is not None:
+                query += " AND c.n < @below"
+                params["@below"] = below
+            rows = self._query("reading the global log", query + " ORDER BY c.n DESC", params, LOG_PARTITION)
             for slot in rows:
                 n = int(slot["n"])
                 for member, (stream_id, commit_id) in reversed(list(enumerate(_members(slot)))):
-                    commit = self._counting_commit(n, stream_id, commit_id)
-                    if commit is not None:
+                    commit = self._counting_commit(slot, stream_id, commit_id, settle=False)
+                    if isinstance(commit, dict):
                         return _position(n, member, int(commit["last"]))
-            if len(rows) < LAST_SLOTS:
+            if len(rows) < size:
                 return None
-        return None
+            size, below = 100, int(rows[-1]["n"])
 
     def close(self) -> None:
-        """Close the HTTP session of a client this store built."""
+        """Stop the bulk writes' threads; close the HTTP sessions of the clients this store built."""
+        self._parts.close()
         self._containers.close()
 
 
 class _Collision(Exception):
     """The commit document already exists: another append won the version."""
+
+    def __init__(self, held: dict[str, Any]) -> None:
+        super().__init__(held.get("id"))
+        self.held = held
+
+
+class _Hole:
+    """A block slot's commit not yet created (see ``CosmosEventStore._counting_commit``)."""
+
+
+_HOLE: Final = _Hole()
 
 
 class _Waiting:
@@ -526,6 +801,39 @@ class _Waiting:
         self.done = False
         self.slot: int | None = None
         self.error: BaseException | None = None
+
+
+def _bulk_blocks(events: Sequence[Event], most_streams: int) -> Iterator[Sequence[Event]]:
+    """``events`` cut, in order, into blocks of at most :data:`BLOCK_EVENTS` events,
+    ``most_streams`` streams and :data:`BLOCK_MEMBERS` runs."""
+    start, streams, members, previous = 0, set[str](), 0, None
+    for i, event in enumerate(events):
+        stream_id = event.stream_id
+        if i > start and (
+            i - start >= BLOCK_EVENTS
+            or (stream_id not in streams and len(streams) >= most_streams)
+            or (stream_id != previous and members >= BLOCK_MEMBERS)
+        ):
+            yield events[start:i]
+            start, streams, members, previous = i, set(), 0, None
+        if stream_id != previous:
+            members += 1
+        streams.add(stream_id)
+        previous = stream_id
+    if start < len(events):
+        yield events[start:]
+
+
+def _runs(events: Sequence[Event]) -> list[list[Event]]:
+    """``events`` cut into runs of one stream's consecutive events (at most :data:`RUN_EVENTS`)."""
+    runs: list[list[Event]] = []
+    for event in events:
+        run = runs[-1] if runs else None
+        if run is not None and run[0].stream_id == event.stream_id and len(run) < RUN_EVENTS:
+            run.append(event)
+        else:
+            runs.append([event])
+    return runs
 
 
 def _members(slot: Mapping[str, Any]) -> list[tuple[str, str]]:

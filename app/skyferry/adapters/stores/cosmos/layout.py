@@ -56,7 +56,7 @@ def _slot_id(slot: int) -> str:
     return f"s-{slot:0{_VERSION_DIGITS}d}"
 
 
-def _event_body(event: NewEvent, recorded_at: str) -> dict[str, Any]:
+def _event_body(event: NewEvent | Event, recorded_at: str) -> dict[str, Any]:
     """One event inside a commit or part document; ``data`` and ``metadata`` as their canonical
     JSON text (``d``, ``m``): Cosmos DB keeps numbers as doubles, so a native JSON value would
     come back changed (``-0.0``, ``1.0``, ``1e16``, ``2**53 + 1``, ``2**63 - 1``)."""
