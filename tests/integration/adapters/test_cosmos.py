@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -125,11 +125,11 @@ def test_threads_of_one_store_share_slots_and_keep_each_streams_order(url: str) 
     create_slot = store._create_slot
     first = threading.Event()
 
-    def held_back(members: list[list[str]], expires: int | None = None) -> int:
+    def held_back(members: list[list[str]], block: Mapping[str, Any] | None = None) -> int:
         if not first.is_set():
             first.set()
             time.sleep(0.3)
-        return create_slot(members, expires)
+        return create_slot(members, block)
 
     store._create_slot = held_back  # type: ignore[method-assign]
     streams = [f"g{i}-{uuid.uuid4().hex[:4]}" for i in range(3)]
@@ -720,25 +720,31 @@ class _Requests:
         return counted
 
 
-def test_a_bulk_write_is_one_create_a_commit_and_keeps_the_order_given(
+def test_a_bulk_write_is_one_create_a_stream_and_keeps_the_order_given(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = CosmosEventStore.from_url(url)
     try:
-        events = exported(50, 2, "bulk")  # 100 events, 50 streams taking turns: 100 one-event runs
+        events = exported(20, 5, "bulk")  # 100 events, 20 streams taking turns
         requests = _Requests(monkeypatch)
         assert store.bulk_append(events, in_flight=8) == 100
         monkeypatch.undo()
-        # At most 32 streams (4 per write in flight) a block: four blocks, each a slot, then
-        # one create per run; no replace, no slot recorded later.  Three queries: the top of
-        # the log once, and the streams of the two blocks holding streams not written before.
-        assert requests.counts == {"query_items": 3, "create_item slot": 4, "create_item commit": 100}
+        # One block (at most 32 streams: 4 per write in flight): the top of the log and the
+        # block's streams read, its slot, then one commit per stream holding its five events,
+        # each with its place in the block; no replace, no slot recorded afterwards.
+        assert requests.counts == {"query_items": 2, "create_item slot": 1, "create_item commit": 20}
         assert requests.most > 1
-        assert [e.id for e in read_everything(store)] == [e.id for e in events]
-        assert store.last_position() == read_everything(store)[-1].position
+        everything = read_everything(store)
+        assert [e.id for e in everything] == [e.id for e in events]
+        assert [e.position for e in everything[:3]] == ["1:1", "1.1:1", "1.2:1"]
+        probe = _Requests(monkeypatch)
+        assert store.last_position() == everything[-1].position
+        monkeypatch.undo()
+        assert probe.counts == {"query_items": 1, "read_item": 1}, "a readiness probe reads one commit of a block"
+        assert [e.id for e in store.read_all(everything[41].position, limit=3)] == [e.id for e in events[42:45]]
         again = _Requests(monkeypatch)
         assert store.bulk_append(events, in_flight=8) == 0  # all stored: nothing written
-        assert again.counts == {"query_items": 4}  # a stream's second run reads it again: not where it was left
+        assert again.counts == {"query_items": 1}
     finally:
         store.close()
 
@@ -763,27 +769,28 @@ def test_a_failed_bulk_write_leaves_each_stream_a_prefix_and_readers_pass_its_ga
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = CosmosEventStore.from_url(url)
-    events = exported(4, 6, "fail")
+    events = exported(6, 6, "fail")  # with one write in flight, blocks of four streams: many blocks
     real = store._write_commit
 
-    def refused_at_fail_2_v4(stream_id: str, first: int, run: Any, slot: int | None = None) -> Any:
+    def refused_at_fail_2_v4(stream_id: str, first: int, run: Any, **kwargs: Any) -> Any:
         if stream_id == "fail-2" and first == 4:
             raise ConcurrencyError(stream_id, 3, 3, "injected")
-        return real(stream_id, first, run, slot)
+        return real(stream_id, first, run, **kwargs)
 
     monkeypatch.setattr(store, "_write_commit", refused_at_fail_2_v4)
     try:
         with pytest.raises(ConcurrencyError, match="fail-2"):
-            store.bulk_append(events, in_flight=4)
+            store.bulk_append(events, in_flight=1)
         monkeypatch.undo()
-        for s in range(4):
+        for s in range(6):
             versions = [e.version for e in store.read_stream(f"fail-{s}")]
             assert versions == list(range(1, len(versions) + 1))
         assert store.stream_version("fail-2") == 3
+        assert store.stream_version("fail-3") < 6, "the block's parts after the failed one are not written"
         everything = read_everything(store)
         assert store.last_position() == everything[-1].position
-        assert {e.id for e in everything} == {e.id for s in range(4) for e in store.read_stream(f"fail-{s}")}
-        assert store.bulk_append(events, in_flight=4) == len(events) - len(everything)  # the rest, once
+        assert {e.id for e in everything} == {e.id for s in range(6) for e in store.read_stream(f"fail-{s}")}
+        assert store.bulk_append(events, in_flight=1) == len(events) - len(everything)  # the rest, once
         assert sorted(e.id for e in read_everything(store)) == sorted(e.id for e in events)
     finally:
         store.close()

@@ -43,18 +43,21 @@ transactional batches, which the emulator does not make atomic):
   migrations).  Per block of a ``bulk_append``, one read of the block's streams (none for
   streams this instance's bulk writes left where the block continues them), then one
   *block slot*, created before its commits: it names every commit the block will create
-  (each run of one stream's consecutive events is one commit, so the log keeps the order
-  given) and carries an expiry (``expires``, Unix seconds, ``_blocks.CLAIM_SECONDS`` ahead).
-  Each commit is then created with its slot already recorded, one request an event run,
-  ``in_flight`` streams at a time: one request an append instead of three.  A block
-  slot's member counts only if the commit at its id records that slot.  ``read_all``
-  stops at a member not yet created while the slot has not expired, as it would at a
-  commit still being written; once it has, the reader creates a *void* document at the
-  commit's id (kind ``void``, naming the slot), so the dead writer's late commit collides
-  and is refused, and reads on.  A failed block voids its own unwritten members.  Voids
-  hold no event and no query of commits sees them; an append that collides with one
-  replaces it.  Positions stay unique and ascending; a voided member is a position no
-  event took.
+  (one per stream, of up to :data:`COMMIT_EVENTS` events) and carries an expiry
+  (``expires``, Unix seconds, ``_blocks.CLAIM_SECONDS`` ahead).  Each commit is then
+  created with its slot already recorded and each event's place in the block
+  (``places``), ``in_flight`` streams at a time: one request a stream of the block, where
+  ``append`` takes three an append.  ``read_all`` reads a block's commits and gives their
+  events by place, so the log keeps the order given; a position in a block is
+  ``"<slot>.<place>:<version>"``.  A block slot's member counts only if the commit at its
+  id records that slot.  ``read_all`` stops at the first place no commit holds while a
+  member is not yet created and the slot has not expired, as it would at a commit still
+  being written; once it has, the reader creates a *void* document at the commit's id
+  (kind ``void``, naming the slot), so the dead writer's late commit collides and is
+  refused, and reads on.  A failed block voids its own unwritten members.  Voids hold no
+  event and no query of commits sees them; an append that collides with one replaces it.
+  Positions stay unique and ascending; a voided member's places are positions no event
+  took.
 * Each event keeps its ``data`` and ``metadata`` as canonical JSON text (fields ``d`` and
   ``m``), not as native JSON: Cosmos DB stores every number as a double, which would
   change ``-0.0``, ``1.0``, ``1e16``, ``2**53 + 1`` or ``2**63 - 1``.  Events written by
@@ -75,7 +78,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from azure.core import MatchConditions
 from azure.cosmos import ContainerProxy, CosmosClient
@@ -125,11 +128,11 @@ LAST_SLOTS: Final = 1
 """Slots ``last_position`` reads first (the newest): a readiness probe reads two documents, whatever the log."""
 BLOCK_EVENTS: Final = 10_000
 """The most events of one block of a ``bulk_append`` (one block slot)."""
-BLOCK_MEMBERS: Final = 1_000
-"""The most commits one block slot names (each member is a stream id and a commit id: a
-slot stays far below Cosmos DB's 2 MB item limit)."""
-RUN_EVENTS: Final = 1_000
-"""The most events of one commit of a bulk write (a commit also lists its event ids)."""
+COMMIT_EVENTS: Final = 1_000
+"""The most events of one commit of a bulk write (a commit also lists its event ids and
+their places in the block).  A block slot names at most ``_blocks.PARTS_PER_IN_FLIGHT *
+in_flight`` streams, so with :data:`BLOCK_EVENTS` at most 266 commits: far below Cosmos
+DB's 2 MB item limit."""
 PART_ATTEMPTS: Final = 3
 """Tries of one commit of a bulk write before its block fails."""
 _KNOWN_STREAMS: Final = 100_000
@@ -291,11 +294,16 @@ class CosmosEventStore:
         return stored
 
     def _write_commit(
-        self, stream_id: str, first: int, events: Sequence[NewEvent | Event], slot: int | None = None
+        self,
+        stream_id: str,
+        first: int,
+        events: Sequence[NewEvent | Event],
+        slot: int | None = None,
+        places: Sequence[int] | None = None,
     ) -> dict[str, Any]:
-        """Create the commit of ``events`` at version ``first`` (with its ``slot`` when the
-        slot came first: a bulk write); a void at its id is replaced.  ``_Collision`` when
-        another document holds the id."""
+        """Create the commit of ``events`` at version ``first``; a void at its id is replaced.
+        ``_Collision`` when another document holds the id.  A bulk write's commit comes with
+        its block ``slot`` and each event's place in the block (``places``)."""
         now = format_timestamp(utc_now())
         bodies = [_event_body(e, format_timestamp(e.recorded_at) if e.recorded_at else now) for e in events]
         commit: dict[str, Any] = {
@@ -308,6 +316,8 @@ class CosmosEventStore:
             "created": now,
             "event_ids": [e.id for e in events],
         }
+        if places is not None:
+            commit["places"] = list(places)
         parts: list[str] = []
         if len(encode_json(bodies)) > INLINE_LIMIT:
             token = uuid.uuid4().hex[:12]
@@ -380,8 +390,8 @@ class CosmosEventStore:
         Events already stored with the same ids at the same versions are skipped (a resumed
         import).  Per block (:data:`BLOCK_EVENTS`, at most ``_blocks.PARTS_PER_IN_FLIGHT``
         streams per write in flight): one read of the streams it does not know, one block
-        slot, then one commit per run of a stream's consecutive events, ``in_flight``
-        streams at a time (see the module docstring).  A conflict found by the read writes
+        slot, then one commit per stream, ``in_flight`` streams at a time (see the module
+        docstring).  A conflict found by the read writes
         nothing; after a failure while writing, each stream holds a prefix of its events.
         """
         ids: set[str] = set()
@@ -409,23 +419,23 @@ class CosmosEventStore:
         fresh = [event for event in block if event.id in new_ids]
         if not fresh:
             return 0
-        runs = _runs(fresh)
-        members = [[run[0].stream_id, _commit_id(run[0].version)] for run in runs]
+        commits = _block_commits(fresh)
+        members = [[commit.events[0].stream_id, _commit_id(commit.events[0].version)] for commit in commits]
         expires = int(_blocks.now() + _blocks.CLAIM_SECONDS)
         with self._leadership():
-            n = self._create_slot(members, expires)
+            n = self._create_slot(members, {"expires": expires, "lasts": [commit.places[-1] for commit in commits]})
         mine: dict[str, list[int]] = {}
-        for member, run in enumerate(runs):
-            mine.setdefault(run[0].stream_id, []).append(member)
-        parts = [[event for member in part for event in runs[member]] for part in mine.values()]
+        for member, commit in enumerate(commits):
+            mine.setdefault(commit.events[0].stream_id, []).append(member)
+        parts = [[event for member in part for event in commits[member].events] for part in mine.values()]
         claims = [_blocks.Claim(f"{n:020d}.{i:04d}", tuple(part), expires) for i, part in enumerate(mine.values())]
         written: set[int] = set()
         count = self._parts.run(
             parts,
             claims,
             in_flight,
-            partial(self._write_part, n=n, runs=runs, written=written),
-            partial(self._settle, n=n, runs=runs, written=written),
+            partial(self._write_part, n=n, commits=commits, written=written),
+            partial(self._settle, n=n, commits=commits, written=written),
         )
         if len(self._bulk_versions) + len(after) > _KNOWN_STREAMS:
             self._bulk_versions.clear()
@@ -446,7 +456,7 @@ class CosmosEventStore:
         stored: dict[str, tuple[str, int]] = {}
         if not unknown:
             return versions, stored
-        low = min(by_stream[stream_id][0].version for stream_id in unknown)
+        low = min(by_stream[stream_id][0].version for stream_id in unknown) - 1  # down to the head each continues
         rows = self._query(
             "reading the streams of a bulk write",
             "SELECT c.stream_id, c.first, c.last, c.slot, c.event_ids FROM c "
@@ -465,18 +475,21 @@ class CosmosEventStore:
                 stored[event_id] = (stream_id, int(row["first"]) + offset)
         for stream_id in sorted(unslotted):  # a writer died before slotting them: earlier in the log than ours
             self._slot_stream(stream_id)
+        for stream_id, head in heads.items():
+            if head == 0 and by_stream[stream_id][0].version > 1:  # it does not continue: say where the stream is
+                heads[stream_id] = self.stream_version(stream_id)
         versions.update(heads)
         return versions, stored
 
     def _write_part(
-        self, part: Sequence[Event], claim: _blocks.Claim, *, n: int, runs: list[list[Event]], written: set[int]
+        self, part: Sequence[Event], claim: _blocks.Claim, *, n: int, commits: list[_BlockCommit], written: set[int]
     ) -> int:
         """Create one stream's commits of block slot ``n`` (``claim.positions``: their members), in order."""
         for member in claim.positions:
-            run = runs[member]
+            run, places = commits[member]
             stream_id, first = run[0].stream_id, run[0].version
             try:
-                self._write_commit_retried(stream_id, first, run, n)
+                self._write_commit_retried(stream_id, first, run, n, places)
             except _Collision as e:
                 held = e.held
                 ours = held.get("slot") == n
@@ -492,23 +505,26 @@ class CosmosEventStore:
             written.add(member)
         return len(part)
 
-    def _write_commit_retried(self, stream_id: str, first: int, run: Sequence[Event], n: int) -> None:
+    def _write_commit_retried(
+        self, stream_id: str, first: int, run: Sequence[Event], n: int, places: Sequence[int]
+    ) -> None:
         """``_write_commit`` with its slot, tried again after a transient failure: a commit
         whose reply was lost then collides with itself, which ``_write_part`` recognises."""
         for attempt in range(1, PART_ATTEMPTS + 1):
             try:
-                self._write_commit(stream_id, first, run, slot=n)
+                self._write_commit(stream_id, first, run, slot=n, places=places)
                 return
             except TransientError:
                 if attempt == PART_ATTEMPTS:
                     raise
                 time.sleep(0.2 * attempt)
 
-    def _settle(self, claim: _blocks.Claim, *, n: int, runs: list[list[Event]], written: set[int]) -> None:
+    def _settle(self, claim: _blocks.Claim, *, n: int, commits: list[_BlockCommit], written: set[int]) -> None:
         """Void the commits of ``claim`` not written (a failed block: readers pass over them)."""
         for member in claim.positions:
             if member not in written:
-                self._void(runs[member][0].stream_id, _commit_id(runs[member][0].version), n)
+                first = commits[member].events[0]
+                self._void(first.stream_id, _commit_id(first.version), n)
 
     @contextlib.contextmanager
     def _leadership(self) -> Iterator[None]:
@@ -598,10 +614,11 @@ class CosmosEventStore:
         assert ticket.slot is not None
         return self._record_slot(commit["stream_id"], commit["id"], ticket.slot, commit)
 
-    def _create_slot(self, members: list[list[str]], expires: int | None = None) -> int:
+    def _create_slot(self, members: list[list[str]], block: Mapping[str, Any] | None = None) -> int:
         """Create the next slot of the log naming ``members`` (``[stream, commit id]``, in
-        that order); returns its number.  ``expires``: a block slot, created before its
-        commits (see the module docstring).  Only the thread leading the slotting calls it.
+        that order); returns its number.  ``block``: a block slot's own fields (``expires``,
+        and ``lasts``, each member's last place), created before its commits (see the module
+        docstring).  Only the thread leading the slotting calls it.
 
         Tried first: the number after the one this instance created last (one request, no
         query); a collision (another process) reads the highest slot again."""
@@ -609,12 +626,11 @@ class CosmosEventStore:
         self._next_slot = None
         while True:
             slot: dict[str, Any] = {"id": _slot_id(n), "kind": "slot", "stream_id": LOG_PARTITION, "n": n}
-            if len(members) == 1 and expires is None:
+            if len(members) == 1 and block is None:
                 slot["stream"], slot["commit"] = members[0]
             else:
                 slot["commits"] = members
-            if expires is not None:
-                slot["expires"] = expires
+            slot.update(block or {})
             try:
                 call("appending to the global log", partial(self._c.create_item, slot))
             except CosmosResourceExistsError:
@@ -654,7 +670,8 @@ class CosmosEventStore:
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Events in log order after ``after`` (a position ``"<slot>:<version>"``, or
-        ``"<slot>.<member>:<version>"`` for a slot shared by several commits)."""
+        ``"<slot>.<member>:<version>"`` for a slot shared by several commits, or
+        ``"<slot>.<place>:<version>"`` in a bulk write's block slot)."""
         slot_after, member_after, version_after = _parse_position(after)
         out: list[Event] = []
         next_slot = max(slot_after, 1)
@@ -669,13 +686,24 @@ class CosmosEventStore:
                 break
             for slot in rows:
                 n = int(slot["n"])
+                if "expires" in slot:  # a block slot: its events by their place in the block
+                    present, pending = self._block_events(slot)
+                    for i, (place, event) in enumerate(present):
+                        if pending and place != i:
+                            break  # the first place no commit holds yet may be the pending one's
+                        if (n, place) <= (slot_after, member_after):
+                            continue
+                        out.append(event.with_position(_position(n, place, event.version)))
+                        if len(out) >= limit:
+                            return out
+                    if pending:
+                        return out  # a block's commit still being written: caught up for now
+                    continue
                 for member, (stream_id, commit_id) in enumerate(_members(slot)):
                     if (n, member) < (slot_after, member_after):
                         continue
                     commit = self._counting_commit(slot, stream_id, commit_id)
-                    if isinstance(commit, _Hole):
-                        return out  # a block's commit still being written: caught up for now
-                    if commit is None:
+                    if not isinstance(commit, dict):
                         continue
                     for event in self._events_of(commit):
                         if (n, member) == (slot_after, member_after) and event.version <= version_after:
@@ -713,6 +741,37 @@ class CosmosEventStore:
             commit = self._void(stream_id, commit_id, n)
         counts = commit.get("kind") == "commit" and commit.get("slot") == n
         return commit if counts else None
+
+    def _block_events(self, slot: Mapping[str, Any], *, settle: bool = True) -> tuple[list[tuple[int, Event]], bool]:
+        """The events of block ``slot``'s commits that count, each with its place in the
+        block, by place; and whether a commit is still pending (``_HOLE``).  One
+        cross-partition query finds the commits that count; only the members it does not
+        return are read one by one.  A block read whole is kept (one, the last), so a
+        reader paging through it reads it once."""
+        n = int(slot["n"])
+        kept = self._kept_block
+        if kept is not None and kept[0] == n:
+            return kept[1], False
+        rows = self._query(  # the block's commits that count, one query whatever their number
+            "reading the global log", "SELECT * FROM c WHERE c.kind = 'commit' AND c.slot = @n", {"@n": n}, None
+        )
+        counting = {(row["stream_id"], row["id"]): row for row in rows}
+        present: list[tuple[int, Event]] = []
+        pending = False
+        for stream_id, commit_id in _members(slot):
+            commit = counting.get((stream_id, commit_id))
+            if commit is None:  # not yet created (a hole), a void, or another writer's commit
+                commit = self._counting_commit(slot, stream_id, commit_id, settle=settle)
+            if isinstance(commit, _Hole):
+                pending = True
+            elif commit is not None:
+                present.extend(zip(commit["places"], self._events_of(commit), strict=True))
+        present.sort(key=lambda placed: placed[0])
+        if not pending:
+            self._kept_block = (n, present)
+        return present, pending
+
+    _kept_block: tuple[int, list[tuple[int, Event]]] | None = None
 
     def _void(self, stream_id: str, commit_id: str, n: int) -> dict[str, Any]:
         """Mark the commit id ``commit_id`` a position of block slot ``n`` no event took,
@@ -764,6 +823,13 @@ class CosmosEventStore:
             rows = self._query("reading the global log", query + " ORDER BY c.n DESC", params, LOG_PARTITION)
             for slot in rows:
                 n = int(slot["n"])
+                if "expires" in slot:  # the counting commit holding the block's last place: one read
+                    members = _members(slot)
+                    for member in sorted(range(len(members)), key=lambda m: -int(slot["lasts"][m])):
+                        commit = self._counting_commit(slot, *members[member], settle=False)
+                        if isinstance(commit, dict):
+                            return _position(n, int(commit["places"][-1]), int(commit["last"]))
+                    continue
                 for member, (stream_id, commit_id) in reversed(list(enumerate(_members(slot)))):
                     commit = self._counting_commit(slot, stream_id, commit_id, settle=False)
                     if isinstance(commit, dict):
@@ -804,36 +870,40 @@ class _Waiting:
 
 
 def _bulk_blocks(events: Sequence[Event], most_streams: int) -> Iterator[Sequence[Event]]:
-    """``events`` cut, in order, into blocks of at most :data:`BLOCK_EVENTS` events,
-    ``most_streams`` streams and :data:`BLOCK_MEMBERS` runs."""
-    start, streams, members, previous = 0, set[str](), 0, None
+    """``events`` cut, in order, into blocks of at most :data:`BLOCK_EVENTS` events and
+    ``most_streams`` streams."""
+    start, streams = 0, set[str]()
     for i, event in enumerate(events):
-        stream_id = event.stream_id
         if i > start and (
-            i - start >= BLOCK_EVENTS
-            or (stream_id not in streams and len(streams) >= most_streams)
-            or (stream_id != previous and members >= BLOCK_MEMBERS)
+            i - start >= BLOCK_EVENTS or (event.stream_id not in streams and len(streams) >= most_streams)
         ):
             yield events[start:i]
-            start, streams, members, previous = i, set(), 0, None
-        if stream_id != previous:
-            members += 1
-        streams.add(stream_id)
-        previous = stream_id
+            start, streams = i, set()
+        streams.add(event.stream_id)
     if start < len(events):
         yield events[start:]
 
 
-def _runs(events: Sequence[Event]) -> list[list[Event]]:
-    """``events`` cut into runs of one stream's consecutive events (at most :data:`RUN_EVENTS`)."""
-    runs: list[list[Event]] = []
-    for event in events:
-        run = runs[-1] if runs else None
-        if run is not None and run[0].stream_id == event.stream_id and len(run) < RUN_EVENTS:
-            run.append(event)
-        else:
-            runs.append([event])
-    return runs
+class _BlockCommit(NamedTuple):
+    """One commit of a block: a stream's events in it (in version order), each one's place in the block."""
+
+    events: list[Event]
+    places: list[int]
+
+
+def _block_commits(block: Sequence[Event]) -> list[_BlockCommit]:
+    """The commits of ``block``: each stream's events, by stream as first seen, in chunks of
+    at most :data:`COMMIT_EVENTS`, each event with its place in ``block``."""
+    commits: list[_BlockCommit] = []
+    last: dict[str, _BlockCommit] = {}
+    for place, event in enumerate(block):
+        commit = last.get(event.stream_id)
+        if commit is None or len(commit.events) >= COMMIT_EVENTS:
+            commit = last[event.stream_id] = _BlockCommit([], [])
+            commits.append(commit)
+        commit.events.append(event)
+        commit.places.append(place)
+    return commits
 
 
 def _members(slot: Mapping[str, Any]) -> list[tuple[str, str]]:
