@@ -832,3 +832,32 @@ def test_a_commit_appended_meanwhile_stops_a_bulk_write_without_a_second_event_a
     finally:
         other.close()
         store.close()
+
+
+def test_a_bulk_write_reads_of_a_known_stream_only_the_commits_its_events_continue(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = CosmosEventStore.from_url(url)
+    for i in range(30):
+        writer.append("long", [new(i)], i)
+    writer.close()
+    store = CosmosEventStore.from_url(url)  # knows no stream yet
+    read: list[Any] = []
+    original = store._query
+
+    def counting(what: str, query: str, params: Any, partition: str | None) -> list[Any]:
+        rows = original(what, query, params, partition)
+        if what == "reading the streams of a bulk write":
+            read.extend(rows)
+        return rows
+
+    monkeypatch.setattr(store, "_query", counting)
+    try:
+        more = [e for e in exported(1, 32, "x") if e.version > 30]
+        events = [more[0]._replace(stream_id="long"), *exported(1, 1, "fresh")]
+        events.append(more[1]._replace(stream_id="long"))
+        assert store.bulk_append(events, in_flight=2) == 3
+        assert [(row["stream_id"], row["last"]) for row in read] == [("long", 30)]  # not its 29 commits before
+        assert [e.version for e in store.read_stream("long")] == list(range(1, 33))
+    finally:
+        store.close()

@@ -133,6 +133,8 @@ COMMIT_EVENTS: Final = 1_000
 their places in the block).  A block slot names at most ``_blocks.PARTS_PER_IN_FLIGHT *
 in_flight`` streams, so with :data:`BLOCK_EVENTS` at most 266 commits: far below Cosmos
 DB's 2 MB item limit."""
+HEADS_PER_QUERY: Final = 100
+"""The most streams one query of a bulk write's heads names."""
 PART_ATTEMPTS: Final = 3
 """Tries of one commit of a bulk write before its block fails."""
 _KNOWN_STREAMS: Final = 100_000
@@ -456,14 +458,23 @@ class CosmosEventStore:
         stored: dict[str, tuple[str, int]] = {}
         if not unknown:
             return versions, stored
-        low = min(by_stream[stream_id][0].version for stream_id in unknown) - 1  # down to the head each continues
-        rows = self._query(
-            "reading the streams of a bulk write",
-            "SELECT c.stream_id, c.first, c.last, c.slot, c.event_ids FROM c "
-            "WHERE c.kind = 'commit' AND ARRAY_CONTAINS(@streams, c.stream_id) AND c.last >= @low",
-            {"@streams": unknown, "@low": low},
-            None,
-        )
+        rows: list[Any] = []
+        for start in range(0, len(unknown), HEADS_PER_QUERY):
+            # Each stream's commits from the head its events continue to their last version:
+            # what decides them, not the whole stream.
+            clauses: list[str] = []
+            params: dict[str, Any] = {}
+            for i, stream_id in enumerate(unknown[start : start + HEADS_PER_QUERY]):
+                run = by_stream[stream_id]
+                clauses.append(f"(c.stream_id = @s{i} AND c.last >= @l{i} AND c.first <= @h{i})")
+                params |= {f"@s{i}": stream_id, f"@l{i}": run[0].version - 1, f"@h{i}": run[-1].version}
+            rows += self._query(
+                "reading the streams of a bulk write",
+                "SELECT c.stream_id, c.first, c.last, c.slot, c.event_ids FROM c "
+                f"WHERE c.kind = 'commit' AND ({' OR '.join(clauses)})",
+                params,
+                None,
+            )
         heads = {stream_id: 0 for stream_id in unknown}
         unslotted: set[str] = set()
         for row in rows:
