@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
-from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.inflight import OrderedPool
-from skyferry.core.messages import Event
+from skyferry.core.messages import Event, check_append
 from skyferry.core.ports import WriteLimits
 
 _log = logging.getLogger(__name__)
@@ -116,6 +116,17 @@ def claims(first: int, parts: Sequence[Sequence[Event]], position: dict[str, int
         Claim(f"{first:020d}.{n:03d}", tuple(position[event.id] for event in part), expires)
         for n, part in enumerate(parts)
     ]
+
+
+def check_events(events: Sequence[Event]) -> None:
+    """``ValidationError`` for an event of a bulk write that no store would take, or an id
+    that appears twice in it."""
+    ids: set[str] = set()
+    for event in events:
+        check_append(event.stream_id, [event.to_new()])
+        if event.id in ids:
+            raise ValidationError(f"bulk_append: event id {event.id} appears twice")
+        ids.add(event.id)
 
 
 def by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:

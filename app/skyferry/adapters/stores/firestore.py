@@ -599,14 +599,8 @@ class FirestoreEventStore(_FirestoreBase):
         A larger call takes the positions of up to :data:`BLOCK_EVENTS` events ahead and
         writes their parts ``in_flight`` at a time (see the module docstring).
         """
-        by_stream: dict[str, list[Event]] = {}
-        seen: set[str] = set()
-        for event in events:
-            check_append(event.stream_id, [event.to_new()])
-            if event.id in seen:
-                raise ValidationError(f"bulk_append: event id {event.id} appears twice")
-            seen.add(event.id)
-            by_stream.setdefault(event.stream_id, []).append(event)
+        _blocks.check_events(events)
+        by_stream = _blocks.by_stream(events)
         if not by_stream:
             return 0
         with self._write_lock:
@@ -619,7 +613,7 @@ class FirestoreEventStore(_FirestoreBase):
             for attempt in range(TRANSACTION_ATTEMPTS):
                 state, read = self._bulk_known, False
                 if state is None or not state.continued_by(by_stream):
-                    state, read = self._bulk_state(by_stream, list(seen)), True
+                    state, read = self._bulk_state(by_stream, [event.id for event in events]), True
                 written = self._bulk_write(events, by_stream, state)
                 if written is not None:
                     return written

@@ -343,27 +343,32 @@ class CosmosEventStore:
             except CosmosResourceExistsError:
                 held = self._read(commit["id"], stream_id)
             if held is not None and held.get("kind") == "void" and (slot is None or held.get("slot") != slot):
-                try:  # a position no event took: the id is free
-                    replaced: dict[str, Any] = call(
-                        f"appending to {stream_id}",
-                        partial(
-                            self._c.replace_item,
-                            commit["id"],
-                            commit,
-                            etag=held["_etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        ),
-                    )
+                # A position no event took: the id is free.
+                replaced = self._replace_unchanged(f"appending to {stream_id}", commit, held["_etag"])
+                if replaced is not None:
                     return replaced
-                except CosmosHttpResponseError as e:
-                    if e.status_code != 412:
-                        raise
                 continue  # changed since it was read
             if held is None:
                 continue  # deleted since: try again
             for part_id in parts:
                 self._delete(part_id, stream_id)
             raise _Collision(held)
+
+    def _replace_unchanged(self, what: str, body: dict[str, Any], etag: str) -> dict[str, Any] | None:
+        """Replace the document ``body`` names by ``body`` unless it changed since ``etag``
+        (then ``None``)."""
+        try:
+            replaced: dict[str, Any] = call(
+                what,
+                partial(
+                    self._c.replace_item, body["id"], body, etag=etag, match_condition=MatchConditions.IfNotModified
+                ),
+            )
+        except CosmosHttpResponseError as e:
+            if e.status_code != 412:
+                raise
+            return None
+        return replaced
 
     def _read(self, item: str, partition: str) -> dict[str, Any] | None:
         """The document ``item`` of ``partition``, or ``None``."""
@@ -396,12 +401,7 @@ class CosmosEventStore:
         docstring).  A conflict found by the read writes
         nothing; after a failure while writing, each stream holds a prefix of its events.
         """
-        ids: set[str] = set()
-        for event in events:
-            check_append(event.stream_id, [event.to_new()])
-            if event.id in ids:
-                raise ValidationError(f"bulk_append: event id {event.id} appears twice")
-            ids.add(event.id)
+        _blocks.check_events(events)
         if not events:
             return 0
         _blocks.check_contiguous(events, self.stream_version)
@@ -662,22 +662,9 @@ class CosmosEventStore:
                 return int(current["slot"])
             updated = {k: v for k, v in current.items() if not k.startswith("_")}
             updated["slot"] = n
-            try:
-                call(
-                    f"positioning {commit_id}",
-                    partial(
-                        self._c.replace_item,
-                        commit_id,
-                        updated,
-                        etag=current["_etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    ),
-                )
+            if self._replace_unchanged(f"positioning {commit_id}", updated, current["_etag"]) is not None:
                 return n
-            except CosmosHttpResponseError as e:
-                if e.status_code != 412:
-                    raise
-                current = None  # changed since it was read: read it again
+            current = None  # changed since it was read: read it again
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Events in log order after ``after`` (a position ``"<slot>:<version>"``, or

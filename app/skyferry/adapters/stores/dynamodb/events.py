@@ -275,12 +275,7 @@ class DynamoDBEventStore:
         condition, which re-reads it).  A larger call is cut into blocks of positions taken
         ahead, whose parts go ``in_flight`` at a time (see the module docstring).
         """
-        ids: set[str] = set()
-        for event in events:
-            check_append(event.stream_id, [event.to_new()])
-            if event.id in ids:
-                raise ValidationError(f"bulk_append: event id {event.id} appears twice")
-            ids.add(event.id)
+        _blocks.check_events(events)
         if not events:
             return 0
         with self._bulk_lock:
