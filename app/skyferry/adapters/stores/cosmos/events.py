@@ -740,7 +740,7 @@ class CosmosEventStore:
         counts = commit.get("kind") == "commit" and commit.get("slot") == n
         return commit if counts else None
 
-    def _block_events(self, slot: Mapping[str, Any], *, settle: bool = True) -> tuple[list[tuple[int, Event]], bool]:
+    def _block_events(self, slot: Mapping[str, Any]) -> tuple[list[tuple[int, Event]], bool]:
         """The events of block ``slot``'s commits that count, each with its place in the
         block, by place; and whether a commit is still pending (``_HOLE``).  One
         cross-partition query finds the commits that count; only the members it does not
@@ -759,7 +759,7 @@ class CosmosEventStore:
         for stream_id, commit_id in _members(slot):
             commit = counting.get((stream_id, commit_id))
             if commit is None:  # not yet created (a hole), a void, or another writer's commit
-                commit = self._counting_commit(slot, stream_id, commit_id, settle=settle)
+                commit = self._counting_commit(slot, stream_id, commit_id)
             if isinstance(commit, _Hole):
                 pending = True
             elif commit is not None:
