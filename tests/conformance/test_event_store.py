@@ -17,6 +17,7 @@ from skyferry.core.ports import (
     EVENT_STORE_FEATURES,
     FEATURE_BULK_APPEND,
     FEATURE_BULK_IN_FLIGHT,
+    FEATURE_COPY_FROM,
     FEATURE_COUNT,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
@@ -507,6 +508,7 @@ def test_declared_features_are_known(event_store: EventStore) -> None:
         (FEATURE_TEMPORAL, "read_stream_as_of", ("s-1", datetime.now(UTC))),
         (FEATURE_TRANSACTIONS_ACROSS_STREAMS, "append_many", ([],)),
         (FEATURE_COUNT, "count_after", (None,)),
+        (FEATURE_COPY_FROM, "copy_from", (None, None, 1)),
     ],
 )
 def test_undeclared_features_are_really_absent(

@@ -46,8 +46,16 @@ FEATURE_TEMPORAL = "temporal"
 FEATURE_TRANSACTIONS_ACROSS_STREAMS = "transactions_across_streams"
 FEATURE_COUNT = "count"
 FEATURE_BULK_IN_FLIGHT = "bulk_in_flight"
+FEATURE_COPY_FROM = "copy_from"
 EVENT_STORE_FEATURES = frozenset(
-    {FEATURE_BULK_APPEND, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS, FEATURE_COUNT, FEATURE_BULK_IN_FLIGHT}
+    {
+        FEATURE_BULK_APPEND,
+        FEATURE_TEMPORAL,
+        FEATURE_TRANSACTIONS_ACROSS_STREAMS,
+        FEATURE_COUNT,
+        FEATURE_BULK_IN_FLIGHT,
+        FEATURE_COPY_FROM,
+    }
 )
 FEATURE_PUBLISH_BEGIN = "publish_begin"
 BROKER_FEATURES = frozenset({FEATURE_PUBLISH_BEGIN})
@@ -227,6 +235,48 @@ class InFlightBulkEventStore(BulkAppendEventStore, Protocol):
     def bulk_append(self, events: Sequence[Event], in_flight: int = 1) -> int:
         """Store already-versioned events as :meth:`BulkAppendEventStore.bulk_append` does,
         ``in_flight`` writes at a time; return how many were new."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CopiedBatch:
+    """What one :meth:`CopyingEventStore.copy_from` stored."""
+
+    events: int
+    """How many events were copied (0: the source has none after the position given)."""
+    last_position: str | None
+    """The source's position of the last event copied (the position given when none)."""
+    last_recorded_at: datetime | None
+    """The newest ``recorded_at`` of the events copied (``None`` when none), for the lag."""
+
+
+@runtime_checkable
+class CopyingEventStore(BulkAppendEventStore, Protocol):
+    """Feature ``copy_from``: a migration's batch moved from a store of the same technology
+    as the bytes it stores, without building an event per event.
+
+    The result is what ``bulk_append`` of the same events, read with ``read_all``, would
+    store: the same fields, new positions in the source's order.  A store declares it
+    where its servers can hand rows over as they are kept (PostgreSQL: binary ``COPY`` out
+    of one, into the other), so the per-event work of decoding and encoding is left out.
+    """
+
+    def copies_from(self, source: EventStore) -> bool:
+        """Whether :meth:`copy_from` can read ``source`` (a store of its own technology)."""
+        ...
+
+    def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:
+        """Store the next (at most) ``limit`` events of ``source``'s ``read_all(after)``
+        atomically, as new events, checked as a batch: each stream of the batch must
+        continue the target's stream from its current version.
+
+        Returns ``None``, having written nothing, when the batch needs ``bulk_append``'s
+        per-event checks instead: some of its events are at or below the target's head
+        (a resumed copy), or a stream does not continue.  The caller then reads the
+        batch and writes it with ``bulk_append``, which skips what is stored already and
+        names any conflict.  An event id the target stores in another stream raises
+        :class:`ConcurrencyError`, nothing of the call stored.
+        """
         ...
 
 

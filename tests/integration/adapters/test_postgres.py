@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -37,7 +38,7 @@ from skyferry.adapters.stores.postgres import SCHEMA_VERSION, PostgresEventStore
 from skyferry.adapters.stores.postgres.rows import _COPY_FROM, _appended_rows_binary
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, EventTooLarge, TransientError, ValidationError
 from skyferry.core.messages import Event, NewEvent
-from skyferry.core.ports import ANY, NO_STREAM, ViewChange
+from skyferry.core.ports import ANY, NO_STREAM, CopiedBatch, ViewChange
 from tests.services import free_port, postgres
 
 
@@ -440,6 +441,162 @@ def test_bulk_append_rejects_what_validate_rejects_and_stores_nothing(url: str) 
         assert store.read_all() == []
     finally:
         store.close()
+
+
+# --- copy_from: a migration's batch from server to server ---------------------------------------
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[PostgresEventStore, PostgresEventStore]]:
+    """A source and a target store, each in a schema of its own."""
+    with postgres.fresh_schema() as source_url, postgres.fresh_schema() as target_url:
+        source, target = PostgresEventStore(source_url), PostgresEventStore(target_url)
+        try:
+            yield source, target
+        finally:
+            source.close()
+            target.close()
+
+
+def history(streams: int, per_stream: int) -> list[Event]:
+    """Interleaved events with every kind of character and both timestamps distinct."""
+    moment = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    tricky = {"text": 'tab\tnew\nline\rback\\slash "q" \u00e9\u2028\U0001f600', "z": [1, 2.5, None], "a": {}}
+    return [
+        Event(
+            str(uuid.uuid4()),
+            f"s-{s}" if s % 2 else f"tenant/ü.{s}",
+            version,
+            "Type \\ é",
+            1 + version % 3,
+            {**tricky, "n": version * 100 + s},
+            {"m": f"{s}"},
+            moment.replace(second=version % 60),
+            moment.replace(microsecond=s),
+        )
+        for version in range(1, per_stream + 1)
+        for s in range(streams)
+    ]
+
+
+def test_copy_from_stores_what_bulk_append_of_the_read_events_would(
+    pair: tuple[PostgresEventStore, PostgresEventStore], url: str
+) -> None:
+    source, target = pair
+    reference = PostgresEventStore(url)
+    try:
+        source.bulk_append(history(5, 6))
+        prior = [e._replace(stream_id=f"prior.{i}") for i, e in enumerate(history(2, 1))]
+        reference.bulk_append(prior)  # both targets start with other events
+        target.bulk_append(prior)
+        reference.bulk_append([e.with_position(None) for e in source.read_all(after=None, limit=1000)])
+        assert target.copies_from(source)
+        first = target.copy_from(source, None, 7)
+        assert first is not None
+        assert (first.events, first.last_position) == (7, source.read_all(limit=7)[-1].position)
+        assert first.last_recorded_at == max(e.recorded_at for e in source.read_all(limit=7))
+        rest = target.copy_from(source, first.last_position, 1000)
+        assert rest is not None
+        assert rest.events == 23
+        assert rest.last_position == source.last_position()
+        assert target.copy_from(source, rest.last_position, 1000) == CopiedBatch(0, rest.last_position, None)
+        assert target.read_all(limit=1000) == reference.read_all(limit=1000)  # fields, order, positions
+        assert target.stream_version("tenant/ü.0") == 6
+    finally:
+        reference.close()
+
+
+def test_copy_from_leaves_a_batch_that_needs_event_checks_to_bulk_append(
+    pair: tuple[PostgresEventStore, PostgresEventStore],
+) -> None:
+    """A batch overlapping what the target holds (a resumed copy), or one whose stream would
+    not continue the target's, is not written: ``None``."""
+    source, target = pair
+    events = history(2, 3)
+    source.bulk_append(events)
+    target.bulk_append(events[:3])  # one stream at version 2, the other at 1: a resumed copy
+    assert target.copy_from(source, None, 1000) is None
+    assert len(target.read_all(limit=1000)) == 3
+    assert target.bulk_append(events) == 3  # bulk_append skips what is stored
+    later = history(2, 4)[6:]  # version 4 of both streams
+    source.bulk_append(later)
+    target.bulk_append([later[0]._replace(id=str(uuid.uuid4()))])  # the target's own version 4
+    assert target.copy_from(source, source.read_all(limit=6)[-1].position, 1000) is None
+    assert target.stream_version("s-1") == 3
+
+
+def test_copy_from_of_an_id_stored_in_another_stream_is_refused_whole(
+    pair: tuple[PostgresEventStore, PostgresEventStore],
+) -> None:
+    source, target = pair
+    events = history(3, 2)
+    source.bulk_append(events)
+    target.bulk_append([events[4]._replace(stream_id="elsewhere", version=1)])
+    with pytest.raises(ConcurrencyError, match=events[4].id):
+        target.copy_from(source, None, 1000)
+    assert [e.stream_id for e in target.read_all(limit=1000)] == ["elsewhere"]
+
+
+def test_copy_from_reads_only_postgresql_stores_and_checks_its_limit(
+    pair: tuple[PostgresEventStore, PostgresEventStore], tmp_path: Path
+) -> None:
+    source, target = pair
+    other = open_event_store(f"sqlite:///{tmp_path}/other.db")
+    try:
+        assert not target.copies_from(other)
+        with pytest.raises(ValidationError, match="PostgreSQL stores only"):
+            target.copy_from(other, None, 10)
+        with pytest.raises(ValidationError, match="limit"):
+            target.copy_from(source, None, 0)
+    finally:
+        other.close()
+
+
+def test_copy_from_that_fails_midway_stores_nothing_and_a_rerun_copies_all(
+    pair: tuple[PostgresEventStore, PostgresEventStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's connection dies while its rows stream: the target's transaction rolls
+    back, the error is transient, and the same call again copies the batch."""
+    source, target = pair
+    source.bulk_append(history(20, 50))
+    name = f"copy-{uuid.uuid4().hex[:8]}"
+    dying = PostgresEventStore(f"{source.url}&application_name={name}&pool_min=1&pool_max=1")
+    killed = threading.Event()
+
+    def kill_when_copying() -> None:
+        with admin() as conn:
+            for _ in range(5000):
+                row = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND query LIKE 'COPY%%'", [name]
+                ).fetchone()
+                if row:
+                    conn.execute("SELECT pg_terminate_backend(%s)", [row[0]])
+                    killed.set()
+                    return
+                time.sleep(0.001)
+
+    write = psycopg.Copy.write
+
+    def slow_write(self: psycopg.Copy, data: bytes) -> None:
+        time.sleep(0.0005)  # rows trickle: time for the killer to see the COPY
+        write(self, data)
+
+    try:
+        monkeypatch.setattr(psycopg.Copy, "write", slow_write)
+        killer = threading.Thread(target=kill_when_copying)
+        killer.start()
+        with pytest.raises(TransientError):
+            target.copy_from(dying, None, 1000)
+        killer.join(10)
+        assert killed.is_set()
+        monkeypatch.undo()
+        assert target.read_all(limit=10) == []
+        copied = target.copy_from(dying, None, 1000)
+        assert copied is not None
+        assert copied.events == 1000
+        assert [e.id for e in target.read_all(limit=1000)] == [e.id for e in source.read_all(limit=1000)]
+    finally:
+        dying.close()
 
 
 # --- append: binary COPY and pipelined INSERT ------------------------------------------------

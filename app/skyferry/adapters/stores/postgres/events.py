@@ -36,7 +36,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from skyferry.adapters.stores._common import encode_append
+from skyferry.adapters.stores._common import check_limit, encode_append
 from skyferry.adapters.stores.postgres.client import (
     PostgresDatabase,
     _rendered,
@@ -75,10 +75,13 @@ from skyferry.core.messages import (
 from skyferry.core.ports import (
     ANY,
     FEATURE_BULK_APPEND,
+    FEATURE_COPY_FROM,
     FEATURE_COUNT,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
+    CopiedBatch,
+    EventStore,
     ExpectedVersion,
     expected_as_int,
     resolve_conflict,
@@ -88,11 +91,12 @@ _ANY_RETRIES: Final = 50
 
 
 class PostgresEventStore:
-    """Event store in a PostgreSQL schema; features ``bulk_append`` (COPY), ``temporal``,
+    """Event store in a PostgreSQL schema; features ``bulk_append`` (COPY), ``copy_from``
+    (another PostgreSQL store's rows, piped), ``count``, ``temporal``,
     ``transactions_across_streams``.  See the module docstring for the gap-free ``read_all``."""
 
     features: frozenset[str] = frozenset(
-        {FEATURE_BULK_APPEND, FEATURE_COUNT, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
+        {FEATURE_BULK_APPEND, FEATURE_COPY_FROM, FEATURE_COUNT, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
     )
 
     def __init__(self, url: str, *, client: ConnectionPool | None = None, existing: bool = False) -> None:
@@ -153,6 +157,15 @@ class PostgresEventStore:
             )
             for backwards in (False, True)
         }
+        # A migration's batch (``copy_from``): each stream's versions and the batch's bounds,
+        # read from the source's position index; then the rows, as binary COPY tuples.
+        self._batch_sql = _rendered(
+            sql.SQL(
+                "SELECT stream_id, min(version), max(version), count(*), max(position), max(recorded_at) FROM"
+                " (SELECT stream_id, version, position, recorded_at FROM {} WHERE position > %s"
+                " ORDER BY position LIMIT %s) AS b GROUP BY stream_id"
+            ).format(t)
+        )
         self._read_all_sql = _rendered(
             sql.SQL("SELECT " + _COLUMNS + ", position FROM {} WHERE position > %s ORDER BY position LIMIT %s").format(
                 t
@@ -373,11 +386,64 @@ class PostgresEventStore:
                     top = conn.execute(self._top_sql).fetchone()
                 self._bulk_heads = (top[0] if top else None, {s: current.get(s, 0) for s in streams})
             except psycopg.errors.UniqueViolation as e:
-                detail = e.diag.message_detail or str(e)
-                raise ConcurrencyError(
-                    "(import)", "new ids", -1, f"an event id of this import is already stored elsewhere: {detail}"
-                ) from e
+                raise _id_stored_elsewhere(e) from e
         return len(fresh)
+
+    def copies_from(self, source: EventStore) -> bool:
+        """Whether :meth:`copy_from` reads ``source``: another PostgreSQL store (any server)."""
+        return isinstance(source, PostgresEventStore)
+
+    def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:
+        """Copy the next ``limit`` events of another PostgreSQL store as their stored rows (feature ``copy_from``).
+
+        One query of the source gives each stream's first and last version in the batch
+        and the batch's last position; the streams are checked against this store's heads
+        under the append lock; then ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` on the
+        source is piped into ``COPY ... FROM STDIN (FORMAT BINARY)`` here, block by block,
+        in one transaction.  The rows are the source's own (both tables have this
+        schema's columns, so its binary tuples are this table's), positions are new and
+        in the source's order.  ``None`` (nothing written) where ``bulk_append`` must
+        judge the batch event by event (see the port).
+        """
+        if not isinstance(source, PostgresEventStore):
+            raise ValidationError(f"copy_from reads PostgreSQL stores only, not {source.url}")
+        check_limit(limit, minimum=1)
+        start = decode_position(after)
+        with source.db.connection("reading events to copy") as reading:
+            batch = reading.execute(source._batch_sql, [start, limit]).fetchall()
+            if not batch:
+                return CopiedBatch(0, after, None)
+            streams = [row[0] for row in batch]
+            count, top = sum(row[3] for row in batch), max(row[4] for row in batch)
+            copy_out = sql.SQL(
+                "COPY (SELECT id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
+                " FROM {} WHERE position > {} AND position <= {} ORDER BY position) TO STDOUT (FORMAT BINARY)"
+            ).format(source.db.table("events"), sql.Literal(start), sql.Literal(top))
+            with self.db.connection("copying events") as conn:
+                try:
+                    with conn.transaction():
+                        conn.execute(self._lock_sql)
+                        heads = self._heads(conn, streams)
+                        for stream_id, first, last, events, _, _ in batch:
+                            if first != heads.get(stream_id, 0) + 1 or last - first + 1 != events:
+                                return None
+                        with (
+                            reading.cursor() as cursor,
+                            cursor.copy(copy_out) as rows,
+                            conn.cursor().copy(self._copy_binary_sql) as into,
+                        ):
+                            for block in rows:
+                                into.write(block)
+                            if cursor.rowcount != count:  # every row read is written, or the COPY fails
+                                raise TransientError(
+                                    f"{source.url} gave {cursor.rowcount} events where it had counted {count}"
+                                    " (nothing was copied; run the command again)"
+                                )
+                        stored = conn.execute(self._top_sql).fetchone()
+                    self._bulk_heads = (stored[0] if stored else None, {row[0]: row[2] for row in batch})
+                except psycopg.errors.UniqueViolation as e:
+                    raise _id_stored_elsewhere(e) from e
+        return CopiedBatch(count, encode_position(top), max(row[5] for row in batch))
 
     def _heads(self, conn: psycopg.Connection[Any], streams: list[str]) -> dict[str, int]:
         """The current version of each of ``streams`` that has events (under the append lock).
@@ -492,3 +558,11 @@ class PostgresEventStore:
     def close(self) -> None:
         """Close the connection pool."""
         self.db.close()
+
+
+def _id_stored_elsewhere(e: psycopg.errors.UniqueViolation) -> ConcurrencyError:
+    """The error of a bulk write holding an event id this store keeps in another stream."""
+    detail = e.diag.message_detail or str(e)
+    return ConcurrencyError(
+        "(import)", "new ids", -1, f"an event id of this import is already stored elsewhere: {detail}"
+    )
