@@ -22,7 +22,7 @@ from skyferry.migrate.export import export
 from skyferry.migrate.importer import import_archive
 from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
 from skyferry.migrate.verify import verify_archive, verify_stores
-from tests.integration.migrate_support import opened
+from tests.integration.migrate_support import opened, store_url
 
 SKYFERRY = str(Path(sys.executable).with_name("skyferry"))
 STREAMS, PER_STREAM = 40, 150  # 6,000 events
@@ -112,8 +112,13 @@ def test_import_killed_at_several_points_then_rerun_matches_an_uninterrupted_run
 
 
 @pytest.mark.slow
-def test_migrate_killed_at_several_points_then_rerun_matches_the_source(tmp_path: Path) -> None:
-    source, target = f"sqlite:///{tmp_path}/source.db", f"sqlite:///{tmp_path}/target.db"
+@pytest.mark.parametrize("scheme", ["sqlite", "postgresql"])  # PostgreSQL: the copy_from path
+def test_migrate_killed_at_several_points_then_rerun_matches_the_source(scheme: str) -> None:
+    with store_url(scheme) as source, store_url(scheme) as target:
+        migrate_killed_and_rerun(source, target)
+
+
+def migrate_killed_and_rerun(source: str, target: str) -> None:
     build_source(source)
     args = ["migrate", "--from", source, "--to", target, "--batch", "100"]
 

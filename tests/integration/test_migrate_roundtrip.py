@@ -9,13 +9,14 @@ import pytest
 from skyferry.adapters import registry
 from skyferry.adapters.archives.local import LocalArchive
 from skyferry.core.messages import NewEvent
-from skyferry.core.ports import FEATURE_BULK_APPEND, features_of
+from skyferry.core.ports import FEATURE_BULK_APPEND, CopyingEventStore, features_of
 from skyferry.migrate import checkpoints
 from skyferry.migrate.errors import TargetConflict
 from skyferry.migrate.export import export
 from skyferry.migrate.importer import import_archive
 from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
 from skyferry.migrate.migrate import Migration
+from skyferry.migrate.sharding import Shard
 from skyferry.migrate.verify import verify_archive, verify_stores
 from skyferry.migrate.writer import TargetWriter
 from tests.integration.migrate_support import chunk_lines, fill, opened, store_schemes, store_url
@@ -180,6 +181,43 @@ def test_migrate_copies_resumes_from_its_checkpoint_and_follows() -> None:
         source.append("late", [NewEvent(type="Late", data={})], 0)
         assert resumed.copy_once() == 1
         assert verify_stores(source, target).ok
+
+
+def test_postgresql_to_postgresql_goes_server_to_server_and_resumes_a_committed_batch() -> None:
+    """The ``copy_from`` path: the same result as the event path, a batch already stored
+    but not checkpointed (killed between the two) goes the event path once and is skipped,
+    and a shard goes the event path throughout."""
+    with (
+        store_url("postgresql") as source_url,
+        store_url("postgresql") as target_url,
+        store_url("postgresql") as sharded_url,
+        opened(source_url) as (source, _),
+        opened(target_url) as (target, views),
+        opened(sharded_url) as (sharded, sharded_views),
+    ):
+        count = fill(source, streams=9, per_stream=8)
+        first = Migration(source, target, views, batch=10)
+        assert first.report.write_path == "copy_from"
+        assert first.batch == 10
+        assert Migration(source, target, views).batch == 20_000
+        first.copy_once()
+        # Killed after the target committed the second batch, before its checkpoint:
+        assert isinstance(target, CopyingEventStore)
+        assert target.copy_from(source, first.position, 10) is not None
+        resumed = Migration(source, target, views, batch=10)
+        assert resumed.position == first.position
+        resumed.catch_up()
+        assert (resumed.report.written, resumed.report.skipped) == (count - 20, 10)
+        assert resumed.writer.written == 0  # every new event went server to server
+        assert [e.with_position(None) for e in target.read_all(limit=1000)] == [
+            e.with_position(None) for e in source.read_all(limit=1000)
+        ]
+        assert verify_stores(source, target).ok
+        whole = Migration(source, sharded, sharded_views, shard=Shard(0, 1), batch=10)
+        assert whole.report.write_path == "bulk_append"
+        whole.catch_up()
+        assert whole.writer.written == count
+        assert verify_stores(source, sharded).ok
 
 
 def test_store_urls_in_reports_carry_no_secret() -> None:

@@ -412,7 +412,15 @@ def migrate_command(
         float,
         typer.Option("--grace", metavar="SECONDS", min=0, help="Cutover: this long without new events is drained."),
     ] = 2.0,
-    batch: Annotated[int, typer.Option("--batch", metavar="N", min=1, help="Events per read and write.")] = 5000,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            metavar="N",
+            min=1,
+            help="Events per read and write, and per checkpoint [default: 5000; 20000 PostgreSQL to PostgreSQL].",
+        ),
+    ] = None,
     shard: ShardOpt = None,
     transform: TransformOpt = None,
     allow_count_change: AllowCount = False,

@@ -4,7 +4,11 @@ The copy tails the source's ``read_all`` from the checkpoint kept in the target'
 store, writes through :class:`~skyferry.migrate.writer.TargetWriter` (``bulk_append`` when the
 target has it, ``concurrency`` writes in flight) and commits the source position after each
 batch, once every write of it is stored, so a killed migration
-resumes where it stopped.  With ``follow`` it keeps polling once caught up, reporting the
+resumes where it stopped.  Where the target copies from a source of its own technology
+(feature ``copy_from``: PostgreSQL into PostgreSQL) and the migration neither shards nor
+transforms, each batch goes from server to server as stored rows instead (write path
+``copy_from``), checked as a batch; a batch that needs checking event by event (the first
+one of a resumed copy) still goes the first way.  With ``follow`` it keeps polling once caught up, reporting the
 lag; a cutover fences writes on the source, drains what is left, verifies, and reports.
 """
 
@@ -14,10 +18,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from skyferry.core.messages import Event, utc_now
-from skyferry.core.ports import EventStore, ViewStore, count_after
+from skyferry.core.ports import FEATURE_COPY_FROM, CopyingEventStore, EventStore, ViewStore, count_after, features_of
 from skyferry.migrate import checkpoints
 from skyferry.migrate.fence import set_fence
 from skyferry.migrate.options import at_least, distinct
@@ -29,6 +34,9 @@ from skyferry.migrate.verify import VerifyReport, verify_stores
 from skyferry.migrate.writer import CONCURRENCY, TargetWriter, check_concurrency
 
 READ_BATCH = 5000
+COPY_BATCH = 20_000
+"""Events per batch on the ``copy_from`` path, whose rows stream from server to server
+(memory does not grow with it): fewer checkpoints and commits a copy."""
 FIRST_BATCH = 1000
 """The first read of a catch-up is smaller, so that the writer starts while the reader fetches more."""
 
@@ -84,23 +92,33 @@ class Migration:
         *,
         shard: Shard | None = None,
         transformer: Transformer | None = None,
-        batch: int = READ_BATCH,
+        batch: int | None = None,
         progress: Progress | None = None,
         concurrency: int = CONCURRENCY,
     ) -> None:
-        at_least(batch, 1, "--batch")
+        if batch is not None:
+            at_least(batch, 1, "--batch")
         check_concurrency(concurrency)
         distinct(source, target, "migrate")
         self.source = source
         self.target = target
         self.views = target_views
         self.shard = shard
-        self.batch = batch
         self.progress = progress
         if transformer is not None and transformer.allow_count_change:
             transformer = Transformer(transformer.spec, transformer.function, allow_count_change=True, target=target)
         self.transformer = transformer
         self.writer = TargetWriter(target, concurrency=concurrency)
+        self.direct: CopyingEventStore | None = None
+        if (
+            shard is None
+            and transformer is None
+            and FEATURE_COPY_FROM in features_of(target)
+            and isinstance(target, CopyingEventStore)
+            and target.copies_from(source)
+        ):
+            self.direct = target
+        self.batch = batch if batch is not None else READ_BATCH if self.direct is None else COPY_BATCH
         self.key = checkpoints.job_key(
             "migrate", source.url, None if shard is None else str(shard), transformer.spec if transformer else None
         )
@@ -109,7 +127,7 @@ class Migration:
         self.report = MigrateReport(
             source=source.url,
             target=target.url,
-            write_path=self.writer.path,
+            write_path=self.writer.path if self.direct is None else "copy_from",
             last_position=self.position,
             events=int(state.get("events", 0)),
             resumed_events=int(state.get("events", 0)),
@@ -123,32 +141,45 @@ class Migration:
         """Copy the next batch (read now, or given: read with ``limit``, default the batch size);
         return how many source events it had (0: caught up)."""
         limit = self.batch if limit is None else limit
+        if batch is None and self.direct is not None:
+            copied = self.direct.copy_from(self.source, self.position, limit)
+            if copied is not None:
+                self.report.written += copied.events
+                return self._advance(copied.events, copied.last_position, copied.last_recorded_at, limit)
+            limit = min(limit, READ_BATCH)  # read into memory, event by event: the usual batch
         if batch is None:
             batch = self.source.read_all(after=self.position, limit=limit)
         if not batch:
-            self.report.caught_up = True
-            self.report.lag_seconds = 0.0
-            return 0
+            return self._advance(0, self.position, None, limit)
         mine = [event for event in batch if owned(self.shard, event.stream_id)]
         if self.transformer is not None:
             mine = self.transformer.apply(mine)
-        self.writer.write(mine)
-        self.position = batch[-1].position
-        self.report.events += len(batch)
+        new = self.writer.write(mine)
+        self.report.written += new
+        self.report.skipped += len(mine) - new
+        return self._advance(len(batch), batch[-1].position, batch[-1].recorded_at, limit)
+
+    def _advance(self, events: int, position: str | None, recorded_at: datetime | None, limit: int) -> int:
+        """Record a batch of ``events`` source events copied up to ``position`` (the
+        checkpoint, the report, the progress); return ``events``."""
+        if not events:
+            self.report.caught_up = True
+            self.report.lag_seconds = 0.0
+            return 0
+        self.position = position
+        self.report.events += events
         self.report.batches += 1
-        self.report.last_position = self.position
-        self.report.written = self.writer.written
-        self.report.skipped = self.writer.skipped
-        state: dict[str, Any] = {"position": self.position, "events": self.report.events}
+        self.report.last_position = position
+        state: dict[str, Any] = {"position": position, "events": self.report.events}
         if self.transformer is not None:
             state["transform"] = self.transformer.record()
         checkpoints.save(self.views, self.key, state)
-        self.report.caught_up = len(batch) < limit
-        lag = 0.0 if self.report.caught_up else (utc_now() - batch[-1].recorded_at).total_seconds()
+        self.report.caught_up = events < limit
+        lag = 0.0 if self.report.caught_up or recorded_at is None else (utc_now() - recorded_at).total_seconds()
         self.report.lag_seconds = max(lag, 0.0)
         if self.progress is not None:
-            self.progress.advance(len(batch), lag=self.report.lag_seconds)
-        return len(batch)
+            self.progress.advance(events, lag=self.report.lag_seconds)
+        return events
 
     def _batches(self) -> Iterator[tuple[list[Event], int]]:
         """Batches read ahead, each with the limit it was read with."""
@@ -162,9 +193,11 @@ class Migration:
             limit = self.batch
 
     def catch_up(self) -> None:
-        """Copy until the source has nothing more (for now), reading one batch ahead."""
-        for batch, limit in ReadAhead(self._batches()):
-            self.copy_once(batch, limit)
+        """Copy until the source has nothing more (for now), reading one batch ahead (from
+        server to server where the target copies directly)."""
+        if self.direct is None:
+            for batch, limit in ReadAhead(self._batches()):
+                self.copy_once(batch, limit)
         while self.copy_once():
             pass
 
