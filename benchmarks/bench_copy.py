@@ -5,8 +5,13 @@ schema of the server into a fresh one, interleaved in one run (best of three rou
 sides taking turns, every round into a fresh schema):
 
 * **migrate**: ``Migration.catch_up`` as ``skyferry migrate`` runs it between two PostgreSQL
-  stores: ``read_all`` one batch ahead, ``bulk_append`` (binary ``COPY``, every event
-  checked), a checkpoint per batch.
+  stores: the ``copy_from`` path, binary ``COPY`` out of the source piped into binary
+  ``COPY`` into the target, batches of 20,000 (each stream of a batch checked to continue
+  the target's, one transaction and a checkpoint per batch, no event decoded).
+* **migrate, event by event**: the same with ``--shard 0/1`` (every stream, but a sharded
+  migration takes the path every other pair of stores takes): ``read_all`` one batch
+  ahead, ``bulk_append`` (binary ``COPY``, every event checked), a checkpoint per batch of
+  5,000.
 * **the peer's copy loop**: the ``eventsourcing`` library's ``PostgresApplicationRecorder``
   (the ``bench`` dependency group): read every notification of one recorder in pages of
   1,000 (``select_notifications``) and insert each page into a second recorder
@@ -42,6 +47,7 @@ from benchmarks.bench_postgres import DSN
 from benchmarks.figures import Figure, interleaved
 from skyferry.adapters.stores.postgres import PostgresEventStore, PostgresViewStore
 from skyferry.migrate.migrate import Migration
+from skyferry.migrate.sharding import Shard
 from skyferry.migrate.verify import verify_stores
 
 DATA: dict[str, Any] = {"amount": "12.50", "currency": "EUR", "account_id": "acc-0001", "note": "benchmark payload"}
@@ -148,6 +154,21 @@ def run(args: argparse.Namespace) -> list[Figure]:
                 migration = Migration(source, target, views)
                 migration.catch_up()
                 assert migration.report.written == count
+                assert migration.report.write_path == "copy_from"
+                for closable in (views, target, source):
+                    closable.close()
+
+            return work
+
+        def event_path() -> Callable[[], None]:
+            _, url = schemas.store()
+
+            def work() -> None:
+                source, target, views = PostgresEventStore(src_url), PostgresEventStore(url), PostgresViewStore(url)
+                migration = Migration(source, target, views, shard=Shard(0, 1))
+                migration.catch_up()
+                assert migration.report.written == count
+                assert migration.report.write_path == "bulk_append"
                 for closable in (views, target, source):
                     closable.close()
 
@@ -187,7 +208,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
             return work
 
         load_before = os.getloadavg()[0]
-        ours, peer_rate, raw = interleaved(count, [migrate, peer, piped])
+        ours, events_rate, peer_rate, raw = interleaved(count, [migrate, event_path, peer, piped])
         load = f"load {load_before:.2f} -> {os.getloadavg()[0]:.2f}"
         source, target = PostgresEventStore(src_url), PostgresEventStore(targets[-1])
         start = time.perf_counter()
@@ -198,10 +219,13 @@ def run(args: argparse.Namespace) -> list[Figure]:
         if not report.ok:
             raise RuntimeError(f"the copy differs from its source: {report.differences[:3]}")
         name = "migrate PostgreSQL -> PostgreSQL"
+        by_event = f"{name}, event by event"
         return [
             Figure(name, ours, "events/s", peer_rate, "eventsourcing copy loop", 2.5, times=True),
             Figure(name, ours, "events/s", goal_value=130_000, note=load),
             Figure(name, ours, "events/s", raw, "piped binary COPY", note=load),
+            Figure(by_event, events_rate, "events/s", peer_rate, "eventsourcing copy loop", times=True),
+            Figure(by_event, events_rate, "events/s", raw, "piped binary COPY", note=load),
             Figure("verify_stores of the copy (both sides)", verify_rate, "events/s", note="ok"),
         ]
     finally:
