@@ -8,10 +8,11 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from skyferry.core.errors import ConcurrencyError, EventTooLarge, NotSupported, ValidationError
-from skyferry.core.messages import EVENT_SIZE_LIMIT, Event, NewEvent, encode_json
+from skyferry.core.messages import EVENT_SIZE_LIMIT, Event, NewEvent, encode_json, to_micros
 from skyferry.core.ports import (
     ANY,
     EVENT_STORE_FEATURES,
@@ -19,10 +20,12 @@ from skyferry.core.ports import (
     FEATURE_BULK_IN_FLIGHT,
     FEATURE_COPY_FROM,
     FEATURE_COUNT,
+    FEATURE_ROWS,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     NO_STREAM,
     EventStore,
+    RowsEventStore,
     features_of,
     write_limits,
 )
@@ -509,6 +512,7 @@ def test_declared_features_are_known(event_store: EventStore) -> None:
         (FEATURE_TRANSACTIONS_ACROSS_STREAMS, "append_many", ([],)),
         (FEATURE_COUNT, "count_after", (None,)),
         (FEATURE_COPY_FROM, "copy_from", (None, None, 1)),
+        (FEATURE_ROWS, "read_rows", (None, 1)),
     ],
 )
 def test_undeclared_features_are_really_absent(
@@ -544,6 +548,40 @@ def exported(
         )
         for i, v in enumerate(versions)
     ]
+
+
+def test_read_rows_are_read_all_as_the_store_keeps_it(event_store: EventStore) -> None:
+    """Feature ``rows``: the same events, order and positions as ``read_all``, their JSON as
+    text that decodes to the event's, timestamps as exact microseconds (before 1970 too)."""
+    requires(event_store, FEATURE_ROWS)
+    assert isinstance(event_store, RowsEventStore)
+    sid = stream("rows")
+    events = exported(sid, range(1, 6))
+    events[1] = events[1]._replace(
+        data={"z": 1, "a": [1.5, None, "é\n\u2028"], "m": {"b": True}},
+        occurred_at=datetime(1969, 12, 31, 23, 59, 59, 500001, tzinfo=UTC),
+        recorded_at=datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    )
+    events[2] = events[2]._replace(recorded_at=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+    event_store.bulk_append(events)  # type: ignore[attr-defined]
+    every = read_everything(event_store, page=3)
+    rows: list[tuple[object, ...]] = []
+    after: str | None = None
+    while True:
+        page, last = event_store.read_rows(after, 3)
+        if not page:
+            assert last == after
+            break
+        rows.extend(page)
+        after = last
+    assert len(rows) == len(every)
+    assert after == every[-1].position
+    mine = [(row, event) for row, event in zip(rows, every, strict=True) if event.stream_id == sid]
+    assert [event.id for _, event in mine] == [event.id for event in events]
+    for row, event in mine:
+        assert row[1:6] == (event.id, event.stream_id, event.version, event.type, event.schema_version)
+        assert (orjson.loads(row[6]), orjson.loads(row[7])) == (event.data, event.metadata)  # type: ignore[arg-type]
+        assert (row[8], row[9]) == (to_micros(event.occurred_at), to_micros(event.recorded_at))
 
 
 def test_bulk_append_keeps_versions_ids_and_timestamps(event_store: EventStore) -> None:

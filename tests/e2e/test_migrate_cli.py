@@ -313,7 +313,7 @@ def test_summaries_say_what_happened_with_counts_that_add_up_and_what_next(tmp_p
     target, archive = f"sqlite:///{tmp_path}/target.db", str(tmp_path / "archive")
     assert _text(run("migrate", "--from", source, "--to", target)) == (
         f"migrated {source} to {target}: this run 40 read: 40 written, 0 already present "
-        "(write path bulk_append, T, T)\n"
+        "(write path copy_from, T, T)\n"
         f"next: skyferry migrate --from {source} --to {target} --follow to copy new events as they come, "
         "then --cutover\n"
     )

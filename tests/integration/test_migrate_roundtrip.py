@@ -177,7 +177,7 @@ def test_migrate_copies_resumes_from_its_checkpoint_and_follows() -> None:
         resumed.catch_up()
         assert resumed.report.caught_up
         assert resumed.report.lag_seconds == 0.0
-        assert resumed.writer.written == count - 10
+        assert resumed.report.written == count - 10
         source.append("late", [NewEvent(type="Late", data={})], 0)
         assert resumed.copy_once() == 1
         assert verify_stores(source, target).ok

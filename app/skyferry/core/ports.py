@@ -47,6 +47,7 @@ FEATURE_TRANSACTIONS_ACROSS_STREAMS = "transactions_across_streams"
 FEATURE_COUNT = "count"
 FEATURE_BULK_IN_FLIGHT = "bulk_in_flight"
 FEATURE_COPY_FROM = "copy_from"
+FEATURE_ROWS = "rows"
 EVENT_STORE_FEATURES = frozenset(
     {
         FEATURE_BULK_APPEND,
@@ -55,6 +56,7 @@ EVENT_STORE_FEATURES = frozenset(
         FEATURE_COUNT,
         FEATURE_BULK_IN_FLIGHT,
         FEATURE_COPY_FROM,
+        FEATURE_ROWS,
     }
 )
 FEATURE_PUBLISH_BEGIN = "publish_begin"
@@ -247,22 +249,42 @@ class CopiedBatch:
     last_position: str | None
     """The source's position of the last event copied (the position given when none)."""
     last_recorded_at: datetime | None
-    """The newest ``recorded_at`` of the events copied (``None`` when none), for the lag."""
+    """The latest ``recorded_at`` of the events copied (``None`` when none), for the lag."""
+
+
+StoredRow = tuple[Any, str, str, int, str, int, str, str, int, int]
+"""An event as the SQL stores keep it: the source's own position (opaque), ``id``,
+``stream_id``, ``version``, ``type``, ``schema_version``, ``data`` and ``metadata`` as the
+JSON text the store was given, ``occurred_at`` and ``recorded_at`` in microseconds since the
+epoch (UTC)."""
+
+
+@runtime_checkable
+class RowsEventStore(EventStore, Protocol):
+    """Feature ``rows``: ``read_all`` as the rows the store keeps, without decoding them,
+    for another store's :meth:`CopyingEventStore.copy_from`."""
+
+    def read_rows(self, after: str | None, limit: int) -> tuple[list[StoredRow], str | None]:
+        """The (at most) ``limit`` events ``read_all(after, limit)`` would give, as
+        :data:`StoredRow` tuples, and the position of the last (``after`` when none).
+        Their JSON was validated when they were appended."""
+        ...
 
 
 @runtime_checkable
 class CopyingEventStore(BulkAppendEventStore, Protocol):
-    """Feature ``copy_from``: a migration's batch moved from a store of the same technology
-    as the bytes it stores, without building an event per event.
+    """Feature ``copy_from``: a migration's batch moved as the rows its source keeps,
+    without building an event per event.
 
     The result is what ``bulk_append`` of the same events, read with ``read_all``, would
-    store: the same fields, new positions in the source's order.  A store declares it
-    where its servers can hand rows over as they are kept (PostgreSQL: binary ``COPY`` out
-    of one, into the other), so the per-event work of decoding and encoding is left out.
+    store: the same fields, new positions in the source's order.  SQLite and PostgreSQL
+    declare it and copy from any store with the feature ``rows`` (theirs); PostgreSQL
+    copies from PostgreSQL server to server (binary ``COPY`` out of one, into the other),
+    so its client does not even touch the fields.
     """
 
     def copies_from(self, source: EventStore) -> bool:
-        """Whether :meth:`copy_from` can read ``source`` (a store of its own technology)."""
+        """Whether :meth:`copy_from` can read ``source``."""
         ...
 
     def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:

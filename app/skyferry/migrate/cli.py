@@ -418,7 +418,7 @@ def migrate_command(
             "--batch",
             metavar="N",
             min=1,
-            help="Events per read and write, and per checkpoint [default: 5000; 20000 PostgreSQL to PostgreSQL].",
+            help="Events per read and write, and per checkpoint [default: 5000; 20000 by copy_from].",
         ),
     ] = None,
     shard: ShardOpt = None,

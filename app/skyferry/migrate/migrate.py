@@ -4,11 +4,12 @@ The copy tails the source's ``read_all`` from the checkpoint kept in the target'
 store, writes through :class:`~skyferry.migrate.writer.TargetWriter` (``bulk_append`` when the
 target has it, ``concurrency`` writes in flight) and commits the source position after each
 batch, once every write of it is stored, so a killed migration
-resumes where it stopped.  Where the target copies from a source of its own technology
-(feature ``copy_from``: PostgreSQL into PostgreSQL) and the migration neither shards nor
-transforms, each batch goes from server to server as stored rows instead (write path
-``copy_from``), checked as a batch; a batch that needs checking event by event (the first
-one of a resumed copy) still goes the first way.  With ``follow`` it keeps polling once caught up, reporting the
+resumes where it stopped.  Where the target copies from the source (feature
+``copy_from``: SQLite and PostgreSQL, from each other and themselves) and the migration
+neither shards nor transforms, each batch goes as the rows the source keeps instead
+(write path ``copy_from``; PostgreSQL into PostgreSQL from server to server), checked as
+a batch; a batch that needs checking event by event (the first one of a resumed copy)
+still goes the first way.  With ``follow`` it keeps polling once caught up, reporting the
 lag; a cutover fences writes on the source, drains what is left, verifies, and reports.
 """
 
@@ -35,7 +36,7 @@ from skyferry.migrate.writer import CONCURRENCY, TargetWriter, check_concurrency
 
 READ_BATCH = 5000
 COPY_BATCH = 20_000
-"""Events per batch on the ``copy_from`` path, whose rows stream from server to server
+"""Events per batch on the ``copy_from`` path, which holds a page of rows at a time, or none
 (memory does not grow with it): fewer checkpoints and commits a copy."""
 FIRST_BATCH = 1000
 """The first read of a catch-up is smaller, so that the writer starts while the reader fetches more."""

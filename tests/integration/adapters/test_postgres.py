@@ -26,7 +26,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -537,14 +536,14 @@ def test_copy_from_of_an_id_stored_in_another_stream_is_refused_whole(
     assert [e.stream_id for e in target.read_all(limit=1000)] == ["elsewhere"]
 
 
-def test_copy_from_reads_only_postgresql_stores_and_checks_its_limit(
-    pair: tuple[PostgresEventStore, PostgresEventStore], tmp_path: Path
+def test_copy_from_refuses_a_store_without_rows_and_checks_its_limit(
+    pair: tuple[PostgresEventStore, PostgresEventStore],
 ) -> None:
     source, target = pair
-    other = open_event_store(f"sqlite:///{tmp_path}/other.db")
+    other = open_event_store("memory://")
     try:
         assert not target.copies_from(other)
-        with pytest.raises(ValidationError, match="PostgreSQL stores only"):
+        with pytest.raises(ValidationError, match="PostgreSQL stores and stores with rows"):
             target.copy_from(other, None, 10)
         with pytest.raises(ValidationError, match="limit"):
             target.copy_from(source, None, 0)
@@ -555,19 +554,21 @@ def test_copy_from_reads_only_postgresql_stores_and_checks_its_limit(
 def test_copy_from_that_fails_midway_stores_nothing_and_a_rerun_copies_all(
     pair: tuple[PostgresEventStore, PostgresEventStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The source's connection dies while its rows stream: the target's transaction rolls
-    back, the error is transient, and the same call again copies the batch."""
+    """The target's connection dies while the rows stream into its COPY: its transaction
+    rolls back, the error is transient, and the same call again copies the batch."""
     source, target = pair
     source.bulk_append(history(20, 50))
     name = f"copy-{uuid.uuid4().hex[:8]}"
-    dying = PostgresEventStore(f"{source.url}&application_name={name}&pool_min=1&pool_max=1")
+    dying = PostgresEventStore(f"{target.url}&application_name={name}&pool_min=1&pool_max=1")
     killed = threading.Event()
 
     def kill_when_copying() -> None:
         with admin() as conn:
             for _ in range(5000):
                 row = conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND query LIKE 'COPY%%'", [name]
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND state = 'active'"
+                    " AND query LIKE 'COPY%%'",
+                    [name],
                 ).fetchone()
                 if row:
                     conn.execute("SELECT pg_terminate_backend(%s)", [row[0]])
@@ -578,7 +579,7 @@ def test_copy_from_that_fails_midway_stores_nothing_and_a_rerun_copies_all(
     write = psycopg.Copy.write
 
     def slow_write(self: psycopg.Copy, data: bytes) -> None:
-        time.sleep(0.0005)  # rows trickle: time for the killer to see the COPY
+        time.sleep(0.0005)  # rows trickle: the COPY stays open until the killer has seen it
         write(self, data)
 
     try:
@@ -586,12 +587,12 @@ def test_copy_from_that_fails_midway_stores_nothing_and_a_rerun_copies_all(
         killer = threading.Thread(target=kill_when_copying)
         killer.start()
         with pytest.raises(TransientError):
-            target.copy_from(dying, None, 1000)
+            dying.copy_from(source, None, 1000)
         killer.join(10)
         assert killed.is_set()
         monkeypatch.undo()
         assert target.read_all(limit=10) == []
-        copied = target.copy_from(dying, None, 1000)
+        copied = dying.copy_from(source, None, 1000)
         assert copied is not None
         assert copied.events == 1000
         assert [e.id for e in target.read_all(limit=1000)] == [e.id for e in source.read_all(limit=1000)]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 
 from skyferry.core.errors import ValidationError
-from skyferry.core.messages import NewEvent, check_append, plainly_valid, validate_stream_id
+from skyferry.core.messages import NewEvent, check_append, from_micros, plainly_valid, validate_stream_id
+from skyferry.core.ports import CopiedBatch, RowsEventStore, StoredRow
 
 _CANONICAL_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -76,3 +77,73 @@ def encode_append(stream_id: str, events: Sequence[NewEvent], *, sort_keys: bool
     if not encoded:
         check_append(stream_id, list(events))  # raises: nothing to append
     return encoded
+
+
+ROWS_PAGE: Final = 5000
+"""Rows read from a source at a time by :func:`copy_rows` (what one page holds in memory)."""
+
+
+class NeedsEvents(Exception):
+    """Internal: a ``copy_from`` batch that ``bulk_append`` must judge event by event; raised
+    inside the target's transaction, so nothing of the call is written."""
+
+
+def check_rows(
+    rows: Sequence[StoredRow], current: dict[str, int], heads: Callable[[list[str]], Mapping[str, int]]
+) -> None:
+    """Check that ``rows`` continue each of their streams, contiguously, from ``current`` (the
+    versions known so far, which this updates; ``heads`` reads those of streams not in it,
+    absent meaning 0).  :class:`NeedsEvents` when they do not (a stream already holding
+    some of them, a gap, a stream id this store refuses)."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for row in rows:
+        stream_id, version = row[2], row[3]
+        previous = last.get(stream_id)
+        if previous is None:
+            first[stream_id] = version
+        elif version != previous + 1:
+            raise NeedsEvents
+        last[stream_id] = version
+    unknown = [stream_id for stream_id in first if stream_id not in current]
+    if unknown:
+        try:
+            for stream_id in unknown:
+                validate_stream_id(stream_id)
+        except ValidationError as e:
+            raise NeedsEvents from e
+        found = heads(unknown)
+        for stream_id in unknown:
+            current[stream_id] = found.get(stream_id, 0)
+    for stream_id, version in first.items():
+        if version != current[stream_id] + 1:
+            raise NeedsEvents
+        current[stream_id] = last[stream_id]
+
+
+def copy_rows(
+    source: RowsEventStore,
+    after: str | None,
+    limit: int,
+    heads: Callable[[list[str]], Mapping[str, int]],
+    write: Callable[[list[StoredRow]], None],
+) -> tuple[CopiedBatch, dict[str, int]]:
+    """The rows half of ``copy_from``, inside the target's write transaction: read up to
+    ``limit`` rows of ``source`` a page at a time, check each page (:func:`check_rows`) and
+    ``write`` it; return what was copied and each stream's last version."""
+    check_limit(limit, minimum=1)
+    current: dict[str, int] = {}
+    copied, position, end = 0, after, None
+    while copied < limit:
+        page = min(ROWS_PAGE, limit - copied)
+        rows, position = source.read_rows(position, page)
+        if not rows:
+            break
+        check_rows(rows, current, heads)
+        write(rows)
+        copied += len(rows)
+        newest = max(row[9] for row in rows)
+        end = newest if end is None else max(end, newest)
+        if len(rows) < page:
+            break
+    return CopiedBatch(copied, position, None if end is None else from_micros(end)), current

@@ -45,7 +45,14 @@ from urllib.request import pathname2url
 import orjson
 from orjson import loads as _loads
 
-from skyferry.adapters.stores._common import PREFIX_END, check_limit, encode_append, field_equals
+from skyferry.adapters.stores._common import (
+    PREFIX_END,
+    NeedsEvents,
+    check_limit,
+    copy_rows,
+    encode_append,
+    field_equals,
+)
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import (
     Event,
@@ -57,12 +64,18 @@ from skyferry.core.messages import (
 )
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
+    FEATURE_COPY_FROM,
     FEATURE_COUNT,
+    FEATURE_ROWS,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
+    CopiedBatch,
     Doc,
+    EventStore,
     ExpectedVersion,
+    RowsEventStore,
+    StoredRow,
     StreamState,
     ViewChange,
     expected_as_int,
@@ -115,6 +128,11 @@ _COLUMNS: Final = (
 _INSERT: Final = (
     "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
     "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ROW_COLUMNS: Final = "position, id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
+_INSERT_ROWS: Final = (  # a StoredRow: its first field, the source's position, is not stored
+    "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
+    "recorded_at) VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
 )
 _CHUNK: Final = 500
 _CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -444,12 +462,20 @@ def _expected_text(expected: ExpectedVersion) -> object:
 class SQLiteEventStore:
     """The event store on a SQLite file (see the module docstring for the URL and durability).
 
-    Features: ``bulk_append`` (``executemany`` in one transaction), ``temporal`` (an index
-    on ``stream_id, recorded_at``) and ``transactions_across_streams`` (one transaction).
+    Features: ``bulk_append`` (``executemany`` in one transaction), ``copy_from`` (another
+    store's rows, ``executemany`` as they are), ``count``, ``rows``, ``temporal`` (an index on
+    ``stream_id, recorded_at``) and ``transactions_across_streams`` (one transaction).
     """
 
     features: frozenset[str] = frozenset(
-        {FEATURE_BULK_APPEND, FEATURE_COUNT, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
+        {
+            FEATURE_BULK_APPEND,
+            FEATURE_COPY_FROM,
+            FEATURE_COUNT,
+            FEATURE_ROWS,
+            FEATURE_TEMPORAL,
+            FEATURE_TRANSACTIONS_ACROSS_STREAMS,
+        }
     )
 
     def __init__(self, url: str, connection: sqlite3.Connection | None = None, *, existing: bool = False) -> None:
@@ -606,7 +632,48 @@ class SQLiteEventStore:
 
         return self._conn.write(work)
 
+    def copies_from(self, source: EventStore) -> bool:
+        """Whether :meth:`copy_from` reads ``source``: a store with the feature ``rows``."""
+        return FEATURE_ROWS in getattr(source, "features", ()) and isinstance(source, RowsEventStore)
+
+    def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:
+        """Copy the next ``limit`` events of ``source`` as the rows it keeps (feature ``copy_from``).
+
+        In one write transaction: the source's rows are read a page at a time, each page's
+        streams checked to continue this store's (see
+        :func:`~skyferry.adapters.stores._common.check_rows`) and inserted as they are, with
+        one ``executemany``: no event is decoded or encoded.  ``None`` (nothing written) where
+        ``bulk_append`` must judge the batch event by event (see the port).
+        """
+        if not self.copies_from(source):
+            raise ValidationError(f"copy_from reads stores with the feature rows, not {source.url}")
+        assert isinstance(source, RowsEventStore)
+
+        def work(db: sqlite3.Connection) -> CopiedBatch:
+            def write(rows: list[StoredRow]) -> None:
+                try:
+                    db.executemany(_INSERT_ROWS, rows)
+                except sqlite3.IntegrityError as e:  # the unique id: versions were checked
+                    raise ConcurrencyError(
+                        "(import)", "new ids", -1, f"an event id of this copy is already stored elsewhere: {e}"
+                    ) from e
+
+            return copy_rows(source, after, limit, lambda streams: _current_versions(db, streams), write)[0]
+
+        try:
+            return self._conn.write(work)
+        except NeedsEvents:
+            return None
+
     # -- reading -------------------------------------------------------------------------
+
+    def read_rows(self, after: str | None, limit: int) -> tuple[list[StoredRow], str | None]:
+        """``read_all`` as the rows this store keeps (feature ``rows``): no JSON is decoded."""
+        check_limit(limit, minimum=1)
+        start = -1 if after is None else _position(after)
+        sql = f"SELECT {_ROW_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        rows: list[StoredRow] = self._conn.run(lambda db: db.execute(sql, (start, limit)).fetchall())
+        return rows, str(rows[-1][0]) if rows else after
 
     def read_stream(
         self,

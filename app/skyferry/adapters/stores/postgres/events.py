@@ -36,7 +36,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from skyferry.adapters.stores._common import check_limit, encode_append
+from skyferry.adapters.stores._common import NeedsEvents, check_limit, copy_rows, encode_append
 from skyferry.adapters.stores.postgres.client import (
     PostgresDatabase,
     _rendered,
@@ -54,12 +54,14 @@ from skyferry.adapters.stores.postgres.rows import (
     _COPY_BINARY_TRAILER,
     _COPY_BLOCK_ROWS,
     _COPY_FROM,
+    _ROW_COLUMNS,
     _appended_rows_binary,
     _binary_ready,
     _copy_rows,
     _copy_rows_binary,
     _events,
     _positioned_rows,
+    _stored_rows_binary,
 )
 from skyferry.core.errors import (
     ConcurrencyError,
@@ -77,12 +79,15 @@ from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
     FEATURE_COPY_FROM,
     FEATURE_COUNT,
+    FEATURE_ROWS,
     FEATURE_TEMPORAL,
     FEATURE_TRANSACTIONS_ACROSS_STREAMS,
     AppendResult,
     CopiedBatch,
     EventStore,
     ExpectedVersion,
+    RowsEventStore,
+    StoredRow,
     expected_as_int,
     resolve_conflict,
 )
@@ -92,11 +97,19 @@ _ANY_RETRIES: Final = 50
 
 class PostgresEventStore:
     """Event store in a PostgreSQL schema; features ``bulk_append`` (COPY), ``copy_from``
-    (another PostgreSQL store's rows, piped), ``count``, ``temporal``,
-    ``transactions_across_streams``.  See the module docstring for the gap-free ``read_all``."""
+    (another PostgreSQL store's rows piped from server to server, another store's rows by
+    binary COPY), ``count``, ``rows``, ``temporal``, ``transactions_across_streams``.  See the
+    module docstring for the gap-free ``read_all``."""
 
     features: frozenset[str] = frozenset(
-        {FEATURE_BULK_APPEND, FEATURE_COPY_FROM, FEATURE_COUNT, FEATURE_TEMPORAL, FEATURE_TRANSACTIONS_ACROSS_STREAMS}
+        {
+            FEATURE_BULK_APPEND,
+            FEATURE_COPY_FROM,
+            FEATURE_COUNT,
+            FEATURE_ROWS,
+            FEATURE_TEMPORAL,
+            FEATURE_TRANSACTIONS_ACROSS_STREAMS,
+        }
     )
 
     def __init__(self, url: str, *, client: ConnectionPool | None = None, existing: bool = False) -> None:
@@ -165,6 +178,9 @@ class PostgresEventStore:
                 " (SELECT stream_id, version, position, recorded_at FROM {} WHERE position > %s"
                 " ORDER BY position LIMIT %s) AS b GROUP BY stream_id"
             ).format(t)
+        )
+        self._rows_sql = _rendered(
+            sql.SQL("SELECT " + _ROW_COLUMNS + " FROM {} WHERE position > %s ORDER BY position LIMIT %s").format(t)
         )
         self._read_all_sql = _rendered(
             sql.SQL("SELECT " + _COLUMNS + ", position FROM {} WHERE position > %s ORDER BY position LIMIT %s").format(
@@ -341,73 +357,86 @@ class PostgresEventStore:
             validate_stream_id(stream_id)
         t = self.db.table("events")
         fresh: list[Event] = []
-        with self.db.connection("importing events") as conn:
-            try:
-                with conn.transaction():
-                    conn.execute(self._lock_sql)
-                    heads = self._heads(conn, streams)
-                    # One pass in the order given: each event continues its stream (new), or
-                    # lies at or below the stored head (must be stored with the same id).
-                    current = dict(heads)
-                    old: list[Event] = []
-                    for event in events:
-                        stream_id, version = event[1], event[2]
-                        head = current.get(stream_id, 0)
-                        if version == head + 1:
-                            current[stream_id] = version
-                            fresh.append(event)
-                        elif version <= heads.get(stream_id, 0):
-                            old.append(event)
-                        else:
+        with self.db.connection("importing events") as conn, _ids_checked():
+            with conn.transaction():
+                conn.execute(self._lock_sql)
+                heads = self._heads(conn, streams)
+                # One pass in the order given: each event continues its stream (new), or
+                # lies at or below the stored head (must be stored with the same id).
+                current = dict(heads)
+                old: list[Event] = []
+                for event in events:
+                    stream_id, version = event[1], event[2]
+                    head = current.get(stream_id, 0)
+                    if version == head + 1:
+                        current[stream_id] = version
+                        fresh.append(event)
+                    elif version <= heads.get(stream_id, 0):
+                        old.append(event)
+                    else:
+                        raise ConcurrencyError(stream_id, version - 1, head, f"version {version} does not continue it")
+                if old:
+                    rows = conn.execute(
+                        sql.SQL(
+                            "SELECT e.stream_id, e.version, e.id::text FROM {} e"
+                            " JOIN unnest(%s::text[], %s::int[]) AS k(stream_id, version)"
+                            " ON e.stream_id = k.stream_id AND e.version = k.version"
+                        ).format(t),
+                        [[e.stream_id for e in old], [e.version for e in old]],
+                    )
+                    stored = {(row[0], row[1]): row[2] for row in rows}
+                    for event in old:
+                        if stored.get((event.stream_id, event.version)) != event.id:
                             raise ConcurrencyError(
-                                stream_id, version - 1, head, f"version {version} does not continue it"
+                                event.stream_id,
+                                event.version - 1,
+                                heads.get(event.stream_id, 0),
+                                f"version {event.version} holds another event than {event.id}",
                             )
-                    if old:
-                        rows = conn.execute(
-                            sql.SQL(
-                                "SELECT e.stream_id, e.version, e.id::text FROM {} e"
-                                " JOIN unnest(%s::text[], %s::int[]) AS k(stream_id, version)"
-                                " ON e.stream_id = k.stream_id AND e.version = k.version"
-                            ).format(t),
-                            [[e.stream_id for e in old], [e.version for e in old]],
-                        )
-                        stored = {(row[0], row[1]): row[2] for row in rows}
-                        for event in old:
-                            if stored.get((event.stream_id, event.version)) != event.id:
-                                raise ConcurrencyError(
-                                    event.stream_id,
-                                    event.version - 1,
-                                    heads.get(event.stream_id, 0),
-                                    f"version {event.version} holds another event than {event.id}",
-                                )
-                        _copy_rows(old)  # validated, not written
-                    if fresh:
-                        self._copy(conn, fresh)
-                    top = conn.execute(self._top_sql).fetchone()
-                self._bulk_heads = (top[0] if top else None, {s: current.get(s, 0) for s in streams})
-            except psycopg.errors.UniqueViolation as e:
-                raise _id_stored_elsewhere(e) from e
+                    _copy_rows(old)  # validated, not written
+                if fresh:
+                    self._copy(conn, fresh)
+                top = conn.execute(self._top_sql).fetchone()
+            self._bulk_heads = (top[0] if top else None, {s: current.get(s, 0) for s in streams})
         return len(fresh)
 
     def copies_from(self, source: EventStore) -> bool:
-        """Whether :meth:`copy_from` reads ``source``: another PostgreSQL store (any server)."""
-        return isinstance(source, PostgresEventStore)
+        """Whether :meth:`copy_from` reads ``source``: another PostgreSQL store (any server),
+        or a store with the feature ``rows``."""
+        return isinstance(source, PostgresEventStore) or (
+            FEATURE_ROWS in getattr(source, "features", ()) and isinstance(source, RowsEventStore)
+        )
 
     def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:
-        """Copy the next ``limit`` events of another PostgreSQL store as their stored rows (feature ``copy_from``).
+        """Copy the next ``limit`` events of ``source`` as the rows it keeps (feature ``copy_from``).
 
-        One query of the source gives each stream's first and last version in the batch
-        and the batch's last position; the streams are checked against this store's heads
-        under the append lock; then ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` on the
-        source is piped into ``COPY ... FROM STDIN (FORMAT BINARY)`` here, block by block,
-        in one transaction.  The rows are the source's own (both tables have this
-        schema's columns, so its binary tuples are this table's), positions are new and
-        in the source's order.  ``None`` (nothing written) where ``bulk_append`` must
-        judge the batch event by event (see the port).
+        From another PostgreSQL store, server to server: one query of the source gives
+        each stream's first and last version in the batch and the batch's last position;
+        the streams are checked against this store's heads under the append lock; then
+        ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` on the source is piped into
+        ``COPY ... FROM STDIN (FORMAT BINARY)`` here, block by block, in one transaction.
+        Both tables have this schema's columns, so the source's binary tuples are this
+        table's: the client never looks inside them.
+
+        From another store with the feature ``rows`` (SQLite): its rows are read a page at a
+        time, each page checked as above and written by binary ``COPY`` with its JSON as
+        it is, in one transaction.
+
+        New positions follow the source's order.  ``None`` (nothing written) where
+        ``bulk_append`` must judge the batch event by event (see the port).
         """
-        if not isinstance(source, PostgresEventStore):
-            raise ValidationError(f"copy_from reads PostgreSQL stores only, not {source.url}")
+        if not self.copies_from(source):
+            raise ValidationError(f"copy_from reads PostgreSQL stores and stores with rows, not {source.url}")
         check_limit(limit, minimum=1)
+        try:
+            if isinstance(source, PostgresEventStore):
+                return self._copy_from_server(source, after, limit)
+            assert isinstance(source, RowsEventStore)
+            return self._copy_from_rows(source, after, limit)
+        except NeedsEvents:
+            return None
+
+    def _copy_from_server(self, source: PostgresEventStore, after: str | None, limit: int) -> CopiedBatch:
         start = decode_position(after)
         with source.db.connection("reading events to copy") as reading:
             batch = reading.execute(source._batch_sql, [start, limit]).fetchall()
@@ -419,31 +448,45 @@ class PostgresEventStore:
                 "COPY (SELECT id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
                 " FROM {} WHERE position > {} AND position <= {} ORDER BY position) TO STDOUT (FORMAT BINARY)"
             ).format(source.db.table("events"), sql.Literal(start), sql.Literal(top))
-            with self.db.connection("copying events") as conn:
-                try:
-                    with conn.transaction():
-                        conn.execute(self._lock_sql)
-                        heads = self._heads(conn, streams)
-                        for stream_id, first, last, events, _, _ in batch:
-                            if first != heads.get(stream_id, 0) + 1 or last - first + 1 != events:
-                                return None
-                        with (
-                            reading.cursor() as cursor,
-                            cursor.copy(copy_out) as rows,
-                            conn.cursor().copy(self._copy_binary_sql) as into,
-                        ):
-                            for block in rows:
-                                into.write(block)
-                            if cursor.rowcount != count:  # every row read is written, or the COPY fails
-                                raise TransientError(
-                                    f"{source.url} gave {cursor.rowcount} events where it had counted {count}"
-                                    " (nothing was copied; run the command again)"
-                                )
-                        stored = conn.execute(self._top_sql).fetchone()
-                    self._bulk_heads = (stored[0] if stored else None, {row[0]: row[2] for row in batch})
-                except psycopg.errors.UniqueViolation as e:
-                    raise _id_stored_elsewhere(e) from e
+            with self.db.connection("copying events") as conn, _ids_checked():
+                with conn.transaction():
+                    conn.execute(self._lock_sql)
+                    heads = self._heads(conn, streams)
+                    for stream_id, first, last, events, _, _ in batch:
+                        if first != heads.get(stream_id, 0) + 1 or last - first + 1 != events:
+                            raise NeedsEvents
+                    with (
+                        reading.cursor() as cursor,
+                        cursor.copy(copy_out) as rows,
+                        conn.cursor().copy(self._copy_binary_sql) as into,
+                    ):
+                        for block in rows:
+                            into.write(block)
+                        if cursor.rowcount != count:  # every row read is written, or the COPY fails
+                            raise TransientError(
+                                f"{source.url} gave {cursor.rowcount} events where it had counted {count}"
+                                " (nothing was copied; run the command again)"
+                            )
+                    stored = conn.execute(self._top_sql).fetchone()
+                self._bulk_heads = (stored[0] if stored else None, {row[0]: row[2] for row in batch})
         return CopiedBatch(count, encode_position(top), max(row[5] for row in batch))
+
+    def _copy_from_rows(self, source: RowsEventStore, after: str | None, limit: int) -> CopiedBatch:
+        with self.db.connection("copying events") as conn, _ids_checked():
+            with conn.transaction():
+                conn.execute(self._lock_sql)
+
+                def write(rows: list[StoredRow]) -> None:
+                    tuples = _stored_rows_binary(rows)
+                    if tuples is None:
+                        raise NeedsEvents
+                    with conn.cursor().copy(self._copy_binary_sql) as copy:
+                        copy.write(b"".join((_COPY_BINARY_HEADER, *tuples, _COPY_BINARY_TRAILER)))
+
+                copied, heads = copy_rows(source, after, limit, lambda streams: self._heads(conn, streams), write)
+                stored = conn.execute(self._top_sql).fetchone()
+            self._bulk_heads = (stored[0] if stored else None, heads)
+        return copied
 
     def _heads(self, conn: psycopg.Connection[Any], streams: list[str]) -> dict[str, int]:
         """The current version of each of ``streams`` that has events (under the append lock).
@@ -534,6 +577,14 @@ class PostgresEventStore:
                 return
             query, after = more.format(table, bound), rows[-1][0]
 
+    def read_rows(self, after: str | None, limit: int) -> tuple[list[StoredRow], str | None]:
+        """``read_all`` as the rows this store keeps (feature ``rows``): JSON as its text,
+        timestamps as microseconds (computed by the server), nothing decoded."""
+        check_limit(limit, minimum=1)
+        with self.db.connection("reading all events") as conn:
+            rows = conn.cursor(binary=True).execute(self._rows_sql, [decode_position(after), limit]).fetchall()
+        return rows, encode_position(rows[-1][0]) if rows else after
+
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Events after ``after`` in commit order of positions (gap-free, see the module docstring)."""
         with self.db.connection("reading all events") as conn:
@@ -560,9 +611,14 @@ class PostgresEventStore:
         self.db.close()
 
 
-def _id_stored_elsewhere(e: psycopg.errors.UniqueViolation) -> ConcurrencyError:
-    """The error of a bulk write holding an event id this store keeps in another stream."""
-    detail = e.diag.message_detail or str(e)
-    return ConcurrencyError(
-        "(import)", "new ids", -1, f"an event id of this import is already stored elsewhere: {detail}"
-    )
+@contextlib.contextmanager
+def _ids_checked() -> Iterator[None]:
+    """Inside the connection's error translation: a bulk write holding an event id this
+    store keeps in another stream is a :class:`ConcurrencyError` saying so."""
+    try:
+        yield
+    except psycopg.errors.UniqueViolation as e:
+        detail = e.diag.message_detail or str(e)
+        raise ConcurrencyError(
+            "(import)", "new ids", -1, f"an event id of this import is already stored elsewhere: {detail}"
+        ) from e

@@ -22,9 +22,20 @@ from skyferry.core.messages import (
     encode_json,
     plainly_valid,
 )
+from skyferry.core.ports import StoredRow
 
 _COLUMNS: Final = (
     "id::text, stream_id, version, type, schema_version, data::text, metadata::text, occurred_at, recorded_at"
+)
+_MICROS: Final = (  # a timestamptz as microseconds since the Unix epoch, exactly on any server version
+    "(extract(epoch FROM date_trunc('second', {0}))::bigint * 1000000"
+    " + extract(microseconds FROM {0})::bigint %% 1000000)"  # %%: psycopg's placeholder escape
+)
+_ROW_COLUMNS: Final = (  # a StoredRow
+    "position, id::text, stream_id, version, type, schema_version, data::text, metadata::text, "
+    + _MICROS.format("occurred_at")
+    + ", "
+    + _MICROS.format("recorded_at")
 )
 
 
@@ -219,6 +230,33 @@ def _copy_rows_binary(events: Sequence[Event]) -> list[bytes]:
             )
         )
     return rows
+
+
+def _stored_rows_binary(rows: Sequence[StoredRow]) -> list[bytes] | None:
+    """The binary COPY tuples of another store's rows (``copy_from``), as they are: no JSON
+    decoded or encoded.  ``None`` when the binary format would not store them exactly as
+    ``bulk_append`` would (an id not canonical, a version or schema version outside 32
+    bits): then ``bulk_append`` must take them."""
+    fromhex, fullmatch, int4, epoch = bytes.fromhex, _CANONICAL_ID.fullmatch, _INT4, _PG_EPOCH_MICROS
+    tuples: list[bytes] = []
+    append = tuples.append
+    for _, event_id, stream_id, version, event_type, schema_version, data, metadata, occurred, recorded in rows:
+        if fullmatch(event_id) is None or version not in int4 or schema_version not in int4:
+            return None
+        append(
+            _binary_row(
+                fromhex(event_id.replace("-", "")),
+                stream_id.encode(),
+                version,
+                event_type,
+                schema_version,
+                data.encode(),
+                metadata.encode(),
+                occurred - epoch,
+                recorded - epoch,
+            )
+        )
+    return tuples
 
 
 def _binary_row(
