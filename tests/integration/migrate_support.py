@@ -144,3 +144,23 @@ def write_archive(
 def sized_data(size: int) -> dict[str, str]:
     """``data`` whose canonical JSON is ``size`` bytes (with empty metadata: 2 bytes more)."""
     return {"pad": "z" * (size - len(orjson.dumps({"pad": ""})))}
+
+
+def awkward_history(streams: int, per_stream: int, prefix: str = "s") -> list[Event]:
+    """Interleaved events with awkward text and timestamps (before 1970, microseconds)."""
+    tricky = {"text": 'tab\tnew\nline\\ "q" \u00e9\u2028\U0001f600', "z": [1, 2.5, None], "a": {}, "big": 2**63 - 1}
+    return [
+        Event(
+            str(uuid.uuid4()),
+            f"{prefix}-{s}" if s % 2 else f"tenant/ü.{prefix}{s}",
+            version,
+            "Type \\ é",
+            1 + version % 3,
+            {**tricky, "n": version * 100 + s},
+            {"m": f"{s}"},
+            datetime(1969, 12, 31, 23, 59, 59, version, tzinfo=UTC),
+            datetime(2026, 3, 4, 5, 6, 7, s, tzinfo=UTC),
+        )
+        for version in range(1, per_stream + 1)
+        for s in range(streams)
+    ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 
@@ -21,6 +20,7 @@ from skyferry.core.messages import Event
 from skyferry.core.ports import CopyingEventStore, EventStore
 from skyferry.migrate.migrate import Migration
 from skyferry.migrate.verify import verify_stores
+from tests.integration.migrate_support import awkward_history as history
 from tests.integration.migrate_support import opened, store_url
 
 PAIRS = [("sqlite", "sqlite"), ("sqlite", "postgresql"), ("postgresql", "sqlite"), ("postgresql", "postgresql")]
@@ -44,26 +44,6 @@ def stores(request: pytest.FixtureRequest) -> Iterator[tuple[EventStore, Copying
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     """Three rows a page, so that one call reads, checks and writes several."""
     monkeypatch.setattr(_common, "ROWS_PAGE", 3)
-
-
-def history(streams: int, per_stream: int, prefix: str = "s") -> list[Event]:
-    """Interleaved events with awkward text and timestamps (before 1970, microseconds)."""
-    tricky = {"text": 'tab\tnew\nline\\ "q" \u00e9\u2028\U0001f600', "z": [1, 2.5, None], "a": {}, "big": 2**63 - 1}
-    return [
-        Event(
-            str(uuid.uuid4()),
-            f"{prefix}-{s}" if s % 2 else f"tenant/ü.{prefix}{s}",
-            version,
-            "Type \\ é",
-            1 + version % 3,
-            {**tricky, "n": version * 100 + s},
-            {"m": f"{s}"},
-            datetime(1969, 12, 31, 23, 59, 59, version, tzinfo=UTC),
-            datetime(2026, 3, 4, 5, 6, 7, s, tzinfo=UTC),
-        )
-        for version in range(1, per_stream + 1)
-        for s in range(streams)
-    ]
 
 
 def everything(store: EventStore) -> list[Event]:
