@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 
 import orjson
@@ -130,20 +131,29 @@ def copy_rows(
 ) -> tuple[CopiedBatch, dict[str, int]]:
     """The rows half of ``copy_from``, inside the target's write transaction: read up to
     ``limit`` rows of ``source`` a page at a time, check each page (:func:`check_rows`) and
-    ``write`` it; return what was copied and each stream's last version."""
+    ``write`` it; return what was copied and each stream's last version.
+
+    The next page is read in a second thread while this one is written (so the source's
+    reading overlaps the target's writing): two pages in memory at most.
+    """
     check_limit(limit, minimum=1)
     current: dict[str, int] = {}
     copied, position, end = 0, after, None
-    while copied < limit:
-        page = min(ROWS_PAGE, limit - copied)
-        rows, position = source.read_rows(position, page)
-        if not rows:
-            break
-        check_rows(rows, current, heads)
-        write(rows)
-        copied += len(rows)
-        newest = max(row[9] for row in rows)
-        end = newest if end is None else max(end, newest)
-        if len(rows) < page:
-            break
+    with ThreadPoolExecutor(1, thread_name_prefix="skyferry-copy-read") as reader:
+        page = min(ROWS_PAGE, limit)
+        ahead: Future[tuple[list[StoredRow], str | None]] | None = reader.submit(source.read_rows, position, page)
+        while ahead is not None:
+            rows, position = ahead.result()
+            ahead = None
+            if not rows:
+                break
+            check_rows(rows, current, heads)
+            left = limit - copied - len(rows)
+            if len(rows) == page and left > 0:
+                page = min(ROWS_PAGE, left)
+                ahead = reader.submit(source.read_rows, position, page)
+            write(rows)
+            copied += len(rows)
+            newest = max(row[9] for row in rows)
+            end = newest if end is None else max(end, newest)
     return CopiedBatch(copied, position, None if end is None else from_micros(end)), current
