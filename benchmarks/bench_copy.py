@@ -21,7 +21,10 @@ sides taking turns, every round into a fresh schema):
   driver: the floor of the server's own work.
 
 Goals: migrate >= 2.5x the peer's copy loop, and >= 130,000 events/s.  Then one more figure:
-``verify_stores`` of the copy (both sides read once, each stream's chain compared).
+``verify_stores`` of the copy (both sides read once, each stream's chain compared).  Then
+SQLite -> PostgreSQL and PostgreSQL -> SQLite (half as many events): ``copy_from`` (the
+rows the source keeps, a page at a time, no event decoded) beside the event path, each
+interleaved with the other.
 The server is ``SKYFERRY_BENCH_POSTGRES_DSN`` as in ``bench_postgres``; every schema this
 module creates is dropped at the end.
 """
@@ -29,11 +32,14 @@ module creates is dropped at the end.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -45,7 +51,8 @@ from psycopg import sql
 from benchmarks.bench_peer import postgres_peer
 from benchmarks.bench_postgres import DSN
 from benchmarks.figures import Figure, interleaved
-from skyferry.adapters.stores.postgres import PostgresEventStore, PostgresViewStore
+from skyferry.adapters.registry import open_event_store, open_view_store
+from skyferry.adapters.stores.postgres import PostgresEventStore
 from skyferry.migrate.migrate import Migration
 from skyferry.migrate.sharding import Shard
 from skyferry.migrate.verify import verify_stores
@@ -148,31 +155,10 @@ def run(args: argparse.Namespace) -> list[Figure]:
         def migrate() -> Callable[[], None]:
             _, url = schemas.store()
             targets.append(url)
-
-            def work() -> None:
-                source, target, views = PostgresEventStore(src_url), PostgresEventStore(url), PostgresViewStore(url)
-                migration = Migration(source, target, views)
-                migration.catch_up()
-                assert migration.report.written == count
-                assert migration.report.write_path == "copy_from"
-                for closable in (views, target, source):
-                    closable.close()
-
-            return work
+            return migration(src_url, url, count, direct=True)
 
         def event_path() -> Callable[[], None]:
-            _, url = schemas.store()
-
-            def work() -> None:
-                source, target, views = PostgresEventStore(src_url), PostgresEventStore(url), PostgresViewStore(url)
-                migration = Migration(source, target, views, shard=Shard(0, 1))
-                migration.catch_up()
-                assert migration.report.written == count
-                assert migration.report.write_path == "bulk_append"
-                for closable in (views, target, source):
-                    closable.close()
-
-            return work
+            return migration(src_url, schemas.store()[1], count, direct=False)
 
         def peer() -> Callable[[], None]:
             recorder, datastore = peer_recorder(schemas)
@@ -220,7 +206,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
             raise RuntimeError(f"the copy differs from its source: {report.differences[:3]}")
         name = "migrate PostgreSQL -> PostgreSQL"
         by_event = f"{name}, event by event"
-        return [
+        figures = [
             Figure(name, ours, "events/s", peer_rate, "eventsourcing copy loop", 2.5, times=True),
             Figure(name, ours, "events/s", goal_value=130_000, note=load),
             Figure(name, ours, "events/s", raw, "piped binary COPY", note=load),
@@ -228,7 +214,58 @@ def run(args: argparse.Namespace) -> list[Figure]:
             Figure(by_event, events_rate, "events/s", raw, "piped binary COPY", note=load),
             Figure("verify_stores of the copy (both sides)", verify_rate, "events/s", note="ok"),
         ]
+        return figures + with_sqlite(schemas, count // 2)
     finally:
         for close in closers:
             close()
         schemas.drop()
+
+
+def migration(source_url: str, target_url: str, count: int, *, direct: bool) -> Callable[[], None]:
+    """The timed work of one migration: ``copy_from`` (``direct``), or the event path
+    (``--shard 0/1``: every stream, but a sharded migration reads and writes events)."""
+
+    def work() -> None:
+        source, target = open_event_store(source_url), open_event_store(target_url)
+        views = open_view_store(target_url)
+        job = Migration(source, target, views, shard=None if direct else Shard(0, 1))
+        job.catch_up()
+        assert job.report.written == count
+        assert job.report.write_path == ("copy_from" if direct else "bulk_append")
+        for closable in (views, target, source):
+            closable.close()
+
+    return work
+
+
+def with_sqlite(schemas: Schemas, count: int) -> list[Figure]:
+    """SQLite -> PostgreSQL and PostgreSQL -> SQLite: ``copy_from`` (the rows the source
+    keeps, a page at a time, no event decoded) beside the event path, interleaved, from
+    sources of ``count`` events (filled untimed)."""
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="skyferry-bench-copy-") as directory:
+        files = itertools.count()
+
+        def sqlite_url() -> str:
+            return f"sqlite:///{directory}/{next(files)}.db"
+
+        def postgres_url() -> str:
+            return schemas.store()[1]
+
+        _, pg_source = skyferry_source(schemas, count)
+        sqlite_source = sqlite_url()
+        migration(pg_source, sqlite_source, count, direct=True)()
+        for name, source_url, new_target in (
+            ("SQLite -> PostgreSQL", sqlite_source, postgres_url),
+            ("PostgreSQL -> SQLite", pg_source, sqlite_url),
+        ):
+            sides = [partial(_side, source_url, new_target, count, direct) for direct in (True, False)]
+            load_before = os.getloadavg()[0]
+            direct_rate, by_event = interleaved(count, sides)
+            load = f"load {load_before:.2f} -> {os.getloadavg()[0]:.2f}"
+            figures.append(Figure(f"migrate {name}", direct_rate, "events/s", by_event, "event by event", note=load))
+    return figures
+
+
+def _side(source_url: str, new_target: Callable[[], str], count: int, direct: bool) -> Callable[[], None]:
+    return migration(source_url, new_target(), count, direct=direct)
