@@ -27,8 +27,9 @@ What is kept the same:
 * **Payload.**  Every event carries the same ``data`` and ``metadata`` dicts.  skyferry
   stores them as they are; the peer stores what its mapper would, the JSON of the event's
   timestamp, data and metadata as its ``state`` bytes (the type as its topic).  The peer's
-  side encodes that state with ``orjson`` before each insert and decodes it with
-  ``orjson`` after each read, so both sides go from dicts to dicts; the peer's own mapper
+  side encodes each event's state with ``orjson`` before each insert (every event of a
+  1,000-event insert too, as its mapper does) and decodes it with ``orjson`` after each
+  read, so both sides go from dicts to dicts; the peer's own mapper
   and transcoder are slower than ``orjson``, so this is the peer at its best.  The peer's
   aggregate ids are UUIDs (its default).
 * **Durability.**  SQLite: both files in WAL mode; ``synchronous`` is set on every
@@ -383,8 +384,12 @@ def append_many(backend: Backend, level: str, total: int, per_call: int) -> list
         def work() -> None:
             for _ in range(calls):
                 originator = uuid.uuid4()
-                state = peer_state(datetime.now(UTC))  # one timestamp a call, as on skyferry's side
-                recorder.insert_events([StoredEvent(originator, v, TOPIC, state) for v in range(1, per_call + 1)])
+                now = datetime.now(UTC)  # one timestamp a call, as on skyferry's side
+                # Each event's state encoded, as the peer's mapper encodes every event (and as
+                # skyferry and the driver encode every event's data and metadata).
+                recorder.insert_events(
+                    [StoredEvent(originator, v, TOPIC, peer_state(now)) for v in range(1, per_call + 1)]
+                )
 
         return work
 
