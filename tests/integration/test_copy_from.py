@@ -18,6 +18,7 @@ from skyferry.adapters.stores import _common
 from skyferry.core.errors import ConcurrencyError
 from skyferry.core.messages import Event
 from skyferry.core.ports import CopyingEventStore, EventStore
+from skyferry.migrate.errors import TargetConflict
 from skyferry.migrate.migrate import Migration
 from skyferry.migrate.verify import verify_stores
 from tests.integration.migrate_support import awkward_history as history
@@ -115,3 +116,18 @@ def test_migrate_takes_the_copy_from_path_and_verifies(stores: tuple[EventStore,
     assert (migration.report.events, migration.report.written, migration.report.batches) == (20, 20, 4)
     assert migration.writer.written == 0
     assert verify_stores(source, target).ok
+
+
+def test_a_migration_into_a_target_holding_other_events_names_the_stream_and_version(
+    stores: tuple[EventStore, CopyingEventStore],
+) -> None:
+    """``copy_from`` leaves the batch to the event path, whose writer names the conflict."""
+    source, target = stores
+    events = history(2, 3)
+    source.bulk_append(events)  # type: ignore[attr-defined]
+    target.bulk_append([events[0], events[2]._replace(id=str(uuid.uuid4()))])
+    with opened(target.url) as (_, views):
+        migration = Migration(source, target, views)
+        with pytest.raises(TargetConflict, match=r"stream 'tenant/ü.s0' version 2: .*differs in id"):
+            migration.catch_up()
+    assert len(everything(target)) == 2
