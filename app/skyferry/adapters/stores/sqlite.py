@@ -79,6 +79,7 @@ from skyferry.core.ports import (
     StreamState,
     ViewChange,
     expected_as_int,
+    features_of,
     resolve_conflict,
 )
 
@@ -634,7 +635,7 @@ class SQLiteEventStore:
 
     def copies_from(self, source: EventStore) -> bool:
         """Whether :meth:`copy_from` reads ``source``: a store with the feature ``rows``."""
-        return FEATURE_ROWS in getattr(source, "features", ()) and isinstance(source, RowsEventStore)
+        return FEATURE_ROWS in features_of(source) and isinstance(source, RowsEventStore)
 
     def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:
         """Copy the next ``limit`` events of ``source`` as the rows it keeps (feature ``copy_from``).

@@ -89,6 +89,7 @@ from skyferry.core.ports import (
     RowsEventStore,
     StoredRow,
     expected_as_int,
+    features_of,
     resolve_conflict,
 )
 
@@ -404,7 +405,7 @@ class PostgresEventStore:
         """Whether :meth:`copy_from` reads ``source``: another PostgreSQL store (any server),
         or a store with the feature ``rows``."""
         return isinstance(source, PostgresEventStore) or (
-            FEATURE_ROWS in getattr(source, "features", ()) and isinstance(source, RowsEventStore)
+            FEATURE_ROWS in features_of(source) and isinstance(source, RowsEventStore)
         )
 
     def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:
