@@ -194,8 +194,8 @@ class Migration:
             limit = self.batch
 
     def catch_up(self) -> None:
-        """Copy until the source has nothing more (for now), reading one batch ahead (from
-        server to server where the target copies directly)."""
+        """Copy until the source has nothing more (for now), reading one batch ahead (on the
+        ``copy_from`` path the target reads its own pages ahead)."""
         if self.direct is None:
             for batch, limit in ReadAhead(self._batches()):
                 self.copy_once(batch, limit)

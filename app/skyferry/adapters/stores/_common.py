@@ -134,9 +134,9 @@ def copy_rows(
     ``write`` it; return what was copied and each stream's last version.
 
     The next page is read in a second thread while this one is written (so the source's
-    reading overlaps the target's writing): two pages in memory at most.
+    reading overlaps the target's writing): two pages in memory at most.  ``limit`` is
+    checked by the caller.
     """
-    check_limit(limit, minimum=1)
     current: dict[str, int] = {}
     copied, position, end = 0, after, None
     with ThreadPoolExecutor(1, thread_name_prefix="skyferry-copy-read") as reader:

@@ -649,6 +649,7 @@ class SQLiteEventStore:
         if not self.copies_from(source):
             raise ValidationError(f"copy_from reads stores with the feature rows, not {source.url}")
         assert isinstance(source, RowsEventStore)
+        check_limit(limit, minimum=1)
 
         def work(db: sqlite3.Connection) -> CopiedBatch:
             def write(rows: list[StoredRow]) -> None:
