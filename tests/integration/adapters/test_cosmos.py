@@ -10,6 +10,7 @@ of slots, whatever the log's length).  Waits are bounded polls; nothing asserts 
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import threading
 import time
@@ -576,8 +577,46 @@ def test_each_thread_calls_through_its_own_client(url: str) -> None:
     assert all(len(ids) == 1 for ids in seen.values()), "a thread reuses its client"
     assert len(set().union(*seen.values()) | {id(mine)}) == 4, "no two threads share one"
     assert len(read_everything(store)) == 7
+    pool = store._containers._pool
+    assert pool is not None
+    users = pool.users
     store.close()
-    assert len(store._containers._owned) == 0
+    assert pool.users == users - 1
+
+
+def test_the_stores_of_one_url_share_a_threads_client_and_the_last_to_close_closes_it(url: str) -> None:
+    """An event store and a view store of one URL (as every process opens them) connect, shake
+    hands and read the account once a thread, not once each; one closed leaves the other
+    working, and the clients close with the last."""
+    gc.collect()  # the stores earlier tests dropped unclosed give up the account's clients
+    events, views = CosmosEventStore.from_url(url), CosmosViewStore.from_url(url)
+    built: list[object] = []
+    original = cosmos.CosmosLocation.client
+
+    def counted(self: cosmos.CosmosLocation, **options: Any) -> Any:
+        client = original(self, **options)
+        built.append(client)
+        return client
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cosmos.CosmosLocation, "client", counted)
+        events.append("shared", [new(1)], ANY)
+        views.commit("p", [ViewChange("t", "k", {"v": 1})], {"$all": "1"})
+        assert views.get("t", "k") is not None
+        assert len(built) == 1, "one client for both stores in this thread"
+        assert events._c.client_connection is views._c.client_connection
+        events.close()
+        assert views.get("t", "k") == Doc({"v": 1}, 1)
+        assert len(built) == 1, "the view store still has the client after the event store closed"
+        pool = views._containers._pool
+        assert pool is not None
+        assert pool.owned == 1
+        views.close()
+        assert views._containers._pool is None
+        assert pool.owned == 0, "the last store to close closes the clients"
+        assert len(events.read_stream("shared")) == 1, "a closed store opens again on its next call"
+        assert len(built) == 2
+        events.close()
 
 
 def test_events_of_earlier_versions_with_native_json_are_read_and_verify_lists_what_changed(url: str) -> None:

@@ -96,10 +96,7 @@ class CosmosLocation:
         HTTP library reads them again on every request, scanning the whole environment, a
         tenth of the client's CPU per Cosmos DB request here, more in a pod whose
         environment lists every service of its namespace."""
-        verify: bool | str = self.verify
-        if verify is True:
-            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        proxies = requests.utils.get_environ_proxies(self.endpoint)
+        verify, proxies = self.connection_settings()
         return CosmosClient(
             self.endpoint,
             credential=azure.credential(self.key, scheme="cosmos"),
@@ -109,6 +106,15 @@ class CosmosLocation:
             proxies=proxies,
             **options,
         )
+
+    def connection_settings(self) -> tuple[bool | str, dict[str, str]]:
+        """The certificate check (``False``, ``True`` or a CA bundle's path) and the proxies
+        the environment gives this endpoint now."""
+        verify: bool | str = self.verify
+        if verify is True:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        proxies: dict[str, str] = requests.utils.get_environ_proxies(self.endpoint)
+        return verify, proxies
 
 
 def _seconds(query: dict[str, str], name: str, default: float) -> float:
@@ -183,34 +189,127 @@ def call(what: str, fn: Callable[[], _T], *, sleep: Callable[[float], None] = ti
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-class _Containers:
-    """The two containers of one URL, checked once on first use, through one client per thread.
+class _Clients:
+    """The SDK clients of one account and credential, one per thread, shared by every store of
+    this process that names them (see :func:`_clients`): an event store and a view store of one
+    URL, as every process opens them, connect, shake hands and read the account once a thread,
+    not once each, and a container is checked once for both.
 
     The SDK's client is not safe to share between threads: every call writes the shared
     ``client_connection.last_response_headers``, which the SDK itself iterates, so
     concurrent calls fail now and then with "OrderedDict mutated during iteration" (the
-    SDK's maintainers say those headers are not thread-safe).  So each thread that uses the
-    store gets its own client, built on its first call; a thread's client goes when the
-    thread does.  A client handed in is used by every
-    thread as it is: the caller's choice.
+    SDK's maintainers say those headers are not thread-safe).  So each thread gets its own
+    client, built on its first call; a thread's client goes when the thread does.  Two
+    stores used by one thread use its client one call after another, as one store does.
     """
 
-    def __init__(self, location: CosmosLocation, client: CosmosClient | None) -> None:
+    def __init__(self, location: CosmosLocation, key: tuple[Any, ...]) -> None:
         self.location = location
-        self._client = client
+        self.key = key
+        self.users = 0
         self._owned: weakref.WeakSet[CosmosClient] = weakref.WeakSet()
         self._local = threading.local()
-        self._checked: set[str] = set()
+        self._checked: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
+    def client(self) -> CosmosClient:
+        """This thread's client, built on its first call."""
+        client: CosmosClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = call(f"connecting to account {self.location.account}", self.location.client)
+            with self._lock:
+                self._owned.add(client)
+        return client
+
+    def checked(self, database: str, name: str) -> bool:
+        """Whether the container was read once already through these clients."""
+        with self._lock:
+            return (database, name) in self._checked
+
+    def mark_checked(self, database: str, name: str) -> None:
+        with self._lock:
+            self._checked.add((database, name))
+
     def close(self) -> None:
-        """Close the clients this instance built (a client handed in stays open)."""
+        """Close every client built (the pool's last user is gone)."""
         with self._lock:
             for client in list(self._owned):
                 client.close()
             self._owned.clear()
             self._checked.clear()
             self._local = threading.local()
+
+    @property
+    def owned(self) -> int:
+        """How many clients are open (for tests)."""
+        with self._lock:
+            return len(self._owned)
+
+
+_POOLS: dict[tuple[Any, ...], _Clients] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _clients(location: CosmosLocation) -> _Clients:
+    """The shared clients of ``location``'s account and credential, with one more user.
+
+    Keyed by everything that makes a client other: the location's class (whose ``client``
+    builds it), the endpoint, the key, and the certificate check and proxies the environment
+    gives now; the database and the containers are chosen per call, so they do not split
+    the pool."""
+    verify, proxies = location.connection_settings()
+    key = (type(location), location.endpoint, location.key, verify, tuple(sorted(proxies.items())))
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = _Clients(location, key)
+        pool.users += 1
+        return pool
+
+
+def _release(pool: _Clients) -> None:
+    """One user fewer; the last closes the clients."""
+    with _POOLS_LOCK:
+        pool.users -= 1
+        if pool.users > 0:
+            return
+        if _POOLS.get(pool.key) is pool:
+            del _POOLS[pool.key]
+    pool.close()
+
+
+class _Containers:
+    """The containers of one store, through the clients its account shares (:class:`_Clients`),
+    each checked once on first use.  A client handed in is used by every thread as it is:
+    the caller's choice."""
+
+    def __init__(self, location: CosmosLocation, client: CosmosClient | None) -> None:
+        self.location = location
+        self._client = client
+        self._pool: _Clients | None = None
+        self._release: weakref.finalize[[_Clients], _Containers] | None = None
+        self._local = threading.local()
+        self._checked: set[str] = set()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Give up the shared clients (the last store of the account closes them; a client
+        handed in stays open).  A later call takes them again."""
+        with self._lock:
+            release, self._pool, self._release = self._release, None, None
+            self._checked.clear()
+            self._local = threading.local()
+        if release is not None:
+            release()
+
+    def _shared(self) -> _Clients:
+        """The shared clients, taken on first use; a store dropped unclosed gives them up
+        when it is collected."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = _clients(self.location)
+                self._release = weakref.finalize(self, _release, self._pool)
+            return self._pool
 
     def get(self, name: str) -> ContainerProxy:
         local = self._local
@@ -220,25 +319,27 @@ class _Containers:
         container = proxies.get(name)
         if container is not None:
             return container
-        client = self._client
-        if client is None:
-            client = getattr(local, "client", None)
-            if client is None:
-                client = local.client = call(f"connecting to account {self.location.account}", self.location.client)
-                with self._lock:
-                    self._owned.add(client)
-        container = client.get_database_client(self.location.database).get_container_client(name)
+        database = self.location.database
+        pool: _Clients | None = None
+        if self._client is None:
+            pool = self._shared()
+            client = pool.client()
+        else:
+            client = self._client
+        container = client.get_database_client(database).get_container_client(name)
         with self._lock:
             checked = name in self._checked
-        if not checked:
+        if not checked and (pool is None or not pool.checked(database, name)):
             try:
                 call(f"reading container {name}", container.read)
             except CosmosResourceNotFoundError as e:
                 raise azure.missing(
                     f"Cosmos DB account {self.location.account!r}",
-                    f"container {name!r} in database {self.location.database!r}",
+                    f"container {name!r} in database {database!r}",
                 ) from e
-            with self._lock:
-                self._checked.add(name)
+            if pool is not None:
+                pool.mark_checked(database, name)
+        with self._lock:
+            self._checked.add(name)
         proxies[name] = container
         return container
