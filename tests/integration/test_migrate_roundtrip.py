@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from skyferry.adapters import registry
 from skyferry.adapters.archives.local import LocalArchive
-from skyferry.core.messages import NewEvent
-from skyferry.core.ports import FEATURE_BULK_APPEND, CopyingEventStore, features_of
+from skyferry.core.errors import TransientError
+from skyferry.core.messages import Event, NewEvent
+from skyferry.core.ports import FEATURE_BULK_APPEND, FEATURE_BULK_IN_FLIGHT, CopyingEventStore, features_of
 from skyferry.migrate import checkpoints
 from skyferry.migrate.errors import TargetConflict
 from skyferry.migrate.export import export
@@ -158,6 +162,51 @@ def test_verify_lists_every_difference(tmp_path: Path) -> None:
         against = verify_archive(archive, target)
         assert against.difference_count == 4
         assert f"stream {streams[1]!r}: archive has 3 events, target has 2" in against.differences
+
+
+@pytest.mark.parametrize("target_scheme", ["cosmos", "dynamodb", "firestore"])
+def test_an_import_with_writes_in_flight_commits_its_checkpoints_behind_them_and_resumes(
+    tmp_path: Path, target_scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into a store with ``bulk_in_flight`` each chunk's checkpoint is committed on a thread
+    of its own while the next chunk is written; a failure lets the last one finish, and the
+    rerun starts after it."""
+    archive = LocalArchive(tmp_path / "a")
+    with store_url("memory") as source_url, store_url(target_scheme) as target_url:
+        with opened(source_url) as (source, _):
+            count = fill(source)
+            export(source, archive, chunk_events=10)
+        key = checkpoints.job_key("import", Manifest.from_bytes(archive.get(MANIFEST_NAME)).digest, None, None)
+        with opened(target_url) as (target, views):
+            assert FEATURE_BULK_IN_FLIGHT in features_of(target)
+            committed_by: list[str] = []
+            commit = views.commit
+
+            def recorded(*args: Any) -> None:
+                committed_by.append(threading.current_thread().name)
+                commit(*args)
+
+            monkeypatch.setattr(views, "commit", recorded)
+            calls = 0
+            bulk_append = target.bulk_append  # type: ignore[attr-defined]
+
+            def third_fails(events: Sequence[Event], in_flight: int = 1) -> int:
+                nonlocal calls
+                calls += 1
+                if calls == 3:
+                    raise TransientError("the store went away")
+                return int(bulk_append(events, in_flight=in_flight))
+
+            monkeypatch.setattr(target, "bulk_append", third_fails)
+            with pytest.raises(TransientError, match="went away"):
+                import_archive(archive, target, views)
+            assert checkpoints.load(views, key) == {"chunks": 2, "events": 20}, "the second chunk's commit finished"
+            assert committed_by == ["skyferry-checkpoint_0"] * 2
+            monkeypatch.undo()
+            report = import_archive(archive, target, views)
+            assert (report.resumed_at_chunk, report.written, report.skipped) == (2, count - 20, 0)
+            assert checkpoints.load(views, key) == {"chunks": report.resumed_at_chunk + report.chunks, "events": count}
+            assert verify_archive(archive, target).ok
 
 
 def test_migrate_copies_resumes_from_its_checkpoint_and_follows() -> None:

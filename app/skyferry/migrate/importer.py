@@ -119,20 +119,21 @@ def import_archive(
     )
     done = checkpoints.load(views, key) or {"chunks": 0, "events": 0}
     writer = TargetWriter(store, concurrency=concurrency)
+    saver = checkpoints.Saver(views, key, background=writer.bulk_in_flight and writer.concurrency > 1)
     try:
-        return _import(archive, store, views, manifest, key, done, writer, cipher, shard, transformer, progress)
+        return _import(archive, store, manifest, done, writer, saver, cipher, shard, transformer, progress)
     finally:
+        saver.close()
         writer.close()
 
 
 def _import(
     archive: Archive,
     store: EventStore,
-    views: ViewStore,
     manifest: Manifest,
-    key: str,
     done: dict[str, Any],
     writer: TargetWriter,
+    saver: checkpoints.Saver,
     cipher: ChunkCipher | None,
     shard: Shard | None,
     transformer: Transformer | None,
@@ -188,9 +189,10 @@ def _import(
         state: dict[str, Any] = {"chunks": index + 1, "events": report.events}
         if transformer is not None:
             state["transform"] = transformer.record()
-        checkpoints.save(views, key, state)
+        saver.save(state)
         if progress is not None:
             progress.advance(entry.events)
+    saver.flush()
     for stream_id, head in heads.heads.items():
         recorded = manifest.streams.get(stream_id)
         if recorded is None or recorded.head != head.head or recorded.events != head.events:

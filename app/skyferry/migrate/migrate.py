@@ -124,6 +124,9 @@ class Migration:
             "migrate", source.url, None if shard is None else str(shard), transformer.spec if transformer else None
         )
         state = checkpoints.load(target_views, self.key) or {}
+        self.saver = checkpoints.Saver(
+            target_views, self.key, background=self.writer.bulk_in_flight and self.writer.concurrency > 1
+        )
         self.position: str | None = state.get("position")
         self.report = MigrateReport(
             source=source.url,
@@ -164,6 +167,7 @@ class Migration:
         """Record a batch of ``events`` source events copied up to ``position`` (the
         checkpoint, the report, the progress); return ``events``."""
         if not events:
+            self.saver.flush()  # caught up: the checkpoint is the last batch's
             self.report.caught_up = True
             self.report.lag_seconds = 0.0
             return 0
@@ -174,7 +178,7 @@ class Migration:
         state: dict[str, Any] = {"position": position, "events": self.report.events}
         if self.transformer is not None:
             state["transform"] = self.transformer.record()
-        checkpoints.save(self.views, self.key, state)
+        self.saver.save(state)
         self.report.caught_up = events < limit
         lag = 0.0 if self.report.caught_up or recorded_at is None else (utc_now() - recorded_at).total_seconds()
         self.report.lag_seconds = max(lag, 0.0)
@@ -231,11 +235,13 @@ class Migration:
         return self.report.verify
 
     def close(self) -> None:
-        """Stop the writer's threads (idempotent)."""
+        """Let the last checkpoint be committed, stop the threads (idempotent)."""
+        self.saver.close()
         self.writer.close()
 
     def finish(self) -> MigrateReport:
-        """The report, with the transform's counts; the writer's threads stopped."""
+        """The report, with the transform's counts; the checkpoint committed, the threads stopped."""
+        self.saver.flush()
         self.close()
         if self.transformer is not None:
             self.report.transform = self.transformer.record()
