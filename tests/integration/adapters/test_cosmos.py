@@ -779,7 +779,15 @@ def test_a_bulk_write_is_one_create_a_stream_and_keeps_the_order_given(
         probe = _Requests(monkeypatch)
         assert store.last_position() == everything[-1].position
         monkeypatch.undo()
+        assert probe.counts == {"query_items": 1}, "the writer knows where its own block ends"
+        other = CosmosEventStore.from_url(url)
+        probe = _Requests(monkeypatch)
+        assert other.last_position() == everything[-1].position
+        monkeypatch.undo()
+        other.close()
         assert probe.counts == {"query_items": 1, "read_item": 1}, "a readiness probe reads one commit of a block"
+        store.append("later", [new(1)], NO_STREAM)
+        assert store.last_position() == read_everything(other)[-1].position, "a slot after the block is read"
         assert [e.id for e in store.read_all(everything[41].position, limit=3)] == [e.id for e in events[42:45]]
         again = _Requests(monkeypatch)
         assert store.bulk_append(events, in_flight=8) == 0  # all stored: nothing written

@@ -157,6 +157,7 @@ class CosmosEventStore:
         self._next_slot: int | None = None
         self._bulk_lock = threading.Lock()
         self._bulk_versions: dict[str, int] = {}  # streams this instance's bulk writes left, and their versions
+        self._written_block: tuple[int, str] | None = None  # the last block slot this instance wrote whole, its end
         self._parts = _blocks.PartPool("skyferry-cosmos-bulk")
 
     @classmethod
@@ -439,6 +440,8 @@ class CosmosEventStore:
             partial(self._write_part, n=n, commits=commits, written=written),
             partial(self._settle, n=n, commits=commits, written=written),
         )
+        last = max(commits, key=lambda commit: commit.places[-1])
+        self._written_block = (n, _position(n, last.places[-1], last.events[-1].version))
         if len(self._bulk_versions) + len(after) > _KNOWN_STREAMS:
             self._bulk_versions.clear()
         self._bulk_versions.update(after)
@@ -809,7 +812,8 @@ class CosmosEventStore:
         Constant cost whatever the log's length (readiness probes call it every few seconds,
         under an RU cap): the newest slot and its commit; older slots, a page at a time, only
         when none of its commits counts (it lost a repair race, or a block's commits are
-        still being written).
+        still being written).  When the newest slot is a block this instance wrote whole
+        (an import after each chunk), its end is known: the query alone.
         """
         size, below = LAST_SLOTS, None
         while True:
@@ -819,8 +823,11 @@ class CosmosEventStore:
                 query += " AND c.n < @below"
                 params["@below"] = below
             rows = self._query("reading the global log", query + " ORDER BY c.n DESC", params, LOG_PARTITION)
+            written = self._written_block
             for slot in rows:
                 n = int(slot["n"])
+                if written is not None and written[0] == n:  # a block this instance wrote whole: no read
+                    return written[1]
                 if "expires" in slot:  # the counting commit holding the block's last place: one read
                     members = _members(slot)
                     for member in sorted(range(len(members)), key=lambda m: -int(slot["lasts"][m])):
