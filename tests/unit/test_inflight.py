@@ -249,3 +249,33 @@ def test_an_import_failing_mid_flight_resumes_and_verifies(tmp_path: Path) -> No
     assert report.resumed_at_chunk == 2  # the first two chunks were checkpointed, not the third
     assert verify_archive(archive, target).ok
     assert len(target.read_all(limit=1000)) == 120
+
+
+def test_a_part_pool_warms_each_thread_it_will_use_once_and_a_failed_warm_up_fails_nothing() -> None:
+    """``PartPool.warm``: the threads a block will write on prepare (a Cosmos DB client each)
+    while the caller reads; once per pool; a warm-up that fails is left to the first write."""
+    from skyferry.adapters.stores._blocks import Claim, PartPool
+
+    warmed: list[str] = []
+    lock = threading.Lock()
+    everyone = threading.Barrier(3, timeout=10)  # three warm-ups at once: on three threads
+
+    def prepare() -> None:
+        everyone.wait()
+        with lock:
+            warmed.append(threading.current_thread().name)
+        if len(warmed) == 1:
+            raise TransientError("the first one fails")
+
+    parts = PartPool("warm-test")
+    parts.warm(8, 3, prepare)  # 3 streams in the block: 3 of the 8 threads
+    parts.warm(8, 3, prepare)  # once per pool
+    event = Event(new_event_id(), "s", 1, "T", 1, {}, {}, datetime.now(UTC), datetime.now(UTC))
+    written = parts.run([[event]], [Claim("c", (1,), 0)], 8, lambda part, claim: len(part), lambda claim: None)
+    assert written == 1, "the warm-ups count nothing, and the one that failed fails no write"
+    assert len(warmed) == 3
+    assert len(set(warmed)) == 3
+    assert all(name.startswith("warm-test-") for name in warmed)
+    parts.warm(1, 3, prepare)  # a pool of one writes in the caller's thread: nothing to warm
+    assert len(warmed) == 3
+    parts.close()

@@ -190,6 +190,27 @@ class PartPool:
     def __init__(self, name: str) -> None:
         self._name = name
         self._pool: OrderedPool[int] | None = None
+        self._warmed = False
+
+    def _sized(self, in_flight: int) -> OrderedPool[int]:
+        if self._pool is None or self._pool.size != in_flight:
+            self.close()
+            self._pool = OrderedPool(in_flight, name=self._name)
+        return self._pool
+
+    def warm(self, in_flight: int, threads: int, prepare: Callable[[], object]) -> None:
+        """Have up to ``threads`` of the pool's threads run ``prepare`` now, once per pool: what
+        each needs before its first write (a client of its own, connected), made while the
+        caller does its first reads instead of after them.  A failure is left for that
+        thread's first write to meet and report."""
+        if in_flight < 2:
+            return
+        pool = self._sized(in_flight)
+        if self._warmed:
+            return
+        self._warmed = True
+        for n in range(min(threads, in_flight)):
+            pool.submit((f"\x00warm {n}",), partial(_quietly, prepare))
 
     def run(
         self,
@@ -203,10 +224,7 @@ class PartPool:
         in order; the sum of what they return.  After a failure no part starts, the running
         ones finish, every claim is settled (those of written parts are gone already: their
         settle fails its condition and does nothing), and the error is raised."""
-        if self._pool is None or self._pool.size != in_flight:
-            self.close()
-            self._pool = OrderedPool(in_flight, name=self._name)
-        pool = self._pool
+        pool = self._sized(in_flight)
         try:
             for part, claim in zip(parts, block, strict=True):
                 streams = tuple(dict.fromkeys(event.stream_id for event in part))
@@ -225,3 +243,13 @@ class PartPool:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        self._warmed = False
+
+
+def _quietly(prepare: Callable[[], object]) -> int:
+    """``prepare()``, its error logged: a warm-up counts no event and fails no write."""
+    try:
+        prepare()
+    except Exception as e:
+        _log.debug("warming a writer thread failed (its first write will say why): %s", e)
+    return 0

@@ -417,6 +417,8 @@ class CosmosEventStore:
     def _bulk_block(self, block: Sequence[Event], in_flight: int) -> int:
         """Write one block: decide what is new, create its slot, then its commits."""
         by_stream = _blocks.by_stream(block)
+        # each writer thread's client (connection, TLS, account read) is built while the heads are read
+        self._parts.warm(in_flight, len(by_stream), lambda: self._c)
         versions, stored = self._bulk_state(by_stream)
         new_ids, after = _blocks.decide(by_stream, versions, stored)
         fresh = [event for event in block if event.id in new_ids]
