@@ -209,6 +209,41 @@ def test_an_import_with_writes_in_flight_commits_its_checkpoints_behind_them_and
             assert verify_archive(archive, target).ok
 
 
+def test_a_migration_with_writes_in_flight_has_its_checkpoint_current_once_caught_up_or_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Into a store with ``bulk_in_flight`` a batch's checkpoint is committed behind the next
+    batch: closing waits for it, and catching up makes it current."""
+    with (
+        store_url("memory") as source_url,
+        store_url("dynamodb") as target_url,
+        opened(source_url) as (source, _),
+        opened(target_url) as (target, views),
+    ):
+        count = fill(source)
+        committed_by: list[str] = []
+        commit = views.commit
+
+        def recorded(*args: Any) -> None:
+            committed_by.append(threading.current_thread().name)
+            commit(*args)
+
+        monkeypatch.setattr(views, "commit", recorded)
+        first = Migration(source, target, views, batch=10)
+        first.copy_once()
+        first.copy_once()
+        first.close()
+        assert checkpoints.load(views, first.key) == {"position": first.position, "events": 20}
+        resumed = Migration(source, target, views, batch=10)
+        assert resumed.position == first.position
+        resumed.catch_up()
+        assert checkpoints.load(views, resumed.key) == {"position": resumed.position, "events": count}
+        report = resumed.finish()
+        assert (report.written, report.skipped) == (count - 20, 0)
+        assert set(committed_by) == {"skyferry-checkpoint_0"}
+        assert verify_stores(source, target).ok
+
+
 def test_migrate_copies_resumes_from_its_checkpoint_and_follows() -> None:
     with (
         store_url("sqlite") as source_url,
