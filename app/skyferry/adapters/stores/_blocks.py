@@ -32,7 +32,9 @@ changes; they are dense only until a bulk write fails or is resumed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +53,9 @@ CLAIM_SECONDS: Final = 30.0
 how long readers wait at the holes of a writer that died.  A live writer's block lasts a
 few of its parts' round trips (:data:`PARTS_PER_IN_FLIGHT`); a part that still arrives
 after its claim was settled is refused, and the command says to run it again."""
+_WARM_START_SECONDS: Final = 5.0
+"""How long a warm-up waits for the others to start (they all start at once, unless the
+pool is still busy with an earlier call's tasks)."""
 PARTS_PER_IN_FLIGHT: Final = 4
 """The most parts a block holds per write in flight: a block is written in about this many
 rounds, however small ``in_flight`` is, so it ends long before its claims expire."""
@@ -209,8 +214,11 @@ class PartPool:
         if self._warmed:
             return
         self._warmed = True
-        for n in range(min(threads, in_flight)):
-            pool.submit((f"\x00warm {n}",), partial(_quietly, prepare))
+        count = min(threads, in_flight)
+        # each waits until all have started: a thread done early must not take another's turn
+        together = threading.Barrier(count, timeout=_WARM_START_SECONDS)
+        for n in range(count):
+            pool.submit((f"\x00warm {n}",), partial(_quietly, together, prepare))
 
     def run(
         self,
@@ -246,9 +254,12 @@ class PartPool:
         self._warmed = False
 
 
-def _quietly(prepare: Callable[[], object]) -> int:
-    """``prepare()``, its error logged: a warm-up counts no event and fails no write."""
+def _quietly(together: threading.Barrier, prepare: Callable[[], object]) -> int:
+    """``prepare()`` once every warm-up has started, its error logged: a warm-up counts no
+    event and fails no write."""
     try:
+        with contextlib.suppress(threading.BrokenBarrierError):  # the pool is busy: warm what can be
+            together.wait()
         prepare()
     except Exception as e:
         _log.debug("warming a writer thread failed (its first write will say why): %s", e)

@@ -227,6 +227,7 @@ class _Clients:
             return (database, name) in self._checked
 
     def mark_checked(self, database: str, name: str) -> None:
+        """Remember that the container exists (read once through these clients)."""
         with self._lock:
             self._checked.add((database, name))
 
