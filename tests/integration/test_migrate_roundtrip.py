@@ -209,6 +209,33 @@ def test_an_import_with_writes_in_flight_commits_its_checkpoints_behind_them_and
             assert verify_archive(archive, target).ok
 
 
+def test_an_import_reads_its_first_chunk_while_it_reads_its_checkpoint(tmp_path: Path) -> None:
+    """The checkpoint is a round trip away (or more: the first request connects); the first
+    chunk is read and checked meanwhile, not after."""
+    from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
+
+    chunk_read = threading.Event()
+
+    class Watched(LocalArchive):
+        def get(self, name: str, limit: int | None = None) -> bytes:
+            if name != MANIFEST_NAME:
+                chunk_read.set()
+            return super().get(name, limit)
+
+    class FarAway(MemoryViewStore):
+        def get_checkpoint(self, projection: str, key: str = "$all") -> str | None:
+            assert chunk_read.wait(10), "the first chunk was not read while the checkpoint was"
+            return super().get_checkpoint(projection, key)
+
+    source = MemoryEventStore()
+    count = fill(source)
+    export(source, LocalArchive(tmp_path / "a"), chunk_events=10)
+    target = MemoryEventStore()
+    report = import_archive(Watched(tmp_path / "a"), target, FarAway())
+    assert (report.events, report.written) == (count, count)
+    assert verify_archive(LocalArchive(tmp_path / "a"), target).ok
+
+
 def test_a_migration_with_writes_in_flight_has_its_checkpoint_current_once_caught_up_or_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -117,11 +117,10 @@ def import_archive(
     key = checkpoints.job_key(
         "import", manifest.digest, None if shard is None else str(shard), transformer.spec if transformer else None
     )
-    done = checkpoints.load(views, key) or {"chunks": 0, "events": 0}
     writer = TargetWriter(store, concurrency=concurrency)
     saver = checkpoints.Saver(views, key, background=writer.bulk_in_flight and writer.concurrency > 1)
     try:
-        return _import(archive, store, manifest, done, writer, saver, cipher, shard, transformer, progress)
+        return _import(archive, store, manifest, writer, saver, cipher, shard, transformer, progress)
     finally:
         saver.close()
         writer.close()
@@ -131,7 +130,6 @@ def _import(
     archive: Archive,
     store: EventStore,
     manifest: Manifest,
-    done: dict[str, Any],
     writer: TargetWriter,
     saver: checkpoints.Saver,
     cipher: ChunkCipher | None,
@@ -141,18 +139,6 @@ def _import(
 ) -> ImportReport:
     if transformer is not None and transformer.allow_count_change:
         transformer = Transformer(transformer.spec, transformer.function, allow_count_change=True, target=store)
-    report = ImportReport(
-        archive=archive.url,
-        target=store.url,
-        digest=manifest.digest,
-        resumed_at_chunk=int(done["chunks"]),
-        write_path=writer.path,
-        events=int(done["events"]),
-        resumed_events=int(done["events"]),
-    )
-    if progress is not None:
-        progress.total = manifest.event_count
-        progress.resume(int(done["events"]))
     heads = HeadTracker()
 
     def checked(events: list[Event], canonicals: list[bytes], whole: bool, name: str) -> None:
@@ -173,8 +159,28 @@ def _import(
                 mine = transformer.apply(mine)
             writer.write(mine, validated=not chunk.whole)
 
-    # depth 1: the chunk being written and the one being checked are all that is in memory
-    for index, (entry, chunk) in enumerate(ReadAhead(verified_chunks(), depth=1)):
+    # depth 1: the chunk being written and the one being checked are all that is in memory;
+    # the first is read and checked while the checkpoint is read (a round trip or more away)
+    chunks = ReadAhead(verified_chunks(), depth=1)
+    chunks.start()
+    try:
+        done = checkpoints.load(saver.views, saver.key) or {"chunks": 0, "events": 0}
+    except BaseException:
+        chunks.close()
+        raise
+    report = ImportReport(
+        archive=archive.url,
+        target=store.url,
+        digest=manifest.digest,
+        resumed_at_chunk=int(done["chunks"]),
+        write_path=writer.path,
+        events=int(done["events"]),
+        resumed_events=int(done["events"]),
+    )
+    if progress is not None:
+        progress.total = manifest.event_count
+        progress.resume(int(done["events"]))
+    for index, (entry, chunk) in enumerate(chunks):
         if index < int(done["chunks"]):
             continue
         try:

@@ -55,8 +55,19 @@ class ReadAhead(Generic[T]):
         except BaseException as e:  # handed to the consumer, which re-raises it
             self._queue.put(_Failure(e))
 
+    def start(self) -> None:
+        """Start reading ahead now, before the first item is asked for (idempotent)."""
+        if not self._thread.is_alive() and not self._stop.is_set() and self._thread.ident is None:
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop reading ahead (for a consumer that will not iterate after all; idempotent)."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=30)
+
     def __iter__(self) -> Iterator[T]:
-        self._thread.start()
+        self.start()
         try:
             while True:
                 item = self._queue.get()
@@ -68,5 +79,4 @@ class ReadAhead(Generic[T]):
                 del item  # the consumer is done with it: it no longer counts
                 self._slots.release()
         finally:
-            self._stop.set()
-            self._thread.join(timeout=30)
+            self.close()
