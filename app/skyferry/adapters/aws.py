@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from skyferry.core.errors import ConfigurationError, SkyferryError, TransientError
+from skyferry.core.inflight import MAX_IN_FLIGHT
 
 T = TypeVar("T")
 
@@ -141,7 +142,7 @@ def make_client(service: str, options: AwsOptions, **config: Any) -> Any:
             retries={"mode": "standard", "max_attempts": 1},
             connect_timeout=5,
             read_timeout=30,
-            max_pool_connections=32,
+            max_pool_connections=MAX_IN_FLIGHT,  # one per write in flight, up to --concurrency's most
             **config,
         )
         with _session_lock:

@@ -30,6 +30,10 @@ from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
 
+MAX_IN_FLIGHT: Final = 64
+"""The most writes any command keeps in flight (``--concurrency``): a thread and a
+connection each, so the adapters' connection pools hold this many (a pool smaller than the
+writes in flight opens a new connection, a new TLS handshake, for each write beyond it)."""
 QUEUED_PER_THREAD: Final = 4
 """Tasks waiting to start, per thread, before :meth:`OrderedPool.submit` blocks (bounded memory)."""
 

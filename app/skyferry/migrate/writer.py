@@ -37,7 +37,7 @@ from itertools import groupby
 from typing import Final
 
 from skyferry.core.errors import ConcurrencyError, ConfigurationError
-from skyferry.core.inflight import OrderedPool
+from skyferry.core.inflight import MAX_IN_FLIGHT, OrderedPool
 from skyferry.core.messages import Event, validate_stream_id
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
@@ -56,7 +56,7 @@ APPEND_EVENTS: Final = 1000
 CONCURRENCY: Final = 32
 """Writes in flight by default (``--concurrency``): enough to hide a cloud store's round trips
 on the ``append`` path (Cosmos DB: three requests an append, one after another)."""
-MAX_CONCURRENCY: Final = 64
+MAX_CONCURRENCY: Final = MAX_IN_FLIGHT
 """The most writes in flight ``--concurrency`` accepts (each is a thread and a connection)."""
 _IN_ORDER: Final = "\x00in order"
 """The key every ``bulk_append`` part shares: they run one at a time, in order."""

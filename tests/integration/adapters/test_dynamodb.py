@@ -97,6 +97,20 @@ def test_requests_per_thousand_events(table: str, capsys: pytest.CaptureFixture[
 # --- bad input and failures ---------------------------------------------------------------------
 
 
+def test_the_connection_pool_holds_a_connection_for_every_write_in_flight(table: str) -> None:
+    """``--concurrency`` up to its most: a pool smaller than the writes in flight would open a
+    new connection (and TLS handshake) for each write beyond it, and drop it after."""
+    from skyferry.migrate.writer import MAX_CONCURRENCY
+
+    for store in (
+        dynamodb.DynamoDBEventStore.from_url(dynamodb_service.url_for(table)),
+        dynamodb.DynamoDBViewStore.from_url(dynamodb_service.url_for(table)),
+    ):
+        client = store._table.client
+        assert client.meta.config.max_pool_connections >= MAX_CONCURRENCY
+        store.close()
+
+
 def test_a_missing_table_is_a_configuration_error_naming_it() -> None:
     url = dynamodb_service.url_for("no-such-table")
     with pytest.raises(ConfigurationError, match="no-such-table"):
