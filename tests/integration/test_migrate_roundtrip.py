@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,16 @@ def test_a_migration_with_writes_in_flight_has_its_checkpoint_current_once_caugh
         assert (report.written, report.skipped) == (count - 20, 0)
         assert set(committed_by) == {"skyferry-checkpoint_0"}
         assert verify_stores(source, target).ok
+
+        # follow, stopped right after a batch: the checkpoint is that batch's when it returns
+        source.append("late", [NewEvent(type="Late", data={})], 0)
+        monkeypatch.setattr(views, "commit", lambda *args: (time.sleep(0.3), commit(*args)))
+        following, stop = Migration(source, target, views, batch=10), threading.Event()
+        copy_once = following.copy_once
+        monkeypatch.setattr(following, "copy_once", lambda: stop.set() or copy_once())
+        following.follow(stop)
+        assert checkpoints.load(views, following.key) == {"position": following.position, "events": count + 1}
+        following.close()
 
 
 def test_migrate_copies_resumes_from_its_checkpoint_and_follows() -> None:

@@ -207,12 +207,14 @@ class Migration:
             pass
 
     def follow(self, stop: threading.Event, *, poll: float = 0.5) -> None:
-        """Catch up, then keep copying new events until ``stop`` is set."""
+        """Catch up, then keep copying new events until ``stop`` is set (then the checkpoint
+        is the last batch's)."""
         while not stop.is_set():
             if not self.copy_once():
                 if self.progress is not None:
                     self.progress.advance(0, lag=0.0)
                 stop.wait(poll)
+        self.saver.flush()
 
     def cutover(self, source_views: ViewStore, *, grace: float = 2.0) -> VerifyReport | None:
         """Fence the source, drain until quiet for ``grace`` seconds, verify; return the verification.
