@@ -14,7 +14,13 @@ from skyferry.adapters import registry
 from skyferry.adapters.archives.local import LocalArchive
 from skyferry.core.errors import TransientError
 from skyferry.core.messages import Event, NewEvent
-from skyferry.core.ports import FEATURE_BULK_APPEND, FEATURE_BULK_IN_FLIGHT, CopyingEventStore, features_of
+from skyferry.core.ports import (
+    FEATURE_BULK_APPEND,
+    FEATURE_BULK_IN_FLIGHT,
+    CopyingEventStore,
+    ViewStore,
+    features_of,
+)
 from skyferry.migrate import checkpoints
 from skyferry.migrate.errors import TargetConflict
 from skyferry.migrate.export import export
@@ -165,6 +171,19 @@ def test_verify_lists_every_difference(tmp_path: Path) -> None:
         assert f"stream {streams[1]!r}: archive has 3 events, target has 2" in against.differences
 
 
+def commits_recorded(views: ViewStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that commit to ``views`` from now on, in order."""
+    committed_by: list[str] = []
+    commit = views.commit
+
+    def recorded(*args: Any) -> None:
+        committed_by.append(threading.current_thread().name)
+        commit(*args)
+
+    monkeypatch.setattr(views, "commit", recorded)
+    return committed_by
+
+
 @pytest.mark.parametrize("target_scheme", ["cosmos", "dynamodb", "firestore"])
 def test_an_import_with_writes_in_flight_commits_its_checkpoints_behind_them_and_resumes(
     tmp_path: Path, target_scheme: str, monkeypatch: pytest.MonkeyPatch
@@ -180,14 +199,7 @@ def test_an_import_with_writes_in_flight_commits_its_checkpoints_behind_them_and
         key = checkpoints.job_key("import", Manifest.from_bytes(archive.get(MANIFEST_NAME)).digest, None, None)
         with opened(target_url) as (target, views):
             assert FEATURE_BULK_IN_FLIGHT in features_of(target)
-            committed_by: list[str] = []
-            commit = views.commit
-
-            def recorded(*args: Any) -> None:
-                committed_by.append(threading.current_thread().name)
-                commit(*args)
-
-            monkeypatch.setattr(views, "commit", recorded)
+            committed_by = commits_recorded(views, monkeypatch)
             calls = 0
             bulk_append = target.bulk_append  # type: ignore[attr-defined]
 
@@ -249,14 +261,8 @@ def test_a_migration_with_writes_in_flight_has_its_checkpoint_current_once_caugh
         opened(target_url) as (target, views),
     ):
         count = fill(source)
-        committed_by: list[str] = []
         commit = views.commit
-
-        def recorded(*args: Any) -> None:
-            committed_by.append(threading.current_thread().name)
-            commit(*args)
-
-        monkeypatch.setattr(views, "commit", recorded)
+        committed_by = commits_recorded(views, monkeypatch)
         first = Migration(source, target, views, batch=10)
         first.copy_once()
         first.copy_once()
