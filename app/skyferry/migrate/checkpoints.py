@@ -80,7 +80,8 @@ class Saver:
             save(self.views, self.key, value)
             return
         self.flush()
-        self._pending = self._executor.submit(save, self.views, self.key, dict(value))
+        text = orjson.dumps(value).decode()  # encoded now: the caller goes on with its own dicts
+        self._pending = self._executor.submit(self.views.commit, PROJECTION, [], {self.key: text})
 
     def flush(self) -> None:
         """Wait until the last checkpoint saved is committed; raise its error if it failed."""
