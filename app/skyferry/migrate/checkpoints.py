@@ -39,7 +39,11 @@ def load(views: ViewStore, key: str) -> dict[str, Any] | None:
 
 def save(views: ViewStore, key: str, value: dict[str, Any]) -> None:
     """Commit the job's checkpoint (atomically, like any view-store checkpoint)."""
-    views.commit(PROJECTION, [], {key: orjson.dumps(value).decode()})
+    _commit(views, key, orjson.dumps(value).decode())
+
+
+def _commit(views: ViewStore, key: str, text: str) -> None:
+    views.commit(PROJECTION, [], {key: text})
 
 
 def _warm(views: ViewStore, key: str) -> None:
@@ -81,7 +85,7 @@ class Saver:
             return
         self.flush()
         text = orjson.dumps(value).decode()  # encoded now: the caller goes on with its own dicts
-        self._pending = self._executor.submit(self.views.commit, PROJECTION, [], {self.key: text})
+        self._pending = self._executor.submit(_commit, self.views, self.key, text)
 
     def flush(self) -> None:
         """Wait until the last checkpoint saved is committed; raise its error if it failed."""

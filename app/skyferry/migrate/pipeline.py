@@ -57,7 +57,7 @@ class ReadAhead(Generic[T]):
 
     def start(self) -> None:
         """Start reading ahead now, before the first item is asked for (idempotent)."""
-        if not self._thread.is_alive() and not self._stop.is_set() and self._thread.ident is None:
+        if self._thread.ident is None and not self._stop.is_set():
             self._thread.start()
 
     def close(self) -> None:

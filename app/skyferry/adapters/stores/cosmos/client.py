@@ -290,7 +290,7 @@ class _Containers:
         self._pool: _Clients | None = None
         self._release: weakref.finalize[[_Clients], _Containers] | None = None
         self._local = threading.local()
-        self._checked: set[str] = set()
+        self._checked: set[str] = set()  # the containers checked through a client handed in
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -328,9 +328,12 @@ class _Containers:
         else:
             client = self._client
         container = client.get_database_client(database).get_container_client(name)
-        with self._lock:
-            checked = name in self._checked
-        if not checked and (pool is None or not pool.checked(database, name)):
+        if pool is not None:
+            checked = pool.checked(database, name)
+        else:
+            with self._lock:
+                checked = name in self._checked
+        if not checked:
             try:
                 call(f"reading container {name}", container.read)
             except CosmosResourceNotFoundError as e:
@@ -340,7 +343,8 @@ class _Containers:
                 ) from e
             if pool is not None:
                 pool.mark_checked(database, name)
-        with self._lock:
-            self._checked.add(name)
+            else:
+                with self._lock:
+                    self._checked.add(name)
         proxies[name] = container
         return container
