@@ -16,7 +16,7 @@ from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.adapters.stores.sqlite import SQLiteEventStore, SQLiteViewStore, parse_url
 from skyferry.core.errors import ConfigurationError, ValidationError
-from skyferry.core.messages import NewEvent, utc_now
+from skyferry.core.messages import Event, NewEvent, new_event_id, utc_now
 from skyferry.core.ports import ANY, Message, ViewChange
 
 # --- SQLite ---------------------------------------------------------------------------------
@@ -68,6 +68,33 @@ def test_the_temporal_read_uses_the_index(tmp_path: Path) -> None:
     assert len(store.read_stream_as_of("s", utc_now())) == 1
     db.close()
     store.close()
+
+
+def test_bulk_append_reads_the_heads_of_many_streams_in_one_query(tmp_path: Path) -> None:
+    """The heads of every stream of a call come back as one JSON object: stream ids beyond
+    ASCII survive it, streams partly stored continue, new ones start at 1."""
+    store = SQLiteEventStore(f"sqlite:///{tmp_path}/h.db")
+    streams = [f"{name}-{i}" for i in range(300) for name in ("plain", "üñï/çødé", "流.水:\U0001d400_")]
+    try:
+        stored = [s for i, s in enumerate(streams) if i % 2 == 0]
+        for sid in stored:
+            store.append(sid, [NewEvent("E", {"n": 1})], ANY)
+        now = utc_now()
+        events = [
+            Event(new_event_id(), sid, version, "E", 1, {"n": version}, {}, now, now)
+            for sid in streams
+            for version in ((2, 3) if sid in stored else (1, 2))
+        ]
+        statements: list[str] = []
+        store._conn.run(lambda db: db.set_trace_callback(statements.append))
+        assert store.bulk_append(events) == len(events)
+        heads = [sql for sql in statements if "max(version)" in sql]
+        assert len(heads) == 1  # 900 streams, one query (it was one per 500 streams, a row each)
+        assert {sid: store.stream_version(sid) for sid in streams} == dict.fromkeys(streams, 3) | {
+            sid: 2 for sid in streams if sid not in stored
+        }
+    finally:
+        store.close()
 
 
 def test_a_new_file_switched_to_wal_while_another_connection_writes_waits_instead_of_failing(tmp_path: Path) -> None:
