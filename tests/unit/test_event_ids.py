@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import uuid
+
+import pytest
 
 from skyferry.core.messages import NewEvent, new_event_id
 
@@ -42,3 +46,39 @@ def test_a_new_event_gets_one_and_passes_validation() -> None:
     assert uuid.UUID(event.id).version == 7
     event.validate()
     assert NewEvent("Happened", {}).id != event.id
+
+
+def test_threads_making_ids_at_once_never_share_one() -> None:
+    made: list[list[str]] = [[] for _ in range(8)]
+
+    def make(into: list[str]) -> None:
+        into.extend(new_event_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=make, args=(into,)) for into in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [text for into in made for text in into]
+    assert len(set(every)) == len(every) == 40_000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_does_not_reuse_its_parents_random_bits() -> None:
+    new_event_id()  # the parent now holds random bits for its next ids
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send the ids it makes, then leave without running any cleanup
+        os.close(read)
+        os.write(write, "\n".join(new_event_id() for _ in range(500)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode().split("\n")
+    os.waitpid(pid, 0)
+    parent = [new_event_id() for _ in range(500)]
+    assert len(child) == 500
+    # the same millisecond may start both, the random bits never: compare the last 74 bits
+    assert not {uuid.UUID(text).int & ((1 << 74) - 1) for text in child} & {
+        uuid.UUID(text).int & ((1 << 74) - 1) for text in parent
+    }
