@@ -137,6 +137,16 @@ class PostgresEventStore:
                 " ORDER BY u.version"
             ).format(t=t)
         )
+        # One event (a command's usual append) as scalar parameters: arrays of one element cost
+        # the client a third of the append (psycopg's array dumpers, each text escaped again).
+        self._insert_one_sql = _rendered(
+            sql.SQL(
+                "INSERT INTO {t} (id, stream_id, version, type, schema_version, data, metadata, occurred_at,"
+                " recorded_at) SELECT %(id)s::uuid, %(stream)s, %(version)s::int, %(type)s, %(schema_version)s::int,"
+                " %(data)s::json, %(metadata)s::json, %(occurred)s::timestamptz, %(recorded)s::timestamptz"
+                " WHERE (SELECT coalesce(max(e.version), 0) FROM {t} e WHERE e.stream_id = %(stream)s) = %(expected)s"
+            ).format(t=t)
+        )
         # One backward index probe per stream (a GROUP BY over ``stream_id = ANY(...)`` is
         # planned as a scan of the whole table once a batch names many streams).
         self._heads_sql = _rendered(
@@ -221,7 +231,7 @@ class PostgresEventStore:
                     if rows is not None:
                         inserted = self._copy_append(conn, stream_id, base, rows)
                     else:
-                        inserted = self._insert_append(conn, self._params(stream_id, events, encoded, base, now))
+                        inserted = self._insert_append(conn, *self._params(stream_id, events, encoded, base, now))
                 except psycopg.errors.UniqueViolation:
                     inserted = 0
                 if inserted == len(events):
@@ -231,7 +241,7 @@ class PostgresEventStore:
                     return result
             raise TransientError(f"stream {stream_id!r}: gave up appending with ANY after {_ANY_RETRIES} races")
 
-    def _insert_append(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> int:
+    def _insert_append(self, conn: psycopg.Connection[Any], statement: bytes, params: dict[str, Any]) -> int:
         """``BEGIN``, the append lock, the ``INSERT`` (which checks the version) and ``COMMIT`` in
         one round trip; return how many rows were inserted.
 
@@ -244,7 +254,7 @@ class PostgresEventStore:
             with conn.pipeline():
                 conn.execute(_BEGIN)
                 conn.execute(self._lock_sql)
-                cur = conn.execute(self._insert_sql, params)
+                cur = conn.execute(statement, params)
                 conn.execute(_COMMIT)
         except BaseException:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -274,8 +284,23 @@ class PostgresEventStore:
         encoded: Sequence[tuple[bytes, bytes]],
         base: int,
         now: datetime,
-    ) -> dict[str, Any]:
-        return {
+    ) -> tuple[bytes, dict[str, Any]]:
+        """The ``INSERT`` of an append and its parameters: scalars for one event, arrays for more."""
+        if len(events) == 1:
+            (event,), ((data, metadata),) = events, encoded
+            return self._insert_one_sql, {
+                "stream": stream_id,
+                "expected": base,
+                "id": event.id,
+                "version": base + 1,
+                "type": event.type,
+                "schema_version": event.schema_version,
+                "data": data.decode(),
+                "metadata": metadata.decode(),
+                "occurred": event.occurred_at,
+                "recorded": event.recorded_at or now,
+            }
+        return self._insert_sql, {
             "stream": stream_id,
             "expected": base,
             "ids": [e.id for e in events],
@@ -331,7 +356,7 @@ class PostgresEventStore:
                         expected = expected_as_int(expected_version)
                         actual = self._stream_version(conn, stream_id)
                         base = actual if expected is None else expected
-                        cur = conn.execute(self._insert_sql, self._params(stream_id, events, stream_encoded, base, now))
+                        cur = conn.execute(*self._params(stream_id, events, stream_encoded, base, now))
                         if cur.rowcount == len(events):
                             results.append(AppendResult(stream_id, base + 1, base + len(events)))
                             continue
