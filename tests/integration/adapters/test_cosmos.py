@@ -619,6 +619,42 @@ def test_the_stores_of_one_url_share_a_threads_client_and_the_last_to_close_clos
         events.close()
 
 
+def test_a_client_handed_in_serves_every_thread_and_stays_open_when_the_store_closes(url: str) -> None:
+    """A store given a client calls through it on every thread (the caller's choice), checks
+    each container once, builds no client of its own, and leaves the client open."""
+    given = CosmosEventStore.from_url(url).location.client()  # a client of the account, built the usual way
+    store = CosmosEventStore.from_url(url, client=given)
+    reads: list[str] = []
+    original = ContainerProxy.read
+
+    def counted(self: ContainerProxy, *args: Any, **kwargs: Any) -> Any:
+        reads.append(self.id)
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ContainerProxy, "read", counted)
+        patch.setattr(cosmos.CosmosLocation, "client", lambda *a, **k: pytest.fail("no client may be built"))
+        used: list[object] = []
+
+        def use(name: str) -> None:
+            store.append(name, [new(0)], ANY)
+            used.append(store._c.client_connection)
+
+        use("given-first")  # checks the container (threads racing to a first call may each check)
+        threads = [threading.Thread(target=use, args=(f"given-{i}",)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert used == [given.client_connection] * 4
+        assert reads == [store.location.container]
+        store.close()
+        store.append("given-after", [new(1)], ANY)  # the client handed in is still open
+        assert reads == [store.location.container] * 2  # closing forgot the check
+    store.close()
+    given.close()
+
+
 def test_events_of_earlier_versions_with_native_json_are_read_and_verify_lists_what_changed(url: str) -> None:
     """Before data and metadata were kept as JSON text, Cosmos DB changed numbers: such a
     store still reads, and verify lists the change as a difference instead of crashing

@@ -201,11 +201,14 @@ class _Clients:
     SDK's maintainers say those headers are not thread-safe).  So each thread gets its own
     client, built on its first call; a thread's client goes when the thread does.  Two
     stores used by one thread use its client one call after another, as one store does.
+    ``given``: a client handed to one store, used by every thread as it is (the caller's
+    choice), never shared nor closed here.
     """
 
-    def __init__(self, location: CosmosLocation, key: tuple[Any, ...]) -> None:
+    def __init__(self, location: CosmosLocation, key: tuple[Any, ...], given: CosmosClient | None = None) -> None:
         self.location = location
         self.key = key
+        self._given = given
         self.users = 0
         self._owned: weakref.WeakSet[CosmosClient] = weakref.WeakSet()
         self._local = threading.local()
@@ -213,7 +216,9 @@ class _Clients:
         self._lock = threading.Lock()
 
     def client(self) -> CosmosClient:
-        """This thread's client, built on its first call."""
+        """This thread's client, built on its first call (or the client given)."""
+        if self._given is not None:
+            return self._given
         client: CosmosClient | None = getattr(self._local, "client", None)
         if client is None:
             client = self._local.client = call(f"connecting to account {self.location.account}", self.location.client)
@@ -232,7 +237,7 @@ class _Clients:
             self._checked.add((database, name))
 
     def close(self) -> None:
-        """Close every client built (the pool's last user is gone)."""
+        """Close every client built (the pool's last user is gone; a client given stays open)."""
         with self._lock:
             for client in list(self._owned):
                 client.close()
@@ -286,11 +291,10 @@ class _Containers:
 
     def __init__(self, location: CosmosLocation, client: CosmosClient | None) -> None:
         self.location = location
-        self._client = client
+        self._given = None if client is None else _Clients(location, (), client)
         self._pool: _Clients | None = None
         self._release: weakref.finalize[[_Clients], _Containers] | None = None
         self._local = threading.local()
-        self._checked: set[str] = set()  # the containers checked through a client handed in
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -298,14 +302,17 @@ class _Containers:
         handed in stays open).  A later call takes them again."""
         with self._lock:
             release, self._pool, self._release = self._release, None, None
-            self._checked.clear()
             self._local = threading.local()
+        if self._given is not None:
+            self._given.close()  # forgets the containers checked; the client stays open
         if release is not None:
             release()
 
-    def _shared(self) -> _Clients:
-        """The shared clients, taken on first use; a store dropped unclosed gives them up
-        when it is collected."""
+    def _clients(self) -> _Clients:
+        """The clients to call through: those of the client handed in, or the shared ones,
+        taken on first use (a store dropped unclosed gives them up when it is collected)."""
+        if self._given is not None:
+            return self._given
         with self._lock:
             if self._pool is None:
                 self._pool = _clients(self.location)
@@ -321,19 +328,9 @@ class _Containers:
         if container is not None:
             return container
         database = self.location.database
-        pool: _Clients | None = None
-        if self._client is None:
-            pool = self._shared()
-            client = pool.client()
-        else:
-            client = self._client
-        container = client.get_database_client(database).get_container_client(name)
-        if pool is not None:
-            checked = pool.checked(database, name)
-        else:
-            with self._lock:
-                checked = name in self._checked
-        if not checked:
+        clients = self._clients()
+        container = clients.client().get_database_client(database).get_container_client(name)
+        if not clients.checked(database, name):
             try:
                 call(f"reading container {name}", container.read)
             except CosmosResourceNotFoundError as e:
@@ -341,10 +338,6 @@ class _Containers:
                     f"Cosmos DB account {self.location.account!r}",
                     f"container {name!r} in database {database!r}",
                 ) from e
-            if pool is not None:
-                pool.mark_checked(database, name)
-            else:
-                with self._lock:
-                    self._checked.add(name)
+            clients.mark_checked(database, name)
         proxies[name] = container
         return container
