@@ -57,7 +57,7 @@ class Saver:
     """Saves one job's checkpoints, after each batch, in order.
 
     With ``background`` (a target whose writes are round trips to a cloud, many in flight:
-    ``TargetWriter.bulk_in_flight``) a checkpoint is committed on a thread of its own while
+    ``TargetWriter.in_flight``) a checkpoint is committed on a thread of its own while
     the job writes its next batch, so the commit's round trips hide behind the writes
     instead of adding to every batch.  At most one commit runs at a time, in the order
     saved: :meth:`save` first waits for the one before (raising its error), and a

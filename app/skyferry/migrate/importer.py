@@ -118,7 +118,7 @@ def import_archive(
         "import", manifest.digest, None if shard is None else str(shard), transformer.spec if transformer else None
     )
     writer = TargetWriter(store, concurrency=concurrency)
-    saver = checkpoints.Saver(views, key, background=writer.bulk_in_flight and writer.concurrency > 1)
+    saver = checkpoints.Saver(views, key, background=writer.in_flight)
     try:
         return _import(archive, store, manifest, writer, saver, cipher, shard, transformer, progress)
     finally:

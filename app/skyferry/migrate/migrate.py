@@ -124,9 +124,7 @@ class Migration:
             "migrate", source.url, None if shard is None else str(shard), transformer.spec if transformer else None
         )
         state = checkpoints.load(target_views, self.key) or {}
-        self.saver = checkpoints.Saver(
-            target_views, self.key, background=self.writer.bulk_in_flight and self.writer.concurrency > 1
-        )
+        self.saver = checkpoints.Saver(target_views, self.key, background=self.writer.in_flight)
         self.position: str | None = state.get("position")
         self.report = MigrateReport(
             source=source.url,

@@ -100,6 +100,12 @@ class TargetWriter:
         self.pool.close()
 
     @property
+    def in_flight(self) -> bool:
+        """Whether writes go many at a time to a store that keeps them in flight itself
+        (``bulk_in_flight``, ``concurrency`` above 1): round trips a checkpoint can hide behind."""
+        return self.bulk_in_flight and self.concurrency > 1
+
+    @property
     def path(self) -> str:
         """The write path in use, for reports."""
         return "bulk_append" if self.bulk else "append"
