@@ -3,27 +3,35 @@
 Concurrency, the global log's repair paths (a writer that died between its commit and
 its slot, two helpers that slotted one commit), large appends, view commits of more than
 one batch interrupted at every write (a failure injected at the SDK seam), configuration
-errors, throttling, and the readiness probe's cost (``last_position`` reads a bounded number
-of slots, whatever the log's length).  Waits are bounded polls; nothing asserts on time.
+errors, throttling, the readiness probe's cost (``last_position`` reads a bounded number
+of slots, whatever the log's length), and the clients' certificate checks (against a
+local HTTPS server: ``tls_support``).  Waits are bounded polls; nothing asserts on time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from azure.core.exceptions import ServiceResponseError
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest
 from azure.cosmos import ContainerProxy
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
+from skyferry.adapters import azure
 from skyferry.adapters.stores import cosmos
 from skyferry.adapters.stores.cosmos import CosmosEventStore, CosmosViewStore
 from skyferry.adapters.stores.cosmos.layout import _commit_id
@@ -31,6 +39,7 @@ from skyferry.core.errors import ConcurrencyError, ConfigurationError, Transient
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, Doc, ViewChange
 from tests import services
+from tests.integration.adapters import tls_support
 from tests.integration.adapters.blocks_support import check_a_dead_writers_holes, exported
 from tests.services import cosmos as service
 
@@ -944,3 +953,159 @@ def test_a_bulk_write_reads_of_a_known_stream_only_the_commits_its_events_contin
         assert [e.version for e in store.read_stream("long")] == list(range(1, 33))
     finally:
         store.close()
+
+
+def test_the_clients_of_many_threads_load_no_certificates_per_connection(
+    default_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight threads, each with its own client and connections: no connection loads CA
+    certificates (the shared context for ``verify=false`` holds none; by default each
+    connection would load the system's)."""
+    loads: list[str] = []
+
+    def counting(original: Callable[..., None]) -> Callable[..., None]:
+        def counted(context: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+            loads.append(original.__name__)
+            original(context, *args, **kwargs)
+
+        return counted
+
+    for name in ("load_verify_locations", "load_default_certs"):
+        monkeypatch.setattr(ssl.SSLContext, name, counting(getattr(ssl.SSLContext, name)))
+    store = CosmosEventStore.from_url(default_url)
+    try:
+        threads = [threading.Thread(target=store.stream_version, args=(f"s{n}",)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert store.stream_version("s0") == 0
+    finally:
+        store.close()
+    assert loads == []
+
+
+# The clients' transport (``skyferry.adapters.azure.transport``), against a real HTTPS server
+# with certificates made for the test: the checks ``requests`` makes (the chain, the host
+# name, or nothing for ``verify=False``), the CA certificates loaded once per setting.
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tls_support.Pki:
+    return tls_support.make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def server(pki: tls_support.Pki) -> Iterator[tls_support.CountingServer]:
+    with tls_support.https_server(pki) as running:
+        yield running
+
+
+@pytest.fixture
+def port(server: tls_support.CountingServer) -> int:
+    azure._CONTEXTS.clear()  # each test starts with no context loaded
+    return int(server.server_address[1])
+
+
+def _get(transport: RequestsTransport, url: str, verify: bool | str) -> int:
+    """One request the way the SDK sends it (its ``connection_verify``); the status."""
+    with transport:
+        response = transport.send(HttpRequest("GET", url), connection_verify=verify)
+        response.read()
+        return int(response.status_code)
+
+
+def test_the_chain_and_the_host_name_are_checked_against_the_ca_given(pki: tls_support.Pki, port: int) -> None:
+    assert _get(azure.transport(), f"https://localhost:{port}/", str(pki.ca)) == 200
+    with pytest.raises(ServiceRequestError, match=r"(?i)hostname|match"):  # signed for localhost only
+        _get(azure.transport(), f"https://127.0.0.1:{port}/", str(pki.ca))
+    with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
+        _get(azure.transport(), f"https://localhost:{port}/", str(pki.other_ca))
+
+
+def test_a_directory_of_cas_is_a_ca_bundle_too(pki: tls_support.Pki, port: int, tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command (which names a CA directory's files) is not installed")
+    # OpenSSL finds a CA in a directory by the hash of its subject: HASH.0
+    subject_hash = subprocess.run(
+        [openssl, "x509", "-noout", "-subject_hash", "-in", str(pki.ca)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    cas = tmp_path / "cas"
+    cas.mkdir()
+    (cas / f"{subject_hash}.0").write_bytes(pki.ca.read_bytes())
+    assert _get(azure.transport(), f"https://localhost:{port}/", str(cas)) == 200
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
+        _get(azure.transport(), f"https://localhost:{port}/", str(empty))
+
+
+def test_the_default_bundle_refuses_a_ca_it_does_not_hold(port: int) -> None:
+    with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
+        _get(azure.transport(), f"https://localhost:{port}/", True)
+
+
+def test_verify_false_checks_nothing(port: int) -> None:
+    assert _get(azure.transport(), f"https://127.0.0.1:{port}/", False) == 200
+
+
+def test_every_connection_of_every_transport_shares_one_context_loaded_once(
+    pki: tls_support.Pki, server: tls_support.CountingServer, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[Any] = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loads.append((args, kwargs))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    before = server.connections
+    for _ in range(4):
+        with azure.transport() as transport:
+            for _ in range(2):  # the server closes each connection: two new ones per transport
+                response = transport.send(
+                    HttpRequest("GET", f"https://localhost:{port}/close"), connection_verify=str(pki.ca)
+                )
+                response.read()
+                assert response.status_code == 200
+    assert server.connections - before == 8
+    assert len(loads) == 1, loads  # ``requests`` alone loads the bundle once per connection: 8
+    _assert_checks(azure.tls_context(str(pki.ca)))
+    unchecked = azure.tls_context(False)
+    assert unchecked.verify_mode == ssl.CERT_NONE
+    assert not unchecked.check_hostname
+
+
+def _assert_checks(context: ssl.SSLContext) -> None:
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+
+
+def test_the_three_checks_through_one_transport_keep_their_contexts_apart(pki: tls_support.Pki, port: int) -> None:
+    """A shared context is never loosened by a request that asks for less."""
+    url = f"https://localhost:{port}/"
+    with azure.transport() as transport:
+        for verify in (False, str(pki.ca), False):
+            response = transport.send(HttpRequest("GET", url), connection_verify=verify)
+            response.read()
+            assert response.status_code == 200
+        with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
+            transport.send(HttpRequest("GET", url), connection_verify=True)
+    _assert_checks(azure.tls_context(str(pki.ca)))
+    _assert_checks(azure.tls_context(True))
+
+
+def test_a_changed_bundle_is_loaded_again(pki: tls_support.Pki, port: int, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(pki.other_ca.read_bytes())
+    with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
+        _get(azure.transport(), f"https://localhost:{port}/", str(bundle))
+    bundle.write_bytes(pki.other_ca.read_bytes() + pki.ca.read_bytes())  # the CA rotated in
+    assert _get(azure.transport(), f"https://localhost:{port}/", str(bundle)) == 200
+
+
+def test_a_missing_bundle_is_a_configuration_error_naming_it(port: int, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"no TLS CA certificate bundle at .*nowhere\.pem"):
+        _get(azure.transport(), f"https://localhost:{port}/", str(tmp_path / "nowhere.pem"))

@@ -19,7 +19,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests.utils
 from azure.core.exceptions import AzureError
-from azure.core.pipeline.transport import RequestsTransport
 from azure.cosmos import ContainerProxy, CosmosClient
 from azure.cosmos.exceptions import (
     CosmosBatchOperationError,
@@ -95,14 +94,15 @@ class CosmosLocation:
         (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) are read here, once: by default the
         HTTP library reads them again on every request, scanning the whole environment, a
         tenth of the client's CPU per Cosmos DB request here, more in a pod whose
-        environment lists every service of its namespace."""
+        environment lists every service of its namespace.  The connections of every client
+        with the same certificate check share one TLS context (:func:`azure.transport`)."""
         verify, proxies = self.connection_settings()
         return CosmosClient(
             self.endpoint,
             credential=azure.credential(self.key, scheme="cosmos"),
             connection_verify=verify,
             raw_request_hook=_batch_partition_keys,
-            transport=RequestsTransport(use_env_settings=False),
+            transport=azure.transport(),
             proxies=proxies,
             **options,
         )
