@@ -1,17 +1,24 @@
-"""``checkpoints.Saver``: a job's checkpoints committed in order, inline or behind the next batch."""
+"""``checkpoints.Saver``: a job's checkpoints committed in order, inline or behind the next batch
+(and, in an import, beside its read of the target's position)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from skyferry.adapters.stores.memory import MemoryViewStore
+from skyferry.adapters.archives.local import LocalArchive
+from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.core.errors import TransientError
-from skyferry.core.ports import ViewChange
+from skyferry.core.messages import Event, new_event_id
+from skyferry.core.ports import FEATURE_BULK_IN_FLIGHT, ViewChange
 from skyferry.migrate import checkpoints
+from skyferry.migrate.export import export
+from skyferry.migrate.importer import ImportReport, import_archive
 
 KEY = "import:test"
 
@@ -125,3 +132,43 @@ def test_close_lets_the_last_commit_finish_and_logs_its_failure(caplog: pytest.L
     assert "could not be saved: the view store is away" in caplog.text
     assert checkpoints.load(views, KEY) == {"chunks": 1}
     failing.close()  # idempotent
+
+
+class InFlightStore(MemoryEventStore):
+    """A store that keeps its bulk writes in flight (as the cloud stores), whose
+    ``last_position`` records whether the checkpoint's commit had started by then, and then
+    lets it finish."""
+
+    features = MemoryEventStore.features | {FEATURE_BULK_IN_FLIGHT}
+
+    def __init__(self, views: GatedViews) -> None:
+        super().__init__()
+        self.views = views
+        self.commit_started: list[bool] = []
+
+    def bulk_append(self, events: Sequence[Event], in_flight: int = 1) -> int:
+        return super().bulk_append(events)
+
+    def last_position(self) -> str | None:
+        self.commit_started.append(self.views.started.wait(2))
+        self.views.gate.set()
+        return super().last_position()
+
+
+def test_an_imports_checkpoint_commit_overlaps_its_read_of_the_targets_position(tmp_path: Path) -> None:
+    """Both are round trips to a cloud target: the commit starts first, behind the read."""
+    source = MemoryEventStore()
+    now = datetime.now(UTC)
+    source.bulk_append([Event(new_event_id(), "s", n, "Happened", 1, {"n": n}, {}, now, now) for n in range(1, 11)])
+    archive = LocalArchive(tmp_path / "archive")
+    export(source, archive)
+    views = GatedViews()
+    target = InFlightStore(views)
+    report = import_archive(archive, target, views, concurrency=4)
+    assert report.written == 10
+    assert target.commit_started == [True]
+    assert checkpoints.load(views, report_key(report)) == {"chunks": 1, "events": 10}
+
+
+def report_key(report: ImportReport) -> str:
+    return checkpoints.job_key("import", report.digest, None, None)

@@ -191,11 +191,11 @@ def _import(
             raise ArchiveError(entry.name, f"holds an event no store may hold: {e}") from e
         report.events += entry.events
         report.chunks += 1
-        report.positions.append({"chunk": entry.name, "source": entry.last_position, "target": store.last_position()})
         state: dict[str, Any] = {"chunks": index + 1, "events": report.events}
         if transformer is not None:
             state["transform"] = transformer.record()
-        saver.save(state)
+        saver.save(state)  # first: committed in the background, it overlaps the read below
+        report.positions.append({"chunk": entry.name, "source": entry.last_position, "target": store.last_position()})
         if progress is not None:
             progress.advance(entry.events)
     saver.flush()
