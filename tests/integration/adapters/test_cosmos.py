@@ -955,12 +955,11 @@ def test_a_bulk_write_reads_of_a_known_stream_only_the_commits_its_events_contin
         store.close()
 
 
-def test_the_clients_of_many_threads_load_no_certificates_per_connection(
-    default_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Eight threads, each with its own client and connections: no connection loads CA
-    certificates (the shared context for ``verify=false`` holds none; by default each
-    connection would load the system's)."""
+def test_the_clients_of_many_threads_load_no_certificates_per_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight threads, each with its own client and two connections (the SDK's health check
+    takes the first): no connection loads CA certificates (the shared context for
+    ``verify=false`` holds none; by default each would load the system's).  The database
+    does not exist, so no other client of the test (the one that makes databases) is about."""
     loads: list[str] = []
 
     def counting(original: Callable[..., None]) -> Callable[..., None]:
@@ -972,16 +971,23 @@ def test_the_clients_of_many_threads_load_no_certificates_per_connection(
 
     for name in ("load_verify_locations", "load_default_certs"):
         monkeypatch.setattr(ssl.SSLContext, name, counting(getattr(ssl.SSLContext, name)))
-    store = CosmosEventStore.from_url(default_url)
-    try:
-        threads = [threading.Thread(target=store.stream_version, args=(f"s{n}",)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert store.stream_version("s0") == 0
-    finally:
-        store.close()
+    store = CosmosEventStore.from_url(service.url_for(f"absent{uuid.uuid4().hex[:8]}"))
+    errors: list[BaseException] = []
+
+    def read(stream_id: str) -> None:
+        try:
+            store.stream_version(stream_id)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=read, args=(f"s{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    assert len(errors) == 8
+    assert all(isinstance(e, ConfigurationError) and "has no" in str(e) for e in errors), errors
     assert loads == []
 
 
