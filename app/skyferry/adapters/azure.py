@@ -122,11 +122,15 @@ def transport() -> RequestsTransport:
 class _SharedTLSAdapter(HTTPAdapter):
     """``requests``' adapter, its TLS connections made with the shared contexts of
     :func:`tls_context` (see :func:`transport`); retries are left to the SDK, as its own
-    adapter does.  Both hooks are those ``requests`` documents for subclasses."""
+    adapter does.  Both hooks are those ``requests`` documents for subclasses.  A request
+    with a client certificate keeps ``requests``' own way (a context per connection): a
+    certificate loaded into a shared context would go with every connection made from it."""
 
     def build_connection_pool_key_attributes(
         self, request: Any, verify: Any, cert: Any = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if cert is not None:
+            return super().build_connection_pool_key_attributes(request, verify, cert)
         verify = _verify(verify)
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
         if host_params["scheme"] == "https":
@@ -137,6 +141,9 @@ class _SharedTLSAdapter(HTTPAdapter):
         return host_params, pool_kwargs
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if cert is not None:
+            super().cert_verify(conn, url, verify, cert)
+            return
         super().cert_verify(conn, url, _verify(verify), cert)
         conn.ca_certs = None
         conn.ca_cert_dir = None

@@ -1103,6 +1103,27 @@ def test_the_three_checks_through_one_transport_keep_their_contexts_apart(pki: t
     _assert_checks(azure.tls_context(True))
 
 
+def test_a_client_certificate_never_goes_into_a_shared_context(
+    pki: tls_support.Pki, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded_into: list[ssl.SSLContext] = []
+    original = ssl.SSLContext.load_cert_chain
+
+    def recorded(context: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loaded_into.append(context)
+        original(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", recorded)
+    client_cert = (str(pki.server_cert), str(pki.server_key))  # any pair will do: the server asks for none
+    with azure.transport() as transport:
+        request = HttpRequest("GET", f"https://localhost:{port}/")
+        response = transport.send(request, connection_verify=str(pki.ca), connection_cert=client_cert)
+        response.read()
+        assert response.status_code == 200
+    assert len(loaded_into) == 1
+    assert loaded_into[0] is not azure.tls_context(str(pki.ca))
+
+
 def test_a_changed_bundle_is_loaded_again(pki: tls_support.Pki, port: int, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(pki.other_ca.read_bytes())
