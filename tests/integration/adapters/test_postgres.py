@@ -843,9 +843,8 @@ def test_a_later_position_never_becomes_visible_before_an_earlier_one(delayed_ur
 class UnprotectedStore(PostgresEventStore):
     """The adapter with its gap protection removed: what the tests above must catch."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self._lock_sql = sql.Composed([sql.SQL("SELECT 1")])
+    def _append_lock(self) -> sql.Composable:
+        return sql.SQL("SELECT 1")
 
 
 def test_the_detector_catches_a_gap_when_the_protection_is_removed(delayed_url: tuple[str, str]) -> None:

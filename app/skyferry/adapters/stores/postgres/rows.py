@@ -57,8 +57,6 @@ def _events(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
 
 _tuple_new: Final = tuple.__new__
 _COPY_BLOCK_ROWS: Final = 2000
-_BEGIN: Final = b"BEGIN"
-_COMMIT: Final = b"COMMIT"
 _COPY_FROM: Final = 32
 """Appends of this many events or more go by binary COPY (see ``PostgresEventStore.append``)."""
 _dumps: Final = orjson.dumps
