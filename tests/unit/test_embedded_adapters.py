@@ -15,7 +15,7 @@ from skyferry.adapters.archives.local import LocalArchive
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
 from skyferry.adapters.stores.sqlite import SQLiteEventStore, SQLiteViewStore, parse_url
-from skyferry.core.errors import ConfigurationError, ValidationError
+from skyferry.core.errors import ConcurrencyError, ConfigurationError, ValidationError
 from skyferry.core.messages import Event, NewEvent, new_event_id, utc_now
 from skyferry.core.ports import ANY, Message, ViewChange
 
@@ -158,6 +158,44 @@ def test_read_all_is_gap_free_with_writers_in_separate_connections(tmp_path: Pat
     for n in range(4):
         assert [v for s, v in seen if s == f"w{n}"] == list(range(1, per_writer * 2 + 1))
     for store in [*writers, reader]:
+        store.close()
+
+
+def test_one_event_appends_racing_for_one_stream_from_separate_connections_each_win_once(tmp_path: Path) -> None:
+    """Four connections append one event at a time at the version each read (the single
+    statement of ``append``): every version has exactly one winner, the losers get a
+    ``ConcurrencyError`` and nothing else (no busy error, no lost or doubled event)."""
+    url = f"sqlite:///{tmp_path}/race.db?synchronous=normal"
+    writers = [SQLiteEventStore(url) for _ in range(4)]
+    per_writer = 40
+    errors: list[BaseException] = []
+    conflicts = [0] * 4
+
+    def write(n: int) -> None:
+        try:
+            done = 0
+            while done < per_writer:
+                version = writers[n].stream_version("contested")
+                try:
+                    writers[n].append("contested", [NewEvent("E", {"writer": n, "i": done})], version)
+                    done += 1
+                except ConcurrencyError:
+                    conflicts[n] += 1
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    events = writers[0].read_stream("contested")
+    assert [e.version for e in events] == list(range(1, 4 * per_writer + 1))
+    for n in range(4):
+        assert [e.data["i"] for e in events if e.data["writer"] == n] == list(range(per_writer))
+    assert sum(conflicts) > 0, "the writers never raced: the test proves nothing"
+    for store in writers:
         store.close()
 
 
