@@ -129,6 +129,10 @@ _COLUMNS: Final = (
     "CAST(position AS TEXT), id, stream_id, version, type, schema_version, CAST(data AS BLOB),"
     " CAST(metadata AS BLOB), occurred_at, recorded_at"
 )
+_STREAM_COLUMNS: Final = (  # a stream's rows: its id is the one asked for (compared byte by byte)
+    "CAST(position AS TEXT), id, version, type, schema_version, CAST(data AS BLOB), CAST(metadata AS BLOB),"
+    " occurred_at, recorded_at"
+)
 _INSERT: Final = (
     "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
     "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -365,6 +369,30 @@ def _decode(rows: list[tuple[Any, ...]]) -> list[Event]:
             ),
         )
         for position, event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows
+    ]
+
+
+def _decode_stream(stream_id: str, rows: list[tuple[Any, ...]]) -> list[Event]:
+    """Rows of :data:`_STREAM_COLUMNS` of ``stream_id`` as ``Event``s (as :func:`_decode`;
+    the hot path of loading an aggregate: one column fewer a row)."""
+    new, event_type, loads = _new_tuple, Event, _loads
+    return [
+        new(
+            event_type,
+            (
+                event_id,
+                stream_id,
+                version,
+                kind,
+                schema,
+                loads(data),
+                loads(metadata),
+                occurred,
+                recorded,
+                position,
+            ),
+        )
+        for position, event_id, version, kind, schema, data, metadata, occurred, recorded in rows
     ]
 
 
@@ -728,21 +756,22 @@ class SQLiteEventStore:
         upper = to_version if to_version is not None else 2**62
         order = "DESC" if backwards else "ASC"
         sql = (
-            f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version BETWEEN ? AND ? "
+            f"SELECT {_STREAM_COLUMNS} FROM events WHERE stream_id = ? AND version BETWEEN ? AND ? "
             f"ORDER BY version {order} LIMIT ?"
         )
         params = (stream_id, from_version, upper, -1 if limit is None else limit)
         rows = self._conn.run(lambda db: db.execute(sql, params).fetchall())
-        return _decode(rows)
+        return _decode_stream(stream_id, rows)
 
     def read_stream_as_of(self, stream_id: str, as_of: datetime) -> list[Event]:
         """The stream's events with ``recorded_at <= as_of``, using the temporal index."""
         sql = (
-            f"SELECT {_COLUMNS} FROM events INDEXED BY events_stream_recorded WHERE stream_id = ? AND recorded_at <= ?"
+            f"SELECT {_STREAM_COLUMNS} FROM events INDEXED BY events_stream_recorded"
+            " WHERE stream_id = ? AND recorded_at <= ?"
         )
         params = (stream_id, to_micros(as_of))
         rows = self._conn.run(lambda db: db.execute(sql, params).fetchall())
-        return sorted(_decode(rows), key=lambda e: e.version)
+        return sorted(_decode_stream(stream_id, rows), key=lambda e: e.version)
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's last version, 0 when it does not exist."""

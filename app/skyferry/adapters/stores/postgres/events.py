@@ -54,6 +54,7 @@ from skyferry.adapters.stores.postgres.rows import (
     _COPY_BLOCK_ROWS,
     _COPY_FROM,
     _ROW_COLUMNS,
+    _STREAM_COLUMNS,
     _appended_rows_binary,
     _binary_ready,
     _copy_rows,
@@ -179,7 +180,7 @@ class PostgresEventStore:
         self._read_stream_sql = {
             backwards: _rendered(
                 sql.SQL(
-                    "SELECT " + _COLUMNS + " FROM {} WHERE stream_id = %s AND version >= %s AND version <= %s"
+                    "SELECT " + _STREAM_COLUMNS + " FROM {} WHERE stream_id = %s AND version >= %s AND version <= %s"
                     " ORDER BY version " + ("DESC" if backwards else "ASC") + " LIMIT %s"
                 ).format(t)
             )
@@ -557,16 +558,16 @@ class PostgresEventStore:
         upper = to_version if to_version is not None else 2**31 - 1
         with self.db.connection(f"reading {stream_id!r}") as conn:
             rows = conn.cursor(binary=True).execute(query, [stream_id, from_version, upper, limit]).fetchall()
-        return _events(rows)
+        return _events(stream_id, rows)
 
     def read_stream_as_of(self, stream_id: str, as_of: datetime) -> list[Event]:
         """The stream's events recorded at or before ``as_of`` (feature ``temporal``; index on the stream)."""
         query = sql.SQL(
-            "SELECT " + _COLUMNS + " FROM {} WHERE stream_id = %s AND recorded_at <= %s ORDER BY version"
+            "SELECT " + _STREAM_COLUMNS + " FROM {} WHERE stream_id = %s AND recorded_at <= %s ORDER BY version"
         ).format(self.db.table("events"))
         with self.db.connection(f"reading {stream_id!r} as of {as_of}") as conn:
             rows = conn.cursor(binary=True).execute(query, [stream_id, as_of]).fetchall()
-        return _events(rows)
+        return _events(stream_id, rows)
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's last version, 0 if it does not exist."""

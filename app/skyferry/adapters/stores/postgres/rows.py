@@ -27,6 +27,9 @@ from skyferry.core.ports import StoredRow
 _COLUMNS: Final = (
     "id::text, stream_id, version, type, schema_version, data::text, metadata::text, occurred_at, recorded_at"
 )
+_STREAM_COLUMNS: Final = (  # a stream's rows: its id is the one asked for (compared byte by byte, COLLATE "C")
+    "id::text, version, type, schema_version, data::text, metadata::text, occurred_at, recorded_at"
+)
 _MICROS: Final = (  # a timestamptz as microseconds since the Unix epoch, exactly on any server version
     "(extract(epoch FROM date_trunc('second', {0}))::bigint * 1000000"
     " + extract(microseconds FROM {0})::bigint %% 1000000)"  # %%: psycopg's placeholder escape
@@ -39,11 +42,13 @@ _ROW_COLUMNS: Final = (  # a StoredRow
 )
 
 
-def _events(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
-    """Rows of :data:`_COLUMNS` as Events (sessions run in UTC, so timestamps come back in UTC).
+def _events(stream_id: str, rows: Sequence[tuple[Any, ...]]) -> list[Event]:
+    """Rows of :data:`_STREAM_COLUMNS` of ``stream_id`` as Events (sessions run in UTC, so
+    timestamps come back in UTC).
 
     ``Event`` is a tuple: one ``tuple.__new__`` call per row builds it (the hot path of
-    ``read_stream``, and so of loading an aggregate).
+    ``read_stream``, and so of loading an aggregate).  The stream's id is not read back:
+    one column fewer for the server to send and the client to take.
     """
     new, event_type, loads = _tuple_new, Event, orjson.loads
     return [  # all ten fields: tuple.__new__ fills in no default (read_stream gives no position)
@@ -51,7 +56,7 @@ def _events(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
             event_type,
             (event_id, stream_id, version, kind, schema, loads(data), loads(metadata), occurred, recorded, None),
         )
-        for event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows
+        for event_id, version, kind, schema, data, metadata, occurred, recorded in rows
     ]
 
 
