@@ -150,7 +150,7 @@ class InFlightStore(MemoryEventStore):
         return super().bulk_append(events)
 
     def last_position(self) -> str | None:
-        self.commit_started.append(self.views.started.wait(2))
+        self.commit_started.append(self.views.started.wait(10))
         self.views.gate.set()
         return super().last_position()
 
