@@ -62,6 +62,7 @@ from skyferry.adapters.stores.postgres.rows import (
     _events,
     _positioned_rows,
     _stored_rows_binary,
+    _stream_cursor,
 )
 from skyferry.core.errors import (
     ConcurrencyError,
@@ -557,7 +558,7 @@ class PostgresEventStore:
         query = self._read_stream_sql[bool(backwards)]
         upper = to_version if to_version is not None else 2**31 - 1
         with self.db.connection(f"reading {stream_id!r}") as conn:
-            rows = conn.cursor(binary=True).execute(query, [stream_id, from_version, upper, limit]).fetchall()
+            rows = _stream_cursor(conn).execute(query, [stream_id, from_version, upper, limit]).fetchall()
         return _events(stream_id, rows)
 
     def read_stream_as_of(self, stream_id: str, as_of: datetime) -> list[Event]:
@@ -566,7 +567,7 @@ class PostgresEventStore:
             "SELECT " + _STREAM_COLUMNS + " FROM {} WHERE stream_id = %s AND recorded_at <= %s ORDER BY version"
         ).format(self.db.table("events"))
         with self.db.connection(f"reading {stream_id!r} as of {as_of}") as conn:
-            rows = conn.cursor(binary=True).execute(query, [stream_id, as_of]).fetchall()
+            rows = _stream_cursor(conn).execute(query, [stream_id, as_of]).fetchall()
         return _events(stream_id, rows)
 
     def stream_version(self, stream_id: str) -> int:

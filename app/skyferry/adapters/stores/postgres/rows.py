@@ -12,6 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson
+import psycopg
+from psycopg.abc import Loader
+from psycopg.pq import Format
+from psycopg.types.numeric import Int8BinaryLoader
 
 from skyferry.adapters.stores.postgres.layout import (
     _POSITION_DIGITS,
@@ -42,21 +46,40 @@ _ROW_COLUMNS: Final = (  # a StoredRow
 )
 
 
+def _stream_cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    """A binary cursor for :func:`_events`: its ``timestamptz`` columns come as their wire
+    value, microseconds since 2000-01-01 UTC in an ``int8``'s layout, read by the driver's
+    integer loader instead of being built into ``datetime``s (about a tenth of the client's
+    time for a stream's rows; registering it costs the cursor about 3 µs)."""
+    cursor = conn.cursor(binary=True)
+    cursor.adapters.register_loader(_TIMESTAMPTZ, _WIRE_INTEGER)
+    return cursor
+
+
+_TIMESTAMPTZ: Final = psycopg.postgres.types["timestamptz"].oid
+_INT8: Final = psycopg.postgres.types["int8"].oid
+_WIRE_INTEGER: Final[type[Loader]] = psycopg.adapters.get_loader(_INT8, Format.BINARY) or Int8BinaryLoader
+"""The driver's loader of a binary ``int8`` (its C one where installed)."""
+_POSTGRES_EPOCH: Final = 946_684_800_000_000
+"""2000-01-01 UTC, where PostgreSQL's timestamps count from, in microseconds since the Unix epoch."""
+
+
 def _events(stream_id: str, rows: Sequence[tuple[Any, ...]]) -> list[Event]:
-    """Rows of :data:`_STREAM_COLUMNS` of ``stream_id`` as Events (sessions run in UTC, so
-    timestamps come back in UTC).
+    """Rows of :data:`_STREAM_COLUMNS` of ``stream_id``, read by :func:`_stream_cursor`, as
+    Events (their timestamps integer microseconds since the Unix epoch, which ``Event``
+    decodes exactly when they are read).
 
     ``Event`` is a tuple: one ``tuple.__new__`` call per row builds it (the hot path of
     ``read_stream``, and so of loading an aggregate).  The stream's id is not read back:
     one column fewer for the server to send and the client to take.
     """
-    new, event_type, loads = _tuple_new, Event, orjson.loads
+    new, event_type, loads, epoch = _tuple_new, Event, orjson.loads, _POSTGRES_EPOCH
     return [  # all ten fields: tuple.__new__ fills in no default (read_stream gives no position)
         new(
             event_type,
-            (event_id, stream_id, version, kind, schema, loads(data), loads(metadata), occurred, recorded, None),
+            (event_id, stream_id, version, kind, schema, loads(data), loads(meta), epoch + o, epoch + r, None),
         )
-        for event_id, version, kind, schema, data, metadata, occurred, recorded in rows
+        for event_id, version, kind, schema, data, meta, o, r in rows  # o, r: occurred_at, recorded_at since 2000
     ]
 
 
