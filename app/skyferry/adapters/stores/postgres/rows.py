@@ -60,8 +60,6 @@ _TIMESTAMPTZ: Final = psycopg.postgres.types["timestamptz"].oid
 _INT8: Final = psycopg.postgres.types["int8"].oid
 _WIRE_INTEGER: Final[type[Loader]] = psycopg.adapters.get_loader(_INT8, Format.BINARY) or Int8BinaryLoader
 """The driver's loader of a binary ``int8`` (its C one where installed)."""
-_POSTGRES_EPOCH: Final = 946_684_800_000_000
-"""2000-01-01 UTC, where PostgreSQL's timestamps count from, in microseconds since the Unix epoch."""
 
 
 def _events(stream_id: str, rows: Sequence[tuple[Any, ...]]) -> list[Event]:
@@ -73,7 +71,7 @@ def _events(stream_id: str, rows: Sequence[tuple[Any, ...]]) -> list[Event]:
     ``read_stream``, and so of loading an aggregate).  The stream's id is not read back:
     one column fewer for the server to send and the client to take.
     """
-    new, event_type, loads, epoch = _tuple_new, Event, orjson.loads, _POSTGRES_EPOCH
+    new, event_type, loads, epoch = _tuple_new, Event, orjson.loads, _PG_EPOCH_MICROS
     return [  # all ten fields: tuple.__new__ fills in no default (read_stream gives no position)
         new(
             event_type,
