@@ -389,6 +389,33 @@ def test_read_stream_ranges_limits_and_direction(
     assert [e.data["n"] for e in events] == versions
 
 
+def test_a_long_stream_reads_whole_in_every_window(event_store: EventStore) -> None:
+    """Windows of a 250-event stream, each side of where a store may change how it reads
+    (PostgreSQL streams what follows its first 100 rows)."""
+    sid = stream("long")
+    step = min(50, write_limits(event_store).per_append or 50)  # within the store's cap of events per append
+    for start in range(0, 250, step):
+        event_store.append(sid, [new(n) for n in range(start + 1, min(start + step, 250) + 1)], start)
+    versions = list(range(1, 251))
+    windows: list[tuple[dict[str, object], list[int]]] = [
+        ({}, versions),
+        ({"limit": 100}, versions[:100]),
+        ({"limit": 101}, versions[:101]),
+        ({"limit": 180}, versions[:180]),
+        ({"from_version": 120}, versions[119:]),
+        ({"from_version": 20, "to_version": 230, "limit": 150}, versions[19:169]),
+        ({"backwards": True}, versions[::-1]),
+        ({"backwards": True, "limit": 100}, versions[::-1][:100]),
+        ({"backwards": True, "limit": 130}, versions[::-1][:130]),
+        ({"backwards": True, "from_version": 30, "to_version": 240}, versions[29:240][::-1]),
+    ]
+    for kwargs, expected in windows:
+        events = event_store.read_stream(sid, **kwargs)  # type: ignore[arg-type]
+        assert [e.version for e in events] == expected, kwargs
+        assert [e.data["n"] for e in events] == expected, kwargs
+        assert all(e.stream_id == sid for e in events), kwargs
+
+
 def test_list_streams_by_prefix_in_order(event_store: EventStore) -> None:
     tag = uuid.uuid4().hex[:8]
     names = [f"acct-{tag}-b", f"acct-{tag}-a", f"xfer-{tag}-c", f"acct-{tag}-c"]

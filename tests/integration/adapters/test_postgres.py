@@ -854,3 +854,67 @@ def test_the_detector_catches_a_gap_when_the_protection_is_removed(delayed_url: 
         assert [e.stream_id for e in tail.skipped(tag)] == [f"{tag}a"]
     finally:
         tail.store.close()
+
+
+# --- long reads, streamed -------------------------------------------------------------------
+
+
+class _StreamSpy:
+    """Counts the statements the store streams (``Cursor.stream``), and can fail a streamed
+    read after its first row, as a decoding error would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> None:
+        self.calls = 0
+        original = psycopg.Cursor.stream
+        spy = self
+
+        def stream(cursor: psycopg.Cursor[object], *args: object, **kwargs: object) -> Iterator[object]:
+            spy.calls += 1
+            for number, row in enumerate(original(cursor, *args, **kwargs)):  # type: ignore[arg-type]
+                if fail and number == 1:
+                    raise RuntimeError("decoding failed")
+                yield row
+
+        monkeypatch.setattr(psycopg.Cursor, "stream", stream)
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "libpq-before-17"])
+def test_long_reads_are_streamed_and_give_what_short_reads_give(
+    store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    from skyferry.adapters.stores.postgres import rows
+
+    monkeypatch.setattr(rows, "_CHUNKED", chunked)
+    store.append("long", tricky_events(rows.STREAM_FIRST * 3), NO_STREAM)
+    store.append("short", tricky_events(rows.STREAM_FIRST - 1), NO_STREAM)
+    pages = []
+    after = None
+    while page := store.read_all(after=after, limit=rows.STREAM_FROM - 1):  # below: never streamed
+        pages += page
+        after = page[-1].position
+    spy = _StreamSpy(monkeypatch)
+    assert store.read_stream("short") == [e._replace(position=None) for e in pages if e.stream_id == "short"]
+    assert spy.calls == 0  # a stream within the first rows: one prepared statement
+    assert store.read_stream("long") == [e._replace(position=None) for e in pages if e.stream_id == "long"]
+    assert store.read_all(limit=rows.STREAM_FROM * 2) == pages
+    assert spy.calls == (2 if chunked else 0)
+
+
+def test_a_streamed_read_that_fails_midway_leaves_its_connection_clean(
+    store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from skyferry.adapters.stores.postgres import rows
+
+    store.append("long", tricky_events(rows.STREAM_FIRST * 2), NO_STREAM)
+    whole = store.read_stream("long")
+    with monkeypatch.context() as patched:
+        _StreamSpy(patched, fail=True)
+        with pytest.raises(RuntimeError, match="decoding failed"):
+            store.read_stream("long")
+        with pytest.raises(RuntimeError, match="decoding failed"):
+            store.read_all(limit=rows.STREAM_FROM)
+    for _ in range(3):  # every pooled connection answers again, in no transaction
+        assert store.read_stream("long") == whole
+        assert len(store.read_all(limit=rows.STREAM_FROM)) == len(whole)
+        with store.db.connection("checking") as conn:
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

@@ -55,6 +55,8 @@ from skyferry.adapters.stores.postgres.rows import (
     _COPY_FROM,
     _ROW_COLUMNS,
     _STREAM_COLUMNS,
+    STREAM_FIRST,
+    STREAM_FROM,
     _appended_rows_binary,
     _binary_ready,
     _copy_rows,
@@ -63,6 +65,7 @@ from skyferry.adapters.stores.postgres.rows import (
     _positioned_rows,
     _stored_rows_binary,
     _stream_cursor,
+    _streamed,
 )
 from skyferry.core.errors import (
     ConcurrencyError,
@@ -555,11 +558,21 @@ class PostgresEventStore:
         limit: int | None = None,
     ) -> list[Event]:
         """The stream's events in a version range, ascending or descending (see the port)."""
+        check_limit(limit, minimum=0)
         query = self._read_stream_sql[bool(backwards)]
         upper = to_version if to_version is not None else 2**31 - 1
+        first = STREAM_FIRST if limit is None else min(limit, STREAM_FIRST)
         with self.db.connection(f"reading {stream_id!r}") as conn:
-            rows = _stream_cursor(conn).execute(query, [stream_id, from_version, upper, limit]).fetchall()
-        return _events(stream_id, rows)
+            cursor = _stream_cursor(conn)
+            events = _events(stream_id, cursor.execute(query, [stream_id, from_version, upper, first]).fetchall())
+            if len(events) == first and (limit is None or limit > first):  # a long stream: the rest streamed
+                # a second statement, a later snapshot: the stream only grows, so what it
+                # adds continues the versions read (it may hold events appended since)
+                last = events[-1].version
+                lower, upper = (from_version, last - 1) if backwards else (last + 1, upper)
+                rest = None if limit is None else limit - first
+                events += _events(stream_id, _streamed(cursor, query, [stream_id, lower, upper, rest]))
+        return events
 
     def read_stream_as_of(self, stream_id: str, as_of: datetime) -> list[Event]:
         """The stream's events recorded at or before ``as_of`` (feature ``temporal``; index on the stream)."""
@@ -603,9 +616,13 @@ class PostgresEventStore:
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Events after ``after`` in commit order of positions (gap-free, see the module docstring)."""
+        check_limit(limit, minimum=1)
+        params = [decode_position(after), limit]
         with self.db.connection("reading all events") as conn:
-            rows = conn.cursor(binary=True).execute(self._read_all_sql, [decode_position(after), limit]).fetchall()
-        return _positioned_rows(rows)
+            cursor = conn.cursor(binary=True)
+            if limit >= STREAM_FROM:  # a page that may be long: decoded as the server sends it
+                return _positioned_rows(_streamed(cursor, self._read_all_sql, params))
+            return _positioned_rows(cursor.execute(self._read_all_sql, params).fetchall())
 
     def count_after(self, after: str | None = None) -> int:
         """How many visible events follow ``after`` (feature ``count``: the position index;
