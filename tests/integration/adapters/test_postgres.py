@@ -889,15 +889,27 @@ def test_long_reads_are_streamed_and_give_what_short_reads_give(
     store.append("short", tricky_events(rows.STREAM_FIRST - 1), NO_STREAM)
     pages = []
     after = None
-    while page := store.read_all(after=after, limit=rows.STREAM_FROM - 1):  # below: never streamed
+    while page := store.read_all(after=after, limit=rows.STREAM_FIRST):  # never more: never streamed
         pages += page
         after = page[-1].position
     spy = _StreamSpy(monkeypatch)
     assert store.read_stream("short") == [e._replace(position=None) for e in pages if e.stream_id == "short"]
-    assert spy.calls == 0  # a stream within the first rows: one prepared statement
+    assert store.read_all(after=pages[-5].position, limit=1000) == pages[-4:]  # a tail: a few new events
+    assert spy.calls == 0  # reads within the first rows: one prepared statement each
     assert store.read_stream("long") == [e._replace(position=None) for e in pages if e.stream_id == "long"]
-    assert store.read_all(limit=rows.STREAM_FROM * 2) == pages
-    assert spy.calls == (2 if chunked else 0)
+    assert store.read_all(limit=1000) == pages
+    assert store.read_all(after=pages[9].position, limit=250) == pages[10:260]
+    assert spy.calls == (3 if chunked else 0)
+    # 389 events after the tenth, in pages of 120: the first streams past its 100th event,
+    # the three that continue a full page stream whole, the last (29 events) too
+    backlog = [store.read_all(after=pages[9].position, limit=120)]
+    while len(backlog[-1]) == 120:
+        backlog.append(store.read_all(after=backlog[-1][-1].position, limit=120))
+    assert [len(page) for page in backlog] == [120, 120, 120, 29]
+    assert [event for page in backlog for event in page] == pages[10:]
+    assert spy.calls == (7 if chunked else 0)
+    assert store.read_all(after=pages[-1].position, limit=120) == []  # after a partial page: prepared
+    assert spy.calls == (7 if chunked else 0)
 
 
 def test_a_streamed_read_that_fails_midway_leaves_its_connection_clean(
@@ -912,9 +924,9 @@ def test_a_streamed_read_that_fails_midway_leaves_its_connection_clean(
         with pytest.raises(RuntimeError, match="decoding failed"):
             store.read_stream("long")
         with pytest.raises(RuntimeError, match="decoding failed"):
-            store.read_all(limit=rows.STREAM_FROM)
+            store.read_all(limit=1000)
     for _ in range(3):  # every pooled connection answers again, in no transaction
         assert store.read_stream("long") == whole
-        assert len(store.read_all(limit=rows.STREAM_FROM)) == len(whole)
+        assert len(store.read_all(limit=1000)) == len(whole)
         with store.db.connection("checking") as conn:
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

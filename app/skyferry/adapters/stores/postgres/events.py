@@ -56,7 +56,6 @@ from skyferry.adapters.stores.postgres.rows import (
     _ROW_COLUMNS,
     _STREAM_COLUMNS,
     STREAM_FIRST,
-    STREAM_FROM,
     _appended_rows_binary,
     _binary_ready,
     _copy_rows,
@@ -121,6 +120,8 @@ class PostgresEventStore:
         self.db = PostgresDatabase(url, client=client, existing=existing)
         self.url = self.db.url
         self.identity = self.db.identity
+        self._backlog: str | None = None
+        """Where the last ``read_all`` that filled its page ended (see ``read_all``)."""
         t = self.db.table("events")
         # The statements of the hot paths, rendered to bytes once: psycopg would render a
         # composed statement again on every call (a tenth of a command cycle's client time).
@@ -615,14 +616,28 @@ class PostgresEventStore:
         return rows, encode_position(rows[-1][0]) if rows else after
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
-        """Events after ``after`` in commit order of positions (gap-free, see the module docstring)."""
+        """Events after ``after`` in commit order of positions (gap-free, see the module docstring).
+
+        The first :data:`STREAM_FIRST` rows come by a prepared statement and the rest, if
+        any, streamed (``rows._streamed``); a call that goes on where a page of the same
+        store filled up is paging through a backlog, and streams its whole page.  Threads
+        sharing the store can only make a call take the other of the two ways."""
         check_limit(limit, minimum=1)
-        params = [decode_position(after), limit]
+        start = decode_position(after)
         with self.db.connection("reading all events") as conn:
             cursor = conn.cursor(binary=True)
-            if limit >= STREAM_FROM:  # a page that may be long: decoded as the server sends it
-                return _positioned_rows(_streamed(cursor, self._read_all_sql, params))
-            return _positioned_rows(cursor.execute(self._read_all_sql, params).fetchall())
+            if limit > STREAM_FIRST and after is not None and after == self._backlog:
+                events = _positioned_rows(_streamed(cursor, self._read_all_sql, [start, limit]))
+            else:
+                first = min(limit, STREAM_FIRST)
+                rows = cursor.execute(self._read_all_sql, [start, first]).fetchall()
+                events = _positioned_rows(rows)
+                if len(rows) == first < limit:  # a long page: the rest streamed, after the last position read
+                    # a later snapshot, as the next call's would be: positions still come in order
+                    rest = [rows[-1][-1], limit - first]
+                    events += _positioned_rows(_streamed(cursor, self._read_all_sql, rest))
+        self._backlog = events[-1].position if len(events) == limit else None
+        return events
 
     def count_after(self, after: str | None = None) -> int:
         """How many visible events follow ``after`` (feature ``count``: the position index;

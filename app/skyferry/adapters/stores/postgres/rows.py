@@ -65,9 +65,8 @@ _WIRE_INTEGER: Final[type[Loader]] = psycopg.adapters.get_loader(_INT8, Format.B
 STREAM_CHUNK: Final = 100
 """Rows per result a streamed read takes from the driver (:func:`_streamed`)."""
 STREAM_FIRST: Final = 100
-"""Rows ``read_stream`` takes by its prepared statement before it streams the rest."""
-STREAM_FROM: Final = 256
-"""``read_all`` streams its rows when it may take this many or more."""
+"""Rows a read (``read_all``, ``read_stream``) takes by its prepared statement before it
+streams the rest (:func:`_streamed`)."""
 _CHUNKED: Final = psycopg.capabilities.has_stream_chunked()
 
 
@@ -75,10 +74,11 @@ def _streamed(cursor: psycopg.Cursor[Any], query: bytes, params: Sequence[Any]) 
     """The rows of ``query``, handed on as the server sends them, :data:`STREAM_CHUNK` at a
     time (libpq's chunked mode, libpq 17 and newer; else all at once): the client decodes
     one chunk while the server produces the next, on another core.  Reads of 1,000 rows
-    ran 20-35 % faster so (``docs/performance.md``).
+    ran 10-25 % faster so (``docs/performance.md``).
 
     The driver does not prepare a streamed statement: the server plans it again each time
-    (about 0.1 ms here), which is why small reads keep the prepared path."""
+    (a tail's read of a few events took 0.16-0.2 ms longer so), which is why a read's first
+    :data:`STREAM_FIRST` rows keep the prepared statement."""
     if _CHUNKED:
         return cursor.stream(query, params, size=STREAM_CHUNK)
     return cursor.execute(query, params).fetchall()
