@@ -900,8 +900,8 @@ def test_long_reads_are_streamed_and_give_what_short_reads_give(
     assert store.read_all(limit=1000) == pages
     assert store.read_all(after=pages[9].position, limit=250) == pages[10:260]
     assert spy.calls == (3 if chunked else 0)
-    # 389 events after the tenth, in pages of 120: the first streams past its 100th event,
-    # the three that continue a full page stream whole, the last (29 events) too
+    # 389 events after the tenth, in pages of 120: the first streams past its 100th event;
+    # each of the three after it continues a full page, so streams whole (the last holds 29)
     backlog = [store.read_all(after=pages[9].position, limit=120)]
     while len(backlog[-1]) == 120:
         backlog.append(store.read_all(after=backlog[-1][-1].position, limit=120))
