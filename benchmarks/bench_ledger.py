@@ -1,4 +1,4 @@
-"""The ledger on SQLite: the command cycle and a projection rebuild, beside raw sqlite3.
+"""The ledger on SQLite: the command cycle and a projection rebuild, beside the raw driver (apsw).
 
 * **command cycle** -- ``Ledger.execute(Deposit)``: load the account (cache + tail read),
   decide, append, commit; vs. the raw cycle on the same file and durability:
@@ -13,17 +13,17 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import apsw
 import orjson
 
 from benchmarks.figures import Figure, compare
-from skyferry.adapters.stores.sqlite import SQLiteEventStore
+from skyferry.adapters.stores.sqlite import SQLiteEventStore, open_connection
 from skyferry.bootstrap import Ledger, bootstrap
 from skyferry.core.messages import Event, to_micros
 from skyferry.ledger import events as ev
@@ -37,7 +37,7 @@ _INSERT = (
 )
 
 
-def _raw_cycle(db: sqlite3.Connection, count: int, prefix: str) -> None:
+def _raw_cycle(db: apsw.Connection, count: int, prefix: str) -> None:
     """The raw command cycle: the same reads and writes, no framework."""
     state: dict[str, tuple[int, Decimal]] = {}
     for i in range(count):
@@ -82,7 +82,7 @@ def bench_command_cycle(directory: Path, count: int, synchronous: str) -> Figure
         for command in commands:
             ledger.execute(command)
 
-    db = sqlite3.connect(directory / f"cycle-{synchronous}.db", isolation_level=None)
+    db = open_connection(str(directory / f"cycle-{synchronous}.db"))
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous.upper()}")
     rounds = iter(range(100))
@@ -93,9 +93,7 @@ def bench_command_cycle(directory: Path, count: int, synchronous: str) -> Figure
     value, raw_rate = compare(count, adapter, raw)
     db.close()
     ledger.close()
-    return Figure(
-        f"command cycle (synchronous={synchronous})", value, "commands/s", raw_rate, "sqlite3 cycle", goal=0.7
-    )
+    return Figure(f"command cycle (synchronous={synchronous})", value, "commands/s", raw_rate, "apsw cycle", goal=0.7)
 
 
 def _ledger_events(count: int) -> list[Event]:
@@ -126,13 +124,15 @@ def bench_rebuild(directory: Path, count: int) -> Figure:
         store.bulk_append(events[start : start + 10_000])
     store.close()
     ledger: Ledger = bootstrap(Settings(store_url=url, broker_url="memory://"))
-    db = sqlite3.connect(directory / "rebuild.db", isolation_level=None)
+    db = open_connection(str(directory / "rebuild.db"))
 
     def raw() -> None:
         after = -1
-        while rows := db.execute(
-            "SELECT position, data, metadata FROM events WHERE position > ? ORDER BY position LIMIT 5000", (after,)
-        ).fetchall():
+        while rows := list(
+            db.execute(
+                "SELECT position, data, metadata FROM events WHERE position > ? ORDER BY position LIMIT 5000", (after,)
+            )
+        ):
             for row in rows:
                 orjson.loads(row[1])
                 orjson.loads(row[2])

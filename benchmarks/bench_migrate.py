@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import zstandard
 from benchmarks.figures import Figure, compare
 from skyferry.adapters import registry
 from skyferry.adapters.archives.local import LocalArchive
+from skyferry.adapters.stores.sqlite import open_connection
 from skyferry.core.messages import to_micros
 from skyferry.migrate.chunks import CHUNK_EVENTS
 from skyferry.migrate.export import export
@@ -64,23 +64,26 @@ def sqlite_source(path: Path, count: int) -> str:
     store = registry.open_event_store(url)
     store.last_position()  # creates the schema
     store.close()
-    db = sqlite3.connect(path)
+    db = open_connection(str(path))
+    db.execute("BEGIN IMMEDIATE")
     db.executemany(_SQLITE_INSERT, _rows(count))
-    db.commit()
+    db.execute("COMMIT")
     db.close()
     return url
 
 
 def _raw_sqlite_export(path: Path, out: Path) -> None:
-    db = sqlite3.connect(path)
+    db = open_connection(str(path))
     out.mkdir(parents=True, exist_ok=True)
     compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
     after, lines, index = 0, [], 0
-    while rows := db.execute(
-        "SELECT position, id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
-        " FROM events WHERE position > ? ORDER BY position LIMIT 5000",
-        (after,),
-    ).fetchall():
+    while rows := list(
+        db.execute(
+            "SELECT position, id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
+            " FROM events WHERE position > ? ORDER BY position LIMIT 5000",
+            (after,),
+        )
+    ):
         for r in rows:
             lines.append(
                 orjson.dumps(
@@ -119,7 +122,7 @@ def _raw_sqlite_import(archive_dir: Path, url: str) -> None:
     store = registry.open_event_store(url)
     store.last_position()
     store.close()
-    db = sqlite3.connect(path, isolation_level=None)
+    db = open_connection(path)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     batch: list[tuple[Any, ...]] = []

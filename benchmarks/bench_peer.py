@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sqlite3
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -71,7 +70,7 @@ from psycopg import sql
 from benchmarks.bench_postgres import DSN
 from benchmarks.figures import Figure, interleaved
 from skyferry.adapters.stores.postgres import PostgresEventStore
-from skyferry.adapters.stores.sqlite import SQLiteEventStore
+from skyferry.adapters.stores.sqlite import SQLiteEventStore, open_connection
 from skyferry.core.messages import Event, NewEvent, new_event_id, to_micros
 from skyferry.core.ports import NO_STREAM, EventStore
 
@@ -170,7 +169,7 @@ class SQLiteBackend:
     def driver(self, level: str) -> Callable[[list[tuple[Any, ...]]], None]:
         path = self._path("driver")
         SQLiteEventStore(f"sqlite:///{path}").stream_version("create the table")
-        db = sqlite3.connect(path, isolation_level=None)
+        db = open_connection(str(path))
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={level}")
         self._closers.append(db.close)
@@ -185,7 +184,7 @@ class SQLiteBackend:
     def settings(self, store: EventStore, recorder: ApplicationRecorder) -> str:
         assert isinstance(store, SQLiteEventStore)
         assert isinstance(recorder, SQLiteApplicationRecorder)
-        ours = store._conn.run(lambda db: db.execute("PRAGMA synchronous").fetchone()[0])
+        ours = store._conn.run(lambda db: db.execute("PRAGMA synchronous").get)
         with recorder.datastore.get_connection(commit=False) as connection:
             theirs = connection._sqlite_conn.execute("PRAGMA synchronous").fetchone()[0]
         names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}

@@ -1,4 +1,4 @@
-"""SQLite store: appends and ``read_all`` against raw ``sqlite3`` on the same file, same durability.
+"""SQLite store: appends and ``read_all`` against its raw driver (``apsw``) on the same file, same durability.
 
 * **append** -- one event per call with an expected version, ``synchronous=FULL`` (the
   default): ``SQLiteEventStore.append`` vs. the raw transaction (``BEGIN IMMEDIATE``,
@@ -22,17 +22,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import apsw
 import orjson
 
 from benchmarks.figures import Figure, compare
-from skyferry.adapters.stores.sqlite import SQLiteEventStore
+from skyferry.adapters.stores.sqlite import SQLiteEventStore, open_connection
 from skyferry.core.messages import Event, NewEvent
 from skyferry.runtime import tune_gc
 
@@ -75,8 +75,8 @@ def _gc_threshold(young: int | None = None) -> Iterator[None]:
         gc.set_threshold(*before)
 
 
-def _raw(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None)
+def _raw(path: Path, synchronous: str = "FULL") -> apsw.Connection:
+    db = open_connection(str(path))
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     return db
@@ -103,7 +103,7 @@ def bench_read_all(directory: Path, count: int) -> list[Figure]:
 
     def raw() -> None:
         after = -1
-        while rows := raw_db.execute(sql, (after, PAGE)).fetchall():
+        while rows := list(raw_db.execute(sql, (after, PAGE))):
             for row in rows:
                 orjson.loads(row[6])
                 orjson.loads(row[7])
@@ -121,7 +121,7 @@ def bench_read_all(directory: Path, count: int) -> list[Figure]:
 
     def raw_timestamps() -> None:
         after = -1
-        while rows := raw_db.execute(sql, (after, PAGE)).fetchall():
+        while rows := list(raw_db.execute(sql, (after, PAGE))):
             for row in rows:
                 orjson.loads(row[6])
                 orjson.loads(row[7])
@@ -173,14 +173,14 @@ def bench_append(directory: Path, count: int) -> Figure:
         for i in range(count):
             stream = f"r-{i % stream_count}"
             raw_db.execute("BEGIN IMMEDIATE")
-            current = raw_db.execute("SELECT max(version) FROM events WHERE stream_id = ?", (stream,)).fetchone()
+            current = raw_db.execute("SELECT max(version) FROM events WHERE stream_id = ?", (stream,)).get
             now = int(datetime.now(UTC).timestamp() * 1_000_000)
             raw_db.execute(
                 insert,
                 (
                     str(uuid.uuid4()),
                     stream,
-                    (current[0] or 0) + 1,
+                    (current or 0) + 1,
                     "MoneyDeposited",
                     1,
                     orjson.dumps({"amount": "1.00", "n": i}).decode(),
@@ -194,7 +194,7 @@ def bench_append(directory: Path, count: int) -> Figure:
     value, raw_rate = compare(count, adapter, raw)
     store.close()
     raw_db.close()
-    return Figure("append (1 event, synchronous=FULL)", value, "appends/s", raw_rate, "sqlite3 txn", goal=0.7)
+    return Figure("append (1 event, synchronous=FULL)", value, "appends/s", raw_rate, "apsw txn", goal=0.7)
 
 
 def bench_bulk_append(directory: Path, count: int) -> Figure:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
+import apsw
 import pytest
 
 from skyferry.adapters.archives.local import LocalArchive
@@ -48,15 +48,42 @@ def test_the_file_runs_in_wal_at_the_stated_durability(tmp_path: Path, query: st
     store = SQLiteEventStore(f"sqlite:///{tmp_path}/d.db{query}")
     try:
         store.append("s", [NewEvent("E", {})], ANY)
-        mode = store._conn.run(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0])
-        level = store._conn.run(lambda db: db.execute("PRAGMA synchronous").fetchone()[0])
+        mode = store._conn.run(lambda db: db.execute("PRAGMA journal_mode").get)
+        level = store._conn.run(lambda db: db.execute("PRAGMA synchronous").get)
         assert (mode, level) == ("wal", expected)
     finally:
         store.close()
 
 
+def test_a_statement_is_prepared_once_whatever_its_parameters(tmp_path: Path) -> None:
+    """The planner's stability guarantee is on, and with it a cached statement runs as it was
+    prepared: binding new values to its ``WHERE`` does not compile it again on every call.
+    SQLite asks the authorizer about every table a statement touches as it compiles it."""
+    store = SQLiteEventStore(f"sqlite:///{tmp_path}/q.db?synchronous=normal")
+    asked: list[int] = []
+
+    def authorizer(*_: object) -> int:
+        asked.append(1)
+        return apsw.SQLITE_OK
+
+    def command(n: int) -> None:
+        store.append(f"s-{n}", [NewEvent("E", {})], 0)
+        store.read_stream(f"s-{n}")
+
+    try:
+        store._conn.run(lambda db: setattr(db, "authorizer", authorizer))
+        command(0)  # compiles the append's and the read's statements
+        compiled = len(asked)
+        for n in range(1, 20):
+            command(n)
+        assert compiled > 0
+        assert len(asked) == compiled
+    finally:
+        store.close()
+
+
 def test_the_temporal_read_uses_the_index(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "t.db")
+    db = apsw.Connection(str(tmp_path / "t.db"))
     store = SQLiteEventStore(f"sqlite:///{tmp_path}/t.db")
     store.append("s", [NewEvent("E", {})], ANY)
     plan = db.execute(
@@ -86,7 +113,12 @@ def test_bulk_append_reads_the_heads_of_many_streams_in_one_query(tmp_path: Path
             for version in ((2, 3) if sid in stored else (1, 2))
         ]
         statements: list[str] = []
-        store._conn.run(lambda db: db.set_trace_callback(statements.append))
+
+        def trace(_cursor: apsw.Cursor, sql: str, _bindings: object) -> bool:
+            statements.append(sql)
+            return True
+
+        store._conn.run(lambda db: setattr(db, "exec_trace", trace))
         assert store.bulk_append(events) == len(events)
         heads = [sql for sql in statements if "max(version)" in sql]
         assert len(heads) == 1  # 900 streams, one query (it was one per 500 streams, a row each)
@@ -102,7 +134,7 @@ def test_a_new_file_switched_to_wal_while_another_connection_writes_waits_instea
     the write lock is a deadlock SQLite reports at once, busy timeout or not (CI saw four stores
     opening one new file fail this way).  The store retries and succeeds once the writer commits."""
     path = tmp_path / "new.db"
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other = apsw.Connection(str(path))
     other.execute("CREATE TABLE unrelated (x)")
     other.execute("BEGIN IMMEDIATE")
     other.execute("INSERT INTO unrelated VALUES (1)")

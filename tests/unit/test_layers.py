@@ -40,6 +40,7 @@ TECHNOLOGY = frozenset(
         "typer",
         "httpx",
         "sqlite3",
+        "apsw",
         "psycopg",
         "psycopg_pool",
         "boto3",

@@ -27,6 +27,11 @@ reading from a position again yields the same events.
 Timestamps are stored as integer microseconds since the epoch, ``data`` and
 ``metadata`` as JSON text (orjson).  Both stores are thread-safe: each instance owns one
 connection, used under a lock.
+
+Driver: ``apsw``, with the SQLite it bundles (the same SQLite wherever skyferry runs,
+whatever the system ships).  The standard library's ``sqlite3`` module lets go of the GIL
+and takes it back around every column of every row it reads; ``apsw`` does so once a row,
+around SQLite's step, and reads rows and runs ``executemany`` faster (``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import contextlib
 import itertools
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,8 +47,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Final, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
-from urllib.request import pathname2url
 
+import apsw
 import orjson
 from orjson import loads as _loads
 
@@ -175,7 +179,7 @@ def parse_url(url: str) -> tuple[str, str]:
     return path, SYNCHRONOUS_LEVELS[level]
 
 
-def _switch_to_wal(db: sqlite3.Connection) -> str:
+def _switch_to_wal(db: apsw.Connection) -> str:
     """Set WAL mode and return the journal mode now in force.
 
     A new file starts in rollback-journal mode, where two connections switching it at once
@@ -187,12 +191,29 @@ def _switch_to_wal(db: sqlite3.Connection) -> str:
     pause = 0.001
     while True:
         try:
-            return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e).lower() or time.monotonic() >= deadline:
+            return str(db.execute("PRAGMA journal_mode=WAL").get)
+        except apsw.BusyError:
+            if time.monotonic() >= deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
+
+
+def open_connection(path: str, *, existing: bool = False) -> apsw.Connection:
+    """A connection to the file at ``path`` (with ``existing``, never created).
+
+    Its statements wait up to :data:`BUSY_TIMEOUT_SECONDS` for another connection's lock.
+    The query planner's stability guarantee (``QPSG``) is on: without it, the SQLite that
+    apsw bundles prepares a statement again each time a value is bound to a parameter of its
+    ``WHERE``, so every cached statement was compiled anew on every call (a single append
+    spent a fifth of its time re-preparing its ``INSERT``).  The plans of this store never
+    depend on the values bound: it keeps no ``ANALYZE`` statistics and binds no ``LIKE``.
+    """
+    flags = apsw.SQLITE_OPEN_READWRITE | (0 if existing else apsw.SQLITE_OPEN_CREATE)
+    db = apsw.Connection(path, flags=flags)
+    db.set_busy_timeout(int(BUSY_TIMEOUT_SECONDS * 1000))
+    db.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, 1)
+    return db
 
 
 class _Connection:
@@ -200,14 +221,13 @@ class _Connection:
 
     ``existing``: the file must already hold the tables ``required`` (a store opened to be
     read): a missing file or table is a ``ConfigurationError`` naming it, and nothing is
-    created, not even an empty file (the file is opened with ``mode=rw``).
+    created, not even an empty file (it is opened without ``SQLITE_OPEN_CREATE``).
     """
 
     def __init__(
         self,
         url: str,
         schema: str,
-        connection: sqlite3.Connection | None = None,
         *,
         existing: bool = False,
         required: str = "",
@@ -215,31 +235,28 @@ class _Connection:
         self.url = url
         self.path, self.synchronous = parse_url(url)
         self._schema = schema
-        self._db = connection
+        self._db: apsw.Connection | None = None
         self._ready = False
         self._existing = existing
         self._required = required
         self.lock = threading.RLock()
 
-    def describe(self, error: sqlite3.Error) -> SkyferryErrorLike:
+    def describe(self, error: apsw.Error) -> SkyferryErrorLike:
         """Translate ``error`` into the hierarchy, naming the file."""
-        text = str(error).lower()
         name = os.path.abspath(self.path)
-        if "locked" in text or "busy" in text:
+        if isinstance(error, apsw.BusyError | apsw.LockedError):
             return TransientError(f"SQLite file {name} is busy: {error}")
-        if "readonly" in text or "read-only" in text:
+        if isinstance(error, apsw.ReadOnlyError):
             return ConfigurationError(f"SQLite file {name} is read-only: {error}")
-        if isinstance(error, sqlite3.DatabaseError) and (
-            "not a database" in text or "malformed" in text or "corrupt" in text
-        ):
+        if isinstance(error, apsw.NotADBError | apsw.CorruptError):
             return ConfigurationError(f"SQLite file {name} is corrupt or not a SQLite database: {error}")
-        if "unable to open" in text:
+        if isinstance(error, apsw.CantOpenError):
             return ConfigurationError(f"SQLite file {name} cannot be opened: {error}")
-        if "disk" in text and ("full" in text or "i/o" in text):
+        if isinstance(error, apsw.FullError | apsw.IOError):
             return TransientError(f"SQLite file {name}: {error}")
         return ConfigurationError(f"SQLite file {name}: {error}")
 
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> apsw.Connection:
         """The open connection (opened and migrated on first use; call under the lock)."""
         if self._db is not None and self._ready:
             return self._db
@@ -249,19 +266,11 @@ class _Connection:
             raise ConfigurationError(f"SQLite file {name} does not exist (a store to read is never created)")
         try:
             if self._db is None:
-                self._db = sqlite3.connect(
-                    f"file:{pathname2url(name)}?mode=rw" if self._existing else self.path,
-                    timeout=BUSY_TIMEOUT_SECONDS,
-                    isolation_level=None,
-                    check_same_thread=False,
-                    uri=self._existing,
-                )
+                self._db = open_connection(name, existing=self._existing)
             db = self._db
-            db.isolation_level = None
             if self._existing:
-                found = db.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (self._required,)
-                ).fetchone()[0]
+                query = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+                found = db.execute(query, (self._required,)).get
                 if not found:
                     raise ConfigurationError(
                         f"SQLite file {name} holds no skyferry store (no table {self._required!r})"
@@ -273,8 +282,8 @@ class _Connection:
                 )
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             if not self._existing:
-                db.executescript(f"BEGIN IMMEDIATE;{self._schema}COMMIT;")
-        except (sqlite3.Error, ConfigurationError) as e:
+                db.execute(f"BEGIN IMMEDIATE;{self._schema}COMMIT;")
+        except (apsw.Error, ConfigurationError) as e:
             if self._db is not None:
                 self._db.close()
                 self._db = None
@@ -297,28 +306,28 @@ class _Connection:
                 f"SQLite file {os.path.abspath(self.path)} is read-only; skyferry needs to write to it"
             )
 
-    def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def run(self, work: Callable[[apsw.Connection], T]) -> T:
         """Run ``work`` under the lock, translating SQLite errors."""
         with self.lock:
             db = self.db()
             try:
                 return work(db)
-            except sqlite3.Error as e:
+            except apsw.Error as e:
                 if db.in_transaction:
                     # The original error is the one to report; a failed rollback adds nothing.
-                    with contextlib.suppress(sqlite3.Error):
-                        db.rollback()
+                    with contextlib.suppress(apsw.Error):
+                        db.execute("ROLLBACK")
                 raise self.describe(e) from e
 
-    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def write(self, work: Callable[[apsw.Connection], T]) -> T:
         """Run ``work`` in a ``BEGIN IMMEDIATE`` transaction: committed if it returns, else rolled back."""
 
-        def transaction(db: sqlite3.Connection) -> T:
+        def transaction(db: apsw.Connection) -> T:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = work(db)
             except BaseException:
-                db.rollback()
+                db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
             return result
@@ -396,19 +405,18 @@ def _decode_stream(stream_id: str, rows: list[tuple[Any, ...]]) -> list[Event]:
     ]
 
 
-def _current_version(db: sqlite3.Connection, stream_id: str) -> int:
-    row = db.execute("SELECT max(version) FROM events WHERE stream_id = ?", (stream_id,)).fetchone()
-    return int(row[0] or 0)
+def _current_version(db: apsw.Connection, stream_id: str) -> int:
+    return int(db.execute("SELECT max(version) FROM events WHERE stream_id = ?", (stream_id,)).get or 0)
 
 
-def _current_versions(db: sqlite3.Connection, streams: Sequence[str]) -> dict[str, int]:
+def _current_versions(db: apsw.Connection, streams: Sequence[str]) -> dict[str, int]:
     """The current version of each of ``streams`` (0 for new ones): one query, whose one row
     is a JSON object.  A row per stream would take the GIL back once per stream: beside an
     import's decoding thread, which holds it for up to 5 ms at a time, that cost 50-60 ms a
     chunk of 1,000 streams instead of 10."""
     if not streams:
         return {}
-    (answer,) = db.execute(_HEADS, (orjson.dumps(list(streams)).decode(),)).fetchone()
+    answer = db.execute(_HEADS, (orjson.dumps(list(streams)).decode(),)).get
     found: dict[str, int] = orjson.loads(answer)
     return found
 
@@ -429,7 +437,7 @@ def _imported_row(event: Event) -> tuple[Any, ...]:
 
 
 def _insert_at(
-    stream_id: str, event: NewEvent, encoded: tuple[bytes, bytes], expected: int, db: sqlite3.Connection
+    stream_id: str, event: NewEvent, encoded: tuple[bytes, bytes], expected: int, db: apsw.Connection
 ) -> bool:
     """Insert ``event`` as version ``expected + 1`` if the stream is at ``expected``; whether it was."""
     data, metadata = encoded
@@ -437,9 +445,10 @@ def _insert_at(
     recorded = to_micros(utc_now()) if event.recorded_at is None else to_micros(event.recorded_at)
     row = (event.id, stream_id, expected + 1, event.type, event.schema_version, data.decode(), metadata.decode())
     try:
-        return db.execute(_INSERT_AT, (*row, occurred, recorded, expected)).rowcount == 1
-    except sqlite3.IntegrityError:  # the id is stored already, or a writer took the version first
+        db.execute(_INSERT_AT, (*row, occurred, recorded, expected))
+    except apsw.ConstraintError:  # the id is stored already, or a writer took the version first
         return False
+    return db.changes() == 1
 
 
 def _micros(moment: Any) -> int:
@@ -500,7 +509,7 @@ def _validated_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def _stored(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+def _stored(db: apsw.Connection, ids: Sequence[str]) -> dict[str, tuple[str, int]]:
     """``id -> (stream_id, version)`` of those of ``ids`` already stored."""
     found: dict[str, tuple[str, int]] = {}
     for start in range(0, len(ids), _CHUNK):
@@ -536,9 +545,9 @@ class SQLiteEventStore:
         }
     )
 
-    def __init__(self, url: str, connection: sqlite3.Connection | None = None, *, existing: bool = False) -> None:
+    def __init__(self, url: str, *, existing: bool = False) -> None:
         self.url = url
-        self._conn = _Connection(url, EVENTS_SCHEMA, connection, existing=existing, required="events")
+        self._conn = _Connection(url, EVENTS_SCHEMA, existing=existing, required="events")
         self.identity = ("sqlite", os.path.realpath(self._conn.path))
 
     @classmethod
@@ -552,7 +561,7 @@ class SQLiteEventStore:
 
     def _append_in(
         self,
-        db: sqlite3.Connection,
+        db: apsw.Connection,
         stream_id: str,
         events: Sequence[NewEvent],
         encoded: list[tuple[bytes, bytes]],
@@ -584,12 +593,12 @@ class SQLiteEventStore:
                 db.execute(_INSERT, rows[0])  # the usual command: one event, no executemany set-up
             else:
                 db.executemany(_INSERT, rows)
-        except sqlite3.IntegrityError as e:
+        except apsw.ConstraintError as e:
             raise _Conflict from e
         return AppendResult(stream_id, actual + 1, actual + len(events))
 
     def _resolve(
-        self, db: sqlite3.Connection, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion
+        self, db: apsw.Connection, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion
     ) -> AppendResult:
         """After a failed check: idempotent success or the ConcurrencyError (reads only)."""
         actual = _current_version(db, stream_id)
@@ -635,7 +644,7 @@ class SQLiteEventStore:
         for _, _, expected in batch:
             expected_as_int(expected)
 
-        def work(db: sqlite3.Connection) -> list[AppendResult]:
+        def work(db: apsw.Connection) -> list[AppendResult]:
             results = []
             for (stream_id, events, expected), stream_encoded in zip(batch, encoded, strict=True):
                 db.execute("SAVEPOINT one_stream")
@@ -661,7 +670,7 @@ class SQLiteEventStore:
             validate_stream_id(stream_id)
         encoded = _validated_rows(events)  # every event is validated, skipped ones too
 
-        def work(db: sqlite3.Connection) -> int:
+        def work(db: apsw.Connection) -> int:
             current = _current_versions(db, streams)
             rows: list[tuple[Any, ...]] = []
             skipped: list[Event] = []
@@ -691,7 +700,7 @@ class SQLiteEventStore:
                         )
             try:
                 db.executemany(_INSERT, rows)
-            except sqlite3.IntegrityError as e:
+            except apsw.ConstraintError as e:
                 raise ConcurrencyError(
                     events[0].stream_id if events else "", "bulk", 0, f"an event id is already stored: {e}"
                 ) from e
@@ -717,11 +726,11 @@ class SQLiteEventStore:
         assert isinstance(source, RowsEventStore)
         check_limit(limit, minimum=1)
 
-        def work(db: sqlite3.Connection) -> CopiedBatch:
+        def work(db: apsw.Connection) -> CopiedBatch:
             def write(rows: list[StoredRow]) -> None:
                 try:
                     db.executemany(_INSERT_ROWS, rows)
-                except sqlite3.IntegrityError as e:  # the unique id: versions were checked
+                except apsw.ConstraintError as e:  # the unique id: versions were checked
                     raise ConcurrencyError(
                         "(import)", "new ids", -1, f"an event id of this copy is already stored elsewhere: {e}"
                     ) from e
@@ -740,7 +749,7 @@ class SQLiteEventStore:
         check_limit(limit, minimum=1)
         start = -1 if after is None else _position(after)
         sql = f"SELECT {_ROW_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-        rows: list[StoredRow] = self._conn.run(lambda db: db.execute(sql, (start, limit)).fetchall())
+        rows: list[StoredRow] = self._conn.run(lambda db: list(db.execute(sql, (start, limit))))
         return rows, str(rows[-1][0]) if rows else after
 
     def read_stream(
@@ -781,7 +790,8 @@ class SQLiteEventStore:
         """Stream ids starting with ``prefix``, ascending (uses the stream/version index)."""
         sql = "SELECT DISTINCT stream_id FROM events WHERE stream_id >= ? AND stream_id < ? ORDER BY stream_id"
         rows = self._conn.run(lambda db: db.execute(sql, (prefix, prefix + PREFIX_END)).fetchall())
-        return iter([row[0] for row in rows if row[0].startswith(prefix)])
+        names = [str(name) for (name,) in rows]
+        return iter([name for name in names if name.startswith(prefix)])
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Events after ``after`` by position (complete and stable: see the module docstring)."""
@@ -795,13 +805,12 @@ class SQLiteEventStore:
         """How many events follow ``after`` (feature ``count``: the primary key's index)."""
         start = -1 if after is None else _position(after)
         query = "SELECT count(*) FROM events WHERE position > ?"
-        row = self._conn.run(lambda db: db.execute(query, (start,)).fetchone())
-        return int(row[0])
+        return int(self._conn.run(lambda db: db.execute(query, (start,)).get))
 
     def last_position(self) -> str | None:
         """The highest position, ``None`` when the store is empty."""
-        row = self._conn.run(lambda db: db.execute("SELECT max(position) FROM events").fetchone())
-        return None if row[0] is None else str(row[0])
+        last = self._conn.run(lambda db: db.execute("SELECT max(position) FROM events").get)
+        return None if last is None else str(last)
 
     def close(self) -> None:
         """Close the connection."""
@@ -822,9 +831,9 @@ class SQLiteViewStore:
     checkpoint are written together or not at all.
     """
 
-    def __init__(self, url: str, connection: sqlite3.Connection | None = None) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
-        self._conn = _Connection(url, VIEWS_SCHEMA, connection)
+        self._conn = _Connection(url, VIEWS_SCHEMA)
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -841,7 +850,7 @@ class SQLiteViewStore:
         """The documents that exist among ``keys`` (``IN`` queries of 500 keys)."""
         keys = list(dict.fromkeys(keys))
 
-        def work(db: sqlite3.Connection) -> dict[str, Doc]:
+        def work(db: apsw.Connection) -> dict[str, Doc]:
             found: dict[str, Doc] = {}
             for start in range(0, len(keys), _CHUNK):
                 chunk = keys[start : start + _CHUNK]
@@ -869,7 +878,7 @@ class SQLiteViewStore:
             params += ('$."' + where[0].replace('"', '""') + '"', where[1])
         sql += " ORDER BY key"
 
-        def work(db: sqlite3.Connection) -> list[tuple[str, Doc]]:
+        def work(db: apsw.Connection) -> list[tuple[str, Doc]]:
             result: list[tuple[str, Doc]] = []
             for key, value, revision in db.execute(sql, params):
                 doc = orjson.loads(value)
@@ -885,7 +894,7 @@ class SQLiteViewStore:
     def commit(self, projection: str, changes: Sequence[ViewChange], checkpoint: Mapping[str, str]) -> None:
         """Write ``changes`` and ``checkpoint`` in one transaction (a revision mismatch raises)."""
 
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: apsw.Connection) -> None:
             run: list[tuple[str, str, str]] = []
             for change in changes:
                 if change.expected_revision is None and change.doc is not None:
@@ -933,7 +942,7 @@ class SQLiteViewStore:
         self._conn.close()
 
 
-def _upsert(db: sqlite3.Connection, run: list[tuple[str, str, str]]) -> None:
+def _upsert(db: apsw.Connection, run: list[tuple[str, str, str]]) -> None:
     """Write a run of unconditional document writes (revision 1, or +1), then empty ``run``."""
     if run:
         db.executemany(
