@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from skyferry.adapters.archives.local import LocalArchive
 from skyferry.adapters.brokers.memory import MemoryBroker
 from skyferry.adapters.stores.memory import MemoryEventStore, MemoryViewStore
-from skyferry.adapters.stores.sqlite import SQLiteEventStore, SQLiteViewStore, parse_url
+from skyferry.adapters.stores.sqlite import EVENTS_SCHEMA, VIEWS_SCHEMA, SQLiteEventStore, SQLiteViewStore, parse_url
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, ValidationError
 from skyferry.core.messages import Event, NewEvent, new_event_id, utc_now
 from skyferry.core.ports import ANY, Message, ViewChange
@@ -80,6 +81,32 @@ def test_a_statement_is_prepared_once_whatever_its_parameters(tmp_path: Path) ->
         assert len(asked) == compiled
     finally:
         store.close()
+
+
+def test_a_file_written_through_the_standard_library_is_read_and_continued(tmp_path: Path) -> None:
+    """Files from before the store drove SQLite through apsw: the system's SQLite and the
+    ``sqlite3`` module wrote them, the SQLite that apsw bundles reads and extends them."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(EVENTS_SCHEMA + VIEWS_SCHEMA)
+    old.execute(
+        "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
+        " VALUES (?, 's', 1, 'E', 1, '{\"n\":1}', '{}', 1700000000000000, 1700000000000000)",
+        (new_event_id(),),
+    )
+    old.execute("INSERT INTO checkpoints VALUES ('p', '$all', '1')")
+    old.commit()
+    old.close()
+    store = SQLiteEventStore(f"sqlite:///{path}", existing=True)
+    views = SQLiteViewStore(f"sqlite:///{path}")
+    try:
+        assert [(e.version, e.data) for e in store.read_stream("s")] == [(1, {"n": 1})]
+        assert store.append("s", [NewEvent("E", {"n": 2})], 1).last_version == 2
+        assert [e.data["n"] for e in store.read_all()] == [1, 2]
+        assert views.get_checkpoint("p") == "1"
+    finally:
+        store.close()
+        views.close()
 
 
 def test_the_temporal_read_uses_the_index(tmp_path: Path) -> None:
