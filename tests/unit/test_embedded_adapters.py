@@ -109,6 +109,32 @@ def test_a_file_written_through_the_standard_library_is_read_and_continued(tmp_p
         views.close()
 
 
+@pytest.mark.parametrize("ended_by_sqlite", [False, True])
+def test_a_failed_write_is_undone_and_its_own_error_reported(tmp_path: Path, ended_by_sqlite: bool) -> None:
+    """Whether the transaction is still open when the work fails or SQLite has already ended
+    it, the caller sees the work's error, nothing of it is stored, and the store goes on."""
+    store = SQLiteEventStore(f"sqlite:///{tmp_path}/w.db")
+    store.append("s", [NewEvent("E", {})], ANY)
+
+    def work(db: apsw.Connection) -> None:
+        db.execute(
+            "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at,"
+            " recorded_at) VALUES (?, 's', 2, 'E', 1, '{}', '{}', 0, 0)",
+            (new_event_id(),),
+        )
+        if ended_by_sqlite:
+            db.execute("ROLLBACK")
+        raise RuntimeError("the work failed")
+
+    try:
+        with pytest.raises(RuntimeError, match="the work failed"):
+            store._conn.write(work)
+        assert store.stream_version("s") == 1
+        assert store.append("s", [NewEvent("E", {})], 1).last_version == 2
+    finally:
+        store.close()
+
+
 def test_the_temporal_read_uses_the_index(tmp_path: Path) -> None:
     db = apsw.Connection(str(tmp_path / "t.db"))
     store = SQLiteEventStore(f"sqlite:///{tmp_path}/t.db")

@@ -216,6 +216,14 @@ def open_connection(path: str, *, existing: bool = False) -> apsw.Connection:
     return db
 
 
+def _rollback(db: apsw.Connection) -> None:
+    """Undo the open transaction, if one is still open (SQLite ends it by itself after some
+    errors).  A failed rollback is not raised: the error that called for it is the one to report."""
+    if db.in_transaction:
+        with contextlib.suppress(apsw.Error):
+            db.execute("ROLLBACK")
+
+
 class _Connection:
     """One lazily opened connection to the file, used under a lock, with error translation.
 
@@ -313,10 +321,7 @@ class _Connection:
             try:
                 return work(db)
             except apsw.Error as e:
-                if db.in_transaction:
-                    # The original error is the one to report; a failed rollback adds nothing.
-                    with contextlib.suppress(apsw.Error):
-                        db.execute("ROLLBACK")
+                _rollback(db)
                 raise self.describe(e) from e
 
     def write(self, work: Callable[[apsw.Connection], T]) -> T:
@@ -327,7 +332,7 @@ class _Connection:
             try:
                 result = work(db)
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             db.execute("COMMIT")
             return result
