@@ -244,7 +244,7 @@ class _Connection:
         self.path, self.synchronous = parse_url(url)
         self._schema = schema
         self._db: apsw.Connection | None = None
-        self._ready = False
+        """Set once the file is open, in WAL mode and migrated (:meth:`db`)."""
         self._existing = existing
         self._required = required
         self.lock = threading.RLock()
@@ -266,16 +266,15 @@ class _Connection:
 
     def db(self) -> apsw.Connection:
         """The open connection (opened and migrated on first use; call under the lock)."""
-        if self._db is not None and self._ready:
+        if self._db is not None:
             return self._db
         self._check_writable()
         name = os.path.abspath(self.path)
         if self._existing and not os.path.isfile(self.path):
             raise ConfigurationError(f"SQLite file {name} does not exist (a store to read is never created)")
+        db: apsw.Connection | None = None
         try:
-            if self._db is None:
-                self._db = open_connection(name, existing=self._existing)
-            db = self._db
+            db = open_connection(name, existing=self._existing)
             if self._existing:
                 query = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
                 found = db.execute(query, (self._required,)).get
@@ -285,20 +284,17 @@ class _Connection:
                     )
             mode = _switch_to_wal(db)
             if str(mode).lower() != "wal":
-                raise ConfigurationError(
-                    f"SQLite file {os.path.abspath(self.path)}: cannot switch to WAL mode (got {mode})"
-                )
+                raise ConfigurationError(f"SQLite file {name}: cannot switch to WAL mode (got {mode})")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             if not self._existing:
                 db.execute(f"BEGIN IMMEDIATE;{self._schema}COMMIT;")
         except (apsw.Error, ConfigurationError) as e:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            if db is not None:
+                db.close()
             if isinstance(e, ConfigurationError):
                 raise
             raise self.describe(e) from e
-        self._ready = True
+        self._db = db
         return db
 
     def _check_writable(self) -> None:
@@ -345,7 +341,6 @@ class _Connection:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-                self._ready = False
 
 
 SkyferryErrorLike = TransientError | ConfigurationError
