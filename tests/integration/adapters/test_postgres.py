@@ -930,3 +930,47 @@ def test_a_streamed_read_that_fails_midway_leaves_its_connection_clean(
         assert len(store.read_all(limit=1000)) == len(whole)
         with store.db.connection("checking") as conn:
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def _stream_read_plans(store: PostgresEventStore, stream_id: str) -> list[str]:
+    """The plans of a long read_stream's two statements: its first rows, and the rest."""
+    from skyferry.adapters.stores.postgres import rows
+
+    query = store._read_stream_sql[False]
+    plans = []
+    with store.db.connection("explaining") as conn:
+        first, rest = rows.STREAM_FIRST, None
+        for params in ([stream_id, 1, 2**31 - 1, first], [stream_id, first + 1, 2**31 - 1, rest]):
+            lines = conn.execute(b"EXPLAIN " + query, params, prepare=False).fetchall()
+            plans.append("\n".join(str(line[0]) for line in lines))
+    return plans
+
+
+def test_a_stream_is_read_by_an_index_scan_in_version_order_with_or_without_statistics(
+    store: PostgresEventStore,
+) -> None:
+    # With PostgreSQL's default costs, a table without statistics plans a bitmap scan and a
+    # sort for this read: the first row only after the last is read (checked: this fails).
+    store.append("warm-up", events(), NO_STREAM)
+    with admin() as conn:  # keep the table without statistics until the test analyzes it
+        conn.execute(
+            sql.SQL("ALTER TABLE {}.events SET (autovacuum_enabled = false)").format(sql.Identifier(store.db.schema))
+        )
+    now = datetime.now(UTC)
+    for r in range(30):  # the long stream's events scattered among ten others'
+        store.bulk_append(
+            [
+                Event(str(uuid.uuid4()), stream, r * 10 + n, "T", 1, {}, {}, now, now)
+                for stream in [f"other-{s}" for s in range(10)] + ["long"]
+                for n in range(1, 11)
+            ]
+        )
+    assert len(store.read_stream("long")) == 300
+    for analyzed in (False, True):
+        if analyzed:
+            with admin() as conn:
+                conn.execute(sql.SQL("ANALYZE {}.events").format(sql.Identifier(store.db.schema)))
+        for plan in _stream_read_plans(store, "long"):
+            assert "Index Scan using events_stream_version" in plan, (analyzed, plan)
+            assert "Sort" not in plan, (analyzed, plan)
+            assert "Bitmap" not in plan, (analyzed, plan)
