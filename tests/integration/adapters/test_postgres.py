@@ -205,6 +205,15 @@ def test_an_unknown_libpq_option_is_a_configuration_error(url: str) -> None:
     store.close()
 
 
+def test_libpq_parameters_reach_the_server_as_libpq_reads_them(url: str) -> None:
+    # libpq percent-decodes a URI and keeps "+" as it is: a space is %20, never "+"
+    store = PostgresEventStore(url + "&options=-c%20statement_timeout%3D4321&application_name=a+b%20c")
+    with store.db.connection("reading settings") as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
+        assert conn.execute("SHOW application_name").fetchone() == ("a+b c",)
+    store.close()
+
+
 # --- privileges ---------------------------------------------------------------------------------
 
 

@@ -9,7 +9,9 @@ URL fields::
   each test its own schema.
 * ``pool_min`` / ``pool_max`` (default 1 / 10): the connection pool's size.
 * ``connect_timeout`` (default 10 s) and every other query parameter are libpq
-  connection parameters, passed through unchanged (``sslmode``, ``application_name`` …).
+  connection parameters, passed through unchanged (``sslmode``, ``application_name`` …)
+  and read as libpq reads a URI: percent-decoded, so a space is ``%20`` and ``+`` is
+  itself (``options=-c%20statement_timeout%3D5000``).
 
 Both stores are thread-safe (a ``psycopg_pool.ConnectionPool``); no I/O happens until
 first use.  Errors: a bad DSN, authentication failure, unknown database or missing

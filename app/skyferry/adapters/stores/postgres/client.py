@@ -8,7 +8,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -48,7 +48,9 @@ class PostgresDatabase:
         self.existing = existing
         if parts.scheme.lower() not in {"postgresql", "postgres"}:
             raise ConfigurationError(f"not a postgresql:// URL: {redact(url)!r}")
-        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        # Read as libpq reads a URI: percent-decoded, "+" kept (parse_qsl would make it a space).
+        pairs = [pair.partition("=") for pair in parts.query.split("&") if pair]
+        params = {unquote(key): unquote(value) for key, _, value in pairs}
         self.schema = params.get("schema", DEFAULT_SCHEMA)
         if not _SCHEMA_NAME.match(self.schema):
             raise ConfigurationError(
@@ -62,9 +64,11 @@ class PostgresDatabase:
             raise ConfigurationError(f"pool_min and pool_max in {redact(url)!r} must be integers") from e
         if not 0 <= self.pool_min <= self.pool_max or self.pool_max < 1:
             raise ConfigurationError(f"need 0 <= pool_min <= pool_max and pool_max >= 1 in {redact(url)!r}")
-        libpq = {k: v for k, v in params.items() if k not in _OWN_PARAMS}
-        libpq.setdefault("connect_timeout", "10")
-        self.conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(libpq), ""))
+        # libpq's parameters go on as they were written
+        libpq = [key + sep + value for key, sep, value in pairs if unquote(key) not in _OWN_PARAMS]
+        if "connect_timeout" not in params:
+            libpq.append("connect_timeout=10")
+        self.conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, "&".join(libpq), ""))
         self.url = redact(url)
         self.identity = (
             "postgresql",
