@@ -46,12 +46,19 @@ def test_shared_and_distinct_timestamps_encode_like_single_events() -> None:
     assert fields[6][7:] == [T0.isoformat(), T1.isoformat()]
 
 
+def _wire(moment: datetime) -> int:
+    """A timestamptz as the binary protocol carries it: microseconds since 2000-01-01 UTC."""
+    return (moment - PG_EPOCH) // timedelta(microseconds=1)
+
+
 def test_positioned_rows_share_equal_timestamps_and_keep_values() -> None:
-    copy = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)  # equal to T0, another object
+    w0, w1, w2 = _wire(T0), _wire(T1), _wire(T2)
+    copy = int(str(w0))  # equal to w0, another object
+    assert copy is not w0
     rows = [
-        (str(uuid.uuid4()), "s", 1, "A", 1, '{"a":1}', "{}", T0, copy, 7),
-        (str(uuid.uuid4()), "s", 2, "A", 1, "{}", '{"m":"x"}', copy, T1, 8),
-        (str(uuid.uuid4()), "s", 3, "A", 1, "{}", "{}", T1, T2, 9),
+        (str(uuid.uuid4()), "s", 1, "A", 1, '{"a":1}', "{}", w0, copy, 7),
+        (str(uuid.uuid4()), "s", 2, "A", 1, "{}", '{"m":"x"}', copy, w1, 8),
+        (str(uuid.uuid4()), "s", 3, "A", 1, "{}", "{}", w1, w2, 9),
     ]
     events = _positioned_rows(rows)
     assert [(e.occurred_at, e.recorded_at) for e in events] == [(T0, T0), (T0, T1), (T1, T2)]

@@ -60,10 +60,10 @@ from skyferry.adapters.stores.postgres.rows import (
     _binary_ready,
     _copy_rows,
     _copy_rows_binary,
+    _event_cursor,
     _events,
     _positioned_rows,
     _stored_rows_binary,
-    _stream_cursor,
     _streamed,
 )
 from skyferry.core.errors import (
@@ -564,7 +564,7 @@ class PostgresEventStore:
         upper = to_version if to_version is not None else 2**31 - 1
         first = STREAM_FIRST if limit is None else min(limit, STREAM_FIRST)
         with self.db.connection(f"reading {stream_id!r}") as conn:
-            cursor = _stream_cursor(conn)
+            cursor = _event_cursor(conn)
             events = _events(stream_id, cursor.execute(query, [stream_id, from_version, upper, first]).fetchall())
             if len(events) == first and (limit is None or limit > first):  # a long stream: the rest streamed
                 # a second statement, a later snapshot: the stream only grows, so what it
@@ -581,7 +581,7 @@ class PostgresEventStore:
             "SELECT " + _STREAM_COLUMNS + " FROM {} WHERE stream_id = %s AND recorded_at <= %s ORDER BY version"
         ).format(self.db.table("events"))
         with self.db.connection(f"reading {stream_id!r} as of {as_of}") as conn:
-            rows = _stream_cursor(conn).execute(query, [stream_id, as_of]).fetchall()
+            rows = _event_cursor(conn).execute(query, [stream_id, as_of]).fetchall()
         return _events(stream_id, rows)
 
     def stream_version(self, stream_id: str) -> int:
@@ -625,7 +625,7 @@ class PostgresEventStore:
         check_limit(limit, minimum=1)
         start = decode_position(after)
         with self.db.connection("reading all events") as conn:
-            cursor = conn.cursor(binary=True)
+            cursor = _event_cursor(conn)
             if limit > STREAM_FIRST and after is not None and after == self._backlog:
                 events = _positioned_rows(_streamed(cursor, self._read_all_sql, [start, limit]))
             else:
