@@ -63,6 +63,7 @@ from skyferry.adapters.stores.postgres.rows import (
     _event_cursor,
     _events,
     _positioned_rows,
+    _stored_rows,
     _stored_rows_binary,
     _streamed,
 )
@@ -609,10 +610,11 @@ class PostgresEventStore:
 
     def read_rows(self, after: str | None, limit: int) -> tuple[list[StoredRow], str | None]:
         """``read_all`` as the rows this store keeps (feature ``rows``): JSON as its text,
-        timestamps as microseconds (computed by the server), nothing decoded."""
+        timestamps as microseconds, nothing decoded."""
         check_limit(limit, minimum=1)
         with self.db.connection("reading all events") as conn:
-            rows = conn.cursor(binary=True).execute(self._rows_sql, [decode_position(after), limit]).fetchall()
+            cursor = _event_cursor(conn)
+            rows = _stored_rows(cursor.execute(self._rows_sql, [decode_position(after), limit]).fetchall())
         return rows, encode_position(rows[-1][0]) if rows else after
 
     def read_all(self, after: str | None = None, limit: int = 1000) -> list[Event]:
