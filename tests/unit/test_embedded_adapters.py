@@ -135,19 +135,42 @@ def test_a_failed_write_is_undone_and_its_own_error_reported(tmp_path: Path, end
         store.close()
 
 
-def test_the_temporal_read_uses_the_index(tmp_path: Path) -> None:
-    db = apsw.Connection(str(tmp_path / "t.db"))
-    store = SQLiteEventStore(f"sqlite:///{tmp_path}/t.db")
-    store.append("s", [NewEvent("E", {})], ANY)
-    plan = db.execute(
-        "EXPLAIN QUERY PLAN SELECT * FROM events INDEXED BY events_stream_recorded "
-        "WHERE stream_id = ? AND recorded_at <= ?",
-        ("s", 0),
-    ).fetchall()
-    assert "events_stream_recorded" in str(plan)
-    assert len(store.read_stream_as_of("s", utc_now())) == 1
-    db.close()
-    store.close()
+def test_a_file_with_the_old_temporal_index_loses_it_and_reads_as_of_a_time_still(tmp_path: Path) -> None:
+    """Files written before kept an index on ``(stream_id, recorded_at)``; a store that
+    opens one to write drops it, and as-of reads take the stream's own index."""
+    path = tmp_path / "old.db"
+    old = apsw.Connection(str(path))
+    old.execute(EVENTS_SCHEMA + "CREATE INDEX events_stream_recorded ON events (stream_id, recorded_at);")
+    for version, recorded in [(1, 1_700_000_000_000_000), (2, 1_700_000_100_000_000), (3, 1_700_000_200_000_000)]:
+        old.execute(
+            "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at,"
+            " recorded_at) VALUES (?, 's', ?, 'E', 1, '{}', '{}', ?, ?)",
+            (new_event_id(), version, recorded, recorded),
+        )
+    old.execute(
+        "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at,"
+        " recorded_at) VALUES (?, 't', 1, 'E', 1, '{}', '{}', 0, 0)",
+        (new_event_id(),),
+    )
+
+    def indexes() -> list[str]:
+        return [name for (name,) in old.execute("SELECT name FROM sqlite_master WHERE type = 'index'")]
+
+    assert "events_stream_recorded" in indexes()
+    store = SQLiteEventStore(f"sqlite:///{path}")
+    try:
+        moment = store.read_stream("s")[1].recorded_at
+        assert [e.version for e in store.read_stream_as_of("s", moment)] == [1, 2]
+        assert "events_stream_recorded" not in indexes()
+        plan = old.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM events WHERE stream_id = ? AND recorded_at <= ? ORDER BY version",
+            ("s", 0),
+        ).fetchall()
+        assert "USING INDEX sqlite_autoindex_events_2 (stream_id=?)" in str(plan)  # no sort, no scan
+        assert "TEMP B-TREE" not in str(plan)
+    finally:
+        store.close()
+        old.close()
 
 
 def test_bulk_append_reads_the_heads_of_many_streams_in_one_query(tmp_path: Path) -> None:
