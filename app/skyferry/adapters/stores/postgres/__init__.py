@@ -14,7 +14,8 @@ URL fields::
   itself (``options=-c%20statement_timeout%3D5000``).
 
 Both stores are thread-safe (a ``psycopg_pool.ConnectionPool``); no I/O happens until
-first use.  Errors: a bad DSN, authentication failure, unknown database or missing
+first use.  Each connection sets ``TimeZone`` to UTC and ``random_page_cost`` to 1.1, so
+that a stream is read by an index scan in version order (see ``configure_connection``).  Errors: a bad DSN, authentication failure, unknown database or missing
 privilege is a :class:`ConfigurationError` naming the setting; an unreachable server, a
 dropped connection or a pool timeout is a :class:`TransientError` (nothing is
 half-written: every write is one transaction).
