@@ -15,10 +15,11 @@ URL fields::
 
 Both stores are thread-safe (a ``psycopg_pool.ConnectionPool``); no I/O happens until
 first use.  Each connection sets ``TimeZone`` to UTC and ``random_page_cost`` to 1.1, so
-that a stream is read by an index scan in version order (see ``configure_connection``).  Errors: a bad DSN, authentication failure, unknown database or missing
-privilege is a :class:`ConfigurationError` naming the setting; an unreachable server, a
-dropped connection or a pool timeout is a :class:`TransientError` (nothing is
-half-written: every write is one transaction).
+that a stream is read by an index scan in version order (see ``configure_connection``).
+Errors: a bad DSN, authentication failure, unknown database or missing privilege is a
+:class:`ConfigurationError` naming the setting; an unreachable server, a dropped
+connection or a pool timeout is a :class:`TransientError` (nothing is half-written:
+every write is one transaction).
 
 The package
 -----------
