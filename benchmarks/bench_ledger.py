@@ -22,6 +22,7 @@ from pathlib import Path
 import apsw
 import orjson
 
+from benchmarks.bench_sqlite import raw_connection
 from benchmarks.figures import Figure, compare
 from skyferry.adapters.stores.sqlite import SQLiteEventStore, open_connection
 from skyferry.bootstrap import Ledger, bootstrap
@@ -82,9 +83,7 @@ def bench_command_cycle(directory: Path, count: int, synchronous: str) -> Figure
         for command in commands:
             ledger.execute(command)
 
-    db = open_connection(str(directory / f"cycle-{synchronous}.db"))
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    db = raw_connection(directory / f"cycle-{synchronous}.db", synchronous.upper())
     rounds = iter(range(100))
 
     def raw() -> None:

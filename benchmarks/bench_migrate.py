@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 import zstandard
 
+from benchmarks.bench_sqlite import raw_connection
 from benchmarks.figures import Figure, compare
 from skyferry.adapters import registry
 from skyferry.adapters.archives.local import LocalArchive
@@ -122,9 +123,7 @@ def _raw_sqlite_import(archive_dir: Path, url: str) -> None:
     store = registry.open_event_store(url)
     store.last_position()
     store.close()
-    db = open_connection(path)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
+    db = raw_connection(path)
     batch: list[tuple[Any, ...]] = []
 
     def flush() -> None:

@@ -68,9 +68,10 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from psycopg import sql
 
 from benchmarks.bench_postgres import DSN
+from benchmarks.bench_sqlite import raw_connection
 from benchmarks.figures import Figure, interleaved
 from skyferry.adapters.stores.postgres import PostgresEventStore
-from skyferry.adapters.stores.sqlite import SQLiteEventStore, open_connection
+from skyferry.adapters.stores.sqlite import SQLiteEventStore
 from skyferry.core.messages import Event, NewEvent, new_event_id, to_micros
 from skyferry.core.ports import NO_STREAM, EventStore
 
@@ -169,9 +170,7 @@ class SQLiteBackend:
     def driver(self, level: str) -> Callable[[list[tuple[Any, ...]]], None]:
         path = self._path("driver")
         SQLiteEventStore(f"sqlite:///{path}").stream_version("create the table")
-        db = open_connection(str(path))
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={level}")
+        db = raw_connection(path, level)
         self._closers.append(db.close)
 
         def insert(rows: list[tuple[Any, ...]]) -> None:

@@ -75,7 +75,9 @@ def _gc_threshold(young: int | None = None) -> Iterator[None]:
         gc.set_threshold(*before)
 
 
-def _raw(path: Path, synchronous: str = "FULL") -> apsw.Connection:
+def raw_connection(path: Path | str, synchronous: str = "FULL") -> apsw.Connection:
+    """The raw side of the SQLite benchmarks: the store's driver, opened as the store opens
+    it (``open_connection``), in WAL mode at the given durability."""
     db = open_connection(str(path))
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
@@ -95,7 +97,7 @@ def bench_read_all(directory: Path, count: int) -> list[Figure]:
         while page := store.read_all(after, PAGE):
             after = page[-1].position
 
-    raw_db = _raw(directory / "read.db")
+    raw_db = raw_connection(directory / "read.db")
     sql = (
         "SELECT position, id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
         "recorded_at FROM events WHERE position > ? ORDER BY position LIMIT ?"
@@ -163,7 +165,7 @@ def bench_append(directory: Path, count: int) -> Figure:
             store.append(f"a-{s}", [NewEvent("MoneyDeposited", {"amount": "1.00", "n": i})], versions[s])
             versions[s] += 1
 
-    raw_db = _raw(directory / "append.db")
+    raw_db = raw_connection(directory / "append.db")
     insert = (
         "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, "
         "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -218,7 +220,7 @@ def bench_bulk_append(directory: Path, count: int) -> Figure:
         store = SQLiteEventStore(f"sqlite:///{directory}/rawbulk-{next(raw_runs)}.db")
         store.stream_version("create the schema")
         store.close()
-        db = _raw(directory / f"rawbulk-{next(raw_runs) - 1}.db")
+        db = raw_connection(directory / f"rawbulk-{next(raw_runs) - 1}.db")
         events = _events(count, streams=max(1, count // 50))
         for start in range(0, count, PAGE):
             db.execute("BEGIN IMMEDIATE")
