@@ -189,7 +189,7 @@ def check_json(value: Any, encoded: bytes, where: str) -> None:
     ``null``) and nesting deeper than :data:`MAX_JSON_DEPTH`.  ``encoded`` is ``value``'s JSON;
     the value itself is walked only when that text could hide one of them (it holds ``null``,
     or more brackets than the depth allowed), so the common event costs two byte scans."""
-    if b"null" in encoded or not _shallow(encoded):
+    if encoded.find(b"null") >= 0 or not _shallow(encoded):
         problem = json_problem(value, where)
         if problem is not None:
             raise ValidationError(problem)
@@ -349,8 +349,10 @@ def plainly_valid(
         and (type(recorded) is int or (isinstance(recorded, datetime) and recorded.tzinfo is UTC))
         and data_json
         and len(data_json) + len(metadata_json) <= EVENT_SIZE_LIMIT
-        and b"null" not in data_json
-        and b"null" not in metadata_json
+        # find, not ``in``: ``bytes.__contains__`` first tries its operand as an integer and
+        # clears the TypeError, which costs twice the search itself
+        and data_json.find(b"null") < 0
+        and metadata_json.find(b"null") < 0
         and _shallow(data_json)
         and _shallow(metadata_json)
     )
