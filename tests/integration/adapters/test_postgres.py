@@ -34,7 +34,14 @@ from psycopg import sql
 
 from skyferry.adapters.registry import open_event_store, open_view_store
 from skyferry.adapters.stores.postgres import SCHEMA_VERSION, PostgresEventStore, PostgresViewStore
-from skyferry.adapters.stores.postgres.rows import _COPY_FROM, _appended_rows_binary
+from skyferry.adapters.stores.postgres.rows import (
+    _COPY_BINARY_HEADER,
+    _COPY_BINARY_TRAILER,
+    _COPY_BLOCK_ROWS,
+    _COPY_FROM,
+    _appended_copy_data,
+    _binary_appendable,
+)
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, EventTooLarge, TransientError, ValidationError
 from skyferry.core.messages import Event, NewEvent
 from skyferry.core.ports import ANY, NO_STREAM, CopiedBatch, ViewChange
@@ -669,13 +676,23 @@ def test_an_invalid_event_anywhere_refuses_the_whole_append_before_writing(store
 
 
 def test_rows_the_binary_format_cannot_hold_exactly_go_by_insert() -> None:
-    now = datetime.now(UTC)
     batch = tricky_events(2)
-    encoded = [(b"{}", b"{}")] * 2
-    assert _appended_rows_binary("s", 1, batch, encoded, now) is not None
-    assert _appended_rows_binary("s", 2**31 - 1, batch, encoded, now) is None  # a version past 32 bits
-    wide = [batch[0], NewEvent("Happened", {}, schema_version=2**31)]
-    assert _appended_rows_binary("s", 1, wide, encoded, now) is None
+    assert _binary_appendable(batch)
+    assert not _binary_appendable([batch[0], NewEvent("Happened", {}, schema_version=2**31)])
+
+
+def test_an_append_is_sent_in_blocks_that_make_one_copy_stream() -> None:
+    now = datetime.now(UTC)
+    count = _COPY_BLOCK_ROWS * 2 + 1
+    batch = tricky_events(count)
+    encoded = [(b"{}", b"{}")] * count
+    blocks = list(_appended_copy_data("s", 1, batch, encoded, now))
+    assert len(blocks) == 3  # the server can store one block while the next is built
+    whole = b"".join(blocks)
+    assert whole.startswith(_COPY_BINARY_HEADER)
+    assert whole.endswith(_COPY_BINARY_TRAILER)
+    assert all(whole.count(bytes.fromhex(e.id.replace("-", ""))) == 1 for e in batch)
+    assert blocks[-1].count(bytes.fromhex(batch[-1].id.replace("-", ""))) == 1  # the last event, last
 
 
 @pytest.mark.parametrize("count", [1, _COPY_FROM])

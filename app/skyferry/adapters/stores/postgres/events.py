@@ -53,10 +53,12 @@ from skyferry.adapters.stores.postgres.rows import (
     _COPY_BINARY_TRAILER,
     _COPY_BLOCK_ROWS,
     _COPY_FROM,
+    _INT4,
     _ROW_COLUMNS,
     _STREAM_COLUMNS,
     STREAM_FIRST,
-    _appended_rows_binary,
+    _appended_copy_data,
+    _binary_appendable,
     _binary_ready,
     _copy_rows,
     _copy_rows_binary,
@@ -230,23 +232,21 @@ class PostgresEventStore:
 
         From :data:`_COPY_FROM` events on, the rows go by binary ``COPY`` after a version
         check under the append lock (one more round trip than the ``INSERT``, which checks
-        the version in its own ``WHERE``, and a fraction of its cost per event).
+        the version in its own ``WHERE``, and a fraction of its cost per event), built and
+        sent a block at a time, so that the server stores one block while the next is built.
         """
         events = events if isinstance(events, list | tuple) else list(events)
         encoded = encode_append(stream_id, events, sort_keys=False)
         expected = expected_as_int(expected_version)
         now = utc_now()
+        binary = len(events) >= _COPY_FROM and _binary_appendable(events)
         with self.db.connection(f"appending to {stream_id!r}") as conn:
             for _ in range(_ANY_RETRIES):
                 base = expected if expected is not None else self._stream_version(conn, stream_id)
-                rows = (
-                    _appended_rows_binary(stream_id, base + 1, events, encoded, now)
-                    if len(events) >= _COPY_FROM
-                    else None
-                )
                 try:
-                    if rows is not None:
-                        inserted = self._copy_append(conn, stream_id, base, rows)
+                    if binary and base + len(events) in _INT4:  # the last version, too
+                        data = _appended_copy_data(stream_id, base + 1, events, encoded, now)
+                        inserted = self._copy_append(conn, stream_id, base, data, len(events))
                     else:
                         inserted = conn.execute(*self._params(stream_id, events, encoded, base, now)).rowcount
                 except psycopg.errors.UniqueViolation:
@@ -258,8 +258,11 @@ class PostgresEventStore:
                     return result
             raise TransientError(f"stream {stream_id!r}: gave up appending with ANY after {_ANY_RETRIES} races")
 
-    def _copy_append(self, conn: psycopg.Connection[Any], stream_id: str, base: int, rows: list[bytes]) -> int:
-        """Under the append lock: COPY ``rows`` if the stream is at ``base`` (return how many), else 0."""
+    def _copy_append(
+        self, conn: psycopg.Connection[Any], stream_id: str, base: int, data: Iterator[bytes], count: int
+    ) -> int:
+        """Under the append lock: COPY ``data`` (``count`` events' tuples, from
+        :func:`_appended_copy_data`) if the stream is at ``base`` (return ``count``), else 0."""
         with conn.transaction():
             with conn.pipeline():
                 conn.execute(self._lock_sql)
@@ -268,8 +271,9 @@ class PostgresEventStore:
             if (row[0] if row else 0) != base:
                 raise psycopg.Rollback
             with conn.cursor().copy(self._copy_binary_sql) as copy:
-                copy.write(b"".join((_COPY_BINARY_HEADER, *rows, _COPY_BINARY_TRAILER)))
-            return len(rows)
+                for block in data:
+                    copy.write(block)
+            return count
         return 0  # rolled back: the stream is elsewhere
 
     def _params(

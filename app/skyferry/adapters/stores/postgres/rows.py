@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -96,7 +96,10 @@ def _events(stream_id: str, rows: Iterable[tuple[Any, ...]]) -> list[Event]:
 
 
 _tuple_new: Final = tuple.__new__
-_COPY_BLOCK_ROWS: Final = 2000
+_COPY_BLOCK_ROWS: Final = 250
+"""Tuples a COPY of appended events sends in one write: the server stores one block while
+the client builds the next (appends of 1,000 and batches of 5,000 were fastest at 250, of
+100, 250, 500, 1,000 and 2,000; see ``docs/performance.md``)."""
 _COPY_FROM: Final = 32
 """Appends of this many events or more go by binary COPY (see ``PostgresEventStore.append``)."""
 _dumps: Final = orjson.dumps
@@ -325,42 +328,51 @@ def _binary_row(
     )
 
 
-def _appended_rows_binary(
+def _binary_appendable(events: Sequence[NewEvent]) -> bool:
+    """Whether COPY's binary format stores the events of an append exactly as the ``INSERT``
+    would: every id canonical, every schema version a 32-bit integer (and, for the caller to
+    check, every version).  When not, the ``INSERT`` stores them."""
+    fullmatch = _CANONICAL_ID.fullmatch
+    return all(fullmatch(e.id) is not None and e.schema_version in _INT4 for e in events)
+
+
+def _appended_copy_data(
     stream_id: str,
     first_version: int,
     events: Sequence[NewEvent],
     encoded: Sequence[tuple[bytes, bytes]],
     now: datetime,
-) -> list[bytes] | None:
-    """The binary COPY tuples of an append (``encoded``: the events' JSON from
-    :func:`encode_append`, which checked them), or ``None`` when the binary format would
-    not store them exactly as the ``INSERT`` would (an id not canonical, a version or
-    schema version outside 32 bits): then the ``INSERT`` stores them."""
-    if first_version + len(events) > 2**31:
-        return None
+) -> Iterator[bytes]:
+    """The binary COPY data of an append in blocks of :data:`_COPY_BLOCK_ROWS` tuples (the
+    first block opens with the header, the last ends with the trailer), so that
+    the server stores one block while the next is built.  ``encoded``: the events' JSON from
+    :func:`encode_append`, which checked them; only for events that pass
+    :func:`_binary_appendable`."""
     stream_bytes = stream_id.encode()
     now_micros = _pg_micros(now)
-    fromhex, fullmatch = bytes.fromhex, _CANONICAL_ID.fullmatch
-    rows: list[bytes] = []
-    append = rows.append
+    fromhex = bytes.fromhex
+    block: list[bytes] = [_COPY_BINARY_HEADER]
+    append = block.append
     for version, e, (data_json, metadata_json) in zip(itertools.count(first_version), events, encoded):
-        event_id, schema_version, recorded = e.id, e.schema_version, e.recorded_at
-        if fullmatch(event_id) is None or schema_version not in _INT4:
-            return None
+        recorded = e.recorded_at
         append(
             _binary_row(
-                fromhex(event_id.replace("-", "")),
+                fromhex(e.id.replace("-", "")),
                 stream_bytes,
                 version,
                 e.type,
-                schema_version,
+                e.schema_version,
                 data_json,
                 metadata_json,
                 _pg_micros(e.occurred_at),
                 now_micros if recorded is None else _pg_micros(recorded),
             )
         )
-    return rows
+        if len(block) >= _COPY_BLOCK_ROWS:
+            yield b"".join(block)
+            block.clear()
+    append(_COPY_BINARY_TRAILER)
+    yield b"".join(block)
 
 
 def _stored_rows(rows: Iterable[tuple[Any, ...]]) -> list[StoredRow]:
