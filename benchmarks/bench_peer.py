@@ -22,6 +22,15 @@ Rows, for each store:
   amounts into a balance) and append one event at the version read, on 20 aggregates that
   start with 10 events; the same fold on both sides.
 
+Beside every write row (the appends and the command cycles) a third side runs in the same
+rounds, **the driver alone**: the same work on skyferry's table with no skyferry code, the
+store's own statements sent straight through its driver (``apsw``; psycopg with the store's
+session settings): the store's single-event ``INSERT`` that checks the version in its own
+``WHERE``, the driver's batched insert, and for the cycle a read of the stream's ``data``
+and ``metadata`` decoded with ``orjson``.  Its row, "the driver alone", prints its rate ÷
+the peer's: how far skyferry's row could go with no code of its own between the caller
+and the database, the ceiling of that row on this machine.
+
 What is kept the same:
 
 * **Payload.**  Every event carries the same ``data`` and ``metadata`` dicts.  skyferry
@@ -60,6 +69,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import apsw
 import orjson
 import psycopg
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent
@@ -71,6 +81,8 @@ from benchmarks.bench_postgres import DSN
 from benchmarks.bench_sqlite import raw_connection
 from benchmarks.figures import Figure, interleaved
 from skyferry.adapters.stores.postgres import PostgresEventStore
+from skyferry.adapters.stores.postgres.client import configure_connection
+from skyferry.adapters.stores.sqlite import _INSERT_AT as SQLITE_INSERT_AT
 from skyferry.adapters.stores.sqlite import SQLiteEventStore
 from skyferry.core.messages import Event, NewEvent, new_event_id, to_micros
 from skyferry.core.ports import NO_STREAM, EventStore
@@ -114,8 +126,8 @@ class Backend(Protocol):
         """The peer's recorder on a fresh database at durability ``level``."""
         ...
 
-    def driver(self, level: str) -> Callable[[list[tuple[Any, ...]]], None]:
-        """The driver's own batched insert of rows into a fresh skyferry table, one transaction a call."""
+    def driver(self, level: str) -> Driver:
+        """The driver alone on a fresh skyferry table at durability ``level``."""
         ...
 
     def settings(self, store: EventStore, recorder: ApplicationRecorder) -> str:
@@ -127,7 +139,59 @@ class Backend(Protocol):
         ...
 
 
+class Driver(Protocol):
+    """The driver alone on skyferry's table: each row's work with no skyferry code around it.
+
+    Rows are ``(id, stream_id, version, type, schema_version, data, metadata, occurred_at,
+    recorded_at)``, ``data`` and ``metadata`` as JSON text, the timestamps as the store keeps
+    them (:attr:`micros`: integer microseconds, else ``datetime``).
+    """
+
+    micros: bool
+
+    def insert_many(self, rows: list[tuple[Any, ...]]) -> None:
+        """The driver's own batched insert, one transaction."""
+        ...
+
+    def insert_at(self, row: tuple[Any, ...], expected: int) -> bool:
+        """One row, if its stream is at ``expected``: the store's own single-event statement."""
+        ...
+
+    def read_payloads(self, stream_id: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The ``data`` and ``metadata`` of a stream's events in version order, decoded with ``orjson``."""
+        ...
+
+
+def driver_row(driver: Driver, stream_id: str, version: int, now: datetime) -> tuple[Any, ...]:
+    """A new event's row as the driver inserts it (its JSON encoded, as skyferry encodes every event's)."""
+    moment: Any = to_micros(now) if driver.micros else now
+    dumps = orjson.dumps
+    return (new_event_id(), stream_id, version, TYPE, 1, dumps(DATA).decode(), dumps(METADATA).decode(), moment, moment)
+
+
 # --- SQLite ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SQLiteDriver:
+    """``apsw`` on the file, opened as the store opens it; the store's own statements."""
+
+    db: apsw.Connection
+    micros: bool = True
+
+    def insert_many(self, rows: list[tuple[Any, ...]]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany(_INSERT, rows)
+        self.db.execute("COMMIT")
+
+    def insert_at(self, row: tuple[Any, ...], expected: int) -> bool:
+        self.db.execute(SQLITE_INSERT_AT, (*row, expected))
+        return self.db.changes() == 1
+
+    def read_payloads(self, stream_id: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        loads = orjson.loads
+        query = "SELECT CAST(data AS BLOB), CAST(metadata AS BLOB) FROM events WHERE stream_id = ? ORDER BY version"
+        return [(loads(data), loads(metadata)) for data, metadata in self.db.execute(query, (stream_id,))]
 
 
 @dataclass
@@ -167,18 +231,12 @@ class SQLiteBackend:
         self._closers.append(datastore.close)
         return recorder
 
-    def driver(self, level: str) -> Callable[[list[tuple[Any, ...]]], None]:
+    def driver(self, level: str) -> Driver:
         path = self._path("driver")
         SQLiteEventStore(f"sqlite:///{path}").stream_version("create the table")
         db = raw_connection(path, level)
         self._closers.append(db.close)
-
-        def insert(rows: list[tuple[Any, ...]]) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(_INSERT, rows)
-            db.execute("COMMIT")
-
-        return insert
+        return SQLiteDriver(db)
 
     def settings(self, store: EventStore, recorder: ApplicationRecorder) -> str:
         assert isinstance(store, SQLiteEventStore)
@@ -215,6 +273,44 @@ def pg_options(level: str) -> Iterator[None]:
 
 
 @dataclass
+class PostgresDriver:
+    """One psycopg connection; ``COPY`` for batches, the store's own single-event ``INSERT``."""
+
+    conn: psycopg.Connection[Any]
+    copy_sql: sql.Composed
+    insert_one_sql: bytes
+    """The store's statement for one event at a known version (the append lock and the
+    version check in its own ``WHERE``)."""
+    read_sql: sql.Composed
+    micros: bool = False
+
+    def insert_many(self, rows: list[tuple[Any, ...]]) -> None:
+        with self.conn.transaction(), self.conn.cursor().copy(self.copy_sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def insert_at(self, row: tuple[Any, ...], expected: int) -> bool:
+        event_id, stream_id, version, event_type, schema_version, data, metadata, occurred, recorded = row
+        params = {
+            "id": event_id,
+            "stream": stream_id,
+            "version": version,
+            "type": event_type,
+            "schema_version": schema_version,
+            "data": data,
+            "metadata": metadata,
+            "occurred": occurred,
+            "recorded": recorded,
+            "expected": expected,
+        }
+        return self.conn.execute(self.insert_one_sql, params).rowcount == 1
+
+    def read_payloads(self, stream_id: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        loads = orjson.loads
+        return [(loads(data), loads(metadata)) for data, metadata in self.conn.execute(self.read_sql, [stream_id])]
+
+
+@dataclass
 class PostgresBackend:
     """A schema per database on one server, dropped at the end."""
 
@@ -246,25 +342,23 @@ class PostgresBackend:
         self._closers.append(datastore.close)
         return recorder
 
-    def driver(self, level: str) -> Callable[[list[tuple[Any, ...]]], None]:
+    def driver(self, level: str) -> Driver:
         schema = self._schema()
         with pg_options(level):
             store = PostgresEventStore(self._url(schema))
             store.stream_version("create the table")
             store.close()
             conn = psycopg.connect(DSN, autocommit=True)
+        configure_connection(conn)  # the session settings of the store's own connections
         self._closers.append(conn.close)
-        copy_sql = sql.SQL(
-            "COPY {}.events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
-            " FROM STDIN"
-        ).format(sql.Identifier(schema))
-
-        def insert(rows: list[tuple[Any, ...]]) -> None:
-            with conn.transaction(), conn.cursor().copy(copy_sql) as copy:
-                for row in rows:
-                    copy.write_row(row)
-
-        return insert
+        table = sql.Identifier(schema, "events")
+        columns = "id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
+        return PostgresDriver(
+            conn,
+            sql.SQL("COPY {} (" + columns + ") FROM STDIN").format(table),
+            store._insert_one_sql,
+            sql.SQL("SELECT data::text, metadata::text FROM {} WHERE stream_id = %s ORDER BY version").format(table),
+        )
 
     def settings(self, store: EventStore, recorder: ApplicationRecorder) -> str:
         assert isinstance(store, PostgresEventStore)
@@ -301,6 +395,17 @@ def _figure(backend: Backend, name: str, ours: float, peer: float, unit: str, no
     return Figure(f"{backend.name}: {name}", ours, unit, peer, "eventsourcing", goal=2.0, note=note, times=True)
 
 
+def inserted(done: bool) -> None:
+    """Refuse a run in which the driver's version check failed (the sides would not do the same work)."""
+    if not done:
+        raise RuntimeError("the driver's single-event insert found its stream at another version")
+
+
+def _ceiling(backend: Backend, name: str, driver: float, peer: float, unit: str) -> Figure:
+    """The driver alone beside the peer: how far the row above could go with no skyferry code at all."""
+    return Figure(f"{backend.name}: {name}, the driver alone", driver, unit, peer, "eventsourcing", times=True)
+
+
 def _load() -> str:
     return f"load {os.getloadavg()[0]:.2f}"
 
@@ -310,8 +415,9 @@ def _check_settings(backend: Backend, level: str) -> str:
     return backend.settings(store, recorder)
 
 
-def append_one(backend: Backend, level: str, count: int, label: str) -> Figure:
-    """One event per call with an expected version, ten streams in turn; the peer inserts one event."""
+def append_one(backend: Backend, level: str, count: int, label: str) -> list[Figure]:
+    """One event per call with an expected version, ten streams in turn; the peer inserts one
+    event; the driver runs the store's own single-event statement."""
     settings = _check_settings(backend, level)
     streams = 10
 
@@ -341,8 +447,24 @@ def append_one(backend: Backend, level: str, count: int, label: str) -> Figure:
 
         return work
 
-    ours_rate, peer_rate = interleaved(count, [ours, peer])
-    return _figure(backend, f"append 1 per call, {label}", ours_rate, peer_rate, "appends/s", f"{settings}; {_load()}")
+    def driver() -> Callable[[], None]:
+        raw = backend.driver(level)
+
+        def work() -> None:
+            versions = [0] * streams
+            for i in range(count):
+                s = i % streams
+                versions[s] += 1
+                inserted(raw.insert_at(driver_row(raw, f"one-{s}", versions[s], datetime.now(UTC)), versions[s] - 1))
+
+        return work
+
+    ours_rate, peer_rate, driver_rate = interleaved(count, [ours, peer, driver])
+    name = f"append 1 per call, {label}"
+    return [
+        _figure(backend, name, ours_rate, peer_rate, "appends/s", f"{settings}; {_load()}"),
+        _ceiling(backend, name, driver_rate, peer_rate, "appends/s"),
+    ]
 
 
 def append_many(backend: Backend, level: str, total: int, per_call: int) -> list[Figure]:
@@ -391,42 +513,23 @@ def append_many(backend: Backend, level: str, total: int, per_call: int) -> list
 
         return work
 
-    sqlite_rows = backend.name == "SQLite"
-
     def driver() -> Callable[[], None]:
-        insert = backend.driver(level)
-        dumps = orjson.dumps
+        raw = backend.driver(level)
 
         def work() -> None:
             for c in range(calls):
-                now = datetime.now(UTC)
-                moment: Any = to_micros(now) if sqlite_rows else now
-                stream = f"driver-{c}"
-                insert(
-                    [
-                        (
-                            new_event_id(),
-                            stream,
-                            v,
-                            TYPE,
-                            1,
-                            dumps(DATA).decode(),
-                            dumps(METADATA).decode(),
-                            moment,
-                            moment,
-                        )
-                        for v in range(1, per_call + 1)
-                    ]
-                )
+                now = datetime.now(UTC)  # one timestamp a call, as on the other sides
+                raw.insert_many([driver_row(raw, f"driver-{c}", v, now) for v in range(1, per_call + 1)])
 
         return work
 
     ours_rate, bulk_rate, peer_rate, driver_rate = interleaved(total, [ours, ours_bulk, peer, driver])
     note = f"{settings}; {_load()}"
-    driver_name = "executemany" if sqlite_rows else "COPY"
+    driver_name = "executemany" if backend.name == "SQLite" else "COPY"
     return [
         _figure(backend, f"append {per_call:,} per call", ours_rate, peer_rate, "events/s", note),
         _figure(backend, f"bulk_append {per_call:,} per call", bulk_rate, peer_rate, "events/s", note),
+        _ceiling(backend, f"append {per_call:,} per call", driver_rate, peer_rate, "events/s"),
         Figure(
             f"{backend.name}: append {per_call:,} per call", ours_rate, "events/s", driver_rate, driver_name, goal=0.8
         ),
@@ -511,8 +614,9 @@ def read_all(backend: Backend, filled: Filled, total: int) -> Figure:
     return _figure(backend, f"read all {total:,} in pages of {PAGE:,}", ours_rate, peer_rate, "events/s", _load())
 
 
-def command_cycle(backend: Backend, level: str, count: int, label: str) -> Figure:
-    """Load (read the stream, fold) and append one event at the version read, 20 aggregates in turn."""
+def command_cycle(backend: Backend, level: str, count: int, label: str) -> list[Figure]:
+    """Load (read the stream, fold) and append one event at the version read, 20 aggregates in
+    turn; the driver reads the stream's JSON and runs the store's own single-event statement."""
     settings = _check_settings(backend, level)
     aggregates = 20
 
@@ -551,8 +655,28 @@ def command_cycle(backend: Backend, level: str, count: int, label: str) -> Figur
 
         return work
 
-    ours_rate, peer_rate = interleaved(count, [ours, peer])
-    return _figure(backend, f"command cycle, {label}", ours_rate, peer_rate, "commands/s", f"{settings}; {_load()}")
+    def driver() -> Callable[[], None]:
+        raw = backend.driver(level)
+        now = datetime.now(UTC)
+        streams = [f"acct-{a}" for a in range(aggregates)]
+        for stream in streams:
+            raw.insert_many([driver_row(raw, stream, v, now) for v in range(1, 11)])
+
+        def work() -> None:
+            for i in range(count):
+                stream = streams[i % aggregates]
+                payloads = raw.read_payloads(stream)
+                balance(data["amount"] for data, _ in payloads)
+                inserted(raw.insert_at(driver_row(raw, stream, len(payloads) + 1, datetime.now(UTC)), len(payloads)))
+
+        return work
+
+    ours_rate, peer_rate, driver_rate = interleaved(count, [ours, peer, driver])
+    name = f"command cycle, {label}"
+    return [
+        _figure(backend, name, ours_rate, peer_rate, "commands/s", f"{settings}; {_load()}"),
+        _ceiling(backend, name, driver_rate, peer_rate, "commands/s"),
+    ]
 
 
 def rows(backend: Backend, quick: bool) -> list[Figure]:
@@ -560,8 +684,8 @@ def rows(backend: Backend, quick: bool) -> list[Figure]:
     total = 10_000 if quick else 100_000
     durable, fast = backend.durable_level, backend.fast_level
     figures = [
-        append_one(backend, durable, 100 if quick else 500, f"durable ({durable})"),
-        append_one(backend, fast, 500 if quick else 3000, f"not durable ({fast})"),
+        *append_one(backend, durable, 100 if quick else 500, f"durable ({durable})"),
+        *append_one(backend, fast, 500 if quick else 3000, f"not durable ({fast})"),
         *append_many(backend, durable, total, PAGE),
     ]
     backend.close()
@@ -569,8 +693,8 @@ def rows(backend: Backend, quick: bool) -> list[Figure]:
     figures.append(read_stream(backend, filled, 20 if quick else 100))
     figures.append(read_all(backend, filled, total))
     backend.close()
-    figures.append(command_cycle(backend, durable, 100 if quick else 500, f"durable ({durable})"))
-    figures.append(command_cycle(backend, fast, 200 if quick else 2000, f"not durable ({fast})"))
+    figures += command_cycle(backend, durable, 100 if quick else 500, f"durable ({durable})")
+    figures += command_cycle(backend, fast, 200 if quick else 2000, f"not durable ({fast})")
     backend.close()
     return figures
 
