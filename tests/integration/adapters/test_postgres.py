@@ -41,6 +41,8 @@ from skyferry.adapters.stores.postgres.rows import (
     _COPY_FROM,
     _appended_copy_data,
     _binary_appendable,
+    _binary_storable,
+    _stored_copy_data,
 )
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, EventTooLarge, TransientError, ValidationError
 from skyferry.core.messages import Event, NewEvent
@@ -679,6 +681,18 @@ def test_rows_the_binary_format_cannot_hold_exactly_go_by_insert() -> None:
     batch = tricky_events(2)
     assert _binary_appendable(batch)
     assert not _binary_appendable([batch[0], NewEvent("Happened", {}, schema_version=2**31)])
+
+
+def test_rows_of_another_store_the_binary_format_cannot_hold_exactly_go_by_bulk_append() -> None:
+    row = (None, str(uuid.uuid4()), "s", 1, "T", 1, "{}", "{}", 0, 0)
+    assert _binary_storable([row])
+    assert not _binary_storable([row, (None, str(uuid.uuid4()).upper(), *row[2:])])
+    assert not _binary_storable([row, (*row[:3], 2**31, *row[4:])])
+    assert not _binary_storable([row, (*row[:5], 2**31, *row[6:])])
+    blocks = list(_stored_copy_data([row] * (_COPY_BLOCK_ROWS * 2 + 1)))
+    assert len(blocks) == 3
+    assert blocks[0].startswith(_COPY_BINARY_HEADER)
+    assert blocks[-1].endswith(_COPY_BINARY_TRAILER)
 
 
 def test_an_append_is_sent_in_blocks_that_make_one_copy_stream() -> None:

@@ -60,13 +60,14 @@ from skyferry.adapters.stores.postgres.rows import (
     _appended_copy_data,
     _binary_appendable,
     _binary_ready,
+    _binary_storable,
     _copy_rows,
     _copy_rows_binary,
     _event_cursor,
     _events,
     _positioned_rows,
+    _stored_copy_data,
     _stored_rows,
-    _stored_rows_binary,
     _streamed,
 )
 from skyferry.core.errors import (
@@ -502,11 +503,11 @@ class PostgresEventStore:
                 conn.execute(self._lock_sql)
 
                 def write(rows: list[StoredRow]) -> None:
-                    tuples = _stored_rows_binary(rows)
-                    if tuples is None:
+                    if not _binary_storable(rows):
                         raise NeedsEvents
                     with conn.cursor().copy(self._copy_binary_sql) as copy:
-                        copy.write(b"".join((_COPY_BINARY_HEADER, *tuples, _COPY_BINARY_TRAILER)))
+                        for block in _stored_copy_data(rows):
+                            copy.write(block)
 
                 copied, heads = copy_rows(source, after, limit, lambda streams: self._heads(conn, streams), write)
                 stored = conn.execute(self._top_sql).fetchone()

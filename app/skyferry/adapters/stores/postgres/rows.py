@@ -273,31 +273,50 @@ def _copy_rows_binary(events: Sequence[Event]) -> list[bytes]:
     return rows
 
 
-def _stored_rows_binary(rows: Sequence[StoredRow]) -> list[bytes] | None:
-    """The binary COPY tuples of another store's rows (``copy_from``), as they are: no JSON
-    decoded or encoded.  ``None`` when the binary format would not store them exactly as
-    ``bulk_append`` would (an id not canonical, a version or schema version outside 32
-    bits): then ``bulk_append`` must take them."""
-    fromhex, fullmatch, int4, epoch = bytes.fromhex, _CANONICAL_ID.fullmatch, _INT4, _PG_EPOCH_MICROS
-    tuples: list[bytes] = []
-    append = tuples.append
-    for _, event_id, stream_id, version, event_type, schema_version, data, metadata, occurred, recorded in rows:
-        if fullmatch(event_id) is None or version not in int4 or schema_version not in int4:
-            return None
-        append(
-            _binary_row(
-                fromhex(event_id.replace("-", "")),
-                stream_id.encode(),
-                version,
-                event_type,
-                schema_version,
-                data.encode(),
-                metadata.encode(),
-                occurred - epoch,
-                recorded - epoch,
-            )
+def _binary_storable(rows: Sequence[StoredRow]) -> bool:
+    """Whether COPY's binary format stores another store's rows (``copy_from``) exactly as
+    ``bulk_append`` would: every id canonical, every version and schema version a 32-bit
+    integer.  When not, ``bulk_append`` must take them."""
+    fullmatch, int4 = _CANONICAL_ID.fullmatch, _INT4
+    return all(
+        fullmatch(event_id) is not None and version in int4 and schema_version in int4
+        for _, event_id, _, version, _, schema_version, *_ in rows
+    )
+
+
+def _stored_copy_data(rows: Sequence[StoredRow]) -> Iterator[bytes]:
+    """The binary COPY data of another store's rows, as they are: no JSON decoded or
+    encoded; in blocks (:func:`_in_blocks`).  Only for rows that pass :func:`_binary_storable`."""
+    fromhex, epoch = bytes.fromhex, _PG_EPOCH_MICROS
+    return _in_blocks(
+        _binary_row(
+            fromhex(event_id.replace("-", "")),
+            stream_id.encode(),
+            version,
+            event_type,
+            schema_version,
+            data.encode(),
+            metadata.encode(),
+            occurred - epoch,
+            recorded - epoch,
         )
-    return tuples
+        for _, event_id, stream_id, version, event_type, schema_version, data, metadata, occurred, recorded in rows
+    )
+
+
+def _in_blocks(tuples: Iterable[bytes]) -> Iterator[bytes]:
+    """Binary COPY ``tuples`` as the data of one COPY in blocks of :data:`_COPY_BLOCK_ROWS`
+    (the first opens with the header, the last ends with the trailer), each built only when
+    the one before has been sent: the server stores one block while the client builds the
+    next."""
+    block: list[bytes] = [_COPY_BINARY_HEADER]
+    for row in tuples:
+        block.append(row)
+        if len(block) >= _COPY_BLOCK_ROWS:
+            yield b"".join(block)
+            block.clear()
+    block.append(_COPY_BINARY_TRAILER)
+    yield b"".join(block)
 
 
 def _binary_row(
@@ -343,36 +362,26 @@ def _appended_copy_data(
     encoded: Sequence[tuple[bytes, bytes]],
     now: datetime,
 ) -> Iterator[bytes]:
-    """The binary COPY data of an append in blocks of :data:`_COPY_BLOCK_ROWS` tuples (the
-    first block opens with the header, the last ends with the trailer), so that
-    the server stores one block while the next is built.  ``encoded``: the events' JSON from
-    :func:`encode_append`, which checked them; only for events that pass
+    """The binary COPY data of an append, in blocks (:func:`_in_blocks`).  ``encoded``: the
+    events' JSON from :func:`encode_append`, which checked them; only for events that pass
     :func:`_binary_appendable`."""
     stream_bytes = stream_id.encode()
     now_micros = _pg_micros(now)
     fromhex = bytes.fromhex
-    block: list[bytes] = [_COPY_BINARY_HEADER]
-    append = block.append
-    for version, e, (data_json, metadata_json) in zip(itertools.count(first_version), events, encoded):
-        recorded = e.recorded_at
-        append(
-            _binary_row(
-                fromhex(e.id.replace("-", "")),
-                stream_bytes,
-                version,
-                e.type,
-                e.schema_version,
-                data_json,
-                metadata_json,
-                _pg_micros(e.occurred_at),
-                now_micros if recorded is None else _pg_micros(recorded),
-            )
+    return _in_blocks(
+        _binary_row(
+            fromhex(e.id.replace("-", "")),
+            stream_bytes,
+            version,
+            e.type,
+            e.schema_version,
+            data_json,
+            metadata_json,
+            _pg_micros(e.occurred_at),
+            now_micros if e.recorded_at is None else _pg_micros(e.recorded_at),
         )
-        if len(block) >= _COPY_BLOCK_ROWS:
-            yield b"".join(block)
-            block.clear()
-    append(_COPY_BINARY_TRAILER)
-    yield b"".join(block)
+        for version, e, (data_json, metadata_json) in zip(itertools.count(first_version), events, encoded)
+    )
 
 
 def _stored_rows(rows: Iterable[tuple[Any, ...]]) -> list[StoredRow]:
