@@ -60,7 +60,8 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # ``\w`` on a str pattern is exactly ``str.isalnum()`` or ``_`` (the fast path of the stream
 # id check); an event id must be a UUID in its canonical text, the form every store gives back.
 _VALID_STREAM_ID: Final = re.compile(rf"[\w/:.\-]{{1,{STREAM_ID_MAX}}}")
-_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""An event id as every store gives it back: lower-case 8-4-4-4-12 hex digits (``fullmatch``)."""
 _TYPE_FORBIDDEN: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _INT64: Final = range(-(2**63), 2**64)  # what the JSON encoder writes (signed and unsigned 64-bit)
 
@@ -282,7 +283,7 @@ class NewEvent:
         """Raise :class:`ValidationError` or :class:`EventTooLarge` if this event cannot be
         stored by every store alike (see the module docstring for the rules)."""
         event_id = self.id
-        if type(event_id) is not str or not _CANONICAL_UUID.fullmatch(event_id):
+        if type(event_id) is not str or not CANONICAL_UUID.fullmatch(event_id):
             raise ValidationError(
                 f"event id {event_id!r} is not a UUID in canonical form (lower-case 8-4-4-4-12 hex digits, "
                 "as str(uuid.uuid4()) writes it)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
@@ -10,10 +9,15 @@ from typing import Any, Final
 import orjson
 
 from skyferry.core.errors import ValidationError
-from skyferry.core.messages import NewEvent, check_append, from_micros, plainly_valid, validate_stream_id
+from skyferry.core.messages import (
+    CANONICAL_UUID,
+    NewEvent,
+    check_append,
+    from_micros,
+    plainly_valid,
+    validate_stream_id,
+)
 from skyferry.core.ports import CopiedBatch, RowsEventStore, StoredRow
-
-_CANONICAL_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 PREFIX_END: Final = "\U0010ffff"
 """Every key that starts with ``prefix`` sorts below ``prefix + PREFIX_END`` (code point order)."""
@@ -47,7 +51,7 @@ def encode_append(stream_id: str, events: Sequence[NewEvent], *, sort_keys: bool
     """
     validate_stream_id(stream_id)
     option = orjson.OPT_SORT_KEYS if sort_keys else None
-    dumps, fullmatch, plain = orjson.dumps, _CANONICAL_ID.fullmatch, plainly_valid
+    dumps, fullmatch, plain = orjson.dumps, CANONICAL_UUID.fullmatch, plainly_valid
     seen: set[str] = set()
     encoded: list[tuple[bytes, bytes]] = []
     for event in events:

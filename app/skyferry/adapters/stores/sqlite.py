@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -62,6 +61,7 @@ from skyferry.adapters.stores._common import (
 )
 from skyferry.core.errors import ConcurrencyError, ConfigurationError, TransientError, ValidationError
 from skyferry.core.messages import (
+    CANONICAL_UUID,
     Event,
     NewEvent,
     plainly_valid,
@@ -163,7 +163,6 @@ _HEADS: Final = (  # one answer (one JSON object), so the query lets go of the G
     "SELECT json_group_object(s.value, coalesce((SELECT max(version) FROM events WHERE stream_id = s.value), 0))"
     " FROM json_each(?) AS s"
 )
-_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -471,7 +470,7 @@ def _validated_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
     """
     rows: list[tuple[Any, ...]] = []
     append = rows.append
-    fullmatch = _CANONICAL_UUID.fullmatch
+    fullmatch = CANONICAL_UUID.fullmatch
     dumps = orjson.dumps
     last_moment: Any = None
     last_micros = 0

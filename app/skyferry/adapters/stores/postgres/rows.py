@@ -21,6 +21,7 @@ from skyferry.adapters.stores.postgres.layout import (
     _POSITION_DIGITS,
 )
 from skyferry.core.messages import (
+    CANONICAL_UUID,
     Event,
     NewEvent,
     encode_json,
@@ -105,7 +106,6 @@ _COPY_FROM: Final = 32
 _dumps: Final = orjson.dumps
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_CANONICAL_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _COPY_SPECIAL: Final = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES: Final = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -150,7 +150,7 @@ def _copy_rows(events: Sequence[Event]) -> list[str]:
     """Validate every event (see :func:`_checked`) and encode it once as a COPY text row."""
     rows: list[str] = []
     append = rows.append
-    fullmatch = _CANONICAL_ID.fullmatch
+    fullmatch = CANONICAL_UUID.fullmatch
     special = _COPY_SPECIAL.search
     last_occurred: Any = None
     last_recorded: Any = None
@@ -210,7 +210,7 @@ def _binary_ready(events: Sequence[Event]) -> bool:
     versions int4 values (text lets the server reject the others); everything else is
     validated per event by :func:`_checked` on either path.
     """
-    fullmatch = _CANONICAL_ID.fullmatch
+    fullmatch = CANONICAL_UUID.fullmatch
     for e in events:
         event_id, version, schema_version = e[0], e[2], e[4]
         if not (
@@ -277,7 +277,7 @@ def _binary_storable(rows: Sequence[StoredRow]) -> bool:
     """Whether COPY's binary format stores another store's rows (``copy_from``) exactly as
     ``bulk_append`` would: every id canonical, every version and schema version a 32-bit
     integer.  When not, ``bulk_append`` must take them."""
-    fullmatch, int4 = _CANONICAL_ID.fullmatch, _INT4
+    fullmatch, int4 = CANONICAL_UUID.fullmatch, _INT4
     return all(
         fullmatch(event_id) is not None and version in int4 and schema_version in int4
         for _, event_id, _, version, _, schema_version, *_ in rows
@@ -351,7 +351,7 @@ def _binary_appendable(events: Sequence[NewEvent]) -> bool:
     """Whether COPY's binary format stores the events of an append exactly as the ``INSERT``
     would: every id canonical, every schema version a 32-bit integer (and, for the caller to
     check, every version).  When not, the ``INSERT`` stores them."""
-    fullmatch = _CANONICAL_ID.fullmatch
+    fullmatch = CANONICAL_UUID.fullmatch
     return all(fullmatch(e.id) is not None and e.schema_version in _INT4 for e in events)
 
 
