@@ -725,6 +725,19 @@ def test_after_a_refused_append_the_connection_is_idle_and_the_next_append_succe
     assert [e.version for e in store.read_stream("s-1")] == [1]
 
 
+def test_an_id_stored_elsewhere_in_the_last_block_of_a_streamed_copy_refuses_the_whole_append(
+    store: PostgresEventStore,
+) -> None:
+    batch = tricky_events(_COPY_BLOCK_ROWS * 2 + 1)  # three blocks; the last holds the duplicate
+    store.append("s-1", batch[-1:], NO_STREAM)
+    with pytest.raises(ConcurrencyError, match="already stored in stream 's-1'"):
+        store.append("s-2", batch, NO_STREAM)
+    assert store.stream_version("s-2") == 0
+    with store.db.connection("checking") as conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert store.append("s-2", batch[:-1], NO_STREAM).last_version == len(batch) - 1
+
+
 # --- the sequence gap: a tailing reader never skips an event -----------------------------------
 
 
