@@ -98,9 +98,10 @@ def _events(stream_id: str, rows: Iterable[tuple[Any, ...]]) -> list[Event]:
 
 _tuple_new: Final = tuple.__new__
 _COPY_BLOCK_ROWS: Final = 250
-"""Tuples a COPY of appended events sends in one write: the server stores one block while
-the client builds the next (appends of 1,000 and batches of 5,000 were fastest at 250, of
-100, 250, 500, 1,000 and 2,000; see ``docs/performance.md``)."""
+"""Tuples a COPY into ``events`` sends in one write (an append's, ``bulk_append``'s, a page of
+another store's rows): the server stores one block while the client builds the next
+(appends of 1,000 and batches of 5,000 were fastest at 250, of 100, 250, 500, 1,000 and
+2,000; see ``docs/performance.md``)."""
 _COPY_FROM: Final = 32
 """Appends of this many events or more go by binary COPY (see ``PostgresEventStore.append``)."""
 _dumps: Final = orjson.dumps
