@@ -28,7 +28,7 @@ more predictable choice.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, Self
 
@@ -49,8 +49,6 @@ from skyferry.adapters.stores.postgres.layout import (
 )
 from skyferry.adapters.stores.postgres.rows import (
     _COLUMNS,
-    _COPY_BINARY_HEADER,
-    _COPY_BINARY_TRAILER,
     _COPY_BLOCK_ROWS,
     _COPY_FROM,
     _INT4,
@@ -65,6 +63,7 @@ from skyferry.adapters.stores.postgres.rows import (
     _copy_rows_binary,
     _event_cursor,
     _events,
+    _in_blocks,
     _positioned_rows,
     _stored_copy_data,
     _stored_rows,
@@ -174,12 +173,12 @@ class PostgresEventStore:
         # The heads the last ``bulk_append`` of this instance left, and the table's last
         # position then: while that position is still the last, nobody else has written.
         self._bulk_heads: tuple[int | None, dict[str, int]] | None = None
-        self._copy_binary_sql = _rendered(
-            sql.SQL(
-                "COPY {} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
-                " FROM STDIN (FORMAT BINARY)"
-            ).format(t)
-        )
+        copy_sql = sql.SQL(
+            "COPY {} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
+            " FROM STDIN"
+        ).format(t)
+        self._copy_text_sql = _rendered(copy_sql)
+        self._copy_binary_sql = _rendered(copy_sql + sql.SQL(" (FORMAT BINARY)"))
         self._version_sql = _rendered(
             sql.SQL("SELECT coalesce(max(version), 0) FROM {} WHERE stream_id = %s").format(t)
         )
@@ -271,9 +270,7 @@ class PostgresEventStore:
             row = cur.fetchone()
             if (row[0] if row else 0) != base:
                 raise psycopg.Rollback
-            with conn.cursor().copy(self._copy_binary_sql) as copy:
-                for block in data:
-                    copy.write(block)
+            self._write_binary(conn, data)
             return count
         return 0  # rolled back: the stream is elsewhere
 
@@ -505,9 +502,7 @@ class PostgresEventStore:
                 def write(rows: list[StoredRow]) -> None:
                     if not _binary_storable(rows):
                         raise NeedsEvents
-                    with conn.cursor().copy(self._copy_binary_sql) as copy:
-                        for block in _stored_copy_data(rows):
-                            copy.write(block)
+                    self._write_binary(conn, _stored_copy_data(rows))
 
                 copied, heads = copy_rows(source, after, limit, lambda streams: self._heads(conn, streams), write)
                 stored = conn.execute(self._top_sql).fetchone()
@@ -539,20 +534,19 @@ class PostgresEventStore:
         """COPY ``events``, validated and encoded a block at a time (see :func:`_copy_rows`), so that
         the server stores one block while the next is encoded; an invalid event raises inside
         the COPY, which aborts it (the caller's transaction stores nothing)."""
-        copy_sql = sql.SQL(
-            "COPY {} (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
-            " FROM STDIN"
-        ).format(self.db.table("events"))
         if _binary_ready(events):
-            with conn.cursor().copy(copy_sql + sql.SQL(" (FORMAT BINARY)")) as copy:
-                copy.write(_COPY_BINARY_HEADER)
-                for start in range(0, len(events), _COPY_BLOCK_ROWS):
-                    copy.write(b"".join(_copy_rows_binary(events[start : start + _COPY_BLOCK_ROWS])))
-                copy.write(_COPY_BINARY_TRAILER)
+            self._write_binary(conn, _in_blocks(_copy_rows_binary(events)))
             return
-        with conn.cursor().copy(copy_sql) as copy:
+        with conn.cursor().copy(self._copy_text_sql) as copy:
             for start in range(0, len(events), _COPY_BLOCK_ROWS):
                 copy.write("".join(_copy_rows(events[start : start + _COPY_BLOCK_ROWS])).encode())
+
+    def _write_binary(self, conn: psycopg.Connection[Any], blocks: Iterable[bytes]) -> None:
+        """One binary COPY into ``events`` of ``blocks`` (from :func:`_in_blocks`), each sent
+        as it is built."""
+        with conn.cursor().copy(self._copy_binary_sql) as copy:
+            for block in blocks:
+                copy.write(block)
 
     # -- reads -----------------------------------------------------------------------
 

@@ -233,15 +233,14 @@ def _pg_micros(moment: Any) -> int:
     return (moment - _PG_EPOCH) // _MICROSECOND  # type: ignore[no-any-return]
 
 
-def _copy_rows_binary(events: Sequence[Event]) -> list[bytes]:
-    """Validate every event (see :func:`_checked`) and encode it as a binary COPY tuple.
+def _copy_rows_binary(events: Sequence[Event]) -> Iterator[bytes]:
+    """Validate every event (see :func:`_checked`) and encode it as a binary COPY tuple, one
+    at a time as they are taken (an invalid event raises when its turn comes).
 
     Only for events that pass :func:`_binary_ready` (which checked that every id is
     canonical: this function relies on it).  Data and metadata go as their JSON
     text (the binary form of ``json``), so nothing needs escaping.
     """
-    rows: list[bytes] = []
-    append = rows.append
     fromhex = bytes.fromhex
     last_occurred: Any = None
     last_recorded: Any = None
@@ -258,20 +257,17 @@ def _copy_rows_binary(events: Sequence[Event]) -> list[bytes]:
         elif recorded is not last_recorded:
             last_recorded = recorded
             recorded_micros = _pg_micros(recorded)
-        append(
-            _binary_row(
-                fromhex(event_id.replace("-", "")),
-                stream_id.encode(),
-                version,
-                event_type,
-                schema_version,
-                data_json,
-                metadata_json,
-                occurred_micros,
-                recorded_micros,
-            )
+        yield _binary_row(
+            fromhex(event_id.replace("-", "")),
+            stream_id.encode(),
+            version,
+            event_type,
+            schema_version,
+            data_json,
+            metadata_json,
+            occurred_micros,
+            recorded_micros,
         )
-    return rows
 
 
 def _binary_storable(rows: Sequence[StoredRow]) -> bool:
