@@ -82,6 +82,7 @@ from benchmarks.bench_sqlite import raw_connection
 from benchmarks.figures import Figure, interleaved
 from skyferry.adapters.stores.postgres import PostgresEventStore
 from skyferry.adapters.stores.postgres.client import configure_connection
+from skyferry.adapters.stores.sqlite import _INSERT as SQLITE_INSERT
 from skyferry.adapters.stores.sqlite import _INSERT_AT as SQLITE_INSERT_AT
 from skyferry.adapters.stores.sqlite import SQLiteEventStore
 from skyferry.core.messages import Event, NewEvent, new_event_id, to_micros
@@ -92,10 +93,6 @@ METADATA: dict[str, Any] = {"correlation_id": "6f1c2d9e-1b7a-4f0e-9a53-2a8c1f4b7
 TYPE = "MoneyDeposited"
 TOPIC = "ledger:MoneyDeposited"
 PAGE = 1000
-_INSERT = (
-    "INSERT INTO events (id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 
 def peer_state(moment: datetime, data: dict[str, Any] = DATA, metadata: dict[str, Any] = METADATA) -> bytes:
@@ -181,7 +178,7 @@ class SQLiteDriver:
 
     def insert_many(self, rows: list[tuple[Any, ...]]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany(_INSERT, rows)
+        self.db.executemany(SQLITE_INSERT, rows)
         self.db.execute("COMMIT")
 
     def insert_at(self, row: tuple[Any, ...], expected: int) -> bool:
@@ -277,7 +274,8 @@ class PostgresDriver:
     """One psycopg connection; ``COPY`` for batches, the store's own single-event ``INSERT``."""
 
     conn: psycopg.Connection[Any]
-    copy_sql: sql.Composed
+    copy_sql: bytes
+    """The store's text ``COPY`` into its table."""
     insert_one_sql: bytes
     """The store's statement for one event at a known version (the append lock and the
     version check in its own ``WHERE``)."""
@@ -352,10 +350,9 @@ class PostgresBackend:
         configure_connection(conn)  # the session settings of the store's own connections
         self._closers.append(conn.close)
         table = sql.Identifier(schema, "events")
-        columns = "id, stream_id, version, type, schema_version, data, metadata, occurred_at, recorded_at"
         return PostgresDriver(
             conn,
-            sql.SQL("COPY {} (" + columns + ") FROM STDIN").format(table),
+            store._copy_text_sql,
             store._insert_one_sql,
             sql.SQL("SELECT data::text, metadata::text FROM {} WHERE stream_id = %s ORDER BY version").format(table),
         )
