@@ -274,6 +274,30 @@ _MADE: Final[Any] = object()
 _tuple_new: Final = tuple.__new__
 
 
+def _equal_fields(self: Any, other: object) -> bool:
+    """``==`` of :class:`NewEvent` and :class:`Event`, as a dataclass's: only one of the same
+    class equals it (a plain tuple never does), compared by ``_key()``."""
+    if type(other) is not type(self):
+        return False if isinstance(other, tuple) else NotImplemented
+    return bool(self._key() == other._key())  # type: ignore[attr-defined]
+
+
+def _unequal_fields(self: Any, other: object) -> bool:
+    """``!=`` of :class:`NewEvent` and :class:`Event`: the negation of :func:`_equal_fields`."""
+    equal = _equal_fields(self, other)
+    return equal if equal is NotImplemented else not equal
+
+
+def _refuse_assignment(self: object, name: str, value: Any) -> None:
+    """``__setattr__`` of :class:`NewEvent` and :class:`Event`: frozen, as a dataclass."""
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _refuse_deletion(self: object, name: str) -> None:
+    """``__delattr__`` of :class:`NewEvent` and :class:`Event`: frozen, as a dataclass."""
+    raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
 class NewEvent(_NewEventFields):
     """An event a command decided, not yet stored.
 
@@ -315,24 +339,14 @@ class NewEvent(_NewEventFields):
             ),
         )
 
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not NewEvent:
-            # As a dataclass would: only a NewEvent equals a NewEvent (a tuple is not one).
-            return False if isinstance(other, tuple) else NotImplemented
-        return tuple.__eq__(self, other)
+    def _key(self) -> tuple[Any, ...]:
+        return tuple(self)
 
-    def __ne__(self, other: object) -> bool:
-        if type(other) is not NewEvent:
-            return True if isinstance(other, tuple) else NotImplemented
-        return tuple.__ne__(self, other)
-
+    __eq__ = _equal_fields
+    __ne__ = _unequal_fields
     __hash__ = _NewEventFields.__hash__
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
+    __setattr__ = _refuse_assignment
+    __delattr__ = _refuse_deletion
 
     def encoded_size(self) -> int:
         """Bytes of ``data`` and ``metadata`` as canonical JSON (what the limit applies to)."""
@@ -474,17 +488,8 @@ class Event(_EventFields):
     def _key(self) -> tuple[Any, ...]:
         return (*self[:7], self.occurred_at, self.recorded_at, self[9])
 
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not Event:
-            # As a dataclass would: only an Event equals an Event (a tuple is not one).
-            return False if isinstance(other, tuple) else NotImplemented
-        return self._key() == other._key()
-
-    def __ne__(self, other: object) -> bool:
-        if type(other) is not Event:
-            # As a dataclass would: only an Event equals an Event (a tuple is not one).
-            return True if isinstance(other, tuple) else NotImplemented
-        return self._key() != other._key()
+    __eq__ = _equal_fields
+    __ne__ = _unequal_fields
 
     def __hash__(self) -> int:
         return hash(self._key())
@@ -499,11 +504,8 @@ class Event(_EventFields):
     def _asdict(self) -> dict[str, Any]:
         return dict(zip(self._fields, self._key(), strict=True))
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
+    __setattr__ = _refuse_assignment
+    __delattr__ = _refuse_deletion
 
     def to_new(self) -> NewEvent:
         """The same event as a :class:`NewEvent`, keeping id and both timestamps (for imports)."""
