@@ -53,7 +53,7 @@ def test_export_import_verify_through_the_cli(tmp_path: Path, source: str) -> No
     imported = run("import", "--from", archive, "--to", target, "--json")
     assert imported.returncode == 0, imported.stderr
     assert (summary(imported)["written"], summary(imported)["skipped"]) == (40, 0)
-    assert summary(imported)["write_path"] == "bulk_append"
+    assert summary(imported)["write_path"] == "copy_from"  # the lines decoded into the rows SQLite keeps
     again = run("import", "--from", archive, "--to", target, "--json")
     assert summary(again)["written"] == 0
     for left, right in ((source, target), (archive, target)):
@@ -324,11 +324,11 @@ def test_summaries_say_what_happened_with_counts_that_add_up_and_what_next(tmp_p
     )
     assert run("export", "--from", source, "--to", archive).returncode == 0
     assert _text(run("import", "--from", archive, "--to", target)) == (
-        f"imported {archive} into {target} in T: 41 read: 0 written, 41 already present (write path bulk_append)\n"
+        f"imported {archive} into {target} in T: 41 read: 0 written, 41 already present (write path copy_from)\n"
         f"next: skyferry verify --from {archive} --to {target}\n"
     )
     assert _text(run("import", "--from", archive, "--to", target)) == (
-        f"imported {archive} into {target} in T: 0 read: 0 written, 0 already present (write path bulk_append)\n"
+        f"imported {archive} into {target} in T: 0 read: 0 written, 0 already present (write path copy_from)\n"
         "resumed after chunk 1: an earlier run had imported 41 events; 41 in all\n"
         f"next: skyferry verify --from {archive} --to {target}\n"
     )

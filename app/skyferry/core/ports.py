@@ -260,7 +260,23 @@ epoch (UTC)."""
 
 
 @runtime_checkable
-class RowsEventStore(EventStore, Protocol):
+class RowSource(Protocol):
+    """What :meth:`CopyingEventStore.copy_from` reads: rows in a global order, each event
+    already checked against the rules every store enforces (``NewEvent.validate``, a valid
+    stream id).  A store with the feature ``rows`` is one; so is an import's checked chunk
+    in memory.  It declares the feature ``rows``."""
+
+    url: str
+    """Where the rows come from, for messages."""
+
+    def read_rows(self, after: str | None, limit: int) -> tuple[list[StoredRow], str | None]:
+        """The (at most) ``limit`` rows after position ``after`` (``None``: from the first),
+        and the position of the last (``after`` when none)."""
+        ...
+
+
+@runtime_checkable
+class RowsEventStore(EventStore, RowSource, Protocol):
     """Feature ``rows``: ``read_all`` as the rows the store keeps, without decoding them,
     for another store's :meth:`CopyingEventStore.copy_from`."""
 
@@ -278,16 +294,16 @@ class CopyingEventStore(BulkAppendEventStore, Protocol):
 
     The result is what ``bulk_append`` of the same events, read with ``read_all``, would
     store: the same fields, new positions in the source's order.  SQLite and PostgreSQL
-    declare it and copy from any store with the feature ``rows`` (theirs); PostgreSQL
-    copies from PostgreSQL server to server (binary ``COPY`` out of one, into the other),
-    so its client does not even touch the fields.
+    declare it and copy from any :class:`RowSource` (a store with the feature ``rows``, or
+    an import's checked chunk); PostgreSQL copies from PostgreSQL server to server (binary
+    ``COPY`` out of one, into the other), so its client does not even touch the fields.
     """
 
-    def copies_from(self, source: EventStore) -> bool:
+    def copies_from(self, source: EventStore | RowSource) -> bool:
         """Whether :meth:`copy_from` can read ``source``."""
         ...
 
-    def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:
+    def copy_from(self, source: EventStore | RowSource, after: str | None, limit: int) -> CopiedBatch | None:
         """Store the next (at most) ``limit`` events of ``source``'s ``read_all(after)``
         atomically, as new events, checked as a batch: each stream of the batch must
         continue the target's stream from its current version.

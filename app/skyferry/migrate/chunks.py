@@ -25,7 +25,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import zstandard
 
@@ -193,9 +193,15 @@ def estimated_memory(plaintext: bytes) -> int:
     return 3 * len(plaintext) + 80 * (plaintext.count(b",") + plaintext.count(b"[")) + 230 * colons
 
 
+Decoder = Callable[[list[bytes], str, int], tuple[list[Any], list[bytes]]]
+"""How a chunk's lines are decoded: :func:`~skyferry.migrate.format.decode_lines` (events) or
+:func:`~skyferry.migrate.format.decode_rows` (the rows the SQL stores keep)."""
+
+
 @dataclass(slots=True)
 class CheckedChunk:
-    """A chunk that passed every check; its events come out of :meth:`batches`, in order.
+    """A chunk that passed every check; its events come out of :meth:`batches`, in order, as
+    its decoder gives them.
 
     ``whole`` says the events were kept decoded (within :data:`DECODED_BUDGET`) and come as
     one batch; otherwise they are decoded again a segment at a time.
@@ -203,17 +209,18 @@ class CheckedChunk:
 
     entry: ChunkEntry
     whole: bool
-    _events: list[Event] | None
+    _events: list[Any] | None
     _plaintext: bytes | None
+    _decode: Decoder = decode_lines
 
-    def batches(self) -> Iterator[list[Event]]:
+    def batches(self) -> Iterator[list[Any]]:
         """The chunk's events: one list when ``whole``, else one per segment."""
         if self._events is not None:
             yield self._events
             return
         assert self._plaintext is not None
         for first, lines in segments(self._plaintext, self.entry.name):
-            yield decode_lines(lines, self.entry.name, first)[0]
+            yield self._decode(lines, self.entry.name, first)[0]
 
 
 def check_chunk(
@@ -221,22 +228,23 @@ def check_chunk(
     entry: ChunkEntry,
     cipher: ChunkCipher | None,
     *,
-    on_lines: Callable[[list[Event], list[bytes], bool], None] | None = None,
+    on_lines: Callable[[list[Any], list[bytes], bool], None] | None = None,
     keep: bool = True,
+    decode: Decoder = decode_lines,
 ) -> CheckedChunk:
     """Read and check one chunk whole: size, sha256, tag, zstd, every line, the count.
 
     ``on_lines(events, canonical bytes, whole)`` is called for every segment as it is
-    decoded (to extend the hash chains, or validate events); ``whole`` tells whether the
-    events are kept.  ``keep=False`` keeps nothing (a verification).  Raises
+    decoded by ``decode`` (to extend the hash chains, or validate events); ``whole`` tells
+    whether the events are kept.  ``keep=False`` keeps nothing (a verification).  Raises
     :class:`ArchiveError` naming the object (and the line) on any problem.
     """
     plaintext = open_chunk(archive, entry, cipher)
     whole = keep and estimated_memory(plaintext) <= DECODED_BUDGET
-    kept: list[Event] = []
+    kept: list[Any] = []
     count = 0
     for first, lines in segments(plaintext, entry.name):
-        events, canonicals = decode_lines(lines, entry.name, first)
+        events, canonicals = decode(lines, entry.name, first)
         count += len(events)
         if on_lines is not None:
             on_lines(events, canonicals, whole)
@@ -246,8 +254,8 @@ def check_chunk(
     if count != entry.events:
         raise ArchiveError(entry.name, f"holds {count} events, the manifest says {entry.events}")
     if whole:
-        return CheckedChunk(entry, True, kept, None)
-    return CheckedChunk(entry, False, None, plaintext if keep else b"")
+        return CheckedChunk(entry, True, kept, None, decode)
+    return CheckedChunk(entry, False, None, plaintext if keep else b"", decode)
 
 
 def read_chunk(archive: Archive, entry: ChunkEntry, cipher: ChunkCipher | None) -> list[Event]:

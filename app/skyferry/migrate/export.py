@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from skyferry.core.errors import ConfigurationError
-from skyferry.core.messages import Event, format_timestamp, utc_now
+from skyferry.core.messages import format_timestamp, utc_now
 from skyferry.core.ports import Archive, EventStore, count_after
 from skyferry.migrate.chunks import CHUNK_BYTES, CHUNK_EVENTS, ChunkWriter
 from skyferry.migrate.crypto import ChunkCipher
@@ -71,13 +71,22 @@ class HeadTracker:
         self.heads: dict[str, StreamHead] = {}
 
     def add_many(
-        self, pairs: Iterable[tuple[Event | Prepared, bytes]], location: str | Callable[[Event | Prepared], str]
+        self,
+        pairs: Iterable[tuple[Any, bytes]],
+        location: str | Callable[[Any], str],
+        *,
+        rows: bool = False,
     ) -> None:
         """Extend the chain of each event's stream by its canonical bytes (:func:`~skyferry.migrate.format.chain_next`);
-        a version gap raises :class:`ArchiveError` at ``location`` (or ``location(event)``)."""
+        a version gap raises :class:`ArchiveError` at ``location`` (or ``location(event)``).
+        The events are :class:`~skyferry.core.messages.Event` or
+        :class:`~skyferry.migrate.format.Prepared` tuples, or :data:`~skyferry.core.ports.StoredRow`
+        tuples when ``rows``."""
         heads, sha256 = self.heads, hashlib.sha256
+        at = 2 if rows else 1  # a row's own position comes first
         for event, canonical in pairs:
-            stream_id, version = event[1], event[2]
+            stream_id: str = event[at]
+            version: int = event[at + 1]
             head = heads.get(stream_id)
             if head is None:
                 head = heads[stream_id] = StreamHead(0, CHAIN_START, 0)

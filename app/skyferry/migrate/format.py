@@ -32,8 +32,18 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from skyferry.core.errors import ValidationError
-from skyferry.core.messages import Event, encode_json, format_timestamp, parse_timestamp
+from skyferry.core.errors import EventTooLarge, ValidationError
+from skyferry.core.messages import (
+    CANONICAL_UUID,
+    Event,
+    encode_json,
+    format_timestamp,
+    parse_timestamp,
+    plainly_valid,
+    to_micros,
+    validate_stream_id,
+)
+from skyferry.core.ports import StoredRow
 from skyferry.migrate.errors import ArchiveError
 
 SPEC_VERSION: Final = "1.0"
@@ -288,12 +298,32 @@ def decode_lines(lines: Iterable[bytes], location: str, first: int = 1) -> tuple
     once; a line that fails any check (or that the inline path cannot judge) goes through
     :func:`decode_line_canonical` itself, so the same lines are rejected with the same errors.
     """
-    loads, dumps, sorted_keys, new = orjson.loads, orjson.dumps, _SORTED, tuple.__new__
-    source = source_of
-    times: dict[str, tuple[datetime, str]] = {}
-    events: list[Event] = []
+    return _decode(lines, location, first, rows=False)
+
+
+def decode_rows(lines: Iterable[bytes], location: str, first: int = 1) -> tuple[list[StoredRow], list[bytes]]:
+    """``(rows, canonical bytes)``: the events of :func:`decode_lines` as the rows the SQL stores
+    keep (:data:`~skyferry.core.ports.StoredRow`: the line's ``sourceposition`` first, ``data``
+    and ``metadata`` as canonical JSON text, timestamps as microseconds), no ``Event`` built and
+    ``data`` encoded once for both the row and the chain's bytes.
+
+    Every event is also checked against the rules every store enforces
+    (:meth:`~skyferry.core.messages.NewEvent.validate`, a valid stream id), since a store
+    copying rows trusts them: one that breaks a rule raises :class:`ArchiveError` naming its
+    line.  The same lines are rejected as by :func:`decode_lines`, with the same errors.
+    """
+    return _decode(lines, location, first, rows=True)
+
+
+def _decode(lines: Iterable[bytes], location: str, first: int, *, rows: bool) -> tuple[list[Any], list[bytes]]:
+    """:func:`decode_lines` (``rows`` false) or :func:`decode_rows`: one loop, one branch an event."""
+    loads, dumps, sorted_keys, new, fragment = orjson.loads, orjson.dumps, _SORTED, tuple.__new__, orjson.Fragment
+    source, fullmatch, plain = source_of, CANONICAL_UUID.fullmatch, plainly_valid
+    times: dict[str, tuple[datetime, str, int]] = {}
+    streams: set[str] = set()
+    items: list[Any] = []
     canonicals: list[bytes] = []
-    add_event, add_canonical = events.append, canonicals.append
+    add_item, add_canonical = items.append, canonicals.append
     for number, line in enumerate(lines, first):
         try:
             raw = loads(line)
@@ -328,53 +358,129 @@ def decode_lines(lines: Iterable[bytes], location: str, first: int = 1) -> tuple
                 raise _Irregular  # the one-line path converts them with str()
             if position is not None and type(position) is not str:
                 raise _Irregular
+            if rows:
+                data_json, metadata_json = dumps(data, option=sorted_keys), dumps(metadata, option=sorted_keys)
+                if stream_id not in streams:
+                    validate_stream_id(stream_id)
+                    streams.add(stream_id)
+                if fullmatch(event_id) is None or not plain(
+                    event_type, schema_version, data, metadata, 0, 0, data_json, metadata_json
+                ):
+                    raise _Irregular  # the one-line path raises the rule's own error
         except Exception:
             event, canonical = decode_line_canonical(line, location, number)  # raises the error of this line
-            add_event(event)
+            add_item(_row_of(event, location, number) if rows else event)
             add_canonical(canonical)
             continue
-        event = new(
-            Event,
-            (
-                event_id,
-                stream_id,
-                version,
-                event_type,
-                schema_version,
-                data,
-                metadata,
-                occurred[0],
-                recorded[0],
-                position,
-            ),
-        )
-        canonical = dumps(
-            {
-                "id": event_id,
-                "stream_id": stream_id,
-                "version": version,
-                "type": event_type,
-                "schema_version": schema_version,
-                "data": data,
-                "metadata": metadata,
-                "occurred_at": occurred[1],
-                "recorded_at": recorded[1],
-            },
-            option=sorted_keys,
-        )
-        add_event(event)
+        if rows:
+            add_item(
+                (
+                    position,
+                    event_id,
+                    stream_id,
+                    version,
+                    event_type,
+                    schema_version,
+                    data_json.decode(),
+                    metadata_json.decode(),
+                    occurred[2],
+                    recorded[2],
+                )
+            )
+            # keys inserted in sorted order (and data/metadata already canonical): no sort needed
+            canonical = dumps(
+                {
+                    "data": fragment(data_json),
+                    "id": event_id,
+                    "metadata": fragment(metadata_json),
+                    "occurred_at": occurred[1],
+                    "recorded_at": recorded[1],
+                    "schema_version": schema_version,
+                    "stream_id": stream_id,
+                    "type": event_type,
+                    "version": version,
+                }
+            )
+        else:
+            add_item(
+                new(
+                    Event,
+                    (
+                        event_id,
+                        stream_id,
+                        version,
+                        event_type,
+                        schema_version,
+                        data,
+                        metadata,
+                        occurred[0],
+                        recorded[0],
+                        position,
+                    ),
+                )
+            )
+            canonical = dumps(
+                {
+                    "id": event_id,
+                    "stream_id": stream_id,
+                    "version": version,
+                    "type": event_type,
+                    "schema_version": schema_version,
+                    "data": data,
+                    "metadata": metadata,
+                    "occurred_at": occurred[1],
+                    "recorded_at": recorded[1],
+                },
+                option=sorted_keys,
+            )
         add_canonical(canonical)
-    return events, canonicals
+    return items, canonicals
+
+
+def _row_of(event: Event, location: str, number: int) -> StoredRow:
+    """The :data:`StoredRow` of a decoded line's event after checking it against the rules
+    every store enforces; a broken rule raises :class:`ArchiveError` naming the line."""
+    try:
+        validate_stream_id(event.stream_id)
+        event.to_new().validate()
+    except (ValidationError, EventTooLarge) as e:
+        raise ArchiveError(location, f"holds an event no store may hold: {e}", number) from e
+    return (
+        event.position,
+        event.id,
+        event.stream_id,
+        event.version,
+        event.type,
+        event.schema_version,
+        encode_json(event.data).decode(),
+        encode_json(event.metadata).decode(),
+        to_micros(event.occurred_at),
+        to_micros(event.recorded_at),
+    )
+
+
+def events_of_rows(rows: Iterable[StoredRow]) -> list[Event]:
+    """The events of :func:`decode_rows`' rows, as :func:`decode_lines` gives them (the
+    timestamps as microseconds, which ``Event`` decodes exactly when they are read)."""
+    new, loads = tuple.__new__, orjson.loads
+    return [
+        new(
+            Event,
+            (event_id, stream_id, version, kind, schema, loads(data), loads(metadata), occurred, recorded, position),
+        )
+        for position, event_id, stream_id, version, kind, schema, data, metadata, occurred, recorded in rows
+    ]
 
 
 class _Irregular(Exception):
     """Internal: a line the inline decoder leaves to :func:`decode_line_canonical`."""
 
 
-def _parsed(text: str) -> tuple[datetime, str]:
-    """``(moment, canonical text)`` of a timestamp text (as :func:`decode_line_canonical` derives them)."""
+def _parsed(text: str) -> tuple[datetime, str, int]:
+    """``(moment, canonical text, microseconds)`` of a timestamp text (as
+    :func:`decode_line_canonical` derives the first two)."""
     moment = parse_timestamp(text)
-    return moment, text if _is_canonical_time(text) else timestamp(moment)
+    return moment, text if _is_canonical_time(text) else timestamp(moment), to_micros(moment)
 
 
 def _canonical(event: Event, occurred: str, recorded: str) -> bytes:

@@ -22,13 +22,13 @@ from functools import partial
 from typing import Any, Final
 
 from skyferry.core.errors import EventTooLarge, ObjectTooLarge, ValidationError
-from skyferry.core.messages import Event
 from skyferry.core.ports import Archive, EventStore, ViewStore
 from skyferry.migrate import checkpoints
 from skyferry.migrate.chunks import CheckedChunk, check_chunk
 from skyferry.migrate.crypto import ChunkCipher
 from skyferry.migrate.errors import ArchiveError, WrongKey
 from skyferry.migrate.export import HeadTracker
+from skyferry.migrate.format import decode_lines, decode_rows
 from skyferry.migrate.manifest import MANIFEST_NAME, ChunkEntry, Manifest
 from skyferry.migrate.pipeline import ReadAhead
 from skyferry.migrate.progress import Progress
@@ -140,20 +140,28 @@ def _import(
     if transformer is not None and transformer.allow_count_change:
         transformer = Transformer(transformer.spec, transformer.function, allow_count_change=True, target=store)
     heads = HeadTracker()
+    # into a store that copies rows, untransformed: the lines decoded straight into its rows
+    rows = transformer is None and writer.copies_rows
 
-    def checked(events: list[Event], canonicals: list[bytes], whole: bool, name: str) -> None:
-        heads.add_many(zip(events, canonicals, strict=True), name)
-        if not whole:  # written in parts: every event must be known valid before the first is
-            validate_all(events)
+    def checked(events: list[Any], canonicals: list[bytes], whole: bool, name: str) -> None:
+        heads.add_many(zip(events, canonicals, strict=True), name, rows=rows)
+        if not whole and not rows:  # written in parts: every event must be known valid before the first is
+            validate_all(events)  # (decode_rows checked each row already)
 
     def verified_chunks() -> Iterator[tuple[ChunkEntry, CheckedChunk]]:
         # runs in the read-ahead thread: read, check, decode and chain the next chunk
         for entry in manifest.chunks:
             on_lines = partial(checked, name=entry.name)
-            yield entry, check_chunk(archive, entry, cipher, on_lines=on_lines)
+            decode = decode_rows if rows else decode_lines
+            yield entry, check_chunk(archive, entry, cipher, on_lines=on_lines, decode=decode)
 
     def write(chunk: CheckedChunk) -> None:
         for events in chunk.batches():
+            if rows:
+                writer.write_rows(
+                    events if shard is None else [row for row in events if owned(shard, row[2])], archive.url
+                )
+                continue
             mine = events if shard is None else [event for event in events if owned(shard, event.stream_id)]
             if transformer is not None:
                 mine = transformer.apply(mine)
@@ -168,27 +176,21 @@ def _import(
     except BaseException:
         chunks.close()
         raise
+    start = int(done["chunks"])
     report = ImportReport(
         archive=archive.url,
         target=store.url,
         digest=manifest.digest,
-        resumed_at_chunk=int(done["chunks"]),
-        write_path=writer.path,
+        resumed_at_chunk=start,
+        write_path="copy_from" if rows else writer.path,
         events=int(done["events"]),
         resumed_events=int(done["events"]),
     )
     if progress is not None:
         progress.total = manifest.event_count
         progress.resume(int(done["events"]))
-    for index, (entry, chunk) in enumerate(chunks):
-        if index < int(done["chunks"]):
-            continue
-        try:
-            write(chunk)
-        except ArchiveError:
-            raise
-        except (ValidationError, EventTooLarge) as e:  # an event no store may hold: nothing of the chunk written
-            raise ArchiveError(entry.name, f"holds an event no store may hold: {e}") from e
+
+    def written(index: int, entry: ChunkEntry) -> None:
         report.events += entry.events
         report.chunks += 1
         state: dict[str, Any] = {"chunks": index + 1, "events": report.events}
@@ -198,6 +200,16 @@ def _import(
         report.positions.append({"chunk": entry.name, "source": entry.last_position, "target": store.last_position()})
         if progress is not None:
             progress.advance(entry.events)
+
+    try:
+        for index, (entry, chunk) in enumerate(chunks):
+            if index >= start:
+                write(chunk)
+                written(index, entry)
+    except ArchiveError:
+        raise
+    except (ValidationError, EventTooLarge) as e:  # an event no store may hold: nothing of the chunk written
+        raise ArchiveError(manifest.chunks[report.chunks + start].name, f"holds an event no store may hold: {e}") from e
     saver.flush()
     for stream_id, head in heads.heads.items():
         recorded = manifest.streams.get(stream_id)

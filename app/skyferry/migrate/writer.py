@@ -42,14 +42,18 @@ from skyferry.core.messages import Event, validate_stream_id
 from skyferry.core.ports import (
     FEATURE_BULK_APPEND,
     FEATURE_BULK_IN_FLIGHT,
+    FEATURE_COPY_FROM,
+    FEATURE_ROWS,
     BulkAppendEventStore,
+    CopyingEventStore,
     EventStore,
     InFlightBulkEventStore,
+    StoredRow,
     features_of,
     write_limits,
 )
 from skyferry.migrate.errors import TargetConflict
-from skyferry.migrate.format import canonical_bytes
+from skyferry.migrate.format import canonical_bytes, events_of_rows
 
 APPEND_EVENTS: Final = 1000
 """Events per ``append`` where the target sets no cap of its own."""
@@ -76,6 +80,25 @@ def validate_all(events: Sequence[Event]) -> None:
         event.to_new().validate()
 
 
+class RowBatch:
+    """Rows in memory, already checked against the rules every store enforces
+    (:func:`~skyferry.migrate.format.decode_rows`), as the
+    :class:`~skyferry.core.ports.RowSource` a target's ``copy_from`` reads; its positions
+    are the rows' indexes."""
+
+    features: Final = frozenset({FEATURE_ROWS})
+
+    def __init__(self, rows: Sequence[StoredRow], url: str) -> None:
+        self.rows = rows
+        self.url = url
+
+    def read_rows(self, after: str | None, limit: int) -> tuple[list[StoredRow], str | None]:
+        """The (at most) ``limit`` rows after index ``after``, and the index after the last."""
+        start = 0 if after is None else int(after)
+        part = list(self.rows[start : start + limit])
+        return part, str(start + len(part)) if part else after
+
+
 class TargetWriter:
     """Writes versioned events into ``store``, ``concurrency`` writes in flight; counts what was new.
 
@@ -86,6 +109,13 @@ class TargetWriter:
         self.store = store
         self.bulk = use_bulk and FEATURE_BULK_APPEND in features_of(store)
         self.bulk_in_flight = self.bulk and FEATURE_BULK_IN_FLIGHT in features_of(store)
+        self.copies_rows = (
+            self.bulk
+            and FEATURE_COPY_FROM in features_of(store)
+            and isinstance(store, CopyingEventStore)
+            and store.copies_from(RowBatch((), store.url))
+        )
+        """Whether :meth:`write_rows` copies rows (SQLite, PostgreSQL) rather than writing events."""
         self.limits = write_limits(store)
         self.concurrency = check_concurrency(concurrency)
         # bulk_append parts run one at a time, in order: in the caller's thread (a pool of one),
@@ -139,6 +169,28 @@ class TargetWriter:
         self.written += new
         self.skipped += len(events) - new
         return new
+
+    def write_rows(self, rows: Sequence[StoredRow], source: str) -> int:
+        """:meth:`write` of the events of ``rows`` (from :func:`~skyferry.migrate.format.decode_rows`,
+        of ``source``); return the new ones.
+
+        Where the target :attr:`copies_rows`, they go as one ``copy_from``: one transaction,
+        checked as a batch, no event built.  A batch it cannot take so (events the target
+        holds already: a resumed import; an id stored elsewhere) writes nothing there and
+        goes through :meth:`write`, which skips what is stored and names any conflict.
+        """
+        if not rows:
+            return 0
+        if self.copies_rows:
+            assert isinstance(self.store, CopyingEventStore)
+            try:
+                copied = self.store.copy_from(RowBatch(rows, source), None, len(rows))
+            except ConcurrencyError:
+                copied = None
+            if copied is not None:
+                self.written += copied.events
+                return copied.events
+        return self.write(events_of_rows(rows), validated=True)
 
     def _bulk_part(self, part: Sequence[Event]) -> int:
         try:

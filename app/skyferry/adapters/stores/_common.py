@@ -17,7 +17,7 @@ from skyferry.core.messages import (
     plainly_valid,
     validate_stream_id,
 )
-from skyferry.core.ports import CopiedBatch, RowsEventStore, StoredRow
+from skyferry.core.ports import CopiedBatch, RowSource, StoredRow
 
 PREFIX_END: Final = "\U0010ffff"
 """Every key that starts with ``prefix`` sorts below ``prefix + PREFIX_END`` (code point order)."""
@@ -127,7 +127,7 @@ def check_rows(
 
 
 def copy_rows(
-    source: RowsEventStore,
+    source: RowSource,
     after: str | None,
     limit: int,
     heads: Callable[[list[str]], Mapping[str, int]],

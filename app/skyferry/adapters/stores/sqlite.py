@@ -81,7 +81,7 @@ from skyferry.core.ports import (
     Doc,
     EventStore,
     ExpectedVersion,
-    RowsEventStore,
+    RowSource,
     StoredRow,
     StreamState,
     ViewChange,
@@ -711,11 +711,12 @@ class SQLiteEventStore:
 
         return self._conn.write(work)
 
-    def copies_from(self, source: EventStore) -> bool:
-        """Whether :meth:`copy_from` reads ``source``: a store with the feature ``rows``."""
-        return FEATURE_ROWS in features_of(source) and isinstance(source, RowsEventStore)
+    def copies_from(self, source: EventStore | RowSource) -> bool:
+        """Whether :meth:`copy_from` reads ``source``: a :class:`~skyferry.core.ports.RowSource`
+        (a store with the feature ``rows``, or an import's checked chunk)."""
+        return FEATURE_ROWS in features_of(source) and isinstance(source, RowSource)
 
-    def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:
+    def copy_from(self, source: EventStore | RowSource, after: str | None, limit: int) -> CopiedBatch | None:
         """Copy the next ``limit`` events of ``source`` as the rows it keeps (feature ``copy_from``).
 
         In one write transaction: the source's rows are read a page at a time, each page's
@@ -726,7 +727,7 @@ class SQLiteEventStore:
         """
         if not self.copies_from(source):
             raise ValidationError(f"copy_from reads stores with the feature rows, not {source.url}")
-        assert isinstance(source, RowsEventStore)
+        assert isinstance(source, RowSource)
         check_limit(limit, minimum=1)
 
         def work(db: apsw.Connection) -> CopiedBatch:

@@ -92,7 +92,7 @@ from skyferry.core.ports import (
     CopiedBatch,
     EventStore,
     ExpectedVersion,
-    RowsEventStore,
+    RowSource,
     StoredRow,
     expected_as_int,
     features_of,
@@ -423,14 +423,15 @@ class PostgresEventStore:
             self._bulk_heads = (top[0] if top else None, {s: current.get(s, 0) for s in streams})
         return len(fresh)
 
-    def copies_from(self, source: EventStore) -> bool:
+    def copies_from(self, source: EventStore | RowSource) -> bool:
         """Whether :meth:`copy_from` reads ``source``: another PostgreSQL store (any server),
-        or a store with the feature ``rows``."""
+        or a :class:`~skyferry.core.ports.RowSource` (a store with the feature ``rows``, or an
+        import's checked chunk)."""
         return isinstance(source, PostgresEventStore) or (
-            FEATURE_ROWS in features_of(source) and isinstance(source, RowsEventStore)
+            FEATURE_ROWS in features_of(source) and isinstance(source, RowSource)
         )
 
-    def copy_from(self, source: EventStore, after: str | None, limit: int) -> CopiedBatch | None:
+    def copy_from(self, source: EventStore | RowSource, after: str | None, limit: int) -> CopiedBatch | None:
         """Copy the next ``limit`` events of ``source`` as the rows it keeps (feature ``copy_from``).
 
         From another PostgreSQL store, server to server: one query of the source gives
@@ -441,9 +442,9 @@ class PostgresEventStore:
         Both tables have this schema's columns, so the source's binary tuples are this
         table's: the client never looks inside them.
 
-        From another store with the feature ``rows`` (SQLite): its rows are read a page at a
-        time, each page checked as above and written by binary ``COPY`` with its JSON as
-        it is, in one transaction.
+        From another :class:`~skyferry.core.ports.RowSource` (a SQLite store, an import's
+        checked chunk): its rows are read a page at a time, each page checked as above and
+        written by binary ``COPY`` with its JSON as it is, in one transaction.
 
         New positions follow the source's order.  ``None`` (nothing written) where
         ``bulk_append`` must judge the batch event by event (see the port).
@@ -454,7 +455,7 @@ class PostgresEventStore:
         try:
             if isinstance(source, PostgresEventStore):
                 return self._copy_from_server(source, after, limit)
-            assert isinstance(source, RowsEventStore)
+            assert isinstance(source, RowSource)
             return self._copy_from_rows(source, after, limit)
         except NeedsEvents:
             return None
@@ -494,7 +495,7 @@ class PostgresEventStore:
                 self._bulk_heads = (stored[0] if stored else None, {row[0]: row[2] for row in batch})
         return CopiedBatch(count, encode_position(top), max(row[5] for row in batch))
 
-    def _copy_from_rows(self, source: RowsEventStore, after: str | None, limit: int) -> CopiedBatch:
+    def _copy_from_rows(self, source: RowSource, after: str | None, limit: int) -> CopiedBatch:
         with self.db.connection("copying events") as conn, _ids_checked():
             with conn.transaction():
                 conn.execute(self._lock_sql)
