@@ -180,7 +180,7 @@ def sqlite_figures(directory: Path, count: int) -> list[Figure]:
     def do_import() -> None:
         target = f"sqlite:///{directory}/import-{runs.next()}.db"
         store, views = registry.open_event_store(target), registry.open_view_store(target)
-        import_archive(LocalArchive(archive), store, views)
+        import_archive(LocalArchive(archive), store, views, archive_url=str(archive))  # as the CLI does
         views.close()
         store.close()
 
@@ -280,7 +280,7 @@ def postgres_figures(directory: Path, count: int) -> list[Figure]:
         def do_import() -> None:
             _, url = fresh()
             store, views = registry.open_event_store(url), registry.open_view_store(url)
-            import_archive(LocalArchive(archive), store, views)
+            import_archive(LocalArchive(archive), store, views, archive_url=str(archive))  # as the CLI does
             views.close()
             store.close()
 

@@ -136,7 +136,9 @@ def test_chunks_at_the_caps_of_the_worst_data_import_and_verify_in_bounded_memor
     target = f"sqlite:///{tmp_path}/target.db"
     peak, code, stderr = measured("import", "--from", str(tmp_path / "archive"), "--to", target, "--json")
     assert code == 0, stderr
-    assert peak < MEMORY_BOUND_MB
+    # two chunks: the import reads them in its decoder process, and wait4 gives the peak of the
+    # larger of the two processes, so half the bound bounds them together
+    assert peak < MEMORY_BOUND_MB / 2
     peak, code, stderr = measured("verify", "--from", str(tmp_path / "archive"), "--to", target, "--json")
     assert code == 0, stderr
     assert peak < MEMORY_BOUND_MB

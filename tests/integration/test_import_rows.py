@@ -10,14 +10,18 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from skyferry.adapters.archives.local import LocalArchive
-from skyferry.core.errors import EventTooLarge, ValidationError
+from skyferry.core.errors import EventTooLarge, TransientError, ValidationError
 from skyferry.core.messages import EVENT_SIZE_LIMIT, Event, encode_json, to_micros
 from skyferry.core.ports import EventStore, ViewStore
+from skyferry.migrate import checkpoints
+from skyferry.migrate import decoder as decoder_module
+from skyferry.migrate.chunks import DECODED_BUDGET, estimated_memory
 from skyferry.migrate.errors import ArchiveError, TargetConflict
 from skyferry.migrate.format import (
     canonical_bytes,
@@ -27,6 +31,7 @@ from skyferry.migrate.format import (
     events_of_rows,
 )
 from skyferry.migrate.importer import import_archive
+from skyferry.migrate.manifest import MANIFEST_NAME, ChunkEntry, Manifest
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.verify import verify_archive
 from skyferry.migrate.writer import TargetWriter
@@ -165,3 +170,107 @@ def test_an_import_into_a_store_without_copy_from_writes_events(tmp_path: Path) 
     with store_url("memory") as url, opened(url) as (store, views):
         report = import_archive(archive, store, views)
         assert (report.write_path, report.written) == ("bulk_append", 30)
+
+
+# -- the decoder process (``skyferry.migrate.decoder``): what ``skyferry import`` uses --
+
+
+def test_an_import_reading_in_a_second_process_stores_what_one_process_stores(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path / "a")
+    events = history(250)
+    write_archive(archive, events, chunk_events=40)
+    stored = []
+    for archive_url in (None, archive.url):
+        with store_url("sqlite") as url, opened(url) as (store, views):
+            report = import_archive(archive, store, views, archive_url=archive_url)
+            assert (report.write_path, report.written, report.chunks) == ("copy_from", 250, 7)
+            assert [position["chunk"] for position in report.positions] == [e.name for e in _chunks(archive)]
+            stored.append(store.read_all(limit=1000))
+    assert stored[0] == stored[1]
+    assert [canonical_bytes(e) for e in stored[1]] == [canonical_bytes(e) for e in events]
+
+
+def test_an_import_resumed_in_a_second_process_writes_from_its_checkpoint(
+    target: tuple[EventStore, ViewStore], tmp_path: Path
+) -> None:
+    store, views = target
+    archive = LocalArchive(tmp_path / "a")
+    events = history(250)
+    manifest = write_archive(archive, events, chunk_events=100)
+    TargetWriter(store).write(events[:200])  # an earlier run wrote two chunks and saved its checkpoint
+    checkpoints.save(views, checkpoints.job_key("import", manifest.digest, None, None), {"chunks": 2, "events": 200})
+    report = import_archive(archive, store, views, archive_url=archive.url)
+    assert (report.resumed_at_chunk, report.written, report.skipped, report.events) == (2, 50, 0, 250)
+    verified = verify_archive(archive, store)
+    assert verified.ok, verified.differences
+
+
+def test_a_sharded_import_in_a_second_process_copies_its_own_streams(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path / "a")
+    events = history(120, streams=12)
+    write_archive(archive, events, chunk_events=50)
+    shard = Shard(2, 3)
+    with store_url("sqlite") as url, opened(url) as (store, views):
+        report = import_archive(archive, store, views, shard=shard, archive_url=archive.url)
+        mine = [e for e in events if owned(shard, e.stream_id)]
+        assert report.written == len(mine)
+        assert [canonical_bytes(e) for e in store.read_all(limit=1000)] == [canonical_bytes(e) for e in mine]
+
+
+def test_a_chunk_too_large_to_keep_decoded_comes_from_the_second_process_in_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = LocalArchive(tmp_path / "a")
+    wide = {f"k{n:05d}": n % 10 for n in range(14_000)}  # 154 kB, and a colon every 11 bytes
+    events = [e._replace(data=wide) for e in history(40, streams=4)]
+    events += [e._replace(stream_id="small", version=v) for v, e in enumerate(history(10), 1)]
+    write_archive(archive, events, chunk_events=40)
+    assert estimated_memory(b"".join(encode_events(events[:40])[0])) > DECODED_BUDGET
+    parts: list[tuple[int, int, bool]] = []
+    original = decoder_module.DecoderProcess.__iter__
+
+    def counted(self: decoder_module.DecoderProcess) -> Iterator[tuple[int, list[Any], bool]]:
+        for index, rows, last in original(self):
+            parts.append((index, len(rows), last))
+            yield index, rows, last
+
+    monkeypatch.setattr(decoder_module.DecoderProcess, "__iter__", counted)
+    with store_url("sqlite") as url, opened(url) as (store, views):
+        report = import_archive(archive, store, views, archive_url=archive.url)
+        assert report.written == 50
+        assert [canonical_bytes(e) for e in store.read_all(limit=1000)] == [canonical_bytes(e) for e in events]
+    assert len([part for part in parts if part[0] == 0]) > 1  # the first chunk, a segment at a time
+    assert [(index, last) for index, _, last in parts if last] == [(0, True), (1, True)]
+    assert [count for index, count, _ in parts if index == 1] == [10]
+    assert sum(count for _, count, _ in parts) == 50
+
+
+def test_a_manifest_changed_under_the_import_stops_the_second_process(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path / "a")
+    manifest = write_archive(archive, history(30), chunk_events=10)
+    with (
+        pytest.raises(ArchiveError, match=r"manifest\.json: changed while the import was reading the archive"),
+        decoder_module.DecoderProcess(
+            archive.url, digest="sha256:" + "0" * 64, key=None, start=0, chunks=len(manifest.chunks), shard=None
+        ) as decoder,
+    ):
+        list(decoder)
+
+
+def test_a_second_process_that_dies_is_a_transient_error(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path / "a")
+    manifest = write_archive(archive, history(8000), chunk_events=500)  # more than the pipe holds
+    with decoder_module.DecoderProcess(
+        archive.url, digest=manifest.digest, key=None, start=0, chunks=len(manifest.chunks), shard=None
+    ) as decoder:
+        parts = iter(decoder)
+        next(parts)
+        decoder._process.kill()
+        with pytest.raises(
+            TransientError, match=r"the import's decoder process ended \(exit code -9\) before it finished"
+        ):
+            list(parts)
+
+
+def _chunks(archive: LocalArchive) -> list[ChunkEntry]:
+    return Manifest.from_bytes(archive.get(MANIFEST_NAME)).chunks

@@ -53,6 +53,12 @@ def damage(archive: LocalArchive, name: str, change: Callable[[bytes], bytes]) -
     archive.put(name, change(archive.get(name)))
 
 
+@pytest.fixture(params=[False, True], ids=["in-process", "decoder-process"])
+def in_child(request: pytest.FixtureRequest) -> bool:
+    """Whether the import reads the chunks in a second process (given the archive's URL)."""
+    return bool(request.param)
+
+
 def flip(data: bytes, at: int = 30) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1 :]
 
@@ -68,7 +74,11 @@ def flip(data: bytes, at: int = 30) -> bytes:
     ],
 )
 def test_a_bad_chunk_stops_the_import_after_the_last_good_chunk(
-    exported: tuple[LocalArchive, Manifest], target: tuple[EventStore, ViewStore], case: str, message: str
+    exported: tuple[LocalArchive, Manifest],
+    target: tuple[EventStore, ViewStore],
+    case: str,
+    message: str,
+    in_child: bool,
 ) -> None:
     archive, manifest = exported
     name = manifest.chunks[2].name
@@ -89,7 +99,7 @@ def test_a_bad_chunk_stops_the_import_after_the_last_good_chunk(
         reseal(archive, manifest, 2, b"\n".join(lines) + b"\n")
     store, views = target
     with pytest.raises(ArchiveError, match=message):
-        import_archive(archive, store, views)
+        import_archive(archive, store, views, archive_url=archive.url if in_child else None)
     imported = store.read_all(limit=1000)
     assert len(imported) == 20  # chunks 0 and 1, verified and checkpointed; nothing of chunk 2
     key = checkpoints.job_key("import", Manifest.from_bytes(archive.get(MANIFEST_NAME)).digest, None, None)
@@ -131,7 +141,9 @@ def test_an_archive_without_a_manifest_is_an_unfinished_export(
         import_archive(archive, *target)
 
 
-def test_encrypted_archives_need_the_right_key(tmp_path: Path, target: tuple[EventStore, ViewStore]) -> None:
+def test_encrypted_archives_need_the_right_key(
+    tmp_path: Path, target: tuple[EventStore, ViewStore], in_child: bool
+) -> None:
     archive = LocalArchive(tmp_path / "sealed")
     with store_url("memory") as url, opened(url) as (source, _):
         count = fill(source, streams=3, per_stream=4)
@@ -142,11 +154,12 @@ def test_encrypted_archives_need_the_right_key(tmp_path: Path, target: tuple[Eve
     with pytest.raises(WrongKey, match="the archive is encrypted: give --key-file or --key-env"):
         import_archive(archive, store, views)
     assert store.last_position() is None
-    report = import_archive(archive, store, views, cipher=ChunkCipher(KEY))
+    url = archive.url if in_child else None
+    report = import_archive(archive, store, views, cipher=ChunkCipher(KEY), archive_url=url)
     assert report.written == count
     manifest = Manifest.from_bytes(archive.get(MANIFEST_NAME))
     assert manifest.encryption is not None
     assert manifest.encryption["algorithm"] == "AES-256-GCM"
     damage(archive, manifest.chunks[1].name, flip)
     with pytest.raises(ArchiveError, match=r"chunks/000001\.jsonl\.zst: sha256"):
-        import_archive(archive, store, views, cipher=ChunkCipher(KEY))
+        import_archive(archive, store, views, cipher=ChunkCipher(KEY), archive_url=url)

@@ -1,9 +1,10 @@
-"""A second process for the CPU-bound half of a migration command.
+"""A second process for the CPU-bound half of an export or an import.
 
-An export from a local store is CPU-bound in Python, and threads do not help: the GIL runs
-all of that work on one core.  So the half that needs none of the parent's connections
-runs in a child, on another core: the export's reading and preparing
-(:mod:`skyferry.migrate.reader`).  :class:`ChildProcess` starts ``python -m <module>``,
+An export from a local store, or an import into one, is CPU-bound in Python, and threads
+do not help: the GIL runs all of that work on one core.  So the half that needs none of
+the parent's connections runs in a child, on another core: the export's reading and
+preparing (:mod:`skyferry.migrate.reader`), the import's checking and decoding
+(:mod:`skyferry.migrate.decoder`).  :class:`ChildProcess` starts ``python -m <module>``,
 whose ``main`` is :func:`serve`; the child sends its results as frames on its stdout.
 
 Safety:

@@ -302,6 +302,7 @@ def import_command(
                     transformer=transformer,
                     progress=progress,
                     concurrency=concurrency,
+                    archive_url=source,  # the chunks are read in a second process (skyferry.migrate.decoder)
                 )
         finally:
             views.close()

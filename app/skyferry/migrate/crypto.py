@@ -71,6 +71,8 @@ class ChunkCipher:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ConfigurationError("AES-256-GCM needs a 32-byte key")
+        self.key = key
+        """The key, for a child process of the same command (:mod:`skyferry.migrate.child`)."""
         self._aead = AESGCM(key)
 
     def seal(self, name: str, plaintext: bytes) -> bytes:

@@ -26,6 +26,7 @@ from skyferry.core.ports import Archive, EventStore, ViewStore
 from skyferry.migrate import checkpoints
 from skyferry.migrate.chunks import CheckedChunk, check_chunk
 from skyferry.migrate.crypto import ChunkCipher
+from skyferry.migrate.decoder import DecoderProcess
 from skyferry.migrate.errors import ArchiveError, WrongKey
 from skyferry.migrate.export import HeadTracker
 from skyferry.migrate.format import decode_lines, decode_rows
@@ -109,9 +110,15 @@ def import_archive(
     transformer: Transformer | None = None,
     progress: Progress | None = None,
     concurrency: int = CONCURRENCY,
+    archive_url: str | None = None,
 ) -> ImportReport:
     """Import ``archive`` into ``store``, keeping the checkpoint in ``views`` (the target's);
-    ``concurrency`` writes in flight (:class:`~skyferry.migrate.writer.TargetWriter`)."""
+    ``concurrency`` writes in flight (:class:`~skyferry.migrate.writer.TargetWriter`).
+
+    ``archive_url`` is the URL ``archive`` was opened from: given, an import of more than one
+    chunk into a store that copies rows reads and checks the chunks in a second process, on
+    another core (:mod:`skyferry.migrate.decoder`); the store ends up the same.
+    """
     check_concurrency(concurrency)
     manifest = read_manifest(archive, cipher)
     key = checkpoints.job_key(
@@ -120,7 +127,7 @@ def import_archive(
     writer = TargetWriter(store, concurrency=concurrency)
     saver = checkpoints.Saver(views, key, background=writer.in_flight)
     try:
-        return _import(archive, store, manifest, writer, saver, cipher, shard, transformer, progress)
+        return _import(archive, store, manifest, writer, saver, cipher, shard, transformer, progress, archive_url)
     finally:
         saver.close()
         writer.close()
@@ -136,6 +143,7 @@ def _import(
     shard: Shard | None,
     transformer: Transformer | None,
     progress: Progress | None,
+    archive_url: str | None,
 ) -> ImportReport:
     if transformer is not None and transformer.allow_count_change:
         transformer = Transformer(transformer.spec, transformer.function, allow_count_change=True, target=store)
@@ -167,14 +175,18 @@ def _import(
                 mine = transformer.apply(mine)
             writer.write(mine, validated=not chunk.whole)
 
-    # depth 1: the chunk being written and the one being checked are all that is in memory;
-    # the first is read and checked while the checkpoint is read (a round trip or more away)
-    chunks = ReadAhead(verified_chunks(), depth=1)
-    chunks.start()
+    # a second process reads and checks the chunks where it can (it needs the archive's URL)
+    # and there is more than one; otherwise a thread does, at depth 1: the chunk being written
+    # and the one being checked are all that is in memory
+    in_child = rows and archive_url is not None and len(manifest.chunks) > 1
+    chunks = None if in_child else ReadAhead(verified_chunks(), depth=1)
+    if chunks is not None:
+        chunks.start()  # the first is read and checked while the checkpoint is read (a round trip or more away)
     try:
         done = checkpoints.load(saver.views, saver.key) or {"chunks": 0, "events": 0}
     except BaseException:
-        chunks.close()
+        if chunks is not None:
+            chunks.close()
         raise
     start = int(done["chunks"])
     report = ImportReport(
@@ -202,10 +214,26 @@ def _import(
             progress.advance(entry.events)
 
     try:
-        for index, (entry, chunk) in enumerate(chunks):
-            if index >= start:
-                write(chunk)
-                written(index, entry)
+        if chunks is not None:
+            for index, (entry, chunk) in enumerate(chunks):
+                if index >= start:
+                    write(chunk)
+                    written(index, entry)
+        else:
+            assert archive_url is not None
+            with DecoderProcess(
+                archive_url,
+                digest=manifest.digest,
+                key=None if cipher is None else cipher.key,
+                start=start,
+                chunks=len(manifest.chunks),
+                shard=shard,
+            ) as decoder:
+                for index, part, last in decoder:
+                    writer.write_rows(part, archive.url)
+                    if last:
+                        written(index, manifest.chunks[index])
+            heads.heads = decoder.heads
     except ArchiveError:
         raise
     except (ValidationError, EventTooLarge) as e:  # an event no store may hold: nothing of the chunk written
