@@ -65,6 +65,7 @@ def test_the_child_ignores_packages_in_the_working_directory(tmp_path: Path, mon
     decoy = tmp_path / "project" / "app"
     decoy.mkdir(parents=True)
     (decoy / "__init__.py").write_text("raise ImportError('the user's own app package')\n")
+    (decoy.parent / "orjson.py").write_text("raise ImportError('a module of the working directory')\n")
     monkeypatch.setattr(export_module, "ReaderProcess", _Counted)
     _Counted.events = 0
     with store_url("sqlite") as url, opened(url) as (store, _):

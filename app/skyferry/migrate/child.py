@@ -10,7 +10,8 @@ whose ``main`` is :func:`serve`; the child sends its results as frames on its st
 Safety:
 
 * the child is started as a new interpreter, never forked (a parent holding threads or
-  gRPC channels must not fork);
+  gRPC channels must not fork), with ``-P``: a module in the working directory is never
+  imported instead of an installed one;
 * its request comes on stdin, because it may hold a password or a key (argv is public);
 * it ends by saying what it did last, and anything but the end asked for is an error: an
   export or an import is never silently shorter;
@@ -54,7 +55,9 @@ class ChildProcess:
     """
 
     def __init__(self, module: str, request: dict[str, Any], *, end: str, name: str, command: str) -> None:
-        self._process = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        # -P: the working directory is not put on the path, so none of its modules is imported instead
+        command = [sys.executable, "-P", "-m", module]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         _widen(self._process.stdout)
         self._end, self._name, self._command = end, name, command
         assert self._process.stdin is not None
