@@ -56,8 +56,8 @@ class ChildProcess:
 
     def __init__(self, module: str, request: dict[str, Any], *, end: str, name: str, command: str) -> None:
         # -P: the working directory is not put on the path, so none of its modules is imported instead
-        command = [sys.executable, "-P", "-m", module]
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        argv = [sys.executable, "-P", "-m", module]
+        self._process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         _widen(self._process.stdout)
         self._end, self._name, self._command = end, name, command
         assert self._process.stdin is not None
