@@ -36,6 +36,7 @@ from skyferry.core.errors import EventTooLarge, ValidationError
 from skyferry.core.messages import (
     CANONICAL_UUID,
     Event,
+    NewEvent,
     encode_json,
     format_timestamp,
     parse_timestamp,
@@ -365,8 +366,10 @@ def _decode(lines: Iterable[bytes], location: str, first: int, *, rows: bool) ->
                     streams.add(stream_id)
                 if fullmatch(event_id) is None or not plain(
                     event_type, schema_version, data, metadata, 0, 0, data_json, metadata_json
-                ):
-                    raise _Irregular  # the one-line path raises the rule's own error
+                ):  # the rules themselves decide; a broken one goes to the one-line path, which names the line
+                    new(
+                        NewEvent, (event_type, data, metadata, event_id, schema_version, occurred[0], recorded[0])
+                    ).validate()
         except Exception:
             event, canonical = decode_line_canonical(line, location, number)  # raises the error of this line
             add_item(_row_of(event, location, number) if rows else event)
