@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from skyferry.adapters import registry
 from skyferry.adapters.archives.local import LocalArchive
 from skyferry.core.errors import EventTooLarge, TransientError, ValidationError
 from skyferry.core.messages import EVENT_SIZE_LIMIT, Event, encode_json, to_micros
@@ -35,6 +36,7 @@ from skyferry.migrate.manifest import MANIFEST_NAME, ChunkEntry, Manifest
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.verify import verify_archive
 from skyferry.migrate.writer import TargetWriter
+from tests import services
 from tests.integration.migrate_support import opened, sized_data, store_url, write_archive
 
 MOMENT = datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -275,3 +277,16 @@ def test_a_second_process_that_dies_is_a_transient_error(tmp_path: Path) -> None
 
 def _chunks(archive: LocalArchive) -> list[ChunkEntry]:
     return Manifest.from_bytes(archive.get(MANIFEST_NAME)).chunks
+
+
+@pytest.mark.parametrize("scheme", sorted(registry.ARCHIVES))
+def test_the_second_process_reads_an_archive_of_every_technology(scheme: str) -> None:
+    with services.provide("archive", registry.ARCHIVES[scheme], scheme) as archive_url:
+        archive = registry.open_archive(archive_url)
+        events = history(90)
+        write_archive(archive, events, chunk_events=30)
+        with store_url("sqlite") as url, opened(url) as (store, views):
+            report = import_archive(archive, store, views, archive_url=archive_url)
+            assert (report.written, report.chunks) == (90, 3)
+            verified = verify_archive(archive, store)
+            assert verified.ok, verified.differences
