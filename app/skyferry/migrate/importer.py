@@ -12,6 +12,12 @@ being written, the one being checked).  A rerun of a killed import skips the don
 chunks and re-writes the interrupted one, which is harmless: writes are idempotent by
 event id and version.  A target that holds different events stops the import with
 :class:`~skyferry.migrate.errors.TargetConflict` naming the stream and version.
+
+Into a store that copies rows (SQLite, PostgreSQL), unless transformed, the lines are
+decoded straight into its rows (:func:`~skyferry.migrate.format.decode_rows`) and each
+chunk is written with ``copy_from`` (:meth:`~skyferry.migrate.writer.TargetWriter.write_rows`);
+given the archive's URL, the chunks of such an import are then read, checked and decoded
+in a second process (:mod:`skyferry.migrate.decoder`) while this one writes.
 """
 
 from __future__ import annotations

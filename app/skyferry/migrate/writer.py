@@ -2,7 +2,9 @@
 
 It uses the target's fastest path: ``bulk_append`` when the store declares it, else one
 ``append`` per run of consecutive events of one stream (which keeps the source's global
-order, so that a re-export is byte-identical).  Writes are cut to the target's own limits
+order, so that a re-export is byte-identical).  An import's events decoded as rows go, into
+a store that copies rows (SQLite, PostgreSQL), as one ``copy_from`` of a :class:`RowBatch`
+(:meth:`TargetWriter.write_rows`).  Writes are cut to the target's own limits
 (:class:`~skyferry.core.ports.WriteLimits`: DynamoDB's 100 items and 4 MB per transaction,
 Firestore's 500 writes per commit), in order, so each stream's versions stay contiguous;
 no option is needed for that.  When a call is cut, every event of it is validated before
