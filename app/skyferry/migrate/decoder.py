@@ -25,7 +25,7 @@ from typing import Any
 from skyferry.core.ports import StoredRow
 from skyferry.migrate.child import ChildProcess, serve
 from skyferry.migrate.manifest import StreamHead
-from skyferry.migrate.sharding import Shard, owned
+from skyferry.migrate.sharding import Shard, owned_rows
 
 
 class DecoderProcess(ChildProcess):
@@ -92,15 +92,11 @@ def _decode(request: dict[str, Any], send: Callable[[bytes], None]) -> str:
         parts = chunk.batches()
         part = next(parts, [])
         for following in parts:
-            send(marshal.dumps(("rows", index, _of(part, shard), False)))
+            send(marshal.dumps(("rows", index, owned_rows(shard, part), False)))
             part = following
-        send(marshal.dumps(("rows", index, _of(part, shard), True)))
+        send(marshal.dumps(("rows", index, owned_rows(shard, part), True)))
     send(marshal.dumps(("heads", {stream: (h.events, h.head, h.last_version) for stream, h in heads.heads.items()})))
     return str(len(manifest.chunks))
-
-
-def _of(rows: list[StoredRow], shard: Shard | None) -> list[StoredRow]:
-    return rows if shard is None else [row for row in rows if owned(shard, row[2])]
 
 
 def main() -> None:

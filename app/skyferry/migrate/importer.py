@@ -39,7 +39,7 @@ from skyferry.migrate.format import decode_lines, decode_rows
 from skyferry.migrate.manifest import MANIFEST_NAME, ChunkEntry, Manifest
 from skyferry.migrate.pipeline import ReadAhead
 from skyferry.migrate.progress import Progress
-from skyferry.migrate.sharding import Shard, owned
+from skyferry.migrate.sharding import Shard, owned, owned_rows
 from skyferry.migrate.transforms import Transformer
 from skyferry.migrate.writer import CONCURRENCY, TargetWriter, check_concurrency, validate_all
 
@@ -172,9 +172,7 @@ def _import(
     def write(chunk: CheckedChunk) -> None:
         for events in chunk.batches():
             if rows:
-                writer.write_rows(
-                    events if shard is None else [row for row in events if owned(shard, row[2])], archive.url
-                )
+                writer.write_rows(owned_rows(shard, events), archive.url)
                 continue
             mine = events if shard is None else [event for event in events if owned(shard, event.stream_id)]
             if transformer is not None:

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 
 from skyferry.core.errors import ConfigurationError
+from skyferry.core.ports import StoredRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +51,8 @@ def shard_of(stream_id: str, count: int) -> int:
 def owned(shard: Shard | None, stream_id: str) -> bool:
     """Whether ``stream_id`` is in ``shard`` (every stream is when ``shard`` is ``None``)."""
     return shard is None or shard.owns(stream_id)
+
+
+def owned_rows(shard: Shard | None, rows: list[StoredRow]) -> list[StoredRow]:
+    """The rows of ``rows`` whose stream is in ``shard`` (``rows`` itself when ``shard`` is ``None``)."""
+    return rows if shard is None else [row for row in rows if shard.owns(row[2])]
