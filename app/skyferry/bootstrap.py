@@ -1,4 +1,4 @@
-"""The composition root: the only module that reads settings and opens adapters.
+"""The composition root: the app's adapters opened from its settings, and wired.
 
 :func:`bootstrap` opens the event store and the view store at ``settings.store_url`` and
 the broker at ``settings.broker_url`` through the adapter registry and wires a
