@@ -214,6 +214,37 @@ def test_malformed_json_is_400_and_says_so(client: TestClient, alice: str, uncha
     assert "not valid JSON" in response.json()["message"]
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"amount": "1.00", "currency": "EUR", "x": "\xff"}', "not valid UTF-8"),
+        (b"[" * 1500 + b"]" * 1500, "depth limit"),
+        (b'{"amount": NaN, "currency": "EUR"}', "line 1 column 12"),
+        (b'{"amount": 1e400, "currency": "EUR"}', "infinity"),
+        (b'{"amount": "1.00", "currency": "EUR", "x": "\\ud800"}', "surrogate"),
+    ],
+    ids=["bad-utf8", "too-deep", "nan", "out-of-range", "lone-surrogate"],
+)
+def test_json_the_parser_would_bend_is_400_malformed_json_naming_what(
+    client: TestClient, alice: str, unchanged: None, body: bytes, said: str
+) -> None:
+    response = client.post(f"/accounts/{alice}/deposits", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "malformed_json"
+    assert said in response.json()["message"]
+
+
+def test_a_malformed_body_is_refused_by_a_route_that_takes_none(
+    client: TestClient, alice: str, unchanged: None
+) -> None:
+    response = client.post(
+        f"/accounts/{alice}/close", content=b"{not json at all", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "malformed_json"
+    assert client.get(f"/accounts/{alice}").json()["status"] == "open"
+
+
 def test_a_body_that_is_not_an_object_is_422(client: TestClient, alice: str, unchanged: None) -> None:
     response = client.post(f"/accounts/{alice}/deposits", json=["1.00", "EUR"])
     assert response.status_code == 422

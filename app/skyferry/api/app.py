@@ -36,7 +36,7 @@ from skyferry.api.errors import install
 from skyferry.api.health import RunnerCollector, readiness
 from skyferry.api.middleware import (
     BearerAuthMiddleware,
-    BodyLimitMiddleware,
+    BodyMiddleware,
     Metrics,
     MetricsMiddleware,
     bearer_matches,
@@ -290,7 +290,7 @@ def create_app(settings: Settings, ledger: Ledger) -> FastAPI:
     app.include_router(api)
     install(app)
     # Added innermost first: metrics see every answer, the token is checked before the body.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, token=token, public=PUBLIC_PATHS)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

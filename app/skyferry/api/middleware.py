@@ -1,8 +1,8 @@
 """ASGI middleware of the API, outermost first: request metrics, the bearer token, the request body.
 
 The token is checked before anything else is looked at (a malformed body without a token
-is 401, not 400); then the body: at most ``limit`` bytes (413) and JSON (415 naming the
-``Content-Type`` header); only then does the route parse and validate it (400, 422).
+is 401, not 400); then the body: at most ``limit`` bytes (413), sent as JSON (415 naming the
+``Content-Type`` header) and well-formed JSON (400); only then does the route validate it (422).
 """
 
 from __future__ import annotations
@@ -78,14 +78,19 @@ def is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-class BodyLimitMiddleware:
-    """The request body: 413 over ``limit`` bytes, before any of it reaches a handler; 415 if not JSON.
+class BodyMiddleware:
+    """The request body: 413 over ``limit`` bytes, before any of it reaches a handler; 415 if
+    not sent as JSON; 400 if not well-formed JSON.
 
     A declared ``Content-Length`` over the limit is refused without reading; a streamed
     (chunked) body is counted as it arrives and refused once it passes the limit.  A
     non-empty body must come with ``Content-Type: application/json``: a missing or other
-    type gets 415 with a message naming the header (``curl -d`` sends a form type).  The
-    body (at most ``limit`` bytes) is then handed to the app in one piece.
+    type gets 415 with a message naming the header (``curl -d`` sends a form type).  It must
+    then be one JSON text, strictly (RFC 8259, in UTF-8): no ``NaN`` or ``Infinity``, no
+    number out of a double's range, no lone surrogate, at most 1,024 levels deep; anything
+    else is 400 ``malformed_json`` naming what is wrong and where (line, column).  Every
+    route gets that answer, including those that take no body.  The body (at most ``limit``
+    bytes) is then handed to the app in one piece.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
@@ -132,7 +137,14 @@ class BodyLimitMiddleware:
                 f"the request body must be JSON: send the header Content-Type: application/json ({given})",
             )
             return
-        whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        body = b"".join(chunks)
+        if received:
+            try:
+                orjson.loads(body)
+            except orjson.JSONDecodeError as e:
+                await reply(send, 400, "malformed_json", f"the request body is not valid JSON: {e}")
+                return
+        whole: Message = {"type": "http.request", "body": body, "more_body": False}
         await self.app(scope, _replay(whole, receive), send)
 
     async def _too_large(self, send: Send) -> None:
