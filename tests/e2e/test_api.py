@@ -250,6 +250,22 @@ def test_a_body_that_is_not_an_object_is_422(client: TestClient, alice: str, unc
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize("owner", ["A\u0000B", "A\tB", "A\nB", "A\u007fB", "A\u0085B"])
+def test_an_owner_holding_a_control_character_is_422_naming_it(
+    client: TestClient, alice: str, unchanged: None, owner: str
+) -> None:
+    response = client.post("/accounts", json={"account_id": "ctl", "owner": owner, **EUR})
+    assert response.status_code == 422, response.text
+    assert "control character" in _errors(response)["owner"]
+    assert client.get("/accounts/ctl").status_code == 404
+
+
+def test_an_owner_in_any_script_is_kept_as_given(client: TestClient) -> None:
+    owner = "Zoë Ñúñez 王 \u00a0😀"
+    assert client.post("/accounts", json={"account_id": "zoe", "owner": owner, **EUR}).status_code == 201
+    assert client.get("/accounts/zoe").json()["owner"] == owner
+
+
 def test_unknown_fields_are_named(client: TestClient, alice: str, unchanged: None) -> None:
     response = client.post(f"/accounts/{alice}/deposits", json={"amount": "1.00", "colour": "red", **EUR})
     assert response.status_code == 422

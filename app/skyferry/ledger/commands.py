@@ -3,7 +3,9 @@
 Every model forbids unknown fields.  Money commands carry ``currency`` and either
 ``amount`` (a decimal string, ``"10.50"``) or ``amount_minor`` (an integer of minor units);
 after validation ``amount`` is always set, with exactly the currency's decimals, and
-``amount_minor`` is ``None``.  Ids are 1 to 64 letters, digits, ``_ . : -``.
+``amount_minor`` is ``None``.  Ids are 1 to 64 letters, digits, ``_ . : -``; an owner is 1 to
+200 characters without control characters (C0, DEL, C1: PostgreSQL's ``jsonb``, where read
+models are kept, cannot hold NUL, and no name needs one).
 
 The commands below the public ones are issued by the transfer process manager only.
 """
@@ -13,12 +15,22 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from skyferry.ledger.money import AMOUNT_PATTERN, check_currency, format_amount, from_minor, parse_amount
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 Currency = Annotated[str, Field(min_length=3, max_length=3)]
+
+
+def _no_control_characters(value: str) -> str:
+    for index, character in enumerate(value):
+        if character < " " or "\x7f" <= character <= "\x9f":
+            raise ValueError(f"must not hold a control character ({character!r} at index {index})")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_control_characters)]
 
 
 class Command(BaseModel):
@@ -96,7 +108,7 @@ class OpenAccount(Command):
     """Open a new account holding ``currency``, owned by ``owner``."""
 
     account_id: Id
-    owner: Annotated[str, Field(min_length=1, max_length=200)]
+    owner: Name
     currency: Currency
 
     @field_validator("currency")

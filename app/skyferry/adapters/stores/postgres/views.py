@@ -1,5 +1,11 @@
 """The PostgreSQL view store: read models (``views``) and projection checkpoints in the
 event store's schema; a commit is one transaction.
+
+Documents are ``jsonb``, which cannot hold a string with NUL (U+0000) in it, though an
+event's ``data`` may (events are ``json``, kept as their text): a projection whose document
+would hold one fails its commit with the server's ``ValidationError``, and the worker parks
+that event and goes on.  The ledger refuses control characters in what it copies into its
+read models (an account's owner).
 """
 
 from __future__ import annotations
