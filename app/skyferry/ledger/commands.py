@@ -61,7 +61,9 @@ class MoneyCommand(Command):
     @field_validator("amount", mode="before")
     @classmethod
     def _no_float(cls, value: Any) -> Any:
-        if isinstance(value, bool | float):
+        if isinstance(value, bool):
+            raise ValueError(f'amount must be a decimal string such as "10.50", not {str(value).lower()}')
+        if isinstance(value, float):
             raise ValueError('amount must be a decimal string such as "10.50", not a JSON number with a fraction')
         return value
 
