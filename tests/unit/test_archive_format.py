@@ -158,6 +158,17 @@ def test_an_unknown_format_version_is_refused_by_name() -> None:
         Manifest.from_bytes(orjson.dumps(doc))
 
 
+@pytest.mark.parametrize("name", ["../../events.db", "/etc/passwd", "chunks//0.zst", "chunks/./0.zst", ""])
+def test_a_chunk_named_outside_the_archive_is_refused_by_the_manifest(name: str) -> None:
+    doc = orjson.loads(manifest().to_bytes())
+    entry = {"name": name, "events": 0, "bytes": 0, "sha256": "", "first_position": None, "last_position": None}
+    doc["chunks"] = [entry]
+    del doc["digest"]
+    doc["digest"] = "sha256:" + hashlib.sha256(encode_json(doc)).hexdigest()  # a digest made to match
+    with pytest.raises(ArchiveError, match=r"manifest\.json: chunk 0: archive object name .* must be a relative path"):
+        Manifest.from_bytes(orjson.dumps(doc))
+
+
 def write_chunk(tmp_path: Path, cipher: ChunkCipher | None = None, count: int = 5) -> tuple[LocalArchive, Manifest]:
     archive = LocalArchive(tmp_path / "a")
     writer = ChunkWriter(archive, cipher, chunk_events=count)

@@ -15,7 +15,9 @@ from typing import Any, Final
 
 import orjson
 
+from skyferry.core.errors import ValidationError
 from skyferry.core.messages import encode_json
+from skyferry.core.ports import check_object_name
 from skyferry.migrate.errors import ArchiveError
 
 FORMAT: Final = "skyferry-archive"
@@ -126,7 +128,8 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
-        """Parse and check a manifest: format, version, digest; raises :class:`ArchiveError`."""
+        """Parse and check a manifest: format, version, digest, fields, chunk names (each a
+        relative object name inside the archive); raises :class:`ArchiveError`."""
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
@@ -170,4 +173,9 @@ class Manifest:
             raise ArchiveError(MANIFEST_NAME, f"malformed field: {e!r}") from e
         if manifest.event_count != doc.get("event_count"):
             raise ArchiveError(MANIFEST_NAME, "event_count does not match the chunks' counts")
+        for index, entry in enumerate(manifest.chunks):
+            try:
+                check_object_name(entry.name)
+            except ValidationError as e:
+                raise ArchiveError(MANIFEST_NAME, f"chunk {index}: {e}") from e
         return manifest
