@@ -26,10 +26,23 @@ def render(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def docs_of(values_file: Path) -> list[dict[str, Any]]:
-    result = render("-f", str(values_file))
+def docs_of(values_file: Path, *args: str) -> list[dict[str, Any]]:
+    result = render("-f", str(values_file), *args)
+    return manifests(result)
+
+
+def manifests(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def workload(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The Deployment or Job of one app component (api, worker, migration)."""
+    return next(
+        d
+        for d in docs
+        if d["kind"] in WORKLOADS and d["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    )
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +219,8 @@ def test_inline_secret_values_create_the_secret() -> None:
         ("config.archiveUrl=ftp://x", "/config/archiveUrl"),
         ("unknownKey=1", "unknownKey"),
         ("migration.shards=0", "/migration/shards"),
+        ("archive.persistence.accessModes={ReadOnlyMany}", "/archive/persistence/accessModes"),
+        ("archive.persistence.accessModes={ReadWriteOnce,ReadWriteOnce}", "/archive/persistence/accessModes"),
         ("ingress.enabled=true,ingress.host=a.example.com,ingress.tls.enabled=false", "plainHttp"),
     ],
 )
@@ -247,7 +262,7 @@ def test_every_app_workload_gets_the_same_pod_spec() -> None:
         if d and d["kind"] in ("Deployment", "Job") and d["metadata"]["labels"].get("app.kubernetes.io/component")
     }
     assert set(pods) == {"api", "worker", "migration"}
-    shared = ("imagePullSecrets", "serviceAccountName", "automountServiceAccountToken", "securityContext", "volumes")
+    shared = ("imagePullSecrets", "serviceAccountName", "automountServiceAccountToken", "securityContext")
     for component, pod in pods.items():
         assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}], component
         assert pod["metadata"]["annotations"]["team"] == "ledger", component
@@ -257,6 +272,60 @@ def test_every_app_workload_gets_the_same_pod_spec() -> None:
             assert pod["spec"][key] == pods["api"]["spec"][key], f"{component}: {key} differs from the api's"
         [container] = pod["spec"]["containers"]
         [api_container] = pods["api"]["spec"]["containers"]
-        for key in ("image", "imagePullPolicy", "securityContext", "envFrom", "volumeMounts"):
+        for key in ("image", "imagePullPolicy", "securityContext", "envFrom"):
             assert container[key] == api_container[key], f"{component}: container {key} differs"
+        # the same /tmp everywhere; the archive is the worker's alone
+        without_archive = [v for v in pod["spec"]["volumes"] if v["name"] != "archive"]
+        assert without_archive == pods["api"]["spec"]["volumes"], component
+        mounts = [m for m in container["volumeMounts"] if m["name"] != "archive"]
+        assert mounts == api_container["volumeMounts"], component
     assert pods["migration"]["spec"]["restartPolicy"] == "Never"
+
+
+def mounts_of(deployment_or_job: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """The mount paths of a workload's containers, and the PersistentVolumeClaims its pods mount."""
+    pod = deployment_or_job["spec"]["template"]["spec"]
+    paths = {m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+    return paths, claims
+
+
+def test_only_the_worker_mounts_the_archive() -> None:
+    """Exports run in a worker pod (docs/onprem.md): the autoscaled API and the migration Job's
+    parallel shards never mount the archive volume, so a ReadWriteOnce claim is never wanted by
+    pods on several nodes (a pod on another node would wait for the volume forever)."""
+    docs = docs_of(CHART / "ci" / "on-prem-values.yaml", "--set", "migration.enabled=true")
+    archive = "/var/lib/skyferry/archive"
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sf-skyferry")
+    assert config["data"]["SKYFERRY_ARCHIVE_URL"] == f"file://{archive}"  # where `skyferry export` writes by default
+    paths, claims = mounts_of(workload(docs, "worker"))
+    assert archive in paths
+    assert claims == {"sf-skyferry-archive"}
+    for component in ("api", "migration"):
+        paths, claims = mounts_of(workload(docs, component))
+        assert archive not in paths, component
+        assert claims == set(), component
+
+
+def test_a_read_write_once_archive_is_mounted_by_one_worker_pod_at_a_time() -> None:
+    """A volume that attaches to one node refuses more than one worker, and the worker is
+    replaced rather than rolled (a rolling update starts the new pod before the old one goes)."""
+    persistent = ("--set", "existingSecret=x", "--set", "archive.persistence.enabled=true")
+    for modes in ("{ReadWriteOnce}", "{ReadWriteOncePod}"):
+        refused = render(*persistent, "--set", f"worker.replicaCount=2,archive.persistence.accessModes={modes}")
+        assert refused.returncode != 0, modes
+        for named in ("archive.persistence.accessModes", "worker.replicaCount=2", "[ReadWriteMany]"):
+            assert named in refused.stderr, (modes, refused.stderr)
+    docs = manifests(render(*persistent))
+    [claim] = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]  # the default
+    assert workload(docs, "worker")["spec"]["strategy"] == {"type": "Recreate"}
+    shared = manifests(
+        render(*persistent, "--set", "worker.replicaCount=3,archive.persistence.accessModes={ReadWriteMany}")
+    )
+    [claim] = [d for d in shared if d["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "strategy" not in workload(shared, "worker")["spec"]  # rolled, as Deployments are by default
+    ephemeral = manifests(render("--set", "existingSecret=x", "--set", "worker.replicaCount=3"))
+    assert not [d for d in ephemeral if d["kind"] == "PersistentVolumeClaim"]  # each pod its own emptyDir
+    assert "strategy" not in workload(ephemeral, "worker")["spec"]

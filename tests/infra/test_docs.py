@@ -10,8 +10,9 @@ The shell blocks of ``docs/{aws,azure,gcp,onprem,providers}.md`` are parsed comm
   ``pulumi up --target`` names resources of that stack's graph, with every parent and
   dependency of each targeted too (what Pulumi requires); ``pulumi stack output`` names a
   standard output;
-* ``skyferry`` commands parse with the CLI; ``make image TARGET=…`` is a Makefile target and
-  a target; ``uv sync`` is the command that keeps the database drivers (``test_plan``);
+* ``skyferry`` commands parse with the CLI, in a pod too (``kubectl exec … -- skyferry …``);
+  ``make image TARGET=…`` is a Makefile target and a target; ``uv sync`` is the command that
+  keeps the database drivers (``test_plan``);
   ``curl`` requests name a route of the API with its method and send the bearer token;
 * any other program is one of a short list (the clouds' CLIs, the container engines, …).
 """
@@ -290,6 +291,10 @@ def test_every_command_of_a_targets_doc_is_checked_and_its_stack_is_valid(target
             assert command.argv[2:] == [f"TARGET={target}"], command.argv
         elif program == "curl":
             check_curl(command.argv)
+        elif program == "kubectl" and "--" in command.argv:  # `kubectl exec … -- skyferry …`: run in a pod
+            in_pod = command.argv[command.argv.index("--") + 1 :]
+            assert in_pod[0] == "skyferry", command.argv
+            check_skyferry(in_pod)
         else:
             assert program in OTHER_PROGRAMS, f"{command.line}: {program} is neither run nor checked by the tests"
     for step in ("pulumi", "make", "curl", "uv"):

@@ -151,9 +151,13 @@ def test_pods_mount_no_token_and_use_the_charts_database_user(kubernetes: Rehear
     assert users == {user}
 
 
-def test_export_then_import_in_the_api_pod(kubernetes: Rehearsal) -> None:
-    reports = contracts.export_then_import(kubernetes, API)
-    assert reports["export"]["archive"] == "file:///var/lib/skyferry/archive"
+def test_export_then_import_in_the_worker_pod(kubernetes: Rehearsal) -> None:
+    """Exports run in a worker pod, the only one that mounts the archive volume (``docs/onprem.md``)."""
+    archive = "/var/lib/skyferry/archive"
+    assert kubernetes.workloads[WORKER].volumes[archive] == "pvc:skyferry-archive"
+    assert archive not in kubernetes.workloads[API].volumes  # the API's pods may run on every node
+    reports = contracts.export_then_import(kubernetes, WORKER)
+    assert reports["export"]["archive"] == f"file://{archive}"
 
 
 def test_a_database_password_with_reserved_characters_survives_the_url() -> None:

@@ -75,26 +75,46 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       key: broker-url
 {{- end }}
 
-{{/* Volumes every app pod mounts: /tmp (the root filesystem is read-only) and the archive. */}}
+{{/*
+Volumes of an app pod: /tmp (the root filesystem is read-only) and, with archive true, the
+archive. Only the worker mounts the archive: it is where an operator's `skyferry export` runs
+write (in the worker pod, docs/onprem.md); the API and the migration Job never touch it, so a
+ReadWriteOnce volume is never needed on two nodes at once.
+Arguments (a dict): root (the chart's context) and archive (bool).
+*/}}
 {{- define "skyferry.volumes" -}}
+{{- $root := .root -}}
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
+{{- if .archive }}
 - name: archive
-{{- if .Values.archive.persistence.enabled }}
+{{- if $root.Values.archive.persistence.enabled }}
   persistentVolumeClaim:
-    claimName: {{ include "skyferry.fullname" . }}-archive
+    claimName: {{ include "skyferry.fullname" $root }}-archive
 {{- else }}
   emptyDir:
     sizeLimit: 1Gi
+{{- end }}
 {{- end }}
 {{- end }}
 
 {{- define "skyferry.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if .archive }}
 - name: archive
   mountPath: /var/lib/skyferry/archive
+{{- end }}
+{{- end }}
+
+{{/*
+Whether the archive volume can be attached to one node only (a PersistentVolumeClaim without
+ReadWriteMany): then one worker pod at a time may mount it.
+*/}}
+{{- define "skyferry.archiveSingleAttach" -}}
+{{- $p := .Values.archive.persistence -}}
+{{- if and $p.enabled (not (has "ReadWriteMany" $p.accessModes)) }}true{{ end -}}
 {{- end }}
 
 {{/* checkov skips shared by the app workloads, each with its reason. */}}
@@ -105,10 +125,11 @@ checkov.io/skip1: CKV_K8S_35=The app reads its settings from SKYFERRY_* environm
 {{/*
 The pod template of every app workload (api, worker, migration), so that they cannot drift:
 labels and annotations (podLabels, podAnnotations, the config checksum), imagePullSecrets,
-the ServiceAccount, both security contexts, the image, the ConfigMap, /tmp and the archive.
+the ServiceAccount, both security contexts, the image, the ConfigMap, /tmp (and the archive
+where asked).
 Arguments (a dict): root (the chart's context), component (label), name (container name),
 container (YAML of the workload's own container fields: args/command, env, ports, probes,
-resources) and optionally restartPolicy.
+resources) and optionally restartPolicy and archive (true: mount the archive volume).
 */}}
 {{- define "skyferry.podTemplate" -}}
 {{- $root := .root -}}
@@ -147,7 +168,7 @@ spec:
             name: {{ include "skyferry.fullname" $root }}
       {{- .container | nindent 6 }}
       volumeMounts:
-        {{- include "skyferry.volumeMounts" $root | nindent 8 }}
+        {{- include "skyferry.volumeMounts" (dict "archive" .archive) | nindent 8 }}
   volumes:
-    {{- include "skyferry.volumes" $root | nindent 4 }}
+    {{- include "skyferry.volumes" (dict "root" $root "archive" .archive) | nindent 4 }}
 {{- end }}
