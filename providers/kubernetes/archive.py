@@ -1,6 +1,7 @@
 """The kubernetes target's archive: the chart's archive volume, mounted at ``/var/lib/skyferry/archive``.
 
-Nothing is declared here: the chart claims the volume (``archiveStorageGib``).
+Nothing is declared here: the chart claims the volume (``archiveStorageGib``,
+``archiveAccessMode``) and mounts it in the worker pods alone, where exports run.
 """
 
 from __future__ import annotations

@@ -94,8 +94,13 @@ def chart_values(platform: Platform[KubernetesConfig], secret_name: str, archive
             "className": cfg.ingress_class_name or "",
         },
         "config": {"archiveUrl": archive_url},
-        "archive": {
-            "persistence": {"enabled": True, "size": f"{cfg.archive_storage_gib}Gi", "storageClass": storage_class}
+        "archive": {  # mounted by the worker pods alone (where exports run)
+            "persistence": {
+                "enabled": True,
+                "accessModes": [cfg.archive_access_mode],
+                "size": f"{cfg.archive_storage_gib}Gi",
+                "storageClass": storage_class,
+            }
         },
         "postgresql": {
             "enabled": cfg.postgres == "in-chart",

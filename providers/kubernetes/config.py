@@ -14,6 +14,11 @@
 | ``postgresStorageGib`` | 10 | PostgreSQL volume, GiB |
 | ``natsStorageGib`` | 5 | JetStream volume, GiB |
 | ``archiveStorageGib`` | 10 | export archive volume, GiB |
+| ``archiveAccessMode`` | ``ReadWriteOnce`` | of the archive volume; ``ReadWriteMany`` for more than one worker |
+
+Only the worker pods mount the archive volume (exports run there).  A ``ReadWriteOnce`` volume
+attaches to one node, so it allows one worker: the stack refuses ``workerReplicas`` above 1
+without ``ReadWriteMany``.
 """
 
 from __future__ import annotations
@@ -46,3 +51,6 @@ class KubernetesConfig(TargetConfig):
     postgres_storage_gib: int = Field(default=10, ge=1, le=10000, description="PostgreSQL volume, GiB")
     nats_storage_gib: int = Field(default=5, ge=1, le=10000, description="JetStream volume, GiB")
     archive_storage_gib: int = Field(default=10, ge=1, le=100000, description="archive volume, GiB")
+    archive_access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
+        default="ReadWriteOnce", description="access mode of the archive volume (ReadWriteMany: several workers)"
+    )

@@ -27,7 +27,8 @@ class KubernetesPlatform(Platform[KubernetesConfig]):
 
     @classmethod
     def validate(cls, config: StackConfig[KubernetesConfig]) -> None:
-        """External endpoints need their URL; the in-chart PostgreSQL needs a secret password."""
+        """External endpoints need their URL; the in-chart PostgreSQL needs a secret password;
+        more than one worker needs an archive volume every node can mount (the chart refuses otherwise)."""
         kcfg = config.target
         if kcfg.postgres == "external" and kcfg.external_store_url is None:
             raise StackConfigError(
@@ -37,6 +38,13 @@ class KubernetesPlatform(Platform[KubernetesConfig]):
             raise StackConfigError("skyferry:databasePassword", "required (as a secret) for the in-chart PostgreSQL")
         if kcfg.nats == "external" and kcfg.external_broker_url is None:
             raise StackConfigError("skyferry:kubernetes.externalBrokerUrl", "required when nats is external")
+        if config.common.worker_replicas > 1 and kcfg.archive_access_mode != "ReadWriteMany":
+            raise StackConfigError(
+                "skyferry:kubernetes.archiveAccessMode",
+                f"every worker pod mounts the archive volume, which {kcfg.archive_access_mode} attaches to one node:"
+                f" skyferry:workerReplicas {config.common.worker_replicas} needs ReadWriteMany"
+                " (from a skyferry:kubernetes.storageClass that provides it), or set skyferry:workerReplicas to 1",
+            )
         if config.common.store != "native":
             raise StackConfigError("skyferry:store", "the kubernetes target's native store is PostgreSQL: use 'native'")
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from providers.base import StackConfigError
 from providers.graph import Graph
 from providers.kubernetes.compute import CHART, split_image
 from skyferry.adapters.brokers.nats import NatsBroker
@@ -147,6 +148,39 @@ def test_release_values_render_through_the_chart(run_config: Callable[..., Graph
     api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "ledger-api")
     container = api["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.example.com/skyferry@sha256:" + "a" * 64
+
+
+def test_more_than_one_worker_needs_an_archive_volume_every_node_mounts(
+    run_config: Callable[..., Graph], tmp_path: Path
+) -> None:
+    """The worker pods mount the archive volume: ReadWriteOnce (the default) allows one worker; more
+    need ReadWriteMany, which the release passes to the chart, and the chart renders."""
+    graph = run_config(BASE, SECRETS)
+    persistence = only(graph, "kubernetes:helm.sh/v3:Release").get("values")["archive"]["persistence"]
+    assert persistence["accessModes"] == ["ReadWriteOnce"]
+    two = {**BASE, "skyferry:workerReplicas": "2"}
+    with pytest.raises(StackConfigError) as caught:
+        run_config(two, SECRETS)
+    assert caught.value.key == "skyferry:kubernetes.archiveAccessMode"
+    assert "ReadWriteMany" in caught.value.problem
+    assert "skyferry:workerReplicas" in caught.value.problem
+    shared = json.dumps({"archiveAccessMode": "ReadWriteMany", "storageClass": "nfs"})
+    release = only(run_config({**two, "skyferry:kubernetes": shared}, SECRETS), "kubernetes:helm.sh/v3:Release")
+    values = release.get("values")
+    assert values["archive"]["persistence"]["accessModes"] == ["ReadWriteMany"]
+    assert values["worker"]["replicaCount"] == 2
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    rendered = subprocess.run(
+        [helm(), "template", release.name, str(CHART), "-n", release.get("namespace"), "-f", str(values_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    [claim] = [d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs"
 
 
 @pytest.mark.parametrize(
