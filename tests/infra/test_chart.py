@@ -199,6 +199,24 @@ def test_migration_is_an_indexed_job_with_one_shard_per_index() -> None:
     assert env["MIGRATE_FROM"]["valueFrom"]["secretKeyRef"]["key"] == "migration-from"
 
 
+def test_a_migration_needs_an_existing_secret_holding_its_keys() -> None:
+    """The Job reads migration-from and migration-to; the Secret the chart makes from ``secret``
+    holds neither, so its pods would never start (CreateContainerConfigError): refused instead."""
+    inline = ("-f", str(CHART / "ci" / "inline-secret-values.yaml"), "--set", "migration.enabled=true")
+    refused = render(*inline)
+    assert refused.returncode != 0
+    assert "/existingSecret" in refused.stderr  # the schema
+    unchecked = render(*inline, "--skip-schema-validation")  # the template says why, naming the values
+    assert unchecked.returncode != 0
+    for named in ("migration.enabled needs existingSecret", "migration-from", "migration-to"):
+        assert named in unchecked.stderr, unchecked.stderr
+    docs = docs_of(CHART / "ci" / "migration-values.yaml")
+    [container] = workload(docs, "migration")["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert refs["MIGRATE_FROM"] == {"name": "skyferry-credentials", "key": "migration-from"}
+    assert refs["MIGRATE_TO"] == {"name": "skyferry-credentials", "key": "migration-to"}
+
+
 def test_inline_secret_values_create_the_secret() -> None:
     docs = docs_of(CHART / "ci" / "inline-secret-values.yaml")
     secret = next(d for d in docs if d["kind"] == "Secret")
@@ -220,6 +238,7 @@ def test_inline_secret_values_create_the_secret() -> None:
         ("unknownKey=1", "unknownKey"),
         ("migration.shards=0", "/migration/shards"),
         ("archive.persistence.accessModes={ReadOnlyMany}", "/archive/persistence/accessModes"),
+        ("migration.fromSecretKey=", "/migration/fromSecretKey"),
         ("archive.persistence.accessModes={ReadWriteOnce,ReadWriteOnce}", "/archive/persistence/accessModes"),
         ("ingress.enabled=true,ingress.host=a.example.com,ingress.tls.enabled=false", "plainHttp"),
     ],
