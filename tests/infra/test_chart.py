@@ -218,9 +218,13 @@ def test_a_migration_needs_an_existing_secret_holding_its_keys() -> None:
 
 
 def test_inline_secret_values_create_the_secret() -> None:
+    from skyferry.settings import load_settings
+
     docs = docs_of(CHART / "ci" / "inline-secret-values.yaml")
     secret = next(d for d in docs if d["kind"] == "Secret")
     assert set(secret["stringData"]) == {"store-url", "broker-url", "api-token"}
+    token = secret["stringData"]["api-token"]
+    assert load_settings(api_token=token).require_token() == token  # the API starts with it
     api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-api"))
     env = {e["name"]: e for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["SKYFERRY_STORE_URL"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
@@ -258,6 +262,26 @@ def test_an_ingress_without_tls_needs_the_explicit_opt_in() -> None:
     default = render("--set", "existingSecret=x", "--set", "ingress.enabled=true,ingress.host=a.example.com")
     [ingress] = [d for d in yaml.safe_load_all(default.stdout) if d and d["kind"] == "Ingress"]
     assert ingress["spec"]["tls"] == [{"hosts": ["a.example.com"], "secretName": "sf-skyferry-tls"}]
+
+
+@pytest.mark.parametrize("length", [1, 15, 16, 40])
+def test_an_inline_api_token_is_as_long_as_the_api_requires(length: int) -> None:
+    """The schema refuses a token the API would refuse (it would crash-loop); empty means existingSecret."""
+    from skyferry.core.errors import ConfigurationError
+    from skyferry.settings import load_settings
+
+    token = "é" * length  # characters, as the API counts them, not bytes
+    try:
+        load_settings(api_token=token).require_token()
+    except ConfigurationError:
+        api_accepts = False
+    else:
+        api_accepts = True
+    result = render("-f", str(CHART / "ci" / "inline-secret-values.yaml"), "--set", f"secret.apiToken={token}")
+    assert (result.returncode == 0) == api_accepts == (length >= 16), result.stderr
+    if not api_accepts:
+        assert "/secret/apiToken" in result.stderr
+    assert render("--set", "existingSecret=x", "--set", "secret.apiToken=").returncode == 0
 
 
 def test_missing_secret_values_are_required() -> None:
