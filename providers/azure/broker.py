@@ -3,6 +3,10 @@
 Duplicate detection on the topic (its window from :mod:`skyferry.adapters.brokers.servicebus`),
 local auth disabled, the groups the app's (``skyferry.ledger.CONSUMER_GROUPS``), the delivery
 backstop one more than the app's own dead-lettering (``skyferry.ledger.MAX_DELIVERIES``).
+
+On Premium the namespace's public access is off, so the apps reach it through a private
+endpoint on the VNet (group id ``namespace``, DNS zone ``privatelink.servicebus.windows.net``);
+Standard has no network isolation (access by RBAC only) and no private endpoints.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import pulumi
 from pulumi_azure_native import servicebus
 
 from providers.azure.config import AzureConfig
-from providers.azure.network import Network
+from providers.azure.network import Network, private_endpoint
 from providers.base import Platform
 from skyferry.adapters.brokers import servicebus as servicebus_adapter
 from skyferry.ledger import CONSUMER_GROUPS, MAX_DELIVERIES
@@ -37,7 +41,7 @@ class Broker:
 
 
 def declare_broker(platform: Platform[AzureConfig], network: Network, identity: Identity) -> Broker:
-    """The namespace (Premium: private), the topic, and a session subscription per consumer group."""
+    """The namespace (Premium: private, on a private endpoint), the topic, a session subscription per group."""
     premium = platform.section.service_bus_sku == "Premium"
     retention = f"P{platform.common.broker_retention_days}D"
     namespace = servicebus.Namespace(
@@ -56,6 +60,9 @@ def declare_broker(platform: Platform[AzureConfig], network: Network, identity: 
         tags=platform.tags(),
         opts=platform.child_opts(),
     )
+    if premium:
+        # public access off: the apps on the VNet reach the namespace through this endpoint only
+        private_endpoint(platform, network, namespace, "namespace")
     topic = servicebus.Topic(
         f"{platform.common.name}-topic",
         namespace_name=namespace.name,

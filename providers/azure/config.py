@@ -5,7 +5,7 @@ created there.
 
 | key | default | meaning |
 |---|---|---|
-| ``serviceBusSku`` | ``Standard`` | ``Standard`` (RBAC only, no network isolation) or ``Premium`` (public access off) |
+| ``serviceBusSku`` | ``Standard`` | ``Standard`` (RBAC only) or ``Premium`` (private endpoint, no public access) |
 | ``customerManagedKey`` | ``true`` | Key Vault key for Cosmos DB and Blob Storage (false: Microsoft-managed) |
 | ``consistency`` | ``Session`` | Cosmos DB default consistency: ``Session``, ``BoundedStaleness`` or ``Strong`` |
 | ``maxThroughput`` | 1000 | Cosmos DB database autoscale maximum, RU/s |

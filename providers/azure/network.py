@@ -1,9 +1,10 @@
 """The azure target's network: the location, the resource group, the VNet and its private DNS.
 
 The VNet has a /23 subnet delegated to the Container Apps environment and a /24 for private
-endpoints, with private DNS zones for Cosmos DB, Blob Storage and Key Vault;
-:func:`private_endpoint` puts one of those resources on it (the store, the archive and the
-vault each call it).
+endpoints, with private DNS zones for Cosmos DB, Blob Storage and Key Vault, and for the
+Service Bus namespace when its tier is Premium (the only tier with private endpoints; its
+public access is then off); :func:`private_endpoint` puts one of those resources on it (the
+store, the archive, the vault and a Premium broker each call it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ PRIVATE_DNS: Final[dict[str, str]] = {
     "Sql": "privatelink.documents.azure.com",
     "blob": "privatelink.blob.core.windows.net",
     "vault": "privatelink.vaultcore.azure.net",
+    "namespace": "privatelink.servicebus.windows.net",
 }
+"""The private DNS zone of each private endpoint's group id (Cosmos DB, Blob, Key Vault, Service Bus)."""
+
+
+def private_dns_groups(section: AzureConfig) -> tuple[str, ...]:
+    """The group ids whose DNS zones the stack needs: Service Bus's only on Premium (see :func:`private_endpoint`)."""
+    premium = section.service_bus_sku == "Premium"
+    return tuple(group_id for group_id in PRIVATE_DNS if group_id != "namespace" or premium)
 
 
 def unique_suffix(*parts: str) -> str:
@@ -84,7 +93,8 @@ def declare_network(platform: Platform[AzureConfig]) -> Network:
         opts=platform.child_opts(depends_on=[apps]),
     )
     zones: dict[str, privatedns.PrivateZone] = {}
-    for group_id, zone_name in PRIVATE_DNS.items():
+    for group_id in private_dns_groups(platform.section):
+        zone_name = PRIVATE_DNS[group_id]
         zone = privatedns.PrivateZone(
             f"{name}-dns-{group_id.lower()}",
             resource_group_name=group.name,
@@ -112,7 +122,10 @@ def declare_network(platform: Platform[AzureConfig]) -> Network:
 def private_endpoint(
     platform: Platform[AzureConfig], where: Network, target: pulumi.CustomResource, group_id: str
 ) -> None:
-    """A private endpoint of ``target`` (``group_id``: ``Sql``, ``blob`` or ``vault``) in its private DNS zone."""
+    """A private endpoint of ``target`` in its private DNS zone.
+
+    ``group_id``: ``Sql``, ``blob``, ``vault`` or ``namespace`` (the last declared on Premium only).
+    """
     label = f"{platform.common.name}-pe-{group_id.lower()}"
     endpoint = network.PrivateEndpoint(
         label,

@@ -6,7 +6,8 @@ compute):
 
 * a resource group and a Log Analytics workspace;
 * a VNet with a delegated /23 subnet for the Container Apps environment and a /24 for
-  private endpoints, with private DNS zones for Cosmos DB, Blob Storage and Key Vault;
+  private endpoints, with private DNS zones for Cosmos DB, Blob Storage and Key Vault (and
+  Service Bus on Premium);
 * a user-assigned managed identity for the apps and one for encryption at rest;
 * Key Vault (RBAC authorization, purge protection, soft delete, network default deny)
   holding the API token and, when ``customerManagedKey``, the RSA key that encrypts
@@ -14,8 +15,9 @@ compute):
 * a Cosmos DB for NoSQL account (continuous backup, local auth disabled, public network
   access disabled, CanNotDelete lock), its database and the events and views containers,
   whose partition key paths come from :mod:`skyferry.adapters.stores.cosmos`;
-* a Service Bus namespace (local auth disabled), the app's topic with duplicate
-  detection, and a session subscription per consumer group with dead-lettering;
+* a Service Bus namespace (local auth disabled; on Premium, public access disabled and a
+  private endpoint), the app's topic with duplicate detection, and a session subscription
+  per consumer group with dead-lettering;
 * a storage account (no public blob access, TLS 1.2, HTTPS only, shared keys disabled,
   versioning and soft delete) with the archive container;
 * a Container Apps environment with the api (external ingress) and worker apps, which

@@ -112,6 +112,45 @@ def test_service_bus_has_dedup_and_a_session_subscription_per_group(azure_graph:
         assert sub.get("deadLetteringOnMessageExpiration") is False
 
 
+def test_a_premium_namespace_without_public_access_is_reached_through_a_private_endpoint(
+    run_config: Callable[..., Graph],
+) -> None:
+    """Public access off, Service Bus accepts connections only through a private endpoint on the VNet."""
+    graph = run_config({**BASE, "skyferry:azure": json.dumps({"serviceBusSku": "Premium"})}, SECRETS)
+    namespace = only(graph, "azure-native:servicebus:Namespace")
+    assert namespace.get("publicNetworkAccess") == "Disabled"
+    [endpoint] = [
+        n
+        for n in graph.by_type("azure-native:network:PrivateEndpoint")
+        if n.get("privateLinkServiceConnections.0.groupIds") == ["namespace"]
+    ]
+    assert endpoint.get("privateLinkServiceConnections.0.privateLinkServiceId") == namespace.outputs["id"]
+    subnet = next(n for n in graph.by_type("azure-native:network:Subnet") if n.name == "ledger-endpoints")
+    assert endpoint.get("subnet.id") == subnet.outputs["id"]
+    [zone] = [
+        n
+        for n in graph.by_type("azure-native:privatedns:PrivateZone")
+        if n.get("privateZoneName") == "privatelink.servicebus.windows.net"
+    ]
+    [link] = [n for n in graph.by_type("azure-native:privatedns:VirtualNetworkLink") if zone.urn in n.dependencies]
+    assert link.get("registrationEnabled") is False
+    [dns] = [n for n in graph.by_type("azure-native:network:PrivateDnsZoneGroup") if endpoint.urn in n.dependencies]
+    assert dns.get("privateDnsZoneConfigs.0.privateDnsZoneId") == zone.outputs["id"]
+    assert policies.evaluate(graph) == []
+
+
+def test_a_standard_namespace_has_no_private_endpoint_nor_its_dns_zone(azure_graph: Graph) -> None:
+    """Standard has no private endpoints (and keeps public access, RBAC only): no zone nobody uses."""
+    assert only(azure_graph, "azure-native:servicebus:Namespace").get("publicNetworkAccess") == "Enabled"
+    groups = [
+        n.get("privateLinkServiceConnections.0.groupIds")
+        for n in azure_graph.by_type("azure-native:network:PrivateEndpoint")
+    ]
+    assert sorted(g[0] for g in groups) == ["Sql", "blob", "vault"]
+    zones = {n.get("privateZoneName") for n in azure_graph.by_type("azure-native:privatedns:PrivateZone")}
+    assert "privatelink.servicebus.windows.net" not in zones
+
+
 def test_every_resource_is_in_the_providers_location(azure_graph: Graph) -> None:
     located = [n for n in azure_graph.nodes if "location" in n.inputs]
     assert len(located) > 10
