@@ -15,7 +15,7 @@ from typing import Any
 import pulumi
 import pulumi_gcp as gcp
 
-from providers.base import Platform
+from providers.base import Platform, StackConfigError
 from providers.environment import AppUrls, api_environment, worker_environment
 from providers.gcp.config import GcpConfig
 from providers.gcp.identity import Access, Identity, mark_secret
@@ -24,14 +24,31 @@ from providers.gcp.network import Network
 API_PORT = 8000
 WORKER_HEALTH_PORT = 8080
 #: CPU counts Cloud Run accepts with CPU always allocated (a worker pool; below 1 CPU a service
-#: must throttle between requests and serve one at a time), and the memory each needs at least.
+#: must throttle between requests and serve one at a time), the memory each needs at least, and
+#: the most each may have (above 4 GiB at least 2 CPUs, above 8 GiB 4, above 16 GiB 6, above
+#: 24 GiB 8; 32 GiB at most).
 CLOUD_RUN_CPUS = (1, 2, 4, 6, 8)
 _CLOUD_RUN_MIN_MEMORY_MIB = {1: 512, 2: 512, 4: 2048, 6: 4096, 8: 4096}
+_CLOUD_RUN_MAX_MEMORY_MIB = {1: 4096, 2: 8192, 4: 16384, 6: 24576, 8: 32768}
 
 
 def cloud_run_size(cpu_millicores: int, memory_mib: int) -> tuple[str, int]:
-    """The smallest Cloud Run CPU count at least as big as asked, and memory raised to its minimum."""
-    cpus = next((c for c in CLOUD_RUN_CPUS if c * 1000 >= cpu_millicores), CLOUD_RUN_CPUS[-1])
+    """The smallest Cloud Run size at least as big as asked: CPUs and memory.
+
+    The CPU count is the smallest that covers ``cpu_millicores`` and may have ``memory_mib``
+    (large memory raises the CPUs); memory is raised to that count's minimum.  Memory no CPU
+    count may have (above 32 GiB) is a :class:`StackConfigError` naming ``skyferry:memoryMib``.
+    """
+    cpus = next(
+        (c for c in CLOUD_RUN_CPUS if c * 1000 >= cpu_millicores and _CLOUD_RUN_MAX_MEMORY_MIB[c] >= memory_mib),
+        None,
+    )
+    if cpus is None:
+        raise StackConfigError(
+            "skyferry:memoryMib",
+            f"{memory_mib} MiB with {cpu_millicores} millicores is no size Cloud Run offers "
+            f"(at most {CLOUD_RUN_CPUS[-1]} CPUs and {_CLOUD_RUN_MAX_MEMORY_MIB[CLOUD_RUN_CPUS[-1]]} MiB)",
+        )
     return str(cpus), max(memory_mib, _CLOUD_RUN_MIN_MEMORY_MIB[cpus])
 
 

@@ -187,12 +187,47 @@ def test_the_worker_is_a_worker_pool_probed_on_its_heartbeat_and_the_api_a_servi
 
 @pytest.mark.parametrize(
     ("millicores", "memory", "expected"),
-    [(250, 512, ("1", 512)), (1000, 512, ("1", 512)), (1500, 1024, ("2", 1024)), (3000, 1024, ("4", 2048))],
+    [
+        (250, 512, ("1", 512)),
+        (1000, 512, ("1", 512)),
+        (1500, 1024, ("2", 1024)),
+        (3000, 1024, ("4", 2048)),
+        (1000, 4096, ("1", 4096)),
+        # Cloud Run: above 4 GiB at least 2 CPUs, above 8 GiB at least 4: memory raises the CPUs
+        (500, 4097, ("2", 4097)),
+        (500, 8192, ("2", 8192)),
+        (500, 8193, ("4", 8193)),
+        (2000, 12288, ("4", 12288)),
+        (250, 16384, ("4", 16384)),
+    ],
 )
 def test_cloud_run_sizes_are_ones_cloud_run_accepts(millicores: int, memory: int, expected: tuple[str, int]) -> None:
     from providers.gcp.compute import cloud_run_size
 
     assert cloud_run_size(millicores, memory) == expected
+
+
+def test_every_size_the_config_allows_is_one_cloud_run_accepts() -> None:
+    """Every cpuMillicores and memoryMib the common config accepts maps to a valid Cloud Run pair."""
+    from providers.gcp.compute import cloud_run_size
+
+    memory_floor = {1: 512, 2: 512, 4: 2048, 6: 4096, 8: 4096}
+    memory_ceiling = {1: 4096, 2: 8192, 4: 16384, 6: 24576, 8: 32768}
+    for millicores in range(250, 4001, 250):
+        for memory in range(512, 16385, 512):
+            cpu, given = cloud_run_size(millicores, memory)
+            cpus = int(cpu)
+            assert cpus * 1000 >= millicores, (millicores, memory)
+            assert given >= memory, (millicores, memory)
+            assert memory_floor[cpus] <= given <= memory_ceiling[cpus], (millicores, memory, cpu, given)
+
+
+def test_a_workload_asking_for_8_gib_gets_the_cpus_cloud_run_requires(run_config: Callable[..., Graph]) -> None:
+    require_target("gcp")
+    graph = run_config({**BASE, "skyferry:memoryMib": "8192"}, SECRETS)
+    for type_ in ("gcp:cloudrunv2/service:Service", "gcp:cloudrunv2/workerPool:WorkerPool"):
+        workload = only(graph, type_)
+        assert workload.get("template.containers.0.resources.limits") == {"cpu": "2", "memory": "8192Mi"}
 
 
 def test_archive_bucket_is_private_versioned_and_encrypted(gcp_graph: Graph) -> None:
