@@ -127,7 +127,8 @@ class CommonConfig(ConfigModel):
     memory_mib: int = Field(default=1024, ge=512, le=16384, description="memory per container, MiB")
     store: Literal["native", "postgres"] = Field(
         default="native",
-        description="event + view store: the target's native database, or PostgreSQL",
+        description="event + view store: 'native', the target's own database (PostgreSQL on kubernetes); "
+        "every target refuses 'postgres'",
     )
     broker: Literal["native"] = Field(default="native", description="the target's native broker")
     archive_retention_days: int = Field(default=365, ge=1, le=3650, description="days exports are kept")

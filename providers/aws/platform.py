@@ -24,7 +24,11 @@ class AwsPlatform(Platform[AwsConfig]):
 
     @classmethod
     def validate(cls, config: StackConfig[AwsConfig]) -> None:
-        """TLS by default: a certificate, unless plain HTTP is chosen explicitly."""
+        """The store is DynamoDB; TLS by default: a certificate, unless plain HTTP is chosen explicitly."""
+        if config.common.store != "native":
+            raise StackConfigError(
+                "skyferry:store", "the aws target's store is DynamoDB and it declares no PostgreSQL: use 'native'"
+            )
         section = config.target
         if section.certificate_arn is None and not section.plain_http:
             raise StackConfigError(

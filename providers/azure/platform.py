@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from providers.azure import archive, broker, compute, identity, network, store
 from providers.azure.config import AzureConfig
-from providers.base import Platform, StandardOutputs
+from providers.base import Platform, StackConfig, StackConfigError, StandardOutputs
 from providers.environment import AppUrls
 
 
@@ -39,6 +39,14 @@ class AzurePlatform(Platform[AzureConfig]):
 
     target = "azure"
     config_model = AzureConfig
+
+    @classmethod
+    def validate(cls, config: StackConfig[AzureConfig]) -> None:
+        """The store is Cosmos DB: the target declares no PostgreSQL."""
+        if config.common.store != "native":
+            raise StackConfigError(
+                "skyferry:store", "the azure target's store is Cosmos DB and it declares no PostgreSQL: use 'native'"
+            )
 
     def build(self) -> StandardOutputs:
         """Declare every role's resources, in the order shared by all targets; return the standard outputs."""

@@ -18,7 +18,7 @@ access on the API token only.  No project-wide Pub/Sub, Storage or Secret Manage
 
 from __future__ import annotations
 
-from providers.base import Platform, StandardOutputs
+from providers.base import Platform, StackConfig, StackConfigError, StandardOutputs
 from providers.environment import AppUrls
 from providers.gcp import archive, broker, compute, identity, network, store
 from providers.gcp.config import GcpConfig
@@ -29,6 +29,14 @@ class GcpPlatform(Platform[GcpConfig]):
 
     target = "gcp"
     config_model = GcpConfig
+
+    @classmethod
+    def validate(cls, config: StackConfig[GcpConfig]) -> None:
+        """The store is Firestore: the target declares no PostgreSQL."""
+        if config.common.store != "native":
+            raise StackConfigError(
+                "skyferry:store", "the gcp target's store is Firestore and it declares no PostgreSQL: use 'native'"
+            )
 
     def build(self) -> StandardOutputs:
         """Declare every role's resources, in the order shared by all targets; return the standard outputs."""

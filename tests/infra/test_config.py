@@ -8,6 +8,7 @@ import pytest
 
 from providers.base import OUTPUT_NAMES, TARGETS, StackConfigError, current_stack_config, deploy, load_stack_config
 from providers.graph import GraphMocks, GraphMonitor, run_program
+from providers.stackfile import read_stack
 
 GOOD = {
     "skyferry:target": "kubernetes",
@@ -61,6 +62,21 @@ def test_bad_input_names_the_key_and_declares_nothing(change: dict[str, str | No
     assert error.key == key
     assert fragment in str(error)
     assert str(error).startswith(key)
+    assert declared == []
+
+
+@pytest.mark.parametrize("target", ["aws", "azure", "gcp", "kubernetes"])
+def test_every_target_refuses_store_postgres_and_declares_nothing(target: str) -> None:
+    """No target declares a PostgreSQL of its own: asking for one is refused, not ignored.
+
+    The clouds would otherwise declare DynamoDB, Cosmos DB or Firestore instead; kubernetes'
+    native store is PostgreSQL already.
+    """
+    values, secret_keys = read_stack(target)
+    values = {**values, "skyferry:store": "postgres", "skyferry:databasePassword": "pw-from-secret"}
+    error, declared = declared_before_error(values, set(secret_keys) | {"skyferry:databasePassword"})
+    assert error.key == "skyferry:store"
+    assert "use 'native'" in str(error)
     assert declared == []
 
 
