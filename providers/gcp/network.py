@@ -41,6 +41,11 @@ class Network:
         return list(self.services.values())
 
 
+def region_of(section: GcpConfig) -> str | None:
+    """The region: ``skyferry:gcp.region``, else the provider's ``gcp:region`` (None when neither is set)."""
+    return section.region or pulumi.Config("gcp").get("region")
+
+
 def declare_network(platform: Platform[GcpConfig]) -> Network:
     """The project and region (``skyferry:gcp`` or the provider's keys, required) and the enabled APIs."""
     section = platform.section
@@ -48,7 +53,7 @@ def declare_network(platform: Platform[GcpConfig]) -> Network:
     project = section.project or gcp_config.get("project")
     if not project:
         raise StackConfigError("gcp:project", "required: the project to deploy to (or skyferry:gcp.project)")
-    region = section.region or gcp_config.get("region")
+    region = region_of(section)
     if not region:
         raise StackConfigError("gcp:region", "required: the region to deploy to (or skyferry:gcp.region)")
     name = platform.common.name

@@ -37,6 +37,34 @@ class GcpPlatform(Platform[GcpConfig]):
             raise StackConfigError(
                 "skyferry:store", "the gcp target's store is Firestore and it declares no PostgreSQL: use 'native'"
             )
+        cls._validate_key_location(config.target)
+
+    @staticmethod
+    def _validate_key_location(section: GcpConfig) -> None:
+        """One CMEK key encrypts Firestore and the archive bucket: both need it in their location.
+
+        Firestore takes only a key in its own location (``nam5``: ``us``, ``eur3``: ``europe``),
+        a bucket only one in the bucket's, and the bucket is in the region, where the created
+        key ring is too; so Firestore stays in the region and a given ``kmsKeyName`` must be
+        there.  Skipped while the region is unknown (:func:`network.declare_network` refuses that).
+        """
+        region = network.region_of(section)
+        if region is None:
+            return
+        if section.firestore_location is not None and store.kms_location(section.firestore_location) != region:
+            raise StackConfigError(
+                "skyferry:gcp.firestoreLocation",
+                f"Firestore in {section.firestore_location!r} needs its CMEK key in KMS location "
+                f"{store.kms_location(section.firestore_location)!r}, but the stack's one key (created, or "
+                f"kmsKeyName) encrypts the archive bucket too, which needs it in the region {region!r}: "
+                f"drop firestoreLocation (Firestore then goes to {region!r} too)",
+            )
+        if section.kms_key_name is not None and store.key_location(section.kms_key_name) != region:
+            raise StackConfigError(
+                "skyferry:gcp.kmsKeyName",
+                f"the key is in {store.key_location(section.kms_key_name)!r}, but Firestore and the archive "
+                f"bucket in the region {region!r} need their CMEK key there: give a key in {region!r}",
+            )
 
     def build(self) -> StandardOutputs:
         """Declare every role's resources, in the order shared by all targets; return the standard outputs."""

@@ -2,13 +2,14 @@
 
 The indexes and the fields left unindexed come from :mod:`skyferry.adapters.stores.firestore`.
 Pessimistic concurrency (the adapter's gap-free ``read_all`` relies on it), point-in-time
-recovery, delete protection, and the target's CMEK key.
+recovery, delete protection, and the target's CMEK key, which Firestore requires in the
+database's own location (:func:`kms_location`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import pulumi
 import pulumi_gcp as gcp
@@ -20,6 +21,20 @@ from skyferry.adapters.stores import firestore as firestore_adapter
 
 if TYPE_CHECKING:
     from providers.gcp.identity import Identity
+
+
+#: The Cloud KMS location of a key for a Firestore multi-region (a region's is the region).
+FIRESTORE_MULTI_REGION_KMS: Final = {"nam5": "us", "eur3": "europe"}
+
+
+def kms_location(firestore_location: str) -> str:
+    """Where a CMEK key must be to encrypt a Firestore database in ``firestore_location``."""
+    return FIRESTORE_MULTI_REGION_KMS.get(firestore_location, firestore_location)
+
+
+def key_location(kms_key_name: str) -> str:
+    """The location of a Cloud KMS key named ``projects/P/locations/L/keyRings/R/cryptoKeys/K``."""
+    return kms_key_name.split("/")[3]
 
 
 def store_url(project: str, database: str) -> str:

@@ -12,6 +12,7 @@ for the real service's "the query requires an index" error.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,8 +23,8 @@ from google.cloud.firestore_v1.base_query import BaseQuery
 from google.cloud.firestore_v1.query import Query
 
 from providers import policies
-from providers.base import OUTPUT_NAMES, StackConfigError
-from providers.graph import Graph, Node
+from providers.base import OUTPUT_NAMES, StackConfigError, current_stack_config, deploy
+from providers.graph import Graph, GraphMocks, GraphMonitor, Node, run_program
 from skyferry.adapters.archives import gcs as gcs_adapter
 from skyferry.adapters.brokers import pubsub as pubsub_adapter
 from skyferry.adapters.stores import firestore as firestore_adapter
@@ -263,6 +264,55 @@ def test_a_given_kms_key_is_used_instead_of_a_created_one(run_config: Callable[.
     assert graph.by_type("gcp:kms/keyRing:KeyRing") == []
     assert only(graph, "gcp:firestore/database:Database").get("cmekConfig.kmsKeyName") == key
     assert policies.evaluate(graph) == []
+
+
+KEY_IN_REGION = "projects/acme-ledger/locations/europe-west1/keyRings/shared/cryptoKeys/data"
+KEY_IN_EUROPE = "projects/acme-ledger/locations/europe/keyRings/shared/cryptoKeys/data"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        # the created key ring is in the region: Firestore elsewhere cannot use it
+        ({"firestoreLocation": "eur3"}, "skyferry:gcp.firestoreLocation"),
+        ({"firestoreLocation": "europe-west3"}, "skyferry:gcp.firestoreLocation"),
+        # a key in Firestore's location would not do either: the archive bucket in the region uses it
+        ({"firestoreLocation": "eur3", "kmsKeyName": KEY_IN_EUROPE}, "skyferry:gcp.firestoreLocation"),
+        ({"kmsKeyName": KEY_IN_EUROPE}, "skyferry:gcp.kmsKeyName"),
+        ({"region": "europe-west3", "kmsKeyName": KEY_IN_REGION}, "skyferry:gcp.kmsKeyName"),
+    ],
+)
+def test_a_cmek_key_outside_firestores_or_the_buckets_location_is_refused_before_anything_is_declared(
+    section: dict[str, str], key: str
+) -> None:
+    """Firestore and Cloud Storage take a CMEK key in their own location only, and one key serves both."""
+    require_target("gcp")
+    monitor = GraphMonitor(GraphMocks())
+    values = {**BASE, "skyferry:gcp": json.dumps({"projectNumber": "987654321098", **section})}
+    with pytest.raises(StackConfigError) as caught:
+        run_program(lambda: deploy(current_stack_config()), values, SECRETS, monitor=monitor)
+    assert caught.value.key == key
+    assert "europe-west" in str(caught.value)
+    assert monitor.nodes == []
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"firestoreLocation": "europe-west1"},
+        {"firestoreLocation": "europe-west1", "kmsKeyName": KEY_IN_REGION},
+        {"region": "europe-west1", "kmsKeyName": KEY_IN_REGION},
+    ],
+)
+def test_firestore_in_the_region_with_the_key_there_is_accepted(
+    run_config: Callable[..., Graph], section: dict[str, str]
+) -> None:
+    require_target("gcp")
+    values = {**BASE, "skyferry:gcp": json.dumps({"projectNumber": "987654321098", **section})}
+    graph = run_config(values, SECRETS)
+    assert only(graph, "gcp:firestore/database:Database").get("locationId") == "europe-west1"
+    rings = graph.by_type("gcp:kms/keyRing:KeyRing")
+    assert [ring.get("location") for ring in rings] == ([] if "kmsKeyName" in section else ["europe-west1"])
 
 
 @pytest.mark.parametrize(
