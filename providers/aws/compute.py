@@ -21,23 +21,43 @@ import pulumi_aws as aws
 from providers.aws.config import AwsConfig
 from providers.aws.identity import Access, Identity
 from providers.aws.network import Network
-from providers.base import Platform
+from providers.base import Platform, StackConfigError
 from providers.environment import AppUrls, api_environment, worker_environment
 from providers.policies import PLAIN_HTTP_OPT_IN, PLAIN_HTTP_TAG
 
 API_PORT = 8000
 RUN_AS_USER = "10001"
+#: Fargate's CPU units (1024 a vCPU) and the memory range of each, MiB: 256 takes 512, 1024 or
+#: 2048, the others any whole GiB in their range.
 _FARGATE_CPU = (256, 512, 1024, 2048, 4096)
 _FARGATE_MEMORY = {256: (512, 2048), 512: (1024, 4096), 1024: (2048, 8192), 2048: (4096, 16384), 4096: (8192, 30720)}
 
 
-def fargate_size(cpu_millicores: int, memory_mib: int) -> tuple[int, int]:
-    """The smallest valid Fargate (cpu units, memory MiB) at least as big as asked."""
-    units = next((c for c in _FARGATE_CPU if c >= math.ceil(cpu_millicores * 1.024)), _FARGATE_CPU[-1])
+def _fargate_memory(units: int, memory_mib: int) -> int | None:
+    """The least memory of ``units``' range that holds ``memory_mib`` (None: more than the range allows)."""
     low, high = _FARGATE_MEMORY[units]
-    step = 1024 if units > 256 or memory_mib > 512 else 512
-    memory = max(low, min(high, math.ceil(memory_mib / step) * step))
-    return units, memory
+    step = 512 if units == 256 and memory_mib <= 512 else 1024
+    memory = max(low, math.ceil(memory_mib / step) * step)
+    return memory if memory <= high else None
+
+
+def fargate_size(cpu_millicores: int, memory_mib: int) -> tuple[int, int]:
+    """The smallest valid Fargate (cpu units, memory MiB) at least as big as asked.
+
+    The CPU is raised to the smallest tier whose memory range holds ``memory_mib``
+    (``fargate_size(500, 8192)`` is ``(1024, 8192)``); what no tier holds is a
+    :class:`StackConfigError` naming the key.
+    """
+    needed = math.ceil(cpu_millicores * 1.024)
+    if needed > _FARGATE_CPU[-1]:
+        raise StackConfigError("skyferry:cpuMillicores", f"{cpu_millicores} is more than Fargate's 4 vCPUs")
+    for units in _FARGATE_CPU:
+        memory = _fargate_memory(units, memory_mib) if units >= needed else None
+        if memory is not None:
+            return units, memory
+    raise StackConfigError(
+        "skyferry:memoryMib", f"{memory_mib} MiB is more than Fargate allows ({_FARGATE_MEMORY[4096][1]} MiB at most)"
+    )
 
 
 @dataclass(frozen=True)

@@ -19,18 +19,34 @@ from pulumi_azure_native import app, containerregistry, monitor, operationalinsi
 from providers.azure.config import AzureConfig
 from providers.azure.identity import API_TOKEN_SECRET, Access, Identity, assign
 from providers.azure.network import Network
-from providers.base import Platform
+from providers.base import Platform, StackConfigError
 from providers.environment import AppUrls, api_environment, worker_environment
 
 API_PORT: Final = 8000
 WORKER_HEALTH_PORT: Final = 8080
 
+#: CPU (millicores) of the consumption profile's pairs, each with 2 GiB of memory a core
+#: (0.25/0.5Gi to 2/4Gi, and up to 4/8Gi on the consumption workload profile).
 _CPU_STEPS: Final = (250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 3500, 4000)
 
 
-def container_resources(cpu_millicores: int) -> tuple[float, str]:
-    """Container Apps (consumption) CPU and memory: the next allowed step, memory 2 GiB per core."""
-    millicores = next((m for m in _CPU_STEPS if m >= cpu_millicores), _CPU_STEPS[-1])
+def container_resources(cpu_millicores: int, memory_mib: int) -> tuple[float, str]:
+    """Container Apps (consumption) CPU and memory: the smallest pair at least as big as asked.
+
+    Memory is 2 GiB a core, so the CPU is raised until the memory holds ``memory_mib``
+    (``container_resources(500, 4096)`` is ``(2.0, "4Gi")``); more than the largest pair,
+    4 cores and 8 GiB, is a :class:`StackConfigError` naming the key.
+    """
+    millicores = next((m for m in _CPU_STEPS if m >= cpu_millicores and m * 2048 >= memory_mib * 1000), None)
+    if millicores is None:
+        key, asked = (
+            ("skyferry:cpuMillicores", f"{cpu_millicores} millicores")
+            if cpu_millicores > _CPU_STEPS[-1]
+            else ("skyferry:memoryMib", f"{memory_mib} MiB")
+        )
+        raise StackConfigError(
+            key, f"{asked} is more than Container Apps' largest consumption size (4 cores, 8 GiB = 8192 MiB)"
+        )
     return millicores / 1000, f"{millicores * 2 / 1000:g}Gi"
 
 
@@ -99,7 +115,7 @@ def declare_compute(
         metrics=[{"category": "AllMetrics", "enabled": True}],
         opts=platform.child_opts(),
     )
-    cpu, memory = container_resources(platform.common.cpu_millicores)
+    cpu, memory = container_resources(platform.common.cpu_millicores, platform.common.memory_mib)
     api_env = api_environment(urls, port=API_PORT)
     # probes are HTTP only: the worker answers them from its heartbeat
     worker_env = worker_environment(urls, health_port=WORKER_HEALTH_PORT)

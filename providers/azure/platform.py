@@ -42,11 +42,12 @@ class AzurePlatform(Platform[AzureConfig]):
 
     @classmethod
     def validate(cls, config: StackConfig[AzureConfig]) -> None:
-        """The store is Cosmos DB: the target declares no PostgreSQL."""
+        """The store is Cosmos DB (the target declares no PostgreSQL); the sizes fit a Container App."""
         if config.common.store != "native":
             raise StackConfigError(
                 "skyferry:store", "the azure target's store is Cosmos DB and it declares no PostgreSQL: use 'native'"
             )
+        compute.container_resources(config.common.cpu_millicores, config.common.memory_mib)
 
     def build(self) -> StandardOutputs:
         """Declare every role's resources, in the order shared by all targets; return the standard outputs."""

@@ -265,7 +265,42 @@ def test_fargate_sizes_are_valid_combinations() -> None:
     assert fargate_size(500, 1024) == (512, 1024)
     assert fargate_size(1000, 1024) == (1024, 2048)
     assert fargate_size(4000, 16384) == (4096, 16384)
+    # memory above the CPU tier's range raises the CPU, never lowers the memory
+    assert fargate_size(250, 1536) == (256, 2048)
+    assert fargate_size(250, 3072) == (512, 3072)
+    assert fargate_size(500, 8192) == (1024, 8192)
+    assert fargate_size(500, 8704) == (2048, 9216)
+    assert fargate_size(1000, 16384) == (2048, 16384)
     assert account_of("arn:aws:sns:eu-west-1:123456789012:t.fifo") == "123456789012"
+
+
+# Fargate's (cpu, memory) pairs: 256 with 512, 1024 or 2048 MiB; the others whole GiB in a range
+FARGATE_PAIRS = {
+    256: {512, 1024, 2048},
+    512: set(range(1024, 4097, 1024)),
+    1024: set(range(2048, 8193, 1024)),
+    2048: set(range(4096, 16385, 1024)),
+    4096: set(range(8192, 30721, 1024)),
+}
+
+
+def test_every_size_the_config_allows_is_a_fargate_pair_at_least_as_big() -> None:
+    for millicores in range(250, 4001, 250):
+        for memory in range(512, 16385, 256):
+            units, given = fargate_size(millicores, memory)
+            assert given in FARGATE_PAIRS[units], (millicores, memory, units, given)
+            assert units >= millicores * 1.024, (millicores, memory)
+            assert given >= memory, (millicores, memory, units, given)
+
+
+def test_a_task_asking_for_8_gib_gets_them_and_the_cpu_fargate_pairs_with_them(
+    run_config: Callable[..., Graph],
+) -> None:
+    graph = run_config({**BASE, **HTTPS, "skyferry:cpuMillicores": "500", "skyferry:memoryMib": "8192"}, SECRETS)
+    definitions = graph.by_type("aws:ecs/taskDefinition:TaskDefinition")
+    assert len(definitions) == 2
+    for definition in definitions:
+        assert (definition.get("cpu"), definition.get("memory")) == ("1024", "8192")
 
 
 # --- least privilege: the task role against the calls the adapters really make ----------------

@@ -14,10 +14,11 @@ import pytest
 
 from providers import policies
 from providers.azure import broker as azure_broker
+from providers.azure import compute as azure_compute
 from providers.azure import identity as azure_identity
 from providers.azure import store as azure_store
-from providers.base import OUTPUT_NAMES, StackConfigError
-from providers.graph import Graph, Node
+from providers.base import OUTPUT_NAMES, StackConfigError, current_stack_config, deploy
+from providers.graph import Graph, GraphMocks, GraphMonitor, Node, run_program
 from skyferry.adapters.archives import blob as blob_adapter
 from skyferry.adapters.archives.blob import BlobArchive
 from skyferry.adapters.brokers import servicebus as servicebus_adapter
@@ -225,6 +226,57 @@ def test_the_apps_run_as_the_identity_and_read_the_token_from_key_vault(azure_gr
         assert pull["identity"] == identity.outputs["id"]
     assert apps["ledger-api"].get("template.scale.maxReplicas") == 5
     assert apps["ledger-worker"].get("configuration.ingress") is None
+
+
+#: Container Apps' consumption pairs (cores, GiB): 0.25/0.5 to 2/4, and up to 4/8 on the
+#: consumption workload profile the environment declares; memory is always 2 GiB a core.
+CONSUMPTION_CORES = [n / 4 for n in range(1, 17)]
+
+
+@pytest.mark.parametrize(
+    ("millicores", "memory", "expected"),
+    [
+        (250, 512, (0.25, "0.5Gi")),
+        (500, 1024, (0.5, "1Gi")),
+        (1000, 512, (1.0, "2Gi")),
+        # memoryMib raises the CPU until the pair's memory holds it
+        (250, 1024, (0.5, "1Gi")),
+        (500, 1536, (0.75, "1.5Gi")),
+        (500, 4096, (2.0, "4Gi")),
+        (500, 5000, (2.5, "5Gi")),
+        (1000, 8192, (4.0, "8Gi")),
+    ],
+)
+def test_container_sizes_hold_the_memory_asked(millicores: int, memory: int, expected: tuple[float, str]) -> None:
+    assert azure_compute.container_resources(millicores, memory) == expected
+
+
+def test_every_size_the_azure_target_accepts_is_a_consumption_pair_at_least_as_big() -> None:
+    for millicores in range(250, 4001, 250):
+        for memory in range(512, 8193, 256):
+            cores, given = azure_compute.container_resources(millicores, memory)
+            assert cores in CONSUMPTION_CORES, (millicores, memory, cores)
+            assert given == f"{cores * 2:g}Gi", (millicores, memory, cores, given)
+            assert cores * 1000 >= millicores, (millicores, memory, cores)
+            assert cores * 2 * 1024 >= memory, (millicores, memory, cores, given)
+
+
+def test_memory_no_consumption_pair_holds_is_refused_before_anything_is_declared() -> None:
+    monitor = GraphMonitor(GraphMocks())
+    values = {**BASE, "skyferry:memoryMib": "12288"}
+    with pytest.raises(StackConfigError) as caught:
+        run_program(lambda: deploy(current_stack_config()), values, SECRETS, monitor=monitor)
+    assert caught.value.key == "skyferry:memoryMib"
+    assert "8192 MiB" in str(caught.value)
+    assert monitor.nodes == []
+
+
+def test_the_apps_get_the_memory_asked(run_config: Callable[..., Graph]) -> None:
+    graph = run_config({**BASE, "skyferry:cpuMillicores": "500", "skyferry:memoryMib": "4096"}, SECRETS)
+    apps = graph.by_type("azure-native:app:ContainerApp")
+    assert len(apps) == 2
+    for node in apps:
+        assert node.get("template.containers.0.resources") == {"cpu": 2.0, "memory": "4Gi"}
 
 
 # --- outputs ----------------------------------------------------------------------------------
