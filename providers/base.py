@@ -125,10 +125,10 @@ class CommonConfig(ConfigModel):
     worker_replicas: int = Field(default=1, ge=1, le=20, description="relay + projection processes")
     cpu_millicores: int = Field(default=500, ge=250, le=4000, description="CPU per container, millicores")
     memory_mib: int = Field(default=1024, ge=512, le=16384, description="memory per container, MiB")
-    store: Literal["native", "postgres"] = Field(
+    store: Literal["native"] = Field(
         default="native",
-        description="event + view store: 'native', the target's own database (PostgreSQL on kubernetes); "
-        "every target refuses 'postgres'",
+        description="event + view store: the target's own database (PostgreSQL on kubernetes, DynamoDB, "
+        "Cosmos DB, Firestore)",
     )
     broker: Literal["native"] = Field(default="native", description="the target's native broker")
     archive_retention_days: int = Field(default=365, ge=1, le=3650, description="days exports are kept")
@@ -140,7 +140,7 @@ class CommonConfig(ConfigModel):
     )
     deletion_protection: bool = Field(default=True, description="protect the event store from deletion")
     database_password: SecretStr | None = Field(
-        default=None, description="PostgreSQL password (secret; required when store=postgres)"
+        default=None, description="PostgreSQL password (secret; required by the in-chart PostgreSQL of kubernetes)"
     )
     api_token: SecretStr = Field(
         min_length=16,
@@ -364,8 +364,6 @@ def load_stack_config(
         common = CommonConfig.model_validate(common_values, strict=True)
     except ValidationError as e:
         _raise_first(e, None, CommonConfig)
-    if common.store == "postgres" and common.database_password is None:
-        raise StackConfigError(f"{NAMESPACE}:databasePassword", "required (as a secret) when store is postgres")
     platform = platform_class(target)
     model = platform.config_model
     section: Any = {} if section_raw is None else _parse(section_raw)

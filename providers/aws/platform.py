@@ -24,11 +24,7 @@ class AwsPlatform(Platform[AwsConfig]):
 
     @classmethod
     def validate(cls, config: StackConfig[AwsConfig]) -> None:
-        """The store is DynamoDB, the sizes fit a Fargate task; TLS by default: a certificate, unless plain HTTP."""
-        if config.common.store != "native":
-            raise StackConfigError(
-                "skyferry:store", "the aws target's store is DynamoDB and it declares no PostgreSQL: use 'native'"
-            )
+        """The sizes fit a Fargate task; TLS by default: a certificate, unless plain HTTP is chosen explicitly."""
         compute.fargate_size(config.common.cpu_millicores, config.common.memory_mib)
         section = config.target
         if section.certificate_arn is None and not section.plain_http:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from providers.azure import archive, broker, compute, identity, network, store
 from providers.azure.config import AzureConfig
-from providers.base import Platform, StackConfig, StackConfigError, StandardOutputs
+from providers.base import Platform, StackConfig, StandardOutputs
 from providers.environment import AppUrls
 
 
@@ -42,11 +42,7 @@ class AzurePlatform(Platform[AzureConfig]):
 
     @classmethod
     def validate(cls, config: StackConfig[AzureConfig]) -> None:
-        """The store is Cosmos DB (the target declares no PostgreSQL); the sizes fit a Container App."""
-        if config.common.store != "native":
-            raise StackConfigError(
-                "skyferry:store", "the azure target's store is Cosmos DB and it declares no PostgreSQL: use 'native'"
-            )
+        """The sizes fit a Container App."""
         compute.container_resources(config.common.cpu_millicores, config.common.memory_mib)
 
     def build(self) -> StandardOutputs:

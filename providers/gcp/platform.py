@@ -32,11 +32,7 @@ class GcpPlatform(Platform[GcpConfig]):
 
     @classmethod
     def validate(cls, config: StackConfig[GcpConfig]) -> None:
-        """The store is Firestore (no PostgreSQL), the sizes fit Cloud Run, the CMEK key is where it must be."""
-        if config.common.store != "native":
-            raise StackConfigError(
-                "skyferry:store", "the gcp target's store is Firestore and it declares no PostgreSQL: use 'native'"
-            )
+        """The sizes fit Cloud Run; the CMEK key is where Firestore and the bucket can use it."""
         compute.cloud_run_size(config.common.cpu_millicores, config.common.memory_mib)
         cls._validate_key_location(config.target)
 

@@ -45,8 +45,6 @@ class KubernetesPlatform(Platform[KubernetesConfig]):
                 f" skyferry:workerReplicas {config.common.worker_replicas} needs ReadWriteMany"
                 " (from a skyferry:kubernetes.storageClass that provides it), or set skyferry:workerReplicas to 1",
             )
-        if config.common.store != "native":
-            raise StackConfigError("skyferry:store", "the kubernetes target's native store is PostgreSQL: use 'native'")
 
     def build(self) -> StandardOutputs:
         """Declare every role's resources, in the order shared by all targets; return the standard outputs."""

@@ -37,7 +37,7 @@ def declared_before_error(values: dict[str, str], secret_keys: set[str]) -> tupl
         ({"skyferry:apiReplicas": "two"}, "skyferry:apiReplicas", "valid integer"),
         ({"skyferry:apiReplicas": "0"}, "skyferry:apiReplicas", "greater than or equal to 1"),
         ({"skyferry:memoryMib": "999999"}, "skyferry:memoryMib", "less than or equal to 16384"),
-        ({"skyferry:store": "mongodb"}, "skyferry:store", "'native' or 'postgres'"),
+        ({"skyferry:store": "mongodb"}, "skyferry:store", "'native'"),
         ({"skyferry:replicas": "3"}, "skyferry:replicas", "unknown key"),
         ({"skyferry:aws": json.dumps({"region": "eu-west-1"})}, "skyferry:aws", "target is 'kubernetes'"),
         (
@@ -67,7 +67,7 @@ def test_bad_input_names_the_key_and_declares_nothing(change: dict[str, str | No
 
 @pytest.mark.parametrize("target", ["aws", "azure", "gcp", "kubernetes"])
 def test_every_target_refuses_store_postgres_and_declares_nothing(target: str) -> None:
-    """No target declares a PostgreSQL of its own: asking for one is refused, not ignored.
+    """No target declares a managed PostgreSQL: asking for one is refused, not ignored.
 
     The clouds would otherwise declare DynamoDB, Cosmos DB or Firestore instead; kubernetes'
     native store is PostgreSQL already.
@@ -76,7 +76,7 @@ def test_every_target_refuses_store_postgres_and_declares_nothing(target: str) -
     values = {**values, "skyferry:store": "postgres", "skyferry:databasePassword": "pw-from-secret"}
     error, declared = declared_before_error(values, set(secret_keys) | {"skyferry:databasePassword"})
     assert error.key == "skyferry:store"
-    assert "use 'native'" in str(error)
+    assert "'native'" in str(error)
     assert declared == []
 
 
