@@ -8,8 +8,8 @@ A target is a package ``providers/<target>/`` with the same file names in every 
     ``class <Target>Config(TargetConfig)``: the target's own settings.  They are read from
     the one structured config key ``skyferry:<target>`` (e.g. ``skyferry:aws``, an object in
     the stack file), validated with pydantic *before any resource is declared*.  Field names
-    are snake_case in Python and camelCase in the stack file (``instance_class`` ⇄
-    ``instanceClass``).  Unknown keys are rejected.
+    are snake_case in Python and camelCase in the stack file (``certificate_arn`` ⇄
+    ``certificateArn``).  Unknown keys are rejected.
 
 ``platform.py``
     ``class <Target>Platform(Platform[<Target>Config])``: a ``pulumi.ComponentResource`` with
@@ -43,7 +43,7 @@ Common keys are the fields of :class:`CommonConfig` in camelCase (``skyferry:api
 the target section is ``skyferry:<target>``.  A field typed :class:`pydantic.SecretStr` must
 come from a *secret* config value (``pulumi config set --secret``); a plain-text value is
 rejected naming the key.  Every error is a :class:`StackConfigError` naming the full key
-(``skyferry:aws.instanceClass``) and what was expected.
+(``skyferry:aws.certificateArn``) and what was expected.
 
 Standard outputs
 ----------------
