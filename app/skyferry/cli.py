@@ -13,6 +13,7 @@ only when called, so an app image without the infra dependencies still works.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import logging
@@ -21,9 +22,9 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import orjson
 import typer
@@ -39,11 +40,14 @@ from skyferry.console import (
     plural,
 )
 from skyferry.console import run as run_command
-from skyferry.core.errors import ConfigurationError
+from skyferry.core.errors import ConfigurationError, ValidationError
 from skyferry.core.ports import count_after
 from skyferry.core.worker import WorkerThread
 from skyferry.runtime import tune_process
 from skyferry.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from skyferry.core.parking import ParkedEvent, ParkedEvents
 
 log = logging.getLogger(__name__)
 
@@ -348,47 +352,75 @@ KeysArg = Annotated[
 ]
 
 
+@contextlib.contextmanager
+def _parked_events(store: str | None) -> Iterator[ParkedEvents]:
+    """The parked events of the store ``--store`` names; a store that does not exist is refused, not created."""
+    from skyferry.adapters.registry import open_event_store
+    from skyferry.bootstrap import bootstrap
+
+    settings = load(store, "memory://")
+    open_event_store(settings.store_url, existing=True).close()  # a typo must not give an empty store
+    ledger = bootstrap(settings)
+    try:
+        yield ledger.parked
+    finally:
+        ledger.close()
+
+
+def _checked_keys(parked: ParkedEvents, keys: list[str], doing: str) -> list[str]:
+    """``keys`` without repeats, once every one names a parked event: a bad key changes nothing."""
+    wanted = list(dict.fromkeys(keys))
+    missing = [key for key in wanted if not parked.exists(key)]
+    if missing:
+        hint = f"nothing was {doing}: every KEY must name a parked event" if len(wanted) > 1 else None
+        raise ValidationError(
+            f"no parked event {', '.join(repr(key) for key in missing)} (see skyferry parked list)",
+            where="KEY" if len(wanted) > 1 else None,
+            hint=hint,
+        )
+    return wanted
+
+
 @parked_cli.command("list", context_settings=CONTEXT)
 def parked_list(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
     """List the parked events, oldest first: which runner, which event, the error."""
-    from skyferry.bootstrap import bootstrap
-
     output.json = json_output
-    ledger = bootstrap(load(store, "memory://"))
-    try:
-        found = ledger.parked.list()
-    finally:
-        ledger.close()
+    with _parked_events(store) as parked:
+        found = parked.list()
     if output.json:
-        typer.echo(orjson.dumps([parked.to_dict() for parked in found]).decode())
+        typer.echo(orjson.dumps([one.to_dict() for one in found]).decode())
         return
-    for parked in found:
+    for one in found:
         typer.echo(
-            f"{parked.key}  {parked.stream_id} v{parked.version} {parked.type}  "
-            f"parked {parked.parked_at} after {plural(parked.attempts, 'attempt')}: {parked.error}"
+            f"{one.key}  {one.stream_id} v{one.version} {one.type}  "
+            f"parked {one.parked_at} after {plural(one.attempts, 'attempt')}: {one.error}"
         )
     typer.echo(f"{count(len(found))} parked event(s)")
 
 
 @parked_cli.command("retry", context_settings=CONTEXT)
 def parked_retry(keys: KeysArg, store: StoreOpt = None, json_output: JsonOpt = False) -> None:
-    """Apply parked events again, one by one (after a fix is deployed); exit 1 if any fails again."""
-    from skyferry.bootstrap import bootstrap
+    """Apply parked events again, one by one (after a fix is deployed); exit 1 if any fails again.
 
+    Every key is checked first: a key that names no parked event changes nothing.
+    """
     output.json = json_output
-    outcomes: dict[str, Any] = {}
-    ledger = bootstrap(load(store, "memory://"))
-    try:
-        for key in keys:
-            again = ledger.parked.retry(key)
-            outcomes[key] = None if again is None else again.error
-    finally:
-        ledger.close()
-    if output.json:
-        typer.echo(orjson.dumps([{"key": k, "applied": e is None, "error": e} for k, e in outcomes.items()]).decode())
-    else:
-        for key, error in outcomes.items():
-            typer.echo(f"{key}: applied" if error is None else f"{key}: failed again, still parked: {error}")
+    outcomes: dict[str, str | None] = {}
+    with _parked_events(store) as parked:
+        wanted = _checked_keys(parked, keys, "retried")
+        try:
+            for key in wanted:
+                with located(f"KEY {key}"):
+                    again = parked.retry(key)
+                outcomes[key] = None if again is None else again.error
+        finally:  # what was done is said, even when a later key failed
+            if output.json:
+                typer.echo(
+                    orjson.dumps([{"key": k, "applied": e is None, "error": e} for k, e in outcomes.items()]).decode()
+                )
+            else:
+                for key, error in outcomes.items():
+                    typer.echo(f"{key}: applied" if error is None else f"{key}: failed again, still parked: {error}")
     failed = [key for key, error in outcomes.items() if error is not None]
     if failed:
         raise CheckFailed(
@@ -399,20 +431,24 @@ def parked_retry(keys: KeysArg, store: StoreOpt = None, json_output: JsonOpt = F
 
 @parked_cli.command("skip", context_settings=CONTEXT)
 def parked_skip(keys: KeysArg, store: StoreOpt = None, json_output: JsonOpt = False) -> None:
-    """Release parked events without applying them (the runner never will)."""
-    from skyferry.bootstrap import bootstrap
+    """Release parked events without applying them (the runner never will).
 
+    Every key is checked first: a key that names no parked event changes nothing.
+    """
     output.json = json_output
-    ledger = bootstrap(load(store, "memory://"))
-    try:
-        skipped = [ledger.parked.skip(key) for key in keys]
-    finally:
-        ledger.close()
-    if output.json:
-        typer.echo(orjson.dumps([parked.to_dict() for parked in skipped]).decode())
-        return
-    for parked in skipped:
-        typer.echo(f"{parked.key}: skipped")
+    skipped: list[ParkedEvent] = []
+    with _parked_events(store) as parked:
+        wanted = _checked_keys(parked, keys, "skipped")
+        try:
+            for key in wanted:
+                with located(f"KEY {key}"):
+                    skipped.append(parked.skip(key))
+        finally:  # what was done is said, even when a later key failed
+            if output.json:
+                typer.echo(orjson.dumps([one.to_dict() for one in skipped]).decode())
+            else:
+                for one in skipped:
+                    typer.echo(f"{one.key}: skipped")
 
 
 @cli.command(context_settings=CONTEXT)

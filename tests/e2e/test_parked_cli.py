@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,66 @@ def test_the_worker_goes_past_a_poisoned_event_and_the_operator_resolves_it(
         assert ledger.balance("poison")["balance"] == "0.00"  # opened on retry; the deposit was skipped
     finally:
         ledger.close()
+
+
+def poisoned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, str, str]:
+    """A SQLite store whose worker parked the two events of the account ``poison``: ``(url, key, key)``."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    ledger = bootstrap(Settings(store_url=url, broker_url="memory://"))
+    for account in ("before", "poison"):
+        ledger.execute(OpenAccount(account_id=account, owner=account, currency="EUR"))
+        ledger.execute(Deposit(account_id=account, amount="10", currency="EUR"))
+    ledger.close()
+    with monkeypatch.context() as patched:
+        patched.setattr(BalancesProjection, "apply", failing)
+        assert run(["worker", "--once", "--store", url]) == 0
+    capsys.readouterr()
+    first, second = listed(url, capsys)
+    return url, first["key"], second["key"]
+
+
+def listed(url: str, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    assert run(["parked", "list", "--json", "--store", url]) == 0
+    found: list[dict[str, object]] = json.loads(capsys.readouterr().out)
+    return found
+
+
+DONE = {"skip": "skipped", "retry": "retried"}
+
+
+@pytest.mark.parametrize("action", ["skip", "retry"])
+def test_a_bad_key_among_several_changes_nothing_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    url, opened, deposited = poisoned(tmp_path, monkeypatch, capsys)
+    before = listed(url, capsys)
+
+    assert run(["parked", action, opened, "nosuch", "also-not", "--store", url]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "skyferry: error: no parked event 'nosuch', 'also-not' (see skyferry parked list) (KEY)\n"
+        f"hint: nothing was {DONE[action]}: every KEY must name a parked event\n"
+    )
+    assert listed(url, capsys) == before  # the good key was neither released nor retried
+
+    assert run(["parked", action, opened, deposited, opened, "--store", url]) == 0  # the handler is fixed by now
+    outcome = "skipped" if action == "skip" else "applied"
+    assert capsys.readouterr().out == f"{opened}: {outcome}\n{deposited}: {outcome}\n"  # each key once
+    assert listed(url, capsys) == []
+
+
+@pytest.mark.parametrize("command", [["list"], ["skip", "some/key"], ["retry", "some/key"]])
+def test_a_store_that_does_not_exist_is_refused_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    typo = tmp_path / "typo.db"
+    assert run(["parked", *command, "--store", f"sqlite:///{typo}"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"SQLite file {typo} does not exist" in err
+    assert "--store" in err
+    assert not typo.exists()
+    assert os.listdir(tmp_path) == []

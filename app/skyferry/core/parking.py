@@ -236,6 +236,10 @@ class ParkedEvents:
             counts[runner] = counts.get(runner, 0) + 1
         return counts
 
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` names a parked event."""
+        return self.views.get(PARKED, key) is not None
+
     def get(self, key: str) -> ParkedEvent:
         """The record at ``key``; ``ValidationError`` naming the key when there is none."""
         doc = self.views.get(PARKED, key)
