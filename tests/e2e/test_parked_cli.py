@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from skyferry.adapters.stores.sqlite import SQLiteViewStore
 from skyferry.bootstrap import bootstrap
 from skyferry.cli import run
+from skyferry.core.errors import ValidationError
 from skyferry.core.messages import Event
+from skyferry.core.ports import ViewChange
 from skyferry.core.projections import ViewBatch
 from skyferry.ledger.commands import Deposit, OpenAccount
 from skyferry.ledger.projections import BalancesProjection
@@ -130,3 +135,26 @@ def test_a_store_that_does_not_exist_is_refused_not_created(
     assert "--store" in err
     assert not typo.exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_retry_the_store_refuses_is_failed_again_not_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, opened, _ = poisoned(tmp_path, monkeypatch, capsys)
+    [before] = [p for p in listed(url, capsys) if p["key"] == opened]
+    commit = SQLiteViewStore.commit
+
+    def refusing(self: SQLiteViewStore, projection: str, changes: Sequence[ViewChange], checkpoint: Any) -> None:
+        """As PostgreSQL refuses a value it cannot hold (a NUL character in jsonb)."""
+        if any(change.doc is not None and change.key == "poison" for change in changes):
+            raise ValidationError(f"{url}: PostgreSQL rejected a value while committing views")
+        commit(self, projection, changes, checkpoint)
+
+    monkeypatch.setattr(SQLiteViewStore, "commit", refusing)  # the handler is fixed; the store refuses its output
+    assert run(["parked", "retry", opened, "--store", url]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{opened}: failed again, still parked: ValidationError: ")
+    assert "skyferry: error: 1 parked event failed again" in err
+    [after] = [p for p in listed(url, capsys) if p["key"] == opened]
+    assert after["attempts"] == int(str(before["attempts"])) + 1
+    assert str(after["error"]).startswith("ValidationError: ")

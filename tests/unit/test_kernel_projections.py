@@ -209,6 +209,26 @@ def test_a_parked_event_is_retried_after_a_fix_or_skipped_by_the_operator() -> N
         operator.retry(first.key)
 
 
+def test_a_retry_the_store_refuses_again_counts_as_failed_again_and_keeps_the_event_parked() -> None:
+    events, views = MemoryEventStore(), MemoryViewStore()
+    fill(events, streams=2, per_stream=3)
+    events.append("counter-poison", [NewEvent("Added", {"amount": 5}, schema_version=2)], ANY)
+    refusing = RefusingViews(views, marker="poison")
+    runner = ProjectionRunner(events, refusing, CountingProjection(), retry=NO_WAIT)  # type: ignore[arg-type]
+    runner.run_once()
+    [parked] = parked_in(views)
+    operator = ParkedEvents(events, refusing, {"counting": runner.reapply})  # type: ignore[arg-type]
+    again = operator.retry(parked.key)  # the handler succeeds, the commit of what it wrote is refused
+    assert again is not None
+    assert again.attempts == parked.attempts + 1
+    assert again.error.startswith("ValidationError: the store cannot hold")
+    assert parked_in(views) == [again]  # the record says so
+    assert "counter-poison" not in counts(views)
+    assert ParkedEvents(events, views, {"counting": runner.reapply}).retry(parked.key) is None  # the store is fixed
+    assert parked_in(views) == []
+    assert counts(views)["counter-poison"] == {"events": 1, "sum": 5}
+
+
 def test_a_runner_failing_on_event_after_event_stops_instead_of_parking_the_log() -> None:
     events, views = MemoryEventStore(), MemoryViewStore()
     fill(events)

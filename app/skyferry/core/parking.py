@@ -250,8 +250,9 @@ class ParkedEvents:
     def retry(self, key: str) -> ParkedEvent | None:
         """Apply the parked event again, alone; ``None`` when it succeeded (the record is gone).
 
-        When it fails again, the record is updated (error, one more attempt) and returned.
-        An error that is not the event's fault (the store unreachable) is raised and
+        When it fails again, in the handler or when the store refuses what the handler wrote
+        (as a runner parks either), the record is updated (error, one more attempt) and
+        returned.  An error that is not the event's fault (the store unreachable) is raised and
         changes nothing.
         """
         doc = self.views.get(PARKED, key)
@@ -265,15 +266,15 @@ class ParkedEvents:
         event = self._event(parked)
         try:
             changes = list(reapply(parked, event))
+            changes.append(ViewChange(PARKED, key, None, expected_revision=doc.revision))
+            self.views.commit(parked.runner, changes, {})
         except NOT_THE_EVENTS_FAULT:
             raise
-        except Exception as e:
+        except Exception as e:  # the handler, or the store refusing what it wrote (as when it was parked)
             again = {**doc.value, "error": describe(e), "attempts": parked.attempts + 1}
             self.views.commit(parked.runner, [ViewChange(PARKED, key, again, expected_revision=doc.revision)], {})
             log.warning("%s: parked event %s failed again: %s", parked.runner, parked.event_id, describe(e))
             return ParkedEvent.from_doc(key, again)
-        changes.append(ViewChange(PARKED, key, None, expected_revision=doc.revision))
-        self.views.commit(parked.runner, changes, {})
         log.info("%s: parked event %s applied and released", parked.runner, parked.event_id)
         return None
 
