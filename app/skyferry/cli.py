@@ -60,6 +60,9 @@ CONTEXT: Final = {"help_option_names": ["-h", "--help"], "max_content_width": 10
 INFRA_INSTALL: Final = "uv sync --all-extras --group infra"
 """Adds the Pulumi side to the app's environment and keeps the database drivers (the extras)."""
 
+MAX_HEARTBEAT_AGE: Final = 86_400
+"""The largest ``alive --max-age`` (a day): a worker silent for longer is not alive by any measure."""
+
 SERVE_HINT: Final = (
     "set it to a random secret, e.g. "
     "export SKYFERRY_API_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
@@ -274,7 +277,11 @@ def alive(
     max_age: Annotated[
         float,
         typer.Option(
-            "--max-age", metavar="SECONDS", min=1, help="Seconds since the worker's last heartbeat that still count."
+            "--max-age",
+            metavar="SECONDS",
+            min=1,
+            max=MAX_HEARTBEAT_AGE,
+            help=f"Seconds since the worker's last heartbeat that still count (1 to {MAX_HEARTBEAT_AGE}).",
         ),
     ] = 120,
 ) -> None:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -367,3 +368,58 @@ def test_progress_in_a_log_and_the_summary_on_stdout(tmp_path: Path, source: str
     assert result.stderr == ""
     assert "\x1b" not in result.stdout
     assert result.stdout.startswith(f"exported 40 events of 5 streams from {source} to {tmp_path / 'a'} in ")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_cutover_stopped_while_the_source_is_fenced_says_so_and_how_to_lift_it(
+    tmp_path: Path, source: str, stop: signal.Signals
+) -> None:
+    target = f"sqlite:///{tmp_path}/target.db"
+    cutover = subprocess.Popen(
+        [SKYFERRY, "migrate", "--from", source, "--to", target, "--cutover", "--grace", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    views = registry.open_view_store(source)
+    try:
+        deadline = time.monotonic() + 60
+        while not is_fenced(views) and time.monotonic() < deadline and cutover.poll() is None:
+            time.sleep(0.05)
+        assert is_fenced(views)
+        cutover.send_signal(stop)
+        out, err = cutover.communicate(timeout=30)
+        assert cutover.returncode == 130, err
+        how = "Ctrl-C" if stop == signal.SIGINT else "SIGTERM"
+        assert out == ""
+        assert err.splitlines()[-2:] == [  # after any progress line
+            f"skyferry: error: interrupted ({how}) during the cutover: the source is still read-only (fenced), "
+            "the API answers commands with 503",
+            "hint: run the same command again: it resumes from its checkpoint in the target, and finishes the "
+            f"cutover; or make the source writable again: skyferry migrate --from {source} --unfence",
+        ]
+        assert is_fenced(views)
+        assert run("migrate", "--from", source, "--unfence").returncode == 0  # the hint's command works
+        assert not is_fenced(views)
+    finally:
+        if cutover.poll() is None:
+            cutover.kill()
+            cutover.communicate()
+        views.close()
+
+
+@pytest.mark.parametrize("grace", ["inf", "1e400", "601"])
+def test_a_cutover_grace_is_finite_and_at_most_ten_minutes(tmp_path: Path, source: str, grace: str) -> None:
+    target = f"sqlite:///{tmp_path}/target.db"
+    result = run("migrate", "--from", source, "--to", target, "--cutover", "--grace", grace)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "skyferry: error: input should be less than or equal to 600 (--grace)\n"
+        "hint: skyferry migrate -h shows the options\n"
+    )
+    assert not (tmp_path / "target.db").exists()
+    views = registry.open_view_store(source)
+    try:
+        assert not is_fenced(views)
+    finally:
+        views.close()

@@ -54,3 +54,19 @@ def test_the_probe_passes_while_the_worker_runs_and_fails_once_it_hangs(tmp_path
         worker.send_signal(signal.SIGCONT)
         worker.terminate()
         assert worker.wait(timeout=30) == 0  # SIGTERM stops the worker cleanly
+
+
+def test_the_probe_refuses_an_infinite_or_absurd_max_age_naming_it(tmp_path: Path) -> None:
+    heartbeat = tmp_path / "worker.heartbeat"
+    heartbeat.write_text("")  # fresh: any limit would pass
+    env = {**os.environ, "SKYFERRY_HEARTBEAT_FILE": str(heartbeat)}
+    for max_age in ("inf", "1e400", "86401"):
+        result = subprocess.run(
+            [_skyferry(), "alive", "--max-age", max_age], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (
+            2,
+            "",
+            "skyferry: error: input should be less than or equal to 86400 (--max-age)\n"
+            "hint: skyferry alive -h shows the options\n",
+        ), max_age

@@ -56,6 +56,9 @@ app = typer.Typer(
     context_settings=CONTEXT,
 )
 
+MAX_GRACE = 600
+"""The longest ``--grace`` (seconds): the source refuses every write while the cutover drains."""
+
 RESUMES = "run the same command again: it resumes from its checkpoint in the target"
 STARTS_OVER = "run the same command again: it starts over (it changes nothing)"
 
@@ -128,8 +131,8 @@ def _command(as_json: bool, again: str = RESUMES) -> Iterator[None]:
     output.json = as_json
     try:
         yield
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted (Ctrl-C)", hint=again) from None
+    except KeyboardInterrupt as e:
+        raise Interrupted(f"interrupted ({'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'})", hint=again) from None
 
 
 def _progress(label: str) -> Progress:
@@ -411,7 +414,13 @@ def migrate_command(
     ] = False,
     grace: Annotated[
         float,
-        typer.Option("--grace", metavar="SECONDS", min=0, help="Cutover: this long without new events is drained."),
+        typer.Option(
+            "--grace",
+            metavar="SECONDS",
+            min=0,
+            max=MAX_GRACE,
+            help=f"Cutover: this long without new events is drained (at most {MAX_GRACE}: the source is read-only).",
+        ),
     ] = 2.0,
     batch: Annotated[
         int | None,
@@ -435,6 +444,7 @@ def migrate_command(
     The copy uses the target's fastest write path and resumes from its checkpoint.
     """
     with _command(as_json):
+        given = source
         source = location(source, "--from")
         target = None if target is None else location(target, "--to")
         checked(source, STORE)
@@ -468,6 +478,10 @@ def migrate_command(
                     )
                     try:
                         _run_migration(migration, source, follow=follow, cutover=cutover, grace=grace)
+                    except KeyboardInterrupt as e:
+                        if migration.report.fenced:  # the source refuses writes until this ends, one way or the other
+                            raise _interrupted_while_fenced(e, given) from None
+                        raise
                     finally:
                         migration.close()
                 finally:
@@ -538,13 +552,34 @@ def _unfence(source: str) -> None:
     output.summary({"command": "unfence", "source": shown, "was_fenced": was}, [text])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM stopped a cutover: it ends as Ctrl-C does, saying so (see :func:`_interrupted_while_fenced`)."""
+
+
+def _terminate(signum: int, _: Any) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _interrupted_while_fenced(stop: KeyboardInterrupt, given: str) -> Interrupted:
+    """The error of a cutover stopped after it fenced the source: the source is still read-only; what to do."""
+    how = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+    return Interrupted(
+        f"interrupted ({how}) during the cutover: the source is still read-only (fenced), the API answers "
+        "commands with 503",
+        hint=f"{RESUMES}, and finishes the cutover; or make the source writable again: "
+        f"skyferry migrate --from {registry.redact(given)} --unfence",
+    )
+
+
 def _run_migration(migration: Migration, source_url: str, *, follow: bool, cutover: bool, grace: float) -> None:
     if cutover:
+        on_term = signal.signal(signal.SIGTERM, _terminate)  # as Ctrl-C: the fenced source is reported
         source_views = registry.open_view_store(source_url)
         try:
             migration.cutover(source_views, grace=grace)
         finally:
             source_views.close()
+            signal.signal(signal.SIGTERM, on_term)
     elif follow:
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
