@@ -21,6 +21,7 @@ from tests.integration.migrate_support import fill, opened
 SKYFERRY = str(Path(sys.executable).with_name("skyferry"))
 STORES = "cosmos://, dynamodb://, firestore://, memory://, postgres://, postgresql://, sqlite://"
 ARCHIVES = "a directory, az://, file://, gs://, s3://"
+IPV6 = "its host has an unmatched '[' or ']' (an IPv6 address is written in brackets: [::1])"
 SQLITE_URL = "sqlite:///relative.db or sqlite:////absolute/path.db"
 
 # (id, arguments, environment, exit code, stdout, stderr); {tmp} and {port} are filled in.
@@ -108,6 +109,40 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str, str]] = [
         "port 1 failed: Connection refused (--store postgresql://postgres@127.0.0.1:1/postgres)\n"
         "hint: Is the server running on that host and accepting TCP/IP connections? "
         "Running the same command again is safe once the service answers (nothing was half-written)\n",
+    ),
+    (
+        "worker-store-broken-ipv6-host",
+        ["worker", "--once", "--store", "sqlite://[x"],
+        {},
+        2,
+        "",
+        f"skyferry: error: 'sqlite://[x' is not a valid URL: {IPV6} (--store)\n",
+    ),
+    (
+        "worker-broker-broken-ipv6-host",
+        ["worker", "--once", "--broker", "nats://[x", "--store", "sqlite:///{tmp}/w.db"],
+        {},
+        2,
+        "",
+        f"skyferry: error: 'nats://[x' is not a valid URL: {IPV6} (--broker)\n",
+    ),
+    (
+        "worker-port-out-of-range",
+        ["worker", "--once", "--store", "postgresql://h:99999/db"],
+        {},
+        2,
+        "",
+        "skyferry: error: 'postgresql://h:99999/db' is not a valid URL: its port must be a number from 0 to 65535 "
+        "(--store)\n",
+    ),
+    (
+        "worker-port-not-a-number-in-a-setting",
+        ["worker", "--once"],
+        {"SKYFERRY_STORE_URL": "postgresql://h:abc/db"},
+        2,
+        "",
+        "skyferry: error: 'postgresql://h:abc/db' is not a valid URL: its port must be a number from 0 to 65535 "
+        "(SKYFERRY_STORE_URL)\n",
     ),
     (
         "alive-without-heartbeat-file",
@@ -268,6 +303,30 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str, str]] = [
         "",
         "skyferry: error: unknown store or archive URL scheme 'postgresq' in 'postgresq://db/x' (--from)\n"
         f"hint: did you mean postgresql://? a store: {STORES}; an archive: {ARCHIVES}\n",
+    ),
+    (
+        "verify-broken-ipv6-host",
+        ["verify", "--from", "postgresql://u:pw@[::1:5432/x", "--to", "sqlite:///{tmp}/source.db"],
+        {},
+        2,
+        "",
+        f"skyferry: error: 'postgresql://u:***@[::1:5432/x' is not a valid URL: {IPV6} (--from)\n",
+    ),
+    (
+        "export-archive-broken-ipv6-host",
+        ["export", "--from", "sqlite:///{tmp}/source.db", "--to", "s3://[x"],
+        {},
+        2,
+        "",
+        f"skyferry: error: 's3://[x' is not a valid URL: {IPV6} (--to)\n",
+    ),
+    (
+        "verify-sqlite-broken-ipv6-host",
+        ["verify", "--from", "sqlite://[x/a.db", "--to", "{tmp}/a"],
+        {},
+        2,
+        "",
+        f"skyferry: error: 'sqlite://[x/a.db' is not a valid URL: {IPV6} (--from)\n",
     ),
     (
         "verify-old-and-new-spelling",

@@ -14,7 +14,7 @@ import difflib
 import importlib
 import re
 from typing import Any, Final, TypeVar
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import SplitResult, unquote_plus, urlsplit
 
 from skyferry.core.errors import ConfigurationError
 from skyferry.core.ports import Archive, Broker, EventStore, ViewStore
@@ -69,11 +69,34 @@ EXTRAS: dict[str, str] = {
 T = TypeVar("T")
 
 
+def split_url(url: str) -> SplitResult:
+    """``urlsplit(url)``, its port checked; a URL that cannot be read is a ``ConfigurationError`` saying why.
+
+    ``urlsplit`` raises ``ValueError`` for an unmatched ``[`` or ``]`` in the host (an IPv6
+    address is written ``[::1]``), and ``.port`` for a port that is not a number from 0 to
+    65535: bad input, not a bug.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- read to check it
+    except ValueError as e:
+        reason = str(e)
+        if "IPv6" in reason:
+            reason = "its host has an unmatched '[' or ']' (an IPv6 address is written in brackets: [::1])"
+        elif reason.startswith("Port"):
+            reason = "its port must be a number from 0 to 65535"
+        raise ConfigurationError(f"{redact(url)!r} is not a valid URL: {reason}") from e
+    return parts
+
+
 def scheme_of(url: str) -> str:
-    """The URL's scheme, lower-cased; a bare path (no ``scheme://``) counts as ``file``."""
+    """The URL's scheme, lower-cased; a bare path (no ``scheme://``) counts as ``file``.
+
+    A URL that cannot be read (:func:`split_url`) is a ``ConfigurationError``.
+    """
     if "://" not in url:
         return "file"
-    return urlsplit(url).scheme.lower()
+    return split_url(url).scheme.lower()
 
 
 def unknown_scheme(url: str, kinds: dict[str, dict[str, str]]) -> ConfigurationError | None:
@@ -185,7 +208,14 @@ def redact(url: str) -> str:
     secret (:data:`SECRET_PARAMETER`) replaced by ``***``: safe for logs and reports (``//`` kept)."""
     if "://" not in url:
         return url
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a malformed host: split as urlsplit does, without reading the host
+        scheme, _, rest = url.partition("://")
+        rest, _, fragment = rest.partition("#")
+        rest, _, query = rest.partition("?")
+        netloc, slash, path = rest.partition("/")
+        parts = SplitResult(scheme, netloc, slash + path, query, fragment)
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")

@@ -8,7 +8,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlunsplit
 
 import orjson
 import psycopg
@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from skyferry.adapters.registry import redact
+from skyferry.adapters.registry import redact, split_url
 from skyferry.adapters.stores.postgres.layout import (
     _SCHEMA_NAME,
     DEFAULT_SCHEMA,
@@ -44,7 +44,7 @@ class PostgresDatabase:
     """
 
     def __init__(self, url: str, *, client: ConnectionPool | None = None, existing: bool = False) -> None:
-        parts = urlsplit(url)
+        parts = split_url(url)  # its port is read below
         self.existing = existing
         if parts.scheme.lower() not in {"postgresql", "postgres"}:
             raise ConfigurationError(f"not a postgresql:// URL: {redact(url)!r}")
