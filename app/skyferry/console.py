@@ -178,7 +178,8 @@ def _locate(what: str, inputs: Iterable[tuple[str, str]]) -> tuple[str, str | No
         scheme = value.partition("://")[0] + "://"
         if colon and (head == value or (tail != value and head.startswith(scheme) and head.endswith(tail))):
             return rest, f"{name} {head}"
-        if any(len(shown) >= 3 and shown in what for shown in (value, tail, path)):
+        escaped = value.encode("utf-8", "backslashreplace").decode()  # bytes that are not UTF-8, as repr() shows them
+        if any(len(shown) >= 3 and shown in what for shown in (value, tail, path, escaped)):
             return what, name
     return what, None
 

@@ -389,6 +389,76 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str, str]] = [
         "skyferry: error: --shard '3/3': expected i/n with 0 <= i < n, for example 0/4\n",
     ),
     (
+        "export-raw-key-file",
+        ["export", "--from", "sqlite:///{tmp}/source.db", "--to", "{tmp}/archive", "--key-file", "rawkey"],
+        {},
+        2,
+        "",
+        "skyferry: error: --key-file rawkey: the file holds raw bytes, not the key written as 64 hex characters or "
+        "base64\nhint: write it as 64 hex characters: xxd -p -c 64 rawkey > rawkey.hex\n",
+    ),
+    (
+        "verify-from-a-binary-file",
+        ["verify", "--from", "@rawkey", "--to", "sqlite:///{tmp}/source.db"],
+        {},
+        2,
+        "",
+        "skyferry: error: --from @rawkey: the file is not text (it should hold one URL)\n",
+    ),
+    (
+        "worker-sqlite-name-not-utf8",
+        ["worker", "--once", "--store", "sqlite:///{tmp}/w\udcff.db"],
+        {},
+        2,
+        "",
+        "skyferry: error: 'sqlite:///$TMP/w\\udcff.db': the file name is not UTF-8, which SQLite needs: rename the "
+        "file (--store)\n",
+    ),
+    (
+        "import-to-sqlite-name-not-utf8",
+        ["import", "--from", "{tmp}/archive", "--to", "sqlite:///{tmp}/w\udcff.db"],
+        {},
+        2,
+        "",
+        "skyferry: error: 'sqlite:///$TMP/w\\udcff.db': the file name is not UTF-8, which SQLite needs: rename the "
+        "file (--to)\n",
+    ),
+    (
+        "migrate-to-sqlite-name-not-utf8",
+        ["migrate", "--from", "sqlite:///{tmp}/source.db", "--to", "sqlite:///{tmp}/w\udcff.db"],
+        {},
+        2,
+        "",
+        "skyferry: error: 'sqlite:///$TMP/w\\udcff.db': the file name is not UTF-8, which SQLite needs: rename the "
+        "file (--to)\n",
+    ),
+    (
+        "migrate-transform-relative",
+        ["migrate", "--from", "sqlite:///{tmp}/source.db", "--to", "sqlite:///{tmp}/t.db", "--transform", "..x:f"],
+        {},
+        2,
+        "",
+        "skyferry: error: --transform '..x:f': '..x' is a relative module name; give the whole name (package.module)\n",
+    ),
+    (
+        "migrate-transform-syntax-error",
+        ["migrate", "--from", "sqlite:///{tmp}/source.db", "--to", "sqlite:///{tmp}/t.db", "--transform", "badmod:f"],
+        {},
+        2,
+        "",
+        "skyferry: error: --transform 'badmod:f': importing 'badmod' raised SyntaxError: invalid syntax "
+        "(badmod.py, line 1)\nhint: fix badmod (--debug shows the traceback)\n",
+    ),
+    (
+        "export-transform-raises-on-import",
+        ["export", "--from", "sqlite:///{tmp}/source.db", "--to", "{tmp}/archive", "--transform", "raising:f"],
+        {},
+        2,
+        "",
+        "skyferry: error: --transform 'raising:f': importing 'raising' raised RuntimeError: no config at import\n"
+        "hint: fix raising (--debug shows the traceback)\n",
+    ),
+    (
         "migrate-transform-not-found",
         ["migrate", "--from", "sqlite:///{tmp}/source.db", "--to", "sqlite:///{tmp}/t.db", "--transform", "nosuch:f"],
         {},
@@ -401,10 +471,13 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str, str]] = [
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """A source store of 40 events, an archive of it in ``a`` and ``b``, and a file that is no database."""
+    """A source store of 40 events, a file that is no database, a raw key, and transforms that fail to import."""
     with opened(f"sqlite:///{tmp_path}/source.db") as (store, _):
         fill(store, streams=5, per_stream=8)
     (tmp_path / "corrupt.db").write_bytes(b"this is not a database" * 100)
+    (tmp_path / "rawkey").write_bytes(bytes(range(200, 232)))  # a key as raw bytes (head -c32 /dev/urandom)
+    (tmp_path / "badmod.py").write_text("def f(:\n")
+    (tmp_path / "raising.py").write_text("raise RuntimeError('no config at import')\n")
     return tmp_path
 
 

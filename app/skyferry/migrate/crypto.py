@@ -49,9 +49,17 @@ def load_key(key_file: str | None, key_env: str | None) -> bytes | None:
         raise ConfigurationError("give --key-file or --key-env, not both")
     if key_file:
         try:
-            return parse_key(Path(key_file).read_text(), f"--key-file {key_file}")
+            data = Path(key_file).read_bytes()
         except OSError as e:
             raise ConfigurationError(f"--key-file {key_file}: cannot read it ({e.strerror})") from e
+        try:
+            text = data.decode("ascii")
+        except UnicodeDecodeError as e:
+            raise ConfigurationError(
+                f"--key-file {key_file}: the file holds raw bytes, not the key written as 64 hex characters or base64",
+                hint=f"write it as 64 hex characters: xxd -p -c 64 {key_file} > {key_file}.hex",
+            ) from e
+        return parse_key(text, f"--key-file {key_file}")
     if key_env:
         value = os.environ.get(key_env)
         if not value:

@@ -40,9 +40,11 @@ def location(value: str, option: str) -> str:
     if value.startswith(FILE_PREFIX):
         path = value.removeprefix(FILE_PREFIX)
         try:
-            found = Path(path).read_text().strip()
+            found = Path(path).read_text(encoding="utf-8").strip()
         except OSError as e:
             raise ConfigurationError(f"{option} {value}: cannot read the file ({e.strerror})") from e
+        except UnicodeDecodeError as e:
+            raise ConfigurationError(f"{option} {value}: the file is not text (it should hold one URL)") from e
         if not found:
             raise ConfigurationError(f"{option} {value}: the file is empty")
         return found

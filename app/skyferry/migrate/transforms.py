@@ -42,12 +42,21 @@ def load_transform(spec: str) -> TransformFunction:
     module_name, sep, function_name = spec.partition(":")
     if not sep or not module_name or not function_name:
         raise ConfigurationError(f"--transform {spec!r}: expected module:function")
+    if module_name.startswith("."):
+        raise ConfigurationError(
+            f"--transform {spec!r}: {module_name!r} is a relative module name; give the whole name (package.module)"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigurationError(f"--transform {spec!r}: cannot import {module_name!r} ({e})") from e
+    except (Exception, SystemExit) as e:  # the user's module failed while it was imported: its error, not ours
+        raise ConfigurationError(
+            f"--transform {spec!r}: importing {module_name!r} raised {type(e).__name__}: {e}",
+            hint=f"fix {module_name} (--debug shows the traceback)",
+        ) from e
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigurationError(f"--transform {spec!r}: {module_name} has no function {function_name!r}")

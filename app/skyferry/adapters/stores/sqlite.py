@@ -173,6 +173,9 @@ def parse_url(url: str) -> tuple[str, str]:
     path = url[len("sqlite:///") :].split("?", 1)[0]
     if not path or path == ":memory:":
         raise ConfigurationError(f"{url!r}: name a database file, as in sqlite:///skyferry.db")
+    if any("\udc80" <= char <= "\udcff" for char in path):
+        # bytes of the command line that are not UTF-8 (Python keeps them as surrogates): SQLite takes UTF-8 names only
+        raise ConfigurationError(f"{url!r}: the file name is not UTF-8, which SQLite needs: rename the file")
     query = parse_qs(parts.query)
     level = query.pop("synchronous", ["full"])[-1].lower()
     if level not in SYNCHRONOUS_LEVELS:
