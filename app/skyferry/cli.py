@@ -128,10 +128,28 @@ def main_options(
         output.debug = True
 
 
+OPTION_OF: Final = {"store_url": "--store", "broker_url": "--broker", "host": "--host", "port": "--port"}
+"""The option that overrides each setting (for messages)."""
+
+
 def load(store: str | None = None, broker: str | None = None, **more: Any) -> Settings:
-    """The settings, with the options given overriding the environment; a bad one is a ConfigurationError."""
-    overrides: dict[str, Any] = {k: v for k, v in {"store_url": store, "broker_url": broker, **more}.items() if v}
-    return load_settings(**overrides)
+    """The settings, with the options given overriding the environment; a bad one is a ConfigurationError.
+
+    An option not given is ``None``; any other value is used as given (``--port 0``: any free
+    port), and an empty text (``--store ""``) is refused naming the option, never replaced by
+    the default.
+    """
+    given = {"store_url": store, "broker_url": broker, **more}
+    for name, value in given.items():
+        not_empty(OPTION_OF.get(name, f"--{name.replace('_', '-')}"), value)
+    return load_settings(**{k: v for k, v in given.items() if v is not None})
+
+
+def not_empty(option: str, value: object) -> None:
+    """Refuse an empty text given to ``option``: it is a mistake (an unset shell variable), not "the default"."""
+    if isinstance(value, str) and not value.strip():
+        wanted = "an address (0.0.0.0 listens on every one)" if option == "--host" else "a URL"
+        raise ConfigurationError(f"{option} is empty: give {wanted}, or leave the option out", where=option)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -482,6 +500,8 @@ def demo(
     """
     from skyferry.demo import run_demo
 
+    not_empty("--store", store)
+    not_empty("--broker", broker)
     failed = run_demo(store=store, broker=broker, keep=keep)
     if failed:
         raise CheckFailed(f"{len(failed)} demo check(s) failed: {', '.join(failed)}", hint="the report above says why")

@@ -145,6 +145,46 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str, str]] = [
         "(SKYFERRY_STORE_URL)\n",
     ),
     (
+        "worker-empty-store",
+        ["worker", "--once", "--store", ""],
+        {},
+        2,
+        "",
+        "skyferry: error: --store is empty: give a URL, or leave the option out\n",
+    ),
+    (
+        "worker-empty-broker",
+        ["worker", "--once", "--broker", "", "--store", "sqlite:///{tmp}/w.db"],
+        {},
+        2,
+        "",
+        "skyferry: error: --broker is empty: give a URL, or leave the option out\n",
+    ),
+    (
+        "serve-empty-host",
+        ["serve", "--host", "", "--store", "sqlite:///{tmp}/s.db"],
+        {"SKYFERRY_API_TOKEN": "0123456789abcdef0123"},
+        2,
+        "",
+        "skyferry: error: --host is empty: give an address (0.0.0.0 listens on every one), or leave the option out\n",
+    ),
+    (
+        "demo-empty-store",
+        ["demo", "--store", ""],
+        {},
+        2,
+        "",
+        "skyferry: error: --store is empty: give a URL, or leave the option out\n",
+    ),
+    (
+        "parked-empty-store",
+        ["parked", "list", "--store", ""],
+        {},
+        2,
+        "",
+        "skyferry: error: --store is empty: give a URL, or leave the option out\n",
+    ),
+    (
         "alive-without-heartbeat-file",
         ["alive"],
         {},
@@ -503,3 +543,12 @@ def test_bad_input_prints_one_error_line_and_a_hint(
         return text.replace(str(workdir), "$TMP").replace(f":{taken_port}", ":$PORT")
 
     assert (done.returncode, shown(done.stdout), shown(done.stderr)) == (code, stdout, stderr)
+
+
+def test_an_empty_option_creates_nothing(workdir: Path) -> None:
+    """``--store ""`` (an unset shell variable) once fell back to the default ./skyferry.db and created it."""
+    before = sorted(os.listdir(workdir))
+    for argv in (["worker", "--once", "--store", ""], ["rebuild", "balances", "--store", ""]):
+        done = subprocess.run([SKYFERRY, *argv], capture_output=True, text=True, timeout=120, cwd=workdir)
+        assert done.returncode == 2, done.stderr
+    assert sorted(os.listdir(workdir)) == before
