@@ -30,7 +30,9 @@ def at_least(value: float, minimum: float, option: str) -> None:
 
 def location(value: str, option: str) -> str:
     """The URL ``value`` names: itself, the environment variable ``NAME`` of ``env:NAME``, or
-    the content of the file ``PATH`` of ``@PATH`` (surrounding whitespace stripped)."""
+    the content of the file ``PATH`` of ``@PATH`` (surrounding whitespace stripped); empty is refused."""
+    if not value.strip():
+        raise ConfigurationError(f"{option} is empty: give a store URL or an archive", where=option)
     if value.startswith(ENV_PREFIX):
         name = value.removeprefix(ENV_PREFIX)
         found = os.environ.get(name, "").strip()

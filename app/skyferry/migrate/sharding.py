@@ -8,10 +8,15 @@ machines and Python versions (unlike ``hash()``).  Shards are numbered from 0, l
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+from typing import Final
 
 from skyferry.core.errors import ConfigurationError
 from skyferry.core.ports import StoredRow
+
+MAX_SHARDS: Final = 1024
+"""The most shards ``--shard i/n`` splits into (a process each; the hash spans 2**32 values)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +31,11 @@ class Shard:
         """``"i/n"`` as a :class:`Shard`; ``None`` or ``"0/1"`` mean all streams (``None``)."""
         if text is None:
             return None
-        head, sep, tail = text.partition("/")
-        try:
-            index, count = int(head), int(tail)
-        except ValueError:
-            index, count = -1, 0
-        if not sep or count < 1 or not 0 <= index < count:
+        found = re.fullmatch(r"([0-9]{1,9})/([0-9]+)", text)  # ASCII digits only, no spaces
+        if found is not None and (len(found.group(2)) > 9 or int(found.group(2)) > MAX_SHARDS):
+            raise ConfigurationError(f"--shard {text!r}: at most {MAX_SHARDS} shards")
+        index, count = (int(found.group(1)), int(found.group(2))) if found else (-1, 0)
+        if count < 1 or not 0 <= index < count:
             raise ConfigurationError(f"--shard {text!r}: expected i/n with 0 <= i < n, for example 0/4")
         return None if count == 1 else cls(index, count)
 

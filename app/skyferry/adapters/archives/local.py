@@ -135,7 +135,13 @@ class LocalArchive:
 
 
 def _translate(error: OSError, path: Path) -> ConfigurationError | TransientError:
-    """Permissions and wrong paths cannot heal by retrying; other I/O errors might."""
-    if isinstance(error, PermissionError | NotADirectoryError | IsADirectoryError | FileExistsError):
+    """Permissions and wrong paths cannot heal by retrying; other I/O errors might.
+
+    A missing file or directory is a wrong path too (``put`` creates the directories it
+    needs, so one it cannot create, as under ``/proc``, is not there to be made).
+    """
+    if isinstance(
+        error, PermissionError | NotADirectoryError | IsADirectoryError | FileExistsError | FileNotFoundError
+    ):
         return ConfigurationError(f"archive path {path}: {error.strerror or error}")
     return TransientError(f"archive path {path}: {error.strerror or error}")

@@ -276,6 +276,8 @@ class _Connection:
             return self._db
         self._check_writable()
         name = os.path.abspath(self.path)
+        if os.path.isdir(self.path):
+            raise ConfigurationError(f"SQLite file {name} is a directory: name a database file in it")
         if self._existing and not os.path.isfile(self.path):
             raise ConfigurationError(f"SQLite file {name} does not exist (a store to read is never created)")
         db: apsw.Connection | None = None
