@@ -16,6 +16,7 @@ import pytest
 
 from skyferry.bootstrap import Ledger
 from skyferry.demo import run_demo
+from tests.e2e.terminal import ctrl_c_as_at_a_terminal
 
 
 def test_the_demo_passes_every_check_and_reports_them() -> None:
@@ -122,13 +123,6 @@ def test_ctrl_c_stops_the_demo_with_130(monkeypatch: pytest.MonkeyPatch, capsys:
     assert capsys.readouterr().err == "skyferry: error: interrupted (Ctrl-C)\n"
 
 
-def _ctrl_c_as_at_a_terminal() -> None:
-    """A shell without job control starts background commands with SIGINT ignored, and a
-    child inherits that: run from such a job (a CI script's), Ctrl-C would never reach the
-    command.  A terminal's Ctrl-C is what this test is about."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_on_the_running_command_exits_130_with_one_line() -> None:
     command = shutil.which("skyferry", path=str(Path(sys.executable).parent)) or "skyferry"
     demo = subprocess.Popen(
@@ -136,7 +130,7 @@ def test_ctrl_c_on_the_running_command_exits_130_with_one_line() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_ctrl_c_as_at_a_terminal,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )
     assert demo.stdout is not None
     assert demo.stdout.readline().startswith("skyferry demo: API on http://127.0.0.1:")

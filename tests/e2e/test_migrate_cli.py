@@ -20,6 +20,7 @@ from skyferry.core.ports import ANY
 from skyferry.migrate.crypto import new_key
 from skyferry.migrate.fence import is_fenced
 from skyferry.migrate.manifest import MANIFEST_NAME, Manifest
+from tests.e2e.terminal import ctrl_c_as_at_a_terminal
 from tests.integration.migrate_support import fill, fill_many, opened
 
 SKYFERRY = str(Path(sys.executable).with_name("skyferry"))
@@ -380,6 +381,7 @@ def test_a_cutover_stopped_while_the_source_is_fenced_says_so_and_how_to_lift_it
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )
     views = registry.open_view_store(source)
     try:
