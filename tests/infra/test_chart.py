@@ -175,6 +175,44 @@ def test_on_prem_values_bring_postgres_nats_and_network_policies() -> None:
     assert "jetstream" in nats["data"]["nats.conf"]
 
 
+def test_the_in_chart_nats_lets_in_only_its_user_with_the_secrets_password() -> None:
+    """nats.conf has an authorization block whose password nats-server reads from NATS_PASSWORD,
+    which the StatefulSet takes from the Secret's nats-password; the probes stay on the monitoring port."""
+    docs = docs_of(CHART / "ci" / "on-prem-values.yaml")
+    conf = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sf-skyferry-nats")
+    lines = [line.strip() for line in conf["data"]["nats.conf"].splitlines()]
+    block = lines[lines.index("authorization {") : lines.index("}", lines.index("authorization {")) + 1]
+    assert block == ["authorization {", 'user: "skyferry"', "password: $NATS_PASSWORD", "}"]
+    assert "http_port: 8222" in lines
+    [statefulset] = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "sf-skyferry-nats"]
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "skyferry-credentials", "key": "nats-password"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert ports[container[probe]["httpGet"]["port"]] == 8222, probe  # the monitoring port: no credential
+
+
+def test_the_in_chart_nats_needs_a_password() -> None:
+    """Like the in-chart PostgreSQL: the Secret the chart makes gets nats-password, or the chart refuses."""
+    inline = ("-f", str(CHART / "ci" / "inline-secret-values.yaml"), "--set", "nats.enabled=true")
+    refused = render(*inline)
+    assert refused.returncode != 0
+    assert "secret.natsPassword is required with the in-chart NATS" in refused.stderr
+    password = "Nats-password-0123456789"
+    secret = next(
+        d for d in manifests(render(*inline, "--set", f"secret.natsPassword={password}")) if d["kind"] == "Secret"
+    )
+    assert secret["stringData"]["nats-password"] == password
+    # nats-server reads the password through its config parser: a shape it would misread is refused
+    for bad in ("short-1", "0123456789abcdefghij", "has#a-comment-sign-in-it", "has space in it here"):
+        result = render(*inline, "--set-string", f"secret.natsPassword={bad}")
+        assert result.returncode != 0, bad
+        assert "/secret/natsPassword" in result.stderr, bad
+    without = next(d for d in docs_of(CHART / "ci" / "inline-secret-values.yaml") if d["kind"] == "Secret")
+    assert "nats-password" not in without["stringData"]  # an external NATS: nothing to hold
+
+
 def test_migration_is_an_indexed_job_with_one_shard_per_index() -> None:
     docs = docs_of(CHART / "ci" / "migration-values.yaml")
     job = next(d for d in docs if d["kind"] == "Job")

@@ -46,7 +46,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The Secret holding store-url, broker-url (and postgres-password). */}}
+{{/* The Secret holding store-url, broker-url, api-token (and postgres-password, nats-password). */}}
 {{- define "skyferry.secretName" -}}
 {{- default (printf "%s-credentials" (include "skyferry.fullname" .)) .Values.existingSecret }}
 {{- end }}
