@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 
 from providers.base import Platform
 from providers.environment import AppUrls
+from providers.kubernetes.broker import NATS_USER
 from providers.kubernetes.config import KubernetesConfig
 from providers.kubernetes.identity import Access, Identity
 from providers.kubernetes.network import Network
@@ -108,6 +109,7 @@ def chart_values(platform: Platform[KubernetesConfig], secret_name: str, archive
         },
         "nats": {
             "enabled": cfg.nats == "in-chart",
+            "username": NATS_USER,  # the user of the broker URL (the password is the Secret's nats-password)
             "jetstream": {"storageSize": f"{cfg.nats_storage_gib}Gi", "storageClass": storage_class},
         },
     }

@@ -2,8 +2,8 @@
 
 The app's identity is the chart's ServiceAccount (no token mounted), so
 :func:`declare_identity` declares nothing and only names the Secret.  :func:`grant_access`
-creates it, holding the store URL (with its password), the broker URL, the API token and
-the in-chart PostgreSQL password, all secret; the release points ``existingSecret`` at it,
+creates it, holding the store and broker URLs (with their passwords), the API token and the
+in-chart PostgreSQL and NATS passwords, all secret; the release points ``existingSecret`` at it,
 so the release values never hold a credential.
 """
 
@@ -50,14 +50,17 @@ def grant_access(
     broker: Broker,
     archive: Archive,
 ) -> Access:
-    """The Secret ``<name>-credentials``: ``store-url``, ``broker-url``, ``api-token`` (and ``postgres-password``)."""
+    """The Secret ``<name>-credentials``: ``store-url``, ``broker-url``, ``api-token`` (and ``postgres-password``,
+    ``nats-password``: what the in-chart servers let in)."""
     secret_data: dict[str, Any] = {
         "store-url": store.secret_url,
-        "broker-url": broker.url,
+        "broker-url": broker.secret_url,
         "api-token": pulumi.Output.secret(platform.common.api_token.get_secret_value()),
     }
     if store.password:
         secret_data["postgres-password"] = pulumi.Output.secret(store.password)
+    if broker.password:
+        secret_data["nats-password"] = pulumi.Output.secret(broker.password)
     credentials = k8s.core.v1.Secret(
         f"{platform.common.name}-credentials",
         metadata={"name": identity.secret_name, "namespace": network.name, "labels": platform.tags()},

@@ -27,7 +27,7 @@ class KubernetesPlatform(Platform[KubernetesConfig]):
 
     @classmethod
     def validate(cls, config: StackConfig[KubernetesConfig]) -> None:
-        """External endpoints need their URL; the in-chart PostgreSQL needs a secret password;
+        """External endpoints need their URL; the in-chart PostgreSQL and NATS need a secret password each;
         more than one worker needs an archive volume every node can mount (the chart refuses otherwise)."""
         kcfg = config.target
         if kcfg.postgres == "external" and kcfg.external_store_url is None:
@@ -36,6 +36,12 @@ class KubernetesPlatform(Platform[KubernetesConfig]):
             )
         if kcfg.postgres == "in-chart" and config.common.database_password is None:
             raise StackConfigError("skyferry:databasePassword", "required (as a secret) for the in-chart PostgreSQL")
+        if kcfg.nats == "in-chart" and kcfg.nats_password is None:
+            raise StackConfigError(
+                "skyferry:kubernetes.natsPassword",
+                "required (as a secret: pulumi config set --secret --path) for the in-chart NATS, which lets in"
+                " only its user with that password",
+            )
         if kcfg.nats == "external" and kcfg.external_broker_url is None:
             raise StackConfigError("skyferry:kubernetes.externalBrokerUrl", "required when nats is external")
         if config.common.worker_replicas > 1 and kcfg.archive_access_mode != "ReadWriteMany":
@@ -54,7 +60,7 @@ class KubernetesPlatform(Platform[KubernetesConfig]):
         messages = broker.declare_broker(self, where, who)
         exports = archive.declare_archive(self, where, who)
         access = identity.grant_access(self, where, who, events, messages, exports)
-        urls = AppUrls(store=events.secret_url, broker=messages.url, archive=exports.url)
+        urls = AppUrls(store=events.secret_url, broker=messages.secret_url, archive=exports.url)
         app = compute.declare_compute(self, where, who, access, urls)
         return StandardOutputs(
             target=self.target,

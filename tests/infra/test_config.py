@@ -15,8 +15,9 @@ GOOD = {
     "skyferry:image": "ghcr.io/skyferry/skyferry:0.1.0",
     "skyferry:databasePassword": "pw-from-secret",
     "skyferry:apiToken": "token-from-secret",
+    "skyferry:kubernetes": json.dumps({"natsPassword": "nats-from-secret-0123"}),
 }
-GOOD_SECRETS = {"skyferry:databasePassword", "skyferry:apiToken"}
+GOOD_SECRETS = {"skyferry:databasePassword", "skyferry:apiToken", "skyferry:kubernetes"}
 
 
 def declared_before_error(values: dict[str, str], secret_keys: set[str]) -> tuple[StackConfigError, list[str]]:
@@ -88,14 +89,20 @@ def test_plain_text_secret_is_rejected() -> None:
 
 
 def test_plain_text_secret_inside_the_target_section_is_rejected() -> None:
-    section = json.dumps({"postgres": "external", "externalStoreUrl": "postgresql://u:pw@db:5432/x"})
+    section = json.dumps(
+        {
+            "postgres": "external",
+            "externalStoreUrl": "postgresql://u:pw@db:5432/x",
+            "natsPassword": "nats-0123456789abcdef",
+        }
+    )
     values = {**GOOD, "skyferry:kubernetes": section}
-    error, declared = declared_before_error(values, GOOD_SECRETS)
+    error, declared = declared_before_error(values, GOOD_SECRETS - {"skyferry:kubernetes"})
     assert error.key == "skyferry:kubernetes.externalStoreUrl"
     assert "must be a secret" in str(error)
     assert declared == []
     # the same value given as a secret is accepted
-    config = load_stack_config(values, GOOD_SECRETS | {"skyferry:kubernetes"})
+    config = load_stack_config(values, GOOD_SECRETS)
     assert config.common.target == "kubernetes"
 
 

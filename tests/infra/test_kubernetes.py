@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -27,8 +28,14 @@ BASE = {
     "skyferry:apiMaxReplicas": "3",
     "skyferry:cpuMillicores": "750",
     "skyferry:memoryMib": "2048",
+    "skyferry:kubernetes": json.dumps({"natsPassword": "Nats-secret-value-0123"}),
 }
-SECRETS = {"skyferry:databasePassword", "skyferry:apiToken"}
+SECRETS = {"skyferry:databasePassword", "skyferry:apiToken", "skyferry:kubernetes"}
+
+
+def section(**fields: str) -> str:
+    """The ``skyferry:kubernetes`` section of ``BASE`` (its NATS password) with ``fields``."""
+    return json.dumps({**json.loads(BASE["skyferry:kubernetes"]), **fields})
 
 
 def only(graph: Graph, type_: str) -> Any:
@@ -38,7 +45,7 @@ def only(graph: Graph, type_: str) -> Any:
 
 
 def test_in_chart_services_release_and_secret(run_config: Callable[..., Graph]) -> None:
-    graph = run_config({**BASE, "skyferry:kubernetes": json.dumps({"namespace": "ledger-ns"})}, SECRETS)
+    graph = run_config({**BASE, "skyferry:kubernetes": section(namespace="ledger-ns")}, SECRETS)
     provider = only(graph, "pulumi:providers:kubernetes")
     release = only(graph, "kubernetes:helm.sh/v3:Release")
     secret = only(graph, "kubernetes:core/v1:Secret")
@@ -74,13 +81,56 @@ def test_in_chart_services_release_and_secret(run_config: Callable[..., Graph]) 
         graph.outputs["store_url"].value
         == "postgresql://skyferry@ledger-postgresql.ledger-ns.svc.cluster.local:5432/skyferry"
     )
-    # bounded: 7 days and 80 % of the 5 GiB JetStream volume, the oldest messages dropped first
+    # bounded: 7 days and 80 % of the 5 GiB JetStream volume, the oldest messages dropped first;
+    # the output names the user, not the password
     assert graph.outputs["broker_url"].value == (
-        f"nats://ledger-nats.ledger-ns.svc.cluster.local:4222/skyferry?max_age={7 * 86400}&max_bytes={4294967296}"
+        "nats://skyferry@ledger-nats.ledger-ns.svc.cluster.local:4222"
+        f"/skyferry?max_age={7 * 86400}&max_bytes={4294967296}"
     )
     broker = NatsBroker(graph.outputs["broker_url"].value)
     assert (broker.max_age, broker.max_bytes) == (7 * 86400, 4 * 2**30)
     assert graph.outputs["api_url"].value == "http://ledger-api.ledger-ns.svc.cluster.local:80"
+
+
+def test_the_in_chart_nats_url_carries_the_user_and_password_as_secrets(run_config: Callable[..., Graph]) -> None:
+    """The app's broker URL (the Secret's broker-url) authenticates as the chart's NATS user; the
+    password the server checks is the Secret's nats-password; both are secret, never in the values."""
+    graph = run_config(BASE, SECRETS)
+    secret = only(graph, "kubernetes:core/v1:Secret")
+    values = only(graph, "kubernetes:helm.sh/v3:Release").get("values")
+    assert secret.is_secret("stringData.broker-url")
+    assert secret.is_secret("stringData.nats-password")
+    url = urlsplit(secret.get("stringData.broker-url"))
+    assert (url.username, url.password) == (values["nats"]["username"], "Nats-secret-value-0123")
+    assert secret.get("stringData.nats-password") == "Nats-secret-value-0123"
+    assert (url.hostname, url.port, url.path) == ("ledger-nats.skyferry.svc.cluster.local", 4222, "/skyferry")
+    assert "Nats-secret-value-0123" not in json.dumps(values)
+    assert "Nats-secret-value-0123" not in json.dumps({k: o.value for k, o in graph.outputs.items()})
+    broker = NatsBroker(secret.get("stringData.broker-url"))
+    assert "Nats-secret-value-0123" not in broker.url  # what the app logs
+    assert broker.max_bytes == 4 * 2**30
+
+
+def test_the_in_chart_nats_needs_a_secret_password_it_can_read(run_config: Callable[..., Graph]) -> None:
+    """Required with the in-chart NATS, exactly as databasePassword is for the in-chart PostgreSQL;
+    a secret; and of a shape nats-server's config parser reads back unchanged."""
+    without = {**BASE, "skyferry:kubernetes": json.dumps({})}
+    with pytest.raises(StackConfigError) as caught:
+        run_config(without, SECRETS)
+    assert caught.value.key == "skyferry:kubernetes.natsPassword"
+    assert "in-chart NATS" in caught.value.problem
+    with pytest.raises(StackConfigError) as caught:
+        run_config(BASE, SECRETS - {"skyferry:kubernetes"})
+    assert caught.value.key == "skyferry:kubernetes.natsPassword"
+    assert "must be a secret" in caught.value.problem
+    for bad in ("short-1", "0123456789abcdefghij", "p@ss/w#rd%?x-long-enough", "has space in it here"):
+        with pytest.raises(StackConfigError) as caught:
+            run_config({**BASE, "skyferry:kubernetes": section(natsPassword=bad)}, SECRETS)
+        assert caught.value.key == "skyferry:kubernetes.natsPassword", bad
+        assert bad not in str(caught.value), bad  # a secret is never echoed
+    external = json.dumps({"nats": "external", "externalBrokerUrl": "nats://nats.internal:4222/ledger"})
+    graph = run_config({**BASE, "skyferry:kubernetes": external}, SECRETS)  # nothing in-chart to protect
+    assert "nats-password" not in only(graph, "kubernetes:core/v1:Secret").get("stringData")
 
 
 @pytest.mark.parametrize("password", ["p@ss/w#rd%?x", "a:b@c", "100%"])
@@ -100,7 +150,7 @@ def test_the_in_chart_store_url_encodes_any_password(run_config: Callable[..., G
 
 
 def test_external_endpoints_and_ingress(run_config: Callable[..., Graph]) -> None:
-    section = {
+    external = {
         "context": "prod",
         "postgres": "external",
         "externalStoreUrl": "postgresql://app:ext-pw@db.internal:5432/ledger",
@@ -108,8 +158,8 @@ def test_external_endpoints_and_ingress(run_config: Callable[..., Graph]) -> Non
         "externalBrokerUrl": "nats://nats.internal:4222/ledger",
         "ingressHost": "ledger.example.com",
     }
-    values = {**BASE, "skyferry:kubernetes": json.dumps(section)}
-    graph = run_config(values, SECRETS | {"skyferry:kubernetes"})
+    values = {**BASE, "skyferry:kubernetes": json.dumps(external)}
+    graph = run_config(values, SECRETS)
     release = only(graph, "kubernetes:helm.sh/v3:Release")
     assert only(graph, "pulumi:providers:kubernetes").get("context") == "prod"
     chart_values = release.get("values")
@@ -148,6 +198,10 @@ def test_release_values_render_through_the_chart(run_config: Callable[..., Graph
     api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "ledger-api")
     container = api["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.example.com/skyferry@sha256:" + "a" * 64
+    # the in-chart NATS lets in the user the app's broker URL names
+    conf = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ledger-nats")
+    user = urlsplit(only(graph, "kubernetes:core/v1:Secret").get("stringData.broker-url")).username
+    assert f'user: "{user}"' in conf["data"]["nats.conf"]
 
 
 def test_more_than_one_worker_needs_an_archive_volume_every_node_mounts(
@@ -164,7 +218,7 @@ def test_more_than_one_worker_needs_an_archive_volume_every_node_mounts(
     assert caught.value.key == "skyferry:kubernetes.archiveAccessMode"
     assert "ReadWriteMany" in caught.value.problem
     assert "skyferry:workerReplicas" in caught.value.problem
-    shared = json.dumps({"archiveAccessMode": "ReadWriteMany", "storageClass": "nfs"})
+    shared = section(archiveAccessMode="ReadWriteMany", storageClass="nfs")
     release = only(run_config({**two, "skyferry:kubernetes": shared}, SECRETS), "kubernetes:helm.sh/v3:Release")
     values = release.get("values")
     assert values["archive"]["persistence"]["accessModes"] == ["ReadWriteMany"]
