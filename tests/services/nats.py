@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import tempfile
 import uuid
@@ -46,9 +47,13 @@ def _binary() -> str | None:
 
 
 class PrivateServer:
-    """A nats-server with JetStream that a test owns: it can stop and restart it (same port, same data)."""
+    """A nats-server with JetStream that a test owns: it can stop and restart it (same port, same data).
 
-    def __init__(self, jetstream: bool = True) -> None:
+    With ``password``, it lets in only ``user`` with that password, as the chart's in-chart NATS
+    does: an ``authorization`` block whose password nats-server reads from ``NATS_PASSWORD``.
+    """
+
+    def __init__(self, jetstream: bool = True, password: str | None = None, user: str = "skyferry") -> None:
         binary = _binary()
         if binary is None:
             unavailable("no nats-server binary (apt-get install -y nats-server, or run scripts/ensure-services.sh)")
@@ -57,6 +62,12 @@ class PrivateServer:
         self.args = [binary, "-a", "127.0.0.1", "-p", str(self.port)]
         if jetstream:
             self.args += ["-js", "-sd", self.data]
+        self.env: dict[str, str] | None = None
+        if password is not None:
+            config = Path(self.data) / "auth.conf"
+            config.write_text(f'authorization {{\n  user: "{user}"\n  password: $NATS_PASSWORD\n}}\n')
+            self.args += ["-c", str(config)]
+            self.env = {**os.environ, "NATS_PASSWORD": password}
         self.url = f"nats://127.0.0.1:{self.port}"
         self._stack: contextlib.ExitStack | None = None
 
@@ -64,7 +75,7 @@ class PrivateServer:
         """Start the server (again) and wait until it owns its port."""
         assert self._stack is None
         stack = contextlib.ExitStack()
-        stack.enter_context(started(self.args, self.port))
+        stack.enter_context(started(self.args, self.port, env=self.env))
         self._stack = stack
 
     def stop(self) -> None:
@@ -80,9 +91,9 @@ class PrivateServer:
 
 
 @contextlib.contextmanager
-def private_server(jetstream: bool = True) -> Iterator[PrivateServer]:
-    """A started :class:`PrivateServer`, removed afterwards."""
-    server = PrivateServer(jetstream)
+def private_server(jetstream: bool = True, password: str | None = None) -> Iterator[PrivateServer]:
+    """A started :class:`PrivateServer` (with ``password``: letting in only its user), removed afterwards."""
+    server = PrivateServer(jetstream, password)
     try:
         server.start()
         yield server

@@ -176,6 +176,42 @@ def test_a_password_in_the_url_is_not_shown() -> None:
     broker.close()
 
 
+def test_a_server_that_requires_a_password_lets_in_the_right_one_only() -> None:
+    """As the chart's in-chart NATS: the URL's user and password get in; a wrong password, or none,
+    is a ConfigurationError (not worth retrying) that, like the broker's url, never shows the password."""
+    password = "Right-password-0123456789"
+    wrong = "Wrong-password-9876543210"
+    with nats_service.private_server(password=password) as server:
+        base = f"nats://skyferry:{password}@127.0.0.1:{server.port}/S"
+        broker = NatsBroker(base)
+        try:
+            assert password not in broker.url
+            broker.publish([message("k")])
+            got = Collector()
+            subscription = broker.subscribe("g", got)
+            try:
+                wait_until(lambda: len(got.ids()) == 1, "the message through the authenticated connection")
+            finally:
+                subscription.close()
+        finally:
+            broker.close()
+        for url, secret in (
+            (f"nats://skyferry:{wrong}@127.0.0.1:{server.port}/S", wrong),
+            (f"nats://someone:{password}@127.0.0.1:{server.port}/S", password),
+            (f"{server.url}/S", None),
+        ):
+            refused = NatsBroker(url)
+            try:
+                with pytest.raises(ConfigurationError, match="refused") as caught:
+                    refused.publish([message("k")])
+                if secret is not None:
+                    assert secret not in str(caught.value), url
+                    assert secret not in refused.url, url
+                    assert secret not in repr(caught.value), url
+            finally:
+                refused.close()
+
+
 def test_an_unreachable_server_is_a_transient_error() -> None:
     port = free_port()
     broker = NatsBroker(f"nats://127.0.0.1:{port}/S")

@@ -146,6 +146,11 @@ async def _log_error(error: Exception) -> None:
     log.warning("NATS connection: %s: %s", type(error).__name__, error)
 
 
+def _is_refusal(error: Exception) -> bool:
+    """Whether the server refused the client's credentials (``-ERR 'Authorization Violation'``)."""
+    return isinstance(error, nats.errors.AuthorizationError) or "authorization violation" in str(error).lower()
+
+
 def _ascii_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
@@ -363,27 +368,7 @@ class NatsBroker:
 
     async def _connect(self) -> JetStreamContext:
         if self._nc is None:
-            try:
-                # Reconnect forever once connected; the first connection gets a bounded wait
-                # (nats-py would retry it forever too).
-                self._nc = await asyncio.wait_for(
-                    nats.connect(
-                        servers=[self.server],
-                        name=f"skyferry-{self.stream}",
-                        connect_timeout=2,
-                        allow_reconnect=True,
-                        max_reconnect_attempts=-1,
-                        reconnect_time_wait=0.5,
-                        error_cb=_log_error,
-                    ),
-                    timeout=_CONNECT_SECONDS,
-                )
-            except (TimeoutError, nats.errors.NoServersError) as e:
-                raise TransientError(f"{self.url}: NATS is not reachable within {_CONNECT_SECONDS} s") from e
-            except (nats.errors.AuthorizationError, nats.errors.Error) as e:
-                raise ConfigurationError(f"{self.url}: NATS refused the connection: {e}") from e
-            except OSError as e:
-                raise TransientError(f"{self.url}: NATS is not reachable: {e}") from e
+            self._nc = await self._first_connection()
         js = self._nc.jetstream()
         try:
             await js.stream_info(self.stream)
@@ -394,6 +379,54 @@ class NatsBroker:
         except (nats.errors.Error, nats.js.errors.Error) as e:
             raise TransientError(f"{self.url}: JetStream did not answer: {type(e).__name__}: {e}") from e
         return js
+
+    async def _first_connection(self) -> NatsClient:
+        """Connect, within a bounded wait; reconnect forever once connected.
+
+        nats-py retries the first connection forever too, a refused one included (it only
+        reports each refusal to ``error_cb``): a refusal of the URL's credentials ends the wait
+        at once as a :class:`ConfigurationError`, since retrying cannot cure it.
+        """
+        refused = asyncio.Event()
+        refusal: list[Exception] = []
+
+        async def on_error(error: Exception) -> None:
+            if not refused.is_set() and _is_refusal(error):
+                refusal.append(error)
+                refused.set()
+            await _log_error(error)
+
+        connecting = asyncio.ensure_future(
+            nats.connect(
+                servers=[self.server],
+                name=f"skyferry-{self.stream}",
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+            )
+        )
+        watching = asyncio.ensure_future(refused.wait())
+        try:
+            await asyncio.wait({connecting, watching}, timeout=_CONNECT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            if refusal:
+                raise ConfigurationError(f"{self.url}: NATS refused the connection: {refusal[0]}")
+            raise TransientError(f"{self.url}: NATS is not reachable within {_CONNECT_SECONDS} s")
+        try:
+            return connecting.result()
+        except nats.errors.NoServersError as e:
+            raise TransientError(f"{self.url}: NATS is not reachable within {_CONNECT_SECONDS} s") from e
+        except (nats.errors.AuthorizationError, nats.errors.Error) as e:
+            raise ConfigurationError(f"{self.url}: NATS refused the connection: {e}") from e
+        except OSError as e:
+            raise TransientError(f"{self.url}: NATS is not reachable: {e}") from e
 
     async def _create_stream(self, js: JetStreamContext) -> None:
         config = StreamConfig(
