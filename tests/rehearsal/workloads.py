@@ -331,7 +331,8 @@ class ProcessLauncher:
         """The process environment: the image's ``PATH`` points at the work tree's environment."""
         env = dict(launch.env)
         env["PATH"] = env.get("PATH", "/usr/bin:/bin").replace("/opt/skyferry/bin", str(self.bin))
-        env["PYTHONPATH"] = str(SEAM_DIR)
+        # the work tree's app first: the environment may be another checkout's (an editable install)
+        env["PYTHONPATH"] = f"{SEAM_DIR}{os.pathsep}{ROOT / 'app'}"
         return env
 
     def _source(self, volume: str) -> Path:
@@ -345,8 +346,9 @@ class ProcessLauncher:
 
         A mount path the machine lacks gets a tmpfs on its nearest existing directory first
         (``/var/lib``: inside the namespace only).  A mount over a directory that holds the
-        rehearsal's own directory (``/tmp``) keeps that directory reachable (stashed on
-        ``/mnt`` and bound back), since the seam's config and log live there.
+        rehearsal's own directory or the work tree (``/tmp``) keeps them reachable (stashed on
+        a tmpfs over ``/mnt`` and bound back), since the seam's config and log live in the one
+        and the seam and the app's code in the other.
         """
         first = argv[0]
         resolved = [str(self.bin / first) if "/" not in first and (self.bin / first).exists() else first, *argv[1:]]
@@ -354,9 +356,16 @@ class ProcessLauncher:
         if not mounts:
             return resolved
         script: list[str] = []
-        covering = [t for _, t in mounts if Path(t).exists() and str(self.workdir).startswith(t.rstrip("/") + "/")]
-        if covering:
-            script.append(f"mount --bind {shlex.quote(str(self.workdir))} /mnt")
+        covered = [
+            kept
+            for kept in (self.workdir, ROOT)
+            if any(Path(t).exists() and str(kept).startswith(t.rstrip("/") + "/") for _, t in mounts)
+        ]
+        stash = {kept: f"/mnt/{index}" for index, kept in enumerate(covered)}
+        if stash:
+            script.append("mount -t tmpfs tmpfs /mnt")
+            for kept, place in stash.items():
+                script += [f"mkdir -p {place}", f"mount --bind {shlex.quote(str(kept))} {place}"]
         anchors: set[str] = set()
         for _, target in mounts:
             anchor = Path(target)
@@ -370,16 +379,15 @@ class ProcessLauncher:
                 anchors.add(str(anchor))
         script += [f"mount -t tmpfs tmpfs {shlex.quote(a)}" for a in sorted(anchors)]
         for source, target in mounts:
-            reachable = str(source).replace(str(self.workdir), "/mnt", 1) if covering else str(source)
+            reachable = str(source)
+            if self.workdir in stash:
+                reachable = reachable.replace(str(self.workdir), stash[self.workdir], 1)
             script += [
                 f"mkdir -p {shlex.quote(target)}",
                 f"mount --bind {shlex.quote(reachable)} {shlex.quote(target)}",
             ]
-        if covering:
-            script += [
-                f"mkdir -p {shlex.quote(str(self.workdir))}",
-                f"mount --bind /mnt {shlex.quote(str(self.workdir))}",
-            ]
+        for kept, place in stash.items():
+            script += [f"mkdir -p {shlex.quote(str(kept))}", f"mount --bind {place} {shlex.quote(str(kept))}"]
         script.append('exec "$@"')
         unshare = shutil.which("unshare") or "/usr/bin/unshare"
         return [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", " && ".join(script), "sh", *resolved]
