@@ -4,8 +4,12 @@
   graph (name, namespace, chart, values).
 * The in-chart PostgreSQL and NATS StatefulSets run as a real ``postgres`` (initialised as
   the official image would be from the StatefulSet's ``POSTGRES_USER``/``POSTGRES_DB``/
-  ``POSTGRES_PASSWORD``, password authentication on) and a real ``nats-server -js``, each
-  on its own loopback address standing for the Service's ClusterIP, on the Service's port.
+  ``POSTGRES_PASSWORD``, password authentication on) and a real ``nats-server -js`` with the
+  chart's own ``nats.conf`` (from its ConfigMap: the ``authorization`` block, the password
+  from the StatefulSet's ``env``, so from the Secret), each on its own loopback address
+  standing for the Service's ClusterIP, on the Service's port; only the listening address and
+  the monitoring port (a free one) are given on the command line, and the JetStream
+  ``store_dir`` (the data volume's) is a directory of the rehearsal's.
 * Each Deployment's (and Job's) containers run with their args, their ``envFrom``
   ConfigMap and their ``env`` (``secretKeyRef`` resolved from the graph's Secret, the one
   the release names as ``existingSecret``), their ports, probes and volumes (an
@@ -21,6 +25,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -35,7 +40,7 @@ import yaml
 from tests.infra.tools import helm
 from tests.rehearsal.stack import Deployment
 from tests.rehearsal.workloads import Workload, port_variables, probe_of
-from tests.services import unavailable
+from tests.services import free_port, unavailable
 
 CLUSTER_DOMAIN = "svc.cluster.local"
 
@@ -90,11 +95,22 @@ class ServiceProcess:
     """A server standing for an in-chart StatefulSet, on its Service's address and port; stopped by PID."""
 
     def __init__(
-        self, name: str, args: list[str], address: str, port: int, log: Path, data: Path | None = None
+        self,
+        name: str,
+        args: list[str],
+        address: str,
+        port: int,
+        log: Path,
+        data: Path | None = None,
+        env: dict[str, str] | None = None,
+        monitor_port: int | None = None,
     ) -> None:
         self.name, self.address, self.port, self.data = name, address, port, data
+        self.monitor_port = monitor_port
         self._log = open(log, "wb")  # noqa: SIM115 (closed by stop)
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + 60
         while True:
             if self.process.poll() is not None:
@@ -181,12 +197,7 @@ def start_in_chart_services(
             if "postgres" in image:
                 started[name] = _postgres(name, env, address, port, workdir)
             elif "nats" in image:
-                data = tempfile.mkdtemp(prefix="nats-", dir=workdir)
-                binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-                if not Path(binary).exists():
-                    unavailable("no nats-server binary (apt-get install -y nats-server)")
-                args = [binary, "-a", address, "-p", str(port), "-js", "-sd", data]
-                started[name] = ServiceProcess(name, args, address, port, workdir / f"{name}.log")
+                started[name] = _nats(name, statefulset, config_maps, env, address, port, workdir)
             else:
                 raise RuntimeError(f"the rehearsal cannot run the in-chart {name} ({image})")
     except BaseException:
@@ -194,6 +205,40 @@ def start_in_chart_services(
             process.stop()
         raise
     return started
+
+
+def _nats(
+    name: str,
+    statefulset: dict[str, Any],
+    config_maps: dict[str, dict[str, str]],
+    env: dict[str, str],
+    address: str,
+    port: int,
+    workdir: Path,
+) -> ServiceProcess:
+    """nats-server with the chart's ``nats.conf`` (its ConfigMap, mounted where the args say) and
+    the container's environment (``NATS_PASSWORD`` from the Secret), as the StatefulSet runs it."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(binary).exists():
+        unavailable("no nats-server binary (apt-get install -y nats-server)")
+    pod = statefulset["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    args = list(container.get("args") or ())
+    conf_path = Path(args[args.index("--config") + 1])
+    mount = next(m for m in container["volumeMounts"] if conf_path.is_relative_to(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    conf = config_maps[volume["configMap"]["name"]][str(conf_path.relative_to(mount["mountPath"]))]
+    # the data volume's mount (/data) is a directory of the rehearsal's: the one line rewritten
+    data = tempfile.mkdtemp(prefix="nats-", dir=workdir)
+    conf, rewrites = re.subn(r"(?m)^(\s*store_dir:\s*)\S+$", lambda m: f"{m.group(1)}{data}", conf)
+    if rewrites != 1:
+        raise RuntimeError(f"the chart's nats.conf has {rewrites} store_dir lines, the rehearsal expects one")
+    config = workdir / f"{name}.conf"
+    config.write_text(conf)
+    monitor = free_port()
+    command = [binary, "--config", str(config), "-a", address, "-p", str(port), "-m", str(monitor)]
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+    return ServiceProcess(name, command, address, port, workdir / f"{name}.log", env=environment, monitor_port=monitor)
 
 
 def _postgres(name: str, env: dict[str, str], address: str, port: int, workdir: Path) -> ServiceProcess:

@@ -23,15 +23,25 @@ API = "k8s:skyferry-api/api"
 WORKER = "k8s:skyferry-worker/worker"
 
 
+def _nats_server(kubernetes: Rehearsal) -> target.ServiceProcess:
+    port = urlsplit(kubernetes.deployment.graph.outputs["broker_url"].value).port
+    return next(s for s in kubernetes.extra["services"].values() if s.port == port)
+
+
 def _stream_config(kubernetes: Rehearsal) -> Any:
+    """The stack's stream, read as the app's user (the in-chart NATS lets in no one else)."""
     import nats
 
-    url = urlsplit(kubernetes.deployment.graph.outputs["broker_url"].value)
-    nats_server = next(s for s in kubernetes.extra["services"].values() if s.port == url.port)
+    url = urlsplit(kubernetes.workload_env(WORKER)["SKYFERRY_BROKER_URL"])
+    nats_server = _nats_server(kubernetes)
 
     async def read() -> Any:
         client = await nats.connect(
-            servers=[f"nats://{nats_server.address}:{nats_server.port}"], connect_timeout=5, allow_reconnect=False
+            servers=[f"nats://{nats_server.address}:{nats_server.port}"],
+            user=unquote(url.username or ""),
+            password=unquote(url.password or ""),
+            connect_timeout=5,
+            allow_reconnect=False,
         )
         try:
             return await client.jetstream().stream_info(url.path.strip("/"))
@@ -39,6 +49,26 @@ def _stream_config(kubernetes: Rehearsal) -> Any:
             await client.close()
 
     return asyncio.run(read())
+
+
+def _refusal(server: target.ServiceProcess, **credentials: str) -> str | None:
+    """What the server answers a client with ``credentials`` (``user``, ``password``): None if let in."""
+    import nats
+
+    async def attempt() -> str | None:
+        try:
+            client = await nats.connect(
+                servers=[f"nats://{server.address}:{server.port}"],
+                connect_timeout=5,
+                allow_reconnect=False,
+                **credentials,  # type: ignore[arg-type]
+            )
+        except Exception as e:
+            return str(e)
+        await client.close()
+        return None
+
+    return asyncio.run(attempt())
 
 
 def test_pulumi_accepts_the_stack_config(kubernetes: Rehearsal) -> None:
@@ -75,6 +105,46 @@ def test_in_chart_services_are_the_charts(kubernetes: Rehearsal) -> None:
     postgres = next(s for s in kubernetes.extra["services"].values() if s.port == 5432)
     with psycopg.connect(store_url, hostaddr=postgres.address, connect_timeout=5) as connection:
         assert connection.execute("SELECT current_user").fetchone() == (urlsplit(store_url).username,)
+
+
+def test_the_in_chart_nats_lets_in_only_the_secrets_user(kubernetes: Rehearsal) -> None:
+    """nats-server runs the chart's nats.conf with the Secret's nats-password: the pods' broker URL
+    gets in, no credential, a wrong password or another user does not; the probes need none."""
+    import httpx
+
+    nats_server = _nats_server(kubernetes)
+    [conf] = [
+        m
+        for m in target.by_kind(kubernetes.extra["manifests"], "ConfigMap")
+        if m["metadata"]["name"] == "skyferry-nats"
+    ]
+    assert "authorization {" in conf["data"]["nats.conf"]
+    url = urlsplit(kubernetes.workload_env(WORKER)["SKYFERRY_BROKER_URL"])
+    assert kubernetes.workload_env(API)["SKYFERRY_BROKER_URL"] == kubernetes.workload_env(WORKER)["SKYFERRY_BROKER_URL"]
+    password = unquote(url.password or "")
+    data = kubernetes.deployment.one("kubernetes:core/v1:Secret").inputs["stringData"]
+    assert password
+    assert password == data["nats-password"]
+    assert _refusal(nats_server, user=unquote(url.username or ""), password=password) is None
+    refusals = {
+        "no credential": _refusal(nats_server),
+        "a wrong password": _refusal(nats_server, user=unquote(url.username or ""), password=password + "x"),
+        "another user": _refusal(nats_server, user="intruder", password=password),
+    }
+    for who, refusal in refusals.items():
+        assert refusal is not None, f"{who} was let in"
+        assert "authorization" in refusal.lower(), f"{who}: {refusal}"
+    # the StatefulSet's probes ask the monitoring port, which takes no credential
+    [statefulset] = [
+        s
+        for s in target.by_kind(kubernetes.extra["manifests"], "StatefulSet")
+        if s["metadata"]["name"] == "skyferry-nats"
+    ]
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    for purpose in ("livenessProbe", "readinessProbe"):
+        probe = container[purpose]["httpGet"]
+        response = httpx.get(f"http://{nats_server.address}:{nats_server.monitor_port}{probe['path']}", timeout=5)
+        assert response.status_code == 200, (purpose, response.text)
 
 
 def test_workloads_run_the_graphs_command_and_environment(kubernetes: Rehearsal) -> None:
