@@ -44,6 +44,20 @@ def only(graph: Graph, type_: str) -> Any:
     return nodes[0]
 
 
+def rendered(release: Any, values: dict[str, Any], tmp_path: Path) -> list[dict[str, Any]]:
+    """The documents ``helm template`` makes of the chart with the release's name, namespace and ``values``."""
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    result = subprocess.run(
+        [helm(), "template", release.name, str(CHART), "-n", release.get("namespace"), "-f", str(values_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
 def test_in_chart_services_release_and_secret(run_config: Callable[..., Graph]) -> None:
     graph = run_config({**BASE, "skyferry:kubernetes": section(namespace="ledger-ns")}, SECRETS)
     provider = only(graph, "pulumi:providers:kubernetes")
@@ -175,16 +189,7 @@ def test_external_endpoints_and_ingress(run_config: Callable[..., Graph]) -> Non
 def test_release_values_render_through_the_chart(run_config: Callable[..., Graph], tmp_path: Path) -> None:
     graph = run_config({**BASE, "skyferry:apiMaxReplicas": "9"}, SECRETS)
     release = only(graph, "kubernetes:helm.sh/v3:Release")
-    values_file = tmp_path / "values.yaml"
-    values_file.write_text(yaml.safe_dump(release.get("values")))
-    rendered = subprocess.run(
-        [helm(), "template", release.name, str(CHART), "-n", release.get("namespace"), "-f", str(values_file)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    docs = rendered(release, release.get("values"), tmp_path)
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert ("Deployment", "ledger-api") in kinds
     assert ("Deployment", "ledger-worker") in kinds
@@ -223,16 +228,7 @@ def test_more_than_one_worker_needs_an_archive_volume_every_node_mounts(
     values = release.get("values")
     assert values["archive"]["persistence"]["accessModes"] == ["ReadWriteMany"]
     assert values["worker"]["replicaCount"] == 2
-    values_file = tmp_path / "values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
-    rendered = subprocess.run(
-        [helm(), "template", release.name, str(CHART), "-n", release.get("namespace"), "-f", str(values_file)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    [claim] = [d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] == "PersistentVolumeClaim"]
+    [claim] = [d for d in rendered(release, values, tmp_path) if d["kind"] == "PersistentVolumeClaim"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim["spec"]["storageClassName"] == "nfs"
 
