@@ -26,6 +26,10 @@ SKYFERRY_HEALTH_PORT       (none: no endpoint)         port where the worker ser
 SKYFERRY_HEALTH_MAX_AGE    ``120``                     seconds of heartbeat age that still count
                                                        as alive on that endpoint
 =========================  ==========================  ===============================================
+
+A bad value is refused naming its variable: an empty URL or host (an unset shell variable is
+not "the default", nor "every interface"), a number out of its range, and a wait that would
+never end (``inf``, ``nan``; the intervals at most an hour, the heartbeat age a day).
 """
 
 from __future__ import annotations
@@ -55,13 +59,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    worker_interval: float = Field(default=0.2, gt=0)
-    worker_max_idle: float = Field(default=2.0, gt=0)
+    worker_interval: float = Field(default=0.2, gt=0, le=3600, allow_inf_nan=False)
+    worker_max_idle: float = Field(default=2.0, gt=0, le=3600, allow_inf_nan=False)
     projections_from: ProjectionsFrom = "store"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     heartbeat_file: str | None = None
     health_port: int | None = Field(default=None, ge=0, le=65535)
-    health_max_age: float = Field(default=120, gt=0)
+    health_max_age: float = Field(default=120, gt=0, le=86_400, allow_inf_nan=False)
+
+    @field_validator("store_url", "broker_url", "host")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

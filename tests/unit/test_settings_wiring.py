@@ -27,3 +27,25 @@ def test_an_unknown_projection_source_names_the_variable(monkeypatch: pytest.Mon
     monkeypatch.setenv("SKYFERRY_PROJECTIONS_FROM", "kafka")
     with pytest.raises(ConfigurationError, match="SKYFERRY_PROJECTIONS_FROM"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("SKYFERRY_STORE_URL", "", "must not be empty"),
+        ("SKYFERRY_BROKER_URL", "", "must not be empty"),
+        ("SKYFERRY_HOST", "", "must not be empty"),
+        ("SKYFERRY_WORKER_INTERVAL", "inf", "finite"),
+        ("SKYFERRY_WORKER_MAX_IDLE", "1e400", "finite"),
+        ("SKYFERRY_HEALTH_MAX_AGE", "nan", "finite"),
+        ("SKYFERRY_HEALTH_MAX_AGE", "86401", "less than or equal to 86400"),
+    ],
+)
+def test_an_empty_or_endless_setting_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, said: str
+) -> None:
+    """An empty variable is a mistake (a shell's unset one), never "the default" nor "every
+    interface"; a wait without end never ends."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=f"{variable}: .*{said}"):
+        load_settings()
