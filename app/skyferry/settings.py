@@ -5,7 +5,8 @@ variable                   default                     meaning
 =========================  ==========================  ===============================================
 SKYFERRY_STORE_URL         ``sqlite:///skyferry.db``   event store + view store (URLs: README.md)
 SKYFERRY_BROKER_URL        ``memory://``               broker
-SKYFERRY_ARCHIVE_URL       ``./exports``               where exports go by default
+SKYFERRY_ARCHIVE_URL       ``./exports``               where ``export`` writes without ``--to`` (a new
+                                                       ``export-<UTC time>`` under it)
 SKYFERRY_API_TOKEN         (none; required by serve)   bearer token of every endpoint but health
 SKYFERRY_SNAPSHOT_EVERY    ``100``                     snapshot an aggregate every N events (0: never)
 SKYFERRY_MESSAGE_MODE      ``full``                    ``full`` (event-carried state) or ``thin``

@@ -66,6 +66,26 @@ def test_export_import_verify_through_the_cli(tmp_path: Path, source: str) -> No
     assert (old_spelling.returncode, old_spelling.stdout) == (0, verified.stdout)
 
 
+def test_an_export_without_to_goes_to_a_new_archive_under_the_deployments(tmp_path: Path, source: str) -> None:
+    """Every stack sets SKYFERRY_ARCHIVE_URL to its archive; an export run in a pod needs no --to,
+    and a second one replaces nothing."""
+    base = tmp_path / "exports"
+    env = {"SKYFERRY_ARCHIVE_URL": str(base)}
+    first = run("export", "--from", source, "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    archive = str(summary(first)["archive"])
+    assert re.fullmatch(re.escape(str(base)) + r"/export-\d{8}T\d{6}Z", archive), archive
+    assert (Path(archive) / MANIFEST_NAME).is_file()
+    assert run("verify", "--from", source, "--to", archive).returncode == 0
+    time.sleep(1.1)  # the name has the second
+    second = run("export", "--from", source, "--json", env=env)
+    assert second.returncode == 0, second.stderr
+    assert summary(second)["archive"] != archive
+    assert sorted(p.name for p in base.iterdir()) == sorted(
+        Path(str(a)).name for a in (archive, summary(second)["archive"])
+    )
+
+
 def test_a_large_export_reads_in_a_second_process_from_any_directory(tmp_path: Path) -> None:
     url, archive = f"sqlite:///{tmp_path}/big.db", str(tmp_path / "archive")
     with opened(url) as (store, _):

@@ -32,7 +32,7 @@ from skyferry.console import (
     size,
 )
 from skyferry.core.errors import ConfigurationError
-from skyferry.core.messages import Event
+from skyferry.core.messages import Event, utc_now
 from skyferry.core.ports import Archive, EventStore
 from skyferry.migrate.chunks import CHUNK_EVENTS, read_chunk
 from skyferry.migrate.crypto import ChunkCipher, load_key
@@ -41,7 +41,7 @@ from skyferry.migrate.export import export as run_export
 from skyferry.migrate.fence import FENCE_COLLECTION, FENCE_KEY, lift_fence
 from skyferry.migrate.importer import import_archive, read_manifest
 from skyferry.migrate.migrate import MigrateReport, Migration
-from skyferry.migrate.options import location
+from skyferry.migrate.options import default_archive, location
 from skyferry.migrate.progress import Progress
 from skyferry.migrate.sharding import Shard, owned
 from skyferry.migrate.transforms import Transformer, dry_run_diff, load_transform
@@ -206,7 +206,14 @@ def counts(read: int, written: int, present: int, shard: Shard | None, transform
 @app.command("export", context_settings=CONTEXT)
 def export_command(
     source: Annotated[str, _url("--from", "The store to export.")],
-    target: Annotated[str, _url("--to", "The archive: a directory, file://, s3://, az:// or gs://.")],
+    target: Annotated[
+        str | None,
+        _url(
+            "--to",
+            "The archive: a directory, file://, s3://, az:// or gs://"
+            " (default: a new export-<UTC time> under SKYFERRY_ARCHIVE_URL).",
+        ),
+    ] = None,
     key_file: KeyFile = None,
     key_env: KeyEnv = None,
     shard: ShardOpt = None,
@@ -225,7 +232,8 @@ def export_command(
     The archive is a manifest and zstd CloudEvents chunks (docs/archive-format.md).
     """
     with _command(as_json, "run the same command again: an unfinished export (no manifest.json yet) starts over"):
-        source, target = location(source, "--from"), location(target, "--to")
+        source = location(source, "--from")
+        target = default_archive(utc_now()) if target is None else location(target, "--to")
         checked(source, STORE)
         checked(target, ARCHIVE)
         the_shard = _shard(shard)

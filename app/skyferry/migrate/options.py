@@ -4,19 +4,23 @@
 * :func:`location` reads a store or archive URL that holds a secret from the environment
   (``env:NAME``) or a file (``@PATH``), so that no password appears on a command line,
   which every user of the machine can read in the process list;
-* :func:`distinct` refuses a source and a target that are one store.
+* :func:`distinct` refuses a source and a target that are one store;
+* :func:`default_archive` is where ``export`` writes without ``--to``: a new archive under
+  the deployment's (``SKYFERRY_ARCHIVE_URL``, which every stack sets).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
 from skyferry.adapters.registry import same_store
 from skyferry.core.errors import ConfigurationError
 from skyferry.core.ports import EventStore
+from skyferry.settings import load_settings
 
 ENV_PREFIX: Final = "env:"
 FILE_PREFIX: Final = "@"
@@ -59,3 +63,19 @@ def distinct(source: EventStore, target: EventStore, what: str) -> None:
         raise ConfigurationError(
             f"{what}: the source and the target are the same store ({source.url}); name two different stores"
         )
+
+
+def under(url: str, name: str) -> str:
+    """The archive URL of ``name`` inside the archive ``url``: its path gains ``/name``, its
+    query (``?region=...``) stays at the end."""
+    head, mark, query = url.partition("?")
+    trimmed = head.rstrip("/")
+    if trimmed.endswith(":"):  # the root itself (file:///): keep its slashes
+        trimmed = head.removesuffix("/")
+    return f"{trimmed}/{name}{mark}{query}"
+
+
+def default_archive(now: datetime) -> str:
+    """Where ``export`` writes without ``--to``: ``export-<UTC time>`` (``20261206T124501Z``)
+    under ``SKYFERRY_ARCHIVE_URL`` (default ``./exports``), so that no export replaces another."""
+    return under(load_settings().archive_url, f"export-{now:%Y%m%dT%H%M%SZ}")
