@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import quote
 
 import nats
 import pytest
@@ -210,6 +211,19 @@ def test_a_server_that_requires_a_password_lets_in_the_right_one_only() -> None:
                     assert secret not in repr(caught.value), url
             finally:
                 refused.close()
+
+
+def test_a_password_is_sent_percent_decoded_as_in_any_url() -> None:
+    """A password holding a character a URL reserves is written percent-encoded; the server
+    gets the password itself."""
+    password = "p@ss:w/rd%40-0123456789"  # what the URL reserves, and a % that decoding must not touch twice
+    with nats_service.private_server(password=password) as server:
+        broker = NatsBroker(f"nats://skyferry:{quote(password, safe='')}@127.0.0.1:{server.port}/S")
+        try:
+            broker.publish([message("k")])
+            assert "p%40ss" not in broker.url
+        finally:
+            broker.close()
 
 
 def test_an_unreachable_server_is_a_transient_error() -> None:

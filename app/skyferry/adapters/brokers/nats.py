@@ -4,6 +4,9 @@ URL fields::
 
     nats://USER:PASSWORD@HOST:PORT/STREAM?partitions=8&ack_wait=30&backoff=0.1&duplicate_window=120
 
+* ``USER:PASSWORD`` (or a ``TOKEN`` alone): the server's credentials, percent-encoded as in
+  any URL (``p%40ss`` for ``p@ss``); they are sent decoded and never shown (``url`` and
+  errors hide them).
 * ``STREAM`` (default ``SKYFERRY``): the JetStream stream, created on first use (file
   storage, limits retention).  1 to 32 letters, digits, ``-`` or ``_``.
 * ``partitions`` (default 8): ordering partitions per group (see below).  Changing it
@@ -69,7 +72,7 @@ import threading
 import zlib
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Final, Self, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import nats
 import nats.errors
@@ -317,7 +320,14 @@ class NatsBroker:
                 f"{self.url}: need 1 <= partitions <= 256, ack_wait >= 1, backoff >= 0, "
                 "publish_timeout > 0, max_age >= 0, max_bytes >= 0"
             )
-        self.server = f"nats://{parts.netloc or '127.0.0.1:4222'}"
+        host = parts.netloc.rpartition("@")[2]
+        self.server = f"nats://{host or '127.0.0.1:4222'}"
+        # the URL's credentials, percent-decoded as any URL's are (nats-py would send them as written)
+        self._credentials: dict[str, str] = {}
+        if parts.username is not None and parts.password is not None:
+            self._credentials = {"user": unquote(parts.username), "password": unquote(parts.password)}
+        elif parts.username is not None:
+            self._credentials = {"token": unquote(parts.username)}
         self.subject_prefix = f"skyferry.{self.stream}"
         self._nc = client
         self._js: JetStreamContext | None = None
@@ -400,6 +410,7 @@ class NatsBroker:
             nats.connect(
                 servers=[self.server],
                 name=f"skyferry-{self.stream}",
+                **self._credentials,
                 connect_timeout=2,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
